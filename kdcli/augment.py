@@ -1,0 +1,60 @@
+"""The reference augmentation as data: parameters drawn once, views built on the device.
+
+    p = params(seed, epoch, n)        # [n, 3] int8: crop offset y, crop offset x, flip
+    views = apply(images_uint8, p)    # [n, 3, 32, 32] uint8, same device as the images
+    x = normalize(views)              # float, (x / 255 - mean) / std
+
+Splitting "draw" from "apply" is what lets the logit cache store 3 bytes per
+image instead of the augmented pixels, and lets a student rebuild exactly the
+view its teacher labelled. `apply` matches torchvision's
+RandomCrop(32, padding=4) + RandomHorizontalFlip pixel for pixel.
+"""
+
+import hashlib
+
+import torch
+import torch.nn.functional as F
+
+PAD = 4  # zero padding on every side, as in the reference
+CROP = 32  # output size
+FILL = 0  # padding value (black)
+FLIP = 0.5  # horizontal flip probability
+MEAN = (0.4914, 0.4822, 0.4465)
+STD = (0.2471, 0.2435, 0.2616)
+SPEC = {"pad": PAD, "fill": FILL, "crop": CROP, "flip": FLIP, "mean": MEAN, "std": STD}
+
+
+def epoch_generator(seed: int, epoch: int, stream: str = "augment") -> torch.Generator:
+    """A CPU generator for one (seed, epoch, stream): every random draw of kdcli is derived this way,
+    so any epoch can be recomputed alone (resume, cache) and draws match on every device."""
+    digest = hashlib.sha256(f"{stream}:{seed}:{epoch}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+
+
+def params(seed: int, epoch: int, n: int) -> torch.Tensor:
+    """[n, 3] int8: crop offset y and x in the padded 40x40 image (0..8), horizontal flip (0/1)."""
+    g = epoch_generator(seed, epoch)
+    offsets = torch.randint(0, 2 * PAD + 1, (n, 2), generator=g)
+    flips = (torch.rand(n, 1, generator=g) < FLIP).long()
+    return torch.cat([offsets, flips], dim=1).to(torch.int8)
+
+
+def apply(images: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] uint8 + [B, 3] params -> [B, C, 32, 32] uint8 views; one gather, no Python loop."""
+    p = p.to(images.device, torch.long)
+    padded = F.pad(images, (PAD, PAD, PAD, PAD), value=FILL)  # [B, C, 40, 40]
+    steps = torch.arange(CROP, device=images.device)
+    rows = p[:, 0:1] + steps  # [B, 32]
+    # A flipped view reads its columns right to left: column j comes from CROP-1-j.
+    cols = p[:, 1:2] + torch.where(p[:, 2:3].bool(), CROP - 1 - steps, steps)  # [B, 32]
+    batch = torch.arange(len(images), device=images.device)[:, None, None, None]
+    channel = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
+    return padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def normalize(images: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+    """uint8 [B, 3, H, W] -> normalised `dtype`, channels_last (faster convolutions on GPUs)."""
+    mean = torch.tensor(MEAN, device=images.device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(STD, device=images.device).view(1, 3, 1, 1) * 255
+    x = (images.float() - mean) / std
+    return x.to(dtype).contiguous(memory_format=torch.channels_last)

@@ -1,0 +1,65 @@
+"""Checkpoints: atomic save, safe load.
+
+    save_atomic(state, run_dir / "checkpoint.pt")
+    state = load_checkpoint(path)   # weights_only: a checkpoint cannot run code
+
+A checkpoint is written to a temporary file in the same folder and renamed over
+the old one, so a process killed mid-write leaves the previous checkpoint intact.
+"""
+
+import hashlib
+import os
+import pickle
+from pathlib import Path
+
+import torch
+
+from kdcli import KdcliError
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def save_atomic(state: dict, path) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise KdcliError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def resolve(path) -> Path:
+    """A run folder or a checkpoint file -> the checkpoint file."""
+    path = Path(path)
+    return path / CHECKPOINT if path.is_dir() else path
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    path = resolve(path)
+    if not path.is_file():
+        raise KdcliError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise KdcliError(
+            f"{path} was refused by safe loading (weights_only=True): it holds objects that would need "
+            f"arbitrary code to unpickle, so it is not a kdcli checkpoint or not a trusted one ({str(e).splitlines()[0]})"
+        ) from None
+    except Exception as e:
+        raise KdcliError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict) or "model" not in state or "model_name" not in state:
+        raise KdcliError(f"{path} is a torch file but not a kdcli checkpoint (no model weights and name in it)")
+    return state
+
+
+def sha256_file(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,87 @@
+"""The networks, in a registry by name.
+
+    model = create_model("resnet18")   # teacher, 11,173,962 parameters
+    model = create_model("lenet5")     # the reference student "model 1", 62,006 parameters
+
+A new architecture is one function and one `@register` line.
+"""
+
+import torch.nn as nn
+import torch.nn.functional as F
+
+from kdcli import KdcliError
+
+MODELS = {}  # name -> constructor(num_classes)
+
+
+def register(*names):
+    def add(constructor):
+        for name in names:
+            MODELS[name] = constructor
+        return constructor
+
+    return add
+
+
+def create_model(name: str, num_classes: int = 10) -> nn.Module:
+    if name not in MODELS:
+        raise KdcliError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
+    return MODELS[name](num_classes)
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, c_in, c_out, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)  # bias is redundant before BN
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or c_in != c_out:  # project the identity when the shape changes
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    """The CIFAR variant: 3x3 stride-1 stem and no max-pool, so 32x32 inputs keep their resolution."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU())
+        widths, strides, layers, c_in = (64, 128, 256, 512), (1, 2, 2, 2), [], 64
+        for width, stride in zip(widths, strides):
+            layers += [BasicBlock(c_in, width, stride), BasicBlock(width, width, 1)]
+            c_in = width
+        self.layers = nn.Sequential(*layers)
+        self.fc = nn.Linear(512, num_classes)
+
+    def forward(self, x):
+        x = self.layers(self.stem(x))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+class LeNet5(nn.Module):
+    """LeNet-5 from the PyTorch CIFAR-10 tutorial, the reference's "model 1" (no batch norm)."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 5)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.fc1 = nn.Linear(16 * 5 * 5, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, num_classes)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)  # [B, 6, 14, 14]
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)  # [B, 16, 5, 5]
+        x = F.relu(self.fc1(x.flatten(1)))
+        x = F.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+register("resnet18")(ResNet18)
+register("lenet5", "1")(LeNet5)

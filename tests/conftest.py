@@ -1,0 +1,48 @@
+"""Shared fixtures: a tiny CIFAR-10-format data folder made on the spot (tests never download)."""
+
+import pickle
+
+import numpy as np
+import pytest
+
+from kdcli import data as data_module
+
+TRAIN_PER_BATCH = 40  # 5 batches -> 200 training images
+TEST_IMAGES = 60
+
+
+def write_cifar_folder(root, seed=0, str_keys=False, train_per_batch=TRAIN_PER_BATCH):
+    """Write random images in the official cifar-10-batches-py layout under `root`; return `root`."""
+    rng = np.random.default_rng(seed)
+    folder = root / data_module.BATCH_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    names = data_module.TRAIN_FILES + [data_module.TEST_FILE]
+    for name in names:
+        n = TEST_IMAGES if name == data_module.TEST_FILE else train_per_batch
+        batch = {
+            "data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
+            "labels": rng.integers(0, 10, size=n).tolist(),
+            "batch_label": name,
+            "filenames": [f"{name}_{i}.png" for i in range(n)],
+        }
+        if not str_keys:  # the official files are pickled with bytes keys
+            batch = {k.encode(): v for k, v in batch.items()}
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [c.encode() for c in data_module.CLASSES]}, f)
+    return root
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """A tiny CIFAR-10 folder shared by the whole session: never modify it."""
+    return write_cifar_folder(tmp_path_factory.mktemp("cifar"))
+
+
+@pytest.fixture(autouse=True)
+def _no_official_data_warning(recwarn):
+    """Tiny data is never the official release; the warning is tested on its own in test_data.py."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=data_module.NotOfficialDataWarning)
