@@ -39,10 +39,3 @@ def data_dir(tmp_path_factory):
     """A tiny CIFAR-10 folder shared by the whole session: never modify it."""
     return write_cifar_folder(tmp_path_factory.mktemp("cifar"))
 
-
-@pytest.fixture(autouse=True)
-def _no_official_data_warning(recwarn):
-    """Tiny data is never the official release; the warning is tested on its own in test_data.py."""
-    import warnings
-
-    warnings.filterwarnings("ignore", category=data_module.NotOfficialDataWarning)
