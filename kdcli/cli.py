@@ -1,0 +1,214 @@
+"""The command line: parses options, calls one library function, prints.
+
+Each command's options are generated from its config dataclass (one kebab-case
+flag per field, the field's same-line comment as its help), so a new option is
+one line in the dataclass. Library errors (KdcliError) end as one line on
+stderr and exit status 1; bad option values are usage errors (exit status 2).
+"""
+
+import inspect
+import json
+import re
+import shlex
+import sys
+import typing
+import warnings
+from dataclasses import MISSING, fields
+from typing import Literal
+
+import typer
+
+from kdcli import KdcliError, __version__
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Knowledge distillation on CIFAR-10: train-teacher -> dump-logits -> train-student.",
+)
+
+
+def _field_help(cls) -> dict:
+    """{field: help} from the same-line comments of a dataclass and its bases."""
+    helps = {}
+    for klass in reversed(cls.__mro__[:-1]):
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):  # no source (frozen app): flags still work, without help text
+            continue
+        for name, comment in re.findall(r"^\s+(\w+): [^#\n]*#\s*(.+)$", source, re.M):
+            helps[name] = comment
+    return helps
+
+
+def _option_type(annotation):
+    """Tuples become comma-separated strings on the command line."""
+    if typing.get_origin(annotation) is tuple:
+        return str
+    return annotation
+
+
+def _parse_list(value: str, item_type, flag: str) -> tuple:
+    try:
+        return tuple(item_type(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated {item_type.__name__}s, got {value!r}", param_hint=flag) from None
+
+
+def command_from(cls, name: str, run, overrides: dict | None = None):
+    """Register `kdcli NAME` with one option per field of dataclass `cls`; `run(config)` does the work."""
+    hints = typing.get_type_hints(cls)
+    helps = _field_help(cls)
+    params = []
+    for f in fields(cls):
+        default = (overrides or {}).get(f.name, f.default if f.default is not MISSING else f.default_factory())
+        annotation = hints[f.name]
+        flag = "--" + f.name.replace("_", "-")
+        decls = [f"{flag}/--no-{f.name.replace('_', '-')}"] if annotation is bool else [flag]
+        if typing.get_origin(annotation) is tuple:
+            default = ",".join(str(v) for v in default)
+        params.append(
+            inspect.Parameter(
+                f.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=typer.Option(default, *decls, help=helps.get(f.name, "")),
+                annotation=_option_type(annotation),
+            )
+        )
+
+    def command(**options):
+        for f in fields(cls):
+            if typing.get_origin(hints[f.name]) is tuple:
+                options[f.name] = _parse_list(options[f.name], typing.get_args(hints[f.name])[0], "--" + f.name.replace("_", "-"))
+        config = make_config(cls, options)
+        with errors_as_one_line():
+            run(config)
+
+    command.__signature__ = inspect.Signature(params)
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    command.__doc__ = run.__doc__
+    app.command(name)(command)
+    return command
+
+
+def make_config(cls, options):
+    from kdcli.train import ConfigError
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            config = cls(**options)
+        for w in caught:
+            typer.echo(f"warning: {w.message}", err=True)
+        return config
+    except ConfigError as e:
+        raise typer.BadParameter(str(e).split(": ", 1)[1], param_hint=e.option) from None
+    except KdcliError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
+class errors_as_one_line:
+    """Turn library errors into one line on stderr; show warnings as one line too."""
+
+    def __enter__(self):
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
+        warnings.showwarning = lambda message, *args, **kwargs: typer.echo(f"warning: {message}", err=True)
+        return self
+
+    def __exit__(self, kind, error, tb):
+        from kdcli.train import TrainingInterrupted
+
+        self._warnings.__exit__(None, None, None)
+        if isinstance(error, TrainingInterrupted):
+            command = shlex.join(["kdcli", *sys.argv[1:]] + ([] if "--resume" in sys.argv else ["--resume"]))
+            typer.echo(f"{error}\nresume with: {command}", err=True)
+            raise typer.Exit(130)
+        if isinstance(error, KdcliError):
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(1)
+        if isinstance(error, KeyboardInterrupt):
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130)
+        return False
+
+
+def _print_json(obj):
+    typer.echo(json.dumps(obj, indent=2))
+
+
+# ---------------------------------------------------------------- commands
+
+
+def _train_teacher(config):
+    """Train the teacher (ResNet18 by default, the reference recipe) into a run folder."""
+    from kdcli.train import train_teacher
+
+    summary = train_teacher(config)
+    typer.echo(f"teacher {summary['model']}: {summary['test_accuracy']:.2f}% test accuracy after {summary['epochs']} epochs -> {config.out}")
+
+
+def _train_student(config):
+    """Train a student from the teacher-logit cache (or, with --distillation-weight 0, without a teacher)."""
+    from kdcli.train import train_student
+
+    summary = train_student(config)
+    typer.echo(
+        f"student {summary['model']} T={config.temperature:g} w={config.distillation_weight:g}: "
+        f"{summary['test_accuracy']:.2f}% test accuracy after {summary['epochs']} epochs -> {config.out}"
+    )
+
+
+def _register_commands():
+    from kdcli.train import StudentConfig, TeacherConfig
+
+    command_from(TeacherConfig, "train-teacher", _train_teacher)
+    command_from(StudentConfig, "train-student", _train_student)
+
+
+_register_commands()
+
+
+@app.command()
+def evaluate(
+    checkpoint: str = typer.Argument(..., help="a run folder or its checkpoint.pt"),
+    data_dir: str = typer.Option("data", help="folder holding cifar-10-batches-py/"),
+    device: Literal["auto", "cuda", "mps", "cpu"] = typer.Option("auto", help="auto: cuda, then mps, then cpu"),
+    per_class: bool = typer.Option(False, "--per-class", help="also print the accuracy of each class"),
+    download: bool = typer.Option(True, "--download/--no-download", help="fetch CIFAR-10 when it is missing"),
+):
+    """Top-1 accuracy of a checkpoint on the CIFAR-10 test set."""
+    from kdcli.data import CLASSES
+    from kdcli.train import evaluate as evaluate_checkpoint
+
+    with errors_as_one_line():
+        result = evaluate_checkpoint(checkpoint, data_dir, device, download)
+    typer.echo(f"{result['model']} (epoch {result['epoch']}): {result['test_accuracy']:.2f}% top-1 on the test set")
+    if per_class:
+        for name, acc in zip(CLASSES, result["per_class"]):
+            typer.echo(f"  {name:<11} {acc:6.2f}%")
+
+
+@app.command()
+def models():
+    """List the known architectures and their parameter counts."""
+    from kdcli.models import MODELS, create_model
+
+    for name in sorted(MODELS):
+        count = sum(p.numel() for p in create_model(name).parameters())
+        typer.echo(f"{name:<10} {count:>12,} parameters")
+
+
+def _version(value: bool):
+    if value:
+        typer.echo(f"kdcli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version")):
+    pass
+
+
+def main():
+    app()
