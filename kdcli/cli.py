@@ -159,11 +159,35 @@ def _train_student(config):
     )
 
 
+def _dump_logits(config):
+    """Run the teacher over N augmented epochs of the training set into the HDF5 logit cache."""
+    from kdcli.dump import dump_logits
+
+    s = dump_logits(config)
+    typer.echo(
+        f"{s['path']}: {s['epochs_complete']} epochs x {s['num_images']:,} images, {s['images_per_s']:,.0f} img/s, "
+        f"{s['size_bytes'] / 1e6:,.1f} MB; teacher test accuracy {s['teacher_test_accuracy']:.2f}%"
+    )
+
+
+def _sweep(config):
+    """Train every (temperature, seed) student and a baseline per seed, batched, then write the report."""
+    from kdcli.sweep import sweep
+
+    result = sweep(config)
+    typer.echo(result["table"])
+    typer.echo(f"{result['students']} students ({result['trained_now']} trained now) -> {config.out}/results.md")
+
+
 def _register_commands():
+    from kdcli.dump import DumpConfig
+    from kdcli.sweep import SweepConfig
     from kdcli.train import StudentConfig, TeacherConfig
 
     command_from(TeacherConfig, "train-teacher", _train_teacher)
+    command_from(DumpConfig, "dump-logits", _dump_logits)
     command_from(StudentConfig, "train-student", _train_student)
+    command_from(SweepConfig, "sweep", _sweep)
 
 
 _register_commands()
@@ -187,6 +211,41 @@ def evaluate(
     if per_class:
         for name, acc in zip(CLASSES, result["per_class"]):
             typer.echo(f"  {name:<11} {acc:6.2f}%")
+
+
+@app.command("cache-info")
+def cache_info(
+    path: str = typer.Argument("cache/logits.h5", help="an HDF5 logit cache written by dump-logits"),
+    verify: int = typer.Option(0, min=0, help="recompute the teacher on this many random cached entries and compare"),
+    teacher: str = typer.Option("runs/teacher", help="teacher run folder or checkpoint, for --verify"),
+    device: Literal["auto", "cuda", "mps", "cpu"] = typer.Option("auto", help="auto: cuda, then mps, then cpu"),
+):
+    """Print a cache's metadata, shapes and size; with --verify, check its logits against the teacher."""
+    from kdcli.cache import cache_info as read_info
+    from kdcli.cache import verify_cache
+
+    with errors_as_one_line():
+        info = read_info(path)
+        for key, value in info.items():
+            typer.echo(f"{key:<24} {value}")
+        if verify:
+            diff = verify_cache(path, teacher, verify, device)
+            typer.echo(f"{'verify':<24} largest |logit difference| over {verify} entries: {diff:.3g}")
+
+
+@app.command()
+def report(
+    runs: list[str] = typer.Argument(..., help="run folders, or folders holding run folders (a sweep)"),
+    out: str = typer.Option("", help="where to write results.md/csv/png (default: the first folder)"),
+):
+    """Aggregate finished runs: mean, spread and the difference to the baseline, per setting."""
+    from kdcli import report as reporting
+
+    with errors_as_one_line():
+        found = reporting.collect(runs)
+        rows = reporting.aggregate(found)
+        table = reporting.write_report(rows, out or runs[0], reporting.teacher_accuracy(found), unfinished=len(found.unfinished))
+    typer.echo(table)
 
 
 @app.command()

@@ -51,7 +51,9 @@ class TrainingInterrupted(KdcliError):
 
 
 @dataclass
-class TeacherConfig:
+class TrainOptions:
+    """Options every training command shares; the commands add their seed(s), folder and targets."""
+
     model: str = "resnet18"  # architecture name (see `kdcli models`)
     epochs: int = 300  # passes over the training set (reference: 300)
     batch_size: int = 128  # images per step (reference: 128)
@@ -63,7 +65,6 @@ class TeacherConfig:
     scheduler: Literal["multistep", "cosine", "onecycle", "none"] = "multistep"  # learning-rate schedule
     lr_milestones: tuple[int, ...] = (150, 225)  # epochs where multistep multiplies the lr by lr-gamma
     lr_gamma: float = 0.1  # multistep factor (reference: 0.1)
-    seed: int = 777  # initialisation, batch order and augmentation (reference: 777)
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"  # auto: cuda, then mps, then cpu
     amp: bool = True  # bf16 autocast on CUDA; no effect elsewhere
     compile: bool = False  # torch.compile the model (CUDA; pays off for long runs)
@@ -72,7 +73,6 @@ class TeacherConfig:
     data_dir: str = "data"  # folder holding cifar-10-batches-py/
     download: bool = True  # fetch CIFAR-10 when it is missing
     subset: int | None = None  # use only the first N training images (smoke runs)
-    out: str = "runs/teacher"  # run folder: config.json, metrics.jsonl, checkpoint.pt, summary.json
     resume: bool = False  # continue the run in --out from its checkpoint
     force: bool = False  # overwrite a finished or unfinished run in --out
     quiet: bool = False  # one log line per evaluation instead of a progress bar
@@ -85,7 +85,7 @@ class TeacherConfig:
             raise ConfigError("--subset", f"must be at least 1, got {self.subset}")
         if not self.lr > 0:  # also catches nan
             raise ConfigError("--lr", f"must be > 0, got {self.lr}")
-        if self.weight_decay < 0 or self.momentum < 0:
+        if not (self.weight_decay >= 0 and self.momentum >= 0):
             raise ConfigError("--weight-decay/--momentum", "must be >= 0")
         late = [m for m in self.lr_milestones if m >= self.epochs]
         if self.scheduler == "multistep" and late:
@@ -93,22 +93,42 @@ class TeacherConfig:
 
 
 @dataclass
-class StudentConfig(TeacherConfig):
-    model: str = "lenet5"  # architecture name (see `kdcli models`)
-    out: str = "runs/student"  # run folder: config.json, metrics.jsonl, checkpoint.pt, summary.json
+class TeacherConfig(TrainOptions):
+    seed: int = 777  # initialisation, batch order and augmentation (reference: 777)
+    out: str = "runs/teacher"  # run folder: config.json, metrics.jsonl, checkpoint.pt, summary.json
+
+
+@dataclass
+class DistillOptions:
+    """The soft-target options a student and a sweep share."""
+
     cache: str = "cache/logits.h5"  # teacher-logit cache written by dump-logits
-    temperature: float = 4.0  # softmax temperature T of the soft targets (> 0)
     distillation_weight: float = 0.1  # weight of T^2 * KL; 0 trains without the teacher (the baseline)
     hard_weight: float = 1.0  # weight of the cross-entropy with the true labels
     allow_partial: bool = False  # train from an unfinished cache, using its complete epochs
 
     def __post_init__(self):
         super().__post_init__()
-        if not self.temperature > 0 or math.isinf(self.temperature):
-            raise ConfigError("--temperature", f"must be a number > 0, got {self.temperature}")
         for name in ("distillation_weight", "hard_weight"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(_flag(name), f"must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass
+class StudentConfig(DistillOptions, TrainOptions):
+    model: str = "lenet5"  # architecture name (see `kdcli models`)
+    seed: int = 777  # initialisation and batch order (views come from the cache)
+    temperature: float = 4.0  # softmax temperature T of the soft targets (> 0)
+    out: str = "runs/student"  # run folder: config.json, metrics.jsonl, checkpoint.pt, summary.json
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_temperature(self.temperature)
+
+
+def check_temperature(t: float):
+    if not 0 < t < math.inf:  # also catches nan
+        raise ConfigError("--temperature", f"must be a number > 0, got {t}")
 
 
 def _flag(name):
@@ -128,7 +148,7 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def learning_rate(config: TeacherConfig, t: float) -> float:
+def learning_rate(config: TrainOptions, t: float) -> float:
     """The learning rate at fractional epoch t: a pure function, so there is no scheduler state to save."""
     if config.scheduler == "multistep":  # stepped once per epoch, as the reference does
         return config.lr * config.lr_gamma ** sum(m <= int(t) for m in config.lr_milestones)
@@ -142,7 +162,7 @@ def learning_rate(config: TeacherConfig, t: float) -> float:
     return config.lr
 
 
-def make_optimizer(config: TeacherConfig, parameters, device: torch.device):
+def make_optimizer(config: TrainOptions, parameters, device: torch.device):
     fused = device.type == "cuda"  # one kernel for the whole update instead of one per tensor
     if config.optimizer == "adam":
         return torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
@@ -205,6 +225,11 @@ class ModelStack(nn.Module):
                 p[s].copy_(state[n])
 
 
+def stackable(model_name: str) -> bool:
+    """Whether students of this architecture can train stacked: only models without buffers."""
+    return not any(True for _ in create_model(model_name).buffers())
+
+
 def split_optimizer_state(state: dict, size: int, s: int) -> dict:
     """Member s's share of a stacked optimizer's state_dict (per-parameter tensors sliced on dim 0)."""
     if size == 1:
@@ -253,7 +278,7 @@ class CachedTargets:
 class Run:
     """One model to train: its options, where its targets come from, and its folder."""
 
-    config: TeacherConfig
+    config: TrainOptions
     targets: object  # DrawnAugmentation or CachedTargets
     extra: dict = field(default_factory=dict)  # recorded in config.json (e.g. the cache's teacher)
 
@@ -280,7 +305,7 @@ class Run:
 RESUME_IGNORES = {"resume", "force", "quiet", "device", "out", "eval_every", "save_every", "compile", "cache", "data_dir"}
 
 
-def prepare_run_dir(config: TeacherConfig):
+def prepare_run_dir(config):
     """Check --out against --resume/--force; return the checkpoint to resume from, 'done', or None."""
     out = Path(config.out)
     finished, ckpt = (out / "summary.json").exists(), out / CHECKPOINT
@@ -343,141 +368,196 @@ def train_runs(runs: list, data, device: torch.device, teacher: nn.Module | None
     `teacher`, when given, labels every batch online (no cache): the benchmark and
     the cache-equivalence test use it; kdcli itself trains students from the cache.
     """
-    config = runs[0].config
     states = [prepare_run_dir(r.config) for r in runs]
     if all(s == "done" for s in states):
         return [json.loads((r.dir / "summary.json").read_text()) for r in runs]
     if any(s == "done" for s in states) or len({(s or {}).get("epoch", 0) for s in states}) > 1:
         raise KdcliError("runs trained together must all be at the same epoch; train them separately")
-    S, N, B = len(runs), len(data.train_labels), config.batch_size
-    steps = math.ceil(N / B)  # the last batch is smaller, as with a DataLoader's default drop_last=False
-
-    models = []
-    for r in runs:
-        with torch.random.fork_rng(devices=[]):  # initialisation from the run's seed, global RNG untouched
-            torch.manual_seed(r.config.seed)
-            models.append(create_model(r.config.model, data.num_classes))
-    stack = ModelStack(models).to(device)
-    if S == 1:  # channels_last speeds up convolutions; stacked [S, ...] weights are not 4-d
-        stack.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(config, stack.parameters(), device)
-    forward = torch.compile(stack) if config.compile and device.type == "cuda" else stack
-    autocast = torch.autocast("cuda", torch.bfloat16, enabled=config.amp and device.type == "cuda")
-
-    start_epoch, start_step, partial = 0, 0, None
-    if states[0] is not None:
-        for s, st in enumerate(states):
-            stack.load_member_state(s, st["model"])
-        optimizer.load_state_dict(stack_optimizer_states([st["optimizer"] for st in states]))
-        start_epoch, start_step, partial = states[0]["epoch"], states[0].get("step", 0), states[0].get("partial")
-        for r in runs:  # epochs logged after the checkpoint will be trained again
-            _truncate_metrics(r.dir / "metrics.jsonl", start_epoch)
+    group = Group(runs, data, device, teacher)
+    if states[0] is None:
+        group.start_folders()
     else:
+        group.load(states)
+    config, stop = runs[0].config, _StopOnSigint()
+    bar = tqdm(total=config.epochs, initial=group.epoch, unit="epoch", disable=not progress or config.quiet, dynamic_ncols=True)
+    try:
+        while group.epoch < config.epochs:
+            seconds = group.train_epoch(stop)
+            group.end_epoch(seconds)
+            _report(bar, config, group, seconds, progress)
+    finally:
+        bar.close()
+        stop.restore()
+    return group.write_summaries()
+
+
+class Group:
+    """The state of S runs trained together: the stacked models, their optimizer, the epoch and step reached."""
+
+    def __init__(self, runs, data, device, teacher=None):
+        self.runs, self.data, self.device, self.teacher = runs, data, device, teacher
+        self.config = config = runs[0].config  # architecture and schedule are shared; seeds and targets are not
+        self.size, self.num_images = len(runs), len(data.train_labels)
+        self.steps = math.ceil(self.num_images / config.batch_size)  # the last batch is smaller (drop_last=False)
+        models = []
         for r in runs:
+            with torch.random.fork_rng(devices=[]):  # initialisation from the run's seed, global RNG untouched
+                torch.manual_seed(r.config.seed)
+                models.append(create_model(r.config.model, data.num_classes))
+        self.stack = ModelStack(models).to(device)
+        if self.size == 1 and device.type == "cuda":  # channels_last speeds up GPU convolutions; stacked weights are 5-d
+            self.stack.to(memory_format=torch.channels_last)
+        self.optimizer = make_optimizer(config, self.stack.parameters(), device)
+        self.forward = torch.compile(self.stack) if config.compile and device.type == "cuda" else self.stack
+        self.autocast = torch.autocast("cuda", torch.bfloat16, enabled=config.amp and device.type == "cuda")
+        self.temperature = torch.tensor([r.temperature for r in runs], device=device)
+        self.distillation_weight = torch.tensor([r.distillation_weight for r in runs], device=device)
+        self.hard_weight = torch.tensor([r.hard_weight for r in runs], device=device)
+        self.epoch, self.step, self.partial = 0, 0, None  # epochs complete, steps into the next, its sums so far
+        self.test_accuracy = [None] * self.size
+        self.train_loss = self.train_accuracy = [None] * self.size
+
+    def start_folders(self):
+        for r in self.runs:
             record = {**asdict(r.config), **r.extra, "kdcli_version": __version__, "git_commit": git_commit()}
             write_json(r.dir / "config.json", record)
             (r.dir / "metrics.jsonl").unlink(missing_ok=True)
 
-    temperature = torch.tensor([r.temperature for r in runs], device=device)
-    distill_w = torch.tensor([r.distillation_weight for r in runs], device=device)
-    hard_w = torch.tensor([r.hard_weight for r in runs], device=device)
-    images, labels = data.train_images, data.train_labels
-    test_acc = [st.get("test_accuracy") if isinstance(st, dict) else None for st in states]
-    stop = _StopOnSigint()
-    bar = tqdm(total=config.epochs, initial=start_epoch, unit="epoch", disable=not progress or config.quiet, dynamic_ncols=True)
-    try:
-        for epoch in range(start_epoch, config.epochs):
-            # The epoch's views and soft targets, one row per run: [S, N, 3] and [S, N, C] or None.
-            sources = [r.targets.epoch(epoch) for r in runs]
-            aug = torch.stack([a.to(device) for a, _ in sources])
-            soft = None
-            if any(t is not None for _, t in sources):  # a baseline in a KD group gets zeros at weight 0
-                soft = torch.stack([(t if t is not None else torch.zeros(N, data.num_classes)).to(device) for _, t in sources])
-            order = torch.stack(
-                [torch.randperm(N, generator=augment.epoch_generator(r.config.seed, epoch, "order")) for r in runs]
-            ).to(device)  # [S, N]
-            if partial is None:
-                partial = {"losses": torch.zeros(steps, S, device=device), "correct": torch.zeros(steps, S, device=device), "seconds": 0.0}
-            losses, correct = partial["losses"].to(device), partial["correct"].to(device)
-            stack.train()
-            t0 = time.perf_counter()
-            for i in range(start_step, steps):
-                for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(config, epoch + i / steps)
-                idx = order[:, i * B : (i + 1) * B]  # [S, b]
-                x = augment.apply(images[idx].flatten(0, 1), aug.gather(1, idx[..., None].expand(-1, -1, 3)).flatten(0, 1))
-                x = augment.normalize(x).unflatten(0, idx.shape)  # [S, b, 3, 32, 32]
-                y = labels[idx]  # [S, b]
-                with autocast:
-                    logits = forward(x)  # [S, b, C]
-                    if teacher is not None:
-                        with torch.no_grad():
-                            t_logits = teacher(x.flatten(0, 1)).view(logits.shape)
-                    else:
-                        t_logits = None if soft is None else soft.gather(1, idx[..., None].expand(-1, -1, soft.shape[-1]))
-                loss = distillation_loss(logits, y, t_logits, temperature, distill_w, hard_w)  # [S]
-                optimizer.zero_grad(set_to_none=True)
-                loss.sum().backward()  # the runs share no weights, so each gets its own gradient
-                optimizer.step()
-                losses[i] = loss.detach()  # kept on the device: no host sync inside the step
-                correct[i] = (logits.argmax(-1) == y).sum(-1).float()
-                if stop.requested:
-                    partial = {"losses": losses, "correct": correct, "seconds": partial["seconds"] + time.perf_counter() - t0}
-                    for s, r in enumerate(runs):
-                        _save(r, stack, optimizer, s, epoch, i + 1, partial, test_acc[s])
-                    raise TrainingInterrupted(
-                        f"interrupted at epoch {epoch + 1}, step {i + 1} of {steps}; checkpoint saved in {runs[0].dir}"
-                    )
-            finite = torch.isfinite(losses).all(1)
-            if not bool(finite.all()):
-                step = int((~finite).nonzero()[0]) + 1
-                bad = [str(r.dir) for r, ok in zip(runs, torch.isfinite(losses).all(0).tolist()) if not ok]
-                raise KdcliError(
-                    f"loss is not finite at epoch {epoch + 1}, step {step} ({', '.join(bad)}): lower --lr "
-                    f"(now {config.lr}); the last good checkpoint is kept"
-                )
-            seconds = partial["seconds"] + time.perf_counter() - t0
-            train_loss = (losses.sum(0) / steps).tolist()
-            train_acc = (100 * correct.sum(0) / N).tolist()
-            partial, start_step = None, 0
-            last = epoch + 1 == config.epochs
-            if last or (epoch + 1) % config.eval_every == 0:
-                test_acc = evaluate_stack(stack, data.test_images, data.test_labels, autocast)
-            for s, r in enumerate(runs):
-                metrics = {
-                    "epoch": epoch + 1,
-                    "lr": learning_rate(config, epoch + (steps - 1) / steps),
-                    "train_loss": round(train_loss[s], 6),
-                    "train_accuracy": round(train_acc[s], 4),
-                    "test_accuracy": test_acc[s] if last or (epoch + 1) % config.eval_every == 0 else None,
-                    "seconds": round(seconds, 4),
-                    "images_per_s": round(N / seconds, 1),
-                }
-                with open(r.dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(metrics) + "\n")
-                if last or (epoch + 1) % config.save_every == 0:
-                    _save(r, stack, optimizer, s, epoch + 1, 0, None, test_acc[s])
-            _report(bar, config, epoch, train_loss, train_acc, test_acc, seconds, N * S, progress)
-    finally:
-        bar.close()
-        stop.restore()
+    def load(self, states):
+        for s, state in enumerate(states):
+            self.stack.load_member_state(s, state["model"])
+        self.optimizer.load_state_dict(stack_optimizer_states([st["optimizer"] for st in states]))
+        self.epoch, self.step, self.partial = states[0]["epoch"], states[0]["step"], states[0]["partial"]
+        self.test_accuracy = [st["test_accuracy"] for st in states]
+        for r in self.runs:  # epochs logged after the checkpoint will be trained again
+            _truncate_metrics(r.dir / "metrics.jsonl", self.epoch)
 
-    summaries = []
-    for s, r in enumerate(runs):
-        epochs_logged = [json.loads(line) for line in (r.dir / "metrics.jsonl").read_text().splitlines()]
-        summary = {
-            "model": r.config.model,
-            "epochs": config.epochs,
-            "seed": r.config.seed,
-            "test_accuracy": test_acc[s],
-            "train_accuracy": round(train_acc[s], 4),
-            "train_seconds": round(sum(m["seconds"] for m in epochs_logged), 2),
-            "trained_together": S,
-            **({"temperature": r.temperature, "distillation_weight": r.distillation_weight, "hard_weight": r.hard_weight} if hasattr(r.config, "temperature") else {}),
-        }
-        write_json(r.dir / "summary.json", summary)
-        summaries.append(summary)
-    return summaries
+    def epoch_inputs(self):
+        """This epoch's views [S, N, 3], soft targets [S, N, C] or None, and batch order [S, N]."""
+        sources = [r.targets.epoch(self.epoch) for r in self.runs]
+        aug = torch.stack([a.to(self.device) for a, _ in sources])
+        soft = None
+        if any(t is not None for _, t in sources):  # a baseline in a KD group gets zeros, at weight 0
+            zeros = torch.zeros(self.num_images, self.data.num_classes)
+            soft = torch.stack([(zeros if t is None else t).to(self.device) for _, t in sources])
+        order = [torch.randperm(self.num_images, generator=augment.epoch_generator(r.config.seed, self.epoch, "order")) for r in self.runs]
+        return aug, soft, torch.stack(order).to(self.device)
+
+    def train_epoch(self, stop) -> float:
+        """Train from the current step to the end of the epoch; return its seconds."""
+        aug, soft, order = self.epoch_inputs()
+        B, S = self.config.batch_size, self.size
+        if self.partial is None:
+            self.partial = {"losses": torch.zeros(self.steps, S), "correct": torch.zeros(self.steps, S), "seconds": 0.0}
+        losses, correct = self.partial["losses"].to(self.device), self.partial["correct"].to(self.device)
+        self.stack.train()
+        t0 = time.perf_counter()
+        for i in range(self.step, self.steps):
+            for group in self.optimizer.param_groups:
+                group["lr"] = learning_rate(self.config, self.epoch + i / self.steps)
+            idx = order[:, i * B : (i + 1) * B]  # [S, b]
+            views = augment.apply(self.data.train_images[idx].flatten(0, 1), _rows(aug, idx).flatten(0, 1))
+            x = augment.normalize(views).unflatten(0, idx.shape)  # [S, b, 3, 32, 32]
+            y = self.data.train_labels[idx]  # [S, b]
+            with self.autocast:
+                logits = self.forward(x)  # [S, b, C]
+                if self.teacher is not None:
+                    with torch.no_grad():
+                        soft_batch = self.teacher(x.flatten(0, 1)).view(logits.shape)
+                else:
+                    soft_batch = None if soft is None else _rows(soft, idx)
+            loss = distillation_loss(logits, y, soft_batch, self.temperature, self.distillation_weight, self.hard_weight)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.sum().backward()  # the runs share no weights, so each gets exactly its own gradient
+            self.optimizer.step()
+            losses[i] = loss.detach()  # kept on the device: no host sync inside the step
+            correct[i] = (logits.argmax(-1) == y).sum(-1).float()
+            if stop.requested:
+                self.step = i + 1
+                self.partial = {"losses": losses.cpu(), "correct": correct.cpu(), "seconds": self.partial["seconds"] + time.perf_counter() - t0}
+                self.save_all()
+                raise TrainingInterrupted(
+                    f"interrupted at epoch {self.epoch + 1}, step {i + 1} of {self.steps}; checkpoint saved in {self.runs[0].dir}"
+                )
+        self.partial.update(losses=losses, correct=correct)
+        return self.partial["seconds"] + time.perf_counter() - t0
+
+    def end_epoch(self, seconds: float):
+        """Check the losses, evaluate, log and checkpoint the epoch just trained."""
+        losses, correct = self.partial["losses"], self.partial["correct"]
+        finite = torch.isfinite(losses).all(1)  # one host sync per epoch, here
+        if not bool(finite.all()):
+            step = int((~finite).nonzero()[0]) + 1
+            bad = [str(r.dir) for r, ok in zip(self.runs, torch.isfinite(losses).all(0).tolist()) if not ok]
+            raise KdcliError(
+                f"loss is not finite at epoch {self.epoch + 1}, step {step} ({', '.join(bad)}): lower --lr "
+                f"(now {self.config.lr}); the last good checkpoint is kept"
+            )
+        self.epoch, self.step, self.partial = self.epoch + 1, 0, None
+        self.train_loss = (losses.sum(0) / self.steps).tolist()
+        self.train_accuracy = (100 * correct.sum(0) / self.num_images).tolist()
+        last = self.epoch == self.config.epochs
+        evaluated = last or self.epoch % self.config.eval_every == 0
+        if evaluated:
+            self.test_accuracy = evaluate_stack(self.stack, self.data.test_images, self.data.test_labels, self.autocast)
+        for s, r in enumerate(self.runs):
+            metrics = {
+                "epoch": self.epoch,
+                "lr": learning_rate(self.config, self.epoch - 1 / self.steps),  # the last step's
+                "train_loss": round(self.train_loss[s], 6),
+                "train_accuracy": round(self.train_accuracy[s], 4),
+                "test_accuracy": self.test_accuracy[s] if evaluated else None,
+                "seconds": round(seconds, 4),
+                "images_per_s": round(self.num_images / seconds, 1),
+            }
+            with open(r.dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(metrics) + "\n")
+        if last or self.epoch % self.config.save_every == 0:
+            self.save_all()
+
+    def save_all(self):
+        optimizer_state = self.optimizer.state_dict()
+        for s, r in enumerate(self.runs):
+            weights = self.stack.member_state(s)
+            save_atomic(
+                {
+                    "model": weights,
+                    "model_name": r.config.model,
+                    "num_classes": self.data.num_classes,
+                    "optimizer": split_optimizer_state(optimizer_state, self.size, s),
+                    "epoch": self.epoch,  # epochs complete
+                    "step": self.step,  # steps done into the next epoch (non-zero only after Ctrl-C)
+                    "partial": self.partial,  # that epoch's per-step losses and hits so far
+                    "config": {k: _plain(v) for k, v in asdict(r.config).items()},
+                    "test_accuracy": self.test_accuracy[s],
+                    "kdcli_version": __version__,
+                },
+                r.dir / CHECKPOINT,
+            )
+
+    def write_summaries(self) -> list:
+        summaries = []
+        for s, r in enumerate(self.runs):
+            logged = [json.loads(line) for line in (r.dir / "metrics.jsonl").read_text().splitlines()]
+            summary = {
+                "model": r.config.model,
+                "epochs": self.config.epochs,
+                "seed": r.config.seed,
+                "test_accuracy": self.test_accuracy[s],
+                "train_accuracy": round(self.train_accuracy[s], 4),
+                "train_seconds": round(sum(m["seconds"] for m in logged), 2),
+                "trained_together": self.size,
+            }
+            if hasattr(r.config, "temperature"):
+                summary.update(temperature=r.temperature, distillation_weight=r.distillation_weight, hard_weight=r.hard_weight)
+            write_json(r.dir / "summary.json", summary)
+            summaries.append(summary)
+        return summaries
+
+
+def _rows(table, idx):
+    """table [S, N, K], idx [S, b] -> [S, b, K]: each run's own rows."""
+    return table.gather(1, idx[..., None].expand(-1, -1, table.shape[-1]))
 
 
 def _truncate_metrics(path: Path, epochs: int):
@@ -486,38 +566,20 @@ def _truncate_metrics(path: Path, epochs: int):
         path.write_text("".join(line + "\n" for line in kept))
 
 
-def _save(run, stack, optimizer, s, epoch, step, partial, test_accuracy):
-    weights = stack.member_state(s)
-    save_atomic(
-        {
-            "model": weights,
-            "model_name": run.config.model,
-            "num_classes": weights[next(reversed(weights))].shape[0],  # the last layer's bias
-            "optimizer": split_optimizer_state(optimizer.state_dict(), stack.size, s),
-            "epoch": epoch,  # epochs complete
-            "step": step,  # steps done into the next epoch (non-zero only after Ctrl-C)
-            "partial": None if partial is None else {**partial, "losses": partial["losses"].cpu(), "correct": partial["correct"].cpu()},
-            "config": {k: _plain(v) for k, v in asdict(run.config).items()},
-            "test_accuracy": test_accuracy,
-            "kdcli_version": __version__,
-        },
-        run.dir / CHECKPOINT,
-    )
-
-
-def _report(bar, config, epoch, train_loss, train_acc, test_acc, seconds, images, progress):
-    mean = lambda v: sum(v) / len(v)  # noqa: E731  (several runs show their mean)
-    tested = [a for a in test_acc if a is not None]
-    if config.quiet:
-        if progress and tested and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs):
-            print(
-                f"epoch {epoch + 1}/{config.epochs}  loss {mean(train_loss):.4f}  train {mean(train_acc):.2f}%  "
-                f"test {mean(tested):.2f}%  {seconds:.2f}s  {images / seconds:,.0f} img/s",
-                flush=True,
-            )
-        return
-    bar.set_postfix(loss=f"{mean(train_loss):.3f}", train=f"{mean(train_acc):.1f}%", test=f"{mean(tested):.1f}%" if tested else "-", img_s=f"{images / seconds:,.0f}")
-    bar.update(1)
+def _report(bar, config, group, seconds, progress):
+    mean = lambda v: sum(v) / len(v)  # noqa: E731  (a group shows the mean of its runs)
+    tested = [a for a in group.test_accuracy if a is not None]
+    images_per_s = group.num_images * group.size / seconds
+    if not config.quiet:
+        test = f"{mean(tested):.1f}%" if tested else "-"
+        bar.set_postfix(loss=f"{mean(group.train_loss):.3f}", train=f"{mean(group.train_accuracy):.1f}%", test=test, img_s=f"{images_per_s:,.0f}")
+        bar.update(1)
+    elif progress and (group.epoch % config.eval_every == 0 or group.epoch == config.epochs):
+        print(
+            f"epoch {group.epoch}/{config.epochs}  loss {mean(group.train_loss):.4f}  train {mean(group.train_accuracy):.2f}%  "
+            f"test {mean(tested):.2f}%  {seconds:.2f}s  {images_per_s:,.0f} img/s",
+            flush=True,
+        )
 
 
 class _StopOnSigint:
@@ -574,7 +636,8 @@ def load_model(checkpoint_path, device) -> tuple:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
         raise KdcliError(f"{checkpoint_path}: weights do not fit {state['model_name']} ({str(e).splitlines()[0]})") from None
-    return model.to(device, memory_format=torch.channels_last).eval(), state
+    model = model.to(device, memory_format=torch.channels_last if device.type == "cuda" else torch.preserve_format)
+    return model.eval(), state
 
 
 def evaluate(checkpoint_path, data_dir="data", device="auto", download=True) -> dict:

@@ -1,0 +1,264 @@
+"""Report: many finished runs -> one table of mean and spread per setting.
+
+    runs = collect(["runs/sweep", "runs/baseline"])      # every summary.json below
+    rows = aggregate(runs)                                # one row per setting
+    text = write_report(rows, "runs/report", teacher_accuracy(runs), len(runs.unfinished))
+
+A setting is (model, temperature, distillation weight, hard weight); its runs
+differ only by seed. All baselines (distillation weight 0) of a model are one
+setting whatever their temperature, which they never use. Each KD setting is
+compared with its model's baseline: the difference of the means with a 95%
+confidence interval from Welch's t-test, because seed noise alone spans about
+two points on CIFAR-10 (design.md), more than most KD gains.
+"""
+
+import csv
+import itertools
+import json
+import math
+import statistics
+from pathlib import Path
+
+from kdcli import KdcliError
+
+SETTING_COLUMNS = ["model", "temperature", "distillation_weight", "hard_weight", "n"]
+ACCURACY_COLUMNS = ["mean", "std", "min", "max", "delta", "ci_low", "ci_high"]  # percent; delta and CI vs the baseline
+
+
+# ---------------------------------------------------------------- Student t quantile (no scipy)
+
+
+def _incomplete_beta_cf(a: float, b: float, x: float) -> float:
+    """Continued fraction for I_x(a, b), modified Lentz (Numerical Recipes 6.4); converges for x < (a+1)/(a+b+2)."""
+    tiny, c, d = 1e-300, 1.0, 1.0 - (a + b) * x / (a + 1)
+    d = 1 / (d if abs(d) > tiny else tiny)
+    f = d
+    for m in range(1, 10_000):  # needs O(sqrt(max(a, b))) terms: a few hundred at df = 1e5
+        # each m is two steps of the fraction, with the even and the odd numerator d_2m, d_2m+1
+        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)), -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1 + num * d
+            d = 1 / (d if abs(d) > tiny else tiny)
+            c = 1 + num / c
+            c = c if abs(c) > tiny else tiny
+            f *= c * d
+        if abs(c * d - 1) < 1e-15:
+            break
+    return f
+
+
+def regularized_beta(a: float, b: float, x: float) -> float:
+    """I_x(a, b), the regularized incomplete beta function."""
+    if x <= 0 or x >= 1:
+        return 0.0 if x <= 0 else 1.0
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    if x < (a + 1) / (a + b + 2):
+        return math.exp(log_front) * _incomplete_beta_cf(a, b, x) / a
+    return 1 - math.exp(log_front) * _incomplete_beta_cf(b, a, 1 - x) / b  # symmetry keeps the fraction convergent
+
+
+def t_cdf(t: float, df: float) -> float:
+    """P(T <= t) for Student's t with df (possibly fractional) degrees of freedom."""
+    tail = 0.5 * regularized_beta(df / 2, 0.5, df / (df + t * t))  # P(T > |t|)
+    return 1 - tail if t >= 0 else tail
+
+
+def t_quantile(p: float, df: float) -> float:
+    """The t with t_cdf(t, df) = p, by bisection: the CDF is monotone, so this cannot fail to converge."""
+    if p < 0.5:
+        return -t_quantile(1 - p, df)
+    lo, hi = 0.0, 2.0
+    while t_cdf(hi, df) < p:  # bracket: t_{0.975} is 12.7 at df = 1 and heavier tails go further
+        lo, hi = hi, hi * 2
+    while hi - lo > 1e-10:
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if t_cdf(mid, df) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+def welch_ci(a: list, b: list, level: float = 0.95):
+    """Confidence interval for mean(a) - mean(b) without assuming equal variances; None if a side has n < 2."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    diff = statistics.mean(a) - statistics.mean(b)
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)  # squared standard errors
+    if va + vb == 0:  # every run identical on both sides: no spread to test, df would be 0/0
+        return diff, diff
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))  # Welch-Satterthwaite
+    half = t_quantile(1 - (1 - level) / 2, df) * math.sqrt(va + vb)
+    return diff - half, diff + half
+
+
+# ---------------------------------------------------------------- finding runs
+
+
+class Runs(list):
+    """The runs found (a list of {"run_dir", "summary", "config"}), plus the unfinished run folders left out."""
+
+    def __init__(self, runs=(), unfinished=()):
+        super().__init__(runs)
+        self.unfinished = list(unfinished)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise KdcliError(f"cannot read {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise KdcliError(f"cannot read {path}: expected a JSON object")
+    return data
+
+
+def collect(paths) -> Runs:
+    """Every run folder (one with summary.json) at or below each path; folders with only config.json are unfinished."""
+    finished, started = set(), set()
+    for path in map(Path, paths):
+        if not path.is_dir():
+            raise KdcliError(f"{path} is not a folder: pass run folders or a folder holding them (a sweep)")
+        finished |= {f.parent.resolve() for f in path.rglob("summary.json")}
+        started |= {f.parent.resolve() for f in path.rglob("config.json")}
+    # a folder that holds runs (a sweep writing its own config.json) is a container, not an unfinished run
+    runs_below = finished | started
+    unfinished = sorted(d for d in started - finished if not any(d in r.parents for r in runs_below))
+    if not finished:
+        also = f" ({len(unfinished)} unfinished)" if unfinished else ""
+        raise KdcliError(f"no finished run (summary.json) under {', '.join(map(str, paths))}{also}: train some first")
+    runs = Runs(unfinished=unfinished)
+    for d in sorted(finished):
+        summary = _read_json(d / "summary.json")
+        if "model" not in summary or "test_accuracy" not in summary:
+            raise KdcliError(f"{d / 'summary.json'} has no model or test_accuracy: is it a kdcli run?")
+        config = _read_json(d / "config.json") if (d / "config.json").exists() else {}
+        runs.append({"run_dir": str(d), "summary": summary, "config": config})
+    return runs
+
+
+def teacher_accuracy(runs) -> float | None:
+    """The teacher's test accuracy recorded by the KD runs' caches; None if none records it."""
+    teachers = {(r["config"].get("cache_teacher_sha256"), r["config"]["cache_teacher_test_accuracy"]) for r in runs if "cache_teacher_test_accuracy" in r["config"]}
+    if len(teachers) > 1:  # rows would average students of different teachers into one setting
+        raise KdcliError(f"these runs were distilled from {len(teachers)} different teachers: report each teacher's runs separately")
+    return next(iter(teachers))[1] if teachers else None
+
+
+# ---------------------------------------------------------------- aggregation
+
+
+def _setting(summary: dict) -> tuple:
+    """(model, temperature, distillation weight, hard weight); temperature None for a baseline (or a teacher)."""
+    w = float(summary.get("distillation_weight", 0.0))  # a teacher summary has no KD keys: a baseline of its model
+    temperature = float(summary["temperature"]) if w != 0 else None
+    return summary["model"], temperature, w, float(summary.get("hard_weight", 1.0))
+
+
+def _order(setting: tuple) -> tuple:
+    model, temperature, w, hard = setting
+    return model, temperature is not None, temperature or 0.0, w, hard  # baseline (None) first, then by T
+
+
+def aggregate(runs) -> list[dict]:
+    """One row per setting, baseline first within each model, then by temperature."""
+    groups: dict[tuple, list[float]] = {}
+    for r in runs:
+        groups.setdefault(_setting(r["summary"]), []).append(float(r["summary"]["test_accuracy"]))
+    # a baseline has the same hard weight as the KD runs it is compared with (it scales the CE loss)
+    baselines = {(model, hard): accs for (model, temperature, w, hard), accs in groups.items() if w == 0}
+    rows = []
+    for (model, temperature, w, hard), accs in sorted(groups.items(), key=lambda kv: _order(kv[0])):
+        base = baselines.get((model, hard)) if w != 0 else None
+        ci = welch_ci(accs, base) if base else None
+        rows.append({
+            "model": model, "temperature": temperature, "distillation_weight": w, "hard_weight": hard,
+            "n": len(accs), "mean": statistics.mean(accs),
+            "std": statistics.stdev(accs) if len(accs) > 1 else None,  # sample std (ddof=1)
+            "min": min(accs), "max": max(accs),
+            "delta": statistics.mean(accs) - statistics.mean(base) if base else None,
+            "ci_low": ci[0] if ci else None, "ci_high": ci[1] if ci else None,
+        })
+    return rows
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _f(x, signed=False) -> str:
+    return "n/a" if x is None else f"{x:+.2f}" if signed else f"{x:.2f}"
+
+
+def _markdown(rows, teacher_accuracy, unfinished) -> str:
+    lines = ["| model | T | w | n | mean ± std | min | max | Δ vs baseline [95% CI] |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in rows:
+        # settings keep their own precision (w = 0.001 is not 0.00); accuracies get 2 decimals
+        w = f"{r['distillation_weight']:g}" + (f" (hard {r['hard_weight']:g})" if r["hard_weight"] != 1 else "")
+        if r["temperature"] is None:
+            temperature, delta = "baseline", ""
+        else:
+            temperature = f"{r['temperature']:g}"
+            ci = "n/a" if r["ci_low"] is None else f"{_f(r['ci_low'], True)}, {_f(r['ci_high'], True)}"
+            delta = f"{_f(r['delta'], True)} [{ci}]"
+        lines.append(f"| {r['model']} | {temperature} | {w} | {r['n']} | {_f(r['mean'])} ± {_f(r['std'])} | {_f(r['min'])} | {_f(r['max'])} | {delta} |")
+    notes = ["Test accuracy in %, final epoch, over seeds."]
+    if teacher_accuracy is not None:
+        notes.append(f"Teacher: {teacher_accuracy:.2f}%.")
+    if unfinished:
+        notes.append(f"{unfinished} run{'s' if unfinished != 1 else ''} unfinished, left out.")
+    return "\n".join(lines) + "\n\n" + " ".join(notes) + "\n"
+
+
+def _write_csv(rows, path: Path):
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=SETTING_COLUMNS + ACCURACY_COLUMNS)
+        writer.writeheader()
+        for r in rows:  # plain numbers, empty for n/a; accuracies rounded as in the table
+            writer.writerow({**{k: r[k] for k in SETTING_COLUMNS}, **{k: "" if r[k] is None else round(r[k], 2) for k in ACCURACY_COLUMNS}})
+
+
+def _plot(rows, path: Path, teacher_accuracy) -> bool:
+    """Accuracy vs temperature; False if matplotlib (the optional `plot` extra) is missing."""
+    try:  # imported here: the report's table and csv must work without it
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return False
+    fig = Figure(figsize=(7, 4.5))
+    FigureCanvasAgg(fig)  # the Agg backend on this figure only: no pyplot, no global backend switch, no display needed
+    ax = fig.add_subplot()
+    palette = (f"C{i}" for i in itertools.count())  # one colour per baseline band and per KD curve
+    kd = {}  # (model, w, hard) -> its rows, one point per temperature
+    for r in rows:
+        if r["temperature"] is None:
+            color, std = next(palette), r["std"] or 0
+            ax.axhspan(r["mean"] - std, r["mean"] + std, color=color, alpha=0.15)
+            ax.axhline(r["mean"], color=color, lw=1, label=f"{r['model']} baseline (n={r['n']})")
+        else:
+            kd.setdefault((r["model"], r["distillation_weight"], r["hard_weight"]), []).append(r)
+    for (model, w, hard), series in kd.items():
+        ax.errorbar([r["temperature"] for r in series], [r["mean"] for r in series], yerr=[r["std"] or 0 for r in series],
+                    marker="o", capsize=3, color=next(palette), label=f"{model} KD w={w:g}" + (f" hard={hard:g}" if hard != 1 else ""))
+    if kd:
+        ax.set_xscale("log")  # temperatures are swept over decades (1 .. 100)
+        temperatures = sorted({r["temperature"] for r in rows if r["temperature"] is not None})
+        ax.set_xticks(temperatures, [f"{t:g}" for t in temperatures])  # the swept values, not 10^0, 10^1
+        ax.minorticks_off()
+    if teacher_accuracy is not None:
+        ax.axhline(teacher_accuracy, color="k", ls="--", lw=1, label=f"teacher {teacher_accuracy:.2f}%")
+    ax.set(xlabel="temperature T", ylabel="test accuracy (%)", title="Knowledge distillation on CIFAR-10 (mean ± std over seeds)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return True
+
+
+def write_report(rows, out_dir, teacher_accuracy=None, unfinished: int = 0) -> str:
+    """Write results.md, results.csv and results.png into out_dir; return the markdown for the terminal."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise KdcliError(f"cannot create {out}: {e.strerror or e}") from None
+    text = _markdown(rows, teacher_accuracy, unfinished)
+    (out / "results.md").write_text(text)
+    _write_csv(rows, out / "results.csv")
+    if not _plot(rows, out / "results.png", teacher_accuracy):
+        text += "results.png skipped: matplotlib is not installed (pip install 'kdcli[plot]' for the plot)\n"
+    return text

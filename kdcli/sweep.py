@@ -1,0 +1,108 @@
+"""Many students from one cache: every (temperature, seed), plus a baseline per seed.
+
+    summaries = sweep(SweepConfig(temperatures=(1, 10, 30), seeds=(777, 10)))
+
+Each student gets the usual run folder under --out (`T30/seed777/`,
+`baseline/seed777/`). Students are trained S at a time as one batched
+computation (train.ModelStack). A killed sweep resumes when run again: finished
+students are kept, unfinished ones continue from their checkpoints. The report
+(report.py) is written at the end.
+"""
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from kdcli.checkpoint import CHECKPOINT, load_checkpoint
+from kdcli.data import load_cifar10
+from kdcli.train import (
+    ConfigError,
+    DistillOptions,
+    StudentConfig,
+    TrainOptions,
+    check_temperature,
+    open_student_cache,
+    resolve_device,
+    stackable,
+    student_runs,
+    train_runs,
+)
+
+
+@dataclass
+class SweepConfig(DistillOptions, TrainOptions):
+    model: str = "lenet5"  # student architecture (see `kdcli models`)
+    temperatures: tuple[float, ...] = (1.0, 10.0, 30.0, 50.0, 100.0)  # one KD setting per temperature (reference table)
+    seeds: tuple[int, ...] = (777, 10, 20, 30)  # every setting is trained once per seed (reference seeds)
+    baseline: bool = True  # also train each seed without the teacher (distillation weight 0)
+    parallel: int = 0  # students trained at once as one batched computation (0: all)
+    out: str = "runs/sweep"  # sweep folder: one run folder per student, results.md/csv/png
+
+    def __post_init__(self):
+        super().__post_init__()
+        for t in self.temperatures:
+            check_temperature(t)
+        if not self.seeds:
+            raise ConfigError("--seeds", "give at least one seed")
+        if len(set(self.seeds)) != len(self.seeds) or len(set(self.temperatures)) != len(self.temperatures):
+            raise ConfigError("--seeds/--temperatures", "values must not repeat")
+        if not self.temperatures and not self.baseline:
+            raise ConfigError("--temperatures", "nothing to train: give temperatures or keep --baseline")
+        if self.parallel < 0:
+            raise ConfigError("--parallel", f"must be >= 0, got {self.parallel}")
+
+
+def student_configs(config: SweepConfig) -> list:
+    """One StudentConfig per student of the sweep, each with its own folder; resumed when rerun."""
+    shared = {f.name: getattr(config, f.name) for f in fields(StudentConfig) if hasattr(config, f.name)}
+    shared.update(resume=not config.force, quiet=True)
+    out = Path(config.out)
+    configs = []
+    for seed in config.seeds:
+        if config.baseline:
+            configs.append(StudentConfig(**{**shared, "seed": seed, "temperature": 1.0, "distillation_weight": 0.0, "out": str(out / "baseline" / f"seed{seed}")}))
+        for t in config.temperatures:
+            configs.append(StudentConfig(**{**shared, "seed": seed, "temperature": t, "out": str(out / f"T{t:g}" / f"seed{seed}")}))
+    return configs
+
+
+def groups(configs: list, parallel: int) -> list:
+    """Unfinished students in groups that can train together: same resume point, at most `parallel` each."""
+    by_start = {}
+    for c in configs:
+        folder = Path(c.out)
+        if (folder / "summary.json").exists() and not c.force:
+            continue
+        ckpt = folder / CHECKPOINT
+        start = (0, 0)
+        if ckpt.exists() and not c.force:
+            state = load_checkpoint(ckpt)
+            start = (state["epoch"], state.get("step", 0))
+        by_start.setdefault(start, []).append(c)
+    size = parallel or len(configs)
+    return [members[i : i + size] for members in by_start.values() for i in range(0, len(members), size)]
+
+
+def sweep(config: SweepConfig, progress=True) -> dict:
+    """Train every student of the sweep that is not finished yet, then write the report."""
+    from kdcli import report
+
+    device = resolve_device(config.device)
+    data = load_cifar10(config.data_dir, device, config.subset, config.download)
+    configs = student_configs(config)
+    kd = [c for c in configs if c.distillation_weight > 0]
+    cache = open_student_cache(kd[0], data) if kd else None
+    # Batch norm keeps running statistics that a vmapped call cannot update: such students train one by one.
+    parallel = config.parallel if stackable(config.model) else 1
+    try:
+        todo = groups(configs, parallel)
+        for i, members in enumerate(todo):
+            if progress:
+                print(f"group {i + 1}/{len(todo)}: {len(members)} students trained together", flush=True)
+            train_runs(student_runs(members, data, cache), data, device, progress=progress)
+    finally:
+        if cache is not None:
+            cache.close()
+    runs = report.collect([config.out])
+    rows = report.aggregate(runs)
+    table = report.write_report(rows, config.out, report.teacher_accuracy(runs), unfinished=len(runs.unfinished))
+    return {"table": table, "students": len(configs), "trained_now": sum(len(g) for g in todo), "out": config.out, "settings": asdict(config)}

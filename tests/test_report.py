@@ -1,0 +1,186 @@
+"""Tests for kdcli/report.py: the t quantile, Welch's interval, finding and aggregating runs, the written files.
+
+Run folders are faked with summary.json / config.json in tmp_path: nothing is trained.
+"""
+
+import csv
+import json
+import math
+import sys
+
+import pytest
+
+from kdcli import KdcliError
+from kdcli.report import aggregate, collect, t_cdf, t_quantile, teacher_accuracy, welch_ci, write_report
+
+TEACHER = {"cache_teacher_test_accuracy": 95.21, "cache_teacher_sha256": "ab" * 32}
+
+
+def make_run(folder, acc, model="lenet5", seed=777, temperature=None, weight=None, config=None, finished=True):
+    """A fake run folder; temperature/weight None writes a teacher-style summary without KD keys."""
+    folder.mkdir(parents=True)
+    summary = {"model": model, "epochs": 300, "seed": seed, "test_accuracy": acc, "train_accuracy": 90.0, "train_seconds": 1.0, "trained_together": 1}
+    if weight is not None:
+        summary |= {"temperature": temperature, "distillation_weight": weight, "hard_weight": 1.0}
+    (folder / "config.json").write_text(json.dumps({"model": model, "seed": seed, **(config or {})}))
+    if finished:
+        (folder / "summary.json").write_text(json.dumps(summary))
+    return folder
+
+
+def make_sweep(root):
+    """The reference table's student runs: 4 baseline seeds (logged at two temperatures), KD at T = 10 (2 seeds) and 30 (1 seed)."""
+    for seed, acc, t in [(777, 73.26, 4.0), (10, 75.12, 4.0), (20, 73.91, 30.0), (30, 75.64, 30.0)]:
+        make_run(root / f"base-s{seed}", acc, seed=seed, temperature=t, weight=0.0)
+    make_run(root / "kd" / "T10-s777", 74.62, temperature=10.0, weight=0.1, config=TEACHER)
+    make_run(root / "kd" / "T10-s10", 75.02, seed=10, temperature=10.0, weight=0.1, config=TEACHER)
+    make_run(root / "kd" / "T30-s777", 75.81, temperature=30.0, weight=0.1, config=TEACHER)
+    return root
+
+
+# ---------------------------------------------------------------- t quantile
+
+
+@pytest.mark.parametrize("df, expected", [(1, 12.706), (3, 3.182), (10, 2.228), (30, 2.042), (1e6, 1.960)])
+def test_t_quantile_known_values(df, expected):
+    assert t_quantile(0.975, df) == pytest.approx(expected, abs=1e-3)
+
+
+def test_t_quantile_fractional_df_lies_between_neighbours():
+    assert t_quantile(0.975, 5) < t_quantile(0.975, 4.5) < t_quantile(0.975, 4)
+
+
+def test_t_quantile_inverts_the_cdf_and_is_symmetric():
+    for df in (1, 2.5, 7, 100):
+        for p in (0.6, 0.9, 0.995):
+            assert t_cdf(t_quantile(p, df), df) == pytest.approx(p, abs=1e-9)
+            assert t_quantile(1 - p, df) == pytest.approx(-t_quantile(p, df))
+    assert t_cdf(0.0, 3) == 0.5
+
+
+# ---------------------------------------------------------------- Welch interval
+
+
+def test_welch_ci_matches_hand_computation():
+    # a: mean 75, var 1; b: mean 73.5, var 0.5 -> se^2 = 1/3 + 0.5/2 = 7/12
+    # df = (7/12)^2 / ((1/3)^2 / 2 + (1/4)^2 / 1) = 2.882..., t_{0.975, 2.882} = 3.25721 (mpmath)
+    se = math.sqrt(7 / 12)
+    df = (7 / 12) ** 2 / ((1 / 3) ** 2 / 2 + (1 / 4) ** 2 / 1)
+    assert df == pytest.approx(2.88235, abs=1e-5)
+    low, high = welch_ci([74.0, 75.0, 76.0], [73.0, 74.0])
+    assert low == pytest.approx(1.5 - 3.25721 * se, abs=1e-4)
+    assert high == pytest.approx(1.5 + 3.25721 * se, abs=1e-4)
+    assert (low, high) == pytest.approx((-0.98773, 3.98773), abs=1e-4)
+
+
+def test_welch_ci_needs_two_runs_each_side():
+    assert welch_ci([75.0], [73.0, 74.0]) is None
+    assert welch_ci([74.0, 75.0], [73.0]) is None
+    assert welch_ci([75.0, 75.0], [74.0, 74.0]) == (1.0, 1.0)  # no spread at all: a point, not a crash
+
+
+# ---------------------------------------------------------------- collect
+
+
+def test_collect_finds_nested_runs_and_skips_unfinished(tmp_path):
+    sweep = make_sweep(tmp_path / "sweep")
+    (sweep / "config.json").write_text("{}")  # a sweep's own config: a container, not an unfinished run
+    make_run(sweep / "kd" / "T50-s777", 0.0, temperature=50.0, weight=0.1, finished=False)
+    make_run(sweep / "kd" / "T100-s777", 0.0, temperature=100.0, weight=0.1, finished=False)
+    runs = collect([sweep])
+    assert len(runs) == 7
+    assert len(runs.unfinished) == 2
+    assert {r["summary"]["seed"] for r in runs} == {777, 10, 20, 30}
+    assert all(set(r) == {"run_dir", "summary", "config"} for r in runs)
+
+
+def test_collect_accepts_a_run_folder_and_does_not_count_a_run_twice(tmp_path):
+    sweep = make_sweep(tmp_path / "sweep")
+    assert len(collect([sweep / "base-s777"])) == 1
+    assert len(collect([sweep, sweep / "kd"])) == 7
+
+
+def test_collect_errors_on_nothing_found(tmp_path):
+    make_run(tmp_path / "run", 0.0, finished=False)
+    with pytest.raises(KdcliError, match=r"no finished run.*\(1 unfinished\)"):
+        collect([tmp_path])
+    with pytest.raises(KdcliError, match="not a folder"):
+        collect([tmp_path / "missing"])
+
+
+def test_collect_errors_on_unreadable_summary(tmp_path):
+    make_run(tmp_path / "run", 75.0)
+    (tmp_path / "run" / "summary.json").write_text('{"model": "lenet5", "test_acc')
+    with pytest.raises(KdcliError, match="cannot read .*summary.json"):
+        collect([tmp_path])
+    (tmp_path / "run" / "summary.json").write_text('{"model": "lenet5"}')
+    with pytest.raises(KdcliError, match="no model or test_accuracy"):
+        collect([tmp_path])
+
+
+def test_teacher_accuracy_from_kd_configs(tmp_path):
+    runs = collect([make_sweep(tmp_path / "sweep")])
+    assert teacher_accuracy(runs) == 95.21
+    assert teacher_accuracy([r for r in runs if r["summary"]["distillation_weight"] == 0]) is None
+    make_run(tmp_path / "sweep" / "other", 75.0, temperature=10.0, weight=0.1, config={"cache_teacher_test_accuracy": 93.0, "cache_teacher_sha256": "cd" * 32})
+    with pytest.raises(KdcliError, match="2 different teachers"):
+        teacher_accuracy(collect([tmp_path / "sweep"]))
+
+
+# ---------------------------------------------------------------- aggregate
+
+
+def test_aggregate_groups_seeds_and_puts_all_baselines_together(tmp_path):
+    rows = aggregate(collect([make_sweep(tmp_path / "sweep")]))
+    assert [(r["temperature"], r["n"]) for r in rows] == [(None, 4), (10.0, 2), (30.0, 1)]  # baseline first, then by T
+    base, t10, t30 = rows
+    assert base["distillation_weight"] == 0.0
+    assert base["mean"] == pytest.approx(74.4825)  # the reference's 74.48 ± 1.09 (design.md)
+    assert base["std"] == pytest.approx(1.0906, abs=1e-4)
+    assert (base["min"], base["max"]) == (73.26, 75.64)
+    assert base["delta"] is None and base["ci_low"] is None
+    assert t10["delta"] == pytest.approx(74.82 - 74.4825)
+    assert (t10["ci_low"], t10["ci_high"]) == pytest.approx(welch_ci([74.62, 75.02], [73.26, 75.12, 73.91, 75.64]))
+    assert t30["std"] is None  # n = 1: no spread
+    assert t30["delta"] == pytest.approx(75.81 - 74.4825)
+    assert t30["ci_low"] is None and t30["ci_high"] is None
+
+
+def test_aggregate_keeps_models_apart_and_treats_a_teacher_as_its_models_baseline(tmp_path):
+    make_run(tmp_path / "teacher", 95.21, model="resnet18")
+    make_run(tmp_path / "kd", 75.0, temperature=4.0, weight=0.1)
+    rows = aggregate(collect([tmp_path]))
+    assert [(r["model"], r["temperature"]) for r in rows] == [("lenet5", 4.0), ("resnet18", None)]
+    assert rows[0]["delta"] is None  # no lenet5 baseline to compare with
+
+
+# ---------------------------------------------------------------- write_report
+
+
+def test_write_report_writes_table_csv_and_png(tmp_path):
+    runs = collect([make_sweep(tmp_path / "sweep")])
+    text = write_report(aggregate(runs), tmp_path / "report", teacher_accuracy(runs), unfinished=3)
+    md = (tmp_path / "report" / "results.md").read_text()
+    assert text == md
+    assert "| lenet5 | baseline | 0 | 4 | 74.48 ± 1.09 | 73.26 | 75.64 |  |" in md
+    assert "| lenet5 | 30 | 0.1 | 1 | 75.81 ± n/a | 75.81 | 75.81 | +1.33 [n/a] |" in md
+    assert "Teacher: 95.21%. 3 runs unfinished, left out." in md
+    with open(tmp_path / "report" / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["temperature"] for r in rows] == ["", "10.0", "30.0"]
+    assert float(rows[0]["mean"]) == 74.48 and rows[2]["std"] == ""
+    assert float(rows[1]["ci_low"]) < float(rows[1]["delta"]) < float(rows[1]["ci_high"])
+    png = tmp_path / "report" / "results.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_write_report_without_matplotlib_skips_the_png(tmp_path, monkeypatch):
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.setitem(sys.modules, name, None)  # None in sys.modules makes `import` raise ImportError
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    runs = collect([make_sweep(tmp_path / "sweep")])
+    text = write_report(aggregate(runs), tmp_path / "report")
+    assert "pip install 'kdcli[plot]'" in text
+    assert "pip install" not in (tmp_path / "report" / "results.md").read_text()
+    assert (tmp_path / "report" / "results.csv").exists()
+    assert not (tmp_path / "report" / "results.png").exists()
