@@ -15,6 +15,7 @@ TEMPERATURES ?= 1,10,30,50,100
 SEEDS  ?= 777,10,20,30
 SWEEP  ?= runs/sweep
 COMMON  = --data-dir $(DATA) --device $(DEVICE)
+ARGS   ?=
 
 .PHONY: install test teacher logits student sweep reproduce demo bench clean
 
@@ -28,14 +29,33 @@ install: $(VENV)/.installed  ## make .venv and install kdcli into it (editable, 
 test: install  ## run the test suite (what CI runs)
 	$(VENV)/bin/python -m pytest
 
-teacher: install  ## train the teacher with the reference recipe (resumes if interrupted)
-	$(KDCLI) train-teacher --epochs $(EPOCHS) --scheduler $(SCHEDULER) --out $(TEACHER) --resume $(COMMON)
+teacher: $(TEACHER)/summary.json  ## train the teacher with the reference recipe (resumes if interrupted)
+$(TEACHER)/summary.json: | $(VENV)/.installed
+	$(KDCLI) train-teacher --epochs $(EPOCHS) --scheduler $(SCHEDULER) --out $(TEACHER) --resume $(COMMON) $(ARGS)
 
-logits: install  ## teacher logits over CACHE_EPOCHS augmented epochs into the cache (resumes)
-	$(KDCLI) dump-logits --teacher $(TEACHER) --epochs $(CACHE_EPOCHS) --out $(CACHE) $(COMMON)
+logits: $(CACHE).done  ## teacher logits over CACHE_EPOCHS augmented epochs into the cache (resumes)
+$(CACHE).done: $(TEACHER)/summary.json
+	$(KDCLI) dump-logits --teacher $(TEACHER) --epochs $(CACHE_EPOCHS) --out $(CACHE) $(COMMON) $(ARGS)
+	touch $@
 
-student: install  ## one student from the cache at temperature T
-	$(KDCLI) train-student --cache $(CACHE) --temperature $(T) --epochs $(EPOCHS) --scheduler $(SCHEDULER) --out runs/student-T$(T) --resume $(COMMON)
+student: $(CACHE).done  ## one student from the cache at temperature T
+	$(KDCLI) train-student --cache $(CACHE) --temperature $(T) --epochs $(EPOCHS) --scheduler $(SCHEDULER) --out runs/student-T$(T) --resume $(COMMON) $(ARGS)
+
+sweep: $(CACHE).done  ## every temperature x seed, plus baselines, batched; then the report
+	$(KDCLI) sweep --cache $(CACHE) --temperatures $(TEMPERATURES) --seeds $(SEEDS) --epochs $(EPOCHS) --scheduler $(SCHEDULER) --out $(SWEEP) $(COMMON) $(ARGS)
+
+reproduce: sweep  ## the reference table: teacher 300 epochs -> cache 300 epochs -> 24 students; rerun to resume
+
+# The same pipeline shrunk to a few minutes on a 2-core CPU: the first thing to run.
+DEMO_ARGS = DATA=$(DATA) DEVICE=$(DEVICE) TEACHER=runs/demo/teacher CACHE=cache/demo.h5 SWEEP=runs/demo/sweep \
+	EPOCHS=$(DEMO_EPOCHS) SCHEDULER=onecycle TEMPERATURES=1,30 SEEDS=1,2 ARGS="--subset $(DEMO_SUBSET) --quiet"
+DEMO_EPOCHS ?= 3
+DEMO_SUBSET ?= 2000
+demo: install  ## the whole pipeline on a subset, a few minutes on a CPU; prints the table
+	$(MAKE) --no-print-directory sweep $(DEMO_ARGS)
+
+bench: install  ## the benchmark table (BENCH_ARGS=--smoke for a quick run)
+	$(VENV)/bin/python bench/bench.py $(BENCH_ARGS)
 
 clean:  ## remove the virtual environment
 	rm -rf $(VENV)
