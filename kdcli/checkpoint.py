@@ -7,6 +7,7 @@ A checkpoint is written to a temporary file in the same folder and renamed over
 the old one, so a process killed mid-write leaves the previous checkpoint intact.
 """
 
+import contextlib
 import hashlib
 import os
 import pickle
@@ -28,9 +29,12 @@ def save_atomic(state: dict, path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise KdcliError(f"cannot write {path}: {e.strerror or e}") from None
+    except BaseException as e:  # whatever stopped the write, leave no half-written temporary file
+        with contextlib.suppress(OSError):  # e.g. NotADirectoryError when the folder is a file
+            tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise KdcliError(f"cannot write {path}: {e.strerror or e}") from None
+        raise
 
 
 def resolve(path) -> Path:
@@ -46,9 +50,11 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
+        # torch's message advises weights_only=False, exactly what must not be done with an untrusted file.
+        reason = next((line.strip() for line in str(e).splitlines() if "WeightsUnpickler error" in line), "")
         raise KdcliError(
-            f"{path} was refused by safe loading (weights_only=True): it holds objects that would need "
-            f"arbitrary code to unpickle, so it is not a kdcli checkpoint or not a trusted one ({str(e).splitlines()[0]})"
+            f"{path} was refused by safe loading (weights_only=True): it is not a kdcli checkpoint, or it holds "
+            f"objects that would run code when unpickled. {reason}".strip()
         ) from None
     except Exception as e:
         raise KdcliError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from None

@@ -35,7 +35,7 @@ from kdcli import KdcliError, __version__, augment
 from kdcli.checkpoint import CHECKPOINT, load_checkpoint, save_atomic
 from kdcli.data import load_cifar10
 from kdcli.losses import distillation_loss
-from kdcli.models import create_model
+from kdcli.models import MODELS, create_model
 
 
 class ConfigError(KdcliError):
@@ -83,6 +83,8 @@ class TrainOptions:
                 raise ConfigError(_flag(name), f"must be at least 1, got {getattr(self, name)}")
         if self.subset is not None and self.subset < 1:
             raise ConfigError("--subset", f"must be at least 1, got {self.subset}")
+        if self.model not in MODELS:  # checked before any data is loaded or downloaded
+            raise ConfigError("--model", f"unknown model {self.model!r}; known models: {', '.join(sorted(MODELS))}")
         if not self.lr > 0:  # also catches nan
             raise ConfigError("--lr", f"must be > 0, got {self.lr}")
         if not (self.weight_decay >= 0 and self.momentum >= 0):
@@ -308,26 +310,33 @@ RESUME_IGNORES = {"resume", "force", "quiet", "device", "out", "eval_every", "sa
 def prepare_run_dir(config):
     """Check --out against --resume/--force; return the checkpoint to resume from, 'done', or None."""
     out = Path(config.out)
-    finished, ckpt = (out / "summary.json").exists(), out / CHECKPOINT
-    if config.force:
-        for name in ("summary.json", "metrics.jsonl", CHECKPOINT):
-            (out / name).unlink(missing_ok=True)
-    elif finished and config.resume:
-        return "done"
-    elif finished:
-        raise KdcliError(f"{out} holds a finished run: pass --force to overwrite it, or choose another --out")
-    elif ckpt.exists() and not config.resume:
-        raise KdcliError(f"{out} holds an unfinished run: pass --resume to continue it, or --force to start over")
-    try:
+    try:  # first: --force must not delete anything under an --out that cannot be a folder
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"
         probe.touch()
         probe.unlink()
     except OSError as e:
         raise KdcliError(f"cannot write to --out {out}: {e.strerror or e}") from None
+    finished, ckpt = (out / "summary.json").exists(), out / CHECKPOINT
+    if config.force:
+        for name in ("summary.json", "metrics.jsonl", CHECKPOINT):
+            (out / name).unlink(missing_ok=True)
+    elif finished and config.resume:
+        if ckpt.exists():  # a finished run is only "done" for the options it was trained with
+            check_same_options(config, load_checkpoint(ckpt), out)
+        return "done"
+    elif finished:
+        raise KdcliError(f"{out} holds a finished run: pass --force to overwrite it, or choose another --out")
+    elif ckpt.exists() and not config.resume:
+        raise KdcliError(f"{out} holds an unfinished run: pass --resume to continue it, or --force to start over")
     if not (config.resume and ckpt.exists()):
         return None
     state = load_checkpoint(ckpt)
+    check_same_options(config, state, out)
+    return state
+
+
+def check_same_options(config, state, out):
     saved = state.get("config", {})
     changed = [
         f"{_flag(k)} {getattr(config, k)!r} (run has {saved[k]!r})"
@@ -336,7 +345,6 @@ def prepare_run_dir(config):
     ]
     if changed:
         raise KdcliError(f"--resume of {out} with other options: {', '.join(changed)}; drop them, or use another --out")
-    return state
 
 
 def _plain(value):
@@ -544,7 +552,7 @@ class Group:
                 "epochs": self.config.epochs,
                 "seed": r.config.seed,
                 "test_accuracy": self.test_accuracy[s],
-                "train_accuracy": round(self.train_accuracy[s], 4),
+                "train_accuracy": logged[-1]["train_accuracy"],  # also after a resume at the last epoch
                 "train_seconds": round(sum(m["seconds"] for m in logged), 2),
                 "trained_together": self.size,
             }

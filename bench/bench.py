@@ -1,0 +1,307 @@
+"""kdcli's speed, each measurement side by side with its baseline, in one process and one run.
+
+    python bench/bench.py [--smoke] [--device cuda] [--data-dir data] [--students 1,6,24]
+    PYTHONPATH=. python3 bench/bench.py            # full size: meant for a CUDA GPU (a few minutes)
+
+1. teacher epoch (ResNet18, batch 128, SGD lr 0.1 momentum 0.9 wd 5e-4): kdcli's loop (data and
+   augmentation on the device, bf16 autocast and channels_last on CUDA) vs a classic torchvision
+   pipeline (PIL transforms in DataLoader workers, fp32, plain loop);
+2. dump-logits images/s (the real `dump_logits`: augmentation + inference + HDF5 writing) vs bare
+   inference on views already augmented and normalised on the device;
+3. student epoch (LeNet-5, batch 128): KD from the cache vs no KD, and vs the teacher run online;
+4. S students trained batched (one Group, vmap) vs the same S one after another.
+
+Data is synthetic uint8 of CIFAR-10's shape unless --data-dir is given (speed does not depend on
+pixel values); it is written as a CIFAR-10 folder so every stage reads it through its real loader.
+Each epoch is timed after one untimed warm-up epoch, with CUDA synchronised around it; seconds are
+per 50,000-image epoch, scaled when fewer images are timed (the table says from how many).
+--smoke (CI) proves that the script runs, not how fast anything is. Prints a table and writes it,
+with the command line, as JSON to --out.
+"""
+
+import argparse
+import json
+import os
+import pickle
+import platform
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+from types import SimpleNamespace
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # kdcli from this checkout, installed or not
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision import transforms
+
+from kdcli import KdcliError, augment
+from kdcli.cache import open_cache
+from kdcli.checkpoint import save_atomic
+from kdcli.data import BATCH_FOLDER, TEST_FILE, TRAIN_FILES, NotOfficialDataWarning, load_cifar10
+from kdcli.dump import DumpConfig, dump_logits
+from kdcli.models import create_model
+from kdcli.train import CachedTargets, DrawnAugmentation, Group, Run, StudentConfig, TeacherConfig, load_model, resolve_device
+
+FULL = 50_000  # images in a CIFAR-10 training epoch: every s/epoch is scaled to it
+BATCH = 128  # the reference recipe's batch, for teacher and students
+NO_STOP = SimpleNamespace(requested=False)  # Group.train_epoch's Ctrl-C flag, never set here
+# Smoke: ResNet18 trains at ~10 images/s on 2 CPU cores, so one small step per epoch; no worker processes.
+SMOKE = dict(images=64, teacher_images=16, students="1,2", dump_epochs=1, workers=0)
+DEFAULT = dict(images=FULL, teacher_images=None, students="1,6,24", dump_epochs=2, workers=min(4, os.cpu_count() or 1))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--smoke", action="store_true", help="tiny sizes: checks that the benchmark runs (CI)")
+    p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
+    p.add_argument("--data-dir", help="folder holding cifar-10-batches-py/ (default: synthetic data)")
+    p.add_argument("--images", type=int, help=f"training images (default {FULL:,}; smoke {SMOKE['images']})")
+    p.add_argument("--teacher-images", type=int, help="images of the teacher-training row (default: --images)")
+    p.add_argument("--students", help="S values of the batched-students rows (default 1,6,24; smoke 1,2)")
+    p.add_argument("--dump-epochs", type=int, help="augmented epochs dump-logits writes (default 2)")
+    p.add_argument("--workers", type=int, help="DataLoader workers of the classic pipeline (default 4)")
+    p.add_argument("--repeat", type=int, default=1, help="timed epochs per measurement (their mean is reported)")
+    p.add_argument("--out", default="bench/results/bench.json", help="JSON results file")
+    args = p.parse_args(argv)
+    for k, v in (SMOKE if args.smoke else DEFAULT).items():  # an explicit flag wins over the preset
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    args.teacher_images = min(args.teacher_images or args.images, args.images)
+    args.students = [int(s) for s in args.students.split(",")]
+    return args
+
+
+# ---------------------------------------------------------------- timing
+
+
+def timed(fn, device, repeat, images) -> float:
+    """Seconds per 50,000 images of fn (which processes `images`): the mean of `repeat` calls after one
+    untimed warm-up call (allocator, cuDNN algorithm choice, lazy initialisation)."""
+    fn()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    sync(device)
+    return (time.perf_counter() - t0) / repeat * FULL / images
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # CUDA runs asynchronously: wait for the queued kernels before reading the clock
+
+
+def group_epoch(group):
+    """One call = one training epoch of a kdcli Group, without end_epoch's evaluation and checkpoint I/O."""
+
+    def epoch():
+        group.train_epoch(NO_STOP)
+        group.epoch, group.partial = group.epoch + 1, None  # the next call trains the next epoch's draws
+
+    return epoch
+
+
+# ---------------------------------------------------------------- inputs: data, teacher checkpoint
+
+
+def write_synthetic_cifar(root: Path, n: int, n_test: int) -> Path:
+    """Random uint8 images in the official cifar-10-batches-py pickle layout (as tests/conftest.py does)."""
+    rng = np.random.default_rng(0)
+    (root / BATCH_FOLDER).mkdir(parents=True)
+    sizes = {name: len(part) for name, part in zip(TRAIN_FILES, np.array_split(np.arange(n), len(TRAIN_FILES)))}
+    for name, size in {**sizes, TEST_FILE: n_test}.items():
+        batch = {b"data": rng.integers(0, 256, (size, 3 * 32 * 32), dtype=np.uint8), b"labels": rng.integers(0, 10, size).tolist()}
+        with open(root / BATCH_FOLDER / name, "wb") as f:
+            pickle.dump(batch, f)
+    return root
+
+
+def save_teacher(path: Path) -> Path:
+    """An untrained ResNet18 checkpoint: speed does not depend on the weights."""
+    torch.manual_seed(0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_atomic({"model": create_model("resnet18").state_dict(), "model_name": "resnet18", "num_classes": 10}, path)
+    return path
+
+
+def student(tmp, seed=0, weight=0.1) -> StudentConfig:
+    return StudentConfig(seed=seed, distillation_weight=weight, temperature=4.0, out=str(tmp / f"student-{seed}"))
+
+
+# ---------------------------------------------------------------- 1. teacher epoch
+
+
+class ClassicCifar(torch.utils.data.Dataset):
+    """What torchvision's datasets.CIFAR10 does per item: a uint8 HWC array -> PIL image -> transform."""
+
+    def __init__(self, images_hwc, labels, transform):
+        self.images, self.labels, self.transform = images_hwc, labels, transform
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        from PIL import Image  # torchvision's dependency
+
+        return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
+
+
+def classic_teacher_epoch(data, device, workers):
+    """The usual pipeline: CPU transforms in workers (restarted every epoch, the default), fp32, plain loop."""
+    transform = transforms.Compose([
+        transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(), transforms.Normalize(augment.MEAN, augment.STD),
+    ])  # fmt: skip
+    images = data.train_images.permute(0, 2, 3, 1).cpu().numpy()  # [N, 32, 32, 3] uint8, as torchvision stores it
+    dataset = ClassicCifar(images, data.train_labels.cpu().numpy(), transform)
+    loader = torch.utils.data.DataLoader(dataset, BATCH, shuffle=True, num_workers=workers, pin_memory=device.type == "cuda")
+    torch.manual_seed(0)
+    model = create_model("resnet18").to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+
+    def epoch():
+        model.train()
+        for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+    return epoch
+
+
+def bench_teacher(data, device, args, tmp) -> dict:
+    m = args.teacher_images
+    sub = replace(data, train_images=data.train_images[:m], train_labels=data.train_labels[:m])
+    group = Group([Run(TeacherConfig(out=str(tmp / "teacher-run")), DrawnAugmentation(777, m))], sub, device)
+    kdcli = timed(group_epoch(group), device, args.repeat, m)
+    del group  # free its weights and optimizer state before the baseline allocates its own
+    classic = timed(classic_teacher_epoch(sub, device, args.workers), device, args.repeat, m)
+    return row("teacher", "teacher epoch ResNet18 [s]: kdcli loop vs classic DataLoader fp32", kdcli, classic, m)
+
+
+# ---------------------------------------------------------------- 2. dump-logits
+
+
+def bench_dump(data, data_dir, teacher_path, device, args, tmp) -> tuple:
+    """The real dump_logits into a temp HDF5 file vs bare inference. Its summary times only its epoch loop,
+    which follows a warm-up (its un-augmented pass over the same images) and ends synchronised (.cpu())."""
+    n = len(data.train_labels)
+    config = DumpConfig(
+        teacher=str(teacher_path), epochs=args.dump_epochs, out=str(tmp / "logits.h5"), data_dir=str(data_dir),
+        subset=n, device=device.type, download=False, quiet=True,
+    )  # fmt: skip
+    dump = dump_logits(config, progress=False)["images_per_s"]
+    model, _ = load_model(teacher_path, device)  # eval mode, channels_last on CUDA, as in the dump
+    autocast = torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda")  # as the dump's default --amp
+    p, b = augment.params(0, 0, n), config.batch_size
+    x = torch.cat([augment.normalize(augment.apply(data.train_images[i : i + b], p[i : i + b])) for i in range(0, n, b)])
+
+    @torch.no_grad()
+    def bare():
+        for i in range(0, n, b):
+            with autocast:
+                model(x[i : i + b])
+
+    bare_per_s = FULL / timed(bare, device, args.repeat, n)
+    return row("dump", "dump-logits [img/s]: augment + infer + HDF5 vs bare inference", dump, bare_per_s, n, "img/s"), Path(config.out)
+
+
+# ---------------------------------------------------------------- 3. and 4. students
+
+
+def bench_students(data, cache_path, teacher_path, device, args, tmp) -> list:
+    n = len(data.train_labels)
+
+    def epoch(configs, targets, teacher=None):
+        return timed(group_epoch(Group([Run(c, t) for c, t in zip(configs, targets)], data, device, teacher)), device, args.repeat, n)
+
+    with open_cache(cache_path, data.fingerprint, data.num_classes) as cache:
+        cached = CachedTargets(cache)
+        one = epoch([student(tmp)], [cached])
+        no_kd = epoch([student(tmp, weight=0)], [DrawnAugmentation(0, n)])
+        teacher, _ = load_model(teacher_path, device)  # eval mode, channels_last on CUDA: as a real teacher
+        online = epoch([student(tmp)], [DrawnAugmentation(0, n)], teacher)
+        rows = [
+            row("student_vs_no_kd", "student epoch LeNet-5 [s]: KD from cache vs no KD", one, no_kd, n),
+            row("student_vs_online", "student epoch LeNet-5 [s]: KD from cache vs teacher online", one, online, n),
+        ]
+        for s in args.students:  # one after another = S x one student's epoch: each run is the same work
+            batched = epoch([student(tmp, seed) for seed in range(s)], [cached] * s)
+            rows.append(row(f"students_{s}", f"S={s} students LeNet-5 KD [s]: batched vs one after another", batched, s * one, n))
+    return rows
+
+
+# ---------------------------------------------------------------- report
+
+
+def row(key, what, kdcli, baseline, images, unit="s/epoch") -> dict:
+    """ratio > 1: kdcli's way is that many times faster than the baseline."""
+    ratio = kdcli / baseline if unit == "img/s" else baseline / kdcli
+    return {"key": key, "what": what, "unit": unit, "kdcli": kdcli, "baseline": baseline, "ratio": ratio, "images_timed": images}
+
+
+def device_name(device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def print_table(result):
+    rows = result["measurements"]
+    width = max(len(r["what"]) for r in rows)
+    print(f"\nkdcli benchmark | {result['device']} | torch {result['torch']} | {result['date']}")
+    print(f"{'what':<{width}}  {'kdcli':>10}  {'baseline':>10}  {'ratio':>7}")
+    for r in rows:
+        number = (lambda v: f"{v:,.0f}") if r["unit"] == "img/s" else (lambda v: f"{v:.4g}")
+        print(f"{r['what']:<{width}}  {number(r['kdcli']):>10}  {number(r['baseline']):>10}  {r['ratio']:>6.2f}x")
+    timed_on = sorted({r["images_timed"] for r in rows if r["unit"] == "s/epoch"})
+    scaled = "" if timed_on == [FULL] else f", scaled from epochs of {' and '.join(f'{m:,}' for m in timed_on)} images"
+    print(f"[s]: seconds per {FULL:,}-image epoch{scaled}. ratio: times faster kdcli's way is (< 1: the cost of what it adds)")
+
+
+def run(args) -> dict:
+    device = resolve_device(args.device)
+    warnings.filterwarnings("ignore", category=NotOfficialDataWarning)  # synthetic data is not the official release
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="kdcli-bench-") as tmp:
+        tmp = Path(tmp)
+        data_dir = Path(args.data_dir) if args.data_dir else write_synthetic_cifar(tmp / "data", args.images, max(16, args.images // 5))
+        if not (data_dir / BATCH_FOLDER).is_dir():  # load_cifar10's message is about a flag bench does not have
+            raise KdcliError(f"no CIFAR-10 at {data_dir / BATCH_FOLDER}: bench never downloads; point --data-dir at a folder holding it, or leave it out for synthetic data")
+        data = load_cifar10(data_dir, device, subset=args.images, download=False)
+        teacher_path = save_teacher(tmp / "teacher" / "checkpoint.pt")
+        rows = [bench_teacher(data, device, args, tmp)]
+        print(f"teacher done ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
+        dump_row, cache_path = bench_dump(data, data_dir, teacher_path, device, args, tmp)
+        print(f"dump-logits done ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
+        rows += [dump_row, *bench_students(data, cache_path, teacher_path, device, args, tmp)]
+    return {
+        "device": device_name(device), "torch": torch.__version__, "date": datetime.now().isoformat(timespec="seconds"),
+        "command": [sys.executable, *sys.argv], "settings": vars(args), "seconds": round(time.perf_counter() - started, 1),
+        "measurements": rows,
+    }  # fmt: skip
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        result = run(args)
+    except KdcliError as e:  # bad --data-dir, no GPU, ...: one line, as the CLI does
+        sys.exit(f"bench: {e}")
+    print_table(result)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out} in {result['seconds']} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,313 @@
+"""The HDF5 logit cache: the teacher's logits on E augmented epochs, written by dump-logits, read by students.
+
+    with write_lock(path):                                   # one writer at a time
+        start = resume_point(path, identity, force)         # None: new file; k: k epochs are done
+        create(path, attrs, labels, clean_logits, test_logits, epochs)
+        with CacheWriter(path) as w:
+            w.write_epoch(e, aug, logits)                    # [N, 3] int8, [N, C]
+    with open_cache(path, data.fingerprint, data.num_classes) as cache:
+        aug, logits = cache.epoch(e)                         # complete epochs only
+    cache_info(path)                                         # what is in it
+    verify_cache(path, "runs/teacher", k=256)                # max |teacher now - cached| on k entries
+
+Layout (`h5ls -r` shows it):
+    aug              int8 [E, N, 3]  crop y, crop x, flip: exactly augment.params(seed, e, N)
+    logits           [E, N, C]       the teacher on those views, float16 or float32; one chunk per epoch
+    labels           int64 [N]
+    clean_logits     [N, C]          the teacher on the un-augmented training images
+    test_logits      [M, C]          the teacher on the test set
+    epochs_complete  int64 scalar    epochs 0..k-1 are on disk
+and the attributes in REQUIRED_ATTRS.
+
+Crash safety. An HDF5 file killed while its metadata is being changed can be left
+unreadable, so metadata is never changed after creation: the whole file is built
+in a temporary file (every dataset allocated up front, no fill, no timestamps,
+all attributes set) and renamed into place; from then on writing an epoch
+rewrites raw data bytes in place only (tests/test_cache.py checks this byte for
+byte; strace shows one more write, the superblock's "open for writing" flag, set
+on opening and cleared on closing, which HDF5 ignores in this superblock version).
+Epoch e is flushed to disk before `epochs_complete` (a dataset, not an attribute,
+for that reason) moves past it, so a kill at any moment leaves a readable file
+whose first `epochs_complete` epochs are right (tests/test_dump.py kills a dump).
+SWMR does not do this: a SIGKILLed SWMR writer leaves flags that block every
+later open until `h5clear` is run.
+"""
+
+import fcntl
+import json
+import os
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from kdcli import KdcliError, __version__, augment
+from kdcli.checkpoint import resolve, sha256_file
+from kdcli.data import fingerprint as data_fingerprint
+from kdcli.data import load_cifar10
+from kdcli.train import load_model, predict, resolve_device
+
+FORMAT_VERSION = 1
+DATASETS = ("aug", "logits", "labels", "clean_logits", "test_logits", "epochs_complete")
+SPEC_ATTRS = {f"augment_{k}": list(v) if isinstance(v, tuple) else v for k, v in augment.SPEC.items()}
+REQUIRED_ATTRS = (
+    "format_version", "kdcli_version", "created", "teacher_model", "teacher_sha256", "teacher_test_accuracy",
+    "train_fingerprint", "num_images", "num_classes", "seed", "dtype", "epochs", "config", *SPEC_ATTRS,
+)  # fmt: skip
+# From superblock version 3 (libver "v110" on) HDF5 honours the "open for writing" flags a killed writer
+# leaves set, and no one can open the file until h5clear; "v108" keeps a format that ignores them.
+LIBVER = ("earliest", "v108")
+
+
+@contextmanager
+def write_lock(path):
+    """Hold an exclusive lock on `path`.lock while writing `path`: a second writer is refused rather than
+    truncating the file under the first. HDF5's own lock is off here (see _open), and would not cover
+    the temporary file anyway. The kernel drops the lock when its holder dies, however it dies."""
+    lock_path = Path(f"{path}.lock")
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise KdcliError(f"cannot write {path}: {e.strerror or e}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise KdcliError(f"{path} is being written by another dump-logits (it holds {lock_path}): wait for it, or pass another --out") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def resume_point(path, identity: dict, force: bool) -> int | None:
+    """Where a dump into `path` starts: None for a new file, k to go on after k complete epochs.
+    `identity` holds the attributes that must match to resume (teacher, data, seed, epochs, dtype)."""
+    if force or not Path(path).exists():
+        return None
+    try:
+        with _open(path) as f:
+            attrs, done = _attrs(f), int(f["epochs_complete"][()])
+    except KdcliError as e:
+        raise KdcliError(f"{e}; pass --force to overwrite it") from None
+    differ = [f"{k} {_short(attrs.get(k))} (now {_short(v)})" for k, v in {**identity, **SPEC_ATTRS}.items() if attrs.get(k) != v]
+    if differ:
+        raise KdcliError(f"{path} was made with other settings: {', '.join(differ)}; pass --force to overwrite it, or pass another --out")
+    if done >= attrs["epochs"]:
+        raise KdcliError(f"{path} is complete ({done} epochs); pass --force to recompute it")
+    return done
+
+
+def create(path, attrs: dict, labels: np.ndarray, clean_logits: np.ndarray, test_logits: np.ndarray, epochs: int):
+    """Write a new cache with every dataset allocated and no epoch complete; the logits arrays
+    ([N, C] and [M, C]) are already in the storage dtype. Atomic: a kill leaves the old file or none."""
+    path = Path(path)
+    n, c = clean_logits.shape
+    dtype = clean_logits.dtype
+    attrs = {
+        **attrs, **SPEC_ATTRS, "format_version": FORMAT_VERSION, "kdcli_version": __version__, "num_images": n,
+        "num_classes": c, "epochs": epochs, "dtype": str(dtype), "config": json.dumps(attrs.get("config", {})),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }  # fmt: skip
+    assert set(REQUIRED_ATTRS) <= set(attrs), set(REQUIRED_ATTRS) - set(attrs)
+    tmp = path.with_name(f".{path.name}.tmp")  # one fixed name: write_lock makes it ours
+    try:
+        with h5py.File(tmp, "w", libver=LIBVER, locking=False) as f:
+            f.create_dataset("aug", (epochs, n, 3), np.int8, chunks=(1, n, 3), dcpl=_allocated_now())
+            f.create_dataset("logits", (epochs, n, c), dtype, chunks=(1, n, c), dcpl=_allocated_now())
+            f.create_dataset("labels", data=labels)
+            f.create_dataset("clean_logits", data=clean_logits)
+            f.create_dataset("test_logits", data=test_logits)
+            f.create_dataset("epochs_complete", data=np.int64(0))  # written now, so its storage exists now
+            f.attrs.update(attrs)
+        with open(tmp, "r+b") as f:
+            if hasattr(os, "posix_fallocate"):  # a full disk fails now, not hours later (Linux; not macOS)
+                os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        if tmp.exists():  # (not unlink(missing_ok=True): it raises when the folder is a file)
+            tmp.unlink()
+        raise KdcliError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def _allocated_now():
+    """Dataset creation properties: storage allocated at creation and never filled, so that later
+    writes only overwrite bytes (h5py's default already leaves out modification times)."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+    return dcpl
+
+
+class _OpenFile:
+    def close(self):
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class CacheWriter(_OpenFile):
+    """Fills a cache made by `create`, one epoch at a time, in order; hold `write_lock(path)` around it."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        try:
+            self._file = h5py.File(self.path, "r+", locking=False)
+        except OSError as e:
+            raise KdcliError(f"cannot write {path}: {e}") from None
+        self.attrs = _attrs(self._file)
+        self.epochs_complete = int(self._file["epochs_complete"][()])
+
+    def write_epoch(self, e: int, aug: np.ndarray, logits: np.ndarray):
+        """aug [N, 3] int8, logits [N, C] in the storage dtype, for epoch e == epochs_complete."""
+        assert e == self.epochs_complete, (e, self.epochs_complete)
+        try:
+            self._file["aug"][e] = aug
+            self._file["logits"][e] = logits
+            self._sync()  # epoch e is on disk ...
+            self._file["epochs_complete"][()] = e + 1  # ... before the count says so
+            self._sync()
+        except OSError as err:
+            raise KdcliError(f"cannot write {self.path}: {err}") from None
+        self.epochs_complete = e + 1
+
+    def _sync(self):
+        self._file.flush()  # HDF5's buffers -> the OS: enough to survive a kill
+        os.fsync(self._file.id.get_vfd_handle())  # the OS -> the disk: survives a power cut too
+
+
+class LogitCache(_OpenFile):
+    """An open, validated cache. Epochs are read one at a time (one chunk each), on the CPU."""
+
+    def __init__(self, path, file):
+        self.path, self._file = Path(path), file
+        self.attrs = _attrs(file)
+        self.epochs = self.attrs["epochs"]  # planned
+        self.epochs_complete = int(file["epochs_complete"][()])  # read once: a dump may still be adding epochs
+        self.num_images, self.num_classes = self.attrs["num_images"], self.attrs["num_classes"]
+        self.labels = torch.from_numpy(file["labels"][:])  # [N] int64
+        self.clean_logits = torch.from_numpy(file["clean_logits"][:])  # [N, C]
+        self.test_logits = torch.from_numpy(file["test_logits"][:])  # [M, C]
+
+    def epoch(self, e: int) -> tuple:
+        """(aug [N, 3] int8, logits [N, C] in the storage dtype) of complete epoch e."""
+        if not 0 <= e < self.epochs_complete:
+            raise IndexError(f"{self.path}: epoch {e} is not among the {self.epochs_complete} complete epochs")
+        return torch.from_numpy(self._file["aug"][e]), torch.from_numpy(self._file["logits"][e])
+
+
+def open_cache(path, fingerprint=None, num_classes=None, allow_partial=False, num_images=None) -> LogitCache:
+    """Open the cache at `path` for reading, refusing (one KdcliError line) one that does not fit the
+    data (`fingerprint`, `num_images`: of the training set) or the model (`num_classes`), or is unfinished."""
+    cache = LogitCache(path, _open(path))
+    a, done = cache.attrs, cache.epochs_complete
+    problem = None
+    if fingerprint is not None and a["train_fingerprint"] != fingerprint:
+        here = f"{num_images:,} images ({fingerprint[:8]}…)" if num_images is not None else f"other images ({fingerprint[:8]}…)"
+        problem = (
+            f"{path} has {done} epochs for {a['num_images']:,} images (fingerprint {a['train_fingerprint'][:8]}…); "
+            f"this data has {here}: run dump-logits on it"
+        )
+    elif num_classes is not None and a["num_classes"] != num_classes:
+        problem = f"{path} holds logits for {a['num_classes']} classes; this data has {num_classes}: run dump-logits on it"
+    elif any(a.get(k) != v for k, v in SPEC_ATTRS.items()):
+        made = {k: a.get(k) for k in SPEC_ATTRS}
+        problem = f"{path} was made with augmentation {made}; this kdcli uses {SPEC_ATTRS}: run dump-logits again"
+    elif done == 0:
+        problem = f"{path} has no complete epoch yet: finish it with `kdcli dump-logits`"
+    elif done < cache.epochs and not allow_partial:
+        problem = f"{path} has {done} of {cache.epochs} epochs: finish it with `kdcli dump-logits` or pass --allow-partial"
+    if problem:
+        cache.close()
+        raise KdcliError(problem)
+    return cache
+
+
+def cache_info(path) -> dict:
+    """What is in a cache (finished or not): attributes, datasets, size on disk, progress."""
+    with _open(path) as f:
+        attrs = _attrs(f)
+        return {
+            "path": str(path),
+            "size_bytes": Path(path).stat().st_size,
+            "epochs_complete": int(f["epochs_complete"][()]),
+            "epochs": attrs["epochs"],
+            "dtype": attrs["dtype"],
+            "teacher_test_accuracy": attrs["teacher_test_accuracy"],
+            "datasets": {name: {"shape": list(f[name].shape), "dtype": str(f[name].dtype)} for name in DATASETS},
+            "attrs": attrs,
+        }
+
+
+def verify_cache(path, teacher="runs/teacher", k=256, device="auto", data_dir="data", download=True, seed=0) -> float:
+    """Max |recomputed - cached| over k random (epoch, image) entries of the complete epochs: each view is
+    rebuilt from its stored parameters and run through the teacher again. Expect the storage rounding
+    (float16: about 1e-3 of the logits' size) or, for a cache made with --amp on CUDA, bf16 rounding."""
+    dev = resolve_device(device)
+    model, _ = load_model(resolve(teacher), dev)
+    with open_cache(path, allow_partial=True) as c:
+        if sha256_file(resolve(teacher)) != c.attrs["teacher_sha256"]:
+            raise KdcliError(f"{path} was made by another teacher (sha256 {c.attrs['teacher_sha256'][:8]}…), not {teacher}")
+        data = load_cifar10(data_dir, dev, download=download)
+        images, labels = data.train_images[: c.num_images], data.train_labels[: c.num_images]  # --subset keeps the first N
+        if data_fingerprint(images, labels) != c.attrs["train_fingerprint"]:
+            raise KdcliError(f"{path} was made on other training images than those in {data_dir}")
+        g = torch.Generator().manual_seed(seed)
+        epochs, index = torch.randint(0, c.epochs_complete, (k,), generator=g), torch.randint(0, c.num_images, (k,), generator=g)
+        amp = c.attrs["config"].get("amp", True)  # recompute as the dump computed
+        worst = 0.0
+        for e in epochs.unique().tolist():
+            aug, cached = c.epoch(e)  # [N, 3], [N, C]
+            if not torch.equal(aug, augment.params(c.attrs["seed"], e, c.num_images)):
+                raise KdcliError(f"{path}: the stored augmentation of epoch {e} is not augment.params(seed, {e}): the file is damaged")
+            i = index[epochs == e]
+            fresh = predict(model, augment.apply(images[i.to(dev)], aug[i]), amp)  # [len(i), C]
+            worst = max(worst, (fresh.cpu() - cached[i].float()).abs().max().item())
+    return worst
+
+
+def _open(path) -> h5py.File:
+    """Open read-only and check that it is a kdcli cache of this format.
+
+    HDF5's file lock is off (locking=False): the metadata never changes after creation, so a reader
+    can safely open a cache a dump is still filling, and write_lock keeps writers apart."""
+    path = Path(path)
+    if not path.is_file():
+        raise KdcliError(f"no cache at {path}: run `kdcli dump-logits` first, or pass --cache")
+    try:
+        f = h5py.File(path, "r", locking=False)
+    except OSError as e:
+        raise KdcliError(f"{path} is not a readable HDF5 file (truncated, corrupt or not a cache): {e}") from None
+    missing = [n for n in DATASETS if n not in f] + [a for a in REQUIRED_ATTRS if a not in f.attrs]
+    version = f.attrs.get("format_version")
+    if version is not None and version != FORMAT_VERSION:
+        problem = (
+            f"{path} has cache format version {version}; this kdcli (version {__version__}) reads version "
+            f"{FORMAT_VERSION}: run dump-logits again, or read it with the kdcli that wrote it"
+        )
+    elif missing:
+        problem = f"{path} is an HDF5 file but not a kdcli logit cache (it lacks {', '.join(missing)})"
+    else:
+        return f
+    f.close()
+    raise KdcliError(problem)
+
+
+def _attrs(f: h5py.File) -> dict:
+    """HDF5 attributes as plain Python values (numpy scalars and arrays become numbers and lists)."""
+    out = {k: v.tolist() if isinstance(v, (np.ndarray, np.generic)) else v for k, v in f.attrs.items()}
+    if isinstance(out.get("config"), str):
+        out["config"] = json.loads(out["config"])
+    return out
+
+
+def _short(value):
+    return f"{value[:8]}…" if isinstance(value, str) and len(value) == 64 else value

@@ -1,0 +1,118 @@
+"""The dump-logits stage: the teacher's logits on E augmented epochs, stored once in the logit cache.
+
+    summary = dump_logits(DumpConfig(teacher="runs/teacher", epochs=300))
+
+Epoch e's views are built on the device from augment.params(seed, e, N), the
+parameters the cache stores beside the logits, so a student rebuilds exactly the
+view each logit belongs to ("consistent teaching", design.md). The cache is
+filled one epoch at a time; a dump stopped at any moment resumes where it
+stopped (cache.py says why a kill cannot damage the file).
+"""
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from kdcli import KdcliError, augment, cache
+from kdcli.checkpoint import resolve, sha256_file
+from kdcli.data import load_cifar10
+from kdcli.train import ConfigError, load_model, predict, resolve_device
+
+
+@dataclass
+class DumpConfig:
+    teacher: str = "runs/teacher"  # teacher run folder, or its checkpoint.pt
+    epochs: int = 300  # augmented epochs to store (E); student epoch e reads cached epoch e mod E
+    seed: int = 0  # seeds the augmentation of every cached epoch
+    batch_size: int = 1024  # images per teacher forward pass (inference only: larger is faster while it fits)
+    dtype: Literal["float16", "float32"] = "float16"  # logits storage: float16 halves the file (~350 MB for 300 epochs)
+    out: str = "cache/logits.h5"  # cache file; an unfinished one with the same settings is resumed
+    data_dir: str = "data"  # folder holding cifar-10-batches-py/
+    download: bool = True  # fetch CIFAR-10 when it is missing
+    subset: int | None = None  # use only the first N training images (smoke runs)
+    device: Literal["auto", "cuda", "mps", "cpu"] = "auto"  # auto: cuda, then mps, then cpu
+    amp: bool = True  # bf16 autocast on CUDA (1.4x the images/s on an H100; logits within bf16 rounding); no effect elsewhere
+    force: bool = False  # overwrite a finished cache, or one made with other settings
+    quiet: bool = False  # no progress bar
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')}", f"must be at least 1, got {getattr(self, name)}")
+        if self.subset is not None and self.subset < 1:
+            raise ConfigError("--subset", f"must be at least 1, got {self.subset}")
+
+
+def teacher_logits(model, images, aug, amp: bool, batch_size: int) -> torch.Tensor:
+    """[N, C] float32: the teacher on images [N, 3, 32, 32] uint8 as augmented by aug [N, 3] (None: as they are)."""
+    if aug is None:
+        return predict(model, images, amp, batch_size)
+    aug = aug.to(images.device)
+    batches = range(0, len(images), batch_size)  # views are built per batch: all 50,000 at once is 150 MB more
+    return torch.cat([predict(model, augment.apply(images[i : i + batch_size], aug[i : i + batch_size]), amp, batch_size) for i in batches])
+
+
+def dump_logits(config: DumpConfig, progress: bool = True) -> dict:
+    """Write (or finish) the cache at config.out; return a summary for the CLI's closing line."""
+    teacher_path = _teacher_path(config.teacher)
+    storage = np.dtype(config.dtype)
+    with cache.write_lock(config.out):  # first: a second dump is refused before it loads anything
+        device = resolve_device(config.device)
+        model, state = load_model(teacher_path, device)
+        data = load_cifar10(config.data_dir, device, config.subset, config.download)
+        n = len(data.train_labels)
+        identity = {
+            "teacher_sha256": sha256_file(teacher_path), "train_fingerprint": data.fingerprint,
+            "seed": config.seed, "epochs": config.epochs, "dtype": config.dtype,
+        }  # fmt: skip
+        if cache.resume_point(config.out, identity, config.force) is None:
+            clean = teacher_logits(model, data.train_images, None, config.amp, config.batch_size)  # [N, C]
+            test = teacher_logits(model, data.test_images, None, config.amp, config.batch_size)  # [M, C]
+            if test.shape[1] != data.num_classes:
+                raise KdcliError(f"{teacher_path} has {test.shape[1]} outputs; CIFAR-10 has {data.num_classes} classes")
+            test = test.cpu().numpy().astype(storage)
+            # Accuracy from the stored logits, so that it can be recomputed from the file alone.
+            accuracy = round(100 * float((test.argmax(1) == data.test_labels.cpu().numpy()).mean()), 4)
+            attrs = {**identity, "teacher_model": state["model_name"], "teacher_test_accuracy": accuracy, "config": asdict(config)}
+            labels = data.train_labels.cpu().numpy()
+            cache.create(config.out, attrs, labels, clean.cpu().numpy().astype(storage), test, config.epochs)
+        with cache.CacheWriter(config.out) as writer:
+            start = writer.epochs_complete
+            bar = tqdm(total=n * (config.epochs - start), unit="img", unit_scale=True, desc="dump-logits",
+                       disable=not progress or config.quiet, dynamic_ncols=True)  # fmt: skip
+            t0 = time.perf_counter()
+            with bar:
+                for e in range(start, config.epochs):
+                    aug = augment.params(config.seed, e, n)  # [N, 3] int8, drawn on the CPU like every kdcli draw
+                    logits = teacher_logits(model, data.train_images, aug, config.amp, config.batch_size)  # [N, C]
+                    writer.write_epoch(e, aug.numpy(), logits.cpu().numpy().astype(storage))
+                    bar.update(n)
+            seconds = time.perf_counter() - t0
+            accuracy = writer.attrs["teacher_test_accuracy"]
+    written = config.epochs - start
+    return {
+        "path": config.out,
+        "epochs": config.epochs,
+        "epochs_complete": config.epochs,
+        "epochs_written": written,
+        "resumed_from": start,
+        "num_images": n,
+        "seconds": round(seconds, 2),
+        "images_per_s": round(n * written / seconds, 1),
+        "size_bytes": Path(config.out).stat().st_size,
+        "teacher_model": state["model_name"],
+        "teacher_test_accuracy": accuracy,
+        "dtype": config.dtype,
+    }
+
+
+def _teacher_path(teacher) -> Path:
+    path = resolve(teacher)
+    if not path.is_file():
+        raise KdcliError(f"no teacher at {teacher}: run `kdcli train-teacher` first, or pass --teacher")
+    return path

@@ -1,0 +1,26 @@
+"""bench/bench.py --smoke runs end to end on the CPU, so the benchmark never rots. It asserts nothing
+about speed: only that every measurement is there, with positive numbers, in the JSON it writes."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_smoke_benchmark_writes_every_measurement(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench.py"), "--smoke", "--device", "cpu", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    keys = [m["key"] for m in result["measurements"]]
+    assert keys == ["teacher", "dump", "student_vs_no_kd", "student_vs_online", "students_1", "students_2"]
+    for m in result["measurements"]:
+        for field in ("kdcli", "baseline", "ratio"):
+            assert m[field] > 0, (m["key"], field, m[field])
+    assert result["command"] and result["device"] and result["torch"] and result["date"]
+    assert "ratio" in proc.stdout and "teacher epoch ResNet18" in proc.stdout  # the table was printed

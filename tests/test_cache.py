@@ -1,0 +1,206 @@
+"""The logit cache file on its own: layout, refusals, locking, and the crash-safety invariant
+(after creation, writing an epoch changes raw data bytes only). Synthetic arrays, no teacher."""
+
+import h5py
+import numpy as np
+import pytest
+
+from kdcli import KdcliError, augment, cache
+
+N, C, M, E = 20, 10, 8, 3
+IDENTITY = {"teacher_sha256": "a" * 64, "train_fingerprint": "b" * 64, "seed": 0, "epochs": E, "dtype": "float16"}
+
+
+def epoch_arrays(e, dtype=np.float16):
+    """Made-up epoch e: its real augmentation parameters and logits that say which epoch they are."""
+    logits = np.random.default_rng(e).normal(size=(N, C)).astype(dtype)
+    return augment.params(0, e, N).numpy(), logits
+
+
+def make_cache(path, complete=E, dtype=np.float16):
+    attrs = {**IDENTITY, "dtype": np.dtype(dtype).name, "teacher_model": "lenet5", "teacher_test_accuracy": 12.5, "config": {"seed": 0}}
+    labels = np.arange(N) % C
+    clean, test = np.ones((N, C), dtype), np.zeros((M, C), dtype)
+    cache.create(path, attrs, labels, clean, test, E)
+    with cache.CacheWriter(path) as w:
+        for e in range(complete):
+            w.write_epoch(e, *epoch_arrays(e, dtype))
+    return path
+
+
+def set_attr(path, name, value):
+    with h5py.File(path, "r+") as f:
+        f.attrs[name] = value
+
+
+def test_roundtrip_layout_and_metadata(tmp_path):
+    path = make_cache(tmp_path / "c.h5")
+    with cache.open_cache(path, "b" * 64, C) as c:
+        assert (c.epochs, c.epochs_complete, c.num_images, c.num_classes) == (E, E, N, C)
+        for e in range(E):
+            aug, logits = c.epoch(e)
+            assert aug.dtype == np.int8 or str(aug.dtype) == "torch.int8"
+            np.testing.assert_array_equal(aug.numpy(), augment.params(0, e, N).numpy())
+            np.testing.assert_array_equal(logits.numpy(), epoch_arrays(e)[1])
+        assert c.labels.tolist() == (np.arange(N) % C).tolist()
+        assert tuple(c.test_logits.shape) == (M, C) and tuple(c.clean_logits.shape) == (N, C)
+        assert set(cache.REQUIRED_ATTRS) <= set(c.attrs)
+        assert c.attrs["format_version"] == cache.FORMAT_VERSION and c.attrs["config"] == {"seed": 0}
+        assert c.attrs["augment_pad"] == augment.PAD and c.attrs["augment_mean"] == list(augment.MEAN)
+        with pytest.raises(IndexError):
+            c.epoch(E)
+    with h5py.File(path, "r") as f:  # one epoch per chunk: a student reads an epoch in one read
+        assert f["logits"].chunks == (1, N, C) and f["aug"].chunks == (1, N, 3)
+
+
+def test_writing_an_epoch_changes_raw_data_bytes_only(tmp_path):
+    """The crash-safety invariant: a kill during an epoch can damage data of the epoch in flight, never metadata."""
+    path = make_cache(tmp_path / "c.h5", complete=0)
+    with h5py.File(path, "r") as f:  # byte ranges of the raw data HDF5 allocated at creation
+        raw = [(f[n].id.get_chunk_info(i).byte_offset, f[n].id.get_chunk_info(i).size) for n in ("aug", "logits") for i in range(E)]
+        raw.append((f["epochs_complete"].id.get_offset(), 8))
+    data = np.zeros(path.stat().st_size, bool)
+    for offset, size in raw:
+        data[offset : offset + size] = True
+    for e in range(E):
+        before = np.fromfile(path, np.uint8)
+        with cache.CacheWriter(path) as w:
+            w.write_epoch(e, *epoch_arrays(e))
+        after = np.fromfile(path, np.uint8)
+        assert len(after) == len(before)
+        changed = before != after
+        assert changed.any() and not (changed & ~data).any()
+
+
+def test_incomplete_refused_unless_allow_partial(tmp_path):
+    path = make_cache(tmp_path / "c.h5", complete=2)
+    with pytest.raises(KdcliError, match=r"has 2 of 3 epochs: finish it with `kdcli dump-logits` or pass --allow-partial"):
+        cache.open_cache(path)
+    with cache.open_cache(path, allow_partial=True) as c:
+        assert c.epochs_complete == 2
+
+
+def test_no_complete_epoch_refused_even_when_partial_allowed(tmp_path):
+    path = make_cache(tmp_path / "c.h5", complete=0)
+    with pytest.raises(KdcliError, match="no complete epoch"):
+        cache.open_cache(path, allow_partial=True)
+    assert cache.cache_info(path)["epochs_complete"] == 0  # but it can be inspected
+
+
+def test_other_data_refused(tmp_path):
+    path = make_cache(tmp_path / "c.h5")
+    with pytest.raises(KdcliError, match=r"has 3 epochs for 20 images \(fingerprint bbbbbbbb…\); this data has 50,000 images \(cccccccc…\): run dump-logits"):
+        cache.open_cache(path, fingerprint="c" * 64, num_images=50000)
+
+
+def test_other_class_count_refused(tmp_path):
+    with pytest.raises(KdcliError, match="logits for 10 classes; this data has 100"):
+        cache.open_cache(make_cache(tmp_path / "c.h5"), num_classes=100)
+
+
+def test_other_format_version_refused(tmp_path):
+    path = make_cache(tmp_path / "c.h5")
+    set_attr(path, "format_version", 2)
+    with pytest.raises(KdcliError, match="format version 2; this kdcli .* reads version 1"):
+        cache.open_cache(path)
+
+
+def test_other_augmentation_refused(tmp_path):
+    path = make_cache(tmp_path / "c.h5")
+    set_attr(path, "augment_pad", 2)
+    with pytest.raises(KdcliError, match="made with augmentation"):
+        cache.open_cache(path)
+
+
+def test_missing_file_refused(tmp_path):
+    with pytest.raises(KdcliError, match=r"no cache at .*nope.h5: run `kdcli dump-logits` first, or pass --cache"):
+        cache.open_cache(tmp_path / "nope.h5")
+
+
+def test_non_hdf5_and_truncated_files_refused(tmp_path):
+    text = tmp_path / "notes.h5"
+    text.write_text("not an HDF5 file\n")
+    with pytest.raises(KdcliError, match="not a readable HDF5 file"):
+        cache.open_cache(text)
+    path = make_cache(tmp_path / "c.h5")
+    size = path.stat().st_size
+    for keep in (size // 2, size - 1):
+        with open(path, "r+b") as f:
+            f.truncate(keep)
+        with pytest.raises(KdcliError, match="not a readable HDF5 file"):
+            cache.open_cache(path)
+
+
+def test_hdf5_file_that_is_not_a_cache_refused(tmp_path):
+    path = tmp_path / "other.h5"
+    with h5py.File(path, "w") as f:
+        f["x"] = np.zeros(3)
+    with pytest.raises(KdcliError, match="not a kdcli logit cache .*lacks aug, logits"):
+        cache.open_cache(path)
+
+
+def test_cache_info(tmp_path):
+    info = cache.cache_info(make_cache(tmp_path / "c.h5", complete=1))
+    assert (info["epochs_complete"], info["epochs"], info["dtype"], info["teacher_test_accuracy"]) == (1, E, "float16", 12.5)
+    assert info["datasets"]["logits"] == {"shape": [E, N, C], "dtype": "float16"}
+    assert info["datasets"]["aug"] == {"shape": [E, N, 3], "dtype": "int8"}
+    assert info["size_bytes"] > E * N * (3 + 2 * C)
+    assert info["attrs"]["teacher_sha256"] == "a" * 64
+
+
+def test_resume_point(tmp_path):
+    path = tmp_path / "c.h5"
+    assert cache.resume_point(path, IDENTITY, force=False) is None  # no file: a new one
+    make_cache(path, complete=1)
+    assert cache.resume_point(path, IDENTITY, force=False) == 1
+    with pytest.raises(KdcliError, match=r"other settings: teacher_sha256 aaaaaaaa… \(now dddddddd…\), seed 0 \(now 7\); pass --force"):
+        cache.resume_point(path, {**IDENTITY, "seed": 7, "teacher_sha256": "d" * 64}, force=False)
+    assert cache.resume_point(path, {**IDENTITY, "seed": 7}, force=True) is None
+    make_cache(path)
+    with pytest.raises(KdcliError, match=r"is complete \(3 epochs\); pass --force to recompute it"):
+        cache.resume_point(path, IDENTITY, force=False)
+    path.write_bytes(b"junk")
+    with pytest.raises(KdcliError, match="not a readable HDF5 file.*; pass --force to overwrite it"):
+        cache.resume_point(path, IDENTITY, force=False)
+
+
+def test_second_writer_refused(tmp_path):
+    path = tmp_path / "c.h5"
+    with cache.write_lock(path):
+        with pytest.raises(KdcliError, match="being written by another dump-logits"):
+            with cache.write_lock(path):
+                pass
+    with cache.write_lock(path):  # released on exit
+        pass
+
+
+def test_unwritable_path_is_one_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(KdcliError, match="cannot write .*file/c.h5"):
+        with cache.write_lock(blocker / "c.h5"):
+            pass
+    with pytest.raises(KdcliError, match="cannot write .*file/c.h5"):
+        make_cache(blocker / "c.h5")
+
+
+def test_create_replaces_atomically(tmp_path):
+    """A new cache is written beside the old one and renamed over it: no temporary file is left."""
+    path = make_cache(tmp_path / "c.h5")
+    make_cache(path, complete=1)
+    assert cache.cache_info(path)["epochs_complete"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.h5"]
+
+
+def test_file_left_by_a_killed_writer_opens(tmp_path):
+    """A writer killed while the file is open leaves the superblock's "open for writing" flag set
+    (bytes 20-23 of a version-0 superblock); HDF5 must ignore it, for reading and for resuming."""
+    path = make_cache(tmp_path / "c.h5", complete=1)
+    with open(path, "r+b") as f:
+        assert f.read(9)[8] == 0  # superblock version 0: kept by cache.LIBVER
+        f.seek(20)
+        f.write(b"\x01\x00\x00\x00")
+    with cache.CacheWriter(path) as w:
+        w.write_epoch(1, *epoch_arrays(1))
+    with cache.open_cache(path, allow_partial=True) as c:
+        assert c.epochs_complete == 2

@@ -1,0 +1,170 @@
+"""kdcli.checkpoint: atomic save, and a load that refuses anything but plain weights."""
+
+import errno
+import hashlib
+import os
+import pickle
+
+import pytest
+import torch
+
+from kdcli import KdcliError
+from kdcli import checkpoint as checkpoint_module
+from kdcli.checkpoint import CHECKPOINT, load_checkpoint, resolve, save_atomic, sha256_file
+from kdcli.models import create_model
+
+
+def kdcli_state(seed=0, epoch=1):
+    torch.manual_seed(seed)
+    model = create_model("lenet5")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    optimizer.step()  # so the optimizer state holds momentum buffers
+    return {"model": model.state_dict(), "model_name": "lenet5", "optimizer": optimizer.state_dict(), "epoch": epoch,
+            "config": {"lr": 0.1, "lr_milestones": [150, 225]}, "partial": None}
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def folder_listing(path):
+    return sorted(p.name for p in path.iterdir())
+
+
+class Exploit:
+    """Unpickling this runs a shell command (the classic __reduce__ attack)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+class Custom:
+    """Any class outside torch's allow-list needs its code to unpickle."""
+
+
+def test_roundtrip(tmp_path):
+    state = kdcli_state()
+    save_atomic(state, tmp_path / CHECKPOINT)
+    for where in (tmp_path / CHECKPOINT, tmp_path):  # a file or its run folder
+        loaded = load_checkpoint(where)
+        assert_same_weights(loaded["model"], state["model"])
+        assert loaded["epoch"] == 1 and loaded["model_name"] == "lenet5" and loaded["config"] == state["config"]
+        momentum = loaded["optimizer"]["state"][0]["momentum_buffer"]
+        assert torch.equal(momentum, state["optimizer"]["state"][0]["momentum_buffer"])
+    assert folder_listing(tmp_path) == [CHECKPOINT]  # no temporary file left behind
+    assert resolve(tmp_path) == tmp_path / CHECKPOINT
+
+
+def test_save_replaces_the_previous_checkpoint(tmp_path):
+    save_atomic(kdcli_state(seed=0, epoch=1), tmp_path / CHECKPOINT)
+    newer = kdcli_state(seed=1, epoch=2)
+    save_atomic(newer, tmp_path / CHECKPOINT)
+    assert load_checkpoint(tmp_path)["epoch"] == 2
+    assert_same_weights(load_checkpoint(tmp_path)["model"], newer["model"])
+    assert folder_listing(tmp_path) == [CHECKPOINT]
+
+
+def write_exploit_pickle(path, marker):
+    path.write_bytes(pickle.dumps({"model": Exploit(marker), "model_name": "lenet5"}, protocol=2))
+
+
+def write_exploit_in_torch_file(path, marker):
+    torch.save({"model": Exploit(marker), "model_name": "lenet5"}, path)
+
+
+def write_custom_class(path, marker):
+    torch.save({"model": {"w": torch.zeros(2)}, "model_name": "lenet5", "extra": Custom()}, path)
+
+
+@pytest.mark.parametrize("write", [write_exploit_pickle, write_exploit_in_torch_file, write_custom_class])
+def test_files_that_need_code_to_unpickle_are_refused(tmp_path, write):
+    marker = tmp_path / "pwned"
+    write(tmp_path / CHECKPOINT, marker)
+    with pytest.raises(KdcliError, match="weights_only"):
+        load_checkpoint(tmp_path / CHECKPOINT)
+    assert not marker.exists(), "loading the checkpoint ran code"
+
+
+@pytest.mark.parametrize("content", [b"", b"hello, not a checkpoint\n", os.urandom(4096)], ids=["empty", "text", "random"])
+def test_non_torch_files_are_refused(tmp_path, content):
+    path = tmp_path / "file.pt"
+    path.write_bytes(content)
+    with pytest.raises(KdcliError) as error:
+        load_checkpoint(path)
+    assert str(path) in str(error.value)
+
+
+def test_torch_file_without_weights_is_refused(tmp_path):
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
+    with pytest.raises(KdcliError, match="not a kdcli checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+def test_truncated_checkpoint_is_refused(tmp_path):
+    path = tmp_path / CHECKPOINT
+    save_atomic(kdcli_state(), path)
+    path.write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(KdcliError, match="checkpoint"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("where", ["missing.pt", "empty-run-folder"])
+def test_missing_checkpoint_is_refused(tmp_path, where):
+    (tmp_path / "empty-run-folder").mkdir()
+    with pytest.raises(KdcliError, match="no checkpoint at"):
+        load_checkpoint(tmp_path / where)
+
+
+def crash_after_writing(error):
+    """A torch.save that dies half-way through writing, as a full disk or a bug would make it."""
+
+    def save(obj, f):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise error
+
+    return save
+
+
+def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    good = kdcli_state(seed=0, epoch=1)
+    save_atomic(good, tmp_path / CHECKPOINT)
+    monkeypatch.setattr(checkpoint_module.torch, "save", crash_after_writing(OSError(errno.ENOSPC, "No space left on device")))
+    with pytest.raises(KdcliError, match="No space left on device"):
+        save_atomic(kdcli_state(seed=1, epoch=2), tmp_path / CHECKPOINT)
+    assert_same_weights(load_checkpoint(tmp_path)["model"], good["model"])
+    assert folder_listing(tmp_path) == [CHECKPOINT]
+
+
+def test_crash_mid_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    good = kdcli_state(seed=0, epoch=1)
+    save_atomic(good, tmp_path / CHECKPOINT)
+    monkeypatch.setattr(checkpoint_module.torch, "save", crash_after_writing(RuntimeError("killed")))
+    with pytest.raises(RuntimeError, match="killed"):
+        save_atomic(kdcli_state(seed=1, epoch=2), tmp_path / CHECKPOINT)
+    loaded = load_checkpoint(tmp_path)
+    assert loaded["epoch"] == 1
+    assert_same_weights(loaded["model"], good["model"])
+
+
+def test_crash_mid_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+    save_atomic(kdcli_state(), tmp_path / CHECKPOINT)
+    monkeypatch.setattr(checkpoint_module.torch, "save", crash_after_writing(RuntimeError("killed")))
+    with pytest.raises(RuntimeError, match="killed"):
+        save_atomic(kdcli_state(seed=1), tmp_path / CHECKPOINT)
+    assert folder_listing(tmp_path) == [CHECKPOINT]
+
+
+def test_unwritable_folder(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(KdcliError, match="cannot write"):
+        save_atomic(kdcli_state(), tmp_path / "file" / CHECKPOINT)
+
+
+def test_sha256_file(tmp_path):
+    path = tmp_path / "blob"
+    path.write_bytes(os.urandom(3 << 20))  # more than one read block
+    assert sha256_file(path) == hashlib.sha256(path.read_bytes()).hexdigest()

@@ -1,0 +1,192 @@
+"""kdcli.cli: the commands end to end on tiny data, and bad input as a short message, never a traceback."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import kdcli.train as train_module
+from kdcli import __version__
+from kdcli.cli import app
+from kdcli.data import CLASSES
+from kdcli.losses import distillation_loss
+
+runner = CliRunner()
+
+
+def kdcli(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def teacher_args(data_dir, out, *extra):
+    """train-teacher on the tiny data: one epoch of LeNet-5 on the CPU."""
+    return ["train-teacher", "--model", "lenet5", "--epochs", 1, "--batch-size", 64, "--device", "cpu",
+            "--data-dir", data_dir, "--out", out, "--quiet", *extra]
+
+
+def flat(text):
+    """Error text with rich's box drawing removed and its line wrapping undone."""
+    return " ".join(re.sub("[│╭╮╰╯─]", " ", text).split())
+
+
+def assert_clean_error(result, *words, codes=(1, 2)):
+    """A non-zero exit with a short message naming `words`; no exception escaped, no traceback printed."""
+    assert result.exit_code in codes, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    assert result.stdout == ""
+    errors = [line for line in result.stderr.splitlines() if not line.startswith("warning:")]
+    assert 1 <= len(errors) <= 6, result.stderr  # one line, or typer's short usage box
+    for word in words:
+        assert word in flat(result.stderr), (word, result.stderr)
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory, data_dir):
+    out = tmp_path_factory.mktemp("cli") / "teacher"
+    result = kdcli(*teacher_args(data_dir, out))
+    return out, result
+
+
+def test_version():
+    result = kdcli("--version")
+    assert result.exit_code == 0 and result.stdout == f"kdcli {__version__}\n"
+
+
+def test_python_dash_m_kdcli():
+    out = subprocess.run([sys.executable, "-m", "kdcli", "--version"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout == f"kdcli {__version__}\n"
+
+
+def test_models_lists_every_name_with_its_size():
+    result = kdcli("models")
+    assert result.exit_code == 0
+    assert re.search(r"^lenet5 +62,006 parameters$", result.stdout, re.M)
+    assert re.search(r"^resnet18 +11,173,962 parameters$", result.stdout, re.M)
+
+
+def test_train_teacher(teacher_run):
+    out, result = teacher_run
+    assert result.exit_code == 0, result.output
+    assert {"config.json", "metrics.jsonl", "checkpoint.pt", "summary.json"} <= {p.name for p in out.iterdir()}
+    assert re.search(r"teacher lenet5: [\d.]+% test accuracy after 1 epochs", result.stdout)
+    assert re.search(r"^epoch 1/1 ", result.stdout, re.M)  # --quiet: one log line per evaluation
+
+
+def test_evaluate_per_class(teacher_run, data_dir):
+    out, _ = teacher_run
+    result = kdcli("evaluate", out, "--per-class", "--device", "cpu", "--data-dir", data_dir, "--no-download")
+    assert result.exit_code == 0, result.output
+    assert re.search(r"^lenet5 \(epoch 1\): [\d.]+% top-1 on the test set$", result.stdout, re.M)
+    class_lines = re.findall(r"^  (\w+) +[\d.]+%$", result.stdout, re.M)
+    assert class_lines == list(CLASSES)
+
+
+def test_evaluate_accepts_the_checkpoint_file(teacher_run, data_dir):
+    out, _ = teacher_run
+    result = kdcli("evaluate", out / "checkpoint.pt", "--device", "cpu", "--data-dir", data_dir)
+    assert result.exit_code == 0 and "top-1" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "extra,words",
+    [
+        (["--epochs", 0], ["--epochs"]),
+        (["--batch-size", 0], ["--batch-size"]),
+        (["--lr", -1], ["--lr"]),
+        (["--lr", "nan"], ["--lr"]),
+        (["--subset", 0], ["--subset"]),
+        (["--model", "nope"], ["nope", "lenet5", "resnet18"]),
+        (["--scheduler", "nope"], ["--scheduler", "multistep"]),
+        (["--optimizer", "nope"], ["--optimizer", "sgd"]),
+        (["--device", "tpu"], ["--device"]),
+    ],
+    ids=lambda v: "_".join(map(str, v)) if isinstance(v, list) else None,
+)
+def test_bad_teacher_options(tmp_path, data_dir, extra, words):
+    assert_clean_error(kdcli(*teacher_args(data_dir, tmp_path / "out", *extra)), *words)
+
+
+def test_bad_lr_milestones_is_a_usage_error(tmp_path, data_dir):
+    result = kdcli(*teacher_args(data_dir, tmp_path / "out", "--lr-milestones", "abc"))
+    assert_clean_error(result, "--lr-milestones", "abc", codes=(2,))
+    assert not (tmp_path / "out").exists()  # nothing ran
+
+
+@pytest.mark.parametrize("temperature", ["0", "-1", "nan", "inf"])
+def test_bad_temperature(tmp_path, data_dir, temperature):
+    result = kdcli("train-student", "--temperature", temperature, "--device", "cpu", "--data-dir", data_dir,
+                   "--out", tmp_path / "student", "--epochs", 1)
+    assert_clean_error(result, "--temperature", codes=(2,))
+
+
+def test_missing_data_without_download(tmp_path):
+    result = kdcli(*teacher_args(tmp_path / "no-data", tmp_path / "out", "--no-download"))
+    assert_clean_error(result, "--no-download", codes=(1,))
+
+
+def test_evaluate_missing_checkpoint(tmp_path, data_dir):
+    result = kdcli("evaluate", tmp_path / "missing.pt", "--device", "cpu", "--data-dir", data_dir)
+    assert_clean_error(result, "no checkpoint", str(tmp_path / "missing.pt"), codes=(1,))
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint\n", b""], ids=["text", "empty"])
+def test_evaluate_non_checkpoint_file(tmp_path, data_dir, content):
+    path = tmp_path / "notes.txt"
+    path.write_bytes(content)
+    result = kdcli("evaluate", path, "--device", "cpu", "--data-dir", data_dir)
+    assert_clean_error(result, str(path), codes=(1,))
+
+
+def test_evaluate_torch_file_that_is_not_a_checkpoint(tmp_path, data_dir):
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    result = kdcli("evaluate", tmp_path / "other.pt", "--device", "cpu", "--data-dir", data_dir)
+    assert_clean_error(result, "not a kdcli checkpoint", codes=(1,))
+
+
+def test_milestones_beyond_epochs_warn_but_run(tmp_path, data_dir):
+    result = kdcli(*teacher_args(data_dir, tmp_path / "out", "--lr-milestones", "5"))
+    assert result.exit_code == 0, result.output
+    assert re.search(r"^warning: --lr-milestones \[5\] .*never apply", result.stderr, re.M)
+    assert (tmp_path / "out" / "summary.json").exists()
+
+
+@pytest.mark.parametrize(
+    "force",
+    [
+        [],
+        ["--force"],
+    ],
+    ids=["plain", "force"],
+)
+def test_unwritable_out(tmp_path, data_dir, force):
+    (tmp_path / "file").write_text("a regular file\n")
+    result = kdcli(*teacher_args(data_dir, tmp_path / "file" / "run", *force))
+    assert_clean_error(result, "cannot write", "--out", codes=(1,))
+
+
+def test_finished_run_needs_force(teacher_run, data_dir):
+    out, _ = teacher_run
+    assert_clean_error(kdcli(*teacher_args(data_dir, out)), "finished run", "--force", codes=(1,))
+
+
+def test_ctrl_c_saves_and_prints_how_to_resume(tmp_path, data_dir, monkeypatch):
+    def loss(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return distillation_loss(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "distillation_loss", loss)
+    result = kdcli(*teacher_args(data_dir, tmp_path / "out"))
+    assert result.exit_code == 130, result.output
+    assert "Traceback" not in result.output
+    assert "interrupted at epoch 1, step 1" in result.stderr and "resume with: kdcli" in result.stderr
+    assert "--resume" in result.stderr
+    monkeypatch.undo()
+    resumed = kdcli(*teacher_args(data_dir, tmp_path / "out", "--resume"))
+    assert resumed.exit_code == 0, resumed.output
+    assert (tmp_path / "out" / "summary.json").exists()

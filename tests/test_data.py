@@ -1,0 +1,142 @@
+"""kdcli.data: the CIFAR-10 pickles -> uint8 tensors, subsets, fingerprints, and the errors a user can hit."""
+
+import pickle
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from conftest import TEST_IMAGES, write_cifar_folder
+
+from kdcli import KdcliError
+from kdcli import data as data_module
+from kdcli.data import BATCH_FOLDER, OFFICIAL_MD5, NotOfficialDataWarning, fingerprint, load_cifar10
+
+TRAIN_IMAGES = 5 * 40
+
+
+def copy_folder(data_dir, tmp_path):
+    """A private copy of the session data folder that a test may damage."""
+    shutil.copytree(data_dir, tmp_path / "copy")
+    return tmp_path / "copy"
+
+
+def assert_same_data(a, b):
+    for name in ("train_images", "train_labels", "test_images", "test_labels"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert a.fingerprint == b.fingerprint
+
+
+def test_shapes_dtypes_and_pixels(data_dir):
+    data = load_cifar10(data_dir, download=False)
+    assert data.train_images.shape == (TRAIN_IMAGES, 3, 32, 32) and data.train_images.dtype == torch.uint8
+    assert data.train_labels.shape == (TRAIN_IMAGES,) and data.train_labels.dtype == torch.int64
+    assert data.test_images.shape == (TEST_IMAGES, 3, 32, 32) and data.test_images.dtype == torch.uint8
+    assert data.test_labels.shape == (TEST_IMAGES,) and data.test_labels.dtype == torch.int64
+    assert data.num_classes == 10 and not data.official
+    # The rows of the pickle are channel-major 3x32x32 images, batches in order 1..5.
+    with open(data_dir / BATCH_FOLDER / "data_batch_2", "rb") as f:
+        batch = pickle.load(f, encoding="bytes")
+    expected = torch.from_numpy(batch[b"data"].reshape(-1, 3, 32, 32))
+    assert torch.equal(data.train_images[40:80], expected)
+    assert data.train_labels[40:80].tolist() == batch[b"labels"]
+
+
+def test_bytes_and_str_keys_load_the_same(tmp_path):
+    official_style = load_cifar10(write_cifar_folder(tmp_path / "bytes", seed=3), download=False)
+    rewritten = load_cifar10(write_cifar_folder(tmp_path / "str", seed=3, str_keys=True), download=False)
+    assert_same_data(official_style, rewritten)
+
+
+def test_subset_takes_the_first_n(data_dir):
+    full = load_cifar10(data_dir, download=False)
+    part = load_cifar10(data_dir, subset=50, download=False)
+    assert torch.equal(part.train_images, full.train_images[:50])
+    assert torch.equal(part.train_labels, full.train_labels[:50])
+    assert torch.equal(part.test_images, full.test_images)  # the test set is never cut
+
+
+@pytest.mark.parametrize("subset", [0, TRAIN_IMAGES + 1])
+def test_subset_out_of_range(data_dir, subset):
+    with pytest.raises(KdcliError, match="--subset"):
+        load_cifar10(data_dir, subset=subset, download=False)
+
+
+def test_fingerprint(data_dir, tmp_path):
+    first, again = load_cifar10(data_dir, download=False), load_cifar10(data_dir, download=False)
+    assert first.fingerprint == again.fingerprint  # stable across loads
+    assert len(first.fingerprint) == 64
+    assert load_cifar10(data_dir, subset=100, download=False).fingerprint != first.fingerprint
+    other = load_cifar10(write_cifar_folder(tmp_path, seed=1), download=False)
+    assert other.fingerprint != first.fingerprint
+    # One label or one pixel changed is other data.
+    labels = first.train_labels.clone()
+    labels[7] = (labels[7] + 1) % 10
+    assert fingerprint(first.train_images, labels) != first.fingerprint
+    images = first.train_images.clone()
+    images[0, 0, 0, 0] ^= 1
+    assert fingerprint(images, first.train_labels) != first.fingerprint
+
+
+def test_missing_folder_without_download(tmp_path, monkeypatch):
+    monkeypatch.setattr(data_module, "_download", lambda root: pytest.fail("must not download"))
+    with pytest.raises(KdcliError, match="--no-download"):
+        load_cifar10(tmp_path / "nowhere", download=False)
+
+
+def test_one_missing_file_without_download(data_dir, tmp_path):
+    folder = copy_folder(data_dir, tmp_path)
+    (folder / BATCH_FOLDER / "test_batch").unlink()
+    with pytest.raises(KdcliError, match="--no-download"):
+        load_cifar10(folder, download=False)
+
+
+def test_missing_folder_downloads_when_allowed(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(data_module, "_download", lambda root: calls.append(root) or write_cifar_folder(root))
+    data = load_cifar10(tmp_path, download=True)
+    assert calls == [tmp_path] and len(data.train_labels) == TRAIN_IMAGES
+
+
+def truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def garbage(path):
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+
+
+def wrong_content(path):
+    path.write_bytes(pickle.dumps({b"data": np.zeros((4, 3072), np.uint8)}))  # no labels
+
+
+def wrong_lengths(path):
+    path.write_bytes(pickle.dumps({b"data": np.zeros((4, 3072), np.uint8), b"labels": [0, 1, 2]}))
+
+
+@pytest.mark.parametrize("damage", [truncate, garbage, wrong_content, wrong_lengths])
+def test_corrupt_batch_file(data_dir, tmp_path, damage):
+    folder = copy_folder(data_dir, tmp_path)
+    damage(folder / BATCH_FOLDER / "data_batch_3")
+    with pytest.raises(KdcliError) as error:
+        load_cifar10(folder, download=False)
+    message = str(error.value)
+    assert "data_batch_3" in message and "\n" not in message
+
+
+def test_not_official_data_warns_naming_the_files(data_dir):
+    with pytest.warns(NotOfficialDataWarning) as caught:
+        load_cifar10(data_dir, download=False)
+    message = str(caught[0].message)
+    assert all(name in message for name in OFFICIAL_MD5)
+
+
+def test_official_md5_does_not_warn(data_dir, monkeypatch):
+    matching = {name: data_module._md5(data_dir / BATCH_FOLDER / name) for name in OFFICIAL_MD5}
+    monkeypatch.setattr(data_module, "OFFICIAL_MD5", matching)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data = load_cifar10(data_dir, download=False)
+    assert data.official
+    assert not [w for w in caught if issubclass(w.category, NotOfficialDataWarning)]

@@ -1,0 +1,189 @@
+"""dump-logits end to end on the tiny data with a LeNet-5 teacher, on the CPU: the cached logits are
+the teacher on the views rebuilt from the cached parameters, and a dump killed with SIGKILL resumes
+to the very arrays of a dump never stopped."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from kdcli import KdcliError, augment, cache
+from kdcli.checkpoint import sha256_file
+from kdcli.data import load_cifar10
+from kdcli.dump import DumpConfig, dump_logits
+from kdcli.models import create_model
+
+ROOT = Path(__file__).resolve().parents[1]
+E = 4
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    """A LeNet-5 teacher checkpoint; its last layer is scaled up so logits have a trained net's size (~5)."""
+    torch.manual_seed(0)
+    model = create_model("lenet5")
+    with torch.no_grad():
+        model.fc3.weight.mul_(50)
+    folder = tmp_path_factory.mktemp("teacher")
+    state = {"model": model.state_dict(), "model_name": "lenet5", "num_classes": 10, "config": {}, "test_accuracy": None, "epoch": 1}
+    torch.save(state, folder / "checkpoint.pt")
+    return folder
+
+
+def config(tmp_path, teacher, data_dir, **options) -> DumpConfig:
+    defaults = dict(epochs=E, dtype="float32", batch_size=64, device="cpu", download=False, quiet=True)
+    return DumpConfig(teacher=str(teacher), data_dir=str(data_dir), out=str(tmp_path / "c.h5"), **{**defaults, **options})
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, teacher, data_dir):
+    """An unbroken float32 dump (batch 64: the 200 images end in a partial batch); never modify it."""
+    cfg = config(tmp_path_factory.mktemp("reference"), teacher, data_dir)
+    summary = dump_logits(cfg, progress=False)
+    return Path(cfg.out), summary
+
+
+def contents(path) -> dict:
+    with h5py.File(path, "r") as f:
+        return {name: f[name][()] for name in cache.DATASETS}
+
+
+def assert_same_cache(path, reference_path):
+    got, want = contents(path), contents(reference_path)
+    for name in cache.DATASETS:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    a, b = cache.cache_info(path)["attrs"], cache.cache_info(reference_path)["attrs"]
+    for volatile in ("created", "config"):
+        a.pop(volatile), b.pop(volatile)
+    assert a == b
+
+
+def test_cached_logits_are_the_teacher_on_the_rebuilt_views(reference, teacher, data_dir):
+    path, _ = reference
+    data = load_cifar10(data_dir, "cpu")
+    model = create_model("lenet5")
+    model.load_state_dict(torch.load(teacher / "checkpoint.pt")["model"])
+    model.eval()
+    with torch.no_grad(), cache.open_cache(path, data.fingerprint, data.num_classes) as c:
+        assert c.epochs_complete == E
+        for e in range(E):
+            aug, logits = c.epoch(e)  # [N, 3] int8, [N, C]
+            assert torch.equal(aug, augment.params(0, e, len(data.train_labels)))
+            views = augment.apply(data.train_images, aug)  # how a student rebuilds them
+            assert (model(augment.normalize(views)) - logits).abs().max() < 1e-4
+        assert (model(augment.normalize(data.train_images)) - c.clean_logits).abs().max() < 1e-4
+        assert (model(augment.normalize(data.test_images)) - c.test_logits).abs().max() < 1e-4
+        assert torch.equal(c.labels, data.train_labels)
+        assert c.test_logits.abs().max() > 1  # the logits are not trivially small: the bound above means something
+
+
+def test_metadata_and_summary(reference, teacher, data_dir):
+    path, summary = reference
+    data = load_cifar10(data_dir, "cpu")
+    info = cache.cache_info(path)
+    a = info["attrs"]
+    assert a["teacher_model"] == "lenet5" and a["teacher_sha256"] == sha256_file(teacher / "checkpoint.pt")
+    assert a["train_fingerprint"] == data.fingerprint and a["num_images"] == 200 and a["num_classes"] == 10
+    assert (a["seed"], a["epochs"], a["dtype"], a["format_version"]) == (0, E, "float32", cache.FORMAT_VERSION)
+    assert (a["augment_pad"], a["augment_crop"], a["augment_fill"], a["augment_flip"]) == (4, 32, 0, 0.5)
+    assert a["augment_std"] == list(augment.STD) and a["config"]["batch_size"] == 64
+    datetime.fromisoformat(a["created"])
+    with cache.open_cache(path) as c:
+        accuracy = 100 * (c.test_logits.argmax(1) == data.test_labels).float().mean().item()
+    assert a["teacher_test_accuracy"] == pytest.approx(accuracy, abs=1e-4) == summary["teacher_test_accuracy"]
+    assert summary["epochs_written"] == E and summary["resumed_from"] == 0 and summary["images_per_s"] > 0
+    assert summary["size_bytes"] == info["size_bytes"] and summary["path"] == str(path)
+
+
+def test_float16_by_default_and_verify_cache(tmp_path, reference, teacher, data_dir):
+    cfg = config(tmp_path, teacher, data_dir, epochs=2, dtype=DumpConfig.dtype)
+    dump_logits(cfg, progress=False)
+    assert cache.cache_info(cfg.out)["datasets"]["logits"] == {"shape": [2, 200, 10], "dtype": "float16"}
+    assert cache.verify_cache(cfg.out, teacher, k=64, device="cpu", data_dir=data_dir) < 1e-2  # float16 rounding of ~5
+    assert cache.verify_cache(reference[0], teacher, k=64, device="cpu", data_dir=data_dir) < 1e-4
+    with h5py.File(cfg.out, "r+") as f:  # a damaged cache is caught
+        f["logits"][1] = f["logits"][1] + 1
+    assert cache.verify_cache(cfg.out, teacher, k=64, device="cpu", data_dir=data_dir) > 0.5
+
+
+def test_missing_teacher_refused(tmp_path, data_dir):
+    with pytest.raises(KdcliError, match=r"no teacher at .*nowhere: run `kdcli train-teacher` first, or pass --teacher"):
+        dump_logits(config(tmp_path, tmp_path / "nowhere", data_dir))
+
+
+def test_complete_cache_refused_unless_forced(tmp_path, teacher, data_dir):
+    cfg = config(tmp_path, teacher, data_dir, epochs=1)
+    dump_logits(cfg, progress=False)
+    with pytest.raises(KdcliError, match=r"c.h5 is complete \(1 epochs\); pass --force to recompute it"):
+        dump_logits(cfg, progress=False)
+    cfg.force = True
+    assert dump_logits(cfg, progress=False)["epochs_written"] == 1
+
+
+def test_cache_of_other_settings_refused(tmp_path, teacher, data_dir):
+    dump_logits(config(tmp_path, teacher, data_dir, epochs=1), progress=False)
+    with pytest.raises(KdcliError, match=r"other settings: epochs 1 \(now 2\), dtype float32 \(now float16\); pass --force"):
+        dump_logits(config(tmp_path, teacher, data_dir, epochs=2, dtype="float16"), progress=False)
+
+
+def test_unwritable_out_is_one_clear_error(tmp_path, teacher, data_dir):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(KdcliError, match="cannot write .*file/c.h5"):
+        dump_logits(config(tmp_path / "file", teacher, data_dir), progress=False)
+
+
+@pytest.mark.parametrize("option", ["epochs", "batch_size", "subset"])
+def test_bad_options_refused(tmp_path, teacher, data_dir, option):
+    with pytest.raises(KdcliError, match="must be at least 1"):
+        config(tmp_path, teacher, data_dir, **{option: 0})
+
+
+# Runs a dump whose every fsync takes 0.3 s longer, so that the test can kill it between two epochs
+# or between writing an epoch and counting it.
+SLOW_DUMP = """
+import json, os, sys, time
+from kdcli.dump import DumpConfig, dump_logits
+fsync = os.fsync
+os.fsync = lambda fd: (fsync(fd), time.sleep(0.3))
+dump_logits(DumpConfig(**json.loads(sys.argv[1])), progress=False)
+"""
+
+
+def test_dump_killed_mid_run_resumes_to_the_same_arrays(tmp_path, reference, teacher, data_dir):
+    cfg = config(tmp_path, teacher, data_dir)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    child = subprocess.Popen([sys.executable, "-c", SLOW_DUMP, json.dumps(vars(cfg))], cwd=ROOT, env=env, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # poll through read-only opens until the first epoch is on disk
+            assert child.poll() is None, child.stderr.read().decode()
+            assert time.monotonic() < deadline
+            try:
+                if cache.cache_info(cfg.out)["epochs_complete"] >= 1:
+                    break
+            except KdcliError:  # not created yet
+                pass
+            time.sleep(0.02)
+        with pytest.raises(KdcliError, match="being written by another dump-logits"):
+            dump_logits(cfg, progress=False)
+        time.sleep(0.4)  # into the next epoch: its data written, not yet counted
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    done = cache.cache_info(cfg.out)["epochs_complete"]  # the killed dump left a readable file ...
+    assert 1 <= done < E
+    with cache.open_cache(cfg.out, allow_partial=True) as c, cache.open_cache(reference[0]) as ref:
+        for e in range(done):  # ... whose complete epochs are right
+            assert all(torch.equal(a, b) for a, b in zip(c.epoch(e), ref.epoch(e)))
+    summary = dump_logits(cfg, progress=False)
+    assert (summary["resumed_from"], summary["epochs_written"]) == (done, E - done)
+    assert_same_cache(cfg.out, reference[0])

@@ -1,0 +1,401 @@
+"""kdcli.train: run folders, determinism, exact resume, schedules, stacked students, evaluation, bad losses.
+
+Every run is LeNet-5 on the 200-image session data on the CPU: 4 steps of 64 images per epoch.
+"""
+
+import json
+import os
+import shutil
+import signal
+from dataclasses import fields
+
+import pytest
+import torch
+
+import kdcli.train as train_module
+from kdcli import KdcliError, __version__
+from kdcli.checkpoint import CHECKPOINT, load_checkpoint
+from kdcli.data import load_cifar10
+from kdcli.losses import distillation_loss
+from kdcli.models import create_model
+from kdcli.train import (
+    ConfigError,
+    DrawnAugmentation,
+    ModelStack,
+    Run,
+    StudentConfig,
+    TeacherConfig,
+    TrainingInterrupted,
+    evaluate,
+    learning_rate,
+    train_runs,
+    train_teacher,
+)
+
+STEPS = 4  # ceil(200 / 64)
+METRICS = {"epoch", "lr", "train_loss", "train_accuracy", "test_accuracy", "seconds", "images_per_s"}
+TIMING = {"seconds", "images_per_s"}  # the only metrics that may differ between identical runs
+
+
+def config(root, name, data_dir, cls=TeacherConfig, **options):
+    """A tiny CPU run in root/name; `options` override the defaults."""
+    defaults = dict(model="lenet5", epochs=3, batch_size=64, device="cpu", data_dir=str(data_dir), download=False,
+                    lr_milestones=(), out=str(root / name), quiet=True)
+    return cls(**{**defaults, **options})
+
+
+def teach(cfg):
+    return train_teacher(cfg, progress=False)
+
+
+def weights(run_dir):
+    return load_checkpoint(run_dir)["model"]
+
+
+def assert_same_weights(a, b, atol=0.0):
+    assert a.keys() == b.keys()
+    for k in a:
+        if atol:
+            torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0, msg=k)
+        else:
+            assert torch.equal(a[k], b[k]), k
+
+
+def metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def without_timing(rows):
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
+
+
+def call_on_step(monkeypatch, step, action):
+    """Pass the loss of global training step `step` (1-based) through `action` (to interrupt or break it)."""
+    calls = [0]
+
+    def loss(*args, **kwargs):
+        calls[0] += 1
+        value = distillation_loss(*args, **kwargs)
+        return action(value) if calls[0] == step else value
+
+    monkeypatch.setattr(train_module, "distillation_loss", loss)
+
+
+def press_ctrl_c(value):
+    os.kill(os.getpid(), signal.SIGINT)
+    return value
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, data_dir):
+    """A finished 3-epoch teacher run: the reference that resumed runs must equal."""
+    root = tmp_path_factory.mktemp("finished")
+    summary = teach(config(root, "run", data_dir))
+    return root / "run", summary
+
+
+# ---------------------------------------------------------------- the run folder
+
+
+def test_run_folder(tmp_path, data_dir):
+    cfg = config(tmp_path, "run", data_dir, epochs=2, lr_milestones=(1,))
+    summary = teach(cfg)
+    out = tmp_path / "run"
+    assert sorted(p.name for p in out.iterdir()) == sorted([CHECKPOINT, "config.json", "metrics.jsonl", "summary.json"])
+
+    recorded = json.loads((out / "config.json").read_text())
+    assert {f.name for f in fields(TeacherConfig)} <= recorded.keys()
+    assert {"kdcli_version", "git_commit", "train_fingerprint"} <= recorded.keys()
+    assert recorded["kdcli_version"] == __version__ and recorded["lr"] == cfg.lr and recorded["lr_milestones"] == [1]
+    assert recorded["train_fingerprint"] == load_cifar10(data_dir).fingerprint
+
+    rows = metrics(out)
+    assert [r["epoch"] for r in rows] == [1, 2] and all(r.keys() == METRICS for r in rows)
+    assert [r["lr"] for r in rows] == pytest.approx([0.1, 0.01])  # multistep at milestone 1
+    assert all(r["images_per_s"] > 0 and 0 <= r["test_accuracy"] <= 100 for r in rows)
+
+    state = load_checkpoint(out)
+    assert state["epoch"] == 2 and state["step"] == 0 and state["model_name"] == "lenet5"
+    assert state["config"]["out"] == str(out)
+    assert json.loads((out / "summary.json").read_text()) == summary
+    assert summary["test_accuracy"] == rows[-1]["test_accuracy"] == state["test_accuracy"]
+    assert summary["epochs"] == 2 and summary["trained_together"] == 1
+
+
+def test_eval_every_leaves_gaps_but_always_tests_the_last_epoch(tmp_path, data_dir):
+    teach(config(tmp_path, "run", data_dir, eval_every=2))
+    assert [r["test_accuracy"] is None for r in metrics(tmp_path / "run")] == [True, False, False]
+
+
+def test_same_seed_same_run(tmp_path, data_dir, finished):
+    run_dir, _ = finished
+    teach(config(tmp_path, "again", data_dir))
+    assert_same_weights(weights(tmp_path / "again"), weights(run_dir))
+    assert without_timing(metrics(tmp_path / "again")) == without_timing(metrics(run_dir))
+    teach(config(tmp_path, "other-seed", data_dir, seed=1))
+    assert not torch.equal(weights(tmp_path / "other-seed")["fc3.weight"], weights(run_dir)["fc3.weight"])
+
+
+# ---------------------------------------------------------------- resume
+
+
+@pytest.mark.parametrize("stop_at", [1, 4, 6], ids=["first-step", "end-of-epoch-1", "mid-epoch-2"])
+def test_resume_after_ctrl_c_equals_an_uninterrupted_run(tmp_path, data_dir, finished, monkeypatch, stop_at):
+    run_dir, summary = finished
+    handler = signal.getsignal(signal.SIGINT)
+    call_on_step(monkeypatch, stop_at, press_ctrl_c)
+    epoch, step = (stop_at - 1) // STEPS, (stop_at - 1) % STEPS + 1  # epochs complete, steps into the next
+    with pytest.raises(TrainingInterrupted, match=f"interrupted at epoch {epoch + 1}, step {step} of {STEPS}"):
+        teach(config(tmp_path, "run", data_dir))
+    assert signal.getsignal(signal.SIGINT) is handler  # Ctrl-C works normally again
+    state = load_checkpoint(tmp_path / "run")
+    assert (state["epoch"], state["step"]) == (epoch, step)
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+    monkeypatch.undo()
+    resumed = teach(config(tmp_path, "run", data_dir, resume=True))
+    assert_same_weights(weights(tmp_path / "run"), weights(run_dir))
+    rows = metrics(tmp_path / "run")
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert without_timing(rows) == without_timing(metrics(run_dir))
+    assert resumed["test_accuracy"] == summary["test_accuracy"]
+
+
+def test_resume_after_a_crash_retrains_from_the_last_checkpoint(tmp_path, data_dir, monkeypatch):
+    """A crash (not Ctrl-C) in epoch 4 with checkpoints every 2 epochs: epoch 3's metrics line is trained again."""
+    reference = teach(config(tmp_path, "reference", data_dir, epochs=4))
+
+    def crash(value):
+        raise RuntimeError("killed")
+
+    call_on_step(monkeypatch, 3 * STEPS + 2, crash)
+    with pytest.raises(RuntimeError, match="killed"):
+        teach(config(tmp_path, "run", data_dir, epochs=4, save_every=2))
+    assert load_checkpoint(tmp_path / "run")["epoch"] == 2 and len(metrics(tmp_path / "run")) == 3
+
+    monkeypatch.undo()
+    resumed = teach(config(tmp_path, "run", data_dir, epochs=4, save_every=2, resume=True))
+    assert_same_weights(weights(tmp_path / "run"), weights(tmp_path / "reference"))
+    assert without_timing(metrics(tmp_path / "run")) == without_timing(metrics(tmp_path / "reference"))
+    assert resumed["test_accuracy"] == reference["test_accuracy"]
+
+
+def interrupt(tmp_path, data_dir, monkeypatch, step=STEPS + 2):
+    """An unfinished run in tmp_path/run: Ctrl-C at global step `step`."""
+    with monkeypatch.context() as patch:
+        call_on_step(patch, step, press_ctrl_c)
+        with pytest.raises(TrainingInterrupted):
+            teach(config(tmp_path, "run", data_dir))
+
+
+def test_finished_run_is_refused_without_force(tmp_path, data_dir, finished):
+    run_dir, summary = finished
+    shutil.copytree(run_dir, tmp_path / "run")
+    with pytest.raises(KdcliError, match="finished run.*--force"):
+        teach(config(tmp_path, "run", data_dir))
+    assert teach(config(tmp_path, "run", data_dir, resume=True)) == summary  # nothing left to train
+
+
+def test_unfinished_run_is_refused_without_resume(tmp_path, data_dir, monkeypatch):
+    interrupt(tmp_path, data_dir, monkeypatch)
+    with pytest.raises(KdcliError, match="unfinished run.*--resume"):
+        teach(config(tmp_path, "run", data_dir))
+
+
+def test_resume_of_a_run_killed_before_its_summary(tmp_path, data_dir, finished):
+    run_dir, summary = finished
+    shutil.copytree(run_dir, tmp_path / "run")
+    (tmp_path / "run" / "summary.json").unlink()
+    resumed = teach(config(tmp_path, "run", data_dir, resume=True))
+    assert resumed["test_accuracy"] == summary["test_accuracy"]
+    assert resumed["train_accuracy"] == summary["train_accuracy"]
+
+
+def test_force_starts_over(tmp_path, data_dir, finished):
+    run_dir, _ = finished
+    shutil.copytree(run_dir, tmp_path / "run")
+    summary = teach(config(tmp_path, "run", data_dir, epochs=1, force=True))
+    assert summary["epochs"] == 1 and [r["epoch"] for r in metrics(tmp_path / "run")] == [1]
+    assert load_checkpoint(tmp_path / "run")["epoch"] == 1
+
+
+def test_resume_with_other_options_is_refused(tmp_path, data_dir, finished, monkeypatch):
+    interrupt(tmp_path, data_dir, monkeypatch)
+    with pytest.raises(KdcliError, match="--lr 0.05"):
+        teach(config(tmp_path, "run", data_dir, resume=True, lr=0.05))
+    # Options that cannot change the result may differ.
+    teach(config(tmp_path, "run", data_dir, resume=True, eval_every=3, save_every=3, quiet=False))
+    assert_same_weights(weights(tmp_path / "run"), weights(finished[0]))
+
+
+def test_resume_of_a_finished_run_with_other_options_is_refused(tmp_path, data_dir, finished):
+    shutil.copytree(finished[0], tmp_path / "run")
+    with pytest.raises(KdcliError, match="--lr 0.05"):
+        teach(config(tmp_path, "run", data_dir, resume=True, lr=0.05))
+
+
+def test_resume_without_a_checkpoint_starts_fresh(tmp_path, data_dir, finished):
+    teach(config(tmp_path, "run", data_dir, resume=True))
+    assert_same_weights(weights(tmp_path / "run"), weights(finished[0]))
+
+
+# ---------------------------------------------------------------- options and schedules
+
+
+@pytest.mark.parametrize(
+    "cls,option,value",
+    [
+        (TeacherConfig, "epochs", 0),
+        (TeacherConfig, "batch_size", 0),
+        (TeacherConfig, "lr", -1.0),
+        (TeacherConfig, "lr", float("nan")),
+        (TeacherConfig, "subset", 0),
+        (StudentConfig, "temperature", 0.0),
+        (StudentConfig, "temperature", -1.0),
+        (StudentConfig, "temperature", float("nan")),
+        (StudentConfig, "temperature", float("inf")),
+        (StudentConfig, "distillation_weight", -0.1),
+    ],
+)
+def test_bad_options_name_their_flag(tmp_path, data_dir, cls, option, value):
+    with pytest.raises(ConfigError) as error:
+        config(tmp_path, "run", data_dir, cls=cls, **{option: value})
+    assert error.value.option == "--" + option.replace("_", "-")
+
+
+def test_milestones_beyond_the_last_epoch_warn(tmp_path, data_dir):
+    with pytest.warns(UserWarning, match="never apply"):
+        config(tmp_path, "run", data_dir, epochs=10, lr_milestones=(5, 10))
+
+
+def schedule(name, epochs=10, **options):
+    cfg = TeacherConfig(epochs=epochs, lr=0.1, scheduler=name, **options)
+    return lambda t: learning_rate(cfg, t)
+
+
+def test_multistep_schedule():
+    lr = schedule("multistep", lr_milestones=(3, 6), lr_gamma=0.1)
+    assert [lr(t) for t in (0, 2.99, 3, 5.5, 6, 9.99)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+
+
+def test_cosine_schedule():
+    lr = schedule("cosine")
+    assert lr(0) == pytest.approx(0.1) and lr(5) == pytest.approx(0.05) and lr(10) == pytest.approx(0, abs=1e-12)
+    values = [lr(t / 10) for t in range(101)]
+    assert values == sorted(values, reverse=True)
+
+
+def test_onecycle_schedule():
+    lr = schedule("onecycle")
+    assert lr(0) == pytest.approx(0.1 / 25) and lr(3) == pytest.approx(0.1) and lr(10) == pytest.approx(0, abs=1e-12)
+    warmup, decay = [lr(t / 10) for t in range(31)], [lr(t / 10) for t in range(30, 101)]
+    assert warmup == sorted(warmup) and decay == sorted(decay, reverse=True)
+    assert max(lr(t / 100) for t in range(1001)) == pytest.approx(0.1)
+
+
+def test_constant_schedule():
+    lr = schedule("none")
+    assert {lr(t / 10) for t in range(101)} == {0.1}
+
+
+# ---------------------------------------------------------------- students trained together
+
+
+def baseline_run(root, data_dir, seed, num_images):
+    cfg = config(root, f"seed{seed}", data_dir, cls=StudentConfig, epochs=2, seed=seed, distillation_weight=0.0)
+    return Run(cfg, DrawnAugmentation(seed, num_images))
+
+
+def test_stacked_students_equal_students_trained_one_by_one(tmp_path, data_dir):
+    data = load_cifar10(data_dir)
+    seeds, n = (1, 2, 3), len(data.train_labels)
+    together = train_runs([baseline_run(tmp_path / "together", data_dir, s, n) for s in seeds], data, torch.device("cpu"), progress=False)
+    alone = [train_runs([baseline_run(tmp_path / "alone", data_dir, s, n)], data, torch.device("cpu"), progress=False)[0] for s in seeds]
+    assert [s["trained_together"] for s in together] == [3, 3, 3] and [s["trained_together"] for s in alone] == [1, 1, 1]
+    for seed in seeds:
+        a, b = tmp_path / "together" / f"seed{seed}", tmp_path / "alone" / f"seed{seed}"
+        assert_same_weights(weights(a), weights(b), atol=1e-5)
+        for row_a, row_b in zip(metrics(a), metrics(b)):
+            assert row_a["train_loss"] == pytest.approx(row_b["train_loss"], rel=1e-4)
+    first = weights(tmp_path / "together" / "seed1")
+    assert not torch.equal(first["fc3.weight"], weights(tmp_path / "together" / "seed2")["fc3.weight"])
+
+
+def test_stacked_students_resume_from_their_own_checkpoints(tmp_path, data_dir, monkeypatch):
+    data = load_cifar10(data_dir)
+    seeds, n, cpu = (1, 2), len(data.train_labels), torch.device("cpu")
+    train_runs([baseline_run(tmp_path / "reference", data_dir, s, n) for s in seeds], data, cpu, progress=False)
+    call_on_step(monkeypatch, 6, press_ctrl_c)
+    with pytest.raises(TrainingInterrupted):
+        train_runs([baseline_run(tmp_path / "run", data_dir, s, n) for s in seeds], data, cpu, progress=False)
+    monkeypatch.undo()
+    runs = [baseline_run(tmp_path / "run", data_dir, s, n) for s in seeds]
+    for r in runs:
+        r.config.resume = True
+    train_runs(runs, data, cpu, progress=False)
+    for seed in seeds:
+        assert_same_weights(weights(tmp_path / "run" / f"seed{seed}"), weights(tmp_path / "reference" / f"seed{seed}"))
+
+
+def test_model_stack_forward_and_member_state():
+    torch.manual_seed(0)
+    models = [create_model("lenet5") for _ in range(3)]
+    stack = ModelStack(models)
+    x = torch.randn(3, 5, 3, 32, 32)
+    out = stack(x)
+    assert out.shape == (3, 5, 10)
+    for s, model in enumerate(models):
+        torch.testing.assert_close(out[s], model(x[s]))
+        assert_same_weights(stack.member_state(s), model.state_dict())
+    stack.load_member_state(1, models[0].state_dict())
+    torch.testing.assert_close(stack(x)[1], models[0](x[1]))
+
+
+def test_models_with_batch_norm_cannot_be_stacked():
+    with pytest.raises(KdcliError, match="batch norm"):
+        ModelStack([create_model("resnet18"), create_model("resnet18")])
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def test_evaluate(finished, data_dir):
+    run_dir, summary = finished
+    result = evaluate(run_dir, data_dir, device="cpu", download=False)
+    assert result["model"] == "lenet5" and result["epoch"] == 3
+    assert result["test_accuracy"] == summary["test_accuracy"]  # the same number as the training loop's
+    data = load_cifar10(data_dir)
+    model, _ = train_module.load_model(run_dir, torch.device("cpu"))
+    pred = train_module.predict(model, data.test_images).argmax(1)
+    assert len(result["per_class"]) == 10
+    for c, accuracy in enumerate(result["per_class"]):
+        mine = data.test_labels == c
+        assert accuracy == pytest.approx(100 * (pred[mine] == c).float().mean().item(), abs=0.01)
+    assert result["test_accuracy"] == pytest.approx(100 * (pred == data.test_labels).float().mean().item(), abs=1e-4)
+
+
+def test_evaluate_refuses_a_missing_checkpoint(tmp_path, data_dir):
+    with pytest.raises(KdcliError, match="no checkpoint"):
+        evaluate(tmp_path / "nothing", data_dir, device="cpu", download=False)
+
+
+# ---------------------------------------------------------------- a loss that is not finite
+
+
+def test_diverging_run_stops_with_its_epoch_and_step(tmp_path, data_dir):
+    with pytest.raises(KdcliError, match=r"not finite at epoch 1, step \d+.*--lr"):
+        teach(config(tmp_path, "run", data_dir, epochs=1, lr=1e30))
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_non_finite_loss_keeps_the_last_good_checkpoint(tmp_path, data_dir, finished, monkeypatch):
+    call_on_step(monkeypatch, STEPS + 2, lambda value: value * float("nan"))
+    with pytest.raises(KdcliError, match="epoch 2, step 2") as error:
+        teach(config(tmp_path, "run", data_dir))
+    assert "\n" not in str(error.value)
+    state = load_checkpoint(tmp_path / "run")
+    assert state["epoch"] == 1 and all(torch.isfinite(w).all() for w in state["model"].values())
+    assert [r["epoch"] for r in metrics(tmp_path / "run")] == [1]
+    monkeypatch.undo()  # the checkpoint is good: resuming from it ends where a run never broken ends
+    teach(config(tmp_path, "run", data_dir, resume=True))
+    assert_same_weights(weights(tmp_path / "run"), weights(finished[0]))
