@@ -10,6 +10,7 @@ view its teacher labelled. `apply` matches torchvision's
 RandomCrop(32, padding=4) + RandomHorizontalFlip pixel for pixel.
 """
 
+import functools
 import hashlib
 
 import torch
@@ -52,10 +53,17 @@ def apply(images: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     return padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
 
 
+@functools.cache
+def _mean_std(device):
+    """Made once per device: a host-to-device copy at every step would wait for the GPU (and break graph capture)."""
+    mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(STD, device=device).view(1, 3, 1, 1) * 255
+    return mean, std
+
+
 def normalize(images: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
     """uint8 [B, 3, H, W] -> normalised `dtype`; channels_last on GPUs, where convolutions run faster in it."""
-    mean = torch.tensor(MEAN, device=images.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(STD, device=images.device).view(1, 3, 1, 1) * 255
+    mean, std = _mean_std(images.device)
     x = (images.float() - mean) / std
     x = x.to(dtype)
     # On CPUs channels_last made LeNet-5 steps 2-5x slower (measured), so only GPUs get it.

@@ -68,6 +68,7 @@ class TrainOptions:
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"  # auto: cuda, then mps, then cpu
     amp: bool = True  # bf16 autocast on CUDA; no effect elsewhere
     compile: bool = False  # torch.compile the model (CUDA; pays off for long runs)
+    cuda_graphs: bool = True  # replay each step as one CUDA graph (CUDA; small models are launch-bound)
     eval_every: int = 1  # epochs between test-set evaluations (the last epoch always is)
     save_every: int = 1  # epochs between checkpoints (1: a crash loses at most one epoch)
     data_dir: str = "data"  # folder holding cifar-10-batches-py/
@@ -164,13 +165,14 @@ def learning_rate(config: TrainOptions, t: float) -> float:
     return config.lr
 
 
-def make_optimizer(config: TrainOptions, parameters, device: torch.device):
+def make_optimizer(config: TrainOptions, parameters, device: torch.device, lr: torch.Tensor):
     fused = device.type == "cuda"  # one kernel for the whole update instead of one per tensor
+    lr = lr if fused else float(lr)  # the CPU optimizers want a number
     if config.optimizer == "adam":
-        return torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
+        return torch.optim.Adam(parameters, lr=lr, weight_decay=config.weight_decay, fused=fused, capturable=fused)
     return torch.optim.SGD(
         parameters,
-        lr=config.lr,
+        lr=lr,
         momentum=config.momentum,
         nesterov=config.nesterov,
         weight_decay=config.weight_decay,
@@ -266,6 +268,49 @@ class DrawnAugmentation:
         return augment.params(self.seed, e, self.num_images), None  # [N, 3], no soft targets
 
 
+class GraphedStep:
+    """A training step captured once as a CUDA graph and replayed: one launch instead of ~60-200.
+
+    LeNet-5 steps are so small that a GPU spends them waiting for Python to launch
+    kernels; replaying a graph removes that wait. The graph reads its inputs from
+    fixed buffers (batch indices, the epoch's views and soft targets), so a replay
+    is the same computation as an eager step. Capture waits for a few eager steps,
+    so that the optimizer state and cuDNN's choices exist before it.
+    """
+
+    WARMUP = 3  # eager steps before capture
+
+    def __init__(self, group):
+        self.group, self.eager_steps, self.graph = group, 0, None
+        self.idx = self.aug = self.soft = None
+
+    def new_epoch(self, aug, soft):
+        if self.graph is None:
+            self.aug, self.soft = aug, soft
+        else:  # the graph reads the buffers it was captured with
+            self.aug.copy_(aug)
+            if soft is not None:
+                self.soft.copy_(soft)
+
+    def step(self, idx):
+        group = self.group
+        if self.graph is None and self.eager_steps < self.WARMUP:
+            self.eager_steps += 1
+            return group.train_step(idx, self.aug, self.soft)
+        if self.graph is None:
+            self.idx = idx.clone()
+            self.aug = self.aug.clone()
+            self.soft = None if self.soft is None else self.soft.clone()
+            group.optimizer.zero_grad(set_to_none=True)  # gradients are allocated inside the graph's memory
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.outputs = group.train_step(self.idx, self.aug, self.soft)
+        else:
+            self.idx.copy_(idx)
+        self.graph.replay()
+        return tuple(o.clone() for o in self.outputs)  # the next replay overwrites the outputs
+
+
 class CachedTargets:
     """A student of the cache: epoch e replays cached epoch e mod E, its views and its teacher logits."""
 
@@ -304,7 +349,7 @@ class Run:
 # ---------------------------------------------------------------- run folders
 
 
-RESUME_IGNORES = {"resume", "force", "quiet", "device", "out", "eval_every", "save_every", "compile", "cache", "data_dir"}
+RESUME_IGNORES = {"resume", "force", "quiet", "device", "out", "eval_every", "save_every", "compile", "cuda_graphs", "cache", "data_dir"}
 
 
 def prepare_run_dir(config):
@@ -415,9 +460,13 @@ class Group:
         self.stack = ModelStack(models).to(device)
         if self.size == 1 and device.type == "cuda":  # channels_last speeds up GPU convolutions; stacked weights are 5-d
             self.stack.to(memory_format=torch.channels_last)
-        self.optimizer = make_optimizer(config, self.stack.parameters(), device)
+        # The lr is a tensor the optimizer reads on the device, so a captured CUDA graph sees each new value.
+        self.lr = torch.tensor(config.lr, device=device)
+        self.optimizer = make_optimizer(config, self.stack.parameters(), device, self.lr)
         self.forward = torch.compile(self.stack) if config.compile and device.type == "cuda" else self.stack
-        self.autocast = torch.autocast("cuda", torch.bfloat16, enabled=config.amp and device.type == "cuda")
+        # No autocast weight cache: it would hold tensors from outside a CUDA graph's capture.
+        self.autocast = torch.autocast("cuda", torch.bfloat16, enabled=config.amp and device.type == "cuda", cache_enabled=False)
+        self.graph = GraphedStep(self) if config.cuda_graphs and device.type == "cuda" else None
         self.temperature = torch.tensor([r.temperature for r in runs], device=device)
         self.distillation_weight = torch.tensor([r.distillation_weight for r in runs], device=device)
         self.hard_weight = torch.tensor([r.hard_weight for r in runs], device=device)
@@ -435,6 +484,9 @@ class Group:
         for s, state in enumerate(states):
             self.stack.load_member_state(s, state["model"])
         self.optimizer.load_state_dict(stack_optimizer_states([st["optimizer"] for st in states]))
+        if self.device.type == "cuda":
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.lr  # loading replaced the shared lr tensor with a copy
         self.epoch, self.step, self.partial = states[0]["epoch"], states[0]["step"], states[0]["partial"]
         self.test_accuracy = [st["test_accuracy"] for st in states]
         for r in self.runs:  # epochs logged after the checkpoint will be trained again
@@ -458,28 +510,18 @@ class Group:
         if self.partial is None:
             self.partial = {"losses": torch.zeros(self.steps, S), "correct": torch.zeros(self.steps, S), "seconds": 0.0}
         losses, correct = self.partial["losses"].to(self.device), self.partial["correct"].to(self.device)
+        if self.graph is not None:
+            self.graph.new_epoch(aug, soft)
         self.stack.train()
         t0 = time.perf_counter()
         for i in range(self.step, self.steps):
-            for group in self.optimizer.param_groups:
-                group["lr"] = learning_rate(self.config, self.epoch + i / self.steps)
+            self.set_lr(learning_rate(self.config, self.epoch + i / self.steps))
             idx = order[:, i * B : (i + 1) * B]  # [S, b]
-            views = augment.apply(self.data.train_images[idx].flatten(0, 1), _rows(aug, idx).flatten(0, 1))
-            x = augment.normalize(views).unflatten(0, idx.shape)  # [S, b, 3, 32, 32]
-            y = self.data.train_labels[idx]  # [S, b]
-            with self.autocast:
-                logits = self.forward(x)  # [S, b, C]
-                if self.teacher is not None:
-                    with torch.no_grad():
-                        soft_batch = self.teacher(x.flatten(0, 1)).view(logits.shape)
-                else:
-                    soft_batch = None if soft is None else _rows(soft, idx)
-            loss = distillation_loss(logits, y, soft_batch, self.temperature, self.distillation_weight, self.hard_weight)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.sum().backward()  # the runs share no weights, so each gets exactly its own gradient
-            self.optimizer.step()
-            losses[i] = loss.detach()  # kept on the device: no host sync inside the step
-            correct[i] = (logits.argmax(-1) == y).sum(-1).float()
+            if self.graph is not None and idx.shape[1] == B:
+                loss, hits = self.graph.step(idx)
+            else:  # CPU, or the smaller last batch of an epoch
+                loss, hits = self.train_step(idx, aug, soft)
+            losses[i], correct[i] = loss, hits  # kept on the device: no host sync inside the step
             if stop.requested:
                 self.step = i + 1
                 self.partial = {"losses": losses.cpu(), "correct": correct.cpu(), "seconds": self.partial["seconds"] + time.perf_counter() - t0}
@@ -488,7 +530,34 @@ class Group:
                     f"interrupted at epoch {self.epoch + 1}, step {i + 1} of {self.steps}; checkpoint saved in {self.runs[0].dir}"
                 )
         self.partial.update(losses=losses, correct=correct)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # the queued kernels belong to this epoch's time
         return self.partial["seconds"] + time.perf_counter() - t0
+
+    def set_lr(self, lr: float):
+        if self.device.type == "cuda":
+            self.lr.fill_(lr)  # a kernel, not a sync; the optimizer and the graph read this tensor
+        else:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+
+    def train_step(self, idx, aug, soft):
+        """One optimizer step on the images idx [S, b]; returns per-run loss [S] and correct count [S]."""
+        views = augment.apply(self.data.train_images[idx].flatten(0, 1), _rows(aug, idx).flatten(0, 1))
+        x = augment.normalize(views).unflatten(0, idx.shape)  # [S, b, 3, 32, 32]
+        y = self.data.train_labels[idx]  # [S, b]
+        with self.autocast:
+            logits = self.forward(x)  # [S, b, C]
+            if self.teacher is not None:
+                with torch.no_grad():
+                    soft_batch = self.teacher(x.flatten(0, 1)).view(logits.shape)
+            else:
+                soft_batch = None if soft is None else _rows(soft, idx)
+        loss = distillation_loss(logits, y, soft_batch, self.temperature, self.distillation_weight, self.hard_weight)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.sum().backward()  # the runs share no weights, so each gets exactly its own gradient
+        self.optimizer.step()
+        return loss.detach(), (logits.argmax(-1) == y).sum(-1).float()
 
     def end_epoch(self, seconds: float):
         """Check the losses, evaluate, log and checkpoint the epoch just trained."""
@@ -525,6 +594,8 @@ class Group:
 
     def save_all(self):
         optimizer_state = self.optimizer.state_dict()
+        for group in optimizer_state["param_groups"]:
+            group["lr"] = float(group["lr"])  # a number, so that the checkpoint resumes on any device
         for s, r in enumerate(self.runs):
             weights = self.stack.member_state(s)
             save_atomic(
