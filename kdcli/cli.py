@@ -226,8 +226,12 @@ def cache_info(
 
     with errors_as_one_line():
         info = read_info(path)
-        for key, value in info.items():
-            typer.echo(f"{key:<24} {value}")
+        typer.echo(f"{info['path']}: {info['size_bytes'] / 1e6:,.1f} MB, {info['epochs_complete']} of {info['epochs']} epochs complete")
+        typer.echo(f"teacher {info['attrs']['teacher_model']}: {info['teacher_test_accuracy']:.2f}% test accuracy")
+        for name, d in info["datasets"].items():
+            typer.echo(f"  {name:<22} {d['dtype']:<8} {d['shape']}")
+        for key, value in sorted(info["attrs"].items()):
+            typer.echo(f"  {key:<22} {value}")
         if verify:
             diff = verify_cache(path, teacher, verify, device)
             typer.echo(f"{'verify':<24} largest |logit difference| over {verify} entries: {diff:.3g}")

@@ -48,6 +48,7 @@ class DumpConfig:
             raise ConfigError("--subset", f"must be at least 1, got {self.subset}")
 
 
+@torch.inference_mode()  # no autograd bookkeeping at all: the teacher is only read
 def teacher_logits(model, images, aug, amp: bool, batch_size: int) -> torch.Tensor:
     """[N, C] float32: the teacher on images [N, 3, 32, 32] uint8 as augmented by aug [N, 3] (None: as they are)."""
     if aug is None:

@@ -9,6 +9,7 @@ students are kept, unfinished ones continue from their checkpoints. The report
 (report.py) is written at the end.
 """
 
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -56,12 +57,17 @@ def student_configs(config: SweepConfig) -> list:
     shared = {f.name: getattr(config, f.name) for f in fields(StudentConfig) if hasattr(config, f.name)}
     shared.update(resume=not config.force, quiet=True)
     out = Path(config.out)
+
+    def student(seed, folder, **options):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the sweep's own options were checked, and warned about, already
+            return StudentConfig(**{**shared, **options, "seed": seed, "out": str(out / folder / f"seed{seed}")})
+
     configs = []
     for seed in config.seeds:
         if config.baseline:
-            configs.append(StudentConfig(**{**shared, "seed": seed, "temperature": 1.0, "distillation_weight": 0.0, "out": str(out / "baseline" / f"seed{seed}")}))
-        for t in config.temperatures:
-            configs.append(StudentConfig(**{**shared, "seed": seed, "temperature": t, "out": str(out / f"T{t:g}" / f"seed{seed}")}))
+            configs.append(student(seed, "baseline", temperature=1.0, distillation_weight=0.0))
+        configs += [student(seed, f"T{t:g}", temperature=t) for t in config.temperatures]
     return configs
 
 
