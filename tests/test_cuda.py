@@ -9,16 +9,17 @@ import torch
 from kdcli.data import load_cifar10
 from kdcli.train import DrawnAugmentation, Run, StudentConfig, TeacherConfig, train_runs
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+DEVICE = "cuda"
+pytestmark = pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-def train(tmp_path, name, config_class, seeds, **options):
-    data = load_cifar10(options["data_dir"], "cuda", options.get("subset"))
+def train(tmp_path, name, config_class, seeds, data_dir, device=DEVICE, **options):
+    data = load_cifar10(data_dir, device, options.get("subset"))
     runs = [
-        Run(config_class(out=str(tmp_path / f"{name}{s}"), seed=s, device="cuda", **options), DrawnAugmentation(s, len(data.train_labels)))
+        Run(config_class(out=str(tmp_path / f"{name}{s}"), seed=s, device=device, data_dir=str(data_dir), **options), DrawnAugmentation(s, len(data.train_labels)))
         for s in seeds
     ]
-    train_runs(runs, data, torch.device("cuda"), progress=False)
+    train_runs(runs, data, torch.device(device), progress=False)
     return [torch.load(r.dir / "checkpoint.pt", weights_only=True)["model"] for r in runs]
 
 
