@@ -1,0 +1,108 @@
+"""Students of the cache (train.py + cache.py together), on the CPU and the tiny data.
+
+The property the design rests on: a student trained from the cache takes exactly
+the steps it would take with its teacher run online on the same views.
+"""
+
+import json
+
+import pytest
+import torch
+
+from kdcli import KdcliError
+from kdcli.cache import open_cache
+from kdcli.data import load_cifar10
+from kdcli.dump import DumpConfig, dump_logits
+from kdcli.models import create_model
+from kdcli.train import DrawnAugmentation, Run, StudentConfig, load_model, train_runs, train_student
+
+CACHE_EPOCHS = 2
+
+
+@pytest.fixture(scope="module")
+def cache_path(tmp_path_factory, data_dir):
+    """A float32 cache of a LeNet-5 teacher whose logits are a trained net's size (never modify it)."""
+    root = tmp_path_factory.mktemp("student")
+    torch.manual_seed(0)
+    model = create_model("lenet5")
+    with torch.no_grad():
+        model.fc3.weight.mul_(50)
+    torch.save({"model": model.state_dict(), "model_name": "lenet5", "num_classes": 10, "epoch": 1}, root / "checkpoint.pt")
+    out = root / "logits.h5"
+    dump_logits(
+        DumpConfig(teacher=str(root), epochs=CACHE_EPOCHS, dtype="float32", out=str(out), data_dir=str(data_dir), device="cpu", quiet=True),
+        progress=False,
+    )
+    return out
+
+
+def student(tmp_path, data_dir, cache_path, name="s", **options):
+    defaults = dict(epochs=1, batch_size=32, temperature=4.0, distillation_weight=0.5, device="cpu", quiet=True, scheduler="none")
+    return StudentConfig(data_dir=str(data_dir), cache=str(cache_path), out=str(tmp_path / name), **{**defaults, **options})
+
+
+def weights(run_dir):
+    return torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
+
+
+class ViewsOfTheCache:
+    """The cache's augmentation parameters without its logits: the teacher has to label each batch itself."""
+
+    def __init__(self, cache):
+        self.cache = cache
+
+    def epoch(self, e):
+        return self.cache.epoch(e % self.cache.epochs_complete)[0], None
+
+
+def train_online(config, cache_path, teacher_dir, targets=None):
+    data = load_cifar10(config.data_dir, "cpu")
+    teacher, _ = load_model(teacher_dir, torch.device("cpu"))
+    with open_cache(cache_path) as cache:
+        run = Run(config, targets or ViewsOfTheCache(cache))
+        train_runs([run], data, torch.device("cpu"), teacher=teacher, progress=False)
+    return weights(run.dir)
+
+
+def test_student_of_the_cache_equals_student_of_the_teacher_online(tmp_path, data_dir, cache_path):
+    cached = student(tmp_path, data_dir, cache_path, "cached", epochs=3)  # 3 > 2 cached epochs: replays epoch 0
+    train_student(cached, progress=False)
+    online = train_online(student(tmp_path, data_dir, cache_path, "online", epochs=3), cache_path, cache_path.parent)
+    for key, value in weights(tmp_path / "cached").items():
+        torch.testing.assert_close(value, online[key], atol=1e-5, rtol=1e-5)
+
+
+def test_the_equivalence_test_can_fail_on_other_views(tmp_path, data_dir, cache_path):
+    train_student(student(tmp_path, data_dir, cache_path, "cached"), progress=False)
+    other = DrawnAugmentation(seed=12345, num_images=200)  # the teacher online, but on other views
+    online = train_online(student(tmp_path, data_dir, cache_path, "other"), cache_path, cache_path.parent, other)
+    assert not torch.allclose(weights(tmp_path / "cached")["conv1.weight"], online["conv1.weight"], atol=1e-4)
+
+
+def test_config_and_summary_record_the_distillation(tmp_path, data_dir, cache_path):
+    summary = train_student(student(tmp_path, data_dir, cache_path, temperature=30.0), progress=False)
+    assert (summary["temperature"], summary["distillation_weight"], summary["hard_weight"]) == (30.0, 0.5, 1.0)
+    config = json.loads((tmp_path / "s" / "config.json").read_text())
+    assert config["temperature"] == 30.0 and config["cache"] == str(cache_path)
+    assert config["cache_epochs"] == CACHE_EPOCHS and len(config["cache_teacher_sha256"]) == 64
+
+
+def test_more_student_epochs_than_cached_warns(tmp_path, data_dir, cache_path):
+    with pytest.warns(UserWarning, match="reuses cached epoch e mod 2"):
+        train_student(student(tmp_path, data_dir, cache_path, epochs=3), progress=False)
+
+
+def test_baseline_needs_no_cache(tmp_path, data_dir):
+    config = student(tmp_path, data_dir, tmp_path / "nothing-here.h5", distillation_weight=0.0)
+    assert train_student(config, progress=False)["distillation_weight"] == 0.0
+
+
+def test_missing_cache_names_the_command_that_makes_it(tmp_path, data_dir):
+    with pytest.raises(KdcliError, match="run `kdcli dump-logits` first"):
+        train_student(student(tmp_path, data_dir, tmp_path / "nothing-here.h5"), progress=False)
+
+
+def test_cache_of_other_data_is_refused(tmp_path, data_dir, cache_path):
+    with pytest.raises(KdcliError, match="run dump-logits on it"):
+        train_student(student(tmp_path, data_dir, cache_path, subset=100), progress=False)
+    assert not (tmp_path / "s" / "checkpoint.pt").exists()
