@@ -46,7 +46,10 @@ from kdcli.checkpoint import save_atomic
 from kdcli.data import BATCH_FOLDER, TEST_FILE, TRAIN_FILES, NotOfficialDataWarning, load_cifar10
 from kdcli.dump import DumpConfig, dump_logits
 from kdcli.models import create_model
-from kdcli.train import CachedTargets, DrawnAugmentation, Group, Run, StudentConfig, TeacherConfig, load_model, resolve_device
+from kdcli.data import resolve_device
+from kdcli.evaluate import load_model
+from kdcli.runs import CachedTargets, DrawnAugmentation, Run
+from kdcli.train import Group, StudentConfig, TeacherConfig
 
 FULL = 50_000  # images in a CIFAR-10 training epoch: every s/epoch is scaled to it
 BATCH = 128  # the reference recipe's batch, for teacher and students

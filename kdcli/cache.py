@@ -48,7 +48,8 @@ from kdcli import KdcliError, __version__, augment
 from kdcli.checkpoint import resolve, sha256_file
 from kdcli.data import fingerprint as data_fingerprint
 from kdcli.data import load_cifar10
-from kdcli.train import load_model, predict, resolve_device
+from kdcli.data import resolve_device
+from kdcli.evaluate import load_model, predict
 
 FORMAT_VERSION = 1
 DATASETS = ("aug", "logits", "labels", "clean_logits", "test_logits", "epochs_complete")

@@ -203,7 +203,7 @@ def evaluate(
 ):
     """Top-1 accuracy of a checkpoint on the CIFAR-10 test set."""
     from kdcli.data import CLASSES
-    from kdcli.train import evaluate as evaluate_checkpoint
+    from kdcli.evaluate import evaluate as evaluate_checkpoint
 
     with errors_as_one_line():
         result = evaluate_checkpoint(checkpoint, data_dir, device, download)

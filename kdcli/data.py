@@ -87,6 +87,16 @@ def load_cifar10(data_dir="data", device="cpu", subset=None, download=True) -> C
     )
 
 
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise KdcliError("--device cuda: no CUDA GPU is visible to PyTorch; use --device cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise KdcliError("--device mps: MPS is not available on this machine; use --device cpu")
+    return torch.device(name)
+
+
 def fingerprint(images: torch.Tensor, labels: torch.Tensor) -> str:
     """sha256 over the uint8 pixels and int64 labels: 0.1 s for all 50,000 images, so not cached."""
     digest = hashlib.sha256()

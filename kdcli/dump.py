@@ -21,7 +21,9 @@ from tqdm import tqdm
 from kdcli import KdcliError, augment, cache
 from kdcli.checkpoint import resolve, sha256_file
 from kdcli.data import load_cifar10
-from kdcli.train import ConfigError, load_model, predict, resolve_device
+from kdcli.data import resolve_device
+from kdcli.evaluate import load_model, predict
+from kdcli.train import ConfigError
 
 
 @dataclass

@@ -14,19 +14,9 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from kdcli.checkpoint import CHECKPOINT, load_checkpoint
-from kdcli.data import load_cifar10
-from kdcli.train import (
-    ConfigError,
-    DistillOptions,
-    StudentConfig,
-    TrainOptions,
-    check_temperature,
-    open_student_cache,
-    resolve_device,
-    stackable,
-    student_runs,
-    train_runs,
-)
+from kdcli.data import load_cifar10, resolve_device
+from kdcli.stack import stackable
+from kdcli.train import ConfigError, DistillOptions, StudentConfig, TrainOptions, check_temperature, open_student_cache, student_runs, train_runs
 
 
 @dataclass

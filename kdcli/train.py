@@ -16,15 +16,12 @@ run needs no RNG state to resume: an interrupted run ends with the same weights
 as one never stopped.
 """
 
-import copy
 import json
 import math
 import signal
-import subprocess
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 import torch
@@ -32,10 +29,13 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from kdcli import KdcliError, __version__, augment
-from kdcli.checkpoint import CHECKPOINT, load_checkpoint, save_atomic
-from kdcli.data import load_cifar10
+from kdcli.checkpoint import CHECKPOINT, save_atomic
+from kdcli.data import load_cifar10, resolve_device
+from kdcli.evaluate import evaluate_stack
 from kdcli.losses import distillation_loss
 from kdcli.models import MODELS, create_model
+from kdcli.runs import CachedTargets, DrawnAugmentation, Run, flag, git_commit, plain, prepare_run_dir, truncate_metrics, write_json
+from kdcli.stack import GraphedStep, ModelStack, split_optimizer_state, stack_optimizer_states
 
 
 class ConfigError(KdcliError):
@@ -81,7 +81,7 @@ class TrainOptions:
     def __post_init__(self):
         for name in ("epochs", "batch_size", "eval_every", "save_every"):
             if getattr(self, name) < 1:
-                raise ConfigError(_flag(name), f"must be at least 1, got {getattr(self, name)}")
+                raise ConfigError(flag(name), f"must be at least 1, got {getattr(self, name)}")
         if self.subset is not None and self.subset < 1:
             raise ConfigError("--subset", f"must be at least 1, got {self.subset}")
         if self.model not in MODELS:  # checked before any data is loaded or downloaded
@@ -114,7 +114,7 @@ class DistillOptions:
         super().__post_init__()
         for name in ("distillation_weight", "hard_weight"):
             if not getattr(self, name) >= 0:
-                raise ConfigError(_flag(name), f"must be >= 0, got {getattr(self, name)}")
+                raise ConfigError(flag(name), f"must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass
@@ -134,21 +134,7 @@ def check_temperature(t: float):
         raise ConfigError("--temperature", f"must be a number > 0, got {t}")
 
 
-def _flag(name):
-    return "--" + name.replace("_", "-")
-
-
-# ---------------------------------------------------------------- devices and schedules
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise KdcliError("--device cuda: no CUDA GPU is visible to PyTorch; use --device cpu")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise KdcliError("--device mps: MPS is not available on this machine; use --device cpu")
-    return torch.device(name)
+# ---------------------------------------------------------------- schedules and optimizers
 
 
 def learning_rate(config: TrainOptions, t: float) -> float:
@@ -178,238 +164,6 @@ def make_optimizer(config: TrainOptions, parameters, device: torch.device, lr: t
         weight_decay=config.weight_decay,
         fused=fused,
     )
-
-
-# ---------------------------------------------------------------- S models as one
-
-
-class ModelStack(nn.Module):
-    """S models of one architecture as one module: x [S, B, ...] -> logits [S, B, C].
-
-    S = 1 calls the model itself. S > 1 stacks the weights ([S, ...] per tensor)
-    and vmaps one functional call over them; SGD and Adam act element-wise, so one
-    optimizer over the stacked tensors equals S optimizers over the separate ones.
-    """
-
-    def __init__(self, models):
-        super().__init__()
-        self.size = len(models)
-        if self.size == 1:
-            self.single = models[0]
-            return
-        if any(True for _ in models[0].buffers()):
-            raise KdcliError("models with buffers (batch norm) cannot be trained stacked: use --parallel 1")
-        params, _ = torch.func.stack_module_state(models)
-        self.names = list(params)
-        self.stacked = nn.ParameterList(nn.Parameter(params[n]) for n in self.names)
-        self._template = [copy.deepcopy(models[0]).to("meta")]  # a list keeps it out of .parameters()
-
-    def forward(self, x):
-        if self.size == 1:
-            return self.single(x[0])[None]
-        template = self._template[0]
-
-        def call(params, x):
-            return torch.func.functional_call(template, dict(zip(self.names, params)), (x,))
-
-        return torch.vmap(call)(tuple(self.stacked), x)
-
-    def member_state(self, s: int) -> dict:
-        """The state_dict of model s, loadable into a plain model."""
-        if self.size == 1:
-            return {k: v.detach().clone() for k, v in self.single.state_dict().items()}
-        return {n: p[s].detach().clone() for n, p in zip(self.names, self.stacked)}
-
-    def load_member_state(self, s: int, state: dict):
-        if self.size == 1:
-            self.single.load_state_dict(state)
-            return
-        with torch.no_grad():
-            for n, p in zip(self.names, self.stacked):
-                p[s].copy_(state[n])
-
-
-def stackable(model_name: str) -> bool:
-    """Whether students of this architecture can train stacked: only models without buffers."""
-    return not any(True for _ in create_model(model_name).buffers())
-
-
-def split_optimizer_state(state: dict, size: int, s: int) -> dict:
-    """Member s's share of a stacked optimizer's state_dict (per-parameter tensors sliced on dim 0)."""
-    if size == 1:
-        return state
-    share = {
-        i: {k: v[s].clone() if torch.is_tensor(v) and v.dim() > 0 else v for k, v in per_param.items()}
-        for i, per_param in state["state"].items()
-    }
-    return {"state": share, "param_groups": state["param_groups"]}
-
-
-def stack_optimizer_states(states: list) -> dict:
-    if len(states) == 1:
-        return states[0]
-    stacked = {
-        i: {k: torch.stack([st["state"][i][k] for st in states]) if v.dim() > 0 else v for k, v in per_param.items()}
-        for i, per_param in states[0]["state"].items()
-    }
-    return {"state": stacked, "param_groups": states[0]["param_groups"]}
-
-
-# ---------------------------------------------------------------- where each run's targets come from
-
-
-class DrawnAugmentation:
-    """A run without a cache (teacher, baseline student): it draws its own views from (seed, epoch)."""
-
-    def __init__(self, seed: int, num_images: int):
-        self.seed, self.num_images = seed, num_images
-
-    def epoch(self, e: int):
-        return augment.params(self.seed, e, self.num_images), None  # [N, 3], no soft targets
-
-
-class GraphedStep:
-    """A training step captured once as a CUDA graph and replayed: one launch instead of ~60-200.
-
-    LeNet-5 steps are so small that a GPU spends them waiting for Python to launch
-    kernels; replaying a graph removes that wait. The graph reads its inputs from
-    fixed buffers (batch indices, the epoch's views and soft targets), so a replay
-    is the same computation as an eager step. Capture waits for a few eager steps,
-    so that the optimizer state and cuDNN's choices exist before it.
-    """
-
-    WARMUP = 3  # eager steps before capture
-
-    def __init__(self, group):
-        self.group, self.eager_steps, self.graph = group, 0, None
-        self.idx = self.aug = self.soft = None
-
-    def new_epoch(self, aug, soft):
-        if self.graph is None:
-            self.aug, self.soft = aug, soft
-        else:  # the graph reads the buffers it was captured with
-            self.aug.copy_(aug)
-            if soft is not None:
-                self.soft.copy_(soft)
-
-    def step(self, idx):
-        group = self.group
-        if self.graph is None and self.eager_steps < self.WARMUP:
-            self.eager_steps += 1
-            return group.train_step(idx, self.aug, self.soft)
-        if self.graph is None:
-            self.idx = idx.clone()
-            self.aug = self.aug.clone()
-            self.soft = None if self.soft is None else self.soft.clone()
-            group.optimizer.zero_grad(set_to_none=True)  # gradients are allocated inside the graph's memory
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.outputs = group.train_step(self.idx, self.aug, self.soft)
-        else:
-            self.idx.copy_(idx)
-        self.graph.replay()
-        return tuple(o.clone() for o in self.outputs)  # the next replay overwrites the outputs
-
-
-class CachedTargets:
-    """A student of the cache: epoch e replays cached epoch e mod E, its views and its teacher logits."""
-
-    def __init__(self, cache):
-        self.cache = cache
-
-    def epoch(self, e: int):
-        return self.cache.epoch(e % self.cache.epochs_complete)  # [N, 3] int8, [N, C]
-
-
-@dataclass
-class Run:
-    """One model to train: its options, where its targets come from, and its folder."""
-
-    config: TrainOptions
-    targets: object  # DrawnAugmentation or CachedTargets
-    extra: dict = field(default_factory=dict)  # recorded in config.json (e.g. the cache's teacher)
-
-    @property
-    def dir(self) -> Path:
-        return Path(self.config.out)
-
-    @property
-    def temperature(self):
-        return getattr(self.config, "temperature", 1.0)
-
-    @property
-    def distillation_weight(self):
-        return getattr(self.config, "distillation_weight", 0.0)
-
-    @property
-    def hard_weight(self):
-        return getattr(self.config, "hard_weight", 1.0)
-
-
-# ---------------------------------------------------------------- run folders
-
-
-RESUME_IGNORES = {"resume", "force", "quiet", "device", "out", "eval_every", "save_every", "compile", "cuda_graphs", "cache", "data_dir"}
-
-
-def prepare_run_dir(config):
-    """Check --out against --resume/--force; return the checkpoint to resume from, 'done', or None."""
-    out = Path(config.out)
-    try:  # first: --force must not delete anything under an --out that cannot be a folder
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.touch()
-        probe.unlink()
-    except OSError as e:
-        raise KdcliError(f"cannot write to --out {out}: {e.strerror or e}") from None
-    finished, ckpt = (out / "summary.json").exists(), out / CHECKPOINT
-    if config.force:
-        for name in ("summary.json", "metrics.jsonl", CHECKPOINT):
-            (out / name).unlink(missing_ok=True)
-    elif finished and config.resume:
-        if ckpt.exists():  # a finished run is only "done" for the options it was trained with
-            check_same_options(config, load_checkpoint(ckpt), out)
-        return "done"
-    elif finished:
-        raise KdcliError(f"{out} holds a finished run: pass --force to overwrite it, or choose another --out")
-    elif ckpt.exists() and not config.resume:
-        raise KdcliError(f"{out} holds an unfinished run: pass --resume to continue it, or --force to start over")
-    if not (config.resume and ckpt.exists()):
-        return None
-    state = load_checkpoint(ckpt)
-    check_same_options(config, state, out)
-    return state
-
-
-def check_same_options(config, state, out):
-    saved = state.get("config", {})
-    changed = [
-        f"{_flag(k)} {getattr(config, k)!r} (run has {saved[k]!r})"
-        for k in saved
-        if k not in RESUME_IGNORES and hasattr(config, k) and _plain(getattr(config, k)) != _plain(saved[k])
-    ]
-    if changed:
-        raise KdcliError(f"--resume of {out} with other options: {', '.join(changed)}; drop them, or use another --out")
-
-
-def _plain(value):
-    return list(value) if isinstance(value, tuple) else value
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-        )
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def write_json(path: Path, obj):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
 
 
 # ---------------------------------------------------------------- the loop
@@ -490,7 +244,7 @@ class Group:
         self.epoch, self.step, self.partial = states[0]["epoch"], states[0]["step"], states[0]["partial"]
         self.test_accuracy = [st["test_accuracy"] for st in states]
         for r in self.runs:  # epochs logged after the checkpoint will be trained again
-            _truncate_metrics(r.dir / "metrics.jsonl", self.epoch)
+            truncate_metrics(r.dir / "metrics.jsonl", self.epoch)
 
     def epoch_inputs(self):
         """This epoch's views [S, N, 3], soft targets [S, N, C] or None, and batch order [S, N]."""
@@ -607,7 +361,7 @@ class Group:
                     "epoch": self.epoch,  # epochs complete
                     "step": self.step,  # steps done into the next epoch (non-zero only after Ctrl-C)
                     "partial": self.partial,  # that epoch's per-step losses and hits so far
-                    "config": {k: _plain(v) for k, v in asdict(r.config).items()},
+                    "config": {k: plain(v) for k, v in asdict(r.config).items()},
                     "test_accuracy": self.test_accuracy[s],
                     "kdcli_version": __version__,
                 },
@@ -637,12 +391,6 @@ class Group:
 def _rows(table, idx):
     """table [S, N, K], idx [S, b] -> [S, b, K]: each run's own rows."""
     return table.gather(1, idx[..., None].expand(-1, -1, table.shape[-1]))
-
-
-def _truncate_metrics(path: Path, epochs: int):
-    if path.exists():
-        kept = [line for line in path.read_text().splitlines() if json.loads(line)["epoch"] <= epochs]
-        path.write_text("".join(line + "\n" for line in kept))
 
 
 def _report(bar, config, group, seconds, progress):
@@ -677,59 +425,6 @@ class _StopOnSigint:
     def restore(self):
         if self.previous is not None:
             signal.signal(signal.SIGINT, self.previous)
-
-
-# ---------------------------------------------------------------- evaluation
-
-
-@torch.no_grad()
-def evaluate_stack(stack, images, labels, autocast, batch_size=1000) -> list:
-    """Top-1 test accuracy in percent for each of the S models."""
-    stack.eval()
-    correct = torch.zeros(stack.size, device=images.device)
-    for i in range(0, len(labels), batch_size):
-        x = augment.normalize(images[i : i + batch_size])
-        with autocast:
-            logits = stack(x.expand(stack.size, *x.shape))  # [S, b, C]
-        correct += (logits.argmax(-1) == labels[i : i + batch_size]).sum(-1)
-    return [round(100 * c / len(labels), 4) for c in correct.tolist()]
-
-
-@torch.no_grad()
-def predict(model, images, amp=True, batch_size=1000) -> torch.Tensor:
-    """Logits [M, C] of one model on un-augmented images."""
-    model.eval()
-    autocast = torch.autocast("cuda", torch.bfloat16, enabled=amp and images.device.type == "cuda")
-    out = []
-    for i in range(0, len(images), batch_size):
-        with autocast:
-            out.append(model(augment.normalize(images[i : i + batch_size])).float())
-    return torch.cat(out)
-
-
-def load_model(checkpoint_path, device) -> tuple:
-    """A checkpoint -> (model in eval mode on `device`, checkpoint dict)."""
-    state = load_checkpoint(checkpoint_path)
-    model = create_model(state["model_name"], state.get("num_classes", 10))
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise KdcliError(f"{checkpoint_path}: weights do not fit {state['model_name']} ({str(e).splitlines()[0]})") from None
-    model = model.to(device, memory_format=torch.channels_last if device.type == "cuda" else torch.preserve_format)
-    return model.eval(), state
-
-
-def evaluate(checkpoint_path, data_dir="data", device="auto", download=True) -> dict:
-    """Test accuracy of a checkpoint, overall and per class (percent)."""
-    dev = resolve_device(device)
-    model, state = load_model(checkpoint_path, dev)
-    data = load_cifar10(data_dir, dev, download=download)
-    pred = predict(model, data.test_images).argmax(1)
-    per_class = [
-        round(100 * float((pred[data.test_labels == c] == c).float().mean()), 2) for c in range(data.num_classes)
-    ]
-    accuracy = round(100 * float((pred == data.test_labels).float().mean()), 4)
-    return {"model": state["model_name"], "epoch": state.get("epoch"), "test_accuracy": accuracy, "per_class": per_class}
 
 
 # ---------------------------------------------------------------- the two commands

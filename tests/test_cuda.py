@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from kdcli.data import load_cifar10
-from kdcli.train import DrawnAugmentation, Run, StudentConfig, TeacherConfig, train_runs
+from kdcli.runs import DrawnAugmentation, Run
+from kdcli.train import StudentConfig, TeacherConfig, train_runs
 
 DEVICE = "cuda"
 pytestmark = pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(), reason="needs a CUDA GPU")

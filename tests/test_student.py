@@ -14,7 +14,9 @@ from kdcli.cache import open_cache
 from kdcli.data import load_cifar10
 from kdcli.dump import DumpConfig, dump_logits
 from kdcli.models import create_model
-from kdcli.train import DrawnAugmentation, Run, StudentConfig, load_model, train_runs, train_student
+from kdcli.evaluate import load_model
+from kdcli.runs import DrawnAugmentation, Run
+from kdcli.train import StudentConfig, train_runs, train_student
 
 CACHE_EPOCHS = 2
 

@@ -17,16 +17,16 @@ from kdcli import KdcliError, __version__
 from kdcli.checkpoint import CHECKPOINT, load_checkpoint
 from kdcli.data import load_cifar10
 from kdcli.losses import distillation_loss
+from kdcli.evaluate import evaluate, load_model, predict
 from kdcli.models import create_model
+from kdcli.stack import ModelStack
 from kdcli.train import (
     ConfigError,
     DrawnAugmentation,
-    ModelStack,
     Run,
     StudentConfig,
     TeacherConfig,
     TrainingInterrupted,
-    evaluate,
     learning_rate,
     train_runs,
     train_teacher,
@@ -365,8 +365,8 @@ def test_evaluate(finished, data_dir):
     assert result["model"] == "lenet5" and result["epoch"] == 3
     assert result["test_accuracy"] == summary["test_accuracy"]  # the same number as the training loop's
     data = load_cifar10(data_dir)
-    model, _ = train_module.load_model(run_dir, torch.device("cpu"))
-    pred = train_module.predict(model, data.test_images).argmax(1)
+    model, _ = load_model(run_dir, torch.device("cpu"))
+    pred = predict(model, data.test_images).argmax(1)
     assert len(result["per_class"]) == 10
     for c, accuracy in enumerate(result["per_class"]):
         mine = data.test_labels == c

@@ -1,0 +1,63 @@
+"""Evaluation and inference: test accuracy of a checkpoint, logits of a model.
+
+    result = evaluate("runs/teacher")          # {"test_accuracy": 90.51, "per_class": [...], ...}
+    model, state = load_model(path, device)    # a checkpoint -> a model in eval mode
+    logits = predict(model, images_uint8)      # [M, C] on un-augmented images
+"""
+
+import torch
+
+from kdcli import KdcliError, augment
+from kdcli.checkpoint import load_checkpoint
+from kdcli.data import load_cifar10, resolve_device
+from kdcli.models import create_model
+
+
+@torch.no_grad()
+def evaluate_stack(stack, images, labels, autocast, batch_size=1000) -> list:
+    """Top-1 test accuracy in percent for each of the S models."""
+    stack.eval()
+    correct = torch.zeros(stack.size, device=images.device)
+    for i in range(0, len(labels), batch_size):
+        x = augment.normalize(images[i : i + batch_size])
+        with autocast:
+            logits = stack(x.expand(stack.size, *x.shape))  # [S, b, C]
+        correct += (logits.argmax(-1) == labels[i : i + batch_size]).sum(-1)
+    return [round(100 * c / len(labels), 4) for c in correct.tolist()]
+
+
+@torch.no_grad()
+def predict(model, images, amp=True, batch_size=1000) -> torch.Tensor:
+    """Logits [M, C] of one model on un-augmented images."""
+    model.eval()
+    autocast = torch.autocast("cuda", torch.bfloat16, enabled=amp and images.device.type == "cuda")
+    out = []
+    for i in range(0, len(images), batch_size):
+        with autocast:
+            out.append(model(augment.normalize(images[i : i + batch_size])).float())
+    return torch.cat(out)
+
+
+def load_model(checkpoint_path, device) -> tuple:
+    """A checkpoint -> (model in eval mode on `device`, checkpoint dict)."""
+    state = load_checkpoint(checkpoint_path)
+    model = create_model(state["model_name"], state.get("num_classes", 10))
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise KdcliError(f"{checkpoint_path}: weights do not fit {state['model_name']} ({str(e).splitlines()[0]})") from None
+    model = model.to(device, memory_format=torch.channels_last if device.type == "cuda" else torch.preserve_format)
+    return model.eval(), state
+
+
+def evaluate(checkpoint_path, data_dir="data", device="auto", download=True) -> dict:
+    """Test accuracy of a checkpoint, overall and per class (percent)."""
+    dev = resolve_device(device)
+    model, state = load_model(checkpoint_path, dev)
+    data = load_cifar10(data_dir, dev, download=download)
+    pred = predict(model, data.test_images).argmax(1)
+    per_class = [
+        round(100 * float((pred[data.test_labels == c] == c).float().mean()), 2) for c in range(data.num_classes)
+    ]
+    accuracy = round(100 * float((pred == data.test_labels).float().mean()), 4)
+    return {"model": state["model_name"], "epoch": state.get("epoch"), "test_accuracy": accuracy, "per_class": per_class}

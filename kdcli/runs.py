@@ -1,0 +1,136 @@
+"""Runs and their folders: what one model trains on, and where it writes.
+
+    run = Run(config, DrawnAugmentation(seed, n))      # a teacher or a baseline student
+    run = Run(config, CachedTargets(cache))            # a student of the logit cache
+    state = prepare_run_dir(config)                    # None (new), a checkpoint to resume, or "done"
+
+A run folder holds config.json, metrics.jsonl (one line per epoch), checkpoint.pt
+and, once finished, summary.json. --resume continues it, --force starts it over,
+and anything else refuses to touch a run that is there.
+"""
+
+import json
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kdcli import KdcliError, augment
+from kdcli.checkpoint import CHECKPOINT, load_checkpoint
+
+
+class DrawnAugmentation:
+    """A run without a cache (teacher, baseline student): it draws its own views from (seed, epoch)."""
+
+    def __init__(self, seed: int, num_images: int):
+        self.seed, self.num_images = seed, num_images
+
+    def epoch(self, e: int):
+        return augment.params(self.seed, e, self.num_images), None  # [N, 3], no soft targets
+
+
+class CachedTargets:
+    """A student of the cache: epoch e replays cached epoch e mod E, its views and its teacher logits."""
+
+    def __init__(self, cache):
+        self.cache = cache
+
+    def epoch(self, e: int):
+        return self.cache.epoch(e % self.cache.epochs_complete)  # [N, 3] int8, [N, C]
+
+
+@dataclass
+class Run:
+    """One model to train: its options, where its targets come from, and its folder."""
+
+    config: object  # a TeacherConfig or StudentConfig
+    targets: object  # DrawnAugmentation or CachedTargets
+    extra: dict = field(default_factory=dict)  # recorded in config.json (e.g. the cache's teacher)
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.config.out)
+
+    @property
+    def temperature(self):
+        return getattr(self.config, "temperature", 1.0)
+
+    @property
+    def distillation_weight(self):
+        return getattr(self.config, "distillation_weight", 0.0)
+
+    @property
+    def hard_weight(self):
+        return getattr(self.config, "hard_weight", 1.0)
+
+
+RESUME_IGNORES = {"resume", "force", "quiet", "device", "out", "eval_every", "save_every", "compile", "cuda_graphs", "cache", "data_dir"}
+
+
+def prepare_run_dir(config):
+    """Check --out against --resume/--force; return the checkpoint to resume from, 'done', or None."""
+    out = Path(config.out)
+    try:  # first: --force must not delete anything under an --out that cannot be a folder
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise KdcliError(f"cannot write to --out {out}: {e.strerror or e}") from None
+    finished, ckpt = (out / "summary.json").exists(), out / CHECKPOINT
+    if config.force:
+        for name in ("summary.json", "metrics.jsonl", CHECKPOINT):
+            (out / name).unlink(missing_ok=True)
+    elif finished and config.resume:
+        if ckpt.exists():  # a finished run is only "done" for the options it was trained with
+            check_same_options(config, load_checkpoint(ckpt), out)
+        return "done"
+    elif finished:
+        raise KdcliError(f"{out} holds a finished run: pass --force to overwrite it, or choose another --out")
+    elif ckpt.exists() and not config.resume:
+        raise KdcliError(f"{out} holds an unfinished run: pass --resume to continue it, or --force to start over")
+    if not (config.resume and ckpt.exists()):
+        return None
+    state = load_checkpoint(ckpt)
+    check_same_options(config, state, out)
+    return state
+
+
+def check_same_options(config, state, out):
+    saved = state.get("config", {})
+    changed = [
+        f"{flag(k)} {getattr(config, k)!r} (run has {saved[k]!r})"
+        for k in saved
+        if k not in RESUME_IGNORES and hasattr(config, k) and plain(getattr(config, k)) != plain(saved[k])
+    ]
+    if changed:
+        raise KdcliError(f"--resume of {out} with other options: {', '.join(changed)}; drop them, or use another --out")
+
+
+def plain(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def write_json(path: Path, obj):
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def truncate_metrics(path: Path, epochs: int):
+    if path.exists():
+        kept = [line for line in path.read_text().splitlines() if json.loads(line)["epoch"] <= epochs]
+        path.write_text("".join(line + "\n" for line in kept))
+
+
+def flag(name):
+    return "--" + name.replace("_", "-")
