@@ -1,6 +1,7 @@
 """The networks, in a registry by name.
 
     model = create_model("resnet18")   # teacher, 11,173,962 parameters
+    model = create_model("resnet8")    # a small teacher for CPU demos
     model = create_model("lenet5")     # the reference student "model 1", 62,006 parameters
 
 A new architecture is one function and one `@register` line.
@@ -46,18 +47,19 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-class ResNet18(nn.Module):
+class ResNet(nn.Module):
     """The CIFAR variant: 3x3 stride-1 stem and no max-pool, so 32x32 inputs keep their resolution."""
 
-    def __init__(self, num_classes=10):
+    def __init__(self, widths, blocks, num_classes=10):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU())
-        widths, strides, layers, c_in = (64, 128, 256, 512), (1, 2, 2, 2), [], 64
-        for width, stride in zip(widths, strides):
-            layers += [BasicBlock(c_in, width, stride), BasicBlock(width, width, 1)]
-            c_in = width
+        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU())
+        layers, c_in = [], widths[0]
+        for stage, (width, count) in enumerate(zip(widths, blocks)):
+            for i in range(count):  # each stage after the first halves the resolution in its first block
+                layers.append(BasicBlock(c_in, width, 2 if stage > 0 and i == 0 else 1))
+                c_in = width
         self.layers = nn.Sequential(*layers)
-        self.fc = nn.Linear(512, num_classes)
+        self.fc = nn.Linear(c_in, num_classes)
 
     def forward(self, x):
         x = self.layers(self.stem(x))
@@ -83,5 +85,16 @@ class LeNet5(nn.Module):
         return self.fc3(x)
 
 
-register("resnet18")(ResNet18)
+@register("resnet18")
+def resnet18(num_classes=10):
+    """The reference teacher: 11,173,962 parameters."""
+    return ResNet((64, 128, 256, 512), (2, 2, 2, 2), num_classes)
+
+
+@register("resnet8")
+def resnet8(num_classes=10):
+    """A small teacher (78,042 parameters) for CPU demos and smoke runs: 50x cheaper than resnet18."""
+    return ResNet((16, 32, 64), (1, 1, 1), num_classes)
+
+
 register("lenet5", "1")(LeNet5)

@@ -1,0 +1,324 @@
+"""Bad input through the CLI: exit status 1 (refused by the library) or 2 (a bad option value), no
+traceback, a message of at most 3 lines that names the problem, and no file touched.
+
+Covered (tests/test_cli.py has train-teacher's bad option values and train-student's bad temperatures):
+- --cache of train-student and of sweep: not HDF5, truncated, made on other data (--subset), logits for
+  another class count, an unknown format version, unfinished without --allow-partial. A finished run
+  at --out, with --force, is left as it was: the cache is refused before anything is deleted.
+- --teacher of dump-logits: not a checkpoint, missing, the weights of another architecture, another
+  class count, a pickle that runs code when loaded (it must not run). A finished cache at --out, with
+  --force, is left as it was. The message gives torch's reason, not its "please file an issue" (xfail).
+- --out: a finished run or cache without --force (train-teacher, train-student, dump-logits), a path
+  under a regular file (all four commands; dump-logits says "File exists" there: xfail).
+- option values: --temperatures with 0, a negative or nan (sweep; named --temperature: xfail); --epochs 0, --batch-size 0, a
+  negative --lr, an unknown --model, --scheduler, --optimizer, --dtype (train-student, sweep,
+  dump-logits, where each has the option); --lr-milestones beyond --epochs warns once and runs.
+- report on an empty or missing folder; cache-info on a missing and on a non-HDF5 file.
+"""
+
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import h5py
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from kdcli.cli import app
+from kdcli.models import create_model
+
+CPU = ["--device", "cpu", "--no-download", "--quiet"]
+
+
+def kdcli(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def message(stderr):
+    """The error itself: `error: ...` or the text in typer's usage box (not its frame, Usage/Try lines or warnings)."""
+    skip = ("warning:", "Usage:", "Try ", "╭", "╰")
+    return [line.strip("│ ") for line in stderr.splitlines() if line.strip() and not line.startswith(skip)]
+
+
+def assert_refused(result, *words, codes=(1, 2)):
+    assert result.exit_code in codes, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.stdout + result.stderr
+    lines = message(result.stderr)
+    assert 1 <= len(lines) <= 3, result.stderr
+    text = " ".join(lines)
+    for word in words:
+        assert word in text, (word, result.stderr)
+
+
+def snapshot(*paths):
+    """Every file under `paths` (files or folders) -> its bytes."""
+    files = [q for p in paths for q in ([p] if p.is_file() else sorted(p.rglob("*")))]
+    return {f: f.read_bytes() for f in files if f.is_file()}
+
+
+def student_args(data_dir, cache, out, *extra):
+    return ["train-student", "--epochs", 1, "--batch-size", 64, "--lr-milestones", "", "--data-dir", data_dir,
+            "--cache", cache, "--out", out, *CPU, *extra]  # fmt: skip
+
+
+def sweep_args(data_dir, cache, out, *extra):
+    return ["sweep", "--epochs", 1, "--batch-size", 64, "--lr-milestones", "", "--temperatures", 4, "--seeds", 1,
+            "--data-dir", data_dir, "--cache", cache, "--out", out, *CPU, *extra]  # fmt: skip
+
+
+def dump_args(data_dir, teacher, out, *extra):
+    return ["dump-logits", "--teacher", teacher, "--epochs", 2, "--dtype", "float32", "--data-dir", data_dir, "--out", out, *CPU, *extra]
+
+
+def teacher_args(data_dir, out, *extra):
+    return ["train-teacher", "--model", "lenet5", "--epochs", 1, "--batch-size", 64, "--lr-milestones", "",
+            "--data-dir", data_dir, "--out", out, *CPU, *extra]  # fmt: skip
+
+
+def save_teacher(path, model_name="lenet5", num_classes=10):
+    torch.manual_seed(0)
+    torch.save({"model": create_model("lenet5", num_classes).state_dict(), "model_name": model_name, "num_classes": num_classes}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return tmp_path_factory.mktemp("bad-input")
+
+
+@pytest.fixture(scope="module")
+def teacher(root):
+    return save_teacher(root / "teacher.pt")
+
+
+@pytest.fixture(scope="module")
+def cache(root, data_dir, teacher):
+    """A finished 2-epoch cache (never modify it)."""
+    result = kdcli(*dump_args(data_dir, teacher, root / "cache.h5"))
+    assert result.exit_code == 0, result.output
+    return root / "cache.h5"
+
+
+@pytest.fixture(scope="module")
+def student(root, data_dir, cache):
+    """A finished student run (never modify it)."""
+    result = kdcli(*student_args(data_dir, cache, root / "student"))
+    assert result.exit_code == 0, result.output
+    return root / "student"
+
+
+@pytest.fixture(scope="module")
+def teacher_run(root, data_dir):
+    """A finished teacher run (never modify it)."""
+    result = kdcli(*teacher_args(data_dir, root / "teacher-run"))
+    assert result.exit_code == 0, result.output
+    return root / "teacher-run"
+
+
+# ---------------------------------------------------------------- --cache
+
+
+def edit(**change):
+    """A copy of the cache with attributes (or the epochs_complete dataset) changed."""
+
+    def make(path, good):
+        shutil.copy(good, path)
+        with h5py.File(path, "r+") as f:
+            for name, value in change.items():
+                if name in f:
+                    f[name][()] = value
+                else:
+                    f.attrs[name] = value
+
+    return make
+
+
+BAD_CACHES = {
+    "not-hdf5": (lambda path, good: path.write_text("not an HDF5 file\n"), [], ["not a readable HDF5 file"]),
+    "truncated": (lambda path, good: path.write_bytes(good.read_bytes()[: good.stat().st_size // 2]), [], ["not a readable HDF5 file", "truncated"]),
+    "other-data": (edit(), ["--subset", 100], ["fingerprint", "run dump-logits on it"]),
+    "other-class-count": (edit(num_classes=100), [], ["logits for 100 classes", "this data has 10"]),
+    "format-version": (edit(format_version=99), [], ["format version 99", "reads version 1"]),
+    "unfinished": (edit(epochs_complete=1), [], ["1 of 2 epochs", "--allow-partial"]),
+}
+
+
+@pytest.mark.parametrize("kind", BAD_CACHES)
+def test_student_refuses_a_bad_cache_and_keeps_its_run(tmp_path, data_dir, cache, student, kind):
+    make, extra, words = BAD_CACHES[kind]
+    make(tmp_path / "bad.h5", cache)
+    shutil.copytree(student, tmp_path / "run")
+    before = snapshot(tmp_path)
+    assert_refused(kdcli(*student_args(data_dir, tmp_path / "bad.h5", tmp_path / "run", "--force", *extra)), *words, codes=(1,))
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("kind", BAD_CACHES)
+def test_sweep_refuses_a_bad_cache(tmp_path, data_dir, cache, kind):
+    make, extra, words = BAD_CACHES[kind]
+    make(tmp_path / "bad.h5", cache)
+    before = snapshot(tmp_path)
+    assert_refused(kdcli(*sweep_args(data_dir, tmp_path / "bad.h5", tmp_path / "sweep", *extra)), *words, codes=(1,))
+    assert snapshot(tmp_path) == before and not (tmp_path / "sweep").exists()
+
+
+# ---------------------------------------------------------------- --teacher
+
+
+class RunsCode:
+    """Unpickling this runs a shell command (the classic __reduce__ attack)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+BAD_TEACHERS = {
+    "not-a-checkpoint": (lambda path: path.write_text("not a checkpoint\n"), [str]),
+    "missing": (lambda path: None, ["no teacher at", "train-teacher"]),
+    "other-architecture": (lambda path: save_teacher(path, model_name="resnet18"), ["weights do not fit resnet18"]),
+    "other-class-count": (lambda path: save_teacher(path, num_classes=100), ["100 outputs", "10 classes"]),
+    "runs-code": (lambda path: path.write_bytes(pickle.dumps({"model": RunsCode(path.with_name("pwned")), "model_name": "lenet5"})), ["weights_only"]),
+}
+
+
+@pytest.mark.parametrize("kind", BAD_TEACHERS)
+def test_dump_refuses_a_bad_teacher_and_keeps_the_cache(tmp_path, data_dir, cache, kind):
+    make, words = BAD_TEACHERS[kind]
+    make(tmp_path / "teacher.pt")
+    shutil.copy(cache, tmp_path / "c.h5")
+    before = snapshot(tmp_path)
+    result = kdcli(*dump_args(data_dir, tmp_path / "teacher.pt", tmp_path / "c.h5", "--force"))
+    assert_refused(result, *[str(tmp_path / "teacher.pt") if w is str else w for w in words], codes=(1,))
+    assert not (tmp_path / "pwned").exists(), "loading the teacher ran its code"
+    after = snapshot(tmp_path)
+    after.pop(tmp_path / "c.h5.lock", None)  # the dump's lock file (empty) may stay
+    assert after == before
+
+
+@pytest.mark.xfail(
+    reason="bug: checkpoint.load_checkpoint keeps the line of torch's message that holds 'WeightsUnpickler "
+    "error', which is torch's 'Please file an issue ...' line; the reason itself is on the next line",
+    strict=True,
+)
+@pytest.mark.parametrize("kind", ["not-a-checkpoint", "runs-code"])
+def test_unloadable_teacher_message_gives_the_reason(tmp_path, data_dir, kind):
+    BAD_TEACHERS[kind][0](tmp_path / "teacher.pt")
+    result = kdcli(*dump_args(data_dir, tmp_path / "teacher.pt", tmp_path / "c.h5"))
+    text = " ".join(message(result.stderr))
+    assert result.exit_code == 1 and "unsupported" in text.lower() and "file an issue" not in text, text
+
+
+# ---------------------------------------------------------------- --out
+
+
+@pytest.mark.parametrize("command", ["train-teacher", "train-student", "dump-logits"])
+def test_finished_output_needs_force(tmp_path, data_dir, teacher, cache, student, teacher_run, command):
+    finished, args = {
+        "train-teacher": (teacher_run, lambda out: teacher_args(data_dir, out)),
+        "train-student": (student, lambda out: student_args(data_dir, cache, out)),
+        "dump-logits": (cache, lambda out: dump_args(data_dir, teacher, out)),
+    }[command]
+    out = tmp_path / finished.name
+    (shutil.copytree if finished.is_dir() else shutil.copy)(finished, out)
+    before = snapshot(tmp_path)
+    assert_refused(kdcli(*args(out)), "--force", codes=(1,))
+    after = snapshot(tmp_path)
+    after.pop(Path(f"{out}.lock"), None)
+    assert after == before
+
+
+@pytest.mark.parametrize("command", ["train-teacher", "train-student", "dump-logits", "sweep"])
+def test_out_under_a_regular_file(tmp_path, data_dir, teacher, cache, command):
+    (tmp_path / "file").write_text("a regular file\n")
+    out = tmp_path / "file" / "out"
+    args = {
+        "train-teacher": teacher_args(data_dir, out),
+        "train-student": student_args(data_dir, cache, out),
+        "dump-logits": dump_args(data_dir, teacher, out),
+        "sweep": sweep_args(data_dir, cache, out),
+    }[command]
+    assert_refused(kdcli(*args), "cannot write", str(out), codes=(1,))
+    assert (tmp_path / "file").read_text() == "a regular file\n"
+
+
+@pytest.mark.xfail(reason="bug: cache.write_lock reports mkdir's FileExistsError ('File exists') for a folder that is a file", strict=True)
+def test_dump_out_under_a_regular_file_says_why(tmp_path, data_dir, teacher):
+    (tmp_path / "file").write_text("a regular file\n")
+    result = kdcli(*dump_args(data_dir, teacher, tmp_path / "file" / "c.h5"))
+    assert result.exit_code == 1 and "not a directory" in result.stderr.lower(), result.stderr
+
+
+# ---------------------------------------------------------------- option values
+
+
+@pytest.mark.parametrize("value", ["1,0", "1,-1", "1,nan"])
+def test_sweep_refuses_a_bad_temperature(tmp_path, data_dir, cache, value):
+    result = kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep", "--temperatures", value))
+    assert_refused(result, "must be a number > 0", codes=(2,))
+    assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.xfail(reason="bug: the sweep's bad temperature is reported as `--temperature`, a flag sweep does not have", strict=True)
+def test_sweep_bad_temperature_names_its_flag(tmp_path, data_dir, cache):
+    assert_refused(kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep", "--temperatures", "1,0")), "--temperatures", codes=(2,))
+
+
+TRAINING = ["train-student", "sweep"]
+BAD_OPTIONS = [
+    *[(c, ["--epochs", 0], ["--epochs"]) for c in [*TRAINING, "dump-logits"]],
+    *[(c, ["--batch-size", 0], ["--batch-size"]) for c in [*TRAINING, "dump-logits"]],
+    *[(c, ["--lr", -0.1], ["--lr"]) for c in TRAINING],
+    *[(c, ["--model", "nope"], ["nope", "lenet5", "resnet18"]) for c in TRAINING],
+    *[(c, ["--scheduler", "nope"], ["--scheduler", "multistep"]) for c in TRAINING],
+    *[(c, ["--optimizer", "nope"], ["--optimizer", "sgd"]) for c in TRAINING],
+    ("dump-logits", ["--dtype", "float8"], ["--dtype", "float16"]),
+]
+
+
+@pytest.mark.parametrize("command,option,words", BAD_OPTIONS, ids=lambda v: "_".join(map(str, v)) if isinstance(v, list) else v)
+def test_bad_option_values(tmp_path, data_dir, teacher, cache, command, option, words):
+    out = tmp_path / "out"
+    args = {"train-student": student_args, "sweep": sweep_args}.get(command)
+    args = args(data_dir, cache, out, *option) if args else dump_args(data_dir, teacher, out, *option)
+    assert_refused(kdcli(*args), *words, codes=(2,))
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", TRAINING)
+def test_milestones_beyond_epochs_warn_once_and_run(tmp_path, data_dir, cache, command):
+    args = (student_args if command == "train-student" else sweep_args)(data_dir, cache, tmp_path / "out", "--lr-milestones", "5")
+    result = kdcli(*args)
+    assert result.exit_code == 0, result.output
+    warned = [line for line in result.stderr.splitlines() if "--lr-milestones" in line]
+    assert len(warned) == 1 and warned[0].startswith("warning: --lr-milestones [5]"), result.stderr
+    assert list((tmp_path / "out").rglob("summary.json"))
+
+
+# ---------------------------------------------------------------- report and cache-info
+
+
+def test_report_on_a_folder_without_runs(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert_refused(kdcli("report", tmp_path / "empty"), "no finished run", codes=(1,))
+    assert list((tmp_path / "empty").iterdir()) == []
+
+
+def test_report_on_a_missing_folder(tmp_path):
+    assert_refused(kdcli("report", tmp_path / "nowhere"), str(tmp_path / "nowhere"), codes=(1,))
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_cache_info_on_a_missing_file(tmp_path):
+    assert_refused(kdcli("cache-info", tmp_path / "nope.h5"), "no cache at", codes=(1,))
+
+
+def test_cache_info_on_a_non_hdf5_file(tmp_path):
+    (tmp_path / "notes.h5").write_text("not an HDF5 file\n")
+    assert_refused(kdcli("cache-info", tmp_path / "notes.h5"), "not a readable HDF5 file", codes=(1,))
+    assert (tmp_path / "notes.h5").read_text() == "not an HDF5 file\n"

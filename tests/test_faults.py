@@ -1,0 +1,345 @@
+"""Faults: `python -m kdcli` killed with SIGKILL (no handler, no `finally`), then run again.
+
+Each run is LeNet-5 on the tiny CPU data, 3 epochs of 25 steps (batch 8 of 200 images), compared with
+an uninterrupted run of the same command:
+- train-teacher, train-student and sweep (2 temperatures x 2 seeds + baselines, all stacked) killed
+  after their first completed epoch, then resumed (`--resume`; a sweep by running it again): the final
+  weights are identical (torch.equal) and metrics.jsonl holds exactly one line per epoch, the same lines.
+- killed half-way through writing a checkpoint (train-teacher; a sweep whose six students were
+  checkpointed only in part, so that they resume from two different epochs): the previous checkpoint
+  still loads and the resumed run equals an unbroken one.
+- a metrics.jsonl whose last line was cut (a full disk or a power cut mid-write): --resume still works
+  (xfail: it dies with a traceback); a kill mid-save leaves no temporary file behind (xfail: it does).
+- a cache whose dump was killed while epoch k was being flushed (epochs_complete = k, epoch k garbage):
+  refused without --allow-partial; with it the student reads epochs < k only, exactly like a student of
+  a finished k-epoch cache.
+- determinism: the same train-student command twice gives the same metrics (timing aside) and weights.
+- a student's --resume against a cache dumped again from another teacher is refused (xfail: it is not).
+
+Timing the kill: the children import a sitecustomize.py (written by the `hooks` fixture, first on
+PYTHONPATH) that, by environment variable, sleeps before every optimizer step (KDCLI_TEST_STEP_DELAY,
+so that an epoch lasts long enough to be killed in) or SIGKILLs the process half-way through its Nth
+torch.save (KDCLI_TEST_KILL_IN_SAVE). kdcli itself is unchanged. Children run on one thread
+(OMP_NUM_THREADS=1): reference and resumed runs then compute alike, and two OpenMP threads on two busy
+cores make a LeNet-5 step 100x slower (spin-waiting).
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from kdcli.checkpoint import CHECKPOINT, load_checkpoint
+from kdcli.cli import app
+from kdcli.models import create_model
+
+ROOT = Path(__file__).resolve().parents[1]
+EPOCHS = 3
+TRAIN = ["--model", "lenet5", "--epochs", EPOCHS, "--batch-size", 8, "--lr", 0.05, "--lr-milestones", 2,
+         "--device", "cpu", "--quiet", "--no-download"]  # fmt: skip
+STEP_DELAY = 0.02  # seconds per optimizer step while a child is to be killed: 0.5 s per epoch
+TIMING = {"seconds", "images_per_s"}  # the only metrics that may differ between identical runs
+
+HOOKS = '''"""Test hooks for the children of tests/test_faults.py, switched on by environment variables."""
+import os
+
+if os.environ.get("KDCLI_TEST_STEP_DELAY"):
+    import time
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    delay = float(os.environ["KDCLI_TEST_STEP_DELAY"])
+    register_optimizer_step_pre_hook(lambda optimizer, args, kwargs: time.sleep(delay))
+
+if os.environ.get("KDCLI_TEST_KILL_IN_SAVE"):
+    import io, signal, torch
+
+    save, calls = torch.save, [0]
+
+    def torn_save(obj, f, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] < int(os.environ["KDCLI_TEST_KILL_IN_SAVE"]):
+            return save(obj, f, *args, **kwargs)
+        buffer = io.BytesIO()
+        save(obj, buffer, *args, **kwargs)
+        f.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+        f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    torch.save = torn_save
+'''
+
+
+@pytest.fixture(scope="module")
+def hooks(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hooks")
+    (folder / "sitecustomize.py").write_text(HOOKS)
+    return folder
+
+
+def start(hooks, *args, **hook_env):
+    """`python -m kdcli ARGS` in a child process, with the test hooks set by `hook_env`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KDCLI_TEST_")}
+    path = [str(hooks), str(ROOT), env.get("PYTHONPATH", "")]
+    env.update(PYTHONPATH=os.pathsep.join(path), OMP_NUM_THREADS="1", **{f"KDCLI_TEST_{k}": str(v) for k, v in hook_env.items()})
+    command = [sys.executable, "-m", "kdcli", *map(str, args)]
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def kdcli(hooks, *args, **hook_env):
+    """Run to the end; return the exit status and stderr."""
+    child = start(hooks, *args, **hook_env)
+    _, stderr = child.communicate(timeout=300)
+    return child.returncode, stderr
+
+
+def kdcli_here(*args):
+    """`kdcli ARGS` in this process, for commands that train nothing (no child to start: 2 s quicker)."""
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def ok_here(*args):
+    result = kdcli_here(*args)
+    assert result.exit_code == 0, result.output
+
+
+def ok(hooks, *args):
+    status, stderr = kdcli(hooks, *args)
+    assert status == 0, stderr
+
+
+def kill_after_first_epoch(hooks, args, folders):
+    """Start `kdcli ARGS` with slow steps; SIGKILL it as soon as every run folder has its epoch-1 checkpoint."""
+    child = start(hooks, *args, STEP_DELAY=STEP_DELAY)
+    try:
+        deadline = time.monotonic() + 120
+        while not all((f / CHECKPOINT).exists() for f in folders):
+            assert child.poll() is None, child.stderr.read()
+            assert time.monotonic() < deadline, "no checkpoint after 120 s"
+            time.sleep(0.01)
+    finally:
+        child.kill()
+        child.communicate()
+    assert child.returncode == -signal.SIGKILL  # killed while still training, not finished
+    for f in folders:
+        assert 1 <= load_checkpoint(f)["epoch"] < EPOCHS and not (f / "summary.json").exists()
+
+
+def metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_same_run(run_dir, reference, loss_rel=0.0):
+    """Same final weights, bit for bit, and the same metrics.jsonl (timing aside), one line per epoch.
+    `loss_rel`: students that resumed in a stack of another size log a train_loss whose last digit may differ."""
+    a, b = load_checkpoint(run_dir)["model"], load_checkpoint(reference)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), run_dir
+    rows, expected = ([{k: v for k, v in r.items() if k not in TIMING} for r in metrics(d)] for d in (run_dir, reference))
+    assert [r["epoch"] for r in rows] == list(range(1, EPOCHS + 1))
+    if loss_rel:
+        assert [r.pop("train_loss") for r in rows] == pytest.approx([r.pop("train_loss") for r in expected], rel=loss_rel)
+    assert rows == expected
+    assert (run_dir / "summary.json").exists()
+
+
+# ---------------------------------------------------------------- the runs and their references
+
+
+def teacher_args(data_dir, out):
+    return ["train-teacher", *TRAIN, "--data-dir", data_dir, "--out", out]
+
+
+def student_args(data_dir, cache, out, *extra):
+    return ["train-student", *TRAIN, "--data-dir", data_dir, "--cache", cache, "--distillation-weight", 0.5,
+            "--temperature", 4, "--seed", 3, "--out", out, *extra]  # fmt: skip
+
+
+def sweep_args(data_dir, cache, out):
+    return ["sweep", *TRAIN, "--data-dir", data_dir, "--cache", cache, "--temperatures", "1,10", "--seeds", "1,2",
+            "--parallel", 0, "--out", out]  # fmt: skip
+
+
+SWEEP_RUNS = [f"{setting}/seed{seed}" for seed in (1, 2) for setting in ("baseline", "T1", "T10")]  # the stacking order
+
+
+def make_teacher(path, seed=0):
+    """A LeNet-5 teacher checkpoint whose logits have a trained net's size (~5)."""
+    torch.manual_seed(seed)
+    model = create_model("lenet5")
+    with torch.no_grad():
+        model.fc3.weight.mul_(50)
+    torch.save({"model": model.state_dict(), "model_name": "lenet5", "num_classes": 10}, path)
+    return path
+
+
+def dump_args(data_dir, teacher, out, epochs, *extra):
+    return ["dump-logits", "--teacher", teacher, "--epochs", epochs, "--dtype", "float32", "--device", "cpu",
+            "--data-dir", data_dir, "--no-download", "--quiet", "--out", out, *extra]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return tmp_path_factory.mktemp("faults")
+
+
+@pytest.fixture(scope="module")
+def cache(hooks, data_dir, root):
+    """A float32 cache of 2 epochs (never modify it)."""
+    ok_here(*dump_args(data_dir, make_teacher(root / "teacher.pt"), root / "cache.h5", 2))
+    return root / "cache.h5"
+
+
+@pytest.fixture(scope="module")
+def teacher_reference(hooks, data_dir, root):
+    ok(hooks, *teacher_args(data_dir, root / "teacher"))
+    return root / "teacher"
+
+
+@pytest.fixture(scope="module")
+def student_reference(hooks, data_dir, root, cache):
+    ok(hooks, *student_args(data_dir, cache, root / "student"))
+    return root / "student"
+
+
+@pytest.fixture(scope="module")
+def sweep_reference(hooks, data_dir, root, cache):
+    ok(hooks, *sweep_args(data_dir, cache, root / "sweep"))
+    return root / "sweep"
+
+
+# ---------------------------------------------------------------- killed after the first epoch
+
+
+def test_teacher_killed_after_an_epoch_resumes_to_the_same_run(tmp_path, hooks, data_dir, teacher_reference):
+    args = teacher_args(data_dir, tmp_path / "run")
+    kill_after_first_epoch(hooks, args, [tmp_path / "run"])
+    ok(hooks, *args, "--resume")
+    assert_same_run(tmp_path / "run", teacher_reference)
+
+
+def test_student_killed_after_an_epoch_resumes_to_the_same_run(tmp_path, hooks, data_dir, cache, student_reference):
+    args = student_args(data_dir, cache, tmp_path / "run")
+    kill_after_first_epoch(hooks, args, [tmp_path / "run"])
+    ok(hooks, *args, "--resume")
+    assert_same_run(tmp_path / "run", student_reference)
+
+
+def test_sweep_killed_after_an_epoch_resumes_when_run_again(tmp_path, hooks, data_dir, cache, sweep_reference):
+    args = sweep_args(data_dir, cache, tmp_path / "sweep")
+    kill_after_first_epoch(hooks, args, [tmp_path / "sweep" / run for run in SWEEP_RUNS])
+    ok(hooks, *args)
+    for run in SWEEP_RUNS:
+        assert_same_run(tmp_path / "sweep" / run, sweep_reference / run)
+    assert (tmp_path / "sweep" / "results.md").exists()
+
+
+def test_same_student_command_twice_gives_the_same_run(tmp_path, hooks, data_dir, cache, student_reference):
+    ok(hooks, *student_args(data_dir, cache, tmp_path / "again"))
+    assert_same_run(tmp_path / "again", student_reference)
+
+
+# ---------------------------------------------------------------- killed while writing
+
+
+@pytest.fixture(scope="module")
+def torn_teacher(hooks, data_dir, root):
+    """A teacher killed half-way through writing its epoch-2 checkpoint, checked, then resumed."""
+    out = root / "torn-teacher"
+    status, _ = kdcli(hooks, *teacher_args(data_dir, out), KILL_IN_SAVE=2)
+    assert status == -signal.SIGKILL
+    assert [p.stat().st_size > 0 for p in out.glob(f".{CHECKPOINT}.tmp-*")] == [True]  # the torn write
+    assert load_checkpoint(out)["epoch"] == 1  # the previous checkpoint is intact
+    assert [r["epoch"] for r in metrics(out)] == [1, 2]  # epoch 2 was logged, not saved
+    shutil.copytree(out, root / "killed-in-save")  # for test_resume_after_a_torn_metrics_line
+    ok(hooks, *teacher_args(data_dir, out), "--resume")
+    return out
+
+
+def test_teacher_killed_mid_checkpoint_resumes_from_the_previous_one(torn_teacher, teacher_reference):
+    assert_same_run(torn_teacher, teacher_reference)
+
+
+@pytest.mark.xfail(
+    reason="bug: a SIGKILL during save_atomic leaves .checkpoint.pt.tmp-<pid> in the run folder forever "
+    "(a checkpoint's size per kill, 90 MB for ResNet-18); runs.prepare_run_dir should remove stale ones",
+    strict=True,
+)
+def test_teacher_killed_mid_checkpoint_leaves_no_temporary_file(torn_teacher):
+    assert sorted(p.name for p in torn_teacher.iterdir()) == [CHECKPOINT, "config.json", "metrics.jsonl", "summary.json"]
+
+
+def test_sweep_killed_mid_checkpoint_resumes_each_student_from_its_own(tmp_path, hooks, data_dir, cache, sweep_reference):
+    """Killed in the 9th checkpoint write: students 1-2 have saved epoch 2, students 3-6 still hold epoch 1,
+    so they resume as two stacks (of 2 and 4 instead of 6): the same weights, a loss logged to within 1e-5."""
+    args = sweep_args(data_dir, cache, tmp_path / "sweep")
+    status, _ = kdcli(hooks, *args, KILL_IN_SAVE=len(SWEEP_RUNS) + 3)
+    assert status == -signal.SIGKILL
+    assert [load_checkpoint(tmp_path / "sweep" / run)["epoch"] for run in SWEEP_RUNS] == [2, 2, 1, 1, 1, 1]
+    ok(hooks, *args)
+    for run in SWEEP_RUNS:
+        assert_same_run(tmp_path / "sweep" / run, sweep_reference / run, loss_rel=1e-5)
+
+
+@pytest.mark.xfail(
+    reason="bug: runs.truncate_metrics json-parses every line, so a torn last line (a full disk, a power "
+    "cut) makes --resume die with a JSONDecodeError traceback",
+    strict=True,
+)
+def test_resume_after_a_torn_metrics_line(tmp_path, hooks, data_dir, root, torn_teacher, teacher_reference):
+    """The run killed in its epoch-2 checkpoint write, with epoch 2's metrics line cut short."""
+    out = tmp_path / "run"
+    shutil.copytree(root / "killed-in-save", out)
+    lines = (out / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (out / "metrics.jsonl").write_text(lines[0] + lines[1][:20])
+    status, stderr = kdcli(hooks, *teacher_args(data_dir, out), "--resume")
+    assert status == 0, stderr
+    assert_same_run(out, teacher_reference)
+
+
+# ---------------------------------------------------------------- a cache killed mid-flush
+
+
+def test_cache_killed_while_flushing_an_epoch(tmp_path, hooks, data_dir, root, cache):
+    """A dump killed while flushing epoch 1 of 2: epochs_complete says 1 and epoch 1 holds garbage.
+    A student with --allow-partial reads epoch 0 only: it trains exactly like a student of a finished
+    1-epoch cache (garbage logits, nan, would have made its loss non-finite)."""
+    torn = tmp_path / "torn.h5"
+    shutil.copy(cache, torn)
+    with h5py.File(torn, "r+") as f:
+        f["epochs_complete"][()] = 1
+        f["logits"][1] = np.nan
+        f["aug"][1] = np.random.default_rng(0).integers(-128, 128, f["aug"].shape[1:], dtype=np.int8)
+    refused = kdcli_here(*student_args(data_dir, torn, tmp_path / "refused"))
+    assert refused.exit_code == 1 and "1 of 2 epochs" in refused.stderr and "--allow-partial" in refused.stderr, refused.output
+    assert not (tmp_path / "refused").exists()
+
+    ok(hooks, *student_args(data_dir, torn, tmp_path / "partial", "--allow-partial"))
+    ok_here(*dump_args(data_dir, root / "teacher.pt", tmp_path / "finished.h5", 1))  # made as `cache` was
+    ok(hooks, *student_args(data_dir, tmp_path / "finished.h5", tmp_path / "finished"))
+    assert_same_run(tmp_path / "partial", tmp_path / "finished")
+
+
+@pytest.mark.xfail(
+    reason="bug: --resume of a student does not check that --cache still holds the teacher it started "
+    "with (RESUME_IGNORES skips `cache`; config.json's cache_teacher_sha256 is never compared)",
+    strict=True,
+)
+def test_student_resume_refuses_a_cache_of_another_teacher(tmp_path, hooks, data_dir, cache):
+    """Killed after epoch 1; its cache is then dumped again from another teacher (same data, seed, epochs):
+    resuming would mix two teachers' soft targets in one run, so --resume must refuse."""
+    shutil.copy(cache, tmp_path / "c.h5")
+    args = student_args(data_dir, tmp_path / "c.h5", tmp_path / "run")
+    status, _ = kdcli(hooks, *args, KILL_IN_SAVE=2)
+    assert status == -signal.SIGKILL and load_checkpoint(tmp_path / "run")["epoch"] == 1
+    ok_here(*dump_args(data_dir, make_teacher(tmp_path / "other.pt", seed=1), tmp_path / "c.h5", 2, "--force"))
+    status, stderr = kdcli(hooks, *args, "--resume")
+    assert status == 1 and "teacher" in stderr, stderr
