@@ -158,6 +158,7 @@ def test_aggregate_keeps_models_apart_and_treats_a_teacher_as_its_models_baselin
 
 
 def test_write_report_writes_table_csv_and_png(tmp_path):
+    pytest.importorskip("matplotlib")  # in the dev extra; the path without it is the next test
     runs = collect([make_sweep(tmp_path / "sweep")])
     text = write_report(aggregate(runs), tmp_path / "report", teacher_accuracy(runs), unfinished=3)
     md = (tmp_path / "report" / "results.md").read_text()
