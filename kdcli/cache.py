@@ -72,6 +72,8 @@ def write_lock(path):
     try:
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except FileExistsError:  # mkdir's answer when the folder is a regular file
+        raise KdcliError(f"cannot write {path}: {lock_path.parent} is not a directory") from None
     except OSError as e:
         raise KdcliError(f"cannot write {path}: {e.strerror or e}") from None
     try:

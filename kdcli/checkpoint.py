@@ -51,10 +51,12 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         # torch's message advises weights_only=False, exactly what must not be done with an untrusted file.
-        reason = next((line.strip() for line in str(e).splitlines() if "WeightsUnpickler error" in line), "")
+        # Its reason is the paragraph after that advice (and after its "Please file an issue" line).
+        paragraphs = [" ".join(p.split()) for p in str(e).split("\n\n") if p.strip()]
+        reason = next((p for p in paragraphs[1:] if not p.startswith("Check the documentation")), "")
         raise KdcliError(
             f"{path} was refused by safe loading (weights_only=True): it is not a kdcli checkpoint, or it holds "
-            f"objects that would run code when unpickled. {reason}".strip()
+            f"objects that would run code when unpickled" + (f" ({reason})" if reason else "")
         ) from None
     except Exception as e:
         raise KdcliError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from None

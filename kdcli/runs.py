@@ -76,6 +76,8 @@ def prepare_run_dir(config):
         probe.unlink()
     except OSError as e:
         raise KdcliError(f"cannot write to --out {out}: {e.strerror or e}") from None
+    for stale in out.glob(f".{CHECKPOINT}.tmp-*"):  # left by a process killed in save_atomic
+        stale.unlink(missing_ok=True)
     finished, ckpt = (out / "summary.json").exists(), out / CHECKPOINT
     if config.force:
         for name in ("summary.json", "metrics.jsonl", CHECKPOINT):
@@ -106,6 +108,21 @@ def check_same_options(config, state, out):
         raise KdcliError(f"--resume of {out} with other options: {', '.join(changed)}; drop them, or use another --out")
 
 
+CACHE_IDENTITY = ("cache_teacher_sha256", "cache_seed", "cache_epochs")  # what a resumed student's cache must still be
+
+
+def check_same_cache(run):
+    """A resumed student must read the cache it started with, or its run mixes two teachers (or two sets of views)."""
+    recorded = run.dir / "config.json"
+    was = json.loads(recorded.read_text()) if recorded.exists() else {}
+    changed = [f"{k[6:]} {str(was[k])[:8]} (now {str(run.extra[k])[:8]})" for k in CACHE_IDENTITY if k in was and k in run.extra and was[k] != run.extra[k]]
+    if changed:
+        raise KdcliError(
+            f"--resume of {run.dir}: {run.config.cache} is not the cache it started with ({', '.join(changed)}); "
+            "pass that cache, or --force to start over"
+        )
+
+
 def plain(value):
     return list(value) if isinstance(value, tuple) else value
 
@@ -121,15 +138,26 @@ def git_commit() -> str | None:
 
 
 def write_json(path: Path, obj):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 def truncate_metrics(path: Path, epochs: int):
+    """Keep the lines of epochs 1..`epochs`; drop later ones and a torn line (a write cut short by a full disk)."""
     if path.exists():
-        kept = [line for line in path.read_text().splitlines() if json.loads(line)["epoch"] <= epochs]
-        path.write_text("".join(line + "\n" for line in kept))
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line)["epoch"] <= epochs:
+                    kept.append(line)
+            except (ValueError, KeyError, TypeError):
+                pass
+        write_text_atomic(path, "".join(line + "\n" for line in kept))  # a kill now leaves the old lines or the new
+
+
+def write_text_atomic(path: Path, text: str):
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def flag(name):

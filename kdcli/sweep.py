@@ -31,7 +31,7 @@ class SweepConfig(DistillOptions, TrainOptions):
     def __post_init__(self):
         super().__post_init__()
         for t in self.temperatures:
-            check_temperature(t)
+            check_temperature(t, "--temperatures")
         if not self.seeds:
             raise ConfigError("--seeds", "give at least one seed")
         if len(set(self.seeds)) != len(self.seeds) or len(set(self.temperatures)) != len(self.temperatures):

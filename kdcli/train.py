@@ -34,7 +34,7 @@ from kdcli.data import load_cifar10, resolve_device
 from kdcli.evaluate import evaluate_stack
 from kdcli.losses import distillation_loss
 from kdcli.models import MODELS, create_model
-from kdcli.runs import CachedTargets, DrawnAugmentation, Run, flag, git_commit, plain, prepare_run_dir, truncate_metrics, write_json
+from kdcli.runs import CachedTargets, DrawnAugmentation, Run, check_same_cache, flag, git_commit, plain, prepare_run_dir, truncate_metrics, write_json
 from kdcli.stack import GraphedStep, ModelStack, split_optimizer_state, stack_optimizer_states
 
 
@@ -129,9 +129,9 @@ class StudentConfig(DistillOptions, TrainOptions):
         check_temperature(self.temperature)
 
 
-def check_temperature(t: float):
+def check_temperature(t: float, option="--temperature"):
     if not 0 < t < math.inf:  # also catches nan
-        raise ConfigError("--temperature", f"must be a number > 0, got {t}")
+        raise ConfigError(option, f"must be a number > 0, got {t}")
 
 
 # ---------------------------------------------------------------- schedules and optimizers
@@ -176,6 +176,9 @@ def train_runs(runs: list, data, device: torch.device, teacher: nn.Module | None
     the cache-equivalence test use it; kdcli itself trains students from the cache.
     """
     states = [prepare_run_dir(r.config) for r in runs]
+    for r, state in zip(runs, states):
+        if isinstance(state, dict):  # resumed: the same soft targets as before
+            check_same_cache(r)
     if all(s == "done" for s in states):
         return [json.loads((r.dir / "summary.json").read_text()) for r in runs]
     if any(s == "done" for s in states) or len({(s or {}).get("epoch", 0) for s in states}) > 1:
@@ -442,7 +445,7 @@ def student_runs(configs: list, data, cache=None) -> list:
     runs = []
     for c in configs:
         if c.distillation_weight > 0:
-            extra = {"cache_teacher_sha256": cache.attrs["teacher_sha256"], "cache_teacher_test_accuracy": cache.attrs["teacher_test_accuracy"], "cache_epochs": cache.epochs_complete}
+            extra = {"cache_teacher_sha256": cache.attrs["teacher_sha256"], "cache_teacher_test_accuracy": cache.attrs["teacher_test_accuracy"], "cache_epochs": cache.epochs_complete, "cache_seed": cache.attrs["seed"]}
             runs.append(Run(c, CachedTargets(cache), extra))
         else:
             runs.append(Run(c, DrawnAugmentation(c.seed, len(data.train_labels))))

@@ -2,19 +2,21 @@
 
 Each run is LeNet-5 on the tiny CPU data, 3 epochs of 25 steps (batch 8 of 200 images), compared with
 an uninterrupted run of the same command:
-- train-teacher, train-student and sweep (2 temperatures x 2 seeds + baselines, all stacked) killed
-  after their first completed epoch, then resumed (`--resume`; a sweep by running it again): the final
-  weights are identical (torch.equal) and metrics.jsonl holds exactly one line per epoch, the same lines.
-- killed half-way through writing a checkpoint (train-teacher; a sweep whose six students were
-  checkpointed only in part, so that they resume from two different epochs): the previous checkpoint
-  still loads and the resumed run equals an unbroken one.
-- a metrics.jsonl whose last line was cut (a full disk or a power cut mid-write): --resume still works
-  (xfail: it dies with a traceback); a kill mid-save leaves no temporary file behind (xfail: it does).
+- train-teacher, train-student and sweep (2 temperatures x 2 seeds + baselines, `--parallel 0`: one
+  after another on a CPU) killed after their first completed epoch (the sweep's: its second student's,
+  so one student is finished, one half-way, four not started), then resumed (`--resume`; a sweep by
+  running it again): the final weights are identical (torch.equal) and metrics.jsonl holds exactly one
+  line per epoch, the same lines.
+- killed half-way through writing a checkpoint (train-teacher; a sweep of six students stacked with
+  `--parallel 6`, checkpointed only in part, so that they resume from two epochs as two stacks): the
+  previous checkpoint still loads and the resumed run equals an unbroken one.
+- a metrics.jsonl whose last line was cut (a full disk or a power cut mid-write): --resume still works;
+  a kill mid-save leaves no temporary file behind.
 - a cache whose dump was killed while epoch k was being flushed (epochs_complete = k, epoch k garbage):
   refused without --allow-partial; with it the student reads epochs < k only, exactly like a student of
   a finished k-epoch cache.
 - determinism: the same train-student command twice gives the same metrics (timing aside) and weights.
-- a student's --resume against a cache dumped again from another teacher is refused (xfail: it is not).
+- a student's --resume against a cache dumped again from another teacher is refused.
 
 Timing the kill: the children import a sitecustomize.py (written by the `hooks` fixture, first on
 PYTHONPATH) that, by environment variable, sleeps before every optimizer step (KDCLI_TEST_STEP_DELAY,
@@ -163,12 +165,12 @@ def student_args(data_dir, cache, out, *extra):
             "--temperature", 4, "--seed", 3, "--out", out, *extra]  # fmt: skip
 
 
-def sweep_args(data_dir, cache, out):
+def sweep_args(data_dir, cache, out, parallel=0):
     return ["sweep", *TRAIN, "--data-dir", data_dir, "--cache", cache, "--temperatures", "1,10", "--seeds", "1,2",
-            "--parallel", 0, "--out", out]  # fmt: skip
+            "--parallel", parallel, "--out", out]  # fmt: skip
 
 
-SWEEP_RUNS = [f"{setting}/seed{seed}" for seed in (1, 2) for setting in ("baseline", "T1", "T10")]  # the stacking order
+SWEEP_RUNS = [f"{setting}/seed{seed}" for seed in (1, 2) for setting in ("baseline", "T1", "T10")]  # training order
 
 
 def make_teacher(path, seed=0):
@@ -192,7 +194,7 @@ def root(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def cache(hooks, data_dir, root):
+def cache(data_dir, root):
     """A float32 cache of 2 epochs (never modify it)."""
     ok_here(*dump_args(data_dir, make_teacher(root / "teacher.pt"), root / "cache.h5", 2))
     return root / "cache.h5"
@@ -216,6 +218,19 @@ def sweep_reference(hooks, data_dir, root, cache):
     return root / "sweep"
 
 
+@pytest.fixture(scope="module")
+def stacked_sweep_reference(hooks, data_dir, root, cache):
+    ok(hooks, *sweep_args(data_dir, cache, root / "stacked-sweep", parallel=len(SWEEP_RUNS)))
+    return root / "stacked-sweep"
+
+
+@pytest.fixture(scope="module")
+def killed_student(hooks, data_dir, root, cache):
+    """A student killed after its first epoch (never modify it: tests resume copies)."""
+    kill_after_first_epoch(hooks, student_args(data_dir, cache, root / "killed-student"), [root / "killed-student"])
+    return root / "killed-student"
+
+
 # ---------------------------------------------------------------- killed after the first epoch
 
 
@@ -226,20 +241,22 @@ def test_teacher_killed_after_an_epoch_resumes_to_the_same_run(tmp_path, hooks, 
     assert_same_run(tmp_path / "run", teacher_reference)
 
 
-def test_student_killed_after_an_epoch_resumes_to_the_same_run(tmp_path, hooks, data_dir, cache, student_reference):
-    args = student_args(data_dir, cache, tmp_path / "run")
-    kill_after_first_epoch(hooks, args, [tmp_path / "run"])
-    ok(hooks, *args, "--resume")
+def test_student_killed_after_an_epoch_resumes_to_the_same_run(tmp_path, hooks, data_dir, cache, killed_student, student_reference):
+    shutil.copytree(killed_student, tmp_path / "run")
+    ok(hooks, *student_args(data_dir, cache, tmp_path / "run", "--resume"))
     assert_same_run(tmp_path / "run", student_reference)
 
 
 def test_sweep_killed_after_an_epoch_resumes_when_run_again(tmp_path, hooks, data_dir, cache, sweep_reference):
-    args = sweep_args(data_dir, cache, tmp_path / "sweep")
-    kill_after_first_epoch(hooks, args, [tmp_path / "sweep" / run for run in SWEEP_RUNS])
+    sweep = tmp_path / "sweep"
+    args = sweep_args(data_dir, cache, sweep)
+    kill_after_first_epoch(hooks, args, [sweep / SWEEP_RUNS[1]])
+    assert (sweep / SWEEP_RUNS[0] / "summary.json").exists()
+    assert not any((sweep / run / CHECKPOINT).exists() for run in SWEEP_RUNS[2:])
     ok(hooks, *args)
     for run in SWEEP_RUNS:
-        assert_same_run(tmp_path / "sweep" / run, sweep_reference / run)
-    assert (tmp_path / "sweep" / "results.md").exists()
+        assert_same_run(sweep / run, sweep_reference / run)
+    assert (sweep / "results.md").exists()
 
 
 def test_same_student_command_twice_gives_the_same_run(tmp_path, hooks, data_dir, cache, student_reference):
@@ -268,32 +285,22 @@ def test_teacher_killed_mid_checkpoint_resumes_from_the_previous_one(torn_teache
     assert_same_run(torn_teacher, teacher_reference)
 
 
-@pytest.mark.xfail(
-    reason="bug: a SIGKILL during save_atomic leaves .checkpoint.pt.tmp-<pid> in the run folder forever "
-    "(a checkpoint's size per kill, 90 MB for ResNet-18); runs.prepare_run_dir should remove stale ones",
-    strict=True,
-)
 def test_teacher_killed_mid_checkpoint_leaves_no_temporary_file(torn_teacher):
     assert sorted(p.name for p in torn_teacher.iterdir()) == [CHECKPOINT, "config.json", "metrics.jsonl", "summary.json"]
 
 
-def test_sweep_killed_mid_checkpoint_resumes_each_student_from_its_own(tmp_path, hooks, data_dir, cache, sweep_reference):
+def test_sweep_killed_mid_checkpoint_resumes_each_student_from_its_own(tmp_path, hooks, data_dir, cache, stacked_sweep_reference):
     """Killed in the 9th checkpoint write: students 1-2 have saved epoch 2, students 3-6 still hold epoch 1,
     so they resume as two stacks (of 2 and 4 instead of 6): the same weights, a loss logged to within 1e-5."""
-    args = sweep_args(data_dir, cache, tmp_path / "sweep")
+    args = sweep_args(data_dir, cache, tmp_path / "sweep", parallel=len(SWEEP_RUNS))
     status, _ = kdcli(hooks, *args, KILL_IN_SAVE=len(SWEEP_RUNS) + 3)
     assert status == -signal.SIGKILL
     assert [load_checkpoint(tmp_path / "sweep" / run)["epoch"] for run in SWEEP_RUNS] == [2, 2, 1, 1, 1, 1]
     ok(hooks, *args)
     for run in SWEEP_RUNS:
-        assert_same_run(tmp_path / "sweep" / run, sweep_reference / run, loss_rel=1e-5)
+        assert_same_run(tmp_path / "sweep" / run, stacked_sweep_reference / run, loss_rel=1e-5)
 
 
-@pytest.mark.xfail(
-    reason="bug: runs.truncate_metrics json-parses every line, so a torn last line (a full disk, a power "
-    "cut) makes --resume die with a JSONDecodeError traceback",
-    strict=True,
-)
 def test_resume_after_a_torn_metrics_line(tmp_path, hooks, data_dir, root, torn_teacher, teacher_reference):
     """The run killed in its epoch-2 checkpoint write, with epoch 2's metrics line cut short."""
     out = tmp_path / "run"
@@ -328,18 +335,12 @@ def test_cache_killed_while_flushing_an_epoch(tmp_path, hooks, data_dir, root, c
     assert_same_run(tmp_path / "partial", tmp_path / "finished")
 
 
-@pytest.mark.xfail(
-    reason="bug: --resume of a student does not check that --cache still holds the teacher it started "
-    "with (RESUME_IGNORES skips `cache`; config.json's cache_teacher_sha256 is never compared)",
-    strict=True,
-)
-def test_student_resume_refuses_a_cache_of_another_teacher(tmp_path, hooks, data_dir, cache):
-    """Killed after epoch 1; its cache is then dumped again from another teacher (same data, seed, epochs):
-    resuming would mix two teachers' soft targets in one run, so --resume must refuse."""
-    shutil.copy(cache, tmp_path / "c.h5")
-    args = student_args(data_dir, tmp_path / "c.h5", tmp_path / "run")
-    status, _ = kdcli(hooks, *args, KILL_IN_SAVE=2)
-    assert status == -signal.SIGKILL and load_checkpoint(tmp_path / "run")["epoch"] == 1
-    ok_here(*dump_args(data_dir, make_teacher(tmp_path / "other.pt", seed=1), tmp_path / "c.h5", 2, "--force"))
-    status, stderr = kdcli(hooks, *args, "--resume")
+def test_student_resume_refuses_a_cache_of_another_teacher(tmp_path, hooks, data_dir, killed_student):
+    """A killed student resumed with a cache of another teacher (same data, seed, epochs): the run would
+    mix two teachers' soft targets, so --resume must refuse, and leave the run as it was."""
+    ok_here(*dump_args(data_dir, make_teacher(tmp_path / "other.pt", seed=1), tmp_path / "other.h5", 2))
+    shutil.copytree(killed_student, tmp_path / "run")
+    before = {f: f.read_bytes() for f in (tmp_path / "run").iterdir()}
+    status, stderr = kdcli(hooks, *student_args(data_dir, tmp_path / "other.h5", tmp_path / "run", "--resume"))
     assert status == 1 and "teacher" in stderr, stderr
+    assert {f: f.read_bytes() for f in (tmp_path / "run").iterdir()} == before
