@@ -98,7 +98,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def fingerprint(images: torch.Tensor, labels: torch.Tensor) -> str:
-    """sha256 over the uint8 pixels and int64 labels: 0.1 s for all 50,000 images, so not cached."""
+    """sha256 over the uint8 pixels and int64 labels: 0.14 s for all 50,000 images (2-core CPU), so not cached."""
     digest = hashlib.sha256()
     digest.update(images.cpu().contiguous().numpy().tobytes())
     digest.update(labels.cpu().to(torch.int64).numpy().tobytes())

@@ -9,6 +9,7 @@ and, once finished, summary.json. --resume continues it, --force starts it over,
 and anything else refuses to touch a run that is there.
 """
 
+import functools
 import json
 import subprocess
 from dataclasses import dataclass, field
@@ -127,6 +128,7 @@ def plain(value):
     return list(value) if isinstance(value, tuple) else value
 
 
+@functools.cache  # one git call per process, not one per run of a sweep
 def git_commit() -> str | None:
     try:
         out = subprocess.run(
