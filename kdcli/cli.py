@@ -6,8 +6,8 @@ one line in the dataclass. Library errors (KdcliError) end as one line on
 stderr and exit status 1; bad option values are usage errors (exit status 2).
 """
 
+import contextlib
 import inspect
-import json
 import re
 import shlex
 import sys
@@ -55,13 +55,13 @@ def _parse_list(value: str, item_type, flag: str) -> tuple:
         raise typer.BadParameter(f"expected comma-separated {item_type.__name__}s, got {value!r}", param_hint=flag) from None
 
 
-def command_from(cls, name: str, run, overrides: dict | None = None):
+def command_from(cls, name: str, run):
     """Register `kdcli NAME` with one option per field of dataclass `cls`; `run(config)` does the work."""
     hints = typing.get_type_hints(cls)
     helps = _field_help(cls)
     params = []
     for f in fields(cls):
-        default = (overrides or {}).get(f.name, f.default if f.default is not MISSING else f.default_factory())
+        default = f.default if f.default is not MISSING else f.default_factory()
         annotation = hints[f.name]
         flag = "--" + f.name.replace("_", "-")
         decls = [f"{flag}/--no-{f.name.replace('_', '-')}"] if annotation is bool else [flag]
@@ -80,9 +80,8 @@ def command_from(cls, name: str, run, overrides: dict | None = None):
         for f in fields(cls):
             if typing.get_origin(hints[f.name]) is tuple:
                 options[f.name] = _parse_list(options[f.name], typing.get_args(hints[f.name])[0], "--" + f.name.replace("_", "-"))
-        config = make_config(cls, options)
         with errors_as_one_line():
-            run(config)
+            run(make_config(cls, options))
 
     command.__signature__ = inspect.Signature(params)
     command.__annotations__ = {p.name: p.annotation for p in params}
@@ -92,49 +91,36 @@ def command_from(cls, name: str, run, overrides: dict | None = None):
 
 
 def make_config(cls, options):
+    """The command's config; a bad value is a usage error (exit status 2) naming its flag."""
     from kdcli.train import ConfigError
 
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            config = cls(**options)
-        for w in caught:
-            typer.echo(f"warning: {w.message}", err=True)
-        return config
+        return cls(**options)
     except ConfigError as e:
         raise typer.BadParameter(str(e).split(": ", 1)[1], param_hint=e.option) from None
     except KdcliError as e:
         raise typer.BadParameter(str(e)) from None
 
 
-class errors_as_one_line:
-    """Turn library errors into one line on stderr; show warnings as one line too."""
+@contextlib.contextmanager
+def errors_as_one_line():
+    """Library errors end as one line on stderr and exit status 1; warnings print as one line too."""
+    from kdcli.train import TrainingInterrupted
 
-    def __enter__(self):
-        self._warnings = warnings.catch_warnings()
-        self._warnings.__enter__()
+    with warnings.catch_warnings():
         warnings.showwarning = lambda message, *args, **kwargs: typer.echo(f"warning: {message}", err=True)
-        return self
-
-    def __exit__(self, kind, error, tb):
-        from kdcli.train import TrainingInterrupted
-
-        self._warnings.__exit__(None, None, None)
-        if isinstance(error, TrainingInterrupted):
+        try:
+            yield
+        except TrainingInterrupted as e:
             command = shlex.join(["kdcli", *sys.argv[1:]] + ([] if "--resume" in sys.argv else ["--resume"]))
-            typer.echo(f"{error}\nresume with: {command}", err=True)
-            raise typer.Exit(130)
-        if isinstance(error, KdcliError):
-            typer.echo(f"error: {error}", err=True)
-            raise typer.Exit(1)
-        if isinstance(error, KeyboardInterrupt):
+            typer.echo(f"{e}\nresume with: {command}", err=True)
+            raise typer.Exit(130) from None
+        except KdcliError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
-            raise typer.Exit(130)
-        return False
-
-
-def _print_json(obj):
-    typer.echo(json.dumps(obj, indent=2))
+            raise typer.Exit(130) from None
 
 
 # ---------------------------------------------------------------- commands
