@@ -458,7 +458,7 @@ def open_student_cache(config: StudentConfig, data):
 
     if config.distillation_weight == 0:
         return None
-    cache = open_cache(config.cache, data.fingerprint, data.num_classes, config.allow_partial)
+    cache = open_cache(config.cache, data.fingerprint, data.num_classes, config.allow_partial, len(data.train_labels))
     if cache.epochs_complete < config.epochs:
         warnings.warn(
             f"{config.cache} has {cache.epochs_complete} epochs for a {config.epochs}-epoch student: "
