@@ -23,7 +23,7 @@ from kdcli.checkpoint import resolve, sha256_file
 from kdcli.data import load_cifar10
 from kdcli.data import resolve_device
 from kdcli.evaluate import load_model, predict
-from kdcli.train import ConfigError
+from kdcli.train import require_at_least_one
 
 
 @dataclass
@@ -43,11 +43,7 @@ class DumpConfig:
     quiet: bool = False  # no progress bar
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')}", f"must be at least 1, got {getattr(self, name)}")
-        if self.subset is not None and self.subset < 1:
-            raise ConfigError("--subset", f"must be at least 1, got {self.subset}")
+        require_at_least_one(self, "epochs", "batch_size", "subset")
 
 
 @torch.inference_mode()  # no autograd bookkeeping at all: the teacher is only read

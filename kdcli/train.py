@@ -79,11 +79,7 @@ class TrainOptions:
     quiet: bool = False  # one log line per evaluation instead of a progress bar
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size", "eval_every", "save_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(flag(name), f"must be at least 1, got {getattr(self, name)}")
-        if self.subset is not None and self.subset < 1:
-            raise ConfigError("--subset", f"must be at least 1, got {self.subset}")
+        require_at_least_one(self, "epochs", "batch_size", "eval_every", "save_every", "subset")
         if self.model not in MODELS:  # checked before any data is loaded or downloaded
             raise ConfigError("--model", f"unknown model {self.model!r}; known models: {', '.join(sorted(MODELS))}")
         if not self.lr > 0:  # also catches nan
@@ -127,6 +123,14 @@ class StudentConfig(DistillOptions, TrainOptions):
     def __post_init__(self):
         super().__post_init__()
         check_temperature(self.temperature)
+
+
+def require_at_least_one(config, *names):
+    """Counts that must be >= 1 (None passes: an option left unset)."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            raise ConfigError(flag(name), f"must be at least 1, got {value}")
 
 
 def check_temperature(t: float, option="--temperature"):
