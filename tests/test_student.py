@@ -68,7 +68,8 @@ def train_online(config, cache_path, teacher_dir, targets=None):
 
 def test_student_of_the_cache_equals_student_of_the_teacher_online(tmp_path, data_dir, cache_path):
     cached = student(tmp_path, data_dir, cache_path, "cached", epochs=3)  # 3 > 2 cached epochs: replays epoch 0
-    train_student(cached, progress=False)
+    with pytest.warns(UserWarning, match="reuses cached epoch"):
+        train_student(cached, progress=False)
     online = train_online(student(tmp_path, data_dir, cache_path, "online", epochs=3), cache_path, cache_path.parent)
     for key, value in weights(tmp_path / "cached").items():
         torch.testing.assert_close(value, online[key], atol=1e-5, rtol=1e-5)
