@@ -94,6 +94,8 @@ def resolve_device(name: str) -> torch.device:
         raise KdcliError("--device cuda: no CUDA GPU is visible to PyTorch; use --device cpu")
     if name == "mps" and not torch.backends.mps.is_available():
         raise KdcliError("--device mps: MPS is not available on this machine; use --device cpu")
+    if name == "cuda" and not torch.backends.cudnn.deterministic:  # shapes never change: time cuDNN's algorithms once, keep the fastest
+        torch.backends.cudnn.benchmark = True
     return torch.device(name)
 
 

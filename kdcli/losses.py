@@ -2,28 +2,53 @@
 
     loss = hard_weight * CE(s, y) + distillation_weight * T^2 * KL(softmax(t/T) || softmax(s/T))
 
+    targets = soft_targets(teacher_logits, T)      # once per cached epoch, not at every step
+    loss = distillation_loss(student_logits, labels, targets, T, distillation_weight=0.1)
+
 KL is summed over classes and averaged over the batch ("batchmean"). The T^2
 keeps the soft-target gradients the same size as T changes (they scale as 1/T^2).
 With hard_weight 1 this is the reference's formula; 0.9 / 0.1 is the common alpha mix.
 """
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
 
-def distillation_loss(student, labels, teacher=None, temperature=1.0, distillation_weight=0.0, hard_weight=1.0):
-    """student [..., B, C] logits, labels [..., B], teacher [..., B, C] or None -> loss [...].
+class SoftTargets(NamedTuple):
+    probs: torch.Tensor  # softmax(t / T) [..., B, C], float32
+    p_log_p: torch.Tensor  # sum over classes of p log p [..., B]: KL's constant part, kept so the loss reads as KL
+
+
+def soft_targets(teacher, temperature) -> SoftTargets:
+    """Teacher logits [..., B, C] -> their soft targets at `temperature` (a number, or one per leading index).
+
+    The teacher's side of the KL does not depend on the student: a cached epoch's targets are
+    computed once for all its steps, so a KD step costs the student's side only.
+    """
+    t = _per_student(temperature, teacher)
+    log_p = F.log_softmax(teacher.float() / t, dim=-1)
+    probs = log_p.exp()
+    return SoftTargets(probs, (probs * log_p).sum(-1))
+
+
+def distillation_loss(student, labels, targets=None, temperature=1.0, distillation_weight=0.0, hard_weight=1.0):
+    """student [..., B, C] logits, labels [..., B], targets SoftTargets of [..., B, ...] or None -> loss [...].
 
     The leading dimensions index students trained together; temperature and the
     weights are numbers or tensors of those leading dimensions, one per student.
     """
     hard = F.cross_entropy(student.flatten(0, -2).float(), labels.flatten(), reduction="none")
     hard = hard.view(labels.shape).mean(-1)  # [...]
-    if teacher is None:
+    if targets is None:
         return hard_weight * hard
+    log_q = F.log_softmax(student.float() / _per_student(temperature, student), dim=-1)
+    kl = (targets.p_log_p - (targets.probs * log_q).sum(-1)).mean(-1)  # [...]
     T = torch.as_tensor(temperature, dtype=torch.float32, device=student.device)
-    t = T[..., None, None]  # broadcast one temperature per student over [B, C]
-    log_p_student = F.log_softmax(student.float() / t, dim=-1)
-    log_p_teacher = F.log_softmax(teacher.float() / t, dim=-1)
-    kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(-1).mean(-1)  # [...]
     return hard_weight * hard + distillation_weight * T**2 * kl
+
+
+def _per_student(temperature, logits):
+    """A temperature per leading index, broadcast over [B, C]."""
+    return torch.as_tensor(temperature, dtype=torch.float32, device=logits.device)[..., None, None]

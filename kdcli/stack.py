@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from kdcli import KdcliError
+from kdcli.losses import SoftTargets
 from kdcli.models import create_model
 
 
@@ -111,8 +112,8 @@ class GraphedStep:
             self.aug, self.soft = aug, soft
         else:  # the graph reads the buffers it was captured with
             self.aug.copy_(aug)
-            if soft is not None:
-                self.soft.copy_(soft)
+            for buffer, new in zip(self.soft or (), soft or ()):
+                buffer.copy_(new)
 
     def step(self, idx):
         group = self.group
@@ -122,7 +123,7 @@ class GraphedStep:
         if self.graph is None:
             self.idx = idx.clone()
             self.aug = self.aug.clone()
-            self.soft = None if self.soft is None else self.soft.clone()
+            self.soft = None if self.soft is None else SoftTargets(*(t.clone() for t in self.soft))
             group.optimizer.zero_grad(set_to_none=True)  # gradients are allocated inside the graph's memory
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph):

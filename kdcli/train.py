@@ -32,7 +32,7 @@ from kdcli import KdcliError, __version__, augment
 from kdcli.checkpoint import CHECKPOINT, save_atomic
 from kdcli.data import load_cifar10, resolve_device
 from kdcli.evaluate import evaluate_stack
-from kdcli.losses import distillation_loss
+from kdcli.losses import SoftTargets, distillation_loss, soft_targets
 from kdcli.models import MODELS, create_model
 from kdcli.runs import CachedTargets, DrawnAugmentation, Run, check_same_cache, flag, git_commit, plain, prepare_run_dir, truncate_metrics, write_json
 from kdcli.stack import GraphedStep, ModelStack, split_optimizer_state, stack_optimizer_states
@@ -256,13 +256,14 @@ class Group:
             truncate_metrics(r.dir / "metrics.jsonl", self.epoch)
 
     def epoch_inputs(self):
-        """This epoch's views [S, N, 3], soft targets [S, N, C] or None, and batch order [S, N]."""
+        """This epoch's views [S, N, 3], SoftTargets of [S, N, ...] or None, and batch order [S, N]."""
         sources = [r.targets.epoch(self.epoch) for r in self.runs]
         aug = torch.stack([a.to(self.device) for a, _ in sources])
         soft = None
         if any(t is not None for _, t in sources):  # a baseline in a KD group gets zeros, at weight 0
             zeros = torch.zeros(self.num_images, self.data.num_classes)
-            soft = torch.stack([(zeros if t is None else t).to(self.device) for _, t in sources])
+            teacher = torch.stack([(zeros if t is None else t).to(self.device) for _, t in sources])  # [S, N, C] logits
+            soft = soft_targets(teacher, self.temperature)  # once per epoch: a step then only gathers its rows
         order = [torch.randperm(self.num_images, generator=augment.epoch_generator(r.config.seed, self.epoch, "order")) for r in self.runs]
         return aug, soft, torch.stack(order).to(self.device)
 
@@ -313,10 +314,10 @@ class Group:
             logits = self.forward(x)  # [S, b, C]
             if self.teacher is not None:
                 with torch.no_grad():
-                    soft_batch = self.teacher(x.flatten(0, 1)).view(logits.shape)
+                    targets = soft_targets(self.teacher(x.flatten(0, 1)).view(logits.shape), self.temperature)
             else:
-                soft_batch = None if soft is None else _rows(soft, idx)
-        loss = distillation_loss(logits, y, soft_batch, self.temperature, self.distillation_weight, self.hard_weight)
+                targets = None if soft is None else SoftTargets(_rows(soft.probs, idx), soft.p_log_p.gather(1, idx))
+        loss = distillation_loss(logits, y, targets, self.temperature, self.distillation_weight, self.hard_weight)
         self.optimizer.zero_grad(set_to_none=True)
         loss.sum().backward()  # the runs share no weights, so each gets exactly its own gradient
         self.optimizer.step()
