@@ -7,7 +7,7 @@
    augmentation on the device, bf16 autocast and channels_last on CUDA) vs a classic torchvision
    pipeline (PIL transforms in DataLoader workers, fp32, plain loop);
 2. dump-logits images/s (the real `dump_logits`: augmentation + inference + HDF5 writing) vs bare
-   inference on views already augmented and normalised on the device;
+   inference of the same (compiled, on CUDA) teacher on views already augmented and normalised on the device;
 3. student epoch (LeNet-5, batch 128): KD from the cache vs no KD, and vs the teacher run online;
 4. S students trained batched (one Group, vmap) vs the same S one after another.
 
@@ -203,6 +203,8 @@ def bench_dump(data, data_dir, teacher_path, device, args, tmp) -> tuple:
     )  # fmt: skip
     dump = dump_logits(config, progress=False)["images_per_s"]
     model, _ = load_model(teacher_path, device)  # eval mode, channels_last on CUDA, as in the dump
+    if config.compile and device.type == "cuda":  # the same compiled teacher: the ratio is the dump's own overhead
+        model = torch.compile(model, dynamic=False)
     autocast = torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda")  # as the dump's default --amp
     p, b = augment.params(0, 0, n), config.batch_size
     x = torch.cat([augment.normalize(augment.apply(data.train_images[i : i + b], p[i : i + b])) for i in range(0, n, b)])

@@ -39,6 +39,7 @@ class DumpConfig:
     subset: int | None = None  # use only the first N training images (smoke runs)
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"  # auto: cuda, then mps, then cpu
     amp: bool = True  # bf16 autocast on CUDA (1.4x the images/s on an H100; logits within bf16 rounding); no effect elsewhere
+    compile: bool = True  # torch.compile the teacher on CUDA (1.55x the images/s on an H100 for ~10 s of compiling); no effect elsewhere
     force: bool = False  # overwrite a finished cache, or one made with other settings
     quiet: bool = False  # no progress bar
 
@@ -63,6 +64,8 @@ def dump_logits(config: DumpConfig, progress: bool = True) -> dict:
     with cache.write_lock(config.out):  # first: a second dump is refused before it loads anything
         device = resolve_device(config.device)
         model, state = load_model(teacher_path, device)
+        if config.compile and device.type == "cuda":  # eager, batch norm and ReLU are separate passes over memory: inductor fuses them
+            model = torch.compile(model, dynamic=False)  # one static graph per batch shape: three in a dump (full, last train, last test)
         data = load_cifar10(config.data_dir, device, config.subset, config.download)
         n = len(data.train_labels)
         identity = {

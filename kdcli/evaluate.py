@@ -10,7 +10,7 @@ import torch
 from kdcli import KdcliError, augment
 from kdcli.checkpoint import load_checkpoint
 from kdcli.data import load_cifar10, resolve_device
-from kdcli.models import create_model, fold_batchnorm
+from kdcli.models import create_model
 
 
 @torch.no_grad()
@@ -39,16 +39,15 @@ def predict(model, images, amp=True, batch_size=1000) -> torch.Tensor:
 
 
 def load_model(checkpoint_path, device) -> tuple:
-    """A checkpoint -> (model for inference on `device`: eval mode, batch norm folded; checkpoint dict)."""
+    """A checkpoint -> (model in eval mode on `device`, checkpoint dict)."""
     state = load_checkpoint(checkpoint_path)
     model = create_model(state["model_name"], state.get("num_classes", 10))
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
         raise KdcliError(f"{checkpoint_path}: weights do not fit {state['model_name']} ({str(e).splitlines()[0]})") from None
-    model = fold_batchnorm(model.eval())  # inference only: 1.x faster on an H100, same logits to float rounding
     model = model.to(device, memory_format=torch.channels_last if device.type == "cuda" else torch.preserve_format)
-    return model, state
+    return model.eval(), state
 
 
 def evaluate(checkpoint_path, data_dir="data", device="auto", download=True) -> dict:

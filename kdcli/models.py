@@ -3,14 +3,12 @@
     model = create_model("resnet18")   # teacher, 11,173,962 parameters
     model = create_model("resnet8")    # a small teacher for CPU demos
     model = create_model("lenet5")     # the reference student "model 1", 62,006 parameters
-    model = fold_batchnorm(model.eval())  # for inference: each BatchNorm folded into its convolution
 
 A new architecture is one function and one `@register` line.
 """
 
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from kdcli import KdcliError
 
@@ -30,23 +28,6 @@ def create_model(name: str, num_classes: int = 10) -> nn.Module:
     if name not in MODELS:
         raise KdcliError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
     return MODELS[name](num_classes)
-
-
-def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """The model in eval mode with every BatchNorm that follows a convolution folded into it (in place).
-
-    With its statistics frozen a BatchNorm is a per-channel affine map, so conv -> BN is one conv
-    with scaled weights and a bias: the same function, one pass over the activations fewer.
-    A BatchNorm follows the convolution declared just before it (as in every model here).
-    """
-    assert not model.training, "batch norm folds only in eval mode, where its statistics are frozen"
-    for parent in list(model.modules()):
-        names = list(parent._modules)
-        for a, b in zip(names, names[1:]):
-            conv, bn = parent._modules[a], parent._modules[b]
-            if type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d:
-                parent._modules[a], parent._modules[b] = fuse_conv_bn_eval(conv, bn), nn.Identity()
-    return model
 
 
 class BasicBlock(nn.Module):

@@ -3,12 +3,17 @@
 Run on a GPU machine with `python -m pytest tests/test_cuda.py`.
 """
 
+import h5py
+import numpy as np
 import pytest
 import torch
 
+from kdcli.checkpoint import save_atomic
 from kdcli.data import load_cifar10
+from kdcli.dump import DumpConfig, dump_logits
+from kdcli.models import create_model
 from kdcli.runs import DrawnAugmentation, Run
-from kdcli.train import StudentConfig, TeacherConfig, train_runs
+from kdcli.train import StudentConfig, TeacherConfig, train_runs, train_student
 
 DEVICE = "cuda"
 pytestmark = pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -50,3 +55,35 @@ def test_cuda_graph_teacher_with_batch_norm_equals_eager(tmp_path, data_dir):
     graphed = train(tmp_path, "graph", TeacherConfig, (7,), cuda_graphs=True, **options)
     eager = train(tmp_path, "eager", TeacherConfig, (7,), cuda_graphs=False, **options)
     assert_close_weights(graphed[0], eager[0], atol=1e-2)  # bf16 autocast: cuDNN may pick other kernels
+
+
+def dump(tmp_path, data_dir, name, **options):
+    """A 2-epoch cache of an untrained ResNet8 teacher; its path."""
+    teacher = tmp_path / "teacher" / "checkpoint.pt"
+    if not teacher.exists():
+        torch.manual_seed(0)
+        teacher.parent.mkdir()
+        save_atomic({"model": create_model("resnet8").state_dict(), "model_name": "resnet8", "num_classes": 10}, teacher)
+    out = tmp_path / f"{name}.h5"
+    config = DumpConfig(teacher=str(teacher), epochs=2, dtype="float32", batch_size=48, out=str(out), data_dir=str(data_dir),
+                        download=False, device=DEVICE, quiet=True, **options)  # fmt: skip
+    dump_logits(config, progress=False)
+    return out
+
+
+def test_compiled_dump_equals_eager(tmp_path, data_dir):
+    compiled, eager = (dump(tmp_path, data_dir, name, amp=False, compile=name == "compiled") for name in ("compiled", "eager"))
+    with h5py.File(compiled) as a, h5py.File(eager) as b:
+        for key in ("logits", "clean_logits", "test_logits"):
+            np.testing.assert_allclose(a[key][()], b[key][()], atol=1e-3, err_msg=key)  # fused kernels add in another order
+
+
+def test_cuda_graph_cached_kd_student_equals_eager(tmp_path, data_dir):
+    cache = dump(tmp_path, data_dir, "c")
+    weights = []
+    for graphs in (True, False):
+        out = tmp_path / f"student-{graphs}"
+        train_student(StudentConfig(cache=str(cache), temperature=4.0, distillation_weight=0.5, epochs=2, batch_size=32, amp=False,
+                                    cuda_graphs=graphs, out=str(out), data_dir=str(data_dir), device=DEVICE, download=False), progress=False)  # fmt: skip
+        weights.append(torch.load(out / "checkpoint.pt", weights_only=True)["model"])
+    assert_close_weights(*weights, atol=1e-5)
