@@ -39,7 +39,7 @@ class DumpConfig:
     subset: int | None = None  # use only the first N training images (smoke runs)
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"  # auto: cuda, then mps, then cpu
     amp: bool = True  # bf16 autocast on CUDA (1.4x the images/s on an H100; logits within bf16 rounding); no effect elsewhere
-    compile: bool = True  # torch.compile the teacher on CUDA (1.55x the images/s on an H100 for ~10 s of compiling); no effect elsewhere
+    compile: bool = True  # torch.compile the teacher on CUDA (1.5x the images/s on an H100, for ~15 s of compiling); no effect elsewhere
     force: bool = False  # overwrite a finished cache, or one made with other settings
     quiet: bool = False  # no progress bar
 
