@@ -121,6 +121,22 @@ def errors_as_one_line():
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
+        except Exception as e:
+            if not _compile_failed(e):
+                raise
+            inner = getattr(e, "inner_exception", e)
+            typer.echo(f"error: torch.compile failed ({type(inner).__name__}: {_first_line(inner)}); run again with --no-compile", err=True)
+            raise typer.Exit(1) from None
+
+
+def _compile_failed(e: Exception) -> bool:
+    """torch.compile's own failure (e.g. no working Triton or C compiler on this machine), not a bug of kdcli's."""
+    dynamo = sys.modules.get("torch._dynamo.exc")  # imported only once something was compiled
+    return dynamo is not None and isinstance(e, dynamo.BackendCompilerFailed)
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [""])[0]
 
 
 # ---------------------------------------------------------------- commands

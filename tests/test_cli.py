@@ -190,3 +190,29 @@ def test_ctrl_c_saves_and_prints_how_to_resume(tmp_path, data_dir, monkeypatch):
     resumed = kdcli(*teacher_args(data_dir, tmp_path / "out", "--resume"))
     assert resumed.exit_code == 0, resumed.output
     assert (tmp_path / "out" / "summary.json").exists()
+
+
+def test_a_failing_torch_compile_is_one_line(tmp_path, data_dir, monkeypatch):
+    """Where torch.compile cannot work (no Triton, no C compiler), the user gets one line and the way out."""
+    import torch._dynamo.exc
+
+    class CompileFailed(torch._dynamo.exc.BackendCompilerFailed):
+        def __init__(self):  # the constructor's signature varies across torch versions: set only what kdcli reads
+            RuntimeError.__init__(self, "backend='inductor' raised:\nRuntimeError: Cannot find a working triton installation")
+            self.inner_exception = RuntimeError("Cannot find a working triton installation.\nMore information ...")
+
+    def fail(*args, **kwargs):
+        raise CompileFailed()
+
+    monkeypatch.setattr(train_module, "distillation_loss", fail)
+    result = kdcli(*teacher_args(data_dir, tmp_path / "out"))
+    assert_clean_error(result, "torch.compile failed", "Cannot find a working triton installation", "--no-compile", codes=(1,))
+
+
+def test_a_bug_is_not_dressed_as_a_user_error(tmp_path, data_dir, monkeypatch):
+    def fail(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(train_module, "distillation_loss", fail)
+    result = kdcli(*teacher_args(data_dir, tmp_path / "out"))
+    assert isinstance(result.exception, RuntimeError) and "a bug" in str(result.exception)
