@@ -18,7 +18,7 @@ def test_smoke_benchmark_writes_every_measurement(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     keys = [m["key"] for m in result["measurements"]]
-    assert keys == ["teacher", "dump", "student_vs_no_kd", "student_vs_online", "students_1", "students_2"]
+    assert keys == ["teacher", "dump", "dump_no_io", "student_vs_no_kd", "student_vs_online", "students_1", "students_2"]
     for m in result["measurements"]:
         for field in ("kdcli", "baseline", "ratio"):
             assert m[field] > 0, (m["key"], field, m[field])
