@@ -24,3 +24,15 @@ def test_smoke_benchmark_writes_every_measurement(tmp_path):
             assert m[field] > 0, (m["key"], field, m[field])
     assert result["command"] and result["device"] and result["torch"] and result["date"]
     assert "ratio" in proc.stdout and "teacher epoch ResNet18" in proc.stdout  # the table was printed
+
+
+def test_smoke_variants_print_every_section():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "variants.py"), "--smoke", "--device", "cpu"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert any(line.startswith("teacher  kdcli default") and "s/epoch" in line for line in lines), proc.stdout
+    assert sum(line.startswith("infer ") and "img/s" in line for line in lines) == 4, proc.stdout  # eager and folded, 2 batch sizes
+    assert "Self CPU" in proc.stdout  # the profile table

@@ -1,0 +1,163 @@
+"""The variants behind kdcli's speed choices, each measured beside the default in one process.
+
+    PYTHONPATH=. python3 bench/variants.py                     # all sections, on a CUDA GPU: about 2 minutes
+    PYTHONPATH=. python3 bench/variants.py infer --data-dir data
+    python bench/variants.py --smoke --device cpu              # CI: it runs; proves nothing about speed
+
+teacher  one teacher epoch (batch 128) as kdcli trains it, against: cuDNN autotuning off, eager steps
+         (no CUDA graph), NCHW instead of channels_last, and --compile;
+infer    bare teacher inference on ready views (what dump-logits pays per image): eager, with each batch
+         norm folded into its convolution, and compiled, at several batch sizes;
+profile  the GPU kernels of eager teacher steps, most time first (where a step's time goes).
+
+The README's "Tried and measured, not kept" cites these numbers. Seconds are per 50,000-image epoch,
+as in bench.py, whose helpers this uses.
+"""
+
+import argparse
+import copy
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench.py's helpers
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # kdcli from this checkout
+
+import torch
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from bench import FULL, group_epoch, timed, write_synthetic_cifar
+from kdcli import augment
+from kdcli.data import NotOfficialDataWarning, load_cifar10, resolve_device
+from kdcli.models import create_model
+from kdcli.runs import DrawnAugmentation, Run
+from kdcli.train import Group, TeacherConfig
+
+SECTIONS = ("teacher", "infer", "profile")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("sections", nargs="*", help=f"any of {', '.join(SECTIONS)} (default: all)")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes and resnet8: checks that the script runs (CI)")
+    p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
+    p.add_argument("--data-dir", help="folder holding cifar-10-batches-py/ (default: synthetic data)")
+    p.add_argument("--images", type=int, help=f"training images (default {FULL:,}; smoke 128)")
+    p.add_argument("--model", help="teacher architecture (default resnet18; smoke resnet8)")
+    p.add_argument("--batches", help="inference batch sizes (default 1024,2048,4096; smoke 32,64)")
+    p.add_argument("--repeat", type=int, default=2, help="timed epochs per measurement, after one warm-up")
+    args = p.parse_args(argv)
+    preset = dict(images=128, model="resnet8", batches="32,64") if args.smoke else dict(images=FULL, model="resnet18", batches="1024,2048,4096")
+    for k, v in preset.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if set(args.sections) - set(SECTIONS):
+        p.error(f"unknown section(s) {', '.join(sorted(set(args.sections) - set(SECTIONS)))}; choose from {', '.join(SECTIONS)}")
+    args.sections = args.sections or list(SECTIONS)
+    args.batches = [int(b) for b in args.batches.split(",")]
+    return args
+
+
+def teacher_variants(data, device, args, tmp):
+    n = len(data.train_labels)
+    cuda = device.type == "cuda"
+    variants = {  # name -> (TeacherConfig options, cuDNN autotuning, memory format)
+        "kdcli default": ({}, True, torch.channels_last),
+        "cuDNN autotuning off": ({}, False, torch.channels_last),
+        "eager steps (--no-cuda-graphs)": ({"cuda_graphs": False}, True, torch.channels_last),
+        "NCHW instead of channels_last": ({}, True, torch.contiguous_format),
+        "--compile": ({"compile": True}, True, torch.channels_last),
+    }
+    for name, (options, autotune, memory_format) in variants.items():
+        if not cuda and (options or not autotune or memory_format != torch.channels_last):
+            continue  # kdcli's CPU path has no graphs, autotuning, channels_last or compilation to vary
+        torch.backends.cudnn.benchmark = autotune and cuda
+        config = TeacherConfig(model=args.model, out=str(tmp / "teacher"), **options)
+        group = Group([Run(config, DrawnAugmentation(777, n))], data, device)
+        if cuda:
+            group.stack.to(memory_format=memory_format)
+        started = time.perf_counter()
+        seconds = timed(group_epoch(group), device, args.repeat, n)
+        print(f"teacher  {name:52s} {seconds:8.3f} s/epoch  ({time.perf_counter() - started:.0f} s with warm-up)", flush=True)
+
+
+def fold_batchnorm(model):
+    """Each BatchNorm folded into the convolution declared just before it (eval mode: its statistics are frozen)."""
+    for parent in list(model.modules()):
+        names = list(parent._modules)
+        for a, b in zip(names, names[1:]):
+            conv, bn = parent._modules[a], parent._modules[b]
+            if type(conv) is torch.nn.Conv2d and type(bn) is torch.nn.BatchNorm2d:
+                parent._modules[a], parent._modules[b] = fuse_conv_bn_eval(conv, bn), torch.nn.Identity()
+    return model
+
+
+def infer_variants(data, device, args):
+    torch.backends.cudnn.benchmark = device.type == "cuda"
+    n = len(data.train_labels) // max(args.batches) * max(args.batches)  # no ragged last batch at any size
+    p = augment.params(0, 0, n)
+    views = [augment.normalize(augment.apply(data.train_images[i : i + 1024], p[i : i + 1024])) for i in range(0, n, 1024)]
+    x = torch.cat(views)  # the views of a dump epoch, ready on the device
+    torch.manual_seed(0)
+    plain = create_model(args.model).to(device, memory_format=torch.channels_last if device.type == "cuda" else torch.preserve_format).eval()
+    for bn in (m for m in plain.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        bn.running_var.uniform_(0.5, 2.0)  # statistics of a trained net, so that folding has something to fold
+    models = {"eager": plain, "batch norm folded": fold_batchnorm(copy.deepcopy(plain)), "compiled": torch.compile(plain, dynamic=False)}
+    autocast = torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda")
+    for b in args.batches:
+        for name, model in models.items():
+
+            @torch.inference_mode()
+            def infer():
+                for i in range(0, n, b):
+                    with autocast:
+                        model(x[i : i + b])
+
+            if name == "compiled" and device.type != "cuda":
+                continue  # kdcli compiles on CUDA only
+            print(f"infer    {name:20s} batch {b:5d} {FULL / timed(infer, device, args.repeat, n):12,.0f} img/s", flush=True)
+
+
+def profile(data, device, args, tmp):
+    torch.backends.cudnn.benchmark = device.type == "cuda"
+    group = Group([Run(TeacherConfig(model=args.model, out=str(tmp / "profile"), cuda_graphs=False), DrawnAugmentation(777, len(data.train_labels)))], data, device)
+    aug, soft, order = group.epoch_inputs()
+    group.stack.train()
+    batch = group.config.batch_size
+
+    def steps(count):
+        for _ in range(count):
+            group.train_step(order[:, :batch], aug, soft)  # one batch again and again: every step costs the same
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    steps(3)  # allocator, autotuning
+    activity = torch.profiler.ProfilerActivity.CUDA if device.type == "cuda" else torch.profiler.ProfilerActivity.CPU
+    with torch.profiler.profile(activities=[activity]) as prof:
+        steps(10)
+    key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=20, max_name_column_width=70), flush=True)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    warnings.filterwarnings("ignore", category=NotOfficialDataWarning)
+    warnings.filterwarnings("ignore", message=".*lr-milestones.*")  # the variants train a few epochs of a 300-epoch schedule
+    with tempfile.TemporaryDirectory(prefix="kdcli-variants-") as tmp:
+        tmp = Path(tmp)
+        data_dir = Path(args.data_dir) if args.data_dir else write_synthetic_cifar(tmp / "data", args.images, 16)
+        data = load_cifar10(data_dir, device, subset=args.images, download=False)
+        print(f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'} | torch {torch.__version__} | {len(data.train_labels):,} images | {args.model}")
+        if "teacher" in args.sections:
+            teacher_variants(data, device, args, tmp)
+        if "infer" in args.sections:
+            infer_variants(data, device, args)
+        if "profile" in args.sections:
+            profile(data, device, args, tmp)
+
+
+if __name__ == "__main__":
+    main()
