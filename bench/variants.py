@@ -1,6 +1,6 @@
 """The variants behind kdcli's speed choices, each measured beside the default in one process.
 
-    PYTHONPATH=. python3 bench/variants.py                     # all sections, on a CUDA GPU: about 2 minutes
+    PYTHONPATH=. python3 bench/variants.py                     # all sections, on a CUDA GPU: a few minutes (compiling included)
     PYTHONPATH=. python3 bench/variants.py infer --data-dir data
     python bench/variants.py --smoke --device cpu              # CI: it runs; proves nothing about speed
 
