@@ -27,8 +27,8 @@ def soft_targets(teacher, temperature) -> SoftTargets:
     The teacher's side of the KL does not depend on the student: a cached epoch's targets are
     computed once for all its steps, so a KD step costs the student's side only.
     """
-    t = _per_student(temperature, teacher)
-    log_p = F.log_softmax(teacher.float() / t, dim=-1)
+    T = _temperatures(temperature, teacher)
+    log_p = F.log_softmax(teacher.float() / T[..., None, None], dim=-1)
     probs = log_p.exp()
     return SoftTargets(probs, (probs * log_p).sum(-1))
 
@@ -43,12 +43,12 @@ def distillation_loss(student, labels, targets=None, temperature=1.0, distillati
     hard = hard.view(labels.shape).mean(-1)  # [...]
     if targets is None:
         return hard_weight * hard
-    log_q = F.log_softmax(student.float() / _per_student(temperature, student), dim=-1)
+    T = _temperatures(temperature, student)
+    log_q = F.log_softmax(student.float() / T[..., None, None], dim=-1)
     kl = (targets.p_log_p - (targets.probs * log_q).sum(-1)).mean(-1)  # [...]
-    T = torch.as_tensor(temperature, dtype=torch.float32, device=student.device)
     return hard_weight * hard + distillation_weight * T**2 * kl
 
 
-def _per_student(temperature, logits):
-    """A temperature per leading index, broadcast over [B, C]."""
-    return torch.as_tensor(temperature, dtype=torch.float32, device=logits.device)[..., None, None]
+def _temperatures(temperature, logits):
+    """A number, or one temperature per leading index, as float32 on the logits' device."""
+    return torch.as_tensor(temperature, dtype=torch.float32, device=logits.device)
