@@ -126,11 +126,11 @@ def write_synthetic_cifar(root: Path, n: int, n_test: int) -> Path:
     return root
 
 
-def save_teacher(path: Path) -> Path:
-    """An untrained ResNet18 checkpoint: speed does not depend on the weights."""
+def save_teacher(path: Path, model="resnet18") -> Path:
+    """An untrained teacher checkpoint: speed does not depend on the weights."""
     torch.manual_seed(0)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_atomic({"model": create_model("resnet18").state_dict(), "model_name": "resnet18", "num_classes": 10}, path)
+    save_atomic({"model": create_model(model).state_dict(), "model_name": model, "num_classes": 10}, path)
     return path
 
 

@@ -5,11 +5,14 @@
 Epoch e's views are built on the device from augment.params(seed, e, N), the
 parameters the cache stores beside the logits, so a student rebuilds exactly the
 view each logit belongs to ("consistent teaching", design.md). The cache is
-filled one epoch at a time; a dump stopped at any moment resumes where it
-stopped (cache.py says why a kill cannot damage the file).
+filled one epoch at a time, in order, by a disk thread: epoch e is written and
+fsynced while the teacher labels epoch e+1, so the GPU never waits for the disk.
+A dump stopped at any moment resumes where it stopped (cache.py says why a kill
+cannot damage the file); Ctrl-C first lets the epoch being written finish.
 """
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -83,17 +86,24 @@ def dump_logits(config: DumpConfig, progress: bool = True) -> dict:
             attrs = {**identity, "teacher_model": state["model_name"], "teacher_test_accuracy": accuracy, "config": asdict(config)}
             labels = data.train_labels.cpu().numpy()
             cache.create(config.out, attrs, labels, clean.cpu().numpy().astype(storage), test, config.epochs)
-        with cache.CacheWriter(config.out) as writer:
+        # Leaving the block waits for the disk thread (its epoch is finished, even on Ctrl-C), then closes the file.
+        with cache.CacheWriter(config.out) as writer, ThreadPoolExecutor(1, thread_name_prefix="kdcli-disk") as disk:
             start = writer.epochs_complete
             bar = tqdm(total=n * (config.epochs - start), unit="img", unit_scale=True, desc="dump-logits",
                        disable=not progress or config.quiet, dynamic_ncols=True)  # fmt: skip
             t0 = time.perf_counter()
             with bar:
+                written = None  # the previous epoch's write, running on the disk thread
                 for e in range(start, config.epochs):
                     aug = augment.params(config.seed, e, n)  # [N, 3] int8, drawn on the CPU like every kdcli draw
                     logits = teacher_logits(model, data.train_images, aug, config.amp, config.batch_size)  # [N, C]
-                    writer.write_epoch(e, aug.numpy(), logits.cpu().numpy().astype(storage))
+                    logits = logits.cpu().numpy().astype(storage)
+                    if written is not None:
+                        written.result()  # one epoch waits in memory at most; a write error is raised here
+                    written = disk.submit(writer.write_epoch, e, aug.numpy(), logits)
                     bar.update(n)
+                if written is not None:
+                    written.result()
             seconds = time.perf_counter() - t0
             accuracy = writer.attrs["teacher_test_accuracy"]
     written = config.epochs - start

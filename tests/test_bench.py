@@ -35,4 +35,5 @@ def test_smoke_variants_print_every_section():
     lines = proc.stdout.splitlines()
     assert any(line.startswith("teacher  kdcli default") and "s/epoch" in line for line in lines), proc.stdout
     assert sum(line.startswith("infer ") and "img/s" in line for line in lines) == 4, proc.stdout  # eager and folded, 2 batch sizes
+    assert sum(line.startswith("dump ") and "img/s" in line for line in lines) == 6, proc.stdout  # 2 batch sizes, 4 variants
     assert "Self CPU" in proc.stdout  # the profile table

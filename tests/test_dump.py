@@ -2,6 +2,7 @@
 the teacher on the views rebuilt from the cached parameters, and a dump killed with SIGKILL resumes
 to the very arrays of a dump never stopped."""
 
+import errno
 import json
 import os
 import signal
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdcli import KdcliError, augment, cache
+from kdcli import KdcliError, augment, cache, dump
 from kdcli.checkpoint import sha256_file
 from kdcli.data import load_cifar10
 from kdcli.dump import DumpConfig, dump_logits
@@ -145,6 +146,49 @@ def test_unwritable_out_is_one_clear_error(tmp_path, teacher, data_dir):
 def test_bad_options_refused(tmp_path, teacher, data_dir, option):
     with pytest.raises(KdcliError, match="must be at least 1"):
         config(tmp_path, teacher, data_dir, **{option: 0})
+
+
+def test_ctrl_c_keeps_every_epoch_labelled_before_it(tmp_path, reference, teacher, data_dir, monkeypatch):
+    """Ctrl-C while the teacher labels epoch 2 (epoch 1 still being fsynced on the disk thread): the dump
+    stops only once epoch 1 is on disk, and a resumed dump gives the cache of one never stopped."""
+    cfg = config(tmp_path, teacher, data_dir)
+    label, epochs_labelled = dump.teacher_logits, []
+
+    def interrupted_at_epoch_2(model, images, aug, *args):
+        if aug is not None:  # (None: the un-augmented train and test sets, labelled first)
+            if len(epochs_labelled) == 2:
+                raise KeyboardInterrupt
+            epochs_labelled.append(aug)
+        return label(model, images, aug, *args)
+
+    fsync = os.fsync
+    monkeypatch.setattr(dump, "teacher_logits", lambda *args: interrupted_at_epoch_2(*args))
+    monkeypatch.setattr(os, "fsync", lambda fd: (time.sleep(0.2), fsync(fd)))  # the write of epoch 1 is still going on
+    with pytest.raises(KeyboardInterrupt):
+        dump_logits(cfg, progress=False)
+    assert cache.cache_info(cfg.out)["epochs_complete"] == 2
+    monkeypatch.undo()
+    assert dump_logits(cfg, progress=False)["resumed_from"] == 2
+    assert_same_cache(cfg.out, reference[0])
+
+
+def test_disk_full_mid_dump_is_one_clear_error_and_resumes(tmp_path, reference, teacher, data_dir, monkeypatch):
+    """The disk thread's error reaches the caller as one line; the epochs before it stay usable."""
+    cfg = config(tmp_path, teacher, data_dir)
+    sync = cache.CacheWriter._sync
+
+    def full_at_epoch_2(writer):
+        if writer.epochs_complete == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        sync(writer)
+
+    monkeypatch.setattr(cache.CacheWriter, "_sync", full_at_epoch_2)
+    with pytest.raises(KdcliError, match=r"cannot write .*c\.h5: .*No space left on device"):
+        dump_logits(cfg, progress=False)
+    assert cache.cache_info(cfg.out)["epochs_complete"] == 2
+    monkeypatch.undo()
+    assert dump_logits(cfg, progress=False)["resumed_from"] == 2
+    assert_same_cache(cfg.out, reference[0])
 
 
 # Runs a dump whose every fsync takes 0.3 s longer, so that the test can kill it between two epochs
