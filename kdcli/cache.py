@@ -36,7 +36,7 @@ later open until `h5clear` is run.
 import fcntl
 import json
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -88,7 +88,10 @@ def write_lock(path):
 
 def resume_point(path, identity: dict, force: bool) -> int | None:
     """Where a dump into `path` starts: None for a new file, k to go on after k complete epochs.
-    `identity` holds the attributes that must match to resume (teacher, data, seed, epochs, dtype)."""
+    `identity` holds the attributes that must match to resume (teacher, data, seed, epochs, dtype and the
+    teacher's precision: a resumed dump must not mix bf16 epochs with float32 ones)."""
+    if Path(path).is_dir():  # before --force: overwriting cannot help
+        raise KdcliError(f"cannot write {path}: it is a folder; pass --out a file path such as {Path(path) / 'logits.h5'}")
     if force or not Path(path).exists():
         return None
     try:
@@ -131,10 +134,17 @@ def create(path, attrs: dict, labels: np.ndarray, clean_logits: np.ndarray, test
                 os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
-        if tmp.exists():  # (not unlink(missing_ok=True): it raises when the folder is a file)
-            tmp.unlink()
-        raise KdcliError(f"cannot write {path}: {e.strerror or e}") from None
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)  # the rename on disk too: the epochs about to be fsynced into the file stay reachable after a power cut
+        finally:
+            os.close(folder)
+    except BaseException as e:  # whatever stopped it (a full disk, Ctrl-C), leave no temporary file of the cache's size
+        with suppress(OSError):  # e.g. NotADirectoryError when the folder is a file
+            tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise KdcliError(f"cannot write {path}: {e.strerror or e}") from None
+        raise
 
 
 def _allocated_now():
@@ -283,8 +293,10 @@ def _open(path) -> h5py.File:
     HDF5's file lock is off (locking=False): the metadata never changes after creation, so a reader
     can safely open a cache a dump is still filling, and write_lock keeps writers apart."""
     path = Path(path)
+    if path.is_dir():
+        raise KdcliError(f"{path} is a folder; a cache is an .h5 file written by `kdcli dump-logits`")
     if not path.is_file():
-        raise KdcliError(f"no cache at {path}: run `kdcli dump-logits` first, or pass --cache")
+        raise KdcliError(f"no cache at {path}: run `kdcli dump-logits` first (its --out is the file to read)")
     try:
         f = h5py.File(path, "r", locking=False)
     except OSError as e:

@@ -220,7 +220,9 @@ def cache_info(
     path: str = typer.Argument("cache/logits.h5", help="an HDF5 logit cache written by dump-logits"),
     verify: int = typer.Option(0, min=0, help="recompute the teacher on this many random cached entries and compare"),
     teacher: str = typer.Option("runs/teacher", help="teacher run folder or checkpoint, for --verify"),
+    data_dir: str = typer.Option("data", help="folder holding cifar-10-batches-py/, for --verify: the images the cache was made on"),
     device: Literal["auto", "cuda", "mps", "cpu"] = typer.Option("auto", help="auto: cuda, then mps, then cpu"),
+    download: bool = typer.Option(True, "--download/--no-download", help="fetch CIFAR-10 when it is missing"),
 ):
     """Print a cache's metadata, shapes and size; with --verify, check its logits against the teacher."""
     from kdcli.cache import cache_info as read_info
@@ -235,7 +237,7 @@ def cache_info(
         for key, value in sorted(info["attrs"].items()):
             typer.echo(f"  {key:<22} {value}")
         if verify:
-            diff = verify_cache(path, teacher, verify, device)
+            diff = verify_cache(path, teacher, verify, device, data_dir, download)
             typer.echo(f"{'verify':<24} largest |logit difference| over {verify} entries: {diff:.3g}")
 
 

@@ -115,18 +115,30 @@ def _read_batches(paths):
                 batch = pickle.load(f, encoding="bytes")
             # The official pickles have bytes keys; re-written ones may have str keys.
             batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
-            pixels = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-            batch_labels = np.asarray(batch["labels"], dtype=np.int64)
+            pixels, batch_labels = np.asarray(batch["data"]), np.asarray(batch["labels"])
         except Exception as e:  # truncated, corrupt, or not a CIFAR batch at all
             raise KdcliError(
                 f"cannot read {path} ({type(e).__name__}: {e}): the file is corrupt or truncated; "
                 "delete it and run again to re-download"
             ) from None
-        if len(pixels) != len(batch_labels):
-            raise KdcliError(f"{path}: {len(pixels)} images but {len(batch_labels)} labels; the file is corrupt")
-        images.append(torch.from_numpy(pixels.copy()))
-        labels.append(torch.from_numpy(batch_labels))
+        _check_batch(path, pixels, batch_labels)
+        images.append(torch.from_numpy(pixels.reshape(-1, 3, 32, 32).copy()))
+        labels.append(torch.from_numpy(batch_labels.astype(np.int64)))
     return torch.cat(images), torch.cat(labels)
+
+
+def _check_batch(path, pixels: np.ndarray, labels: np.ndarray):
+    """The official layout, or one clear error: a re-encoded file in another layout (HWC images, floats
+    in [0, 1], 1-based labels) would otherwise load as scrambled images or wrong classes, silently."""
+    if pixels.dtype != np.uint8 or pixels.ndim != 2 or pixels.shape[1] != 3 * 32 * 32:
+        raise KdcliError(
+            f"{path}: 'data' is {pixels.dtype} {list(pixels.shape)}; a CIFAR-10 batch holds uint8 [N, 3072] "
+            "(each row the red, green, then blue 32x32 plane)"
+        )
+    if labels.ndim != 1 or len(labels) != len(pixels):
+        raise KdcliError(f"{path}: {len(pixels)} images but labels of shape {list(labels.shape)}; the file is corrupt")
+    if not np.issubdtype(labels.dtype, np.integer) or labels.min(initial=0) < 0 or labels.max(initial=0) >= len(CLASSES):
+        raise KdcliError(f"{path}: labels must be integers 0..{len(CLASSES) - 1}, found {labels.dtype} from {labels.min()} to {labels.max()}")
 
 
 def _md5(path: Path) -> str:

@@ -74,6 +74,7 @@ def dump_logits(config: DumpConfig, progress: bool = True) -> dict:
         identity = {
             "teacher_sha256": sha256_file(teacher_path), "train_fingerprint": data.fingerprint,
             "seed": config.seed, "epochs": config.epochs, "dtype": config.dtype,
+            "teacher_precision": "bfloat16" if config.amp and device.type == "cuda" else "float32",  # as predict runs it
         }  # fmt: skip
         if cache.resume_point(config.out, identity, config.force) is None:
             clean = teacher_logits(model, data.train_images, None, config.amp, config.batch_size)  # [N, C]

@@ -55,7 +55,7 @@ def evaluate(checkpoint_path, data_dir="data", device="auto", download=True) -> 
     dev = resolve_device(device)
     model, state = load_model(checkpoint_path, dev)
     data = load_cifar10(data_dir, dev, download=download)
-    pred = predict(model, data.test_images).argmax(1)
+    pred = predict(model, data.test_images, amp=state.get("config", {}).get("amp", True)).argmax(1)  # as the run evaluated itself
     per_class = [
         round(100 * float((pred[data.test_labels == c] == c).float().mean()), 2) for c in range(data.num_classes)
     ]

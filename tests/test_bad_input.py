@@ -29,6 +29,8 @@ from typer.testing import CliRunner
 from kdcli.cli import app
 from kdcli.models import create_model
 
+from conftest import write_cifar_folder
+
 CPU = ["--device", "cpu", "--no-download", "--quiet"]
 
 
@@ -324,3 +326,27 @@ def test_cache_info_on_a_non_hdf5_file(tmp_path):
     (tmp_path / "notes.h5").write_text("not an HDF5 file\n")
     assert_refused(kdcli("cache-info", tmp_path / "notes.h5"), "not a readable HDF5 file", codes=(1,))
     assert (tmp_path / "notes.h5").read_text() == "not an HDF5 file\n"
+
+
+def test_cache_info_verifies_against_the_teacher_on_the_given_data(tmp_path, data_dir, teacher, cache):
+    result = kdcli("cache-info", cache, "--verify", 16, "--teacher", teacher, "--data-dir", data_dir, "--device", "cpu", "--no-download")
+    assert result.exit_code == 0, result.output
+    difference = float(result.stdout.splitlines()[-1].rsplit(" ", 1)[1])
+    assert result.stdout.splitlines()[-1].startswith("verify") and difference < 1e-4  # float32 cache, same computation
+
+
+def test_cache_info_verify_on_other_images_is_refused(tmp_path, teacher, cache):
+    other = write_cifar_folder(tmp_path / "other", seed=1)
+    result = kdcli("cache-info", cache, "--verify", 16, "--teacher", teacher, "--data-dir", other, "--device", "cpu", "--no-download")
+    assert_refused(result, "made on other training images than those in", codes=(1,))
+
+
+def test_cache_info_on_a_folder(tmp_path):
+    assert_refused(kdcli("cache-info", tmp_path), "is a folder", codes=(1,))
+
+
+def test_dump_into_a_folder_says_so_even_with_force(tmp_path, data_dir, teacher):
+    (tmp_path / "out").mkdir()
+    for extra in ([], ["--force"]):
+        assert_refused(kdcli(*dump_args(data_dir, teacher, tmp_path / "out", *extra)), "it is a folder", "logits.h5", codes=(1,))
+    assert list((tmp_path / "out").iterdir()) == []

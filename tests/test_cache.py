@@ -113,7 +113,7 @@ def test_other_augmentation_refused(tmp_path):
 
 
 def test_missing_file_refused(tmp_path):
-    with pytest.raises(KdcliError, match=r"no cache at .*nope.h5: run `kdcli dump-logits` first, or pass --cache"):
+    with pytest.raises(KdcliError, match=r"no cache at .*nope.h5: run `kdcli dump-logits` first"):
         cache.open_cache(tmp_path / "nope.h5")
 
 
@@ -190,6 +190,22 @@ def test_create_replaces_atomically(tmp_path):
     make_cache(path, complete=1)
     assert cache.cache_info(path)["epochs_complete"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.h5"]
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, OSError(28, "No space left on device")], ids=["ctrl-c", "disk full"])
+def test_create_stopped_leaves_the_old_cache_and_no_temporary_file(tmp_path, monkeypatch, stop):
+    """Stopped while allocating (Ctrl-C, a full disk): the old cache is untouched and no hidden
+    temporary file of the new cache's size is left behind."""
+    path = make_cache(tmp_path / "c.h5", complete=1)
+    before = path.read_bytes()
+
+    def allocate(*args):
+        raise stop
+
+    monkeypatch.setattr(cache.os, "posix_fallocate", allocate, raising=False)
+    with pytest.raises(KeyboardInterrupt if stop is KeyboardInterrupt else KdcliError):
+        make_cache(path)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["c.h5"]
 
 
 def test_file_left_by_a_killed_writer_opens(tmp_path):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from kdcli import KdcliError
 from kdcli.checkpoint import save_atomic
 from kdcli.data import load_cifar10
 from kdcli.dump import DumpConfig, dump_logits
@@ -87,3 +88,12 @@ def test_cuda_graph_cached_kd_student_equals_eager(tmp_path, data_dir):
                                     cuda_graphs=graphs, out=str(out), data_dir=str(data_dir), device=DEVICE, download=False), progress=False)  # fmt: skip
         weights.append(torch.load(out / "checkpoint.pt", weights_only=True)["model"])
     assert_close_weights(*weights, atol=1e-5)
+
+
+def test_resume_refuses_another_precision(tmp_path, data_dir):
+    """A bf16 dump resumed without --amp would mix bf16 and float32 epochs in one cache: refused."""
+    out = dump(tmp_path, data_dir, "bf16", amp=True)
+    with h5py.File(out, "r+") as f:
+        f["epochs_complete"][()] = 1  # as a dump stopped after its first epoch leaves it
+    with pytest.raises(KdcliError, match=r"teacher_precision bfloat16 \(now float32\)"):
+        dump(tmp_path, data_dir, "bf16", amp=False)

@@ -125,6 +125,31 @@ def test_corrupt_batch_file(data_dir, tmp_path, damage):
     assert "data_batch_3" in message and "\n" not in message
 
 
+def rewrite(path, **changes):
+    with open(path, "rb") as f:
+        batch = pickle.load(f)
+    batch.update({k.encode(): v(batch[k.encode()]) for k, v in changes.items()})
+    path.write_bytes(pickle.dumps(batch))
+
+
+@pytest.mark.parametrize(
+    "changes, expected",
+    [
+        ({"data": lambda d: d.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)}, r"'data' is uint8 \[40, 32, 32, 3\]; a CIFAR-10 batch holds uint8 \[N, 3072\]"),
+        ({"data": lambda d: d / 255}, r"'data' is float64 \[40, 3072\]"),
+        ({"labels": lambda y: [label + 1 for label in y]}, r"labels must be integers 0..9, found int64 from 1 to 10"),
+        ({"labels": lambda y: [float(label) for label in y]}, r"labels must be integers 0..9, found float64"),
+    ],
+    ids=["hwc images", "float images", "1-based labels", "float labels"],
+)
+def test_other_layouts_refused_naming_the_file(data_dir, tmp_path, changes, expected):
+    """A re-encoded copy in another layout would load as scrambled images or shifted classes: refused."""
+    folder = copy_folder(data_dir, tmp_path)
+    rewrite(folder / BATCH_FOLDER / "data_batch_2", **changes)
+    with pytest.raises(KdcliError, match=rf"data_batch_2: {expected}"):
+        load_cifar10(folder, download=False)
+
+
 def test_not_official_data_warns_naming_the_files(data_dir):
     with pytest.warns(NotOfficialDataWarning) as caught:
         load_cifar10(data_dir, download=False)

@@ -95,6 +95,7 @@ def test_metadata_and_summary(reference, teacher, data_dir):
     assert a["teacher_model"] == "lenet5" and a["teacher_sha256"] == sha256_file(teacher / "checkpoint.pt")
     assert a["train_fingerprint"] == data.fingerprint and a["num_images"] == 200 and a["num_classes"] == 10
     assert (a["seed"], a["epochs"], a["dtype"], a["format_version"]) == (0, E, "float32", cache.FORMAT_VERSION)
+    assert a["teacher_precision"] == "float32"  # on a CPU: no autocast (test_cuda.py checks the bf16 side)
     assert (a["augment_pad"], a["augment_crop"], a["augment_fill"], a["augment_flip"]) == (4, 32, 0, 0.5)
     assert a["augment_std"] == list(augment.STD) and a["config"]["batch_size"] == 64
     datetime.fromisoformat(a["created"])
