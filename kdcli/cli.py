@@ -112,7 +112,8 @@ def errors_as_one_line():
         try:
             yield
         except TrainingInterrupted as e:
-            command = shlex.join(["kdcli", *sys.argv[1:]] + ([] if "--resume" in sys.argv else ["--resume"]))
+            kept = [arg for arg in sys.argv[1:] if arg != "--force"]  # --force would delete the checkpoint just saved
+            command = shlex.join(["kdcli", *kept] + ([] if "--resume" in kept else ["--resume"]))
             typer.echo(f"{e}\nresume with: {command}", err=True)
             raise typer.Exit(130) from None
         except KdcliError as e:

@@ -64,7 +64,7 @@ class Run:
         return getattr(self.config, "hard_weight", 1.0)
 
 
-RESUME_IGNORES = {"resume", "force", "quiet", "device", "out", "eval_every", "save_every", "compile", "cuda_graphs", "cache", "data_dir"}
+RESUME_IGNORES = {"resume", "force", "quiet", "device", "out", "eval_every", "save_every", "compile", "cuda_graphs", "cache", "data_dir", "download"}
 
 
 def prepare_run_dir(config):
@@ -94,6 +94,10 @@ def prepare_run_dir(config):
     if not (config.resume and ckpt.exists()):
         return None
     state = load_checkpoint(ckpt)
+    missing = [key for key in ("optimizer", "epoch", "step", "partial", "config") if key not in state]
+    if missing or state["model_name"] != config.model:
+        what = f"it lacks {', '.join(missing)}" if missing else f"it holds a {state['model_name']}, not a {config.model}"
+        raise KdcliError(f"{ckpt} is not a checkpoint of this run to resume ({what}): pass --force to start over, or another --out")
     check_same_options(config, state, out)
     return state
 
@@ -112,14 +116,23 @@ def check_same_options(config, state, out):
 CACHE_IDENTITY = ("cache_teacher_sha256", "cache_seed", "cache_epochs")  # what a resumed student's cache must still be
 
 
-def check_same_cache(run):
-    """A resumed student must read the cache it started with, or its run mixes two teachers (or two sets of views)."""
+def check_same_inputs(run):
+    """A resumed run must train on the images, and read the cache, it started with: otherwise it mixes
+    two datasets, or two teachers (or two sets of views), in one run."""
     recorded = run.dir / "config.json"
     was = json.loads(recorded.read_text()) if recorded.exists() else {}
-    changed = [f"{k[6:]} {str(was[k])[:8]} (now {str(run.extra[k])[:8]})" for k in CACHE_IDENTITY if k in was and k in run.extra and was[k] != run.extra[k]]
-    if changed:
+
+    def changed(keys):
+        return [f"{k.removeprefix('cache_')} {str(was[k])[:8]} (now {str(run.extra[k])[:8]})" for k in keys if k in was and k in run.extra and was[k] != run.extra[k]]
+
+    if images := changed(["train_fingerprint"]):
         raise KdcliError(
-            f"--resume of {run.dir}: {run.config.cache} is not the cache it started with ({', '.join(changed)}); "
+            f"--resume of {run.dir}: these are not the training images it started on ({images[0]}); "
+            "pass its --data-dir and --subset, or --force to start over"
+        )
+    if teacher := changed(CACHE_IDENTITY):
+        raise KdcliError(
+            f"--resume of {run.dir}: {run.config.cache} is not the cache it started with ({', '.join(teacher)}); "
             "pass that cache, or --force to start over"
         )
 

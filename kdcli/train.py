@@ -13,7 +13,8 @@ of S small ones that leave a GPU idle between kernel launches.
 
 Every random draw is derived from (seed, epoch) (augment.epoch_generator), so a
 run needs no RNG state to resume: an interrupted run ends with the same weights
-as one never stopped.
+as one never stopped (bit for bit on a CPU; on a GPU up to the run-to-run noise
+of cuDNN's kernels, which add in no fixed order).
 """
 
 import json
@@ -34,7 +35,7 @@ from kdcli.data import load_cifar10, resolve_device
 from kdcli.evaluate import evaluate_stack
 from kdcli.losses import SoftTargets, distillation_loss, soft_targets
 from kdcli.models import MODELS, create_model
-from kdcli.runs import CachedTargets, DrawnAugmentation, Run, check_same_cache, flag, git_commit, plain, prepare_run_dir, truncate_metrics, write_json
+from kdcli.runs import CachedTargets, DrawnAugmentation, Run, check_same_inputs, flag, git_commit, plain, prepare_run_dir, truncate_metrics, write_json
 from kdcli.stack import GraphedStep, ModelStack, split_optimizer_state, stack_optimizer_states
 
 
@@ -86,6 +87,10 @@ class TrainOptions:
             raise ConfigError("--lr", f"must be > 0, got {self.lr}")
         if not (self.weight_decay >= 0 and self.momentum >= 0):
             raise ConfigError("--weight-decay/--momentum", "must be >= 0")
+        if self.nesterov and not self.momentum > 0:
+            raise ConfigError("--nesterov", "needs --momentum > 0")
+        if not 0 < self.lr_gamma < math.inf:
+            raise ConfigError("--lr-gamma", f"must be a number > 0, got {self.lr_gamma}")
         late = [m for m in self.lr_milestones if m >= self.epochs]
         if self.scheduler == "multistep" and late:
             warnings.warn(f"--lr-milestones {late} are at or beyond --epochs {self.epochs}: they never apply", stacklevel=3)
@@ -111,6 +116,8 @@ class DistillOptions:
         for name in ("distillation_weight", "hard_weight"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(flag(name), f"must be >= 0, got {getattr(self, name)}")
+        if self.distillation_weight == self.hard_weight == 0:
+            raise ConfigError("--distillation-weight/--hard-weight", "both are 0: the loss would be 0 and nothing would train")
 
 
 @dataclass
@@ -181,12 +188,12 @@ def train_runs(runs: list, data, device: torch.device, teacher: nn.Module | None
     """
     states = [prepare_run_dir(r.config) for r in runs]
     for r, state in zip(runs, states):
-        if isinstance(state, dict):  # resumed: the same soft targets as before
-            check_same_cache(r)
+        if isinstance(state, dict):  # resumed: the same images and soft targets as before
+            check_same_inputs(r)
     if all(s == "done" for s in states):
         return [json.loads((r.dir / "summary.json").read_text()) for r in runs]
-    if any(s == "done" for s in states) or len({(s or {}).get("epoch", 0) for s in states}) > 1:
-        raise KdcliError("runs trained together must all be at the same epoch; train them separately")
+    if any(s == "done" for s in states) or len({((s or {}).get("epoch", 0), (s or {}).get("step", 0)) for s in states}) > 1:
+        raise KdcliError("runs trained together must all be at the same epoch and step; train them separately")
     group = Group(runs, data, device, teacher)
     if states[0] is None:
         group.start_folders()
@@ -246,11 +253,16 @@ class Group:
     def load(self, states):
         for s, state in enumerate(states):
             self.stack.load_member_state(s, state["model"])
+        made_here = [dict(group) for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(stack_optimizer_states([st["optimizer"] for st in states]))
-        if self.device.type == "cuda":
-            for group in self.optimizer.param_groups:
-                group["lr"] = self.lr  # loading replaced the shared lr tensor with a copy
-        self.epoch, self.step, self.partial = states[0]["epoch"], states[0]["step"], states[0]["partial"]
+        for group, fresh in zip(self.optimizer.param_groups, made_here):
+            # Loading replaced the shared lr tensor with a copy, and the kernel choice with the saving device's
+            # (a CPU checkpoint would turn fused SGD into a per-step .item() that CUDA graphs cannot capture).
+            group.update({k: fresh[k] for k in ("lr", "fused", "foreach", "capturable", "differentiable") if k in fresh})
+        self.epoch, self.step = states[0]["epoch"], states[0]["step"]
+        if states[0]["partial"] is not None:  # mid-epoch: each checkpoint holds its own run's column of the sums so far
+            columns = {key: torch.stack([st["partial"][key] for st in states], 1) for key in ("losses", "correct")}
+            self.partial = {**columns, "seconds": states[0]["partial"]["seconds"]}
         self.test_accuracy = [st["test_accuracy"] for st in states]
         for r in self.runs:  # epochs logged after the checkpoint will be trained again
             truncate_metrics(r.dir / "metrics.jsonl", self.epoch)
@@ -287,6 +299,7 @@ class Group:
                 loss, hits = self.train_step(idx, aug, soft)
             losses[i], correct[i] = loss, hits  # kept on the device: no host sync inside the step
             if stop.requested:
+                self.check_finite(losses[: i + 1])  # a checkpoint of non-finite weights would replace the last good one
                 self.step = i + 1
                 self.partial = {"losses": losses.cpu(), "correct": correct.cpu(), "seconds": self.partial["seconds"] + time.perf_counter() - t0}
                 self.save_all()
@@ -326,14 +339,7 @@ class Group:
     def end_epoch(self, seconds: float):
         """Check the losses, evaluate, log and checkpoint the epoch just trained."""
         losses, correct = self.partial["losses"], self.partial["correct"]
-        finite = torch.isfinite(losses).all(1)  # one host sync per epoch, here
-        if not bool(finite.all()):
-            step = int((~finite).nonzero()[0]) + 1
-            bad = [str(r.dir) for r, ok in zip(self.runs, torch.isfinite(losses).all(0).tolist()) if not ok]
-            raise KdcliError(
-                f"loss is not finite at epoch {self.epoch + 1}, step {step} ({', '.join(bad)}): lower --lr "
-                f"(now {self.config.lr}); the last good checkpoint is kept"
-            )
+        self.check_finite(losses)  # one host sync per epoch, here
         self.epoch, self.step, self.partial = self.epoch + 1, 0, None
         self.train_loss = (losses.sum(0) / self.steps).tolist()
         self.train_accuracy = (100 * correct.sum(0) / self.num_images).tolist()
@@ -356,6 +362,17 @@ class Group:
         if last or self.epoch % self.config.save_every == 0:
             self.save_all()
 
+    def check_finite(self, losses):
+        """losses [steps so far, S]: all finite, or the error naming the first bad step and its runs."""
+        finite = torch.isfinite(losses).all(1)
+        if not bool(finite.all()):
+            step = int((~finite).nonzero()[0]) + 1
+            bad = [str(r.dir) for r, ok in zip(self.runs, torch.isfinite(losses).all(0).tolist()) if not ok]
+            raise KdcliError(
+                f"loss is not finite at epoch {self.epoch + 1}, step {step} ({', '.join(bad)}): lower --lr "
+                f"(now {self.config.lr}) and start over with --force; the last good checkpoint is kept"
+            )
+
     def save_all(self):
         optimizer_state = self.optimizer.state_dict()
         for group in optimizer_state["param_groups"]:
@@ -370,13 +387,20 @@ class Group:
                     "optimizer": split_optimizer_state(optimizer_state, self.size, s),
                     "epoch": self.epoch,  # epochs complete
                     "step": self.step,  # steps done into the next epoch (non-zero only after Ctrl-C)
-                    "partial": self.partial,  # that epoch's per-step losses and hits so far
+                    "partial": self._own_column(s),  # that epoch's per-step losses and hits so far
                     "config": {k: plain(v) for k, v in asdict(r.config).items()},
                     "test_accuracy": self.test_accuracy[s],
                     "kdcli_version": __version__,
                 },
                 r.dir / CHECKPOINT,
             )
+
+    def _own_column(self, s):
+        """Run s's share of the epoch's sums so far (None between epochs): it resumes in whatever group it joins."""
+        if self.partial is None:
+            return None
+        # clone: torch.save of a column view would write the whole group's table
+        return {"losses": self.partial["losses"][:, s].clone(), "correct": self.partial["correct"][:, s].clone(), "seconds": self.partial["seconds"]}
 
     def write_summaries(self) -> list:
         summaries = []
@@ -453,9 +477,9 @@ def student_runs(configs: list, data, cache=None) -> list:
     for c in configs:
         if c.distillation_weight > 0:
             extra = {"cache_teacher_sha256": cache.attrs["teacher_sha256"], "cache_teacher_test_accuracy": cache.attrs["teacher_test_accuracy"], "cache_epochs": cache.epochs_complete, "cache_seed": cache.attrs["seed"]}
-            runs.append(Run(c, CachedTargets(cache), extra))
+            runs.append(Run(c, CachedTargets(cache), {"train_fingerprint": data.fingerprint, **extra}))
         else:
-            runs.append(Run(c, DrawnAugmentation(c.seed, len(data.train_labels))))
+            runs.append(Run(c, DrawnAugmentation(c.seed, len(data.train_labels)), {"train_fingerprint": data.fingerprint}))
     return runs
 
 

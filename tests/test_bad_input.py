@@ -24,12 +24,11 @@ from pathlib import Path
 import h5py
 import pytest
 import torch
+from conftest import write_cifar_folder
 from typer.testing import CliRunner
 
 from kdcli.cli import app
 from kdcli.models import create_model
-
-from conftest import write_cifar_folder
 
 CPU = ["--device", "cpu", "--no-download", "--quiet"]
 

@@ -2,6 +2,7 @@
 
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -181,13 +182,16 @@ def test_ctrl_c_saves_and_prints_how_to_resume(tmp_path, data_dir, monkeypatch):
         return distillation_loss(*args, **kwargs)
 
     monkeypatch.setattr(train_module, "distillation_loss", loss)
-    result = kdcli(*teacher_args(data_dir, tmp_path / "out"))
+    args = [str(a) for a in teacher_args(data_dir, tmp_path / "out", "--force")]
+    monkeypatch.setattr(sys, "argv", ["kdcli", *args])  # what the hint is made from
+    result = kdcli(*args)
     assert result.exit_code == 130, result.output
     assert "Traceback" not in result.output
-    assert "interrupted at epoch 1, step 1" in result.stderr and "resume with: kdcli" in result.stderr
-    assert "--resume" in result.stderr
+    assert "interrupted at epoch 1, step 1" in result.stderr
+    hint = result.stderr.split("resume with: ")[1].strip()
+    assert "--resume" in hint and "--force" not in hint  # --force would delete the checkpoint just saved
     monkeypatch.undo()
-    resumed = kdcli(*teacher_args(data_dir, tmp_path / "out", "--resume"))
+    resumed = kdcli(*shlex.split(hint)[1:])  # the printed command, as given
     assert resumed.exit_code == 0, resumed.output
     assert (tmp_path / "out" / "summary.json").exists()
 

@@ -11,6 +11,7 @@ from dataclasses import fields
 
 import pytest
 import torch
+from conftest import write_cifar_folder
 
 import kdcli.train as train_module
 from kdcli import KdcliError, __version__
@@ -69,14 +70,15 @@ def without_timing(rows):
     return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
 
 
-def call_on_step(monkeypatch, step, action):
-    """Pass the loss of global training step `step` (1-based) through `action` (to interrupt or break it)."""
-    calls = [0]
+def call_on_step(monkeypatch, step, action, *more):
+    """Pass the loss of global training step `step` (1-based) through `action` (to interrupt or break it);
+    `more`: further (step, action) pairs."""
+    calls, actions = [0], dict([(step, action), *zip(more[::2], more[1::2])])
 
     def loss(*args, **kwargs):
         calls[0] += 1
         value = distillation_loss(*args, **kwargs)
-        return action(value) if calls[0] == step else value
+        return actions[calls[0]](value) if calls[0] in actions else value
 
     monkeypatch.setattr(train_module, "distillation_loss", loss)
 
@@ -224,7 +226,7 @@ def test_resume_with_other_options_is_refused(tmp_path, data_dir, finished, monk
     with pytest.raises(KdcliError, match="--lr 0.05"):
         teach(config(tmp_path, "run", data_dir, resume=True, lr=0.05))
     # Options that cannot change the result may differ.
-    teach(config(tmp_path, "run", data_dir, resume=True, eval_every=3, save_every=3, quiet=False))
+    teach(config(tmp_path, "run", data_dir, resume=True, eval_every=3, save_every=3, quiet=False, download=True))
     assert_same_weights(weights(tmp_path / "run"), weights(finished[0]))
 
 
@@ -232,6 +234,22 @@ def test_resume_of_a_finished_run_with_other_options_is_refused(tmp_path, data_d
     shutil.copytree(finished[0], tmp_path / "run")
     with pytest.raises(KdcliError, match="--lr 0.05"):
         teach(config(tmp_path, "run", data_dir, resume=True, lr=0.05))
+
+
+def test_resume_on_other_images_is_refused(tmp_path, data_dir, monkeypatch):
+    interrupt(tmp_path, data_dir, monkeypatch)
+    other = write_cifar_folder(tmp_path / "other", seed=1)
+    with pytest.raises(KdcliError, match="not the training images it started on .*pass its --data-dir and --subset"):
+        teach(config(tmp_path, "run", other, resume=True))
+
+
+def test_resume_from_a_checkpoint_of_something_else_is_refused(tmp_path, data_dir, monkeypatch):
+    interrupt(tmp_path, data_dir, monkeypatch)
+    with pytest.raises(KdcliError, match="holds a lenet5, not a resnet8.*--force"):
+        teach(config(tmp_path, "run", data_dir, resume=True, model="resnet8"))
+    torch.save({"model": create_model("lenet5").state_dict(), "model_name": "lenet5"}, tmp_path / "run" / CHECKPOINT)  # weights only
+    with pytest.raises(KdcliError, match="is not a checkpoint of this run to resume .*lacks optimizer, epoch, step, partial, config"):
+        teach(config(tmp_path, "run", data_dir, resume=True))
 
 
 def test_resume_without_a_checkpoint_starts_fresh(tmp_path, data_dir, finished):
@@ -255,12 +273,27 @@ def test_resume_without_a_checkpoint_starts_fresh(tmp_path, data_dir, finished):
         (StudentConfig, "temperature", float("nan")),
         (StudentConfig, "temperature", float("inf")),
         (StudentConfig, "distillation_weight", -0.1),
+        (TeacherConfig, "lr_gamma", 0.0),
+        (TeacherConfig, "lr_gamma", float("nan")),
     ],
 )
 def test_bad_options_name_their_flag(tmp_path, data_dir, cls, option, value):
     with pytest.raises(ConfigError) as error:
         config(tmp_path, "run", data_dir, cls=cls, **{option: value})
     assert error.value.option == "--" + option.replace("_", "-")
+
+
+@pytest.mark.parametrize(
+    "cls,options,flag",
+    [
+        (TeacherConfig, dict(nesterov=True, momentum=0.0), "--nesterov"),
+        (StudentConfig, dict(distillation_weight=0.0, hard_weight=0.0), "--distillation-weight/--hard-weight"),
+    ],
+)
+def test_options_that_cannot_go_together(tmp_path, data_dir, cls, options, flag):
+    with pytest.raises(ConfigError) as error:
+        config(tmp_path, "run", data_dir, cls=cls, **options)
+    assert error.value.option == flag
 
 
 def test_milestones_beyond_the_last_epoch_warn(tmp_path, data_dir):
@@ -337,6 +370,43 @@ def test_stacked_students_resume_from_their_own_checkpoints(tmp_path, data_dir, 
         assert_same_weights(weights(tmp_path / "run" / f"seed{seed}"), weights(tmp_path / "reference" / f"seed{seed}"))
 
 
+def test_stacked_students_stopped_mid_epoch_resume_in_other_groups(tmp_path, data_dir, monkeypatch):
+    """Four students stacked, Ctrl-C mid-epoch 2, resumed as a pair and two singles (a sweep resumed with
+    another --parallel, or on a CPU): each ends as it would have, its metrics its own."""
+    data = load_cifar10(data_dir)
+    seeds, n, cpu = (1, 2, 3, 4), len(data.train_labels), torch.device("cpu")
+    train_runs([baseline_run(tmp_path / "reference", data_dir, s, n) for s in seeds], data, cpu, progress=False)
+    call_on_step(monkeypatch, STEPS + 2, press_ctrl_c)
+    with pytest.raises(TrainingInterrupted):
+        train_runs([baseline_run(tmp_path / "run", data_dir, s, n) for s in seeds], data, cpu, progress=False)
+    monkeypatch.undo()
+    for group in ((1, 2), (3,), (4,)):
+        runs = [baseline_run(tmp_path / "run", data_dir, s, n) for s in group]
+        for r in runs:
+            r.config.resume = True
+        train_runs(runs, data, cpu, progress=False)
+    for seed in seeds:
+        run, reference = tmp_path / "run" / f"seed{seed}", tmp_path / "reference" / f"seed{seed}"
+        assert_same_weights(weights(run), weights(reference), atol=1e-5)  # stacked or alone: float sums in another order
+        for a, b in zip(metrics(run), metrics(reference), strict=True):
+            assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4) and a["train_accuracy"] == b["train_accuracy"], seed
+
+
+def test_a_checkpoint_from_another_device_resumes_with_this_devices_optimizer(tmp_path, data_dir, monkeypatch):
+    """A GPU checkpoint records fused SGD: loaded on a CPU (or a CPU one on a GPU), the optimizer keeps the
+    kernel choice and the lr made for this device, not the saving device's."""
+    interrupt(tmp_path, data_dir, monkeypatch)
+    state = load_checkpoint(tmp_path / "run")
+    state["optimizer"]["param_groups"][0].update(fused=True, foreach=None)  # as torch.optim.SGD(fused=True) saves it on CUDA
+    data = load_cifar10(data_dir)
+    run = Run(config(tmp_path, "run", data_dir, resume=True), DrawnAugmentation(777, len(data.train_labels)))
+    group = train_module.Group([run], data, torch.device("cpu"))
+    made_here = dict(group.optimizer.param_groups[0])
+    group.load([state])
+    loaded = group.optimizer.param_groups[0]
+    assert (loaded["fused"], loaded["foreach"], loaded["lr"]) == (made_here["fused"], made_here["foreach"], made_here["lr"])
+
+
 def test_model_stack_forward_and_member_state():
     torch.manual_seed(0)
     models = [create_model("lenet5") for _ in range(3)]
@@ -386,6 +456,15 @@ def test_diverging_run_stops_with_its_epoch_and_step(tmp_path, data_dir):
     with pytest.raises(KdcliError, match=r"not finite at epoch 1, step \d+.*--lr"):
         teach(config(tmp_path, "run", data_dir, epochs=1, lr=1e30))
     assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_ctrl_c_after_a_non_finite_loss_keeps_the_last_good_checkpoint(tmp_path, data_dir, monkeypatch):
+    """Ctrl-C one step after the loss went nan: saving then would replace the last good weights with nan ones."""
+    call_on_step(monkeypatch, STEPS + 2, lambda value: value * float("nan"), STEPS + 3, press_ctrl_c)
+    with pytest.raises(KdcliError, match="epoch 2, step 2"):
+        teach(config(tmp_path, "run", data_dir))
+    state = load_checkpoint(tmp_path / "run")
+    assert (state["epoch"], state["step"]) == (1, 0) and all(torch.isfinite(w).all() for w in state["model"].values())
 
 
 def test_non_finite_loss_keeps_the_last_good_checkpoint(tmp_path, data_dir, finished, monkeypatch):
