@@ -34,8 +34,11 @@ $(TEACHER)/summary.json: | $(VENV)/.installed
 	$(KDCLI) train-teacher --epochs $(EPOCHS) --scheduler $(SCHEDULER) --out $(TEACHER) --resume $(COMMON) $(ARGS)
 
 logits: $(CACHE).done  ## teacher logits over CACHE_EPOCHS augmented epochs into the cache (resumes)
+# Run again because the teacher is newer than the finished cache: the cache is made anew (--force; make
+# expands both lines before the rm). A dump stopped part-way has no .done yet, and resumes.
 $(CACHE).done: $(TEACHER)/summary.json
-	$(KDCLI) dump-logits --teacher $(TEACHER) --epochs $(CACHE_EPOCHS) --out $(CACHE) $(COMMON) $(ARGS)
+	rm -f $@
+	$(KDCLI) dump-logits --teacher $(TEACHER) --epochs $(CACHE_EPOCHS) --out $(CACHE) $(if $(wildcard $@),--force) $(COMMON) $(ARGS)
 	touch $@
 
 student: $(CACHE).done  ## one student from the cache at temperature T

@@ -59,8 +59,9 @@ def command_from(cls, name: str, run):
     """Register `kdcli NAME` with one option per field of dataclass `cls`; `run(config)` does the work."""
     hints = typing.get_type_hints(cls)
     helps = _field_help(cls)
+    shown = [f for f in fields(cls) if f.name not in getattr(cls, "cli_hidden", ())]  # hidden fields keep their defaults
     params = []
-    for f in fields(cls):
+    for f in shown:
         default = f.default if f.default is not MISSING else f.default_factory()
         annotation = hints[f.name]
         flag = "--" + f.name.replace("_", "-")
@@ -77,7 +78,7 @@ def command_from(cls, name: str, run):
         )
 
     def command(**options):
-        for f in fields(cls):
+        for f in shown:
             if typing.get_origin(hints[f.name]) is tuple:
                 options[f.name] = _parse_list(options[f.name], typing.get_args(hints[f.name])[0], "--" + f.name.replace("_", "-"))
         with errors_as_one_line():

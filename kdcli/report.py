@@ -5,7 +5,8 @@
     text = write_report(rows, "runs/report", teacher_accuracy(runs), len(runs.unfinished))
 
 A setting is (model, temperature, distillation weight, hard weight); its runs
-differ only by seed. All baselines (distillation weight 0) of a model are one
+differ only by seed (runs of one model trained with other recipes, or a seed
+repeated within a setting, are refused: a row would mix experiments). All baselines (distillation weight 0) of a model are one
 setting whatever their temperature, which they never use. Each KD setting is
 compared with its model's baseline: the difference of the means with a 95%
 confidence interval from Welch's t-test, because seed noise alone spans about
@@ -126,11 +127,17 @@ def collect(paths) -> Runs:
     runs = Runs(unfinished=unfinished)
     for d in sorted(finished):
         summary = _read_json(d / "summary.json")
-        if "model" not in summary or "test_accuracy" not in summary:
+        if "model" not in summary or not _is_number(summary.get("test_accuracy")):
             raise KdcliError(f"{d / 'summary.json'} has no model or test_accuracy: is it a kdcli run?")
+        if summary.get("distillation_weight") and not _is_number(summary.get("temperature")):
+            raise KdcliError(f"{d / 'summary.json'} has a distillation weight but no temperature: is it a kdcli run?")
         config = _read_json(d / "config.json") if (d / "config.json").exists() else {}
         runs.append({"run_dir": str(d), "summary": summary, "config": config})
     return runs
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 def teacher_accuracy(runs) -> float | None:
@@ -156,8 +163,33 @@ def _order(setting: tuple) -> tuple:
     return model, temperature is not None, temperature or 0.0, w, hard  # baseline (None) first, then by T
 
 
+RECIPE = ("epochs", "batch_size", "lr", "optimizer", "momentum", "nesterov", "weight_decay", "scheduler", "lr_milestones", "lr_gamma", "subset")
+
+
+def check_comparable(runs):
+    """Refuse runs whose accuracies are not samples of one experiment: runs of a model trained with other
+    recipes (config.json), or two runs of one setting with the same seed (one run reported twice)."""
+    by_recipe: dict[str, dict[str, str]] = {}
+    for r in runs:
+        recipe = json.dumps([r["config"].get(k) for k in RECIPE])
+        by_recipe.setdefault(r["summary"]["model"], {}).setdefault(recipe, r["run_dir"])
+    for model, found in by_recipe.items():
+        if len(found) > 1:
+            recipes = [json.loads(recipe) for recipe in found]
+            differ = [k for i, k in enumerate(RECIPE) if len({json.dumps(recipe[i]) for recipe in recipes}) > 1]
+            a, b = list(found.values())[:2]
+            raise KdcliError(f"the {model} runs were trained with other {', '.join(differ)} (e.g. {a} and {b}): report each recipe's runs separately")
+    seen = {}
+    for r in runs:
+        key = (_setting(r["summary"]), r["summary"].get("seed"))
+        if key in seen:
+            raise KdcliError(f"{seen[key]} and {r['run_dir']} are the same setting and seed: report one of them")
+        seen[key] = r["run_dir"]
+
+
 def aggregate(runs) -> list[dict]:
     """One row per setting, baseline first within each model, then by temperature."""
+    check_comparable(runs)
     groups: dict[tuple, list[float]] = {}
     for r in runs:
         groups.setdefault(_setting(r["summary"]), []).append(float(r["summary"]["test_accuracy"]))
@@ -257,8 +289,12 @@ def write_report(rows, out_dir, teacher_accuracy=None, unfinished: int = 0) -> s
     except OSError as e:
         raise KdcliError(f"cannot create {out}: {e.strerror or e}") from None
     text = _markdown(rows, teacher_accuracy, unfinished)
-    (out / "results.md").write_text(text)
-    _write_csv(rows, out / "results.csv")
-    if not _plot(rows, out / "results.png", teacher_accuracy):
+    try:
+        (out / "results.md").write_text(text)
+        _write_csv(rows, out / "results.csv")
+        plotted = _plot(rows, out / "results.png", teacher_accuracy)
+    except OSError as e:
+        raise KdcliError(f"cannot write the report into {out}: {e.strerror or e}; pass --out a folder you can write") from None
+    if not plotted:
         text += "results.png skipped: matplotlib is not installed (pip install 'kdcli[plot]' for the plot)\n"
     return text

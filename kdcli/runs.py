@@ -102,7 +102,7 @@ def prepare_run_dir(config):
     return state
 
 
-def check_same_options(config, state, out):
+def check_same_options(config, state, out, remedy="drop them, or use another --out"):
     saved = state.get("config", {})
     changed = [
         f"{flag(k)} {getattr(config, k)!r} (run has {saved[k]!r})"
@@ -110,7 +110,7 @@ def check_same_options(config, state, out):
         if k not in RESUME_IGNORES and hasattr(config, k) and plain(getattr(config, k)) != plain(saved[k])
     ]
     if changed:
-        raise KdcliError(f"--resume of {out} with other options: {', '.join(changed)}; drop them, or use another --out")
+        raise KdcliError(f"{out} was trained with other options: {', '.join(changed)}; {remedy}")
 
 
 CACHE_IDENTITY = ("cache_teacher_sha256", "cache_seed", "cache_epochs")  # what a resumed student's cache must still be

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from kdcli.checkpoint import CHECKPOINT, load_checkpoint
 from kdcli.data import load_cifar10, resolve_device
+from kdcli.runs import check_same_options
 from kdcli.stack import stackable
 from kdcli.train import ConfigError, DistillOptions, StudentConfig, TrainOptions, check_temperature, open_student_cache, student_runs, train_runs
 
@@ -28,8 +29,14 @@ class SweepConfig(DistillOptions, TrainOptions):
     parallel: int = 0  # students trained at once as one batched computation (0: all on a GPU, 1 on a CPU)
     out: str = "runs/sweep"  # sweep folder: one run folder per student, results.md/csv/png
 
+    cli_hidden = frozenset({"resume"})  # not options of `kdcli sweep`: a sweep always resumes (--force starts it over)
+
     def __post_init__(self):
         super().__post_init__()
+        if not self.distillation_weight > 0:
+            raise ConfigError("--distillation-weight", "must be > 0 in a sweep: its students without the teacher are the baselines (--baseline)")
+        if self.baseline and self.hard_weight == 0:
+            raise ConfigError("--hard-weight", "must be > 0 with --baseline: a baseline learns from the labels alone")
         for t in self.temperatures:
             check_temperature(t, "--temperatures")
         if not self.seeds:
@@ -45,7 +52,7 @@ class SweepConfig(DistillOptions, TrainOptions):
 def student_configs(config: SweepConfig) -> list:
     """One StudentConfig per student of the sweep, each with its own folder; resumed when rerun."""
     shared = {f.name: getattr(config, f.name) for f in fields(StudentConfig) if hasattr(config, f.name)}
-    shared.update(resume=not config.force, quiet=True)
+    shared.update(resume=not config.force, quiet=True)  # a student's own log: one line per evaluation
     out = Path(config.out)
 
     def student(seed, folder, **options):
@@ -62,13 +69,16 @@ def student_configs(config: SweepConfig) -> list:
 
 
 def groups(configs: list, parallel: int) -> list:
-    """Unfinished students in groups that can train together: same resume point, at most `parallel` each."""
+    """Unfinished students in groups that can train together: same resume point, at most `parallel` each.
+    A finished student is kept only if it was trained with the options asked for now."""
     by_start = {}
     for c in configs:
         folder = Path(c.out)
-        if (folder / "summary.json").exists() and not c.force:
-            continue
         ckpt = folder / CHECKPOINT
+        if (folder / "summary.json").exists() and not c.force:
+            if ckpt.exists():
+                check_same_options(c, load_checkpoint(ckpt), folder, "pass --force to train the sweep again, or another --out")
+            continue
         start = (0, 0)
         if ckpt.exists() and not c.force:
             state = load_checkpoint(ckpt)
@@ -82,6 +92,7 @@ def sweep(config: SweepConfig, progress=True) -> dict:
     """Train every student of the sweep that is not finished yet, then write the report."""
     from kdcli import report
 
+    progress = progress and not config.quiet
     device = resolve_device(config.device)
     data = load_cifar10(config.data_dir, device, config.subset, config.download)
     configs = student_configs(config)
@@ -103,7 +114,7 @@ def sweep(config: SweepConfig, progress=True) -> dict:
     finally:
         if cache is not None:
             cache.close()
-    runs = report.collect([config.out])
+    runs = report.collect([c.out for c in configs])  # this sweep's students only, not whatever else --out holds
     rows = report.aggregate(runs)
     table = report.write_report(rows, config.out, report.teacher_accuracy(runs), unfinished=len(runs.unfinished))
     return {"table": table, "students": len(configs), "trained_now": sum(len(g) for g in todo), "out": config.out, "settings": asdict(config)}

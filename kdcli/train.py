@@ -76,7 +76,7 @@ class TrainOptions:
     download: bool = True  # fetch CIFAR-10 when it is missing
     subset: int | None = None  # use only the first N training images (smoke runs)
     resume: bool = False  # continue the run in --out from its checkpoint
-    force: bool = False  # overwrite a finished or unfinished run in --out
+    force: bool = False  # overwrite a finished or unfinished run in --out (even with --resume: make's targets always pass --resume)
     quiet: bool = False  # one log line per evaluation instead of a progress bar
 
     def __post_init__(self):

@@ -281,6 +281,9 @@ BAD_OPTIONS = [
     *[(c, ["--scheduler", "nope"], ["--scheduler", "multistep"]) for c in TRAINING],
     *[(c, ["--optimizer", "nope"], ["--optimizer", "sgd"]) for c in TRAINING],
     ("dump-logits", ["--dtype", "float8"], ["--dtype", "float16"]),
+    ("sweep", ["--distillation-weight", 0], ["--distillation-weight", "must be > 0 in a sweep", "--baseline"]),
+    ("sweep", ["--hard-weight", 0], ["--hard-weight", "must be > 0 with --baseline"]),
+    ("sweep", ["--resume"], ["No such option: --resume"]),
 ]
 
 
@@ -291,6 +294,24 @@ def test_bad_option_values(tmp_path, data_dir, teacher, cache, command, option, 
     args = args(data_dir, cache, out, *option) if args else dump_args(data_dir, teacher, out, *option)
     assert_refused(kdcli(*args), *words, codes=(2,))
     assert not out.exists()
+
+
+def test_sweep_run_again_with_other_options_is_refused(tmp_path, data_dir, cache):
+    """Its finished students were trained otherwise: reporting them as the new sweep's would be wrong."""
+    assert kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep")).exit_code == 0
+    before = snapshot(tmp_path / "sweep")
+    result = kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep", "--lr", 0.05))
+    assert_refused(result, "was trained with other options: --lr 0.05 (run has 0.1)", "--force", codes=(1,))
+    assert snapshot(tmp_path / "sweep") == before
+
+
+def test_sweep_reports_its_own_students_only(tmp_path, data_dir, cache):
+    """A sweep's folder may hold students of an earlier sweep with more seeds: the table counts this sweep's."""
+    assert kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep", "--seeds", "1,2")).exit_code == 0
+    result = kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep", "--seeds", "1"))
+    assert result.exit_code == 0, result.output
+    rows = [line for line in (tmp_path / "sweep" / "results.md").read_text().splitlines() if line.startswith("| lenet5")]
+    assert len(rows) == 2 and all(row.split("|")[4].strip() == "1" for row in rows), rows  # n = 1: seed 1 only
 
 
 @pytest.mark.parametrize("command", TRAINING)

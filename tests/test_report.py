@@ -116,6 +116,12 @@ def test_collect_errors_on_unreadable_summary(tmp_path):
     (tmp_path / "run" / "summary.json").write_text('{"model": "lenet5"}')
     with pytest.raises(KdcliError, match="no model or test_accuracy"):
         collect([tmp_path])
+    (tmp_path / "run" / "summary.json").write_text('{"model": "lenet5", "test_accuracy": "n/a"}')
+    with pytest.raises(KdcliError, match="no model or test_accuracy"):
+        collect([tmp_path])
+    (tmp_path / "run" / "summary.json").write_text('{"model": "lenet5", "test_accuracy": 75.0, "distillation_weight": 0.1}')
+    with pytest.raises(KdcliError, match="a distillation weight but no temperature"):
+        collect([tmp_path])
 
 
 def test_teacher_accuracy_from_kd_configs(tmp_path):
@@ -154,6 +160,22 @@ def test_aggregate_keeps_models_apart_and_treats_a_teacher_as_its_models_baselin
     assert rows[0]["delta"] is None  # no lenet5 baseline to compare with
 
 
+def test_aggregate_refuses_runs_of_other_recipes(tmp_path):
+    """Two sweeps of the same seeds, 30 and 300 epochs: one table would average two experiments as one."""
+    for epochs in (30, 300):
+        make_run(tmp_path / f"e{epochs}" / "base", 70.0, weight=0.0, temperature=1.0, config={"epochs": epochs, "lr": 0.1})
+    with pytest.raises(KdcliError, match=r"the lenet5 runs were trained with other epochs \(e.g. .*e30/base and .*e300/base\)"):
+        aggregate(collect([tmp_path]))
+    assert len(aggregate(collect([tmp_path / "e30"]))) == 1
+
+
+def test_aggregate_refuses_a_seed_twice_in_a_setting(tmp_path):
+    make_run(tmp_path / "a", 70.0, seed=1, temperature=4.0, weight=0.1)
+    make_run(tmp_path / "copy-of-a", 70.0, seed=1, temperature=4.0, weight=0.1)
+    with pytest.raises(KdcliError, match="a and .*copy-of-a are the same setting and seed"):
+        aggregate(collect([tmp_path]))
+
+
 # ---------------------------------------------------------------- write_report
 
 
@@ -173,6 +195,14 @@ def test_write_report_writes_table_csv_and_png(tmp_path):
     assert float(rows[1]["ci_low"]) < float(rows[1]["delta"]) < float(rows[1]["ci_high"])
     png = tmp_path / "report" / "results.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_write_report_into_a_read_only_folder_is_one_clear_error(tmp_path):
+    runs = collect([make_sweep(tmp_path / "sweep")])
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "results.md").mkdir()  # unwritable as a file, for root too
+    with pytest.raises(KdcliError, match="cannot write the report into .*report: .*pass --out"):
+        write_report(aggregate(runs), tmp_path / "report")
 
 
 def test_write_report_without_matplotlib_skips_the_png(tmp_path, monkeypatch):
