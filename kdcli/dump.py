@@ -63,51 +63,24 @@ def teacher_logits(model, images, aug, amp: bool, batch_size: int) -> torch.Tens
 def dump_logits(config: DumpConfig, progress: bool = True) -> dict:
     """Write (or finish) the cache at config.out; return a summary for the CLI's closing line."""
     teacher_path = _teacher_path(config.teacher)
-    storage = np.dtype(config.dtype)
     with cache.write_lock(config.out):  # first: a second dump is refused before it loads anything
         device = resolve_device(config.device)
         model, state = load_model(teacher_path, device)
         if config.compile and device.type == "cuda":  # eager, batch norm and ReLU are separate passes over memory: inductor fuses them
             model = torch.compile(model, dynamic=False)  # one static graph per batch shape: three in a dump (full, last train, last test)
         data = load_cifar10(config.data_dir, device, config.subset, config.download)
-        n = len(data.train_labels)
         identity = {
             "teacher_sha256": sha256_file(teacher_path), "train_fingerprint": data.fingerprint,
             "seed": config.seed, "epochs": config.epochs, "dtype": config.dtype,
             "teacher_precision": "bfloat16" if config.amp and device.type == "cuda" else "float32",  # as predict runs it
         }  # fmt: skip
         if cache.resume_point(config.out, identity, config.force) is None:
-            clean = teacher_logits(model, data.train_images, None, config.amp, config.batch_size)  # [N, C]
-            test = teacher_logits(model, data.test_images, None, config.amp, config.batch_size)  # [M, C]
-            if test.shape[1] != data.num_classes:
-                raise KdcliError(f"{teacher_path} has {test.shape[1]} outputs; CIFAR-10 has {data.num_classes} classes")
-            test = test.cpu().numpy().astype(storage)
-            # Accuracy from the stored logits, so that it can be recomputed from the file alone.
-            accuracy = round(100 * float((test.argmax(1) == data.test_labels.cpu().numpy()).mean()), 4)
-            attrs = {**identity, "teacher_model": state["model_name"], "teacher_test_accuracy": accuracy, "config": asdict(config)}
-            labels = data.train_labels.cpu().numpy()
-            cache.create(config.out, attrs, labels, clean.cpu().numpy().astype(storage), test, config.epochs)
-        # Leaving the block waits for the disk thread (its epoch is finished, even on Ctrl-C), then closes the file.
-        with cache.CacheWriter(config.out) as writer, ThreadPoolExecutor(1, thread_name_prefix="kdcli-disk") as disk:
+            _create_cache(config, model, data, {**identity, "teacher_model": state["model_name"]}, teacher_path)
+        with cache.CacheWriter(config.out) as writer:
             start = writer.epochs_complete
-            bar = tqdm(total=n * (config.epochs - start), unit="img", unit_scale=True, desc="dump-logits",
-                       disable=not progress or config.quiet, dynamic_ncols=True)  # fmt: skip
-            t0 = time.perf_counter()
-            with bar:
-                written = None  # the previous epoch's write, running on the disk thread
-                for e in range(start, config.epochs):
-                    aug = augment.params(config.seed, e, n)  # [N, 3] int8, drawn on the CPU like every kdcli draw
-                    logits = teacher_logits(model, data.train_images, aug, config.amp, config.batch_size)  # [N, C]
-                    logits = logits.cpu().numpy().astype(storage)
-                    if written is not None:
-                        written.result()  # one epoch waits in memory at most; a write error is raised here
-                    written = disk.submit(writer.write_epoch, e, aug.numpy(), logits)
-                    bar.update(n)
-                if written is not None:
-                    written.result()
-            seconds = time.perf_counter() - t0
+            seconds = _write_epochs(config, model, data, writer, progress)
             accuracy = writer.attrs["teacher_test_accuracy"]
-    written = config.epochs - start
+    n, written = len(data.train_labels), config.epochs - start
     return {
         "path": config.out,
         "epochs": config.epochs,
@@ -122,6 +95,42 @@ def dump_logits(config: DumpConfig, progress: bool = True) -> dict:
         "teacher_test_accuracy": accuracy,
         "dtype": config.dtype,
     }
+
+
+def _create_cache(config: DumpConfig, model, data, attrs: dict, teacher_path):
+    """A new cache holding the teacher's logits on the un-augmented train and test sets, and no epoch yet."""
+    storage = np.dtype(config.dtype)
+    clean = teacher_logits(model, data.train_images, None, config.amp, config.batch_size)  # [N, C]
+    test = teacher_logits(model, data.test_images, None, config.amp, config.batch_size)  # [M, C]
+    if test.shape[1] != data.num_classes:
+        raise KdcliError(f"{teacher_path} has {test.shape[1]} outputs; CIFAR-10 has {data.num_classes} classes")
+    test = test.cpu().numpy().astype(storage)
+    # Accuracy from the stored logits, so that it can be recomputed from the file alone.
+    accuracy = round(100 * float((test.argmax(1) == data.test_labels.cpu().numpy()).mean()), 4)
+    attrs = {**attrs, "teacher_test_accuracy": accuracy, "config": asdict(config)}
+    cache.create(config.out, attrs, data.train_labels.cpu().numpy(), clean.cpu().numpy().astype(storage), test, config.epochs)
+
+
+def _write_epochs(config: DumpConfig, model, data, writer, progress: bool) -> float:
+    """Label and write the epochs the cache still lacks; return the seconds it took."""
+    n, start = len(data.train_labels), writer.epochs_complete
+    bar = tqdm(total=n * (config.epochs - start), unit="img", unit_scale=True, desc="dump-logits",
+               disable=not progress or config.quiet, dynamic_ncols=True)  # fmt: skip
+    t0 = time.perf_counter()
+    # Leaving the block waits for the disk thread: the epoch it is writing is finished, even on Ctrl-C.
+    with bar, ThreadPoolExecutor(1, thread_name_prefix="kdcli-disk") as disk:
+        written = None  # the previous epoch's write, running on the disk thread
+        for e in range(start, config.epochs):
+            aug = augment.params(config.seed, e, n)  # [N, 3] int8, drawn on the CPU like every kdcli draw
+            logits = teacher_logits(model, data.train_images, aug, config.amp, config.batch_size)  # [N, C]
+            logits = logits.cpu().numpy().astype(config.dtype)
+            if written is not None:
+                written.result()  # one epoch waits in memory at most; a write error is raised here
+            written = disk.submit(writer.write_epoch, e, aug.numpy(), logits)
+            bar.update(n)
+        if written is not None:
+            written.result()
+    return time.perf_counter() - t0
 
 
 def _teacher_path(teacher) -> Path:
