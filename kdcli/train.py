@@ -19,6 +19,7 @@ of cuDNN's kernels, which add in no fixed order).
 
 import json
 import math
+import os
 import signal
 import time
 import warnings
@@ -347,6 +348,7 @@ class Group:
         evaluated = last or self.epoch % self.config.eval_every == 0
         if evaluated:
             self.test_accuracy = evaluate_stack(self.stack, self.data.test_images, self.data.test_labels, self.autocast)
+        saving = last or self.epoch % self.config.save_every == 0
         for s, r in enumerate(self.runs):
             metrics = {
                 "epoch": self.epoch,
@@ -359,7 +361,10 @@ class Group:
             }
             with open(r.dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(metrics) + "\n")
-        if last or self.epoch % self.config.save_every == 0:
+                if saving:  # on disk before the checkpoint that counts this epoch: a power cut must not lose the line
+                    f.flush()
+                    os.fsync(f.fileno())
+        if saving:
             self.save_all()
 
     def check_finite(self, losses):

@@ -163,6 +163,20 @@ def test_resume_after_ctrl_c_equals_an_uninterrupted_run(tmp_path, data_dir, fin
     assert resumed["test_accuracy"] == summary["test_accuracy"]
 
 
+def test_each_epochs_metrics_line_is_on_disk_before_its_checkpoint(tmp_path, data_dir, monkeypatch):
+    """A power cut after a checkpoint must not lose the metrics line of an epoch that checkpoint counts."""
+    synced, fsync = [], os.fsync
+
+    def recording_fsync(fd):
+        synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    teach(config(tmp_path, "run", data_dir, epochs=2))
+    files = [name for name in synced if name == "metrics.jsonl" or name.startswith(f".{CHECKPOINT}.tmp")]
+    assert [name == "metrics.jsonl" for name in files] == [True, False, True, False], synced
+
+
 def test_resume_after_a_crash_retrains_from_the_last_checkpoint(tmp_path, data_dir, monkeypatch):
     """A crash (not Ctrl-C) in epoch 4 with checkpoints every 2 epochs: epoch 3's metrics line is trained again."""
     reference = teach(config(tmp_path, "reference", data_dir, epochs=4))
