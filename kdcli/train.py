@@ -342,7 +342,9 @@ class Group:
         losses, correct = self.partial["losses"], self.partial["correct"]
         self.check_finite(losses)  # one host sync per epoch, here
         self.epoch, self.step, self.partial = self.epoch + 1, 0, None
-        self.train_loss = (losses.sum(0) / self.steps).tolist()
+        sizes = torch.full((self.steps, 1), self.config.batch_size, dtype=losses.dtype, device=losses.device)
+        sizes[-1] = self.num_images - self.config.batch_size * (self.steps - 1)  # the smaller last batch counts for its images
+        self.train_loss = ((losses * sizes).sum(0) / self.num_images).tolist()  # the mean over images, like train_accuracy
         self.train_accuracy = (100 * correct.sum(0) / self.num_images).tolist()
         last = self.epoch == self.config.epochs
         evaluated = last or self.epoch % self.config.eval_every == 0

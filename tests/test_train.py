@@ -177,6 +177,22 @@ def test_each_epochs_metrics_line_is_on_disk_before_its_checkpoint(tmp_path, dat
     assert [name == "metrics.jsonl" for name in files] == [True, False, True, False], synced
 
 
+def test_train_loss_is_the_mean_over_images(tmp_path, data_dir, monkeypatch):
+    """Steps of 64, 64, 64 and 8 images: the last step's loss weighs 8/200, not 1/4."""
+    step_losses = []
+
+    def recorded(*args, **kwargs):
+        loss = distillation_loss(*args, **kwargs)
+        step_losses.append(loss.item())
+        return loss
+
+    monkeypatch.setattr(train_module, "distillation_loss", recorded)
+    teach(config(tmp_path, "run", data_dir, epochs=1))
+    expected = sum(loss * n for loss, n in zip(step_losses, (64, 64, 64, 8))) / 200
+    assert metrics(tmp_path / "run")[0]["train_loss"] == pytest.approx(expected, abs=1e-5)
+    assert abs(sum(step_losses) / 4 - expected) > 1e-4  # the unweighted mean would differ
+
+
 def test_resume_after_a_crash_retrains_from_the_last_checkpoint(tmp_path, data_dir, monkeypatch):
     """A crash (not Ctrl-C) in epoch 4 with checkpoints every 2 epochs: epoch 3's metrics line is trained again."""
     reference = teach(config(tmp_path, "reference", data_dir, epochs=4))
