@@ -5,7 +5,8 @@
     python bench/variants.py --smoke --device cpu              # CI: it runs; proves nothing about speed
 
 teacher  one teacher epoch (batch 128) as kdcli trains it, against: cuDNN autotuning off, eager steps
-         (no CUDA graph), NCHW instead of channels_last, and --compile;
+         (no CUDA graph), NCHW instead of channels_last, and --compile; each variant in a process of its
+         own (cuDNN keeps the algorithms it chose for a shape for the whole process, autotuned or not);
 infer    bare teacher inference on ready views (what dump-logits pays per image): eager, with each batch
          norm folded into its convolution, and compiled, at several batch sizes;
 dump     dump-logits' epoch loop at several batch sizes, against: HDF5 writes in the main thread, no
@@ -18,6 +19,7 @@ as in bench.py, whose helpers this uses.
 
 import argparse
 import copy
+import subprocess
 import sys
 import tempfile
 import time
@@ -54,6 +56,7 @@ def parse_args(argv=None):
     p.add_argument("--model", help="teacher architecture (default resnet18; smoke resnet8)")
     p.add_argument("--batches", help="inference batch sizes (default 1024,2048,4096; smoke 32,64)")
     p.add_argument("--repeat", type=int, default=2, help="timed epochs per measurement, after one warm-up")
+    p.add_argument("--variant", help=argparse.SUPPRESS)  # the teacher section runs each variant as `teacher --variant NAME`
     args = p.parse_args(argv)
     preset = dict(images=128, model="resnet8", batches="32,64") if args.smoke else dict(images=FULL, model="resnet18", batches="1024,2048,4096")
     for k, v in preset.items():
@@ -66,27 +69,39 @@ def parse_args(argv=None):
     return args
 
 
-def teacher_variants(data, device, args, tmp):
-    n = len(data.train_labels)
+TEACHER_VARIANTS = {  # name -> (TeacherConfig options, cuDNN autotuning, memory format of weights and inputs)
+    "kdcli default": ({}, True, torch.channels_last),
+    "cuDNN autotuning off": ({}, False, torch.channels_last),
+    "eager steps (--no-cuda-graphs)": ({"cuda_graphs": False}, True, torch.channels_last),
+    "NCHW instead of channels_last": ({}, True, torch.contiguous_format),
+    "--compile": ({"compile": True}, True, torch.channels_last),
+}
+
+
+def teacher_variants(args):
+    """Each variant in a fresh process: the ones kdcli's CPU path has (no graphs, autotuning, layouts, compiling)."""
+    cuda = resolve_device(args.device).type == "cuda"
+    for name, (options, autotune, memory_format) in TEACHER_VARIANTS.items():
+        if cuda or not (options or not autotune or memory_format != torch.channels_last):
+            command = [sys.executable, __file__, "teacher", "--variant", name, "--device", args.device,
+                       "--images", str(args.images), "--model", args.model, "--repeat", str(args.repeat)]  # fmt: skip
+            subprocess.run(command + (["--data-dir", args.data_dir] if args.data_dir else []), check=True)
+
+
+def teacher_variant(name, data, device, args, tmp):
+    options, autotune, memory_format = TEACHER_VARIANTS[name]
     cuda = device.type == "cuda"
-    variants = {  # name -> (TeacherConfig options, cuDNN autotuning, memory format)
-        "kdcli default": ({}, True, torch.channels_last),
-        "cuDNN autotuning off": ({}, False, torch.channels_last),
-        "eager steps (--no-cuda-graphs)": ({"cuda_graphs": False}, True, torch.channels_last),
-        "NCHW instead of channels_last": ({}, True, torch.contiguous_format),
-        "--compile": ({"compile": True}, True, torch.channels_last),
-    }
-    for name, (options, autotune, memory_format) in variants.items():
-        if not cuda and (options or not autotune or memory_format != torch.channels_last):
-            continue  # kdcli's CPU path has no graphs, autotuning, channels_last or compilation to vary
-        torch.backends.cudnn.benchmark = autotune and cuda
-        config = TeacherConfig(model=args.model, out=str(tmp / "teacher"), **options)
-        group = Group([Run(config, DrawnAugmentation(777, n))], data, device)
-        if cuda:
-            group.stack.to(memory_format=memory_format)
-        started = time.perf_counter()
-        seconds = timed(group_epoch(group), device, args.repeat, n)
-        print(f"teacher  {name:52s} {seconds:8.3f} s/epoch  ({time.perf_counter() - started:.0f} s with warm-up)", flush=True)
+    torch.backends.cudnn.benchmark = autotune and cuda
+    if memory_format == torch.contiguous_format:  # the inputs too: a channels_last input alone makes cuDNN run channels_last
+        normalize = augment.normalize
+        augment.normalize = lambda images: normalize(images).contiguous()
+    config = TeacherConfig(model=args.model, out=str(tmp / "teacher"), **options)
+    group = Group([Run(config, DrawnAugmentation(777, len(data.train_labels)))], data, device)
+    if cuda:
+        group.stack.to(memory_format=memory_format)
+    started = time.perf_counter()
+    seconds = timed(group_epoch(group), device, args.repeat, len(data.train_labels))
+    print(f"teacher  {name:52s} {seconds:8.3f} s/epoch  ({time.perf_counter() - started:.0f} s with warm-up)", flush=True)
 
 
 def fold_batchnorm(model):
@@ -210,9 +225,11 @@ def main(argv=None):
         tmp = Path(tmp)
         data_dir = Path(args.data_dir) if args.data_dir else write_synthetic_cifar(tmp / "data", args.images, 16)
         data = load_cifar10(data_dir, device, subset=args.images, download=False)
-        print(f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'} | torch {torch.__version__} | {len(data.train_labels):,} images | {args.model}")
+        if args.variant:
+            return teacher_variant(args.variant, data, device, args, tmp)
+        print(f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'} | torch {torch.__version__} | {len(data.train_labels):,} images | {args.model}", flush=True)
         if "teacher" in args.sections:
-            teacher_variants(data, device, args, tmp)
+            teacher_variants(args)
         if "infer" in args.sections:
             infer_variants(data, device, args)
         if "dump" in args.sections:

@@ -260,6 +260,10 @@ class Group:
             # Loading replaced the shared lr tensor with a copy, and the kernel choice with the saving device's
             # (a CPU checkpoint would turn fused SGD into a per-step .item() that CUDA graphs cannot capture).
             group.update({k: fresh[k] for k in ("lr", "fused", "foreach", "capturable", "differentiable") if k in fresh})
+        for p, state in self.optimizer.state.items():  # loading keeps the saved layout; fused kernels want the param's
+            for k, v in state.items():
+                if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
+                    state[k] = torch.empty_like(p).copy_(v)  # e.g. a contiguous CPU checkpoint for channels_last CUDA weights
         self.epoch, self.step = states[0]["epoch"], states[0]["step"]
         if states[0]["partial"] is not None:  # mid-epoch: each checkpoint holds its own run's column of the sums so far
             columns = {key: torch.stack([st["partial"][key] for st in states], 1) for key in ("losses", "correct")}

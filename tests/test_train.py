@@ -437,6 +437,21 @@ def test_a_checkpoint_from_another_device_resumes_with_this_devices_optimizer(tm
     assert (loaded["fused"], loaded["foreach"], loaded["lr"]) == (made_here["fused"], made_here["foreach"], made_here["lr"])
 
 
+def test_optimizer_state_takes_the_layout_of_this_devices_weights(tmp_path, data_dir, monkeypatch):
+    """A CUDA run alone keeps its weights channels_last; a checkpoint saved elsewhere holds contiguous momentum,
+    which the fused SGD kernel refuses next to channels_last weights. Loading gives each buffer its weight's layout."""
+    interrupt(tmp_path, data_dir, monkeypatch)
+    data = load_cifar10(data_dir)
+    run = Run(config(tmp_path, "run", data_dir, resume=True), DrawnAugmentation(777, len(data.train_labels)))
+    group = train_module.Group([run], data, torch.device("cpu"))
+    group.stack.to(memory_format=torch.channels_last)  # as Group does on CUDA
+    group.load([load_checkpoint(tmp_path / "run")])
+    for p, state in group.optimizer.state.items():
+        assert state["momentum_buffer"].stride() == p.stride()
+    conv = group.stack.single.conv1.weight
+    assert not conv.is_contiguous() and conv.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_model_stack_forward_and_member_state():
     torch.manual_seed(0)
     models = [create_model("lenet5") for _ in range(3)]
