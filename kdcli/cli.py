@@ -261,11 +261,12 @@ def report(
 @app.command()
 def models():
     """List the known architectures and their parameter counts."""
-    from kdcli.models import MODELS, create_model
+    from kdcli.models import ALIASES, MODELS, create_model
 
-    for name in sorted(MODELS):
+    for name in sorted(set(MODELS) - set(ALIASES)):
         count = sum(p.numel() for p in create_model(name).parameters())
-        typer.echo(f"{name:<10} {count:>12,} parameters")
+        also = [alias for alias, target in ALIASES.items() if target == name]
+        typer.echo(f"{name:<10} {count:>12,} parameters" + (f"  (also: {', '.join(also)})" if also else ""))
 
 
 def _version(value: bool):

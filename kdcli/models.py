@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from kdcli import KdcliError
 
-MODELS = {}  # name -> constructor(num_classes)
+MODELS = {}  # name -> constructor(num_classes), aliases included
 
 
 def register(*names):
@@ -97,4 +97,6 @@ def resnet8(num_classes=10):
     return ResNet((16, 32, 64), (1, 1, 1), num_classes)
 
 
-register("lenet5", "1")(LeNet5)
+register("lenet5")(LeNet5)
+ALIASES = {"1": "lenet5"}  # the reference calls LeNet-5 "model 1"
+MODELS.update({alias: MODELS[name] for alias, name in ALIASES.items()})

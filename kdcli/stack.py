@@ -82,17 +82,18 @@ def split_optimizer_state(state: dict, size: int, s: int) -> dict:
 
 
 def stack_optimizer_states(states: list) -> dict:
+    """The inverse of split_optimizer_state: S members' optimizer state_dicts as one of the stack's."""
     if len(states) == 1:
         return states[0]
     stacked = {
-        i: {k: torch.stack([st["state"][i][k] for st in states]) if v.dim() > 0 else v for k, v in per_param.items()}
+        i: {k: torch.stack([st["state"][i][k] for st in states]) if torch.is_tensor(v) and v.dim() > 0 else v for k, v in per_param.items()}
         for i, per_param in states[0]["state"].items()
     }
     return {"state": stacked, "param_groups": states[0]["param_groups"]}
 
 
 class GraphedStep:
-    """A training step captured once as a CUDA graph and replayed: one launch instead of ~60-200.
+    """A training step captured once as a CUDA graph and replayed: one launch instead of ~100.
 
     LeNet-5 steps are so small that a GPU spends them waiting for Python to launch
     kernels; replaying a graph removes that wait. The graph reads its inputs from
