@@ -10,3 +10,7 @@ __version__ = "0.1.0"
 
 class KdcliError(Exception):
     """An error the user can fix; its message says how."""
+
+
+class Interrupted(KdcliError):
+    """Ctrl-C: the command stopped at a safe point and kept what it can resume from; its message says what."""

@@ -18,7 +18,7 @@ from typing import Literal
 
 import typer
 
-from kdcli import KdcliError, __version__
+from kdcli import Interrupted, KdcliError, __version__
 
 app = typer.Typer(
     add_completion=False,
@@ -81,7 +81,7 @@ def command_from(cls, name: str, run):
         for f in shown:
             if typing.get_origin(hints[f.name]) is tuple:
                 options[f.name] = _parse_list(options[f.name], typing.get_args(hints[f.name])[0], "--" + f.name.replace("_", "-"))
-        with errors_as_one_line():
+        with errors_as_one_line(resume_flag=any(f.name == "resume" for f in shown)):
             run(make_config(cls, options))
 
     command.__signature__ = inspect.Signature(params)
@@ -104,17 +104,16 @@ def make_config(cls, options):
 
 
 @contextlib.contextmanager
-def errors_as_one_line():
-    """Library errors end as one line on stderr and exit status 1; warnings print as one line too."""
-    from kdcli.train import TrainingInterrupted
-
+def errors_as_one_line(resume_flag=False):
+    """Library errors end as one line on stderr and exit status 1; warnings print as one line too.
+    A clean Ctrl-C (Interrupted) prints the command that resumes: with --resume where the command has it."""
     with warnings.catch_warnings():
         warnings.showwarning = lambda message, *args, **kwargs: typer.echo(f"warning: {message}", err=True)
         try:
             yield
-        except TrainingInterrupted as e:
-            kept = [arg for arg in sys.argv[1:] if arg != "--force"]  # --force would delete the checkpoint just saved
-            command = shlex.join(["kdcli", *kept] + ([] if "--resume" in kept else ["--resume"]))
+        except Interrupted as e:
+            kept = [arg for arg in sys.argv[1:] if arg != "--force"]  # --force would delete what was just saved
+            command = shlex.join(["kdcli", *kept] + (["--resume"] if resume_flag and "--resume" not in kept else []))
             typer.echo(f"{e}\nresume with: {command}", err=True)
             raise typer.Exit(130) from None
         except KdcliError as e:
@@ -168,8 +167,9 @@ def _dump_logits(config):
     from kdcli.dump import dump_logits
 
     s = dump_logits(config)
+    resumed = f" (resumed from epoch {s['resumed_from']})" if s["resumed_from"] else ""
     typer.echo(
-        f"{s['path']}: {s['epochs_complete']} epochs x {s['num_images']:,} images, {s['images_per_s']:,.0f} img/s, "
+        f"{s['path']}: {s['epochs_complete']} epochs x {s['num_images']:,} images{resumed}, {s['images_per_s']:,.0f} img/s, "
         f"{s['size_bytes'] / 1e6:,.1f} MB; teacher test accuracy {s['teacher_test_accuracy']:.2f}%"
     )
 

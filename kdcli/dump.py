@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from kdcli import KdcliError, augment, cache
+from kdcli import Interrupted, KdcliError, augment, cache
 from kdcli.checkpoint import resolve, sha256_file
 from kdcli.data import load_cifar10
 from kdcli.data import resolve_device
@@ -78,7 +78,10 @@ def dump_logits(config: DumpConfig, progress: bool = True) -> dict:
             _create_cache(config, model, data, {**identity, "teacher_model": state["model_name"]}, teacher_path)
         with cache.CacheWriter(config.out) as writer:
             start = writer.epochs_complete
-            seconds = _write_epochs(config, model, data, writer, progress)
+            try:
+                seconds = _write_epochs(config, model, data, writer, progress)
+            except KeyboardInterrupt:  # _write_epochs has finished the epoch it was writing
+                raise Interrupted(f"interrupted: {writer.epochs_complete} of {config.epochs} epochs are in {config.out}") from None
             accuracy = writer.attrs["teacher_test_accuracy"]
     n, written = len(data.train_labels), config.epochs - start
     return {

@@ -117,8 +117,8 @@ CACHE_IDENTITY = ("cache_teacher_sha256", "cache_seed", "cache_epochs")  # what 
 
 
 def check_same_inputs(run):
-    """A resumed run must train on the images, and read the cache, it started with: otherwise it mixes
-    two datasets, or two teachers (or two sets of views), in one run."""
+    """A resumed or kept run must train on the images, and read the cache, it started with: otherwise it
+    mixes two datasets, or two teachers (or two sets of views), in one run, or reports an old teacher's."""
     recorded = run.dir / "config.json"
     was = json.loads(recorded.read_text()) if recorded.exists() else {}
 
@@ -127,13 +127,13 @@ def check_same_inputs(run):
 
     if images := changed(["train_fingerprint"]):
         raise KdcliError(
-            f"--resume of {run.dir}: these are not the training images it started on ({images[0]}); "
+            f"{run.dir} was trained on other images, not the training images given now ({images[0]}); "
             "pass its --data-dir and --subset, or --force to start over"
         )
     if teacher := changed(CACHE_IDENTITY):
         raise KdcliError(
-            f"--resume of {run.dir}: {run.config.cache} is not the cache it started with ({', '.join(teacher)}); "
-            "pass that cache, or --force to start over"
+            f"{run.dir} was trained from another cache than {run.config.cache} ({', '.join(teacher)}); "
+            "pass that cache, or --force to train it again"
         )
 
 

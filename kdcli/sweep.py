@@ -15,7 +15,7 @@ from pathlib import Path
 
 from kdcli.checkpoint import CHECKPOINT, load_checkpoint
 from kdcli.data import load_cifar10, resolve_device
-from kdcli.runs import check_same_options
+from kdcli.runs import check_same_inputs, check_same_options
 from kdcli.stack import stackable
 from kdcli.train import ConfigError, DistillOptions, StudentConfig, TrainOptions, check_temperature, open_student_cache, student_runs, train_runs
 
@@ -27,6 +27,9 @@ class SweepConfig(DistillOptions, TrainOptions):
     seeds: tuple[int, ...] = (777, 10, 20, 30)  # every setting is trained once per seed (reference seeds)
     baseline: bool = True  # also train each seed without the teacher (distillation weight 0)
     parallel: int = 0  # students trained at once as one batched computation (0: all on a GPU, 1 on a CPU)
+    distillation_weight: float = 0.1  # weight of T^2 * KL (> 0: the students without the teacher are the baselines, --baseline)
+    force: bool = False  # train every student again, finished or not
+    quiet: bool = False  # no progress lines, only the final table
     out: str = "runs/sweep"  # sweep folder: one run folder per student, results.md/csv/png
 
     cli_hidden = frozenset({"resume"})  # not options of `kdcli sweep`: a sweep always resumes (--force starts it over)
@@ -106,10 +109,16 @@ def sweep(config: SweepConfig, progress=True) -> dict:
         # than 6 trained one after another (measured, 2 cores); stacking pays where kernels launch, on GPUs.
         parallel = 1
     try:
+        for r in student_runs(configs, data, cache):
+            if (r.dir / "summary.json").exists() and not r.config.force:
+                check_same_inputs(r)  # a finished student is kept only if it read this cache
         todo = groups(configs, parallel)
+        if progress:
+            print(f"{len(configs)} students: {len(configs) - sum(map(len, todo))} finished before, {sum(map(len, todo))} to train", flush=True)
         for i, members in enumerate(todo):
             if progress:
-                print(f"group {i + 1}/{len(todo)}: {len(members)} students trained together", flush=True)
+                names = ", ".join(str(Path(c.out).relative_to(config.out)) for c in members)
+                print(f"group {i + 1}/{len(todo)}, trained together: {names}", flush=True)
             train_runs(student_runs(members, data, cache), data, device, progress=progress)
     finally:
         if cache is not None:

@@ -18,7 +18,10 @@ Covered (tests/test_cli.py has train-teacher's bad option values and train-stude
 
 import os
 import pickle
+import shlex
 import shutil
+import signal
+import sys
 from pathlib import Path
 
 import h5py
@@ -305,6 +308,31 @@ def test_sweep_run_again_with_other_options_is_refused(tmp_path, data_dir, cache
     assert snapshot(tmp_path / "sweep") == before
 
 
+@pytest.fixture(scope="module")
+def other_cache(root, data_dir):
+    """A finished cache like `cache`, of another teacher (other weights)."""
+    torch.manual_seed(1)
+    teacher = root / "other-teacher.pt"
+    torch.save({"model": create_model("lenet5").state_dict(), "model_name": "lenet5", "num_classes": 10}, teacher)
+    result = kdcli(*dump_args(data_dir, teacher, root / "other.h5"))
+    assert result.exit_code == 0, result.output
+    return root / "other.h5"
+
+
+def test_a_finished_student_is_kept_only_for_the_cache_it_read(tmp_path, data_dir, student, other_cache):
+    """make always passes --resume: after a new teacher's cache, a finished student must not pass for its student."""
+    shutil.copytree(student, tmp_path / "run")
+    before = snapshot(tmp_path / "run")
+    result = kdcli(*student_args(data_dir, other_cache, tmp_path / "run", "--resume"))
+    assert_refused(result, "was trained from another cache than", "--force", codes=(1,))
+    assert snapshot(tmp_path / "run") == before
+
+
+def test_a_sweep_run_again_with_another_cache_is_refused(tmp_path, data_dir, cache, other_cache):
+    assert kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep")).exit_code == 0
+    assert_refused(kdcli(*sweep_args(data_dir, other_cache, tmp_path / "sweep")), "was trained from another cache than", codes=(1,))
+
+
 def test_sweep_reports_its_own_students_only(tmp_path, data_dir, cache):
     """A sweep's folder may hold students of an earlier sweep with more seeds: the table counts this sweep's."""
     assert kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep", "--seeds", "1,2")).exit_code == 0
@@ -370,3 +398,54 @@ def test_dump_into_a_folder_says_so_even_with_force(tmp_path, data_dir, teacher)
     for extra in ([], ["--force"]):
         assert_refused(kdcli(*dump_args(data_dir, teacher, tmp_path / "out", *extra)), "it is a folder", "logits.h5", codes=(1,))
     assert list((tmp_path / "out").iterdir()) == []
+
+
+# ---------------------------------------------------------------- Ctrl-C: the printed command resumes
+
+
+def run_printed_hint(result):
+    """The `resume with:` command a Ctrl-C printed, run as given."""
+    assert result.exit_code == 130 and "Traceback" not in result.output, result.output
+    hint = result.stderr.split("resume with: ")[1].strip()
+    return hint, kdcli(*shlex.split(hint)[1:])
+
+
+def test_ctrl_c_in_a_sweep_prints_the_same_command_to_resume(tmp_path, data_dir, cache, monkeypatch):
+    import kdcli.train as train_module
+    from kdcli.losses import distillation_loss
+
+    def loss(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return distillation_loss(*args, **kwargs)
+
+    args = [str(a) for a in sweep_args(data_dir, cache, tmp_path / "sweep")]
+    monkeypatch.setattr(sys, "argv", ["kdcli", *args])
+    monkeypatch.setattr(train_module, "distillation_loss", loss)
+    result = kdcli(*args)
+    monkeypatch.setattr(train_module, "distillation_loss", distillation_loss)
+    hint, resumed = run_printed_hint(result)
+    assert "--resume" not in hint  # a sweep has no --resume: it resumes when run again
+    assert resumed.exit_code == 0, resumed.output
+
+
+def test_ctrl_c_in_a_dump_says_what_is_kept_and_how_to_resume(tmp_path, data_dir, teacher, monkeypatch):
+    from kdcli import dump
+
+    label, epochs_labelled = dump.teacher_logits, []
+
+    def interrupted_at_epoch_1(model, images, aug, *args):
+        if aug is not None:  # (None: the un-augmented train and test sets, labelled first)
+            if epochs_labelled:
+                raise KeyboardInterrupt
+            epochs_labelled.append(aug)
+        return label(model, images, aug, *args)
+
+    args = [str(a) for a in dump_args(data_dir, teacher, tmp_path / "c.h5")]
+    monkeypatch.setattr(sys, "argv", ["kdcli", *args])
+    monkeypatch.setattr(dump, "teacher_logits", interrupted_at_epoch_1)
+    result = kdcli(*args)
+    monkeypatch.setattr(dump, "teacher_logits", label)
+    assert "interrupted: 1 of 2 epochs are in" in result.stderr, result.stderr
+    hint, resumed = run_printed_hint(result)
+    assert "--resume" not in hint  # a dump resumes when run again
+    assert resumed.exit_code == 0 and "resumed from epoch 1" in resumed.stdout, resumed.output

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdcli import KdcliError, augment, cache, dump
+from kdcli import Interrupted, KdcliError, augment, cache, dump
 from kdcli.checkpoint import sha256_file
 from kdcli.data import load_cifar10
 from kdcli.dump import DumpConfig, dump_logits
@@ -165,7 +165,7 @@ def test_ctrl_c_keeps_every_epoch_labelled_before_it(tmp_path, reference, teache
     fsync = os.fsync
     monkeypatch.setattr(dump, "teacher_logits", lambda *args: interrupted_at_epoch_2(*args))
     monkeypatch.setattr(os, "fsync", lambda fd: (time.sleep(0.2), fsync(fd)))  # the write of epoch 1 is still going on
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted, match=r"interrupted: 2 of 4 epochs are in .*c\.h5"):
         dump_logits(cfg, progress=False)
     assert cache.cache_info(cfg.out)["epochs_complete"] == 2
     monkeypatch.undo()

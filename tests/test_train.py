@@ -269,7 +269,7 @@ def test_resume_of_a_finished_run_with_other_options_is_refused(tmp_path, data_d
 def test_resume_on_other_images_is_refused(tmp_path, data_dir, monkeypatch):
     interrupt(tmp_path, data_dir, monkeypatch)
     other = write_cifar_folder(tmp_path / "other", seed=1)
-    with pytest.raises(KdcliError, match="not the training images it started on .*pass its --data-dir and --subset"):
+    with pytest.raises(KdcliError, match="not the training images given now .*pass its --data-dir and --subset"):
         teach(config(tmp_path, "run", other, resume=True))
 
 
