@@ -68,6 +68,8 @@ def write_lock(path):
     """Hold an exclusive lock on `path`.lock while writing `path`: a second writer is refused rather than
     truncating the file under the first. HDF5's own lock is off here (see _open), and would not cover
     the temporary file anyway. The kernel drops the lock when its holder dies, however it dies."""
+    if Path(path).is_dir():  # refused before a lock file is left beside it
+        raise KdcliError(f"cannot write {path}: it is a folder; pass --out a file path such as {Path(path) / 'logits.h5'}")
     lock_path = Path(f"{path}.lock")
     try:
         lock_path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,8 +92,6 @@ def resume_point(path, identity: dict, force: bool) -> int | None:
     """Where a dump into `path` starts: None for a new file, k to go on after k complete epochs.
     `identity` holds the attributes that must match to resume (teacher, data, seed, epochs, dtype and the
     teacher's precision: a resumed dump must not mix bf16 epochs with float32 ones)."""
-    if Path(path).is_dir():  # before --force: overwriting cannot help
-        raise KdcliError(f"cannot write {path}: it is a folder; pass --out a file path such as {Path(path) / 'logits.h5'}")
     if force or not Path(path).exists():
         return None
     try:
@@ -225,9 +225,10 @@ def open_cache(path, fingerprint=None, num_classes=None, allow_partial=False, nu
     problem = None
     if fingerprint is not None and a["train_fingerprint"] != fingerprint:
         here = f"{num_images:,} images ({fingerprint[:8]}…)" if num_images is not None else f"other images ({fingerprint[:8]}…)"
+        subset = f", or pass --subset {a['num_images']} if it was made with that" if num_images not in (None, a["num_images"]) else ""
         problem = (
             f"{path} has {done} epochs for {a['num_images']:,} images (fingerprint {a['train_fingerprint'][:8]}…); "
-            f"this data has {here}: run dump-logits on it"
+            f"this data has {here}: run dump-logits on it{subset}"
         )
     elif num_classes is not None and a["num_classes"] != num_classes:
         problem = f"{path} holds logits for {a['num_classes']} classes; this data has {num_classes}: run dump-logits on it"
@@ -260,13 +261,17 @@ def cache_info(path) -> dict:
         }
 
 
-def verify_cache(path, teacher="runs/teacher", k=256, device="auto", data_dir="data", download=True, seed=0) -> float:
+def verify_cache(path, teacher=None, k=256, device="auto", data_dir="data", download=True, seed=0) -> float:
     """Max |recomputed - cached| over k random (epoch, image) entries of the complete epochs: each view is
-    rebuilt from its stored parameters and run through the teacher again. Expect the storage rounding
-    (float16: about 1e-3 of the logits' size) or, for a cache made with --amp on CUDA, bf16 rounding."""
+    rebuilt from its stored parameters and run through the teacher (None: the one the dump was given)
+    again. Expect the storage rounding (float16: about 1e-3 of the logits' size) or, for a cache made
+    with --amp on CUDA, bf16 rounding."""
     dev = resolve_device(device)
-    model, _ = load_model(resolve(teacher), dev)
     with open_cache(path, allow_partial=True) as c:
+        teacher = teacher or c.attrs["config"].get("teacher", "runs/teacher")
+        if not resolve(teacher).is_file():
+            raise KdcliError(f"no teacher at {teacher} to verify {path} with: pass --teacher")
+        model, _ = load_model(resolve(teacher), dev)
         if sha256_file(resolve(teacher)) != c.attrs["teacher_sha256"]:
             raise KdcliError(f"{path} was made by another teacher (sha256 {c.attrs['teacher_sha256'][:8]}…), not {teacher}")
         data = load_cifar10(data_dir, dev, download=download)

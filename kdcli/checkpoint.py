@@ -47,6 +47,10 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     path = resolve(path)
     if not path.is_file():
         raise KdcliError(f"no checkpoint at {path}")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"PK\x03\x04" and magic[:1] != b"\x80":  # neither torch.save's zip nor its older pickle format
+        raise KdcliError(f"{path} is not a checkpoint (not a file torch.save writes): pass a run folder or its checkpoint.pt")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:

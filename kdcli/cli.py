@@ -14,6 +14,7 @@ import sys
 import typing
 import warnings
 from dataclasses import MISSING, fields
+from pathlib import Path
 from typing import Literal
 
 import typer
@@ -156,10 +157,8 @@ def _train_student(config):
     from kdcli.train import train_student
 
     summary = train_student(config)
-    typer.echo(
-        f"student {summary['model']} T={config.temperature:g} w={config.distillation_weight:g}: "
-        f"{summary['test_accuracy']:.2f}% test accuracy after {summary['epochs']} epochs -> {config.out}"
-    )
+    setting = f"T={config.temperature:g} w={config.distillation_weight:g}" if config.distillation_weight else "baseline (no teacher)"
+    typer.echo(f"student {summary['model']} {setting}: {summary['test_accuracy']:.2f}% test accuracy after {summary['epochs']} epochs -> {config.out}")
 
 
 def _dump_logits(config):
@@ -221,7 +220,7 @@ def evaluate(
 def cache_info(
     path: str = typer.Argument("cache/logits.h5", help="an HDF5 logit cache written by dump-logits"),
     verify: int = typer.Option(0, min=0, help="recompute the teacher on this many random cached entries and compare"),
-    teacher: str = typer.Option("runs/teacher", help="teacher run folder or checkpoint, for --verify"),
+    teacher: str = typer.Option("", help="teacher run folder or checkpoint, for --verify (default: the one the dump was given)"),
     data_dir: str = typer.Option("data", help="folder holding cifar-10-batches-py/, for --verify: the images the cache was made on"),
     device: Literal["auto", "cuda", "mps", "cpu"] = typer.Option("auto", help="auto: cuda, then mps, then cpu"),
     download: bool = typer.Option(True, "--download/--no-download", help="fetch CIFAR-10 when it is missing"),
@@ -256,6 +255,7 @@ def report(
         rows = reporting.aggregate(found)
         table = reporting.write_report(rows, out or runs[0], reporting.teacher_accuracy(found), unfinished=len(found.unfinished))
     typer.echo(table)
+    typer.echo(f"-> {Path(out or runs[0]) / 'results.md'} (and results.csv, results.png beside it)")
 
 
 @app.command()

@@ -57,6 +57,8 @@ def load_cifar10(data_dir="data", device="cpu", subset=None, download=True) -> C
     """Load CIFAR-10 from `data_dir` (downloading it if missing and allowed)."""
     folder = Path(data_dir) / BATCH_FOLDER
     if any(not (folder / name).is_file() for name in OFFICIAL_MD5):
+        if (Path(data_dir) / TEST_FILE).is_file():  # --data-dir data/cifar-10-batches-py: a download would go inside it
+            raise KdcliError(f"{data_dir} is the {BATCH_FOLDER} folder itself: pass --data-dir {Path(data_dir).parent}, the folder holding it")
         if not download:
             raise KdcliError(
                 f"no CIFAR-10 at {folder}: drop the --no-download flag to fetch it, "

@@ -44,8 +44,9 @@ class SweepConfig(DistillOptions, TrainOptions):
             check_temperature(t, "--temperatures")
         if not self.seeds:
             raise ConfigError("--seeds", "give at least one seed")
-        if len(set(self.seeds)) != len(self.seeds) or len(set(self.temperatures)) != len(self.temperatures):
-            raise ConfigError("--seeds/--temperatures", "values must not repeat")
+        for option, values in (("--seeds", self.seeds), ("--temperatures", self.temperatures)):
+            if repeated := sorted({v for v in values if values.count(v) > 1}):
+                raise ConfigError(option, f"values must not repeat ({', '.join(f'{v:g}' for v in repeated)} does)")
         if not self.temperatures and not self.baseline:
             raise ConfigError("--temperatures", "nothing to train: give temperatures or keep --baseline")
         if self.parallel < 0:

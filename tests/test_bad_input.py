@@ -152,7 +152,7 @@ def edit(**change):
 BAD_CACHES = {
     "not-hdf5": (lambda path, good: path.write_text("not an HDF5 file\n"), [], ["not a readable HDF5 file"]),
     "truncated": (lambda path, good: path.write_bytes(good.read_bytes()[: good.stat().st_size // 2]), [], ["not a readable HDF5 file", "truncated"]),
-    "other-data": (edit(), ["--subset", 100], ["fingerprint", "run dump-logits on it"]),
+    "other-data": (edit(), ["--subset", 100], ["fingerprint", "run dump-logits on it, or pass --subset 200 if it was made with that"]),
     "other-class-count": (edit(num_classes=100), [], ["logits for 100 classes", "this data has 10"]),
     "format-version": (edit(format_version=99), [], ["format version 99", "reads version 1"]),
     "unfinished": (edit(epochs_complete=1), [], ["1 of 2 epochs", "--allow-partial"]),
@@ -214,12 +214,12 @@ def test_dump_refuses_a_bad_teacher_and_keeps_the_cache(tmp_path, data_dir, cach
     assert after == before
 
 
-@pytest.mark.parametrize("kind", ["not-a-checkpoint", "runs-code"])
-def test_unloadable_teacher_message_gives_the_reason(tmp_path, data_dir, kind):
+@pytest.mark.parametrize("kind, reason", [("not-a-checkpoint", "is not a checkpoint (not a file torch.save writes)"), ("runs-code", "unsupported")])
+def test_unloadable_teacher_message_gives_the_reason(tmp_path, data_dir, kind, reason):
     BAD_TEACHERS[kind][0](tmp_path / "teacher.pt")
     result = kdcli(*dump_args(data_dir, tmp_path / "teacher.pt", tmp_path / "c.h5"))
     text = " ".join(message(result.stderr))
-    assert result.exit_code == 1 and "unsupported" in text.lower() and "file an issue" not in text, text
+    assert result.exit_code == 1 and reason in text.lower() and "file an issue" not in text, text
 
 
 # ---------------------------------------------------------------- --out
@@ -287,6 +287,7 @@ BAD_OPTIONS = [
     ("sweep", ["--distillation-weight", 0], ["--distillation-weight", "must be > 0 in a sweep", "--baseline"]),
     ("sweep", ["--hard-weight", 0], ["--hard-weight", "must be > 0 with --baseline"]),
     ("sweep", ["--resume"], ["No such option: --resume"]),
+    ("sweep", ["--seeds", "1,2,1"], ["--seeds", "values must not repeat (1 does)"]),
 ]
 
 
@@ -355,6 +356,13 @@ def test_milestones_beyond_epochs_warn_once_and_run(tmp_path, data_dir, cache, c
 # ---------------------------------------------------------------- report and cache-info
 
 
+def test_report_prints_the_table_and_where_it_wrote(tmp_path, student):
+    result = kdcli("report", student, "--out", tmp_path / "report")
+    assert result.exit_code == 0, result.output
+    assert "| lenet5 | 4 | 0.1 | 1 |" in result.stdout and f"-> {tmp_path / 'report' / 'results.md'}" in result.stdout
+    assert (tmp_path / "report" / "results.md").read_text() in result.stdout and (tmp_path / "report" / "results.csv").exists()
+
+
 def test_report_on_a_folder_without_runs(tmp_path):
     (tmp_path / "empty").mkdir()
     assert_refused(kdcli("report", tmp_path / "empty"), "no finished run", codes=(1,))
@@ -397,7 +405,7 @@ def test_dump_into_a_folder_says_so_even_with_force(tmp_path, data_dir, teacher)
     (tmp_path / "out").mkdir()
     for extra in ([], ["--force"]):
         assert_refused(kdcli(*dump_args(data_dir, teacher, tmp_path / "out", *extra)), "it is a folder", "logits.h5", codes=(1,))
-    assert list((tmp_path / "out").iterdir()) == []
+    assert list((tmp_path / "out").iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no out.lock either
 
 
 # ---------------------------------------------------------------- Ctrl-C: the printed command resumes

@@ -142,7 +142,7 @@ def test_evaluate_non_checkpoint_file(tmp_path, data_dir, content):
     path = tmp_path / "notes.txt"
     path.write_bytes(content)
     result = kdcli("evaluate", path, "--device", "cpu", "--data-dir", data_dir)
-    assert_clean_error(result, str(path), codes=(1,))
+    assert_clean_error(result, str(path), "is not a checkpoint", codes=(1,))
 
 
 def test_evaluate_torch_file_that_is_not_a_checkpoint(tmp_path, data_dir):

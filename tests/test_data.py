@@ -85,6 +85,11 @@ def test_missing_folder_without_download(tmp_path, monkeypatch):
         load_cifar10(tmp_path / "nowhere", download=False)
 
 
+def test_the_inner_folder_as_data_dir_names_its_parent(data_dir):
+    with pytest.raises(KdcliError, match=rf"is the {BATCH_FOLDER} folder itself: pass --data-dir {data_dir}, the folder holding it"):
+        load_cifar10(data_dir / BATCH_FOLDER, download=True)  # (no download is tried)
+
+
 def test_one_missing_file_without_download(data_dir, tmp_path):
     folder = copy_folder(data_dir, tmp_path)
     (folder / BATCH_FOLDER / "test_batch").unlink()

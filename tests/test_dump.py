@@ -112,6 +112,7 @@ def test_float16_by_default_and_verify_cache(tmp_path, reference, teacher, data_
     assert cache.cache_info(cfg.out)["datasets"]["logits"] == {"shape": [2, 200, 10], "dtype": "float16"}
     assert cache.verify_cache(cfg.out, teacher, k=64, device="cpu", data_dir=data_dir) < 1e-2  # float16 rounding of ~5
     assert cache.verify_cache(reference[0], teacher, k=64, device="cpu", data_dir=data_dir) < 1e-4
+    assert cache.verify_cache(reference[0], k=64, device="cpu", data_dir=data_dir) < 1e-4  # the teacher the dump was given
     with h5py.File(cfg.out, "r+") as f:  # a damaged cache is caught
         f["logits"][1] = f["logits"][1] + 1
     assert cache.verify_cache(cfg.out, teacher, k=64, device="cpu", data_dir=data_dir) > 0.5
