@@ -149,7 +149,7 @@ def _train_teacher(config):
     from kdcli.train import train_teacher
 
     summary = train_teacher(config)
-    typer.echo(f"teacher {summary['model']}: {summary['test_accuracy']:.2f}% test accuracy after {summary['epochs']} epochs -> {config.out}")
+    typer.echo(f"teacher {summary['model']}: {summary['test_accuracy']:.2f}% test accuracy after {_count(summary['epochs'], 'epoch')} -> {config.out}")
 
 
 def _train_student(config):
@@ -158,7 +158,11 @@ def _train_student(config):
 
     summary = train_student(config)
     setting = f"T={config.temperature:g} w={config.distillation_weight:g}" if config.distillation_weight else "baseline (no teacher)"
-    typer.echo(f"student {summary['model']} {setting}: {summary['test_accuracy']:.2f}% test accuracy after {summary['epochs']} epochs -> {config.out}")
+    typer.echo(f"student {summary['model']} {setting}: {summary['test_accuracy']:.2f}% test accuracy after {_count(summary['epochs'], 'epoch')} -> {config.out}")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _dump_logits(config):
@@ -168,7 +172,7 @@ def _dump_logits(config):
     s = dump_logits(config)
     resumed = f" (resumed from epoch {s['resumed_from']})" if s["resumed_from"] else ""
     typer.echo(
-        f"{s['path']}: {s['epochs_complete']} epochs x {s['num_images']:,} images{resumed}, {s['images_per_s']:,.0f} img/s, "
+        f"{s['path']}: {_count(s['epochs_complete'], 'epoch')} x {s['num_images']:,} images{resumed}, {s['images_per_s']:,.0f} img/s, "
         f"{s['size_bytes'] / 1e6:,.1f} MB; teacher test accuracy {s['teacher_test_accuracy']:.2f}%"
     )
 

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -200,6 +201,9 @@ def train_runs(runs: list, data, device: torch.device, teacher: nn.Module | None
         group.start_folders()
     else:
         group.load(states)
+        if progress:
+            where = f"epoch {group.epoch + 1}" + (f", step {group.step + 1}" if group.step else "")
+            print(f"resuming {', '.join(str(r.dir) for r in runs)} at {where}", file=sys.stderr, flush=True)
     config, stop = runs[0].config, _StopOnSigint()
     bar = tqdm(total=config.epochs, initial=group.epoch, unit="epoch", disable=not progress or config.quiet, dynamic_ncols=True)
     try:

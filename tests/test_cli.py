@@ -76,7 +76,7 @@ def test_train_teacher(teacher_run):
     out, result = teacher_run
     assert result.exit_code == 0, result.output
     assert {"config.json", "metrics.jsonl", "checkpoint.pt", "summary.json"} <= {p.name for p in out.iterdir()}
-    assert re.search(r"teacher lenet5: [\d.]+% test accuracy after 1 epochs", result.stdout)
+    assert re.search(r"teacher lenet5: [\d.]+% test accuracy after 1 epoch -> ", result.stdout)
     assert re.search(r"^epoch 1/1 ", result.stdout, re.M)  # --quiet: one log line per evaluation
 
 
@@ -194,6 +194,7 @@ def test_ctrl_c_saves_and_prints_how_to_resume(tmp_path, data_dir, monkeypatch):
     monkeypatch.undo()
     resumed = kdcli(*shlex.split(hint)[1:])  # the printed command, as given
     assert resumed.exit_code == 0, resumed.output
+    assert f"resuming {tmp_path / 'out'} at epoch 1, step 2" in resumed.stderr
     assert (tmp_path / "out" / "summary.json").exists()
 
 
