@@ -83,7 +83,7 @@ def teacher_variants(args):
     cuda = resolve_device(args.device).type == "cuda"
     for name, (options, autotune, memory_format) in TEACHER_VARIANTS.items():
         if cuda or not (options or not autotune or memory_format != torch.channels_last):
-            command = [sys.executable, __file__, "teacher", "--variant", name, "--device", args.device,
+            command = [sys.executable, __file__, "teacher", f"--variant={name}", "--device", args.device,
                        "--images", str(args.images), "--model", args.model, "--repeat", str(args.repeat)]  # fmt: skip
             subprocess.run(command + (["--data-dir", args.data_dir] if args.data_dir else []), check=True)
 

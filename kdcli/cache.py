@@ -99,7 +99,8 @@ def resume_point(path, identity: dict, force: bool) -> int | None:
             attrs, done = _attrs(f), int(f["epochs_complete"][()])
     except KdcliError as e:
         raise KdcliError(f"{e}; pass --force to overwrite it") from None
-    differ = [f"{k} {_short(attrs.get(k))} (now {_short(v)})" for k, v in {**identity, **SPEC_ATTRS}.items() if attrs.get(k) != v]
+    # A key the file lacks was not recorded by the kdcli that made it (teacher_precision before 2026-11-26): no check.
+    differ = [f"{k} {_short(attrs[k])} (now {_short(v)})" for k, v in {**identity, **SPEC_ATTRS}.items() if k in attrs and attrs[k] != v]
     if differ:
         raise KdcliError(f"{path} was made with other settings: {', '.join(differ)}; pass --force to overwrite it, or pass another --out")
     if done >= attrs["epochs"]:

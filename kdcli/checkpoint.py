@@ -47,8 +47,11 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     path = resolve(path)
     if not path.is_file():
         raise KdcliError(f"no checkpoint at {path}")
-    with open(path, "rb") as f:
-        magic = f.read(4)
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise KdcliError(f"cannot read {path}: {e.strerror or e}") from None
     if magic != b"PK\x03\x04" and magic[:1] != b"\x80":  # neither torch.save's zip nor its older pickle format
         raise KdcliError(f"{path} is not a checkpoint (not a file torch.save writes): pass a run folder or its checkpoint.pt")
     try:

@@ -170,7 +170,7 @@ def _dump_logits(config):
     from kdcli.dump import dump_logits
 
     s = dump_logits(config)
-    resumed = f" (resumed from epoch {s['resumed_from']})" if s["resumed_from"] else ""
+    resumed = f" (resumed at epoch {s['resumed_from'] + 1})" if s["resumed_from"] else ""
     typer.echo(
         f"{s['path']}: {_count(s['epochs_complete'], 'epoch')} x {s['num_images']:,} images{resumed}, {s['images_per_s']:,.0f} img/s, "
         f"{s['size_bytes'] / 1e6:,.1f} MB; teacher test accuracy {s['teacher_test_accuracy']:.2f}%"
@@ -259,7 +259,8 @@ def report(
         rows = reporting.aggregate(found)
         table = reporting.write_report(rows, out or runs[0], reporting.teacher_accuracy(found), unfinished=len(found.unfinished))
     typer.echo(table)
-    typer.echo(f"-> {Path(out or runs[0]) / 'results.md'} (and results.csv, results.png beside it)")
+    folder = Path(out or runs[0])
+    typer.echo(f"-> {folder / 'results.md'} (and results.csv{', results.png' if (folder / 'results.png').exists() else ''} beside it)")
 
 
 @app.command()

@@ -139,8 +139,9 @@ def _check_batch(path, pixels: np.ndarray, labels: np.ndarray):
         )
     if labels.ndim != 1 or len(labels) != len(pixels):
         raise KdcliError(f"{path}: {len(pixels)} images but labels of shape {list(labels.shape)}; the file is corrupt")
-    if not np.issubdtype(labels.dtype, np.integer) or labels.min(initial=0) < 0 or labels.max(initial=0) >= len(CLASSES):
-        raise KdcliError(f"{path}: labels must be integers 0..{len(CLASSES) - 1}, found {labels.dtype} from {labels.min()} to {labels.max()}")
+    if not np.issubdtype(labels.dtype, np.integer) or len(labels) == 0 or labels.min() < 0 or labels.max() >= len(CLASSES):
+        found = f"{labels.min()} to {labels.max()}" if np.issubdtype(labels.dtype, np.number) and len(labels) else "none of them"
+        raise KdcliError(f"{path}: labels must be integers 0..{len(CLASSES) - 1}, found {labels.dtype} from {found}")
 
 
 def _md5(path: Path) -> str:

@@ -64,7 +64,7 @@ class Run:
         return getattr(self.config, "hard_weight", 1.0)
 
 
-RESUME_IGNORES = {"resume", "force", "quiet", "device", "out", "eval_every", "save_every", "compile", "cuda_graphs", "cache", "data_dir", "download"}
+RESUME_IGNORES = {"resume", "force", "quiet", "device", "out", "eval_every", "save_every", "compile", "cuda_graphs", "cache", "data_dir", "download", "allow_partial"}
 
 
 def prepare_run_dir(config):
@@ -81,8 +81,7 @@ def prepare_run_dir(config):
         stale.unlink(missing_ok=True)
     finished, ckpt = (out / "summary.json").exists(), out / CHECKPOINT
     if config.force:
-        for name in ("summary.json", "metrics.jsonl", CHECKPOINT):
-            (out / name).unlink(missing_ok=True)
+        forget_run(out)
     elif finished and config.resume:
         if ckpt.exists():  # a finished run is only "done" for the options it was trained with
             check_same_options(config, load_checkpoint(ckpt), out)
@@ -100,6 +99,12 @@ def prepare_run_dir(config):
         raise KdcliError(f"{ckpt} is not a checkpoint of this run to resume ({what}): pass --force to start over, or another --out")
     check_same_options(config, state, out)
     return state
+
+
+def forget_run(out):
+    """--force: the run in `out` is to be trained anew (its config.json is rewritten when it starts)."""
+    for name in ("summary.json", "metrics.jsonl", CHECKPOINT):
+        (Path(out) / name).unlink(missing_ok=True)
 
 
 def check_same_options(config, state, out, remedy="drop them, or use another --out"):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from kdcli.checkpoint import CHECKPOINT, load_checkpoint
 from kdcli.data import load_cifar10, resolve_device
-from kdcli.runs import check_same_inputs, check_same_options
+from kdcli.runs import check_same_inputs, check_same_options, forget_run
 from kdcli.stack import stackable
 from kdcli.train import ConfigError, DistillOptions, StudentConfig, TrainOptions, check_temperature, open_student_cache, student_runs, train_runs
 
@@ -56,7 +56,8 @@ class SweepConfig(DistillOptions, TrainOptions):
 def student_configs(config: SweepConfig) -> list:
     """One StudentConfig per student of the sweep, each with its own folder; resumed when rerun."""
     shared = {f.name: getattr(config, f.name) for f in fields(StudentConfig) if hasattr(config, f.name)}
-    shared.update(resume=not config.force, quiet=True)  # a student's own log: one line per evaluation
+    # --force is applied to the whole sweep up front (sweep()); each student then resumes whatever it has.
+    shared.update(resume=True, force=False, quiet=True)  # quiet: a student's own log is one line per evaluation
     out = Path(config.out)
 
     def student(seed, folder, **options):
@@ -79,12 +80,12 @@ def groups(configs: list, parallel: int) -> list:
     for c in configs:
         folder = Path(c.out)
         ckpt = folder / CHECKPOINT
-        if (folder / "summary.json").exists() and not c.force:
+        if (folder / "summary.json").exists():
             if ckpt.exists():
                 check_same_options(c, load_checkpoint(ckpt), folder, "pass --force to train the sweep again, or another --out")
             continue
         start = (0, 0)
-        if ckpt.exists() and not c.force:
+        if ckpt.exists():
             state = load_checkpoint(ckpt)
             start = (state["epoch"], state.get("step", 0))
         by_start.setdefault(start, []).append(c)
@@ -110,8 +111,11 @@ def sweep(config: SweepConfig, progress=True) -> dict:
         # than 6 trained one after another (measured, 2 cores); stacking pays where kernels launch, on GPUs.
         parallel = 1
     try:
+        if config.force:  # every student at once: a --force sweep stopped part-way resumes without --force
+            for c in configs:
+                forget_run(c.out)
         for r in student_runs(configs, data, cache):
-            if (r.dir / "summary.json").exists() and not r.config.force:
+            if (r.dir / "summary.json").exists():
                 check_same_inputs(r)  # a finished student is kept only if it read this cache
         todo = groups(configs, parallel)
         if progress:

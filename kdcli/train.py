@@ -258,23 +258,36 @@ class Group:
     def load(self, states):
         for s, state in enumerate(states):
             self.stack.load_member_state(s, state["model"])
-        made_here = [dict(group) for group in self.optimizer.param_groups]
-        self.optimizer.load_state_dict(stack_optimizer_states([st["optimizer"] for st in states]))
-        for group, fresh in zip(self.optimizer.param_groups, made_here):
-            # Loading replaced the shared lr tensor with a copy, and the kernel choice with the saving device's
-            # (a CPU checkpoint would turn fused SGD into a per-step .item() that CUDA graphs cannot capture).
-            group.update({k: fresh[k] for k in ("lr", "fused", "foreach", "capturable", "differentiable") if k in fresh})
+        saved = stack_optimizer_states([st["optimizer"] for st in states])
+        for group, fresh in zip(saved["param_groups"], self.optimizer.param_groups):
+            # This device's kernel choice, not the saving device's, and before loading, which places the state by it
+            # (a CPU checkpoint would otherwise make fused SGD a per-step .item() that CUDA graphs cannot capture).
+            group.update({k: fresh[k] for k in ("fused", "foreach", "capturable", "differentiable") if k in fresh})
+        self.optimizer.load_state_dict(saved)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr if self.device.type == "cuda" else float(self.lr)  # loading copied the shared lr tensor
         for p, state in self.optimizer.state.items():  # loading keeps the saved layout; fused kernels want the param's
             for k, v in state.items():
                 if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
                     state[k] = torch.empty_like(p).copy_(v)  # e.g. a contiguous CPU checkpoint for channels_last CUDA weights
         self.epoch, self.step = states[0]["epoch"], states[0]["step"]
         if states[0]["partial"] is not None:  # mid-epoch: each checkpoint holds its own run's column of the sums so far
-            columns = {key: torch.stack([st["partial"][key] for st in states], 1) for key in ("losses", "correct")}
-            self.partial = {**columns, "seconds": states[0]["partial"]["seconds"]}
+            self.partial = {**self._stacked_columns([st["partial"] for st in states]), "seconds": states[0]["partial"]["seconds"]}
         self.test_accuracy = [st["test_accuracy"] for st in states]
         for r in self.runs:  # epochs logged after the checkpoint will be trained again
             truncate_metrics(r.dir / "metrics.jsonl", self.epoch)
+
+    def _stacked_columns(self, partials) -> dict:
+        """The S runs' sums so far as [steps, S] tables. kdcli 0.1.0 before 2026-11-26 saved the whole
+        group's table in every checkpoint: usable only in a group of the same size."""
+        if partials[0]["losses"].dim() == 1:
+            return {key: torch.stack([p[key] for p in partials], 1) for key in ("losses", "correct")}
+        if partials[0]["losses"].shape[1] != self.size:
+            raise KdcliError(
+                f"{self.runs[0].dir} was stopped mid-epoch by an older kdcli in a group of {partials[0]['losses'].shape[1]} "
+                "runs: resume it with the same --parallel (or finish that epoch with the kdcli that started it)"
+            )
+        return {key: partials[0][key] for key in ("losses", "correct")}
 
     def epoch_inputs(self):
         """This epoch's views [S, N, 3], SoftTargets of [S, N, ...] or None, and batch order [S, N]."""
@@ -312,8 +325,9 @@ class Group:
                 self.step = i + 1
                 self.partial = {"losses": losses.cpu(), "correct": correct.cpu(), "seconds": self.partial["seconds"] + time.perf_counter() - t0}
                 self.save_all()
+                more = f" and {self.size - 1} more run folders" if self.size > 1 else ""
                 raise TrainingInterrupted(
-                    f"interrupted at epoch {self.epoch + 1}, step {i + 1} of {self.steps}; checkpoint saved in {self.runs[0].dir}"
+                    f"interrupted at epoch {self.epoch + 1}, step {i + 1} of {self.steps}; checkpoint saved in {self.runs[0].dir}{more}"
                 )
         self.partial.update(losses=losses, correct=correct)
         if self.device.type == "cuda":

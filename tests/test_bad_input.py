@@ -456,4 +456,30 @@ def test_ctrl_c_in_a_dump_says_what_is_kept_and_how_to_resume(tmp_path, data_dir
     assert "interrupted: 1 of 2 epochs are in" in result.stderr, result.stderr
     hint, resumed = run_printed_hint(result)
     assert "--resume" not in hint  # a dump resumes when run again
-    assert resumed.exit_code == 0 and "resumed from epoch 1" in resumed.stdout, resumed.output
+    assert resumed.exit_code == 0 and "resumed at epoch 2" in resumed.stdout, resumed.output
+
+
+def test_ctrl_c_in_a_forced_sweep_resumes_with_the_printed_command(tmp_path, data_dir, cache, other_cache, monkeypatch):
+    """`sweep --force` after a new teacher's cache, stopped in its second student: the printed command (no
+    --force, which would throw away the student already trained) must go on, not trip over old students."""
+    import kdcli.train as train_module
+    from kdcli.losses import distillation_loss
+
+    base = ["--seeds", "1,2", "--parallel", 1]
+    assert kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep", *base)).exit_code == 0
+    calls = [0]
+
+    def loss(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 5:  # in the second of four students (4 steps each)
+            os.kill(os.getpid(), signal.SIGINT)
+        return distillation_loss(*args, **kwargs)
+
+    args = [str(a) for a in sweep_args(data_dir, other_cache, tmp_path / "sweep", *base, "--force")]
+    monkeypatch.setattr(sys, "argv", ["kdcli", *args])
+    monkeypatch.setattr(train_module, "distillation_loss", loss)
+    result = kdcli(*args)
+    monkeypatch.setattr(train_module, "distillation_loss", distillation_loss)
+    hint, resumed = run_printed_hint(result)
+    assert "--force" not in hint and resumed.exit_code == 0, resumed.output
+    assert "4 students (3 trained now)" in resumed.stdout  # the one finished under --force is kept

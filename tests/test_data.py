@@ -144,8 +144,9 @@ def rewrite(path, **changes):
         ({"data": lambda d: d / 255}, r"'data' is float64 \[40, 3072\]"),
         ({"labels": lambda y: [label + 1 for label in y]}, r"labels must be integers 0..9, found int64 from 1 to 10"),
         ({"labels": lambda y: [float(label) for label in y]}, r"labels must be integers 0..9, found float64"),
+        ({"labels": lambda y: [str(label) for label in y]}, r"labels must be integers 0..9, found <U1 from none of them"),
     ],
-    ids=["hwc images", "float images", "1-based labels", "float labels"],
+    ids=["hwc images", "float images", "1-based labels", "float labels", "text labels"],
 )
 def test_other_layouts_refused_naming_the_file(data_dir, tmp_path, changes, expected):
     """A re-encoded copy in another layout would load as scrambled images or shifted classes: refused."""

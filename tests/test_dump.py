@@ -58,13 +58,13 @@ def contents(path) -> dict:
         return {name: f[name][()] for name in cache.DATASETS}
 
 
-def assert_same_cache(path, reference_path):
+def assert_same_cache(path, reference_path, ignore=()):
     got, want = contents(path), contents(reference_path)
     for name in cache.DATASETS:
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
     a, b = cache.cache_info(path)["attrs"], cache.cache_info(reference_path)["attrs"]
-    for volatile in ("created", "config"):
-        a.pop(volatile), b.pop(volatile)
+    for volatile in ("created", "config", *ignore):
+        a.pop(volatile, None), b.pop(volatile, None)
     assert a == b
 
 
@@ -172,6 +172,17 @@ def test_ctrl_c_keeps_every_epoch_labelled_before_it(tmp_path, reference, teache
     monkeypatch.undo()
     assert dump_logits(cfg, progress=False)["resumed_from"] == 2
     assert_same_cache(cfg.out, reference[0])
+
+
+def test_an_unfinished_cache_of_an_older_kdcli_resumes(tmp_path, reference, teacher, data_dir):
+    """Caches made before teacher_precision was recorded lack it: resuming them must not be refused for it."""
+    cfg = config(tmp_path, teacher, data_dir, epochs=E)
+    dump_logits(cfg, progress=False)
+    with h5py.File(cfg.out, "r+") as f:
+        del f.attrs["teacher_precision"]
+        f["epochs_complete"][()] = 2
+    assert dump_logits(cfg, progress=False)["resumed_from"] == 2
+    assert_same_cache(cfg.out, reference[0], ignore=("teacher_precision",))
 
 
 def test_disk_full_mid_dump_is_one_clear_error_and_resumes(tmp_path, reference, teacher, data_dir, monkeypatch):

@@ -422,6 +422,28 @@ def test_stacked_students_stopped_mid_epoch_resume_in_other_groups(tmp_path, dat
             assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4) and a["train_accuracy"] == b["train_accuracy"], seed
 
 
+def test_a_mid_epoch_checkpoint_of_the_older_format_resumes_in_a_group_of_its_size(tmp_path, data_dir, finished, monkeypatch):
+    """Before per-run columns, a checkpoint held its whole group's [steps, S] table of sums."""
+    interrupt(tmp_path, data_dir, monkeypatch)
+    path = tmp_path / "run" / CHECKPOINT
+    state = load_checkpoint(path)
+    for key in ("losses", "correct"):
+        state["partial"][key] = state["partial"][key][:, None]  # [steps] -> [steps, 1], as a group of one saved it
+    torch.save(state, path)
+    teach(config(tmp_path, "run", data_dir, resume=True))
+    assert_same_weights(weights(tmp_path / "run"), weights(finished[0]))
+    assert without_timing(metrics(tmp_path / "run")) == without_timing(metrics(finished[0]))
+
+    interrupt(tmp_path / "again", data_dir, monkeypatch)
+    path = tmp_path / "again" / "run" / CHECKPOINT
+    state = load_checkpoint(path)
+    for key in ("losses", "correct"):
+        state["partial"][key] = state["partial"][key][:, None].expand(-1, 2).clone()  # a group of two
+    torch.save(state, path)
+    with pytest.raises(KdcliError, match="stopped mid-epoch by an older kdcli in a group of 2 runs: resume it with the same --parallel"):
+        teach(config(tmp_path / "again", "run", data_dir, resume=True))
+
+
 def test_a_checkpoint_from_another_device_resumes_with_this_devices_optimizer(tmp_path, data_dir, monkeypatch):
     """A GPU checkpoint records fused SGD: loaded on a CPU (or a CPU one on a GPU), the optimizer keeps the
     kernel choice and the lr made for this device, not the saving device's."""
