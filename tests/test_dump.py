@@ -150,6 +150,13 @@ def test_bad_options_refused(tmp_path, teacher, data_dir, option):
         config(tmp_path, teacher, data_dir, **{option: 0})
 
 
+def assert_resumes_to(reference, cfg, done):
+    """The stopped dump at cfg.out kept `done` epochs, and finishes as the reference, never stopped."""
+    assert cache.cache_info(cfg.out)["epochs_complete"] == done
+    assert dump_logits(cfg, progress=False)["resumed_from"] == done
+    assert_same_cache(cfg.out, reference[0])
+
+
 def test_ctrl_c_keeps_every_epoch_labelled_before_it(tmp_path, reference, teacher, data_dir, monkeypatch):
     """Ctrl-C while the teacher labels epoch 2 (epoch 1 still being fsynced on the disk thread): the dump
     stops only once epoch 1 is on disk, and a resumed dump gives the cache of one never stopped."""
@@ -168,10 +175,8 @@ def test_ctrl_c_keeps_every_epoch_labelled_before_it(tmp_path, reference, teache
     monkeypatch.setattr(os, "fsync", lambda fd: (time.sleep(0.2), fsync(fd)))  # the write of epoch 1 is still going on
     with pytest.raises(Interrupted, match=r"interrupted: 2 of 4 epochs are in .*c\.h5"):
         dump_logits(cfg, progress=False)
-    assert cache.cache_info(cfg.out)["epochs_complete"] == 2
     monkeypatch.undo()
-    assert dump_logits(cfg, progress=False)["resumed_from"] == 2
-    assert_same_cache(cfg.out, reference[0])
+    assert_resumes_to(reference, cfg, done=2)
 
 
 def test_an_unfinished_cache_of_an_older_kdcli_resumes(tmp_path, reference, teacher, data_dir):
@@ -198,10 +203,8 @@ def test_disk_full_mid_dump_is_one_clear_error_and_resumes(tmp_path, reference, 
     monkeypatch.setattr(cache.CacheWriter, "_sync", full_at_epoch_2)
     with pytest.raises(KdcliError, match=r"cannot write .*c\.h5: .*No space left on device"):
         dump_logits(cfg, progress=False)
-    assert cache.cache_info(cfg.out)["epochs_complete"] == 2
     monkeypatch.undo()
-    assert dump_logits(cfg, progress=False)["resumed_from"] == 2
-    assert_same_cache(cfg.out, reference[0])
+    assert_resumes_to(reference, cfg, done=2)
 
 
 # Runs a dump whose every fsync takes 0.3 s longer, so that the test can kill it between two epochs
