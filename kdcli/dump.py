@@ -110,7 +110,8 @@ def _create_cache(config: DumpConfig, model, data, attrs: dict, teacher_path):
     test = test.cpu().numpy().astype(storage)
     # Accuracy from the stored logits, so that it can be recomputed from the file alone.
     accuracy = round(100 * float((test.argmax(1) == data.test_labels.cpu().numpy()).mean()), 4)
-    attrs = {**attrs, "teacher_test_accuracy": accuracy, "config": asdict(config)}
+    # The teacher's absolute path: `cache-info --verify` finds it from any folder.
+    attrs = {**attrs, "teacher_test_accuracy": accuracy, "config": {**asdict(config), "teacher": str(Path(config.teacher).resolve())}}
     cache.create(config.out, attrs, data.train_labels.cpu().numpy(), clean.cpu().numpy().astype(storage), test, config.epochs)
 
 

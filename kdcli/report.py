@@ -142,9 +142,13 @@ def _is_number(x) -> bool:
 
 def teacher_accuracy(runs) -> float | None:
     """The teacher's test accuracy recorded by the KD runs' caches; None if none records it."""
-    teachers = {(r["config"].get("cache_teacher_sha256"), r["config"]["cache_teacher_test_accuracy"]) for r in runs if "cache_teacher_test_accuracy" in r["config"]}
+    teachers = {}  # (sha256, accuracy) -> a run distilled from that teacher
+    for r in runs:
+        if "cache_teacher_test_accuracy" in r["config"]:
+            teachers.setdefault((r["config"].get("cache_teacher_sha256"), r["config"]["cache_teacher_test_accuracy"]), r["run_dir"])
     if len(teachers) > 1:  # rows would average students of different teachers into one setting
-        raise KdcliError(f"these runs were distilled from {len(teachers)} different teachers: report each teacher's runs separately")
+        examples = ", ".join(teachers.values())
+        raise KdcliError(f"these runs were distilled from {len(teachers)} different teachers (e.g. {examples}): report each teacher's runs separately")
     return next(iter(teachers))[1] if teachers else None
 
 

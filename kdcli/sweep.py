@@ -114,6 +114,8 @@ def sweep(config: SweepConfig, progress=True) -> dict:
         if config.force:  # every student at once: a --force sweep stopped part-way resumes without --force
             for c in configs:
                 forget_run(c.out)
+            for name in ("results.md", "results.csv", "results.png"):  # the old table must not pass for the new one
+                (Path(config.out) / name).unlink(missing_ok=True)
         for r in student_runs(configs, data, cache):
             if (r.dir / "summary.json").exists():
                 check_same_inputs(r)  # a finished student is kept only if it read this cache

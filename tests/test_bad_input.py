@@ -480,6 +480,7 @@ def test_ctrl_c_in_a_forced_sweep_resumes_with_the_printed_command(tmp_path, dat
     monkeypatch.setattr(train_module, "distillation_loss", loss)
     result = kdcli(*args)
     monkeypatch.setattr(train_module, "distillation_loss", distillation_loss)
+    assert not (tmp_path / "sweep" / "results.md").exists()  # the old teacher's table must not pass for the new one's
     hint, resumed = run_printed_hint(result)
     assert "--force" not in hint and resumed.exit_code == 0, resumed.output
     assert "4 students (3 trained now)" in resumed.stdout  # the one finished under --force is kept

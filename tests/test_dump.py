@@ -98,6 +98,7 @@ def test_metadata_and_summary(reference, teacher, data_dir):
     assert a["teacher_precision"] == "float32"  # on a CPU: no autocast (test_cuda.py checks the bf16 side)
     assert (a["augment_pad"], a["augment_crop"], a["augment_fill"], a["augment_flip"]) == (4, 32, 0, 0.5)
     assert a["augment_std"] == list(augment.STD) and a["config"]["batch_size"] == 64
+    assert a["config"]["teacher"] == str(teacher.resolve())  # absolute: cache-info --verify finds it from anywhere
     datetime.fromisoformat(a["created"])
     with cache.open_cache(path) as c:
         accuracy = 100 * (c.test_logits.argmax(1) == data.test_labels).float().mean().item()
