@@ -44,9 +44,10 @@ def resolve(path) -> Path:
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
-    path = resolve(path)
+    given, path = Path(path), resolve(path)
     if not path.is_file():
-        raise KdcliError(f"no checkpoint at {path}")
+        below = next(given.rglob(CHECKPOINT), None) if given.is_dir() else None  # a sweep folder holds runs
+        raise KdcliError(f"no checkpoint at {path}" + (f": {given} holds run folders; pass one, e.g. {below.parent}" if below else ""))
     try:
         with open(path, "rb") as f:
             magic = f.read(4)

@@ -231,7 +231,7 @@ def _markdown(rows, teacher_accuracy, unfinished) -> str:
         else:
             temperature = f"{r['temperature']:g}"
             ci = "n/a" if r["ci_low"] is None else f"{_f(r['ci_low'], True)}, {_f(r['ci_high'], True)}"
-            delta = f"{_f(r['delta'], True)} [{ci}]"
+            delta = "no baseline" if r["delta"] is None else f"{_f(r['delta'], True)} [{ci}]"
         lines.append(f"| {r['model']} | {temperature} | {w} | {r['n']} | {_f(r['mean'])} ± {_f(r['std'])} | {_f(r['min'])} | {_f(r['max'])} | {delta} |")
     notes = ["Test accuracy in %, final epoch, over seeds."]
     if teacher_accuracy is not None:

@@ -3,6 +3,7 @@
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -130,6 +131,12 @@ def test_bad_temperature(tmp_path, data_dir, temperature):
 def test_missing_data_without_download(tmp_path):
     result = kdcli(*teacher_args(tmp_path / "no-data", tmp_path / "out", "--no-download"))
     assert_clean_error(result, "--no-download", codes=(1,))
+
+
+def test_evaluate_on_a_folder_of_runs_names_one(tmp_path, data_dir, teacher_run):
+    shutil.copytree(teacher_run[0], tmp_path / "sweep" / "T30" / "seed1")
+    result = kdcli("evaluate", tmp_path / "sweep", "--device", "cpu", "--data-dir", data_dir)
+    assert_clean_error(result, "holds run folders; pass one, e.g.", str(tmp_path / "sweep" / "T30" / "seed1"), codes=(1,))
 
 
 def test_evaluate_missing_checkpoint(tmp_path, data_dir):

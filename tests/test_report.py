@@ -158,6 +158,7 @@ def test_aggregate_keeps_models_apart_and_treats_a_teacher_as_its_models_baselin
     rows = aggregate(collect([tmp_path]))
     assert [(r["model"], r["temperature"]) for r in rows] == [("lenet5", 4.0), ("resnet18", None)]
     assert rows[0]["delta"] is None  # no lenet5 baseline to compare with
+    assert "| lenet5 | 4 | 0.1 | 1 | 75.00 ± n/a | 75.00 | 75.00 | no baseline |" in write_report(rows, tmp_path / "report")
 
 
 def test_aggregate_refuses_runs_of_other_recipes(tmp_path):
