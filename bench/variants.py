@@ -82,7 +82,8 @@ def teacher_variants(args):
     """Each variant in a fresh process: the ones kdcli's CPU path has (no graphs, autotuning, layouts, compiling)."""
     cuda = resolve_device(args.device).type == "cuda"
     for name, (options, autotune, memory_format) in TEACHER_VARIANTS.items():
-        if cuda or not (options or not autotune or memory_format != torch.channels_last):
+        kdcli_on_a_cpu = not options and autotune and memory_format == torch.channels_last
+        if cuda or kdcli_on_a_cpu:
             command = [sys.executable, __file__, "teacher", f"--variant={name}", "--device", args.device,
                        "--images", str(args.images), "--model", args.model, "--repeat", str(args.repeat)]  # fmt: skip
             subprocess.run(command + (["--data-dir", args.data_dir] if args.data_dir else []), check=True)

@@ -173,14 +173,13 @@ RECIPE = ("epochs", "batch_size", "lr", "optimizer", "momentum", "nesterov", "we
 def check_comparable(runs):
     """Refuse runs whose accuracies are not samples of one experiment: runs of a model trained with other
     recipes (config.json), or two runs of one setting with the same seed (one run reported twice)."""
-    by_recipe: dict[str, dict[str, str]] = {}
+    by_recipe: dict[str, dict[tuple, str]] = {}  # model -> recipe (each field as JSON) -> a run with it
     for r in runs:
-        recipe = json.dumps([r["config"].get(k) for k in RECIPE])
+        recipe = tuple(json.dumps(r["config"].get(k)) for k in RECIPE)
         by_recipe.setdefault(r["summary"]["model"], {}).setdefault(recipe, r["run_dir"])
     for model, found in by_recipe.items():
         if len(found) > 1:
-            recipes = [json.loads(recipe) for recipe in found]
-            differ = [k for i, k in enumerate(RECIPE) if len({json.dumps(recipe[i]) for recipe in recipes}) > 1]
+            differ = [k for i, k in enumerate(RECIPE) if len({recipe[i] for recipe in found}) > 1]
             a, b = list(found.values())[:2]
             raise KdcliError(f"the {model} runs were trained with other {', '.join(differ)} (e.g. {a} and {b}): report each recipe's runs separately")
     seen = {}

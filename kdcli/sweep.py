@@ -116,7 +116,8 @@ def sweep(config: SweepConfig, progress=True) -> dict:
                 forget_run(c.out)
             for name in ("results.md", "results.csv", "results.png"):  # the old table must not pass for the new one
                 (Path(config.out) / name).unlink(missing_ok=True)
-        for r in student_runs(configs, data, cache):
+        runs = {c.out: r for c, r in zip(configs, student_runs(configs, data, cache))}
+        for r in runs.values():
             if (r.dir / "summary.json").exists():
                 check_same_inputs(r)  # a finished student is kept only if it read this cache
         todo = groups(configs, parallel)
@@ -126,11 +127,11 @@ def sweep(config: SweepConfig, progress=True) -> dict:
             if progress:
                 names = ", ".join(str(Path(c.out).relative_to(config.out)) for c in members)
                 print(f"group {i + 1}/{len(todo)}, trained together: {names}", flush=True)
-            train_runs(student_runs(members, data, cache), data, device, progress=progress)
+            train_runs([runs[c.out] for c in members], data, device, progress=progress)
     finally:
         if cache is not None:
             cache.close()
-    runs = report.collect([c.out for c in configs])  # this sweep's students only, not whatever else --out holds
-    rows = report.aggregate(runs)
-    table = report.write_report(rows, config.out, report.teacher_accuracy(runs), unfinished=len(runs.unfinished))
+    found = report.collect([c.out for c in configs])  # this sweep's students only, not whatever else --out holds
+    rows = report.aggregate(found)
+    table = report.write_report(rows, config.out, report.teacher_accuracy(found), unfinished=len(found.unfinished))
     return {"table": table, "students": len(configs), "trained_now": sum(len(g) for g in todo), "out": config.out, "settings": asdict(config)}

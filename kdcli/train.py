@@ -259,13 +259,14 @@ class Group:
         for s, state in enumerate(states):
             self.stack.load_member_state(s, state["model"])
         saved = stack_optimizer_states([st["optimizer"] for st in states])
-        for group, fresh in zip(saved["param_groups"], self.optimizer.param_groups):
+        made_here = [dict(group) for group in self.optimizer.param_groups]
+        for group, fresh in zip(saved["param_groups"], made_here):
             # This device's kernel choice, not the saving device's, and before loading, which places the state by it
             # (a CPU checkpoint would otherwise make fused SGD a per-step .item() that CUDA graphs cannot capture).
             group.update({k: fresh[k] for k in ("fused", "foreach", "capturable", "differentiable") if k in fresh})
         self.optimizer.load_state_dict(saved)
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.lr if self.device.type == "cuda" else float(self.lr)  # loading copied the shared lr tensor
+        for group, fresh in zip(self.optimizer.param_groups, made_here):
+            group["lr"] = fresh["lr"]  # loading copied the shared lr tensor
         for p, state in self.optimizer.state.items():  # loading keeps the saved layout; fused kernels want the param's
             for k, v in state.items():
                 if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():

@@ -113,15 +113,14 @@ def test_collect_errors_on_unreadable_summary(tmp_path):
     (tmp_path / "run" / "summary.json").write_text('{"model": "lenet5", "test_acc')
     with pytest.raises(KdcliError, match="cannot read .*summary.json"):
         collect([tmp_path])
-    (tmp_path / "run" / "summary.json").write_text('{"model": "lenet5"}')
-    with pytest.raises(KdcliError, match="no model or test_accuracy"):
-        collect([tmp_path])
-    (tmp_path / "run" / "summary.json").write_text('{"model": "lenet5", "test_accuracy": "n/a"}')
-    with pytest.raises(KdcliError, match="no model or test_accuracy"):
-        collect([tmp_path])
-    (tmp_path / "run" / "summary.json").write_text('{"model": "lenet5", "test_accuracy": 75.0, "distillation_weight": 0.1}')
-    with pytest.raises(KdcliError, match="a distillation weight but no temperature"):
-        collect([tmp_path])
+    for summary, error in [
+        ('{"model": "lenet5"}', "no model or test_accuracy"),
+        ('{"model": "lenet5", "test_accuracy": "n/a"}', "no model or test_accuracy"),
+        ('{"model": "lenet5", "test_accuracy": 75.0, "distillation_weight": 0.1}', "a distillation weight but no temperature"),
+    ]:
+        (tmp_path / "run" / "summary.json").write_text(summary)
+        with pytest.raises(KdcliError, match=error):
+            collect([tmp_path])
 
 
 def test_teacher_accuracy_from_kd_configs(tmp_path):
