@@ -49,7 +49,7 @@ from kdcli import KdcliError, augment
 from kdcli.cache import open_cache
 from kdcli.checkpoint import save_atomic
 from kdcli.data import BATCH_FOLDER, TEST_FILE, TRAIN_FILES, NotOfficialDataWarning, load_cifar10
-from kdcli.dump import DumpConfig, dump_logits, teacher_logits
+from kdcli.dump import DumpConfig, dump_logits, teacher_logits, view_labeller
 from kdcli.models import create_model
 from kdcli.data import resolve_device
 from kdcli.evaluate import load_model
@@ -218,8 +218,9 @@ def bench_dump(data, data_dir, teacher_path, device, args, tmp) -> tuple:
     )  # fmt: skip
     dump = dump_logits(config, progress=False)["images_per_s"]
     model, _ = load_model(teacher_path, device)  # eval mode, channels_last on CUDA, as in the dump
-    if config.compile and device.type == "cuda":  # the same compiled teacher: the ratio is the dump's own overhead
-        model = torch.compile(model, dynamic=False)
+    compile = config.compile and device.type == "cuda"
+    label = view_labeller(model, config.amp, compile)  # as the dump labels views: augmentation compiled with the teacher
+    model = torch.compile(model, dynamic=False) if compile else model  # the same compiled teacher: the ratio is the dump's own overhead
     autocast = torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda")  # as the dump's default --amp
     p, b = augment.params(0, 0, n), config.batch_size
     x = torch.cat([augment.normalize(augment.apply(data.train_images[i : i + b], p[i : i + b])) for i in range(0, n, b)])
@@ -234,7 +235,7 @@ def bench_dump(data, data_dir, teacher_path, device, args, tmp) -> tuple:
 
     def without_io():  # the dump's epoch loop minus the HDF5 writes: splits its overhead into augmentation and I/O
         for e in range(args.dump_epochs):
-            teacher_logits(model, data.train_images, augment.params(0, e, n), config.amp, b).cpu()
+            teacher_logits(label, data.train_images, augment.params(0, e, n), b).cpu()
 
     no_io_per_s = FULL / timed(without_io, device, args.repeat, n * args.dump_epochs)
     rows = [

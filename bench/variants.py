@@ -10,7 +10,7 @@ teacher  one teacher epoch (batch 128) as kdcli trains it, against: cuDNN autotu
 infer    bare teacher inference on ready views (what dump-logits pays per image): eager, with each batch
          norm folded into its convolution, and compiled, at several batch sizes;
 dump     dump-logits' epoch loop at several batch sizes, against: HDF5 writes in the main thread, no
-         writes, the augmentation compiled together with the teacher, and bare inference;
+         writes, views built by eager kernels around the compiled teacher, and bare inference;
 profile  the GPU kernels of eager teacher steps, most time first (where a step's time goes).
 
 The README's "Tried and measured, not kept" cites these numbers. Seconds are per 50,000-image epoch,
@@ -37,7 +37,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from bench import FULL, group_epoch, save_teacher, timed, write_synthetic_cifar
 from kdcli import augment, cache
 from kdcli.data import NotOfficialDataWarning, load_cifar10, resolve_device
-from kdcli.dump import DumpConfig, dump_logits, teacher_logits
+from kdcli.dump import DumpConfig, dump_logits, teacher_logits, view_labeller
 from kdcli.evaluate import load_model
 from kdcli.models import create_model
 from kdcli.runs import DrawnAugmentation, Run
@@ -144,8 +144,9 @@ def infer_variants(data, device, args):
 
 def dump_variants(data, data_dir, device, args, tmp):
     """dump-logits' epoch loop as kdcli runs it, at each batch size, against: its HDF5 writes done in the
-    main thread (before the disk thread), no writes at all, the augmentation compiled together with the
-    teacher, and bare inference on ready views. Epochs are compiled, warm, and written to a real cache."""
+    main thread (before the disk thread), no writes at all, no writes with the views built by eager kernels
+    around the compiled teacher (before the augmentation was compiled with it), and bare inference on ready
+    views. Epochs are compiled, warm, and written to a real cache."""
     n, teacher = len(data.train_labels), save_teacher(tmp / "teacher.pt", args.model)
     cuda = device.type == "cuda"
     for b in args.batches:
@@ -153,7 +154,8 @@ def dump_variants(data, data_dir, device, args, tmp):
                             data_dir=str(data_dir), subset=n, device=device.type, download=False, quiet=True)  # fmt: skip
         print(f"dump     {'kdcli dump-logits':36s} batch {b:5d} {dump_logits(config)['images_per_s']:12,.0f} img/s", flush=True)
     model, _ = load_model(teacher, device)
-    model = torch.compile(model, dynamic=False) if cuda else model
+    label = view_labeller(model, True, cuda)  # as the dump labels views: augmentation compiled with the teacher
+    compiled = torch.compile(model, dynamic=False) if cuda else model
     b, path = config.batch_size, Path(config.out)  # the largest batch; its cache is rewritten in place
     autocast = torch.autocast("cuda", torch.bfloat16, enabled=cuda)
 
@@ -163,23 +165,18 @@ def dump_variants(data, data_dir, device, args, tmp):
         with cache.CacheWriter(path) as writer:
             for e in range(args.repeat):
                 aug = augment.params(0, e, n)
-                logits = teacher_logits(model, data.train_images, aug, True, b).cpu().numpy().astype(np.float16)
+                logits = teacher_logits(label, data.train_images, aug, b).cpu().numpy().astype(np.float16)
                 writer.write_epoch(e, aug.numpy(), logits)
 
     def no_writes():
         for e in range(args.repeat):
-            teacher_logits(model, data.train_images, augment.params(0, e, n), True, b).cpu()
+            teacher_logits(label, data.train_images, augment.params(0, e, n), b).cpu()
 
-    @torch.compile(dynamic=False, disable=not cuda)
-    def view_logits(images, p):
-        return model(augment.normalize(augment.apply(images, p))).float()
+    label_eager_views = view_labeller(compiled, True, compile=False)  # kdcli before: only the teacher compiled
 
-    @torch.inference_mode()
-    def augmentation_compiled():
+    def views_built_eagerly():
         for e in range(args.repeat):
-            p = augment.params(0, e, n).to(device)
-            with autocast:
-                torch.cat([view_logits(data.train_images[i : i + b], p[i : i + b]) for i in range(0, n, b)]).cpu()
+            teacher_logits(label_eager_views, data.train_images, augment.params(0, e, n), b).cpu()
 
     x = torch.cat([augment.normalize(augment.apply(data.train_images[i : i + b], p)) for i, p in
                    zip(range(0, n, b), augment.params(0, 0, n).split(b))])  # fmt: skip
@@ -189,10 +186,10 @@ def dump_variants(data, data_dir, device, args, tmp):
         for _ in range(args.repeat):
             for i in range(0, n, b):
                 with autocast:
-                    model(x[i : i + b])
+                    compiled(x[i : i + b])
 
     for name, loop in {"HDF5 writes in the main thread": writes_in_main_thread, "no HDF5 writes": no_writes,
-                       "augmentation compiled with teacher": augmentation_compiled, "bare inference, views ready": bare}.items():  # fmt: skip
+                       "no HDF5 writes, views built eagerly": views_built_eagerly, "bare inference, views ready": bare}.items():  # fmt: skip
         print(f"dump     {name:36s} batch {b:5d} {FULL / timed(loop, device, 1, n * args.repeat):12,.0f} img/s", flush=True)
 
 

@@ -40,6 +40,11 @@ def params(seed: int, epoch: int, n: int) -> torch.Tensor:
     return torch.cat([offsets, flips], dim=1).to(torch.int8)
 
 
+def unaugmented(n: int) -> torch.Tensor:
+    """[n, 3] int8 params whose views are the images themselves: the crop at the padding's offset, no flip."""
+    return torch.tensor([PAD, PAD, 0], dtype=torch.int8).expand(n, 3)
+
+
 def apply(images: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     """[B, C, H, W] uint8 + [B, 3] params -> [B, C, 32, 32] uint8 views; one gather, no Python loop."""
     p = p.to(images.device, torch.long)
@@ -63,7 +68,8 @@ def _mean_std(device):
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """uint8 [B, 3, H, W] -> normalised float32 (autocast casts it where it runs); channels_last on GPUs, where convolutions run faster in it."""
-    mean, std = _mean_std(images.device)
+    # Under torch.compile the constants become part of the graph; the cache is for eager calls (dynamo warns of it).
+    mean, std = _mean_std.__wrapped__(images.device) if torch.compiler.is_compiling() else _mean_std(images.device)
     x = (images.float() - mean) / std
     # On CPUs channels_last made LeNet-5 steps 2-5x slower (measured), so only GPUs get it.
     return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
