@@ -11,6 +11,8 @@ infer    bare teacher inference on ready views (what dump-logits pays per image)
          norm folded into its convolution, and compiled, at several batch sizes;
 dump     dump-logits' epoch loop at several batch sizes, against: HDF5 writes in the main thread, no
          writes, views built by eager kernels around the compiled teacher, and bare inference;
+kd       a cached-KD LeNet-5 epoch against no KD, in interleaved rounds (their spread is the noise),
+         and the kernels of one eager step of each (what KD adds to a step);
 profile  the GPU kernels of eager teacher steps, most time first (where a step's time goes).
 
 The README's "Tried and measured, not kept" cites these numbers. Seconds are per 50,000-image epoch,
@@ -34,16 +36,17 @@ import numpy as np
 import torch
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from bench import FULL, group_epoch, save_teacher, timed, write_synthetic_cifar
+from bench import FULL, free_unreferenced, group_epoch, save_teacher, student, timed, write_synthetic_cifar
 from kdcli import augment, cache
+from kdcli.cache import open_cache
 from kdcli.data import NotOfficialDataWarning, load_cifar10, resolve_device
 from kdcli.dump import DumpConfig, dump_logits, teacher_logits, view_labeller
 from kdcli.evaluate import load_model
 from kdcli.models import create_model
-from kdcli.runs import DrawnAugmentation, Run
-from kdcli.train import Group, TeacherConfig
+from kdcli.runs import CachedTargets, DrawnAugmentation, Run
+from kdcli.train import Group, StudentConfig, TeacherConfig
 
-SECTIONS = ("teacher", "infer", "dump", "profile")
+SECTIONS = ("teacher", "infer", "dump", "kd", "profile")
 
 
 def parse_args(argv=None):
@@ -193,6 +196,54 @@ def dump_variants(data, data_dir, device, args, tmp):
         print(f"dump     {name:36s} batch {b:5d} {FULL / timed(loop, device, 1, n * args.repeat):12,.0f} img/s", flush=True)
 
 
+def kd_variants(data, data_dir, device, args, tmp):
+    """A LeNet-5 epoch with KD from the cache against one without KD, in interleaved rounds, then the
+    kernels and kernel time of 10 eager steps of each: what KD adds to a step, apart from the noise."""
+    n = len(data.train_labels)
+    config = DumpConfig(teacher=str(save_teacher(tmp / "kd-teacher.pt", args.model)), epochs=2, out=str(tmp / "kd.h5"),
+                        data_dir=str(data_dir), subset=n, device=device.type, download=False, quiet=True, compile=False)  # fmt: skip
+    dump_logits(config, progress=False)
+    with open_cache(config.out) as c:
+        sources = {"no KD": (0.0, DrawnAugmentation(0, n)), "KD from the cache": (0.1, CachedTargets(c))}
+
+        def group(name, **options):
+            weight, targets = sources[name]
+            return Group([Run(StudentConfig(**{**vars(student(tmp, weight=weight)), **options}), targets)], data, device)
+
+        for r in range(2):
+            seconds = {}
+            for name in sources:
+                seconds[name] = timed(group_epoch(group(name)), device, args.repeat, n)
+                free_unreferenced()
+            cost = seconds["KD from the cache"] / seconds["no KD"] - 1
+            print(f"kd       round {r}: " + ", ".join(f"{k} {v:.4f} s/epoch" for k, v in seconds.items()) + f": KD costs {cost:+.1%}", flush=True)
+        for name in sources:
+            g = group(name, cuda_graphs=False)
+            kernels, microseconds = eager_step_kernels(g, device)
+            what = f"{kernels:.0f} kernels, {microseconds:.0f} µs of kernel time" if device.type == "cuda" else f"{kernels:.0f} operators"
+            print(f"kd       {name:20s} eager step: {what}", flush=True)
+            del g
+            free_unreferenced()
+
+
+def eager_step_kernels(group, device) -> tuple:
+    """(kernels, µs of their time) per eager training step of `group`, over 10 steps after 3 warm-up ones;
+    on a CPU, (operators, 0)."""
+    aug, soft, order = group.epoch_inputs()
+    group.stack.train()
+    idx = order[:, : group.config.batch_size]
+    for _ in range(3):
+        group.train_step(idx, aug, soft)
+    cuda = device.type == "cuda"
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA if cuda else torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(10):
+            group.train_step(idx, aug, soft)
+        if cuda:
+            torch.cuda.synchronize(device)
+    kernels = [e for e in prof.events() if not cuda or e.device_type == torch.autograd.DeviceType.CUDA]
+    return len(kernels) / 10, sum(e.device_time_total for e in kernels) / 10 if cuda else 0.0
+
+
 def profile(data, device, args, tmp):
     torch.backends.cudnn.benchmark = device.type == "cuda"
     group = Group([Run(TeacherConfig(model=args.model, out=str(tmp / "profile"), cuda_graphs=False), DrawnAugmentation(777, len(data.train_labels)))], data, device)
@@ -232,6 +283,8 @@ def main(argv=None):
             infer_variants(data, device, args)
         if "dump" in args.sections:
             dump_variants(data, data_dir, device, args, tmp)
+        if "kd" in args.sections:
+            kd_variants(data, data_dir, device, args, tmp)
         if "profile" in args.sections:
             profile(data, device, args, tmp)
 

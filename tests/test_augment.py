@@ -93,3 +93,8 @@ def test_normalize_matches_the_reference_normalisation():
     torch.testing.assert_close(x, reference, rtol=1e-5, atol=1e-5)
     assert augment.MEAN == (0.4914, 0.4822, 0.4465) and augment.STD == (0.2471, 0.2435, 0.2616)
     assert augment.SPEC["pad"] == 4 and augment.SPEC["crop"] == 32 and augment.SPEC["fill"] == 0
+
+
+def test_unaugmented_params_give_the_images_themselves():
+    images = random_images(5, seed=4)
+    assert torch.equal(augment.apply(images, augment.unaugmented(5)), images)

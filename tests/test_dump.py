@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from datetime import datetime
 from pathlib import Path
 
@@ -248,3 +249,17 @@ def test_dump_killed_mid_run_resumes_to_the_same_arrays(tmp_path, reference, tea
     summary = dump_logits(cfg, progress=False)
     assert (summary["resumed_from"], summary["epochs_written"]) == (done, E - done)
     assert_same_cache(cfg.out, reference[0])
+
+
+def test_the_view_labeller_traces_as_one_graph_without_warnings():
+    """On CUDA the dump compiles augmentation, normalisation and teacher together: a graph break would
+    split the fused kernels, and a dynamo warning would reach every user's terminal."""
+    model = create_model("resnet8").eval()
+    label = dump.view_labeller(model, amp=True, compile=False)
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    torch._dynamo.reset()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with torch.inference_mode():
+            explained = torch._dynamo.explain(label)(images, augment.params(0, 0, 4))
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
