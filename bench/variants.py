@@ -12,7 +12,8 @@ infer    bare teacher inference on ready views (what dump-logits pays per image)
 dump     dump-logits' epoch loop at several batch sizes, against: HDF5 writes in the main thread, no
          writes, views built by eager kernels around the compiled teacher, and bare inference;
 kd       a cached-KD LeNet-5 epoch against no KD, in interleaved rounds (their spread is the noise),
-         and the kernels of one eager step of each (what KD adds to a step);
+         the kernels of one eager step of each (what KD adds to a step), and (CUDA) the KD epoch with
+         its loss compiled, which kdcli does not do;
 profile  the GPU kernels of eager teacher steps, most time first (where a step's time goes).
 
 The README's "Tried and measured, not kept" cites these numbers. Seconds are per 50,000-image epoch,
@@ -37,7 +38,8 @@ import torch
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from bench import FULL, free_unreferenced, group_epoch, save_teacher, student, timed, write_synthetic_cifar
-from kdcli import augment, cache
+from kdcli import augment, cache, losses
+from kdcli import train as train_module
 from kdcli.cache import open_cache
 from kdcli.data import NotOfficialDataWarning, load_cifar10, resolve_device
 from kdcli.dump import DumpConfig, dump_logits, teacher_logits, view_labeller
@@ -224,6 +226,13 @@ def kd_variants(data, data_dir, device, args, tmp):
             print(f"kd       {name:20s} eager step: {what}", flush=True)
             del g
             free_unreferenced()
+        if device.type == "cuda":  # not kdcli's way (yet): the KD loss compiled, fused into a few kernels
+            train_module.distillation_loss = torch.compile(losses.distillation_loss)  # train_step looks it up here
+            try:
+                seconds = timed(group_epoch(group("KD from the cache")), device, args.repeat, n)
+            finally:
+                train_module.distillation_loss = losses.distillation_loss
+            print(f"kd       KD from the cache, its loss compiled: {seconds:.4f} s/epoch", flush=True)
 
 
 def eager_step_kernels(group, device) -> tuple:
