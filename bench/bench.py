@@ -218,9 +218,9 @@ def bench_dump(data, data_dir, teacher_path, device, args, tmp) -> tuple:
     )  # fmt: skip
     dump = dump_logits(config, progress=False)["images_per_s"]
     model, _ = load_model(teacher_path, device)  # eval mode, channels_last on CUDA, as in the dump
-    compile = config.compile and device.type == "cuda"
-    label = view_labeller(model, config.amp, compile)  # as the dump labels views: augmentation compiled with the teacher
-    model = torch.compile(model, dynamic=False) if compile else model  # the same compiled teacher: the ratio is the dump's own overhead
+    compiled = config.compile and device.type == "cuda"
+    label = view_labeller(model, config.amp, compiled)  # as the dump labels views: augmentation compiled with the teacher
+    model = torch.compile(model, dynamic=False) if compiled else model  # the same compiled teacher: the ratio is the dump's own overhead
     autocast = torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda")  # as the dump's default --amp
     p, b = augment.params(0, 0, n), config.batch_size
     x = torch.cat([augment.normalize(augment.apply(data.train_images[i : i + b], p[i : i + b])) for i in range(0, n, b)])

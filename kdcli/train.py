@@ -204,7 +204,7 @@ def train_runs(runs: list, data, device: torch.device, teacher: nn.Module | None
         if progress:
             where = f"epoch {group.epoch + 1}" + (f", step {group.step + 1}" if group.step else "")
             print(f"resuming {', '.join(str(r.dir) for r in runs)} at {where}", file=sys.stderr, flush=True)
-    config, stop = runs[0].config, _StopOnSigint()
+    config, stop = runs[0].config, StopOnSigint()
     bar = tqdm(total=config.epochs, initial=group.epoch, unit="epoch", disable=not progress or config.quiet, dynamic_ncols=True)
     try:
         while group.epoch < config.epochs:
@@ -473,8 +473,9 @@ def _report(bar, config, group, seconds, progress):
         )
 
 
-class _StopOnSigint:
-    """Ctrl-C sets a flag that the loop checks after each step, so weights are never half-updated."""
+class StopOnSigint:
+    """Ctrl-C sets a flag that a loop checks at its safe points (training: after each step, so weights
+    are never half-updated; dump-logits: between batches), instead of raising wherever it lands."""
 
     def __init__(self):
         self.requested = False

@@ -444,7 +444,7 @@ def test_ctrl_c_in_a_dump_says_what_is_kept_and_how_to_resume(tmp_path, data_dir
     def interrupted_at_epoch_1(model, images, aug, *args):
         if aug is not None:  # (None: the un-augmented train and test sets, labelled first)
             if epochs_labelled:
-                raise KeyboardInterrupt
+                os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, handled while epoch 1 is being labelled
             epochs_labelled.append(aug)
         return label(model, images, aug, *args)
 

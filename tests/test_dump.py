@@ -168,7 +168,7 @@ def test_ctrl_c_keeps_every_epoch_labelled_before_it(tmp_path, reference, teache
     def interrupted_at_epoch_2(model, images, aug, *args):
         if aug is not None:  # (None: the un-augmented train and test sets, labelled first)
             if len(epochs_labelled) == 2:
-                raise KeyboardInterrupt
+                os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, handled while epoch 2 is being labelled
             epochs_labelled.append(aug)
         return label(model, images, aug, *args)
 
@@ -179,6 +179,27 @@ def test_ctrl_c_keeps_every_epoch_labelled_before_it(tmp_path, reference, teache
         dump_logits(cfg, progress=False)
     monkeypatch.undo()
     assert_resumes_to(reference, cfg, done=2)
+
+
+def test_ctrl_c_while_an_epoch_is_written_keeps_a_cache_that_resumes(tmp_path, reference, teacher, data_dir, monkeypatch):
+    """Ctrl-C during the disk thread's fsync of epoch 0, while the main thread labels epoch 2 or waits to
+    hand epoch 1 over: the dump stops with every epoch labelled in full written, in order (2 or 3 of them,
+    by the race), and says how many."""
+    cfg, epoch = config(tmp_path, teacher, data_dir), 0
+    sync = cache.CacheWriter._sync
+
+    def ctrl_c_at_epoch(writer):
+        if writer.epochs_complete == epoch:  # (epochs_complete counts this epoch only once its sync is done)
+            os.kill(os.getpid(), signal.SIGINT)
+        sync(writer)
+
+    monkeypatch.setattr(cache.CacheWriter, "_sync", ctrl_c_at_epoch)
+    with pytest.raises(Interrupted) as stopped:
+        dump_logits(cfg, progress=False)
+    monkeypatch.undo()
+    done = cache.cache_info(cfg.out)["epochs_complete"]
+    assert f"interrupted: {done} of {E} epochs" in str(stopped.value) and epoch < done < E
+    assert_resumes_to(reference, cfg, done)
 
 
 def test_an_unfinished_cache_of_an_older_kdcli_resumes(tmp_path, reference, teacher, data_dir):
@@ -255,7 +276,7 @@ def test_the_view_labeller_traces_as_one_graph_without_warnings():
     """On CUDA the dump compiles augmentation, normalisation and teacher together: a graph break would
     split the fused kernels, and a dynamo warning would reach every user's terminal."""
     model = create_model("resnet8").eval()
-    label = dump.view_labeller(model, amp=True, compile=False)
+    label = dump.view_labeller(model, amp=True, compiled=False)
     images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
     torch._dynamo.reset()
     with warnings.catch_warnings():
