@@ -48,10 +48,9 @@ from torchvision import transforms
 from kdcli import KdcliError, augment
 from kdcli.cache import open_cache
 from kdcli.checkpoint import save_atomic
-from kdcli.data import BATCH_FOLDER, TEST_FILE, TRAIN_FILES, NotOfficialDataWarning, load_cifar10
+from kdcli.data import BATCH_FOLDER, TEST_FILE, TRAIN_FILES, NotOfficialDataWarning, load_cifar10, resolve_device
 from kdcli.dump import DumpConfig, dump_logits, teacher_logits, view_labeller
 from kdcli.models import create_model
-from kdcli.data import resolve_device
 from kdcli.evaluate import load_model
 from kdcli.runs import CachedTargets, DrawnAugmentation, Run
 from kdcli.train import Group, StudentConfig, TeacherConfig
@@ -208,6 +207,12 @@ def bench_teacher(data, device, args, tmp) -> dict:
 # ---------------------------------------------------------------- 2. dump-logits
 
 
+def ready_views(images, p, batch: int) -> torch.Tensor:
+    """The normalised views [N, 3, 32, 32] that params p make of images, built batch by batch as a dump
+    builds them: what bare inference starts from."""
+    return torch.cat([augment.normalize(augment.apply(images[i : i + batch], p[i : i + batch])) for i in range(0, len(images), batch)])
+
+
 def bench_dump(data, data_dir, teacher_path, device, args, tmp) -> tuple:
     """The real dump_logits into a temp HDF5 file vs bare inference. Its summary times only its epoch loop,
     which follows a warm-up (its un-augmented pass over the same images) and ends synchronised (.cpu())."""
@@ -218,12 +223,11 @@ def bench_dump(data, data_dir, teacher_path, device, args, tmp) -> tuple:
     )  # fmt: skip
     dump = dump_logits(config, progress=False)["images_per_s"]
     model, _ = load_model(teacher_path, device)  # eval mode, channels_last on CUDA, as in the dump
-    compiled = config.compile and device.type == "cuda"
-    label = view_labeller(model, config.amp, compiled)  # as the dump labels views: augmentation compiled with the teacher
-    model = torch.compile(model, dynamic=False) if compiled else model  # the same compiled teacher: the ratio is the dump's own overhead
-    autocast = torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda")  # as the dump's default --amp
-    p, b = augment.params(0, 0, n), config.batch_size
-    x = torch.cat([augment.normalize(augment.apply(data.train_images[i : i + b], p[i : i + b])) for i in range(0, n, b)])
+    cuda, b = device.type == "cuda", config.batch_size
+    label = view_labeller(model, cuda, cuda)  # as the dump labels views (default --amp, --compile): augmentation compiled with the teacher
+    model = torch.compile(model, dynamic=False) if cuda else model  # the same compiled teacher: the ratio is the dump's own overhead
+    autocast = torch.autocast("cuda", torch.bfloat16, enabled=cuda)  # as the dump's default --amp
+    x = ready_views(data.train_images, augment.params(0, 0, n), b)
 
     @torch.no_grad()
     def bare():

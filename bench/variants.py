@@ -22,6 +22,7 @@ as in bench.py, whose helpers this uses.
 
 import argparse
 import copy
+import dataclasses
 import subprocess
 import sys
 import tempfile
@@ -37,7 +38,7 @@ import numpy as np
 import torch
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from bench import FULL, free_unreferenced, group_epoch, save_teacher, student, timed, write_synthetic_cifar
+from bench import FULL, free_unreferenced, group_epoch, ready_views, save_teacher, student, timed, write_synthetic_cifar
 from kdcli import augment, cache, losses
 from kdcli import train as train_module
 from kdcli.cache import open_cache
@@ -46,7 +47,7 @@ from kdcli.dump import DumpConfig, dump_logits, teacher_logits, view_labeller
 from kdcli.evaluate import load_model
 from kdcli.models import create_model
 from kdcli.runs import CachedTargets, DrawnAugmentation, Run
-from kdcli.train import Group, StudentConfig, TeacherConfig
+from kdcli.train import Group, TeacherConfig
 
 SECTIONS = ("teacher", "infer", "dump", "kd", "profile")
 
@@ -87,8 +88,7 @@ def teacher_variants(args):
     """Each variant in a fresh process: the ones kdcli's CPU path has (no graphs, autotuning, layouts, compiling)."""
     cuda = resolve_device(args.device).type == "cuda"
     for name, (options, autotune, memory_format) in TEACHER_VARIANTS.items():
-        kdcli_on_a_cpu = not options and autotune and memory_format == torch.channels_last
-        if cuda or kdcli_on_a_cpu:
+        if cuda or name == "kdcli default":  # the others are CUDA-only paths
             command = [sys.executable, __file__, "teacher", f"--variant={name}", "--device", args.device,
                        "--images", str(args.images), "--model", args.model, "--repeat", str(args.repeat)]  # fmt: skip
             subprocess.run(command + (["--data-dir", args.data_dir] if args.data_dir else []), check=True)
@@ -122,16 +122,15 @@ def fold_batchnorm(model):
 
 
 def infer_variants(data, device, args):
-    torch.backends.cudnn.benchmark = device.type == "cuda"
     n = len(data.train_labels) // max(args.batches) * max(args.batches)  # no ragged last batch at any size
-    p = augment.params(0, 0, n)
-    views = [augment.normalize(augment.apply(data.train_images[i : i + 1024], p[i : i + 1024])) for i in range(0, n, 1024)]
-    x = torch.cat(views)  # the views of a dump epoch, ready on the device
+    x = ready_views(data.train_images[:n], augment.params(0, 0, n), 1024)  # the views of a dump epoch, ready on the device
     torch.manual_seed(0)
     plain = create_model(args.model).to(device, memory_format=torch.channels_last if device.type == "cuda" else torch.preserve_format).eval()
     for bn in (m for m in plain.modules() if isinstance(m, torch.nn.BatchNorm2d)):
         bn.running_var.uniform_(0.5, 2.0)  # statistics of a trained net, so that folding has something to fold
-    models = {"eager": plain, "batch norm folded": fold_batchnorm(copy.deepcopy(plain)), "compiled": torch.compile(plain, dynamic=False)}
+    models = {"eager": plain, "batch norm folded": fold_batchnorm(copy.deepcopy(plain))}
+    if device.type == "cuda":  # kdcli compiles on CUDA only
+        models["compiled"] = torch.compile(plain, dynamic=False)
     autocast = torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda")
     for b in args.batches:
         for name, model in models.items():
@@ -142,8 +141,6 @@ def infer_variants(data, device, args):
                     with autocast:
                         model(x[i : i + b])
 
-            if name == "compiled" and device.type != "cuda":
-                continue  # kdcli compiles on CUDA only
             print(f"infer    {name:20s} batch {b:5d} {FULL / timed(infer, device, args.repeat, n):12,.0f} img/s", flush=True)
 
 
@@ -159,7 +156,7 @@ def dump_variants(data, data_dir, device, args, tmp):
                             data_dir=str(data_dir), subset=n, device=device.type, download=False, quiet=True)  # fmt: skip
         print(f"dump     {'kdcli dump-logits':36s} batch {b:5d} {dump_logits(config)['images_per_s']:12,.0f} img/s", flush=True)
     model, _ = load_model(teacher, device)
-    label = view_labeller(model, True, cuda)  # as the dump labels views: augmentation compiled with the teacher
+    label = view_labeller(model, cuda, cuda)  # as the dump labels views (default --amp, --compile): augmentation compiled with the teacher
     compiled = torch.compile(model, dynamic=False) if cuda else model
     b, path = config.batch_size, Path(config.out)  # the largest batch; its cache is rewritten in place
     autocast = torch.autocast("cuda", torch.bfloat16, enabled=cuda)
@@ -177,14 +174,13 @@ def dump_variants(data, data_dir, device, args, tmp):
         for e in range(args.repeat):
             teacher_logits(label, data.train_images, augment.params(0, e, n), b).cpu()
 
-    label_eager_views = view_labeller(compiled, True, compiled=False)  # kdcli before: only the teacher compiled
+    label_eager_views = view_labeller(compiled, cuda, compiled=False)  # kdcli before: only the teacher compiled
 
     def views_built_eagerly():
         for e in range(args.repeat):
             teacher_logits(label_eager_views, data.train_images, augment.params(0, e, n), b).cpu()
 
-    x = torch.cat([augment.normalize(augment.apply(data.train_images[i : i + b], p)) for i, p in
-                   zip(range(0, n, b), augment.params(0, 0, n).split(b))])  # fmt: skip
+    x = ready_views(data.train_images, augment.params(0, 0, n), b)
 
     @torch.inference_mode()
     def bare():
@@ -210,7 +206,7 @@ def kd_variants(data, data_dir, device, args, tmp):
 
         def group(name, **options):
             weight, targets = sources[name]
-            return Group([Run(StudentConfig(**{**vars(student(tmp, weight=weight)), **options}), targets)], data, device)
+            return Group([Run(dataclasses.replace(student(tmp, weight=weight), **options), targets)], data, device)
 
         for r in range(2):
             seconds = {}
@@ -236,42 +232,38 @@ def kd_variants(data, data_dir, device, args, tmp):
 
 
 def eager_step_kernels(group, device) -> tuple:
-    """(kernels, µs of their time) per eager training step of `group`, over 10 steps after 3 warm-up ones;
-    on a CPU, (operators, 0)."""
-    aug, soft, order = group.epoch_inputs()
-    group.stack.train()
-    idx = order[:, : group.config.batch_size]
-    for _ in range(3):
-        group.train_step(idx, aug, soft)
+    """(kernels, µs of their time) per eager training step of `group`; on a CPU, (operators, 0)."""
     cuda = device.type == "cuda"
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA if cuda else torch.profiler.ProfilerActivity.CPU]) as prof:
-        for _ in range(10):
-            group.train_step(idx, aug, soft)
-        if cuda:
-            torch.cuda.synchronize(device)
-    kernels = [e for e in prof.events() if not cuda or e.device_type == torch.autograd.DeviceType.CUDA]
-    return len(kernels) / 10, sum(e.device_time_total for e in kernels) / 10 if cuda else 0.0
+    kernels = [e for e in profiled_steps(group, device).events() if not cuda or e.device_type == torch.autograd.DeviceType.CUDA]
+    return len(kernels) / STEPS, sum(e.device_time_total for e in kernels) / STEPS if cuda else 0.0
 
 
 def profile(data, device, args, tmp):
-    torch.backends.cudnn.benchmark = device.type == "cuda"
     group = Group([Run(TeacherConfig(model=args.model, out=str(tmp / "profile"), cuda_graphs=False), DrawnAugmentation(777, len(data.train_labels)))], data, device)
+    key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    print(profiled_steps(group, device).key_averages().table(sort_by=key, row_limit=20, max_name_column_width=70), flush=True)
+
+
+STEPS = 10  # profiled eager steps, after 3 warm-up ones (allocator, autotuning)
+
+
+def profiled_steps(group, device) -> torch.profiler.profile:
+    """The profile of STEPS eager training steps of `group`, all on its first batch: every step costs the same."""
     aug, soft, order = group.epoch_inputs()
     group.stack.train()
-    batch = group.config.batch_size
+    idx = order[:, : group.config.batch_size]
 
     def steps(count):
         for _ in range(count):
-            group.train_step(order[:, :batch], aug, soft)  # one batch again and again: every step costs the same
+            group.train_step(idx, aug, soft)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    steps(3)  # allocator, autotuning
+    steps(3)
     activity = torch.profiler.ProfilerActivity.CUDA if device.type == "cuda" else torch.profiler.ProfilerActivity.CPU
     with torch.profiler.profile(activities=[activity]) as prof:
-        steps(10)
-    key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
-    print(prof.key_averages().table(sort_by=key, row_limit=20, max_name_column_width=70), flush=True)
+        steps(STEPS)
+    return prof
 
 
 def main(argv=None):

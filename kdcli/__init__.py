@@ -5,6 +5,8 @@ Library errors a user can cause are raised as KdcliError; the CLI prints them
 as one line and exits 1.
 """
 
+import signal
+
 __version__ = "0.1.0"
 
 
@@ -14,3 +16,22 @@ class KdcliError(Exception):
 
 class Interrupted(KdcliError):
     """Ctrl-C: the command stopped at a safe point and kept what it can resume from; its message says what."""
+
+
+class StopOnSigint:
+    """Ctrl-C sets a flag that a loop checks at its safe points (training: after each step, so weights
+    are never half-updated; dump-logits: between batches), instead of raising wherever it lands."""
+
+    def __init__(self):
+        self.requested = False
+        try:
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: leave Ctrl-C alone
+            self.previous = None
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def restore(self):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)

@@ -36,7 +36,7 @@ later open until `h5clear` is run.
 import fcntl
 import json
 import os
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -45,10 +45,9 @@ import numpy as np
 import torch
 
 from kdcli import KdcliError, __version__, augment
-from kdcli.checkpoint import resolve, sha256_file
+from kdcli.checkpoint import resolve, sha256_file, temporary_file_for
 from kdcli.data import fingerprint as data_fingerprint
-from kdcli.data import load_cifar10
-from kdcli.data import resolve_device
+from kdcli.data import load_cifar10, resolve_device
 from kdcli.evaluate import load_model, predict
 
 FORMAT_VERSION = 1
@@ -121,7 +120,7 @@ def create(path, attrs: dict, labels: np.ndarray, clean_logits: np.ndarray, test
     }  # fmt: skip
     assert set(REQUIRED_ATTRS) <= set(attrs), set(REQUIRED_ATTRS) - set(attrs)
     tmp = path.with_name(f".{path.name}.tmp")  # one fixed name: write_lock makes it ours
-    try:
+    with temporary_file_for(path, tmp):  # a full disk or Ctrl-C leaves no temporary file of the cache's size
         with h5py.File(tmp, "w", libver=LIBVER, locking=False) as f:
             f.create_dataset("aug", (epochs, n, 3), np.int8, chunks=(1, n, 3), dcpl=_allocated_now())
             f.create_dataset("logits", (epochs, n, c), dtype, chunks=(1, n, c), dcpl=_allocated_now())
@@ -140,12 +139,6 @@ def create(path, attrs: dict, labels: np.ndarray, clean_logits: np.ndarray, test
             os.fsync(folder)  # the rename on disk too: the epochs about to be fsynced into the file stay reachable after a power cut
         finally:
             os.close(folder)
-    except BaseException as e:  # whatever stopped it (a full disk, Ctrl-C), leave no temporary file of the cache's size
-        with suppress(OSError):  # e.g. NotADirectoryError when the folder is a file
-            tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise KdcliError(f"cannot write {path}: {e.strerror or e}") from None
-        raise
 
 
 def _allocated_now():

@@ -23,13 +23,21 @@ CHECKPOINT = "checkpoint.pt"
 def save_atomic(state: dict, path) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with temporary_file_for(path, tmp):
         with open(tmp, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
-    except BaseException as e:  # whatever stopped the write, leave no half-written temporary file
+
+
+@contextlib.contextmanager
+def temporary_file_for(path: Path, tmp: Path):
+    """Around writing `tmp` and renaming it to `path`: whatever stops it (a full disk, Ctrl-C), leave
+    no half-written temporary file; an OSError becomes one KdcliError line naming `path`."""
+    try:
+        yield
+    except BaseException as e:
         with contextlib.suppress(OSError):  # e.g. NotADirectoryError when the folder is a file
             tmp.unlink(missing_ok=True)
         if isinstance(e, OSError):

@@ -21,12 +21,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from kdcli import Interrupted, KdcliError, augment, cache
+from kdcli import Interrupted, KdcliError, StopOnSigint, augment, cache
 from kdcli.checkpoint import resolve, sha256_file
-from kdcli.data import load_cifar10
-from kdcli.data import resolve_device
+from kdcli.data import load_cifar10, resolve_device
 from kdcli.evaluate import load_model
-from kdcli.train import StopOnSigint, require_at_least_one
+from kdcli.train import require_at_least_one
 
 
 @dataclass
@@ -50,9 +49,8 @@ class DumpConfig:
         require_at_least_one(self, "epochs", "batch_size", "subset")
 
 
-def view_labeller(model, amp: bool, compiled: bool):
+def view_labeller(model, bf16: bool, compiled: bool):
     """label(images, p) -> the teacher's logits [B, C] float32 on the views that params p [B, 3] make of images [B, 3, 32, 32] uint8."""
-    bf16 = amp and next(model.parameters()).is_cuda  # bf16 autocast on CUDA only, as everywhere in kdcli
 
     def label(images, p):
         with torch.autocast("cuda", torch.bfloat16, enabled=bf16):
@@ -82,13 +80,15 @@ def dump_logits(config: DumpConfig, progress: bool = True) -> dict:
     with cache.write_lock(config.out):  # first: a second dump is refused before it loads anything
         device = resolve_device(config.device)
         model, state = load_model(teacher_path, device)
+        cuda = device.type == "cuda"
+        bf16 = config.amp and cuda  # bf16 autocast on CUDA only, as everywhere in kdcli
         # Compiled on CUDA only, once per batch shape: three in a dump (full, last train, last test).
-        label = view_labeller(model, config.amp, compiled=config.compile and device.type == "cuda")
+        label = view_labeller(model, bf16, compiled=config.compile and cuda)
         data = load_cifar10(config.data_dir, device, config.subset, config.download)
         identity = {
             "teacher_sha256": sha256_file(teacher_path), "train_fingerprint": data.fingerprint,
             "seed": config.seed, "epochs": config.epochs, "dtype": config.dtype,
-            "teacher_precision": "bfloat16" if config.amp and device.type == "cuda" else "float32",  # as view_labeller runs it
+            "teacher_precision": "bfloat16" if bf16 else "float32",
         }  # fmt: skip
         if cache.resume_point(config.out, identity, config.force) is None:
             _create_cache(config, label, data, {**identity, "teacher_model": state["model_name"]}, teacher_path)

@@ -20,7 +20,6 @@ of cuDNN's kernels, which add in no fixed order).
 import json
 import math
 import os
-import signal
 import sys
 import time
 import warnings
@@ -31,7 +30,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from kdcli import Interrupted, KdcliError, __version__, augment
+from kdcli import Interrupted, KdcliError, StopOnSigint, __version__, augment
 from kdcli.checkpoint import CHECKPOINT, save_atomic
 from kdcli.data import load_cifar10, resolve_device
 from kdcli.evaluate import evaluate_stack
@@ -471,25 +470,6 @@ def _report(bar, config, group, seconds, progress):
             f"test {mean(tested):.2f}%  {seconds:.2f}s  {images_per_s:,.0f} img/s",
             flush=True,
         )
-
-
-class StopOnSigint:
-    """Ctrl-C sets a flag that a loop checks at its safe points (training: after each step, so weights
-    are never half-updated; dump-logits: between batches), instead of raising wherever it lands."""
-
-    def __init__(self):
-        self.requested = False
-        try:
-            self.previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread: leave Ctrl-C alone
-            self.previous = None
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def restore(self):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
 
 
 # ---------------------------------------------------------------- the two commands
