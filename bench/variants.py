@@ -37,6 +37,7 @@ import h5py
 import numpy as np
 import torch
 from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from bench import FULL, free_unreferenced, group_epoch, ready_views, save_teacher, student, timed, write_synthetic_cifar
 from kdcli import augment, cache, losses
@@ -233,9 +234,20 @@ def kd_variants(data, data_dir, device, args, tmp):
 
 def eager_step_kernels(group, device) -> tuple:
     """(kernels, µs of their time) per eager training step of `group`; on a CPU, (operators, 0)."""
-    cuda = device.type == "cuda"
-    kernels = [e for e in profiled_steps(group, device).events() if not cuda or e.device_type == torch.autograd.DeviceType.CUDA]
-    return len(kernels) / STEPS, sum(e.device_time_total for e in kernels) / STEPS if cuda else 0.0
+    if device.type != "cuda":
+        return profiled_steps(group, device, CountOperators()).operators / STEPS, 0.0
+    kernels = [e for e in profiled_steps(group, device).events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    return len(kernels) / STEPS, sum(e.device_time_total for e in kernels) / STEPS
+
+
+class CountOperators(TorchDispatchMode):
+    """The ATen operators run, views left out: on a GPU each is (about) one kernel launch, so a CPU can count them."""
+
+    operators = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.operators += not func.is_view
+        return func(*args, **(kwargs or {}))
 
 
 def profile(data, device, args, tmp):
@@ -247,8 +259,9 @@ def profile(data, device, args, tmp):
 STEPS = 10  # profiled eager steps, after 3 warm-up ones (allocator, autotuning)
 
 
-def profiled_steps(group, device) -> torch.profiler.profile:
-    """The profile of STEPS eager training steps of `group`, all on its first batch: every step costs the same."""
+def profiled_steps(group, device, recorder=None):
+    """STEPS eager training steps of `group`, all on its first batch (every step costs the same), run inside
+    `recorder` (default: the torch profiler of the device's kernels); returns the recorder."""
     aug, soft, order = group.epoch_inputs()
     group.stack.train()
     idx = order[:, : group.config.batch_size]
@@ -261,9 +274,10 @@ def profiled_steps(group, device) -> torch.profiler.profile:
 
     steps(3)
     activity = torch.profiler.ProfilerActivity.CUDA if device.type == "cuda" else torch.profiler.ProfilerActivity.CPU
-    with torch.profiler.profile(activities=[activity]) as prof:
+    recorder = recorder or torch.profiler.profile(activities=[activity])
+    with recorder:
         steps(STEPS)
-    return prof
+    return recorder
 
 
 def main(argv=None):

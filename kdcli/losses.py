@@ -2,12 +2,16 @@
 
     loss = hard_weight * CE(s, y) + distillation_weight * T^2 * KL(softmax(t/T) || softmax(s/T))
 
-    targets = soft_targets(teacher_logits, T)      # once per cached epoch, not at every step
-    loss = distillation_loss(student_logits, labels, targets, T, distillation_weight=0.1)
+    targets = soft_targets(teacher_logits, labels, T, distillation_weight=0.1)   # once per cached epoch
+    loss = distillation_loss(student_logits, labels, targets.rows(idx))          # at every step
 
 KL is summed over classes and averaged over the batch ("batchmean"). The T^2
 keeps the soft-target gradients the same size as T changes (they scale as 1/T^2).
 With hard_weight 1 this is the reference's formula; 0.9 / 0.1 is the common alpha mix.
+
+A LeNet-5 step is ~120 kernels of ~1.5 µs each, so the loss is written for few kernels
+rather than as two separate terms: both cross-entropies are one weighted sum over the
+log-softmax of [s, s/T], with the weights and the teacher's side computed once per epoch.
 """
 
 from typing import NamedTuple
@@ -17,38 +21,49 @@ import torch.nn.functional as F
 
 
 class SoftTargets(NamedTuple):
-    probs: torch.Tensor  # softmax(t / T) [..., B, C], float32
-    p_log_p: torch.Tensor  # sum over classes of p log p [..., B]: KL's constant part, kept so the loss reads as KL
+    """Per image, what the student's two log-softmaxes are weighted by, the loss's weights folded in."""
+
+    weights: torch.Tensor  # [..., N, 2, C]: hard_weight * onehot(y), and distillation_weight * T^2 * softmax(t/T)
+    constant: torch.Tensor  # [..., N]: distillation_weight * T^2 * sum of p log p, the part of KL no student changes
+    temperatures: torch.Tensor  # [..., 1, 2, 1]: 1 and T, what the logits are divided by for each row of weights
+
+    def rows(self, idx) -> "SoftTargets":
+        """The targets of images idx [..., b] (each student its own rows)."""
+        weights = self.weights.gather(-3, idx[..., None, None].expand(*idx.shape, *self.weights.shape[-2:]))
+        return SoftTargets(weights, self.constant.gather(-1, idx), self.temperatures)
 
 
-def soft_targets(teacher, temperature) -> SoftTargets:
-    """Teacher logits [..., B, C] -> their soft targets at `temperature` (a number, or one per leading index).
+def soft_targets(teacher, labels, temperature, distillation_weight, hard_weight=1.0) -> SoftTargets:
+    """Teacher logits [..., N, C] and labels [..., N] -> the SoftTargets of distillation_loss.
 
-    The teacher's side of the KL does not depend on the student: a cached epoch's targets are
-    computed once for all its steps, so a KD step costs the student's side only.
+    temperature and the weights are numbers, or one per leading index (per student). The teacher's
+    side does not depend on the student: a cached epoch's targets are computed once for all its steps.
     """
-    T = _temperatures(temperature, teacher)
+    T, soft_weight, hard_weight = (_per_student(v, teacher) for v in (temperature, distillation_weight, hard_weight))
     log_p = F.log_softmax(teacher.float() / T[..., None, None], dim=-1)
-    probs = log_p.exp()
-    return SoftTargets(probs, (probs * log_p).sum(-1))
+    p = log_p.exp()
+    soft_weight = soft_weight * T**2  # [...]
+    hard = hard_weight[..., None, None] * F.one_hot(labels.expand(p.shape[:-1]), p.shape[-1]).float()
+    weights = torch.stack([hard, soft_weight[..., None, None] * p], dim=-2)
+    temperatures = torch.stack([torch.ones_like(T), T], dim=-1)[..., None, :, None]
+    return SoftTargets(weights, soft_weight[..., None] * (p * log_p).sum(-1), temperatures)
 
 
-def distillation_loss(student, labels, targets=None, temperature=1.0, distillation_weight=0.0, hard_weight=1.0):
+def distillation_loss(student, labels, targets=None, hard_weight=1.0):
     """student [..., B, C] logits, labels [..., B], targets SoftTargets of [..., B, ...] or None -> loss [...].
 
-    The leading dimensions index students trained together; temperature and the
-    weights are numbers or tensors of those leading dimensions, one per student.
+    The leading dimensions index students trained together. Without targets the loss is
+    hard_weight * CE(s, y), a number or one per student; with them, the weights are theirs.
     """
-    hard = F.cross_entropy(student.flatten(0, -2).float(), labels.flatten(), reduction="none")
-    hard = hard.view(labels.shape).mean(-1)  # [...]
+    s = student.float()
     if targets is None:
-        return hard_weight * hard
-    T = _temperatures(temperature, student)
-    log_q = F.log_softmax(student.float() / T[..., None, None], dim=-1)
-    kl = (targets.p_log_p - (targets.probs * log_q).sum(-1)).mean(-1)  # [...]
-    return hard_weight * hard + distillation_weight * T**2 * kl
+        hard = F.cross_entropy(s.flatten(0, -2), labels.flatten(), reduction="none")
+        return _per_student(hard_weight, s) * hard.view(labels.shape).mean(-1)
+    log_q = F.log_softmax(s[..., None, :] / targets.temperatures, dim=-1)  # [..., B, 2, C]: log softmax(s), log softmax(s/T)
+    # weights . log_q = hard_weight * log q(y) + distillation_weight * T^2 * sum p log softmax(s/T): minus CE, minus KL's cross term.
+    return (targets.constant - (targets.weights * log_q).sum((-2, -1))).mean(-1)
 
 
-def _temperatures(temperature, logits):
-    """A number, or one temperature per leading index, as float32 on the logits' device."""
-    return torch.as_tensor(temperature, dtype=torch.float32, device=logits.device)
+def _per_student(value, like):
+    """A number, or one value per leading index, as float32 on `like`'s device."""
+    return torch.as_tensor(value, dtype=torch.float32, device=like.device)

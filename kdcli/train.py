@@ -34,7 +34,7 @@ from kdcli import Interrupted, KdcliError, StopOnSigint, __version__, augment
 from kdcli.checkpoint import CHECKPOINT, save_atomic
 from kdcli.data import load_cifar10, resolve_device
 from kdcli.evaluate import evaluate_stack
-from kdcli.losses import SoftTargets, distillation_loss, soft_targets
+from kdcli.losses import distillation_loss, soft_targets
 from kdcli.models import MODELS, create_model
 from kdcli.runs import CachedTargets, DrawnAugmentation, Run, check_same_inputs, flag, git_commit, plain, prepare_run_dir, truncate_metrics, write_json
 from kdcli.stack import GraphedStep, ModelStack, split_optimizer_state, stack_optimizer_states
@@ -297,7 +297,8 @@ class Group:
         if any(t is not None for _, t in sources):  # a baseline in a KD group gets zeros, at weight 0
             zeros = torch.zeros(self.num_images, self.data.num_classes)
             teacher = torch.stack([(zeros if t is None else t).to(self.device) for _, t in sources])  # [S, N, C] logits
-            soft = soft_targets(teacher, self.temperature)  # once per epoch: a step then only gathers its rows
+            # Once per epoch, so a step only gathers its rows.
+            soft = soft_targets(teacher, self.data.train_labels, self.temperature, self.distillation_weight, self.hard_weight)
         order = [torch.randperm(self.num_images, generator=augment.epoch_generator(r.config.seed, self.epoch, "order")) for r in self.runs]
         return aug, soft, torch.stack(order).to(self.device)
 
@@ -350,10 +351,11 @@ class Group:
             logits = self.forward(x)  # [S, b, C]
             if self.teacher is not None:
                 with torch.no_grad():
-                    targets = soft_targets(self.teacher(x.flatten(0, 1)).view(logits.shape), self.temperature)
+                    teacher = self.teacher(x.flatten(0, 1)).view(logits.shape)
+                    targets = soft_targets(teacher, y, self.temperature, self.distillation_weight, self.hard_weight)
             else:
-                targets = None if soft is None else SoftTargets(_rows(soft.probs, idx), soft.p_log_p.gather(1, idx))
-        loss = distillation_loss(logits, y, targets, self.temperature, self.distillation_weight, self.hard_weight)
+                targets = None if soft is None else soft.rows(idx)
+        loss = distillation_loss(logits, y, targets, self.hard_weight)
         self.optimizer.zero_grad(set_to_none=True)
         loss.sum().backward()  # the runs share no weights, so each gets exactly its own gradient
         self.optimizer.step()
