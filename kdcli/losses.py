@@ -60,7 +60,7 @@ def distillation_loss(student, labels, targets=None, hard_weight=1.0):
         hard = F.cross_entropy(s.flatten(0, -2), labels.flatten(), reduction="none")
         return _per_student(hard_weight, s) * hard.view(labels.shape).mean(-1)
     log_q = F.log_softmax(s[..., None, :] / targets.temperatures, dim=-1)  # [..., B, 2, C]: log softmax(s), log softmax(s/T)
-    # weights . log_q = hard_weight * log q(y) + distillation_weight * T^2 * sum p log softmax(s/T): minus CE, minus KL's cross term.
+    # Per image, constant - weights . log_q = hard_weight * CE(s, y) + distillation_weight * T^2 * KL: the formula above.
     return (targets.constant - (targets.weights * log_q).sum((-2, -1))).mean(-1)
 
 
