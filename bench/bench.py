@@ -10,8 +10,9 @@
    inference of the same (compiled, on CUDA) teacher on views already augmented and normalised on the device;
    and the dump's loop without its HDF5 writes, which splits the gap into HDF5's share and everything
    else's (augmentation, the copy to the host, the parameter draws);
-3. student epoch (LeNet-5, batch 128): KD from the cache vs no KD, and vs the (eager) teacher run online
-   inside the student's step;
+3. student epoch (LeNet-5, batch 128): KD from the cache vs no KD (epochs of each in turn, 2 x repeat + 1
+   rounds, the median of each: their difference is as small as an epoch's noise), and vs the (eager)
+   teacher run online inside the student's step;
 4. S students trained batched (one Group, vmap) vs the same S one after another (S=1 is the same work
    on both sides: its ratio shows the noise of the others).
 
@@ -29,6 +30,7 @@ import json
 import os
 import pickle
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -74,7 +76,7 @@ def parse_args(argv=None):
     p.add_argument("--students", help="S values of the batched-students rows (default 1,6,24; smoke 1,2)")
     p.add_argument("--dump-epochs", type=int, help="augmented epochs dump-logits writes (default 5)")
     p.add_argument("--workers", type=int, help="DataLoader workers of the classic pipeline (default 4)")
-    p.add_argument("--repeat", type=int, default=1, help="timed epochs per measurement (their mean is reported)")
+    p.add_argument("--repeat", type=int, default=1, help="timed epochs per measurement, their mean reported (KD vs no KD: 2 x repeat + 1 rounds, their median)")
     p.add_argument("--out", default="bench/results/bench.json", help="JSON results file")
     args = p.parse_args(argv)
     for k, v in (SMOKE if args.smoke else DEFAULT).items():  # an explicit flag wins over the preset
@@ -98,6 +100,23 @@ def timed(fn, device, repeat, images) -> float:
         fn()
     sync(device)
     return (time.perf_counter() - t0) / repeat * FULL / images
+
+
+def timed_rounds(fns: dict, device, rounds, images) -> dict:
+    """{name: seconds per 50,000 images in each round} for fns timed in turn, one call each per round,
+    after one untimed warm-up call each. For a pair whose difference is as small as an epoch's noise
+    (an epoch of 0.16 s moves by 5 %): turn by turn, a drift of the clock or the machine hits both."""
+    for fn in fns.values():
+        fn()
+    seconds = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            seconds[name].append((time.perf_counter() - t0) * FULL / images)
+    return seconds
 
 
 def free_unreferenced():
@@ -255,19 +274,25 @@ def bench_dump(data, data_dir, teacher_path, device, args, tmp) -> tuple:
 def bench_students(data, cache_path, teacher_path, device, args, tmp) -> list:
     n = len(data.train_labels)
 
+    def group(configs, targets, teacher=None):
+        return Group([Run(c, t) for c, t in zip(configs, targets)], data, device, teacher)
+
     def epoch(configs, targets, teacher=None):
-        seconds = timed(group_epoch(Group([Run(c, t) for c, t in zip(configs, targets)], data, device, teacher)), device, args.repeat, n)
+        seconds = timed(group_epoch(group(configs, targets, teacher)), device, args.repeat, n)
         free_unreferenced()
         return seconds
 
     with open_cache(cache_path, data.fingerprint, data.num_classes) as cache:
         cached = CachedTargets(cache)
-        one = epoch([student(tmp)], [cached])
-        no_kd = epoch([student(tmp, weight=0)], [DrawnAugmentation(0, n)])
+        pair = {"kd": group_epoch(group([student(tmp)], [cached])), "no_kd": group_epoch(group([student(tmp, weight=0)], [DrawnAugmentation(0, n)]))}
+        rounds = timed_rounds(pair, device, 2 * args.repeat + 1, n)
+        del pair
+        free_unreferenced()
+        one, no_kd = statistics.median(rounds["kd"]), statistics.median(rounds["no_kd"])
         teacher, _ = load_model(teacher_path, device)  # eval mode, channels_last on CUDA: as a real teacher
         online = epoch([student(tmp)], [DrawnAugmentation(0, n)], teacher)
         rows = [
-            row("student_vs_no_kd", "student epoch LeNet-5 [s]: KD from cache vs no KD", one, no_kd, n),
+            {**row("student_vs_no_kd", "student epoch LeNet-5 [s]: KD from cache vs no KD (median of rounds)", one, no_kd, n), "rounds": rounds},
             row("student_vs_online", "student epoch LeNet-5 [s]: KD from cache vs eager teacher online", one, online, n),
         ]
         for s in args.students:  # one after another = S x one student's epoch: each run is the same work

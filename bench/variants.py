@@ -11,7 +11,7 @@ infer    bare teacher inference on ready views (what dump-logits pays per image)
          norm folded into its convolution, and compiled, at several batch sizes;
 dump     dump-logits' epoch loop at several batch sizes, against: HDF5 writes in the main thread, no
          writes, views built by eager kernels around the compiled teacher, and bare inference;
-kd       a cached-KD LeNet-5 epoch against no KD, in interleaved rounds (their spread is the noise),
+kd       a cached-KD LeNet-5 epoch against no KD, in interleaved rounds (their spread is the noise; 2 x repeat + 1),
          the kernels of one eager step of each (what KD adds to a step), and (CUDA) the KD epoch with
          its loss compiled, which kdcli does not do;
 profile  the GPU kernels of eager teacher steps, most time first (where a step's time goes).
@@ -23,6 +23,7 @@ as in bench.py, whose helpers this uses.
 import argparse
 import copy
 import dataclasses
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,7 +40,7 @@ import torch
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from bench import FULL, free_unreferenced, group_epoch, ready_views, save_teacher, student, timed, write_synthetic_cifar
+from bench import FULL, free_unreferenced, group_epoch, ready_views, save_teacher, student, timed, timed_rounds, write_synthetic_cifar
 from kdcli import augment, cache, losses
 from kdcli import train as train_module
 from kdcli.cache import open_cache
@@ -209,13 +210,14 @@ def kd_variants(data, data_dir, device, args, tmp):
             weight, targets = sources[name]
             return Group([Run(dataclasses.replace(student(tmp, weight=weight), **options), targets)], data, device)
 
-        for r in range(2):
-            seconds = {}
-            for name in sources:
-                seconds[name] = timed(group_epoch(group(name)), device, args.repeat, n)
-                free_unreferenced()
-            cost = seconds["KD from the cache"] / seconds["no KD"] - 1
-            print(f"kd       round {r}: " + ", ".join(f"{k} {v:.4f} s/epoch" for k, v in seconds.items()) + f": KD costs {cost:+.1%}", flush=True)
+        epochs = {name: group_epoch(group(name)) for name in sources}
+        rounds = timed_rounds(epochs, device, 2 * args.repeat + 1, n)
+        del epochs
+        free_unreferenced()
+        for r, (kd, no_kd) in enumerate(zip(rounds["KD from the cache"], rounds["no KD"])):
+            print(f"kd       round {r}: no KD {no_kd:.4f} s/epoch, KD from the cache {kd:.4f} s/epoch: KD costs {kd / no_kd - 1:+.1%}", flush=True)
+        kd, no_kd = (statistics.median(rounds[name]) for name in ("KD from the cache", "no KD"))
+        print(f"kd       median of {len(rounds['no KD'])} rounds: KD costs {kd / no_kd - 1:+.1%}", flush=True)
         for name in sources:
             g = group(name, cuda_graphs=False)
             kernels, microseconds = eager_step_kernels(g, device)
