@@ -69,7 +69,7 @@ class TrainOptions:
     lr_gamma: float = 0.1  # multistep factor (reference: 0.1)
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"  # auto: cuda, then mps, then cpu
     amp: bool = True  # bf16 autocast on CUDA; no effect elsewhere
-    compile: bool = False  # torch.compile the model (CUDA; a run alone, not stacked students): ResNet18 teacher epochs 1.22 -> 0.98 s on an H100, for ~40 s of compiling
+    compile: bool = False  # torch.compile the model (CUDA; a run alone, not stacked students): ResNet18 teacher epochs 1.18 -> 0.995 s on an H100 (bench/variants.py teacher), for ~40 s of compiling
     cuda_graphs: bool = True  # replay each step as one CUDA graph (CUDA; small models are launch-bound)
     eval_every: int = 1  # epochs between test-set evaluations (the last epoch always is)
     save_every: int = 1  # epochs between checkpoints (1: a crash loses at most one epoch)
