@@ -14,6 +14,7 @@ T      ?= 30
 TEMPERATURES ?= 1,10,30,50,100
 SEEDS  ?= 777,10,20,30
 SWEEP  ?= runs/sweep
+VAL_SIZE ?= 0
 COMMON  = --data-dir $(DATA) --device $(DEVICE)
 ARGS   ?=
 
@@ -31,7 +32,7 @@ test: install  ## run the test suite (what CI runs)
 
 teacher: $(TEACHER)/summary.json  ## train the teacher with the reference recipe (resumes if interrupted)
 $(TEACHER)/summary.json: | $(VENV)/.installed
-	$(KDCLI) train-teacher --epochs $(EPOCHS) --scheduler $(SCHEDULER) --out $(TEACHER) --resume $(COMMON) $(ARGS)
+	$(KDCLI) train-teacher --epochs $(EPOCHS) --scheduler $(SCHEDULER) --out $(TEACHER) --val-size $(VAL_SIZE) --resume $(COMMON) $(ARGS)
 
 logits: $(CACHE).done  ## teacher logits over CACHE_EPOCHS augmented epochs into the cache (resumes)
 # Run again because the teacher is newer than the finished cache: the cache is made anew (--force; make
@@ -42,10 +43,10 @@ $(CACHE).done: $(TEACHER)/summary.json
 	touch $@
 
 student: $(CACHE).done  ## one student from the cache at temperature T
-	$(KDCLI) train-student --cache $(CACHE) --temperature $(T) --epochs $(EPOCHS) --scheduler $(SCHEDULER) --out runs/student-T$(T) --resume $(COMMON) $(ARGS)
+	$(KDCLI) train-student --cache $(CACHE) --temperature $(T) --epochs $(EPOCHS) --scheduler $(SCHEDULER) --out runs/student-T$(T) --val-size $(VAL_SIZE) --resume $(COMMON) $(ARGS)
 
 sweep: $(CACHE).done  ## every temperature x seed, plus baselines, batched; then the report
-	$(KDCLI) sweep --cache $(CACHE) --temperatures $(TEMPERATURES) --seeds $(SEEDS) --epochs $(EPOCHS) --scheduler $(SCHEDULER) --out $(SWEEP) $(COMMON) $(ARGS)
+	$(KDCLI) sweep --cache $(CACHE) --temperatures $(TEMPERATURES) --seeds $(SEEDS) --epochs $(EPOCHS) --scheduler $(SCHEDULER) --out $(SWEEP) --val-size $(VAL_SIZE) $(COMMON) $(ARGS)
 
 reproduce: sweep  ## the reference table: teacher 300 epochs -> cache 300 epochs -> 24 students; rerun to resume
 

@@ -149,7 +149,7 @@ def _train_teacher(config):
     from kdcli.train import train_teacher
 
     summary = train_teacher(config)
-    typer.echo(f"teacher {summary['model']}: {summary['test_accuracy']:.2f}% test accuracy after {_count(summary['epochs'], 'epoch')} -> {config.out}")
+    typer.echo(f"teacher {summary['model']}: {_accuracy(summary)} after {_count(summary['epochs'], 'epoch')} -> {config.out}")
 
 
 def _train_student(config):
@@ -158,7 +158,12 @@ def _train_student(config):
 
     summary = train_student(config)
     setting = f"T={config.temperature:g} w={config.distillation_weight:g}" if config.distillation_weight else "baseline (no teacher)"
-    typer.echo(f"student {summary['model']} {setting}: {summary['test_accuracy']:.2f}% test accuracy after {_count(summary['epochs'], 'epoch')} -> {config.out}")
+    typer.echo(f"student {summary['model']} {setting}: {_accuracy(summary)} after {_count(summary['epochs'], 'epoch')} -> {config.out}")
+
+
+def _accuracy(summary) -> str:
+    val = f"{summary['val_accuracy']:.2f}% validation, " if "val_accuracy" in summary else ""
+    return f"{val}{summary['test_accuracy']:.2f}% test accuracy"
 
 
 def _count(n: int, noun: str) -> str:

@@ -1,8 +1,9 @@
 """CIFAR-10 on disk -> uint8 tensors on the device.
 
-    data = load_cifar10("data", device="cuda", subset=5000)
-    data.train_images  # [N, 3, 32, 32] uint8, resident on the device
-    data.fingerprint   # sha256 of the training images and labels
+    data = load_cifar10("data", device="cuda", subset=5000, val_size=500)
+    data.train_images  # [4500, 3, 32, 32] uint8, resident on the device
+    data.val_images    # [500, 3, 32, 32]: the last 500 training images, held out
+    data.fingerprint   # sha256 of the 5,000 training images and labels before the split
 
 Reads the official `cifar-10-batches-py` pickles directly (not through
 torchvision's dataset class, which refuses files whose md5 differs), so that a
@@ -45,16 +46,23 @@ class Cifar10:
     train_labels: torch.Tensor  # [N] int64
     test_images: torch.Tensor  # [M, 3, 32, 32] uint8
     test_labels: torch.Tensor  # [M] int64
-    fingerprint: str  # sha256 over the training images and labels
+    val_images: torch.Tensor  # [V, 3, 32, 32] uint8: the last V training images, held out (V = 0 by default)
+    val_labels: torch.Tensor  # [V] int64
+    fingerprint: str  # sha256 over the training images and labels before the split: the images a cache labels
     official: bool  # every file matched the official md5
+
+    @property
+    def num_before_split(self) -> int:
+        return len(self.train_labels) + len(self.val_labels)
 
     @property
     def num_classes(self) -> int:
         return len(CLASSES)
 
 
-def load_cifar10(data_dir="data", device="cpu", subset=None, download=True) -> Cifar10:
-    """Load CIFAR-10 from `data_dir` (downloading it if missing and allowed)."""
+def load_cifar10(data_dir="data", device="cpu", subset=None, download=True, val_size=0) -> Cifar10:
+    """Load CIFAR-10 from `data_dir` (downloading it if missing and allowed); the first `subset` training
+    images, of which the last `val_size` are held out as a validation set."""
     folder = Path(data_dir) / BATCH_FOLDER
     if any(not (folder / name).is_file() for name in OFFICIAL_MD5):
         if (Path(data_dir) / TEST_FILE).is_file():  # --data-dir data/cifar-10-batches-py: a download would go inside it
@@ -79,11 +87,16 @@ def load_cifar10(data_dir="data", device="cpu", subset=None, download=True) -> C
         if not 1 <= subset <= len(train_labels):
             raise KdcliError(f"--subset must be between 1 and {len(train_labels)}, got {subset}")
         train_images, train_labels = train_images[:subset], train_labels[:subset]
+    if not 0 <= val_size < len(train_labels):
+        raise KdcliError(f"--val-size must be between 0 and {len(train_labels) - 1} (the training images less one), got {val_size}")
+    keep = len(train_labels) - val_size
     return Cifar10(
-        train_images=train_images.to(device),
-        train_labels=train_labels.to(device),
+        train_images=train_images[:keep].to(device),
+        train_labels=train_labels[:keep].to(device),
         test_images=test_images.to(device),
         test_labels=test_labels.to(device),
+        val_images=train_images[keep:].to(device),
+        val_labels=train_labels[keep:].to(device),
         fingerprint=fingerprint(train_images, train_labels),
         official=not mismatched,
     )

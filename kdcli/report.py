@@ -10,7 +10,9 @@ repeated within a setting, are refused: a row would mix experiments). All baseli
 setting whatever their temperature, which they never use. Each KD setting is
 compared with its model's baseline: the difference of the means with a 95%
 confidence interval from Welch's t-test, because seed noise alone spans about
-two points on CIFAR-10 (design.md), more than most KD gains.
+two points on CIFAR-10 (design.md), more than most KD gains. Runs trained with
+--val-size also get their mean accuracy on the held-out training images: the
+column to choose a setting by without selecting on the test set.
 """
 
 import csv
@@ -24,6 +26,7 @@ from kdcli import KdcliError
 
 SETTING_COLUMNS = ["model", "temperature", "distillation_weight", "hard_weight", "n"]
 ACCURACY_COLUMNS = ["mean", "std", "min", "max", "delta", "ci_low", "ci_high"]  # percent; delta and CI vs the baseline
+VAL_COLUMNS = ["val_mean", "val_std"]  # percent, on the held-out training images (--val-size); only when every run has them
 
 
 # ---------------------------------------------------------------- Student t quantile (no scipy)
@@ -167,7 +170,7 @@ def _order(setting: tuple) -> tuple:
     return model, temperature is not None, temperature or 0.0, w, hard  # baseline (None) first, then by T
 
 
-RECIPE = ("epochs", "batch_size", "lr", "optimizer", "momentum", "nesterov", "weight_decay", "scheduler", "lr_milestones", "lr_gamma", "subset")
+RECIPE = ("epochs", "batch_size", "lr", "optimizer", "momentum", "nesterov", "weight_decay", "scheduler", "lr_milestones", "lr_gamma", "subset", "val_size")
 
 
 def check_comparable(runs):
@@ -194,8 +197,11 @@ def aggregate(runs) -> list[dict]:
     """One row per setting, baseline first within each model, then by temperature."""
     check_comparable(runs)
     groups: dict[tuple, list[float]] = {}
+    val: dict[tuple, list[float]] = {}
     for r in runs:
         groups.setdefault(_setting(r["summary"]), []).append(float(r["summary"]["test_accuracy"]))
+        if _is_number(r["summary"].get("val_accuracy")):
+            val.setdefault(_setting(r["summary"]), []).append(float(r["summary"]["val_accuracy"]))
     # a baseline has the same hard weight as the KD runs it is compared with (it scales the CE loss)
     baselines = {(model, hard): accs for (model, temperature, w, hard), accs in groups.items() if w == 0}
     rows = []
@@ -210,6 +216,9 @@ def aggregate(runs) -> list[dict]:
             "delta": statistics.mean(accs) - statistics.mean(base) if base else None,
             "ci_low": ci[0] if ci else None, "ci_high": ci[1] if ci else None,
         })
+        if len(val.get((model, temperature, w, hard), [])) == len(accs):
+            vals = val[(model, temperature, w, hard)]
+            rows[-1].update(val_mean=statistics.mean(vals), val_std=statistics.stdev(vals) if len(vals) > 1 else None)
     return rows
 
 
@@ -220,8 +229,13 @@ def _f(x, signed=False) -> str:
     return "n/a" if x is None else f"{x:+.2f}" if signed else f"{x:.2f}"
 
 
+def _validated(rows) -> bool:
+    return all("val_mean" in r for r in rows)
+
+
 def _markdown(rows, teacher_accuracy, unfinished) -> str:
-    lines = ["| model | T | w | n | mean ± std | min | max | Δ vs baseline [95% CI] |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    val = " val ± std |" if _validated(rows) else ""
+    lines = [f"| model | T | w | n |{val} mean ± std | min | max | Δ vs baseline [95% CI] |", "| --- | ---: | ---: | ---: |" + " ---: |" * bool(val) + " ---: | ---: | ---: | --- |"]
     for r in rows:
         # settings keep their own precision (w = 0.001 is not 0.00); accuracies get 2 decimals
         w = f"{r['distillation_weight']:g}" + (f" (hard {r['hard_weight']:g})" if r["hard_weight"] != 1 else "")
@@ -231,8 +245,11 @@ def _markdown(rows, teacher_accuracy, unfinished) -> str:
             temperature = f"{r['temperature']:g}"
             ci = "n/a" if r["ci_low"] is None else f"{_f(r['ci_low'], True)}, {_f(r['ci_high'], True)}"
             delta = "no baseline" if r["delta"] is None else f"{_f(r['delta'], True)} [{ci}]"
-        lines.append(f"| {r['model']} | {temperature} | {w} | {r['n']} | {_f(r['mean'])} ± {_f(r['std'])} | {_f(r['min'])} | {_f(r['max'])} | {delta} |")
+        val = f" {_f(r['val_mean'])} ± {_f(r['val_std'])} |" if _validated(rows) else ""
+        lines.append(f"| {r['model']} | {temperature} | {w} | {r['n']} |{val} {_f(r['mean'])} ± {_f(r['std'])} | {_f(r['min'])} | {_f(r['max'])} | {delta} |")
     notes = ["Test accuracy in %, final epoch, over seeds."]
+    if _validated(rows):
+        notes.append("val: accuracy on the training images held out by --val-size; choose a setting by it, and the test columns report that choice without selecting on the test set.")
     if teacher_accuracy is not None:
         notes.append(f"Teacher: {teacher_accuracy:.2f}%.")
     if unfinished:
@@ -242,10 +259,11 @@ def _markdown(rows, teacher_accuracy, unfinished) -> str:
 
 def _write_csv(rows, path: Path):
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=SETTING_COLUMNS + ACCURACY_COLUMNS)
+        accuracies = ACCURACY_COLUMNS + (VAL_COLUMNS if _validated(rows) else [])
+        writer = csv.DictWriter(f, fieldnames=SETTING_COLUMNS + accuracies)
         writer.writeheader()
         for r in rows:  # plain numbers, empty for n/a; accuracies rounded as in the table
-            writer.writerow({**{k: r[k] for k in SETTING_COLUMNS}, **{k: "" if r[k] is None else round(r[k], 2) for k in ACCURACY_COLUMNS}})
+            writer.writerow({**{k: r[k] for k in SETTING_COLUMNS}, **{k: "" if r[k] is None else round(r[k], 2) for k in accuracies}})
 
 
 def _plot(rows, path: Path, teacher_accuracy) -> bool:

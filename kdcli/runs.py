@@ -1,7 +1,7 @@
 """Runs and their folders: what one model trains on, and where it writes.
 
     run = Run(config, DrawnAugmentation(seed, n))      # a teacher or a baseline student
-    run = Run(config, CachedTargets(cache))            # a student of the logit cache
+    run = Run(config, CachedTargets(cache, n))         # a student of the logit cache
     state = prepare_run_dir(config)                    # None (new), a checkpoint to resume, or "done"
 
 A run folder holds config.json, metrics.jsonl (one line per epoch), checkpoint.pt
@@ -30,13 +30,15 @@ class DrawnAugmentation:
 
 
 class CachedTargets:
-    """A student of the cache: epoch e replays cached epoch e mod E, its views and its teacher logits."""
+    """A student of the cache: epoch e replays cached epoch e mod E, its views and its teacher logits, of
+    the first `num_images` images (all by default; the cache also labels those a --val-size holds out)."""
 
-    def __init__(self, cache):
-        self.cache = cache
+    def __init__(self, cache, num_images: int | None = None):
+        self.cache, self.num_images = cache, num_images
 
     def epoch(self, e: int):
-        return self.cache.epoch(e % self.cache.epochs_complete)  # [N, 3] int8, [N, C]
+        aug, logits = self.cache.epoch(e % self.cache.epochs_complete)  # [N, 3] int8, [N, C]
+        return aug[: self.num_images], logits[: self.num_images]
 
 
 @dataclass

@@ -99,7 +99,7 @@ def sweep(config: SweepConfig, progress=True) -> dict:
 
     progress = progress and not config.quiet
     device = resolve_device(config.device)
-    data = load_cifar10(config.data_dir, device, config.subset, config.download)
+    data = load_cifar10(config.data_dir, device, config.subset, config.download, config.val_size)
     configs = student_configs(config)
     kd = [c for c in configs if c.distillation_weight > 0]
     cache = open_student_cache(kd[0], data) if kd else None

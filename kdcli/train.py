@@ -76,6 +76,7 @@ class TrainOptions:
     data_dir: str = "data"  # folder holding cifar-10-batches-py/
     download: bool = True  # fetch CIFAR-10 when it is missing
     subset: int | None = None  # use only the first N training images (smoke runs)
+    val_size: int = 0  # hold out the last N training images (after --subset) and report accuracy on them: choose settings by it, not by the test set
     resume: bool = False  # continue the run in --out from its checkpoint
     force: bool = False  # overwrite a finished or unfinished run in --out (even with --resume: make's targets always pass --resume)
     quiet: bool = False  # one log line per evaluation instead of a progress bar
@@ -84,6 +85,8 @@ class TrainOptions:
         require_at_least_one(self, "epochs", "batch_size", "eval_every", "save_every", "subset")
         if self.model not in MODELS:  # checked before any data is loaded or downloaded
             raise ConfigError("--model", f"unknown model {self.model!r}; known models: {', '.join(sorted(MODELS))}")
+        if self.val_size < 0:
+            raise ConfigError("--val-size", f"must be >= 0, got {self.val_size}")
         if not self.lr > 0:  # also catches nan
             raise ConfigError("--lr", f"must be > 0, got {self.lr}")
         if not (self.weight_decay >= 0 and self.momentum >= 0):
@@ -245,7 +248,7 @@ class Group:
         self.distillation_weight = torch.tensor([r.distillation_weight for r in runs], device=device)
         self.hard_weight = torch.tensor([r.hard_weight for r in runs], device=device)
         self.epoch, self.step, self.partial = 0, 0, None  # epochs complete, steps into the next, its sums so far
-        self.test_accuracy = [None] * self.size
+        self.test_accuracy = self.val_accuracy = [None] * self.size
         self.train_loss = self.train_accuracy = [None] * self.size
 
     def start_folders(self):
@@ -274,6 +277,7 @@ class Group:
         if states[0]["partial"] is not None:  # mid-epoch: each checkpoint holds its own run's column of the sums so far
             self.partial = {**self._stacked_columns([st["partial"] for st in states]), "seconds": states[0]["partial"]["seconds"]}
         self.test_accuracy = [st["test_accuracy"] for st in states]
+        self.val_accuracy = [st.get("val_accuracy") for st in states]  # absent from checkpoints of before --val-size
         for r in self.runs:  # epochs logged after the checkpoint will be trained again
             truncate_metrics(r.dir / "metrics.jsonl", self.epoch)
 
@@ -374,6 +378,8 @@ class Group:
         evaluated = last or self.epoch % self.config.eval_every == 0
         if evaluated:
             self.test_accuracy = evaluate_stack(self.stack, self.data.test_images, self.data.test_labels, self.autocast)
+            if self.validating:
+                self.val_accuracy = evaluate_stack(self.stack, self.data.val_images, self.data.val_labels, self.autocast)
         saving = last or self.epoch % self.config.save_every == 0
         for s, r in enumerate(self.runs):
             metrics = {
@@ -382,6 +388,7 @@ class Group:
                 "train_loss": round(self.train_loss[s], 6),
                 "train_accuracy": round(self.train_accuracy[s], 4),
                 "test_accuracy": self.test_accuracy[s] if evaluated else None,
+                **({"val_accuracy": self.val_accuracy[s] if evaluated else None} if self.validating else {}),
                 "seconds": round(seconds, 4),
                 "images_per_s": round(self.num_images / seconds, 1),
             }
@@ -392,6 +399,10 @@ class Group:
                     os.fsync(f.fileno())
         if saving:
             self.save_all()
+
+    @property
+    def validating(self) -> bool:
+        return len(self.data.val_labels) > 0
 
     def check_finite(self, losses):
         """losses [steps so far, S]: all finite, or the error naming the first bad step and its runs."""
@@ -421,6 +432,7 @@ class Group:
                     "partial": self._own_column(s),  # that epoch's per-step losses and hits so far
                     "config": {k: plain(v) for k, v in asdict(r.config).items()},
                     "test_accuracy": self.test_accuracy[s],
+                    "val_accuracy": self.val_accuracy[s],
                     "kdcli_version": __version__,
                 },
                 r.dir / CHECKPOINT,
@@ -442,6 +454,7 @@ class Group:
                 "epochs": self.config.epochs,
                 "seed": r.config.seed,
                 "test_accuracy": self.test_accuracy[s],
+                **({"val_accuracy": self.val_accuracy[s]} if self.validating else {}),
                 "train_accuracy": logged[-1]["train_accuracy"],  # also after a resume at the last epoch
                 "train_seconds": round(sum(m["seconds"] for m in logged), 2),
                 "trained_together": self.size,
@@ -459,17 +472,20 @@ def _rows(table, idx):
 
 
 def _report(bar, config, group, seconds, progress):
-    mean = lambda v: sum(v) / len(v)  # noqa: E731  (a group shows the mean of its runs)
-    tested = [a for a in group.test_accuracy if a is not None]
+    def mean(values, digits, unit="%"):  # a group shows the mean of its runs; "-" before the first evaluation
+        known = [v for v in values if v is not None]
+        return f"{sum(known) / len(known):.{digits}f}{unit}" if known else "-"
+
     images_per_s = group.num_images * group.size / seconds
     if not config.quiet:
-        test = f"{mean(tested):.1f}%" if tested else "-"
-        bar.set_postfix(loss=f"{mean(group.train_loss):.3f}", train=f"{mean(group.train_accuracy):.1f}%", test=test, img_s=f"{images_per_s:,.0f}")
+        val = {"val": mean(group.val_accuracy, 1)} if group.validating else {}
+        bar.set_postfix(loss=mean(group.train_loss, 3, ""), train=mean(group.train_accuracy, 1), **val, test=mean(group.test_accuracy, 1), img_s=f"{images_per_s:,.0f}")
         bar.update(1)
     elif progress and (group.epoch % config.eval_every == 0 or group.epoch == config.epochs):
+        val = f"val {mean(group.val_accuracy, 2)}  " if group.validating else ""
         print(
-            f"epoch {group.epoch}/{config.epochs}  loss {mean(group.train_loss):.4f}  train {mean(group.train_accuracy):.2f}%  "
-            f"test {mean(tested):.2f}%  {seconds:.2f}s  {images_per_s:,.0f} img/s",
+            f"epoch {group.epoch}/{config.epochs}  loss {mean(group.train_loss, 4, '')}  train {mean(group.train_accuracy, 2)}  "
+            f"{val}test {mean(group.test_accuracy, 2)}  {seconds:.2f}s  {images_per_s:,.0f} img/s",
             flush=True,
         )
 
@@ -479,7 +495,7 @@ def _report(bar, config, group, seconds, progress):
 
 def train_teacher(config: TeacherConfig, progress=True) -> dict:
     device = resolve_device(config.device)
-    data = load_cifar10(config.data_dir, device, config.subset, config.download)
+    data = load_cifar10(config.data_dir, device, config.subset, config.download, config.val_size)
     run = Run(config, DrawnAugmentation(config.seed, len(data.train_labels)), {"train_fingerprint": data.fingerprint})
     return train_runs([run], data, device, progress=progress)[0]
 
@@ -490,7 +506,7 @@ def student_runs(configs: list, data, cache=None) -> list:
     for c in configs:
         if c.distillation_weight > 0:
             extra = {"cache_teacher_sha256": cache.attrs["teacher_sha256"], "cache_teacher_test_accuracy": cache.attrs["teacher_test_accuracy"], "cache_epochs": cache.epochs_complete, "cache_seed": cache.attrs["seed"]}
-            runs.append(Run(c, CachedTargets(cache), {"train_fingerprint": data.fingerprint, **extra}))
+            runs.append(Run(c, CachedTargets(cache, len(data.train_labels)), {"train_fingerprint": data.fingerprint, **extra}))
         else:
             runs.append(Run(c, DrawnAugmentation(c.seed, len(data.train_labels)), {"train_fingerprint": data.fingerprint}))
     return runs
@@ -502,7 +518,7 @@ def open_student_cache(config: StudentConfig, data):
 
     if config.distillation_weight == 0:
         return None
-    cache = open_cache(config.cache, data.fingerprint, data.num_classes, config.allow_partial, len(data.train_labels))
+    cache = open_cache(config.cache, data.fingerprint, data.num_classes, config.allow_partial, data.num_before_split)  # it labels the held-out images too
     if cache.epochs_complete < config.epochs:
         warnings.warn(
             f"{config.cache} has {cache.epochs_complete} epochs for a {config.epochs}-epoch student: "
@@ -514,7 +530,7 @@ def open_student_cache(config: StudentConfig, data):
 
 def train_student(config: StudentConfig, progress=True) -> dict:
     device = resolve_device(config.device)
-    data = load_cifar10(config.data_dir, device, config.subset, config.download)
+    data = load_cifar10(config.data_dir, device, config.subset, config.download, config.val_size)
     cache = open_student_cache(config, data)
     try:
         return train_runs(student_runs([config], data, cache), data, device, progress=progress)[0]

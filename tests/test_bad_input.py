@@ -10,9 +10,10 @@ Covered (tests/test_cli.py has train-teacher's bad option values and train-stude
   --force, is left as it was. The message gives torch's reason, not its "please file an issue".
 - --out: a finished run or cache without --force (train-teacher, train-student, dump-logits), a path
   under a regular file (all four commands).
-- option values: --temperatures with 0, a negative or nan (sweep, named --temperatures); --epochs 0, --batch-size 0, a
-  negative --lr, an unknown --model, --scheduler, --optimizer, --dtype (train-student, sweep,
-  dump-logits, where each has the option); --lr-milestones beyond --epochs warns once and runs.
+- option values: --temperatures with 0, a negative or nan (sweep, named --temperatures); --epochs 0,
+  --batch-size 0, a negative --lr or --val-size, a --val-size of every training image, an unknown
+  --model, --scheduler, --optimizer, --dtype (train-student, sweep, dump-logits, where each has the
+  option); --lr-milestones beyond --epochs warns once and runs.
 - report on an empty or missing folder; cache-info on a missing and on a non-HDF5 file.
 """
 
@@ -280,6 +281,7 @@ BAD_OPTIONS = [
     *[(c, ["--epochs", 0], ["--epochs"]) for c in [*TRAINING, "dump-logits"]],
     *[(c, ["--batch-size", 0], ["--batch-size"]) for c in [*TRAINING, "dump-logits"]],
     *[(c, ["--lr", -0.1], ["--lr"]) for c in TRAINING],
+    *[(c, ["--val-size", -1], ["--val-size", "must be >= 0"]) for c in TRAINING],
     *[(c, ["--model", "nope"], ["nope", "lenet5", "resnet18"]) for c in TRAINING],
     *[(c, ["--scheduler", "nope"], ["--scheduler", "multistep"]) for c in TRAINING],
     *[(c, ["--optimizer", "nope"], ["--optimizer", "sgd"]) for c in TRAINING],
@@ -297,6 +299,14 @@ def test_bad_option_values(tmp_path, data_dir, teacher, cache, command, option, 
     args = {"train-student": student_args, "sweep": sweep_args}.get(command)
     args = args(data_dir, cache, out, *option) if args else dump_args(data_dir, teacher, out, *option)
     assert_refused(kdcli(*args), *words, codes=(2,))
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", TRAINING)
+def test_holding_out_every_training_image_is_refused(tmp_path, data_dir, cache, command):
+    out = tmp_path / "out"
+    args = (student_args if command == "train-student" else sweep_args)(data_dir, cache, out, "--val-size", 200)
+    assert_refused(kdcli(*args), "--val-size must be between 0 and 199", codes=(1,))
     assert not out.exists()
 
 

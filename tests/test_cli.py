@@ -81,6 +81,13 @@ def test_train_teacher(teacher_run):
     assert re.search(r"^epoch 1/1 ", result.stdout, re.M)  # --quiet: one log line per evaluation
 
 
+def test_train_teacher_with_a_validation_split_prints_its_accuracy(tmp_path, data_dir):
+    result = kdcli(*teacher_args(data_dir, tmp_path / "run", "--val-size", 50))
+    assert result.exit_code == 0, result.output
+    assert re.search(r"teacher lenet5: [\d.]+% validation, [\d.]+% test accuracy after 1 epoch -> ", result.stdout)
+    assert re.search(r"^epoch 1/1 .* val [\d.]+%  test [\d.]+% ", result.stdout, re.M)
+
+
 def test_evaluate_per_class(teacher_run, data_dir):
     out, _ = teacher_run
     result = kdcli("evaluate", out, "--per-class", "--device", "cpu", "--data-dir", data_dir, "--no-download")

@@ -63,6 +63,23 @@ def test_subset_out_of_range(data_dir, subset):
         load_cifar10(data_dir, subset=subset, download=False)
 
 
+def test_val_size_holds_out_the_last_n_after_the_subset(data_dir):
+    full = load_cifar10(data_dir, subset=100, download=False)
+    split = load_cifar10(data_dir, subset=100, val_size=30, download=False)
+    assert torch.equal(split.train_images, full.train_images[:70]) and torch.equal(split.train_labels, full.train_labels[:70])
+    assert torch.equal(split.val_images, full.train_images[70:]) and torch.equal(split.val_labels, full.train_labels[70:])
+    assert torch.equal(split.test_images, full.test_images)
+    # The fingerprint is of the images before the split, the ones a cache labels.
+    assert split.fingerprint == full.fingerprint and split.num_before_split == full.num_before_split == 100
+    assert len(full.val_labels) == 0 and full.val_images.shape == (0, 3, 32, 32)
+
+
+@pytest.mark.parametrize("val_size", [-1, TRAIN_IMAGES])
+def test_val_size_out_of_range(data_dir, val_size):
+    with pytest.raises(KdcliError, match=f"--val-size must be between 0 and {TRAIN_IMAGES - 1}"):
+        load_cifar10(data_dir, val_size=val_size, download=False)
+
+
 def test_fingerprint(data_dir, tmp_path):
     first, again = load_cifar10(data_dir, download=False), load_cifar10(data_dir, download=False)
     assert first.fingerprint == again.fingerprint  # stable across loads

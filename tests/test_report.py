@@ -16,10 +16,13 @@ from kdcli.report import aggregate, collect, t_cdf, t_quantile, teacher_accuracy
 TEACHER = {"cache_teacher_test_accuracy": 95.21, "cache_teacher_sha256": "ab" * 32}
 
 
-def make_run(folder, acc, model="lenet5", seed=777, temperature=None, weight=None, config=None, finished=True):
-    """A fake run folder; temperature/weight None writes a teacher-style summary without KD keys."""
+def make_run(folder, acc, model="lenet5", seed=777, temperature=None, weight=None, config=None, finished=True, val=None):
+    """A fake run folder; temperature/weight None writes a teacher-style summary without KD keys; `val` is
+    the accuracy on 5,000 held-out training images."""
     folder.mkdir(parents=True)
     summary = {"model": model, "epochs": 300, "seed": seed, "test_accuracy": acc, "train_accuracy": 90.0, "train_seconds": 1.0, "trained_together": 1}
+    if val is not None:
+        summary["val_accuracy"], config = val, {"val_size": 5000, **(config or {})}
     if weight is not None:
         summary |= {"temperature": temperature, "distillation_weight": weight, "hard_weight": 1.0}
     (folder / "config.json").write_text(json.dumps({"model": model, "seed": seed, **(config or {})}))
@@ -169,6 +172,13 @@ def test_aggregate_refuses_runs_of_other_recipes(tmp_path):
     assert len(aggregate(collect([tmp_path / "e30"]))) == 1
 
 
+def test_aggregate_refuses_runs_that_held_out_other_images(tmp_path):
+    make_run(tmp_path / "held-out" / "base", 70.0, weight=0.0, temperature=1.0, val=71.0)
+    make_run(tmp_path / "all" / "base", 70.0, seed=10, weight=0.0, temperature=1.0)
+    with pytest.raises(KdcliError, match="trained with other val_size"):
+        aggregate(collect([tmp_path]))
+
+
 def test_aggregate_refuses_a_seed_twice_in_a_setting(tmp_path):
     make_run(tmp_path / "a", 70.0, seed=1, temperature=4.0, weight=0.1)
     make_run(tmp_path / "copy-of-a", 70.0, seed=1, temperature=4.0, weight=0.1)
@@ -195,6 +205,25 @@ def test_write_report_writes_table_csv_and_png(tmp_path):
     assert float(rows[1]["ci_low"]) < float(rows[1]["delta"]) < float(rows[1]["ci_high"])
     png = tmp_path / "report" / "results.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_report_of_runs_with_held_out_images_shows_their_accuracy_beside_the_test_set(tmp_path):
+    for seed, (val, test) in {1: (70.0, 69.0), 2: (72.0, 71.0)}.items():
+        make_run(tmp_path / f"base{seed}", test, seed=seed, temperature=1.0, weight=0.0, val=val)
+        make_run(tmp_path / f"kd{seed}", test + 1, seed=seed, temperature=4.0, weight=0.1, val=val + 2)
+    text = write_report(aggregate(collect([tmp_path])), tmp_path / "report")
+    assert "| model | T | w | n | val ± std | mean ± std | min | max | Δ vs baseline [95% CI] |" in text
+    assert "| lenet5 | baseline | 0 | 2 | 71.00 ± 1.41 | 70.00 ± 1.41 | 69.00 | 71.00 |  |" in text
+    assert "| lenet5 | 4 | 0.1 | 2 | 73.00 ± 1.41 | 71.00 ± 1.41 | 70.00 | 72.00 | +1.00 [" in text
+    assert "choose a setting by it" in text
+    with open(tmp_path / "report" / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(float(r["val_mean"]), float(r["val_std"]), float(r["mean"])) for r in rows] == [(71.0, 1.41, 70.0), (73.0, 1.41, 71.0)]
+
+
+def test_a_report_without_held_out_images_has_no_validation_column(tmp_path):
+    text = write_report(aggregate(collect([make_sweep(tmp_path / "sweep")])), tmp_path / "report")
+    assert "val ± std" not in text and "val_mean" not in (tmp_path / "report" / "results.csv").read_text()
 
 
 def test_write_report_into_a_read_only_folder_is_one_clear_error(tmp_path):

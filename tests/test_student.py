@@ -16,6 +16,7 @@ from kdcli.dump import DumpConfig, dump_logits
 from kdcli.models import create_model
 from kdcli.evaluate import load_model
 from kdcli.runs import DrawnAugmentation, Run
+from kdcli.sweep import SweepConfig, sweep
 from kdcli.train import StudentConfig, train_runs, train_student
 
 CACHE_EPOCHS = 2
@@ -48,20 +49,21 @@ def weights(run_dir):
 
 
 class ViewsOfTheCache:
-    """The cache's augmentation parameters without its logits: the teacher has to label each batch itself."""
+    """The cache's augmentation parameters without its logits, of its first `num_images` images: the teacher
+    has to label each batch itself."""
 
-    def __init__(self, cache):
-        self.cache = cache
+    def __init__(self, cache, num_images=None):
+        self.cache, self.num_images = cache, num_images
 
     def epoch(self, e):
-        return self.cache.epoch(e % self.cache.epochs_complete)[0], None
+        return self.cache.epoch(e % self.cache.epochs_complete)[0][: self.num_images], None
 
 
 def train_online(config, cache_path, teacher_dir, targets=None):
-    data = load_cifar10(config.data_dir, "cpu")
+    data = load_cifar10(config.data_dir, "cpu", val_size=config.val_size)
     teacher, _ = load_model(teacher_dir, torch.device("cpu"))
     with open_cache(cache_path) as cache:
-        run = Run(config, targets or ViewsOfTheCache(cache))
+        run = Run(config, targets or ViewsOfTheCache(cache, len(data.train_labels)))
         train_runs([run], data, torch.device("cpu"), teacher=teacher, progress=False)
     return weights(run.dir)
 
@@ -73,6 +75,24 @@ def test_student_of_the_cache_equals_student_of_the_teacher_online(tmp_path, dat
     online = train_online(student(tmp_path, data_dir, cache_path, "online", epochs=3), cache_path, cache_path.parent)
     for key, value in weights(tmp_path / "cached").items():
         torch.testing.assert_close(value, online[key], atol=1e-5, rtol=1e-5)
+
+
+def test_a_student_holding_out_images_reads_the_cache_rows_of_the_others(tmp_path, data_dir, cache_path):
+    # The cache labels all 200 images; a student holding out the last 50 trains on the first 150, each with its own row.
+    summary = train_student(student(tmp_path, data_dir, cache_path, "cached", val_size=50, epochs=2), progress=False)
+    online = train_online(student(tmp_path, data_dir, cache_path, "online", val_size=50, epochs=2), cache_path, cache_path.parent)
+    for key, value in weights(tmp_path / "cached").items():
+        torch.testing.assert_close(value, online[key], atol=1e-5, rtol=1e-5)
+    assert 0 <= summary["val_accuracy"] <= 100
+
+
+def test_a_sweep_holding_out_images_reports_their_accuracy(tmp_path, data_dir, cache_path):
+    config = SweepConfig(temperatures=(4.0,), seeds=(1, 2), epochs=1, batch_size=64, lr_milestones=(), val_size=50, device="cpu", quiet=True,
+                         data_dir=str(data_dir), cache=str(cache_path), out=str(tmp_path / "sweep"))  # fmt: skip
+    table = sweep(config, progress=False)["table"]
+    assert "| model | T | w | n | val ± std | mean ± std |" in table
+    summaries = [json.loads(p.read_text()) for p in sorted((tmp_path / "sweep").rglob("summary.json"))]
+    assert len(summaries) == 4 and all(0 <= s["val_accuracy"] <= 100 for s in summaries)
 
 
 def test_the_equivalence_test_can_fail_on_other_views(tmp_path, data_dir, cache_path):

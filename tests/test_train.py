@@ -138,6 +138,27 @@ def test_same_seed_same_run(tmp_path, data_dir, finished):
     assert not torch.equal(weights(tmp_path / "other-seed")["fc3.weight"], weights(run_dir)["fc3.weight"])
 
 
+def test_a_validation_split_trains_on_the_other_images_and_reports_accuracy_on_its_own(tmp_path, data_dir):
+    summary = teach(config(tmp_path, "held", data_dir, val_size=50, eval_every=2))
+    teach(config(tmp_path, "alone", data_dir, subset=150, eval_every=2))  # the same 150 images, nothing held out
+    assert_same_weights(weights(tmp_path / "held"), weights(tmp_path / "alone"))
+    held = metrics(tmp_path / "held")
+    assert [{k: v for k, v in r.items() if k != "val_accuracy"} for r in without_timing(held)] == without_timing(metrics(tmp_path / "alone"))
+    assert [r["val_accuracy"] is None for r in held] == [True, False, False]  # evaluated with the test set, at its epochs
+
+    data = load_cifar10(data_dir)  # the held-out images are the last 50 of the 200
+    model, state = load_model(tmp_path / "held", torch.device("cpu"))
+    hits = (predict(model, data.train_images[150:]).argmax(1) == data.train_labels[150:]).float().mean().item()
+    assert summary["val_accuracy"] == held[-1]["val_accuracy"] == state["val_accuracy"] == pytest.approx(100 * hits, abs=1e-4)
+    recorded = json.loads((tmp_path / "held" / "config.json").read_text())
+    assert recorded["val_size"] == 50 and recorded["train_fingerprint"] == data.fingerprint  # the images a cache labels
+
+
+def test_a_run_without_a_validation_split_reports_no_validation_accuracy(finished):
+    run_dir, summary = finished
+    assert "val_accuracy" not in summary and all("val_accuracy" not in r for r in metrics(run_dir))
+
+
 # ---------------------------------------------------------------- resume
 
 
@@ -255,6 +276,8 @@ def test_resume_with_other_options_is_refused(tmp_path, data_dir, finished, monk
     interrupt(tmp_path, data_dir, monkeypatch)
     with pytest.raises(KdcliError, match="--lr 0.05"):
         teach(config(tmp_path, "run", data_dir, resume=True, lr=0.05))
+    with pytest.raises(KdcliError, match="--val-size 10"):  # other training images
+        teach(config(tmp_path, "run", data_dir, resume=True, val_size=10))
     # Options that cannot change the result may differ.
     teach(config(tmp_path, "run", data_dir, resume=True, eval_every=3, save_every=3, quiet=False, download=True))
     assert_same_weights(weights(tmp_path / "run"), weights(finished[0]))
@@ -298,6 +321,7 @@ def test_resume_without_a_checkpoint_starts_fresh(tmp_path, data_dir, finished):
         (TeacherConfig, "lr", -1.0),
         (TeacherConfig, "lr", float("nan")),
         (TeacherConfig, "subset", 0),
+        (TeacherConfig, "val_size", -1),
         (StudentConfig, "temperature", 0.0),
         (StudentConfig, "temperature", -1.0),
         (StudentConfig, "temperature", float("nan")),
