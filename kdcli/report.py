@@ -250,6 +250,10 @@ def _markdown(rows, teacher_accuracy, unfinished) -> str:
     notes = ["Test accuracy in %, final epoch, over seeds."]
     if _validated(rows):
         notes.append("val: accuracy on the training images held out by --val-size; choose a setting by it, and the test columns report that choice without selecting on the test set.")
+        for model in dict.fromkeys(r["model"] for r in rows):
+            best = max((r for r in rows if r["model"] == model), key=lambda r: r["val_mean"])
+            setting = "baseline" if best["temperature"] is None else f"T = {best['temperature']:g}, w = {best['distillation_weight']:g}"
+            notes.append(f"Best {model} by validation: {setting} ({_f(best['val_mean'])}% val, {_f(best['mean'])}% test).")
     if teacher_accuracy is not None:
         notes.append(f"Teacher: {teacher_accuracy:.2f}%.")
     if unfinished:

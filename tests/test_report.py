@@ -215,7 +215,7 @@ def test_a_report_of_runs_with_held_out_images_shows_their_accuracy_beside_the_t
     assert "| model | T | w | n | val ± std | mean ± std | min | max | Δ vs baseline [95% CI] |" in text
     assert "| lenet5 | baseline | 0 | 2 | 71.00 ± 1.41 | 70.00 ± 1.41 | 69.00 | 71.00 |  |" in text
     assert "| lenet5 | 4 | 0.1 | 2 | 73.00 ± 1.41 | 71.00 ± 1.41 | 70.00 | 72.00 | +1.00 [" in text
-    assert "choose a setting by it" in text
+    assert "choose a setting by it" in text and "Best lenet5 by validation: T = 4, w = 0.1 (73.00% val, 71.00% test)." in text
     with open(tmp_path / "report" / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [(float(r["val_mean"]), float(r["val_std"]), float(r["mean"])) for r in rows] == [(71.0, 1.41, 70.0), (73.0, 1.41, 71.0)]
