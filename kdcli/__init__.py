@@ -9,6 +9,10 @@ import signal
 
 __version__ = "0.1.0"
 
+# Options that runs written by an earlier kdcli do not record, and the value those runs trained as: a
+# resumed or reported old run compares as this value, not as a different option.
+OPTIONS_ADDED_LATER = {"val_size": 0}
+
 
 class KdcliError(Exception):
     """An error the user can fix; its message says how."""

@@ -15,7 +15,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kdcli import KdcliError, augment
+from kdcli import OPTIONS_ADDED_LATER, KdcliError, augment
 from kdcli.checkpoint import CHECKPOINT, load_checkpoint
 
 
@@ -110,7 +110,7 @@ def forget_run(out):
 
 
 def check_same_options(config, state, out, remedy="drop them, or use another --out"):
-    saved = state.get("config", {})
+    saved = {**OPTIONS_ADDED_LATER, **state.get("config", {})}
     changed = [
         f"{flag(k)} {getattr(config, k)!r} (run has {saved[k]!r})"
         for k in saved

@@ -179,6 +179,12 @@ def test_aggregate_refuses_runs_that_held_out_other_images(tmp_path):
         aggregate(collect([tmp_path]))
 
 
+def test_runs_from_before_val_size_count_as_holding_out_nothing(tmp_path):
+    make_run(tmp_path / "old" / "base", 70.0, weight=0.0, temperature=1.0, config={"epochs": 300})  # no val_size recorded
+    make_run(tmp_path / "new" / "base", 71.0, seed=10, weight=0.0, temperature=1.0, config={"epochs": 300, "val_size": 0})
+    assert aggregate(collect([tmp_path]))[0]["n"] == 2
+
+
 def test_aggregate_refuses_a_seed_twice_in_a_setting(tmp_path):
     make_run(tmp_path / "a", 70.0, seed=1, temperature=4.0, weight=0.1)
     make_run(tmp_path / "copy-of-a", 70.0, seed=1, temperature=4.0, weight=0.1)

@@ -468,6 +468,18 @@ def test_a_mid_epoch_checkpoint_of_the_older_format_resumes_in_a_group_of_its_si
         teach(config(tmp_path / "again", "run", data_dir, resume=True))
 
 
+def test_a_checkpoint_from_before_val_size_resumes_only_without_it(tmp_path, data_dir, finished, monkeypatch):
+    interrupt(tmp_path, data_dir, monkeypatch)
+    path = tmp_path / "run" / CHECKPOINT
+    state = load_checkpoint(path)
+    del state["config"]["val_size"], state["val_accuracy"]  # as kdcli saved it before the option existed
+    torch.save(state, path)
+    with pytest.raises(KdcliError, match=r"--val-size 10 \(run has 0\)"):  # it trained on every image
+        teach(config(tmp_path, "run", data_dir, resume=True, val_size=10))
+    teach(config(tmp_path, "run", data_dir, resume=True))
+    assert_same_weights(weights(tmp_path / "run"), weights(finished[0]))
+
+
 def test_a_checkpoint_from_another_device_resumes_with_this_devices_optimizer(tmp_path, data_dir, monkeypatch):
     """A GPU checkpoint records fused SGD: loaded on a CPU (or a CPU one on a GPU), the optimizer keeps the
     kernel choice and the lr made for this device, not the saving device's."""
