@@ -2,16 +2,20 @@
 
     run = Run(config, DrawnAugmentation(seed, n))      # a teacher or a baseline student
     run = Run(config, CachedTargets(cache, n))         # a student of the logit cache
-    state = prepare_run_dir(config)                    # None (new), a checkpoint to resume, or "done"
+    with claim_folder(config.out):                     # one kdcli at a time writes in a folder
+        state = prepare_run_dir(config)                # None (new), a checkpoint to resume, or "done"
 
 A run folder holds config.json, metrics.jsonl (one line per epoch), checkpoint.pt
 and, once finished, summary.json. --resume continues it, --force starts it over,
 and anything else refuses to touch a run that is there.
 """
 
+import fcntl
 import functools
 import json
+import os
 import subprocess
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,16 +73,35 @@ class Run:
 RESUME_IGNORES = {"resume", "force", "quiet", "device", "out", "eval_every", "save_every", "compile", "cuda_graphs", "cache", "data_dir", "download", "allow_partial"}
 
 
-def prepare_run_dir(config):
-    """Check --out against --resume/--force; return the checkpoint to resume from, 'done', or None."""
-    out = Path(config.out)
+@contextmanager
+def claim_folder(out):
+    """Make the folder `out` and hold an exclusive lock on it while a run or sweep writes there: a second
+    kdcli into the same folder (a job started twice) is refused instead of interleaving two runs'
+    checkpoints and metrics. The lock is on the folder itself, so it leaves no file behind, and the
+    kernel drops it when its holder dies, however it dies."""
+    out = Path(out)
     try:  # first: --force must not delete anything under an --out that cannot be a folder
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"
         probe.touch()
         probe.unlink()
+        fd = os.open(out, os.O_RDONLY)
     except OSError as e:
         raise KdcliError(f"cannot write to --out {out}: {e.strerror or e}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise KdcliError(f"{out} is in use by another kdcli training there: wait for it to end, or pass another --out") from None
+        yield out
+    finally:
+        os.close(fd)
+
+
+def prepare_run_dir(config):
+    """Check --out (claimed: claim_folder) against --resume/--force; return the checkpoint to resume from,
+    'done', or None."""
+    out = Path(config.out)
     for stale in out.glob(f".{CHECKPOINT}.tmp-*"):  # left by a process killed in save_atomic
         stale.unlink(missing_ok=True)
     finished, ckpt = (out / "summary.json").exists(), out / CHECKPOINT

@@ -9,13 +9,14 @@ students are kept, unfinished ones continue from their checkpoints. The report
 (report.py) is written at the end.
 """
 
+import contextlib
 import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from kdcli.checkpoint import CHECKPOINT, load_checkpoint
 from kdcli.data import load_cifar10, resolve_device
-from kdcli.runs import check_same_inputs, check_same_options, forget_run
+from kdcli.runs import check_same_inputs, check_same_options, claim_folder, forget_run
 from kdcli.stack import stackable
 from kdcli.train import ConfigError, DistillOptions, StudentConfig, TrainOptions, check_temperature, open_student_cache, student_runs, train_runs
 
@@ -93,6 +94,15 @@ def groups(configs: list, parallel: int) -> list:
     return [members[i : i + size] for members in by_start.values() for i in range(0, len(members), size)]
 
 
+def forget_students(configs):
+    """--force: delete every student's run, but none while another kdcli trains one of them alone."""
+    with contextlib.ExitStack() as claimed:
+        for c in configs:
+            claimed.enter_context(claim_folder(c.out))
+        for c in configs:
+            forget_run(c.out)
+
+
 def sweep(config: SweepConfig, progress=True) -> dict:
     """Train every student of the sweep that is not finished yet, then write the report."""
     from kdcli import report
@@ -111,27 +121,27 @@ def sweep(config: SweepConfig, progress=True) -> dict:
         # than 6 trained one after another (measured, 2 cores); stacking pays where kernels launch, on GPUs.
         parallel = 1
     try:
-        if config.force:  # every student at once: a --force sweep stopped part-way resumes without --force
-            for c in configs:
-                forget_run(c.out)
-            for name in ("results.md", "results.csv", "results.png"):  # the old table must not pass for the new one
-                (Path(config.out) / name).unlink(missing_ok=True)
-        runs = {c.out: r for c, r in zip(configs, student_runs(configs, data, cache))}
-        for r in runs.values():
-            if (r.dir / "summary.json").exists():
-                check_same_inputs(r)  # a finished student is kept only if it read this cache
-        todo = groups(configs, parallel)
-        if progress:
-            print(f"{len(configs)} students: {len(configs) - sum(map(len, todo))} finished before, {sum(map(len, todo))} to train", flush=True)
-        for i, members in enumerate(todo):
+        with claim_folder(config.out):  # a second sweep into this folder is refused while this one runs
+            if config.force:  # every student at once: a --force sweep stopped part-way resumes without --force
+                forget_students(configs)
+                for name in ("results.md", "results.csv", "results.png"):  # the old table must not pass for the new one
+                    (Path(config.out) / name).unlink(missing_ok=True)
+            runs = {c.out: r for c, r in zip(configs, student_runs(configs, data, cache))}
+            for r in runs.values():
+                if (r.dir / "summary.json").exists():
+                    check_same_inputs(r)  # a finished student is kept only if it read this cache
+            todo = groups(configs, parallel)
             if progress:
-                names = ", ".join(str(Path(c.out).relative_to(config.out)) for c in members)
-                print(f"group {i + 1}/{len(todo)}, trained together: {names}", flush=True)
-            train_runs([runs[c.out] for c in members], data, device, progress=progress)
+                print(f"{len(configs)} students: {len(configs) - sum(map(len, todo))} finished before, {sum(map(len, todo))} to train", flush=True)
+            for i, members in enumerate(todo):
+                if progress:
+                    names = ", ".join(str(Path(c.out).relative_to(config.out)) for c in members)
+                    print(f"group {i + 1}/{len(todo)}, trained together: {names}", flush=True)
+                train_runs([runs[c.out] for c in members], data, device, progress=progress)
+            found = report.collect([c.out for c in configs])  # this sweep's students only, not whatever else --out holds
+            rows = report.aggregate(found)
+            table = report.write_report(rows, config.out, report.teacher_accuracy(found), unfinished=len(found.unfinished))
     finally:
         if cache is not None:
             cache.close()
-    found = report.collect([c.out for c in configs])  # this sweep's students only, not whatever else --out holds
-    rows = report.aggregate(found)
-    table = report.write_report(rows, config.out, report.teacher_accuracy(found), unfinished=len(found.unfinished))
     return {"table": table, "students": len(configs), "trained_now": sum(len(g) for g in todo), "out": config.out, "settings": asdict(config)}

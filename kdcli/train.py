@@ -17,6 +17,7 @@ as one never stopped (bit for bit on a CPU; on a GPU up to the run-to-run noise
 of cuDNN's kernels, which add in no fixed order).
 """
 
+import contextlib
 import json
 import math
 import os
@@ -36,7 +37,7 @@ from kdcli.data import load_cifar10, resolve_device
 from kdcli.evaluate import evaluate_stack
 from kdcli.losses import distillation_loss, soft_targets
 from kdcli.models import MODELS, create_model
-from kdcli.runs import CachedTargets, DrawnAugmentation, Run, check_same_inputs, flag, git_commit, plain, prepare_run_dir, truncate_metrics, write_json
+from kdcli.runs import CachedTargets, DrawnAugmentation, Run, check_same_inputs, claim_folder, flag, git_commit, plain, prepare_run_dir, truncate_metrics, write_json
 from kdcli.stack import GraphedStep, ModelStack, split_optimizer_state, stack_optimizer_states
 
 
@@ -190,6 +191,13 @@ def train_runs(runs: list, data, device: torch.device, teacher: nn.Module | None
     `teacher`, when given, labels every batch online (no cache): the benchmark and
     the cache-equivalence test use it; kdcli itself trains students from the cache.
     """
+    with contextlib.ExitStack() as claimed:
+        for r in runs:
+            claimed.enter_context(claim_folder(r.dir))  # before anything in it is read or deleted
+        return _train_claimed(runs, data, device, teacher, progress)
+
+
+def _train_claimed(runs, data, device, teacher, progress) -> list:
     states = [prepare_run_dir(r.config) for r in runs]
     for r, state in zip(runs, states):
         if state is not None:  # resumed, or finished and kept: the same images and soft targets as before

@@ -33,6 +33,7 @@ from typer.testing import CliRunner
 
 from kdcli.cli import app
 from kdcli.models import create_model
+from kdcli.runs import claim_folder
 
 CPU = ["--device", "cpu", "--no-download", "--quiet"]
 
@@ -317,6 +318,16 @@ def test_sweep_run_again_with_other_options_is_refused(tmp_path, data_dir, cache
     result = kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep", "--lr", 0.05))
     assert_refused(result, "was trained with other options: --lr 0.05 (run has 0.1)", "--force", codes=(1,))
     assert snapshot(tmp_path / "sweep") == before
+
+
+@pytest.mark.parametrize("held", ["sweep", "sweep/T4/seed1"])
+def test_a_sweep_into_a_folder_another_kdcli_trains_in_is_refused(tmp_path, data_dir, cache, held):
+    assert kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep")).exit_code == 0
+    before = snapshot(tmp_path / "sweep")
+    with claim_folder(tmp_path / held):  # the sweep itself, or one of its students trained alone
+        result = kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep", "--force"))
+    assert_refused(result, f"{tmp_path / held} is in use by another kdcli", codes=(1,))
+    assert snapshot(tmp_path / "sweep") == before  # --force deleted nothing
 
 
 @pytest.fixture(scope="module")

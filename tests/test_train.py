@@ -7,6 +7,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 from dataclasses import fields
 
 import pytest
@@ -20,6 +22,7 @@ from kdcli.data import load_cifar10
 from kdcli.losses import distillation_loss
 from kdcli.evaluate import evaluate, load_model, predict
 from kdcli.models import create_model
+from kdcli.runs import claim_folder
 from kdcli.stack import ModelStack
 from kdcli.train import (
     ConfigError,
@@ -122,6 +125,32 @@ def test_run_folder(tmp_path, data_dir):
     assert json.loads((out / "summary.json").read_text()) == summary
     assert summary["test_accuracy"] == rows[-1]["test_accuracy"] == state["test_accuracy"]
     assert summary["epochs"] == 2 and summary["trained_together"] == 1
+
+
+def test_a_folder_another_kdcli_trains_in_is_left_alone(tmp_path, data_dir, finished):
+    shutil.copytree(finished[0], tmp_path / "run")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
+    with claim_folder(tmp_path / "run"):  # as a second process would find it: the lock conflicts within one process too
+        with pytest.raises(KdcliError, match="run is in use by another kdcli training there: wait for it to end, or pass another --out"):
+            teach(config(tmp_path, "run", data_dir, force=True))
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before  # --force deleted nothing
+    teach(config(tmp_path, "run", data_dir, force=True))  # released
+
+
+def test_the_lock_of_a_killed_kdcli_is_gone_with_it(tmp_path):
+    code = f"from kdcli.runs import claim_folder; c = claim_folder({str(tmp_path / 'run')!r}); c.__enter__(); print('held', flush=True); input()"
+    holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(KdcliError, match="in use"):
+            with claim_folder(tmp_path / "run"):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with claim_folder(tmp_path / "run"):
+        pass
+    assert list((tmp_path / "run").iterdir()) == []  # and no lock file is left behind
 
 
 def test_eval_every_leaves_gaps_but_always_tests_the_last_epoch(tmp_path, data_dir):
