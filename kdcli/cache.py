@@ -33,7 +33,6 @@ SWMR does not do this: a SIGKILLed SWMR writer leaves flags that block every
 later open until `h5clear` is run.
 """
 
-import fcntl
 import json
 import os
 from contextlib import contextmanager
@@ -45,7 +44,7 @@ import numpy as np
 import torch
 
 from kdcli import KdcliError, __version__, augment
-from kdcli.checkpoint import resolve, sha256_file, temporary_file_for
+from kdcli.checkpoint import lock_or_refuse, resolve, sha256_file, temporary_file_for
 from kdcli.data import fingerprint as data_fingerprint
 from kdcli.data import load_cifar10, resolve_device
 from kdcli.evaluate import load_model, predict
@@ -66,7 +65,7 @@ LIBVER = ("earliest", "v108")
 def write_lock(path):
     """Hold an exclusive lock on `path`.lock while writing `path`: a second writer is refused rather than
     truncating the file under the first. HDF5's own lock is off here (see _open), and would not cover
-    the temporary file anyway. The kernel drops the lock when its holder dies, however it dies."""
+    the temporary file anyway."""
     if Path(path).is_dir():  # refused before a lock file is left beside it
         raise KdcliError(f"cannot write {path}: it is a folder; pass --out a file path such as {Path(path) / 'logits.h5'}")
     lock_path = Path(f"{path}.lock")
@@ -78,10 +77,7 @@ def write_lock(path):
     except OSError as e:
         raise KdcliError(f"cannot write {path}: {e.strerror or e}") from None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise KdcliError(f"{path} is being written by another dump-logits (it holds {lock_path}): wait for it, or pass another --out") from None
+        lock_or_refuse(fd, lock_path, f"{path} is being written by another dump-logits (it holds {lock_path}): wait for it, or pass another --out")
         yield
     finally:
         os.close(fd)

@@ -8,9 +8,11 @@ the old one, so a process killed mid-write leaves the previous checkpoint intact
 """
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import pickle
+import warnings
 from pathlib import Path
 
 import torch
@@ -43,6 +45,18 @@ def temporary_file_for(path: Path, tmp: Path):
         if isinstance(e, OSError):
             raise KdcliError(f"cannot write {path}: {e.strerror or e}") from None
         raise
+
+
+def lock_or_refuse(fd: int, lock_path, busy: str):
+    """Take an exclusive flock on the open file `fd`, or raise KdcliError(busy) while another process holds
+    it. The kernel drops the lock when its holder dies, however it dies; on NFS, a flock on a regular file
+    is seen by every client. Where the filesystem cannot lock at all, a warning says so and work goes on."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise KdcliError(busy) from None
+    except OSError as e:  # e.g. ENOLCK, or ENOSYS on a filesystem without locks
+        warnings.warn(f"cannot lock {lock_path} ({e.strerror or e}): a second kdcli writing there would not be refused", stacklevel=3)
 
 
 def resolve(path) -> Path:

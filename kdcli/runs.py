@@ -10,7 +10,6 @@ and, once finished, summary.json. --resume continues it, --force starts it over,
 and anything else refuses to touch a run that is there.
 """
 
-import fcntl
 import functools
 import json
 import os
@@ -20,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kdcli import OPTIONS_ADDED_LATER, KdcliError, augment
-from kdcli.checkpoint import CHECKPOINT, load_checkpoint
+from kdcli.checkpoint import CHECKPOINT, load_checkpoint, lock_or_refuse
 
 
 class DrawnAugmentation:
@@ -73,26 +72,27 @@ class Run:
 RESUME_IGNORES = {"resume", "force", "quiet", "device", "out", "eval_every", "save_every", "compile", "cuda_graphs", "cache", "data_dir", "download", "allow_partial"}
 
 
+LOCK = ".kdcli.lock"
+
+
 @contextmanager
 def claim_folder(out):
-    """Make the folder `out` and hold an exclusive lock on it while a run or sweep writes there: a second
-    kdcli into the same folder (a job started twice) is refused instead of interleaving two runs'
-    checkpoints and metrics. The lock is on the folder itself, so it leaves no file behind, and the
-    kernel drops it when its holder dies, however it dies."""
+    """Make the folder `out` and hold an exclusive lock on its LOCK file while a run or sweep writes there:
+    a second kdcli into the same folder (a job started twice) is refused instead of interleaving two
+    runs' checkpoints and metrics. A file, not the folder itself, since NFS clients see only file locks."""
     out = Path(out)
     try:  # first: --force must not delete anything under an --out that cannot be a folder
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.touch()
-        probe.unlink()
-        fd = os.open(out, os.O_RDONLY)
+        fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
         raise KdcliError(f"cannot write to --out {out}: {e.strerror or e}") from None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise KdcliError(f"{out} is in use by another kdcli training there: wait for it to end, or pass another --out") from None
+        lock_or_refuse(fd, out / LOCK, f"{out} is in use by another kdcli training there (it holds {out / LOCK}): wait for it to end, or pass another --out")
+        try:  # the lock file may be older than the folder's permissions
+            (out / ".write-test").touch()  # a fixed name, now that the folder is ours
+            (out / ".write-test").unlink()
+        except OSError as e:
+            raise KdcliError(f"cannot write to --out {out}: {e.strerror or e}") from None
         yield out
     finally:
         os.close(fd)

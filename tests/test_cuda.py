@@ -12,9 +12,10 @@ from kdcli import KdcliError
 from kdcli.checkpoint import save_atomic
 from kdcli.data import load_cifar10
 from kdcli.dump import DumpConfig, dump_logits
+from kdcli.evaluate import load_model, predict
 from kdcli.models import create_model
 from kdcli.runs import DrawnAugmentation, Run
-from kdcli.train import StudentConfig, TeacherConfig, train_runs, train_student
+from kdcli.train import StudentConfig, TeacherConfig, train_runs, train_student, train_teacher
 
 DEVICE = "cuda"
 pytestmark = pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -126,3 +127,13 @@ def test_stacked_students_stopped_mid_epoch_resume_alone(tmp_path, data_dir, mon
     resumed = [train(tmp_path, "run", StudentConfig, (s,), resume=True, **options)[0] for s in (1, 2)]
     for a, b in zip(resumed, reference):
         assert_close_weights(a, b, atol=1e-2)  # stacked (a grouped convolution) and alone run other TF32 kernels
+
+
+def test_val_accuracy_is_the_checkpoints_accuracy_on_the_held_out_images(tmp_path, data_dir):
+    config = TeacherConfig(model="resnet8", epochs=1, batch_size=32, lr_milestones=(), subset=200, val_size=50, device=DEVICE,
+                           data_dir=str(data_dir), out=str(tmp_path / "teacher"), quiet=True)  # fmt: skip
+    summary = train_teacher(config, progress=False)
+    data = load_cifar10(data_dir, subset=200)
+    model, _ = load_model(tmp_path / "teacher", torch.device(DEVICE))
+    hits = (predict(model, data.train_images[150:].to(DEVICE)).argmax(1).cpu() == data.train_labels[150:]).float().mean().item()
+    assert summary["val_accuracy"] == pytest.approx(100 * hits, abs=2.01)  # within one image: bf16 logits may tie

@@ -44,6 +44,7 @@ from typer.testing import CliRunner
 from kdcli.checkpoint import CHECKPOINT, load_checkpoint
 from kdcli.cli import app
 from kdcli.models import create_model
+from kdcli.runs import LOCK
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 3
@@ -286,7 +287,7 @@ def test_teacher_killed_mid_checkpoint_resumes_from_the_previous_one(torn_teache
 
 
 def test_teacher_killed_mid_checkpoint_leaves_no_temporary_file(torn_teacher):
-    assert sorted(p.name for p in torn_teacher.iterdir()) == [CHECKPOINT, "config.json", "metrics.jsonl", "summary.json"]
+    assert sorted(p.name for p in torn_teacher.iterdir()) == [LOCK, CHECKPOINT, "config.json", "metrics.jsonl", "summary.json"]
 
 
 def test_sweep_killed_mid_checkpoint_resumes_each_student_from_its_own(tmp_path, hooks, data_dir, cache, stacked_sweep_reference):

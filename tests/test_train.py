@@ -3,6 +3,8 @@
 Every run is LeNet-5 on the 200-image session data on the CPU: 4 steps of 64 images per epoch.
 """
 
+import errno
+import fcntl
 import json
 import os
 import shutil
@@ -22,7 +24,7 @@ from kdcli.data import load_cifar10
 from kdcli.losses import distillation_loss
 from kdcli.evaluate import evaluate, load_model, predict
 from kdcli.models import create_model
-from kdcli.runs import claim_folder
+from kdcli.runs import LOCK, claim_folder
 from kdcli.stack import ModelStack
 from kdcli.train import (
     ConfigError,
@@ -106,7 +108,7 @@ def test_run_folder(tmp_path, data_dir):
     cfg = config(tmp_path, "run", data_dir, epochs=2, lr_milestones=(1,))
     summary = teach(cfg)
     out = tmp_path / "run"
-    assert sorted(p.name for p in out.iterdir()) == sorted([CHECKPOINT, "config.json", "metrics.jsonl", "summary.json"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([LOCK, CHECKPOINT, "config.json", "metrics.jsonl", "summary.json"])
 
     recorded = json.loads((out / "config.json").read_text())
     assert {f.name for f in fields(TeacherConfig)} <= recorded.keys()
@@ -131,10 +133,20 @@ def test_a_folder_another_kdcli_trains_in_is_left_alone(tmp_path, data_dir, fini
     shutil.copytree(finished[0], tmp_path / "run")
     before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
     with claim_folder(tmp_path / "run"):  # as a second process would find it: the lock conflicts within one process too
-        with pytest.raises(KdcliError, match="run is in use by another kdcli training there: wait for it to end, or pass another --out"):
+        with pytest.raises(KdcliError, match=r"run is in use by another kdcli training there \(it holds .*run/.kdcli.lock\): wait for it to end, or pass another --out"):
             teach(config(tmp_path, "run", data_dir, force=True))
     assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before  # --force deleted nothing
     teach(config(tmp_path, "run", data_dir, force=True))  # released
+
+
+def test_a_filesystem_without_locks_trains_with_a_warning(tmp_path, data_dir, monkeypatch):
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.warns(UserWarning, match=r"cannot lock .*run/.kdcli.lock \(No locks available\): a second kdcli writing there would not be refused"):
+        teach(config(tmp_path, "run", data_dir, epochs=1))
+    assert (tmp_path / "run" / "summary.json").exists()
 
 
 def test_the_lock_of_a_killed_kdcli_is_gone_with_it(tmp_path):
@@ -150,7 +162,7 @@ def test_the_lock_of_a_killed_kdcli_is_gone_with_it(tmp_path):
         holder.wait()
     with claim_folder(tmp_path / "run"):
         pass
-    assert list((tmp_path / "run").iterdir()) == []  # and no lock file is left behind
+    assert [p.name for p in (tmp_path / "run").iterdir()] == [LOCK]  # an empty file; its lock died with its holder
 
 
 def test_eval_every_leaves_gaps_but_always_tests_the_last_epoch(tmp_path, data_dir):
