@@ -48,10 +48,17 @@ class SweepConfig(DistillOptions, TrainOptions):
         for option, values in (("--seeds", self.seeds), ("--temperatures", self.temperatures)):
             if repeated := sorted({v for v in values if values.count(v) > 1}):
                 raise ConfigError(option, f"values must not repeat ({', '.join(f'{v:g}' for v in repeated)} does)")
+        names = [temperature_folder(t) for t in self.temperatures]
+        if clash := [t for t, name in zip(self.temperatures, names) if names.count(name) > 1]:
+            raise ConfigError("--temperatures", f"{' and '.join(map(repr, clash))} would share the folder {temperature_folder(clash[0])}: give values that differ in their first 6 digits")
         if not self.temperatures and not self.baseline:
             raise ConfigError("--temperatures", "nothing to train: give temperatures or keep --baseline")
         if self.parallel < 0:
             raise ConfigError("--parallel", f"must be >= 0, got {self.parallel}")
+
+
+def temperature_folder(t: float) -> str:
+    return f"T{t:g}"  # T30, T0.5: six significant digits
 
 
 def student_configs(config: SweepConfig) -> list:
@@ -70,7 +77,7 @@ def student_configs(config: SweepConfig) -> list:
     for seed in config.seeds:
         if config.baseline:
             configs.append(student(seed, "baseline", temperature=1.0, distillation_weight=0.0))
-        configs += [student(seed, f"T{t:g}", temperature=t) for t in config.temperatures]
+        configs += [student(seed, temperature_folder(t), temperature=t) for t in config.temperatures]
     return configs
 
 
