@@ -216,9 +216,9 @@ def aggregate(runs) -> list[dict]:
             "delta": statistics.mean(accs) - statistics.mean(base) if base else None,
             "ci_low": ci[0] if ci else None, "ci_high": ci[1] if ci else None,
         })
-        if len(val.get((model, temperature, w, hard), [])) == len(accs):
-            vals = val[(model, temperature, w, hard)]
-            rows[-1].update(val_mean=statistics.mean(vals), val_std=statistics.stdev(vals) if len(vals) > 1 else None)
+        vals = val.get((model, temperature, w, hard), [])
+        validated = len(vals) == len(accs)  # every run of the setting held out images, or the row has no val
+        rows[-1].update(val_mean=statistics.mean(vals) if validated else None, val_std=statistics.stdev(vals) if validated and len(vals) > 1 else None)
     return rows
 
 
@@ -230,15 +230,19 @@ def _f(x, signed=False) -> str:
 
 
 def _validated(rows) -> bool:
-    return all("val_mean" in r for r in rows)
+    return any(r["val_mean"] is not None for r in rows)
+
+
+def _weights(r) -> str:
+    # settings keep their own precision (w = 0.001 is not 0.00); accuracies get 2 decimals
+    return f"{r['distillation_weight']:g}" + (f" (hard {r['hard_weight']:g})" if r["hard_weight"] != 1 else "")
 
 
 def _markdown(rows, teacher_accuracy, unfinished) -> str:
-    val = " val ± std |" if _validated(rows) else ""
-    lines = [f"| model | T | w | n |{val} mean ± std | min | max | Δ vs baseline [95% CI] |", "| --- | ---: | ---: | ---: |" + " ---: |" * bool(val) + " ---: | ---: | ---: | --- |"]
+    val = " val ± std | test ± std |" if _validated(rows) else " mean ± std |"
+    lines = [f"| model | T | w | n |{val} min | max | Δ vs baseline [95% CI] |", "| --- | ---: | ---: | ---: |" + " ---: |" * _validated(rows) + " ---: | ---: | ---: | --- |"]
     for r in rows:
-        # settings keep their own precision (w = 0.001 is not 0.00); accuracies get 2 decimals
-        w = f"{r['distillation_weight']:g}" + (f" (hard {r['hard_weight']:g})" if r["hard_weight"] != 1 else "")
+        w = _weights(r)
         if r["temperature"] is None:
             temperature, delta = "baseline", ""
         else:
@@ -250,9 +254,9 @@ def _markdown(rows, teacher_accuracy, unfinished) -> str:
     notes = ["Test accuracy in %, final epoch, over seeds."]
     if _validated(rows):
         notes.append("val: accuracy on the training images held out by --val-size; choose a setting by it, and the test columns report that choice without selecting on the test set.")
-        for model in dict.fromkeys(r["model"] for r in rows):
-            best = max((r for r in rows if r["model"] == model), key=lambda r: r["val_mean"])
-            setting = "baseline" if best["temperature"] is None else f"T = {best['temperature']:g}, w = {best['distillation_weight']:g}"
+        for model in dict.fromkeys(r["model"] for r in rows if r["val_mean"] is not None):
+            best = max((r for r in rows if r["model"] == model and r["val_mean"] is not None), key=lambda r: r["val_mean"])
+            setting = "baseline" if best["temperature"] is None else f"T = {best['temperature']:g}, w = {_weights(best)}"
             notes.append(f"Best {model} by validation: {setting} ({_f(best['val_mean'])}% val, {_f(best['mean'])}% test).")
     if teacher_accuracy is not None:
         notes.append(f"Teacher: {teacher_accuracy:.2f}%.")

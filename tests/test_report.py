@@ -218,13 +218,22 @@ def test_a_report_of_runs_with_held_out_images_shows_their_accuracy_beside_the_t
         make_run(tmp_path / f"base{seed}", test, seed=seed, temperature=1.0, weight=0.0, val=val)
         make_run(tmp_path / f"kd{seed}", test + 1, seed=seed, temperature=4.0, weight=0.1, val=val + 2)
     text = write_report(aggregate(collect([tmp_path])), tmp_path / "report")
-    assert "| model | T | w | n | val ± std | mean ± std | min | max | Δ vs baseline [95% CI] |" in text
+    assert "| model | T | w | n | val ± std | test ± std | min | max | Δ vs baseline [95% CI] |" in text
     assert "| lenet5 | baseline | 0 | 2 | 71.00 ± 1.41 | 70.00 ± 1.41 | 69.00 | 71.00 |  |" in text
     assert "| lenet5 | 4 | 0.1 | 2 | 73.00 ± 1.41 | 71.00 ± 1.41 | 70.00 | 72.00 | +1.00 [" in text
     assert "choose a setting by it" in text and "Best lenet5 by validation: T = 4, w = 0.1 (73.00% val, 71.00% test)." in text
     with open(tmp_path / "report" / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [(float(r["val_mean"]), float(r["val_std"]), float(r["mean"])) for r in rows] == [(71.0, 1.41, 70.0), (73.0, 1.41, 71.0)]
+
+
+def test_a_model_without_held_out_images_shows_no_validation_accuracy_beside_one_with(tmp_path):
+    make_run(tmp_path / "lenet", 70.0, seed=1, temperature=4.0, weight=0.1, val=72.0)
+    make_run(tmp_path / "resnet", 80.0, model="resnet8", seed=1, temperature=4.0, weight=0.1)
+    rows = aggregate(collect([tmp_path / "lenet", tmp_path / "resnet"]))
+    text = write_report(rows, tmp_path / "report")
+    assert "| lenet5 | 4 | 0.1 | 1 | 72.00 ± n/a | 70.00 ± n/a |" in text and "| resnet8 | 4 | 0.1 | 1 | n/a ± n/a | 80.00 ± n/a |" in text
+    assert "Best lenet5 by validation" in text and "Best resnet8" not in text
 
 
 def test_a_report_without_held_out_images_has_no_validation_column(tmp_path):

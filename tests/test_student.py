@@ -90,7 +90,7 @@ def test_a_sweep_holding_out_images_reports_their_accuracy(tmp_path, data_dir, c
     config = SweepConfig(temperatures=(4.0,), seeds=(1, 2), epochs=1, batch_size=64, lr_milestones=(), val_size=50, device="cpu", quiet=True,
                          data_dir=str(data_dir), cache=str(cache_path), out=str(tmp_path / "sweep"))  # fmt: skip
     table = sweep(config, progress=False)["table"]
-    assert "| model | T | w | n | val ± std | mean ± std |" in table
+    assert "| model | T | w | n | val ± std | test ± std |" in table
     summaries = [json.loads(p.read_text()) for p in sorted((tmp_path / "sweep").rglob("summary.json"))]
     assert len(summaries) == 4 and all(0 <= s["val_accuracy"] <= 100 for s in summaries)
 
