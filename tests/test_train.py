@@ -7,6 +7,7 @@ import errno
 import fcntl
 import json
 import os
+from unittest.mock import ANY
 import shutil
 import signal
 import subprocess
@@ -274,12 +275,19 @@ def test_resume_after_a_crash_retrains_from_the_last_checkpoint(tmp_path, data_d
     assert resumed["test_accuracy"] == reference["test_accuracy"]
 
 
-def interrupt(tmp_path, data_dir, monkeypatch, step=STEPS + 2):
+def interrupt(tmp_path, data_dir, monkeypatch, step=STEPS + 2, **options):
     """An unfinished run in tmp_path/run: Ctrl-C at global step `step`."""
     with monkeypatch.context() as patch:
         call_on_step(patch, step, press_ctrl_c)
         with pytest.raises(TrainingInterrupted):
-            teach(config(tmp_path, "run", data_dir))
+            teach(config(tmp_path, "run", data_dir, **options))
+
+
+def test_a_run_holding_out_images_resumes_with_the_same_validation_accuracies(tmp_path, data_dir, monkeypatch):
+    summary = teach(config(tmp_path, "reference", data_dir, val_size=50, eval_every=2))
+    interrupt(tmp_path, data_dir, monkeypatch, step=5, val_size=50, eval_every=2)  # epoch 2 of 3 steps each, after a val-less epoch 1
+    assert teach(config(tmp_path, "run", data_dir, val_size=50, eval_every=2, resume=True)) == {**summary, "train_seconds": ANY}
+    assert without_timing(metrics(tmp_path / "run")) == without_timing(metrics(tmp_path / "reference"))
 
 
 def test_finished_run_is_refused_without_force(tmp_path, data_dir, finished):
