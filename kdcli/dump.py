@@ -91,7 +91,8 @@ def dump_logits(config: DumpConfig, progress: bool = True) -> dict:
             "teacher_precision": "bfloat16" if bf16 else "float32",
         }  # fmt: skip
         if cache.resume_point(config.out, identity, config.force) is None:
-            _create_cache(config, label, data, {**identity, "teacher_model": state["model_name"]}, teacher_path)
+            attrs = {**identity, "teacher_model": state["model_name"], "teacher_train_images": _images_seen(state, len(data.train_labels))}
+            _create_cache(config, label, data, attrs, teacher_path)
         with cache.CacheWriter(config.out) as writer:
             start = writer.epochs_complete
             seconds = _write_epochs(config, label, data, writer, progress)
@@ -113,6 +114,14 @@ def dump_logits(config: DumpConfig, progress: bool = True) -> dict:
         "teacher_test_accuracy": accuracy,
         "dtype": config.dtype,
     }
+
+
+def _images_seen(teacher_state: dict, n: int) -> int:
+    """How many of the n images (the first n of the training set) the teacher trained on: the first K. A
+    student holding out the last ones (--val-size) checks the teacher never saw them. Checkpoints of
+    before --val-size record no count and trained on every image of their --subset."""
+    seen = teacher_state.get("train_images") or (teacher_state.get("config") or {}).get("subset") or n
+    return min(seen, n)
 
 
 def _create_cache(config: DumpConfig, label, data, attrs: dict, teacher_path):

@@ -435,6 +435,7 @@ class Group:
                     "model_name": r.config.model,
                     "num_classes": self.data.num_classes,
                     "optimizer": split_optimizer_state(optimizer_state, self.size, s),
+                    "train_images": self.num_images,  # it trains on the first N training images (a dump of a teacher records it)
                     "epoch": self.epoch,  # epochs complete
                     "step": self.step,  # steps done into the next epoch (non-zero only after Ctrl-C)
                     "partial": self._own_column(s),  # that epoch's per-step losses and hits so far
@@ -527,6 +528,15 @@ def open_student_cache(config: StudentConfig, data):
     if config.distillation_weight == 0:
         return None
     cache = open_cache(config.cache, data.fingerprint, data.num_classes, config.allow_partial, data.num_before_split)  # it labels the held-out images too
+    held_out_from = data.num_before_split - config.val_size
+    seen = int(cache.attrs.get("teacher_train_images", cache.num_images))  # caches of before --val-size: every image
+    if config.val_size and seen > held_out_from:
+        warnings.warn(
+            f"the teacher of {config.cache} trained on {seen - held_out_from} of the {config.val_size} images --val-size holds out: "
+            "its soft targets carry what it learned from them, so validation accuracy favours KD; "
+            "train the teacher with the same --subset and --val-size for a fair choice",
+            stacklevel=2,
+        )
     if cache.epochs_complete < config.epochs:
         warnings.warn(
             f"{config.cache} has {cache.epochs_complete} epochs for a {config.epochs}-epoch student: "

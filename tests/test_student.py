@@ -17,7 +17,7 @@ from kdcli.models import create_model
 from kdcli.evaluate import load_model
 from kdcli.runs import DrawnAugmentation, Run
 from kdcli.sweep import SweepConfig, sweep
-from kdcli.train import StudentConfig, train_runs, train_student
+from kdcli.train import StudentConfig, TeacherConfig, train_runs, train_student, train_teacher
 
 CACHE_EPOCHS = 2
 
@@ -79,7 +79,8 @@ def test_student_of_the_cache_equals_student_of_the_teacher_online(tmp_path, dat
 
 def test_a_student_holding_out_images_reads_the_cache_rows_of_the_others(tmp_path, data_dir, cache_path):
     # The cache labels all 200 images; a student holding out the last 50 trains on the first 150, each with its own row.
-    summary = train_student(student(tmp_path, data_dir, cache_path, "cached", val_size=50, epochs=2), progress=False)
+    with pytest.warns(UserWarning, match="the teacher of .* trained on 50 of the 50 images --val-size holds out"):  # a bare checkpoint: all 200
+        summary = train_student(student(tmp_path, data_dir, cache_path, "cached", val_size=50, epochs=2), progress=False)
     online = train_online(student(tmp_path, data_dir, cache_path, "online", val_size=50, epochs=2), cache_path, cache_path.parent)
     for key, value in weights(tmp_path / "cached").items():
         torch.testing.assert_close(value, online[key], atol=1e-5, rtol=1e-5)
@@ -89,10 +90,26 @@ def test_a_student_holding_out_images_reads_the_cache_rows_of_the_others(tmp_pat
 def test_a_sweep_holding_out_images_reports_their_accuracy(tmp_path, data_dir, cache_path):
     config = SweepConfig(temperatures=(4.0,), seeds=(1, 2), epochs=1, batch_size=64, lr_milestones=(), val_size=50, device="cpu", quiet=True,
                          data_dir=str(data_dir), cache=str(cache_path), out=str(tmp_path / "sweep"))  # fmt: skip
-    table = sweep(config, progress=False)["table"]
+    with pytest.warns(UserWarning, match="trained on 50 of the 50 images"):
+        table = sweep(config, progress=False)["table"]
     assert "| model | T | w | n | val ± std | test ± std |" in table
     summaries = [json.loads(p.read_text()) for p in sorted((tmp_path / "sweep").rglob("summary.json"))]
     assert len(summaries) == 4 and all(0 <= s["val_accuracy"] <= 100 for s in summaries)
+
+
+def test_a_student_holding_out_images_its_teacher_never_saw_is_not_warned(tmp_path, data_dir, recwarn):
+    teacher = TeacherConfig(model="lenet5", epochs=1, batch_size=64, lr_milestones=(), val_size=50, device="cpu", quiet=True,
+                            data_dir=str(data_dir), out=str(tmp_path / "teacher"))  # fmt: skip
+    train_teacher(teacher, progress=False)
+    dump = DumpConfig(teacher=teacher.out, epochs=1, out=str(tmp_path / "c.h5"), data_dir=str(data_dir), device="cpu", quiet=True)
+    dump_logits(dump, progress=False)
+    with open_cache(tmp_path / "c.h5") as cache:
+        assert cache.attrs["teacher_train_images"] == 150
+    for val_size in (50, 80):
+        train_student(student(tmp_path, data_dir, tmp_path / "c.h5", f"val{val_size}", val_size=val_size), progress=False)
+    assert [str(w.message)[:80] for w in recwarn if "--val-size holds out" in str(w.message)] == [
+        f"the teacher of {tmp_path / 'c.h5'} trained on 30 of the 80 images --val-size holds out"[:80]
+    ]
 
 
 def test_the_equivalence_test_can_fail_on_other_views(tmp_path, data_dir, cache_path):
