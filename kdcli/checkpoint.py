@@ -9,6 +9,7 @@ the old one, so a process killed mid-write leaves the previous checkpoint intact
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import os
 import pickle
@@ -56,7 +57,12 @@ def lock_or_refuse(fd: int, lock_path, busy: str):
     except BlockingIOError:
         raise KdcliError(busy) from None
     except OSError as e:  # e.g. ENOLCK, or ENOSYS on a filesystem without locks
-        warnings.warn(f"cannot lock {lock_path} ({e.strerror or e}): a second kdcli writing there would not be refused", stacklevel=3)
+        warn_cannot_lock(e.strerror or str(e))
+
+
+@functools.cache  # once per process, not once per folder of a sweep
+def warn_cannot_lock(reason: str):
+    warnings.warn(f"cannot lock files on this filesystem ({reason}): a second kdcli writing into the same --out would not be refused", stacklevel=2)
 
 
 def resolve(path) -> Path:

@@ -26,7 +26,7 @@ from kdcli import OPTIONS_ADDED_LATER, KdcliError
 
 SETTING_COLUMNS = ["model", "temperature", "distillation_weight", "hard_weight", "n"]
 ACCURACY_COLUMNS = ["mean", "std", "min", "max", "delta", "ci_low", "ci_high"]  # percent; delta and CI vs the baseline
-VAL_COLUMNS = ["val_mean", "val_std"]  # percent, on the held-out training images (--val-size); only when every run has them
+VAL_COLUMNS = ["val_mean", "val_std"]  # percent, on the held-out training images (--val-size); only when a row has them
 
 
 # ---------------------------------------------------------------- Student t quantile (no scipy)
@@ -198,10 +198,13 @@ def aggregate(runs) -> list[dict]:
     check_comparable(runs)
     groups: dict[tuple, list[float]] = {}
     val: dict[tuple, list[float]] = {}
+    teacher_saw_val = set()  # settings with a run whose teacher trained on its held-out images
     for r in runs:
         groups.setdefault(_setting(r["summary"]), []).append(float(r["summary"]["test_accuracy"]))
         if _is_number(r["summary"].get("val_accuracy")):
             val.setdefault(_setting(r["summary"]), []).append(float(r["summary"]["val_accuracy"]))
+        if r["config"].get("teacher_saw_val_images"):
+            teacher_saw_val.add(_setting(r["summary"]))
     # a baseline has the same hard weight as the KD runs it is compared with (it scales the CE loss)
     baselines = {(model, hard): accs for (model, temperature, w, hard), accs in groups.items() if w == 0}
     rows = []
@@ -218,7 +221,8 @@ def aggregate(runs) -> list[dict]:
         })
         vals = val.get((model, temperature, w, hard), [])
         validated = len(vals) == len(accs)  # every run of the setting held out images, or the row has no val
-        rows[-1].update(val_mean=statistics.mean(vals) if validated else None, val_std=statistics.stdev(vals) if validated and len(vals) > 1 else None)
+        rows[-1].update(val_mean=statistics.mean(vals) if validated else None, val_std=statistics.stdev(vals) if validated and len(vals) > 1 else None,
+                        teacher_saw_val=(model, temperature, w, hard) in teacher_saw_val)  # fmt: skip
     return rows
 
 
@@ -249,14 +253,17 @@ def _markdown(rows, teacher_accuracy, unfinished) -> str:
             temperature = f"{r['temperature']:g}"
             ci = "n/a" if r["ci_low"] is None else f"{_f(r['ci_low'], True)}, {_f(r['ci_high'], True)}"
             delta = "no baseline" if r["delta"] is None else f"{_f(r['delta'], True)} [{ci}]"
-        val = f" {_f(r['val_mean'])} ± {_f(r['val_std'])} |" if _validated(rows) else ""
+        val = f" {_f(r['val_mean'])} ± {_f(r['val_std'])}{'*' * r['teacher_saw_val']} |" if _validated(rows) else ""
         lines.append(f"| {r['model']} | {temperature} | {w} | {r['n']} |{val} {_f(r['mean'])} ± {_f(r['std'])} | {_f(r['min'])} | {_f(r['max'])} | {delta} |")
     notes = ["Test accuracy in %, final epoch, over seeds."]
     if _validated(rows):
         notes.append("val: accuracy on the training images held out by --val-size; choose a setting by it, and the test columns report that choice without selecting on the test set.")
+        if any(r["teacher_saw_val"] for r in rows):
+            notes.append("*: distilled from a teacher that trained on the held-out images, so this val accuracy favours KD.")
         for model in dict.fromkeys(r["model"] for r in rows if r["val_mean"] is not None):
             best = max((r for r in rows if r["model"] == model and r["val_mean"] is not None), key=lambda r: r["val_mean"])
-            setting = "baseline" if best["temperature"] is None else f"T = {best['temperature']:g}, w = {_weights(best)}"
+            hard = f" (hard {best['hard_weight']:g})" if best["hard_weight"] != 1 else ""
+            setting = f"baseline{hard}" if best["temperature"] is None else f"T = {best['temperature']:g}, w = {_weights(best)}"
             notes.append(f"Best {model} by validation: {setting} ({_f(best['val_mean'])}% val, {_f(best['mean'])}% test).")
     if teacher_accuracy is not None:
         notes.append(f"Teacher: {teacher_accuracy:.2f}%.")

@@ -48,9 +48,11 @@ class SweepConfig(DistillOptions, TrainOptions):
         for option, values in (("--seeds", self.seeds), ("--temperatures", self.temperatures)):
             if repeated := sorted({v for v in values if values.count(v) > 1}):
                 raise ConfigError(option, f"values must not repeat ({', '.join(f'{v:g}' for v in repeated)} does)")
-        names = [temperature_folder(t) for t in self.temperatures]
-        if clash := [t for t, name in zip(self.temperatures, names) if names.count(name) > 1]:
-            raise ConfigError("--temperatures", f"{' and '.join(map(repr, clash))} would share the folder {temperature_folder(clash[0])}: give values that differ in their first 6 digits")
+        folders = {}
+        for t in self.temperatures:
+            folders.setdefault(temperature_folder(t), []).append(t)
+        if clash := next(((name, ts) for name, ts in folders.items() if len(ts) > 1), None):
+            raise ConfigError("--temperatures", f"{' and '.join(map(repr, clash[1]))} would share the folder {clash[0]}: give values that differ in their first 6 digits")
         if not self.temperatures and not self.baseline:
             raise ConfigError("--temperatures", "nothing to train: give temperatures or keep --baseline")
         if self.parallel < 0:

@@ -514,11 +514,18 @@ def student_runs(configs: list, data, cache=None) -> list:
     runs = []
     for c in configs:
         if c.distillation_weight > 0:
-            extra = {"cache_teacher_sha256": cache.attrs["teacher_sha256"], "cache_teacher_test_accuracy": cache.attrs["teacher_test_accuracy"], "cache_epochs": cache.epochs_complete, "cache_seed": cache.attrs["seed"]}
+            extra = {"cache_teacher_sha256": cache.attrs["teacher_sha256"], "cache_teacher_test_accuracy": cache.attrs["teacher_test_accuracy"], "cache_epochs": cache.epochs_complete, "cache_seed": cache.attrs["seed"],
+                     "teacher_saw_val_images": teacher_saw_val_images(cache, data)}  # fmt: skip
             runs.append(Run(c, CachedTargets(cache, len(data.train_labels)), {"train_fingerprint": data.fingerprint, **extra}))
         else:
             runs.append(Run(c, DrawnAugmentation(c.seed, len(data.train_labels)), {"train_fingerprint": data.fingerprint}))
     return runs
+
+
+def teacher_saw_val_images(cache, data) -> int:
+    """How many of the held-out images the cache's teacher trained on (it trained on the first K)."""
+    seen = int(cache.attrs.get("teacher_train_images", cache.num_images))  # caches of before --val-size: every image
+    return max(0, seen - len(data.train_labels))
 
 
 def open_student_cache(config: StudentConfig, data):
@@ -528,11 +535,9 @@ def open_student_cache(config: StudentConfig, data):
     if config.distillation_weight == 0:
         return None
     cache = open_cache(config.cache, data.fingerprint, data.num_classes, config.allow_partial, data.num_before_split)  # it labels the held-out images too
-    held_out_from = data.num_before_split - config.val_size
-    seen = int(cache.attrs.get("teacher_train_images", cache.num_images))  # caches of before --val-size: every image
-    if config.val_size and seen > held_out_from:
+    if seen := teacher_saw_val_images(cache, data):
         warnings.warn(
-            f"the teacher of {config.cache} trained on {seen - held_out_from} of the {config.val_size} images --val-size holds out: "
+            f"the teacher of {config.cache} trained on {seen} of the {len(data.val_labels)} images --val-size holds out: "
             "its soft targets carry what it learned from them, so validation accuracy favours KD; "
             "train the teacher with the same --subset and --val-size for a fair choice",
             stacklevel=2,

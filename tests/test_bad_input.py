@@ -291,7 +291,7 @@ BAD_OPTIONS = [
     ("sweep", ["--hard-weight", 0], ["--hard-weight", "must be > 0 with --baseline"]),
     ("sweep", ["--resume"], ["No such option: --resume"]),
     ("sweep", ["--seeds", "1,2,1"], ["--seeds", "values must not repeat (1 does)"]),
-    ("sweep", ["--temperatures", "1.0000001,1.0000002"], ["--temperatures", "1.0000001 and 1.0000002 would share the folder T1"]),
+    ("sweep", ["--temperatures", "1.0000001,1.0000002,2.0000001,2.0000002"], ["--temperatures", "1.0000001 and 1.0000002 would share the folder T1:"]),
 ]
 
 

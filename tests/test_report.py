@@ -236,6 +236,13 @@ def test_a_model_without_held_out_images_shows_no_validation_accuracy_beside_one
     assert "Best lenet5 by validation" in text and "Best resnet8" not in text
 
 
+def test_the_best_by_validation_names_the_hard_weight_of_a_baseline(tmp_path):
+    make_run(tmp_path / "base", 60.0, seed=1, temperature=1.0, weight=0.0, val=70.0)
+    (tmp_path / "base" / "summary.json").write_text((tmp_path / "base" / "summary.json").read_text().replace('"hard_weight": 1.0', '"hard_weight": 0.5'))
+    text = write_report(aggregate(collect([tmp_path])), tmp_path / "report")
+    assert "Best lenet5 by validation: baseline (hard 0.5) (70.00% val, 60.00% test)." in text and "*" not in text
+
+
 def test_a_report_without_held_out_images_has_no_validation_column(tmp_path):
     text = write_report(aggregate(collect([make_sweep(tmp_path / "sweep")])), tmp_path / "report")
     assert "val ± std" not in text and "val_mean" not in (tmp_path / "report" / "results.csv").read_text()

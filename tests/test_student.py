@@ -93,6 +93,11 @@ def test_a_sweep_holding_out_images_reports_their_accuracy(tmp_path, data_dir, c
     with pytest.warns(UserWarning, match="trained on 50 of the 50 images"):
         table = sweep(config, progress=False)["table"]
     assert "| model | T | w | n | val ± std | test ± std |" in table
+    # the warning stays with the runs: a report marks the rows whose val accuracy the teacher's knowledge of those images favours
+    kd_row = next(line for line in table.splitlines() if line.startswith("| lenet5 | 4 |"))
+    assert kd_row.split("|")[5].strip().endswith("*") and "*: distilled from a teacher that trained on the held-out images" in table
+    baseline_row = next(line for line in table.splitlines() if line.startswith("| lenet5 | baseline |"))
+    assert not baseline_row.split("|")[5].strip().endswith("*")
     summaries = [json.loads(p.read_text()) for p in sorted((tmp_path / "sweep").rglob("summary.json"))]
     assert len(summaries) == 4 and all(0 <= s["val_accuracy"] <= 100 for s in summaries)
 

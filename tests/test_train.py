@@ -20,7 +20,7 @@ from conftest import write_cifar_folder
 
 import kdcli.train as train_module
 from kdcli import KdcliError, __version__
-from kdcli.checkpoint import CHECKPOINT, load_checkpoint
+from kdcli.checkpoint import CHECKPOINT, load_checkpoint, warn_cannot_lock
 from kdcli.data import load_cifar10
 from kdcli.losses import distillation_loss
 from kdcli.evaluate import evaluate, load_model, predict
@@ -140,14 +140,17 @@ def test_a_folder_another_kdcli_trains_in_is_left_alone(tmp_path, data_dir, fini
     teach(config(tmp_path, "run", data_dir, force=True))  # released
 
 
-def test_a_filesystem_without_locks_trains_with_a_warning(tmp_path, data_dir, monkeypatch):
+def test_a_filesystem_without_locks_trains_with_one_warning(tmp_path, data_dir, monkeypatch):
     def no_locks(fd, operation):
         raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
 
     monkeypatch.setattr(fcntl, "flock", no_locks)
-    with pytest.warns(UserWarning, match=r"cannot lock .*run/.kdcli.lock \(No locks available\): a second kdcli writing there would not be refused"):
+    warn_cannot_lock.cache_clear()  # once per process: this test must see it
+    with pytest.warns(UserWarning, match=r"cannot lock files on this filesystem \(No locks available\): a second kdcli writing into the same --out would not be refused") as warned:
         teach(config(tmp_path, "run", data_dir, epochs=1))
-    assert (tmp_path / "run" / "summary.json").exists()
+        teach(config(tmp_path, "other", data_dir, epochs=1))  # a second folder, as in a sweep: no second line
+    assert sum("cannot lock" in str(w.message) for w in warned) == 1
+    assert (tmp_path / "run" / "summary.json").exists() and (tmp_path / "other" / "summary.json").exists()
 
 
 def test_the_lock_of_a_killed_kdcli_is_gone_with_it(tmp_path):
