@@ -220,6 +220,8 @@ def evaluate(
     with errors_as_one_line():
         result = evaluate_checkpoint(checkpoint, data_dir, device, download)
     typer.echo(f"{result['model']} (epoch {result['epoch']}): {result['test_accuracy']:.2f}% top-1 on the test set")
+    if "val_accuracy" in result:
+        typer.echo(f"{result['model']} (epoch {result['epoch']}): {result['val_accuracy']:.2f}% on the {result['val_size']:,} training images its run held out (--val-size)")
     if per_class:
         for name, acc in zip(CLASSES, result["per_class"]):
             typer.echo(f"  {name:<11} {acc:6.2f}%")

@@ -1,6 +1,6 @@
 """Evaluation and inference: test accuracy of a checkpoint, logits of a model.
 
-    result = evaluate("runs/teacher")          # {"test_accuracy": 90.51, "per_class": [...], ...}
+    result = evaluate("runs/teacher")          # {"test_accuracy": 90.51, "per_class": [...], ...} (+ "val_accuracy")
     model, state = load_model(path, device)    # a checkpoint -> a model in eval mode
     logits = predict(model, images_uint8)      # [M, C] on un-augmented images
 """
@@ -51,13 +51,21 @@ def load_model(checkpoint_path, device) -> tuple:
 
 
 def evaluate(checkpoint_path, data_dir="data", device="auto", download=True) -> dict:
-    """Test accuracy of a checkpoint, overall and per class (percent)."""
+    """Test accuracy of a checkpoint, overall and per class (percent), and its accuracy on the training
+    images its run held out (--val-size), if it did."""
     dev = resolve_device(device)
     model, state = load_model(checkpoint_path, dev)
-    data = load_cifar10(data_dir, dev, download=download)
-    pred = predict(model, data.test_images, amp=state.get("config", {}).get("amp", True)).argmax(1)  # as the run evaluated itself
+    config = state.get("config", {})
+    held_out = config.get("val_size", 0)
+    data = load_cifar10(data_dir, dev, config.get("subset") if held_out else None, download, held_out)
+    amp = config.get("amp", True)  # as the run evaluated itself
+    pred = predict(model, data.test_images, amp).argmax(1)
     per_class = [
         round(100 * float((pred[data.test_labels == c] == c).float().mean()), 2) for c in range(data.num_classes)
     ]
     accuracy = round(100 * float((pred == data.test_labels).float().mean()), 4)
-    return {"model": state["model_name"], "epoch": state.get("epoch"), "test_accuracy": accuracy, "per_class": per_class}
+    result = {"model": state["model_name"], "epoch": state.get("epoch"), "test_accuracy": accuracy, "per_class": per_class}
+    if held_out:
+        hits = predict(model, data.val_images, amp).argmax(1) == data.val_labels
+        result.update(val_accuracy=round(100 * float(hits.float().mean()), 4), val_size=held_out)
+    return result

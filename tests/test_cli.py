@@ -86,6 +86,9 @@ def test_train_teacher_with_a_validation_split_prints_its_accuracy(tmp_path, dat
     assert result.exit_code == 0, result.output
     assert re.search(r"teacher lenet5: [\d.]+% validation, [\d.]+% test accuracy after 1 epoch -> ", result.stdout)
     assert re.search(r"^epoch 1/1 .* val [\d.]+%  test [\d.]+% ", result.stdout, re.M)
+    result = kdcli("evaluate", tmp_path / "run", "--device", "cpu", "--data-dir", data_dir, "--no-download")
+    assert result.exit_code == 0, result.output
+    assert re.search(r"^lenet5 \(epoch 1\): [\d.]+% on the 50 training images its run held out \(--val-size\)$", result.stdout, re.M)
 
 
 def test_evaluate_per_class(teacher_run, data_dir):

@@ -197,6 +197,9 @@ def test_a_validation_split_trains_on_the_other_images_and_reports_accuracy_on_i
     assert summary["val_accuracy"] == held[-1]["val_accuracy"] == state["val_accuracy"] == pytest.approx(100 * hits, abs=1e-4)
     recorded = json.loads((tmp_path / "held" / "config.json").read_text())
     assert recorded["val_size"] == 50 and recorded["train_fingerprint"] == data.fingerprint  # the images a cache labels
+    result = evaluate(tmp_path / "held", data_dir, device="cpu", download=False)  # finds the held-out images from the checkpoint
+    assert (result["val_accuracy"], result["val_size"], result["test_accuracy"]) == (summary["val_accuracy"], 50, summary["test_accuracy"])
+    assert "val_accuracy" not in evaluate(tmp_path / "alone", data_dir, device="cpu", download=False)
 
 
 def test_a_run_without_a_validation_split_reports_no_validation_accuracy(finished):
