@@ -178,7 +178,8 @@ def check_comparable(runs):
     recipes (config.json), or two runs of one setting with the same seed (one run reported twice)."""
     by_recipe: dict[str, dict[tuple, str]] = {}  # model -> recipe (each field as JSON) -> a run with it
     for r in runs:
-        recipe = tuple(json.dumps({**OPTIONS_ADDED_LATER, **r["config"]}.get(k)) for k in RECIPE)
+        config = {**OPTIONS_ADDED_LATER, **r["config"]}
+        recipe = tuple(json.dumps(config.get(k)) for k in RECIPE)
         by_recipe.setdefault(r["summary"]["model"], {}).setdefault(recipe, r["run_dir"])
     for model, found in by_recipe.items():
         if len(found) > 1:
@@ -200,11 +201,12 @@ def aggregate(runs) -> list[dict]:
     val: dict[tuple, list[float]] = {}
     teacher_saw_val = set()  # settings with a run whose teacher trained on its held-out images
     for r in runs:
-        groups.setdefault(_setting(r["summary"]), []).append(float(r["summary"]["test_accuracy"]))
+        setting = _setting(r["summary"])
+        groups.setdefault(setting, []).append(float(r["summary"]["test_accuracy"]))
         if _is_number(r["summary"].get("val_accuracy")):
-            val.setdefault(_setting(r["summary"]), []).append(float(r["summary"]["val_accuracy"]))
+            val.setdefault(setting, []).append(float(r["summary"]["val_accuracy"]))
         if r["config"].get("teacher_saw_val_images"):
-            teacher_saw_val.add(_setting(r["summary"]))
+            teacher_saw_val.add(setting)
     # a baseline has the same hard weight as the KD runs it is compared with (it scales the CE loss)
     baselines = {(model, hard): accs for (model, temperature, w, hard), accs in groups.items() if w == 0}
     rows = []
@@ -237,14 +239,19 @@ def _validated(rows) -> bool:
     return any(r["val_mean"] is not None for r in rows)
 
 
+def _hard(r) -> str:
+    return f" (hard {r['hard_weight']:g})" if r["hard_weight"] != 1 else ""
+
+
 def _weights(r) -> str:
     # settings keep their own precision (w = 0.001 is not 0.00); accuracies get 2 decimals
-    return f"{r['distillation_weight']:g}" + (f" (hard {r['hard_weight']:g})" if r["hard_weight"] != 1 else "")
+    return f"{r['distillation_weight']:g}{_hard(r)}"
 
 
 def _markdown(rows, teacher_accuracy, unfinished) -> str:
-    val = " val ± std | test ± std |" if _validated(rows) else " mean ± std |"
-    lines = [f"| model | T | w | n |{val} min | max | Δ vs baseline [95% CI] |", "| --- | ---: | ---: | ---: |" + " ---: |" * _validated(rows) + " ---: | ---: | ---: | --- |"]
+    validated = _validated(rows)
+    val = " val ± std | test ± std |" if validated else " mean ± std |"
+    lines = [f"| model | T | w | n |{val} min | max | Δ vs baseline [95% CI] |", "| --- | ---: | ---: | ---: |" + " ---: |" * validated + " ---: | ---: | ---: | --- |"]
     for r in rows:
         w = _weights(r)
         if r["temperature"] is None:
@@ -253,17 +260,16 @@ def _markdown(rows, teacher_accuracy, unfinished) -> str:
             temperature = f"{r['temperature']:g}"
             ci = "n/a" if r["ci_low"] is None else f"{_f(r['ci_low'], True)}, {_f(r['ci_high'], True)}"
             delta = "no baseline" if r["delta"] is None else f"{_f(r['delta'], True)} [{ci}]"
-        val = f" {_f(r['val_mean'])} ± {_f(r['val_std'])}{'*' * r['teacher_saw_val']} |" if _validated(rows) else ""
+        val = f" {_f(r['val_mean'])} ± {_f(r['val_std'])}{'*' * r['teacher_saw_val']} |" if validated else ""
         lines.append(f"| {r['model']} | {temperature} | {w} | {r['n']} |{val} {_f(r['mean'])} ± {_f(r['std'])} | {_f(r['min'])} | {_f(r['max'])} | {delta} |")
     notes = ["Test accuracy in %, final epoch, over seeds."]
-    if _validated(rows):
+    if validated:
         notes.append("val: accuracy on the training images held out by --val-size; choose a setting by it, and the test columns report that choice without selecting on the test set.")
         if any(r["teacher_saw_val"] for r in rows):
             notes.append("*: distilled from a teacher that trained on the held-out images, so this val accuracy favours KD.")
         for model in dict.fromkeys(r["model"] for r in rows if r["val_mean"] is not None):
             best = max((r for r in rows if r["model"] == model and r["val_mean"] is not None), key=lambda r: r["val_mean"])
-            hard = f" (hard {best['hard_weight']:g})" if best["hard_weight"] != 1 else ""
-            setting = f"baseline{hard}" if best["temperature"] is None else f"T = {best['temperature']:g}, w = {_weights(best)}"
+            setting = f"baseline{_hard(best)}" if best["temperature"] is None else f"T = {best['temperature']:g}, w = {_weights(best)}"
             notes.append(f"Best {model} by validation: {setting} ({_f(best['val_mean'])}% val, {_f(best['mean'])}% test).")
     if teacher_accuracy is not None:
         notes.append(f"Teacher: {teacher_accuracy:.2f}%.")
