@@ -40,7 +40,7 @@ def soft_targets(teacher, labels, temperature, distillation_weight, hard_weight=
     side does not depend on the student: a cached epoch's targets are computed once for all its steps.
     """
     T, soft_weight, hard_weight = (_per_student(v, teacher) for v in (temperature, distillation_weight, hard_weight))
-    log_p = F.log_softmax(teacher.float() / T[..., None, None], dim=-1)
+    log_p = F.log_softmax(teacher.detach().float() / T[..., None, None], dim=-1)  # targets: no gradient to the teacher
     p = log_p.exp()
     soft_weight = soft_weight * T**2  # [...]
     hard = hard_weight[..., None, None] * F.one_hot(labels.expand(p.shape[:-1]), p.shape[-1]).float()

@@ -19,6 +19,7 @@ Covered (tests/test_cli.py has train-teacher's bad option values and train-stude
 
 import os
 import pickle
+import re
 import shlex
 import shutil
 import signal
@@ -411,6 +412,11 @@ def test_cache_info_verifies_against_the_teacher_on_the_given_data(tmp_path, dat
     assert result.exit_code == 0, result.output
     difference = float(result.stdout.splitlines()[-1].rsplit(" ", 1)[1])
     assert result.stdout.splitlines()[-1].startswith("verify") and difference < 1e-4  # float32 cache, same computation
+    # what README promises besides: the metadata, the shapes and the size
+    lines = result.stdout.splitlines()
+    assert re.fullmatch(rf"{re.escape(str(cache))}: [\d.]+ MB, 2 of 2 epochs complete", lines[0]) and lines[1].startswith("teacher lenet5: ")
+    assert re.search(r"^  logits +float32 +\[2, 200, 10\]$", result.stdout, re.M) and re.search(r"^  aug +int8 +\[2, 200, 3\]$", result.stdout, re.M)
+    assert re.search(r"^  seed +0$", result.stdout, re.M) and re.search(r"^  teacher_sha256 +[0-9a-f]{64}$", result.stdout, re.M)
 
 
 def test_cache_info_verify_on_other_images_is_refused(tmp_path, teacher, cache):

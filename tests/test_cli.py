@@ -65,6 +65,17 @@ def test_python_dash_m_kdcli():
     assert out.returncode == 0 and out.stdout == f"kdcli {__version__}\n"
 
 
+def test_every_option_of_every_command_has_a_help_line():
+    import typer.main
+
+    for name, command in typer.main.get_command(app).commands.items():
+        undocumented = [p.name for p in command.params if not (getattr(p, "help", None) or "").strip()]
+        assert undocumented == [], f"kdcli {name}: {undocumented}"
+    result = runner.invoke(app, ["train-student", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert re.search(r"--temperature .*softmax temperature T of the soft targets .*\[default: 4.0\]", flat(result.stdout))
+
+
 def test_models_lists_every_name_with_its_size():
     result = kdcli("models")
     assert result.exit_code == 0

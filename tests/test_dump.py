@@ -120,6 +120,29 @@ def test_float16_by_default_and_verify_cache(tmp_path, reference, teacher, data_
     assert cache.verify_cache(cfg.out, teacher, k=64, device="cpu", data_dir=data_dir) > 0.5
 
 
+def test_the_seed_draws_the_views_and_verify_checks_them(tmp_path, teacher, data_dir):
+    cfg = config(tmp_path, teacher, data_dir, epochs=2, seed=7)
+    dump_logits(cfg, progress=False)
+    with cache.open_cache(cfg.out) as c:
+        assert c.attrs["seed"] == 7 and all(torch.equal(c.epoch(e)[0], augment.params(7, e, 200)) for e in range(2))
+        assert not torch.equal(c.epoch(0)[0], augment.params(0, 0, 200))
+    assert cache.verify_cache(cfg.out, teacher, k=64, device="cpu", data_dir=data_dir) < 1e-4
+    with h5py.File(cfg.out, "r+") as f:  # views that are not the seed's: the logits no longer say what they label
+        f["aug"][1] = augment.params(8, 1, 200).numpy()
+    with pytest.raises(KdcliError, match="the stored augmentation of epoch 1 is not augment.params"):
+        cache.verify_cache(cfg.out, teacher, k=64, device="cpu", data_dir=data_dir)
+
+
+def test_verify_refuses_another_teacher(tmp_path, reference, teacher, data_dir):
+    other = tmp_path / "other"
+    other.mkdir()
+    state = torch.load(teacher / "checkpoint.pt")
+    state["model"] = {k: v + 0.01 for k, v in state["model"].items()}
+    torch.save(state, other / "checkpoint.pt")
+    with pytest.raises(KdcliError, match=r"was made by another teacher \(sha256 .{8}…\), not .*other"):
+        cache.verify_cache(reference[0], other, k=64, device="cpu", data_dir=data_dir)
+
+
 def test_missing_teacher_refused(tmp_path, data_dir):
     with pytest.raises(KdcliError, match=r"no teacher at .*nowhere: run `kdcli train-teacher` first, or pass --teacher"):
         dump_logits(config(tmp_path, tmp_path / "nowhere", data_dir))

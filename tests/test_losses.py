@@ -100,6 +100,7 @@ def test_rows_are_the_targets_of_those_images():
 
 
 def test_gradient_reaches_only_the_student():
-    s, t, y = logits(B, C, seed=1).requires_grad_(), logits(B, C, seed=2), labels(B)
+    s, t, y = logits(B, C, seed=1).requires_grad_(), logits(B, C, seed=2).requires_grad_(), labels(B)
     distillation_loss(s, y, soft_targets(t, y, 4.0, 0.5)).backward()
     assert s.grad is not None and torch.isfinite(s.grad).all() and s.grad.abs().sum() > 0
+    assert t.grad is None  # a teacher that requires gradients (trained alongside, say) is still only a target

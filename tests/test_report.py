@@ -163,6 +163,22 @@ def test_aggregate_keeps_models_apart_and_treats_a_teacher_as_its_models_baselin
     assert "| lenet5 | 4 | 0.1 | 1 | 75.00 ± n/a | 75.00 | 75.00 | no baseline |" in write_report(rows, tmp_path / "report")
 
 
+def with_hard_weight(run, hard):
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "hard_weight": hard}))
+
+
+def test_a_kd_setting_is_compared_with_the_baseline_of_its_hard_weight(tmp_path):
+    for seed, acc in ((1, 70.0), (2, 72.0)):
+        make_run(tmp_path / f"base{seed}", acc, seed=seed, temperature=1.0, weight=0.0)
+        with_hard_weight(make_run(tmp_path / f"base-half{seed}", acc - 10, seed=seed, temperature=1.0, weight=0.0), 0.5)
+        with_hard_weight(make_run(tmp_path / f"kd-half{seed}", acc - 5, seed=seed, temperature=4.0, weight=0.9), 0.5)
+        with_hard_weight(make_run(tmp_path / f"kd-quarter{seed}", acc, seed=seed, temperature=4.0, weight=0.9), 0.25)
+    rows = {(r["temperature"], r["hard_weight"]): r for r in aggregate(collect([tmp_path]))}
+    assert rows[4.0, 0.5]["delta"] == pytest.approx(66.0 - 61.0)  # not 66 - 71, against the baseline at hard weight 1
+    assert rows[4.0, 0.25]["delta"] is None  # no baseline at that hard weight
+
+
 def test_aggregate_refuses_runs_of_other_recipes(tmp_path):
     """Two sweeps of the same seeds, 30 and 300 epochs: one table would average two experiments as one."""
     for epochs in (30, 300):
@@ -241,6 +257,14 @@ def test_the_best_by_validation_names_the_hard_weight_of_a_baseline(tmp_path):
     (tmp_path / "base" / "summary.json").write_text((tmp_path / "base" / "summary.json").read_text().replace('"hard_weight": 1.0', '"hard_weight": 0.5'))
     text = write_report(aggregate(collect([tmp_path])), tmp_path / "report")
     assert "Best lenet5 by validation: baseline (hard 0.5) (70.00% val, 60.00% test)." in text and "*" not in text
+
+
+def test_the_best_by_validation_is_chosen_by_validation_not_by_test(tmp_path):
+    make_run(tmp_path / "base", 74.0, seed=1, temperature=1.0, weight=0.0, val=71.0)
+    make_run(tmp_path / "T4", 70.0, seed=1, temperature=4.0, weight=0.1, val=75.0)
+    make_run(tmp_path / "T30", 73.0, seed=1, temperature=30.0, weight=0.1, val=72.0)
+    text = write_report(aggregate(collect([tmp_path])), tmp_path / "report")
+    assert "Best lenet5 by validation: T = 4, w = 0.1 (75.00% val, 70.00% test)." in text
 
 
 def test_a_report_without_held_out_images_has_no_validation_column(tmp_path):

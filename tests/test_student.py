@@ -9,12 +9,15 @@ import json
 import pytest
 import torch
 
+import kdcli.train as train_module
 from kdcli import KdcliError
 from kdcli.cache import open_cache
 from kdcli.data import load_cifar10
 from kdcli.dump import DumpConfig, dump_logits
 from kdcli.models import create_model
+from kdcli.report import aggregate, collect
 from kdcli.evaluate import load_model
+from kdcli.losses import distillation_loss
 from kdcli.runs import DrawnAugmentation, Run
 from kdcli.sweep import SweepConfig, sweep
 from kdcli.train import StudentConfig, TeacherConfig, train_runs, train_student, train_teacher
@@ -130,6 +133,57 @@ def test_config_and_summary_record_the_distillation(tmp_path, data_dir, cache_pa
     config = json.loads((tmp_path / "s" / "config.json").read_text())
     assert config["temperature"] == 30.0 and config["cache"] == str(cache_path)
     assert config["cache_epochs"] == CACHE_EPOCHS and len(config["cache_teacher_sha256"]) == 64
+
+
+@pytest.fixture
+def recorded_targets(monkeypatch):
+    """The soft targets and hard weight of every training step's loss, as the loop passes them."""
+    calls = []
+
+    def recorded(student, labels, targets=None, hard_weight=1.0):
+        calls.append((targets, hard_weight))
+        return distillation_loss(student, labels, targets, hard_weight)
+
+    monkeypatch.setattr(train_module, "distillation_loss", recorded)
+    return calls
+
+
+def settings_of(targets, hard_weight):
+    """Per student of a step: (T, distillation_weight * T^2, hard weight) read back from what its loss got."""
+    T = targets.temperatures[..., 0, 1, 0].reshape(-1)
+    soft, hard = (targets.weights[..., r, :].sum(-1).reshape(len(T), -1) for r in (1, 0))  # softmax rows sum to 1
+    for s in (soft, hard):
+        torch.testing.assert_close(s, s[:, :1].expand_as(s))  # one value per student, on every image
+    hard_weight = torch.as_tensor(hard_weight).expand(len(T))
+    torch.testing.assert_close(hard[:, 0], hard_weight.float())
+    return sorted((round(t, 4), round(w, 4), round(h, 4)) for t, w, h in zip(T.tolist(), soft[:, 0].tolist(), hard[:, 0].tolist()))
+
+
+def test_a_students_temperature_and_weights_reach_its_loss(tmp_path, data_dir, cache_path, recorded_targets):
+    train_student(student(tmp_path, data_dir, cache_path, temperature=7.0, distillation_weight=0.3, hard_weight=0.6), progress=False)
+    assert len(recorded_targets) == 7  # ceil(200 / 32) steps
+    assert {tuple(settings_of(*call)) for call in recorded_targets} == {((7.0, 0.3 * 49, 0.6),)}
+
+
+def test_stacked_students_each_get_their_own_temperature_and_weights(tmp_path, data_dir, cache_path, recorded_targets):
+    config = SweepConfig(temperatures=(2.0, 7.0), seeds=(1,), epochs=1, batch_size=64, lr_milestones=(), distillation_weight=0.3, hard_weight=0.6,
+                         parallel=3, device="cpu", quiet=True, data_dir=str(data_dir), cache=str(cache_path), out=str(tmp_path / "sweep"))  # fmt: skip
+    sweep(config, progress=False)
+    assert len(recorded_targets) == 4  # one group of three students, ceil(200 / 64) steps
+    # The baseline of the group gets soft targets of weight 0 and the sweep's hard weight.
+    assert {tuple(settings_of(*call)) for call in recorded_targets} == {((1.0, 0.0, 0.6), (2.0, 0.3 * 4, 0.6), (7.0, 0.3 * 49, 0.6))}
+
+
+def test_a_grid_over_the_distillation_weight_is_one_sweep_per_weight_and_one_report(tmp_path, data_dir, cache_path):
+    """README's recipe: the later sweeps without baselines, the first one's serving them all."""
+    shared = dict(temperatures=(4.0,), seeds=(1, 2), epochs=1, batch_size=64, lr_milestones=(), device="cpu", quiet=True,
+                  data_dir=str(data_dir), cache=str(cache_path))  # fmt: skip
+    sweep(SweepConfig(**shared, out=str(tmp_path / "sweep")), progress=False)
+    sweep(SweepConfig(**shared, distillation_weight=0.5, baseline=False, out=str(tmp_path / "sweep-w0.5")), progress=False)
+    assert sorted(p.parent.name for p in (tmp_path / "sweep-w0.5").glob("*/seed1")) == ["T4"]
+    rows = aggregate(collect([tmp_path / "sweep", tmp_path / "sweep-w0.5"]))
+    assert [(r["temperature"], r["distillation_weight"], r["n"]) for r in rows] == [(None, 0.0, 2), (4.0, 0.1, 2), (4.0, 0.5, 2)]
+    assert all(r["delta"] is not None for r in rows[1:])  # both against the baselines of the first sweep
 
 
 def test_more_student_epochs_than_cached_warns(tmp_path, data_dir, cache_path):

@@ -202,6 +202,17 @@ def test_a_validation_split_trains_on_the_other_images_and_reports_accuracy_on_i
     assert "val_accuracy" not in evaluate(tmp_path / "alone", data_dir, device="cpu", download=False)
 
 
+def test_evaluate_finds_the_held_out_images_of_a_run_on_a_subset(tmp_path, data_dir):
+    """--subset 150 --val-size 30 holds out images 120-149, not the last 30 of all 200."""
+    summary = teach(config(tmp_path, "run", data_dir, epochs=1, subset=150, val_size=30))
+    data = load_cifar10(data_dir)
+    model, _ = load_model(tmp_path / "run", torch.device("cpu"))
+    hits = (predict(model, data.train_images[120:150]).argmax(1) == data.train_labels[120:150]).float().mean().item()
+    result = evaluate(tmp_path / "run", data_dir, device="cpu", download=False)
+    assert result["val_accuracy"] == summary["val_accuracy"] == pytest.approx(100 * hits, abs=1e-4)
+    assert result["val_size"] == 30
+
+
 def test_a_run_without_a_validation_split_reports_no_validation_accuracy(finished):
     run_dir, summary = finished
     assert "val_accuracy" not in summary and all("val_accuracy" not in r for r in metrics(run_dir))
@@ -260,6 +271,44 @@ def test_train_loss_is_the_mean_over_images(tmp_path, data_dir, monkeypatch):
     expected = sum(loss * n for loss, n in zip(step_losses, (64, 64, 64, 8))) / 200
     assert metrics(tmp_path / "run")[0]["train_loss"] == pytest.approx(expected, abs=1e-5)
     assert abs(sum(step_losses) / 4 - expected) > 1e-4  # the unweighted mean would differ
+
+
+def test_train_accuracy_is_the_share_of_images_classified_right(tmp_path, data_dir, monkeypatch):
+    """Hits counted over the 200 images of an epoch, the last batch of 8 included."""
+    hits = []
+
+    def recorded(student, labels, *args, **kwargs):
+        hits.append((student.argmax(-1) == labels).sum().item())
+        return distillation_loss(student, labels, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "distillation_loss", recorded)
+    summary = teach(config(tmp_path, "run", data_dir, epochs=1))
+    assert len(hits) == STEPS and metrics(tmp_path / "run")[0]["train_accuracy"] == pytest.approx(100 * sum(hits) / 200, abs=1e-4)
+    assert summary["train_accuracy"] == pytest.approx(100 * sum(hits) / 200, abs=1e-4)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_every_step_uses_the_scheduled_learning_rate_and_the_optimizer_asked_for(tmp_path, data_dir, monkeypatch, optimizer):
+    seen, make = [], train_module.make_optimizer
+
+    def recorded(*args, **kwargs):
+        made = make(*args, **kwargs)
+        step = made.step
+
+        def stepped(*a, **k):
+            seen.append((type(made).__name__, dict(made.param_groups[0])))
+            return step(*a, **k)
+
+        made.step = stepped
+        return made
+
+    monkeypatch.setattr(train_module, "make_optimizer", recorded)
+    options = dict(lr=0.05, weight_decay=1e-3) | (dict(momentum=0.8, nesterov=True) if optimizer == "sgd" else {})
+    cfg = config(tmp_path, "run", data_dir, epochs=2, scheduler="onecycle", optimizer=optimizer, **options)
+    teach(cfg)
+    assert [group["lr"] for _, group in seen] == [learning_rate(cfg, e + i / STEPS) for e in range(2) for i in range(STEPS)]
+    assert {name for name, _ in seen} == {"SGD" if optimizer == "sgd" else "Adam"}
+    assert all(group[k] == v for _, group in seen for k, v in options.items() if k != "lr")
 
 
 def test_resume_after_a_crash_retrains_from_the_last_checkpoint(tmp_path, data_dir, monkeypatch):
