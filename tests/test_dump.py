@@ -143,6 +143,35 @@ def test_verify_refuses_another_teacher(tmp_path, reference, teacher, data_dir):
         cache.verify_cache(reference[0], other, k=64, device="cpu", data_dir=data_dir)
 
 
+@pytest.mark.parametrize("epoch,step", [(1, 0), (2, 3)], ids=["between-epochs", "mid-epoch"])
+def test_a_teacher_that_has_not_finished_training_is_refused(tmp_path, teacher, data_dir, epoch, step):
+    """Stopped by Ctrl-C, or still training: a run folder whose checkpoint is short of its epochs."""
+    run = tmp_path / "run"
+    run.mkdir()
+    state = torch.load(teacher / "checkpoint.pt")
+    torch.save({**state, "epoch": epoch, "step": step, "config": {"epochs": 3}}, run / "checkpoint.pt")
+    where = f"stopped at epoch {epoch}" + (f", step {step}" if step else "") + " of 3"
+    with pytest.raises(KdcliError, match=f"the teacher in .*run has not finished training \\({where}\\): resume it"):
+        dump_logits(config(tmp_path, run, data_dir, epochs=1))
+    assert not (tmp_path / "c.h5").exists()
+    with pytest.warns(UserWarning, match=f"checkpoint.pt is the checkpoint of a teacher that has not finished training \\({where}\\)"):
+        dump_logits(config(tmp_path, run / "checkpoint.pt", data_dir, epochs=1))  # the file itself: the user's choice
+    torch.save({**state, "epoch": 3, "step": 0, "config": {"epochs": 3}}, run / "checkpoint.pt")
+    dump_logits(config(tmp_path, run, data_dir, epochs=1, force=True))  # finished
+
+
+def test_the_teachers_accuracy_is_taken_before_its_logits_are_rounded(tmp_path, teacher, data_dir):
+    """Logits 100 and 100.01 are one float16 number: stored, class 0 would win the tie; the teacher says class 1."""
+    state = torch.load(teacher / "checkpoint.pt")
+    state["model"]["fc3.weight"].zero_()
+    state["model"]["fc3.bias"][:] = torch.tensor([100.0, 100.01] + [0.0] * 8)
+    torch.save(state, tmp_path / "tie.pt")
+    summary = dump_logits(config(tmp_path, tmp_path / "tie.pt", data_dir, epochs=1, dtype="float16"))
+    labels = load_cifar10(data_dir).test_labels
+    assert (labels == 1).float().mean() != (labels == 0).float().mean()  # the data tells the two apart
+    assert summary["teacher_test_accuracy"] == pytest.approx(100 * (labels == 1).float().mean().item(), abs=1e-4)
+
+
 def test_missing_teacher_refused(tmp_path, data_dir):
     with pytest.raises(KdcliError, match=r"no teacher at .*nowhere: run `kdcli train-teacher` first, or pass --teacher"):
         dump_logits(config(tmp_path, tmp_path / "nowhere", data_dir))
