@@ -420,7 +420,8 @@ class Group:
             bad = [str(r.dir) for r, ok in zip(self.runs, torch.isfinite(losses).all(0).tolist()) if not ok]
             raise KdcliError(
                 f"loss is not finite at epoch {self.epoch + 1}, step {step} ({', '.join(bad)}): lower --lr "
-                f"(now {self.config.lr}) and start over with --force; the last good checkpoint is kept"
+                f"(now {self.config.lr}) and start over with --force; "
+                + ("the last good checkpoint is kept" if (self.runs[0].dir / CHECKPOINT).exists() else "no checkpoint was written before it")
             )
 
     def save_all(self):
