@@ -252,10 +252,10 @@ def cache_info(path) -> dict:
 
 
 def verify_cache(path, teacher=None, k=256, device="auto", data_dir="data", download=True, seed=0) -> float:
-    """Max |recomputed - cached| over k random (epoch, image) entries of the complete epochs: each view is
-    rebuilt from its stored parameters and run through the teacher (None: the one the dump was given)
-    again. Expect the storage rounding (float16: about 1e-3 of the logits' size) or, for a cache made
-    with --amp on CUDA, bf16 rounding."""
+    """Max |recomputed - cached| over k distinct random (epoch, image) entries of the complete epochs (all
+    of them if there are fewer): each view is rebuilt from its stored parameters and run through the
+    teacher (None: the one the dump was given) again. Expect the storage rounding (float16: about 1e-3
+    of the logits' size) or, for a cache made with --amp on CUDA, bf16 rounding."""
     dev = resolve_device(device)
     with open_cache(path, allow_partial=True) as c:
         teacher = teacher or c.attrs["config"].get("teacher", "runs/teacher")
@@ -269,7 +269,8 @@ def verify_cache(path, teacher=None, k=256, device="auto", data_dir="data", down
         if data_fingerprint(images, labels) != c.attrs["train_fingerprint"]:
             raise KdcliError(f"{path} was made on other training images than those in {data_dir}")
         g = torch.Generator().manual_seed(seed)
-        epochs, index = torch.randint(0, c.epochs_complete, (k,), generator=g), torch.randint(0, c.num_images, (k,), generator=g)
+        entries = torch.randperm(c.epochs_complete * c.num_images, generator=g)[:k]  # k distinct ones, or all
+        epochs, index = entries // c.num_images, entries % c.num_images
         amp = c.attrs["config"].get("amp", True)  # recompute as the dump computed
         worst = 0.0
         for e in epochs.unique().tolist():

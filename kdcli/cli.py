@@ -250,7 +250,8 @@ def cache_info(
             typer.echo(f"  {key:<22} {value}")
         if verify:
             diff = verify_cache(path, teacher, verify, device, data_dir, download)
-            typer.echo(f"{'verify':<24} largest |logit difference| over {verify} entries: {diff:.3g}")
+            entries = min(verify, info["epochs_complete"] * info["attrs"]["num_images"])
+            typer.echo(f"{'verify':<24} largest |logit difference| over {entries:,} entries: {diff:.3g}")
 
 
 @app.command()

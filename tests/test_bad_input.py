@@ -417,6 +417,8 @@ def test_cache_info_verifies_against_the_teacher_on_the_given_data(tmp_path, dat
     assert re.fullmatch(rf"{re.escape(str(cache))}: [\d.]+ MB, 2 of 2 epochs complete", lines[0]) and lines[1].startswith("teacher lenet5: ")
     assert re.search(r"^  logits +float32 +\[2, 200, 10\]$", result.stdout, re.M) and re.search(r"^  aug +int8 +\[2, 200, 3\]$", result.stdout, re.M)
     assert re.search(r"^  seed +0$", result.stdout, re.M) and re.search(r"^  teacher_sha256 +[0-9a-f]{64}$", result.stdout, re.M)
+    everything = kdcli("cache-info", cache, "--verify", 10**6, "--teacher", teacher, "--data-dir", data_dir, "--device", "cpu", "--no-download")
+    assert everything.exit_code == 0 and "largest |logit difference| over 400 entries: " in everything.stdout  # 2 epochs x 200 images
 
 
 def test_cache_info_verify_on_other_images_is_refused(tmp_path, teacher, cache):
