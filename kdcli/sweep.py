@@ -103,15 +103,6 @@ def groups(configs: list, parallel: int) -> list:
     return [members[i : i + size] for members in by_start.values() for i in range(0, len(members), size)]
 
 
-def forget_students(configs):
-    """--force: delete every student's run, but none while another kdcli trains one of them alone."""
-    with contextlib.ExitStack() as claimed:
-        for c in configs:
-            claimed.enter_context(claim_folder(c.out))
-        for c in configs:
-            forget_run(c.out)
-
-
 def sweep(config: SweepConfig, progress=True) -> dict:
     """Train every student of the sweep that is not finished yet, then write the report."""
     from kdcli import report
@@ -130,9 +121,12 @@ def sweep(config: SweepConfig, progress=True) -> dict:
         # than 6 trained one after another (measured, 2 cores); stacking pays where kernels launch, on GPUs.
         parallel = 1
     try:
-        with claim_folder(config.out):  # a second sweep into this folder is refused while this one runs
+        with claim_folder(config.out), contextlib.ExitStack() as students:  # a second sweep here is refused meanwhile
+            for c in configs:  # and so is another kdcli into a student's folder, from the start: --force deletes none of its files
+                students.enter_context(claim_folder(c.out))
             if config.force:  # every student at once: a --force sweep stopped part-way resumes without --force
-                forget_students(configs)
+                for c in configs:
+                    forget_run(c.out)
                 for name in ("results.md", "results.csv", "results.png"):  # the old table must not pass for the new one
                     (Path(config.out) / name).unlink(missing_ok=True)
             runs = {c.out: r for c, r in zip(configs, student_runs(configs, data, cache))}
@@ -146,7 +140,7 @@ def sweep(config: SweepConfig, progress=True) -> dict:
                 if progress:
                     names = ", ".join(str(Path(c.out).relative_to(config.out)) for c in members)
                     print(f"group {i + 1}/{len(todo)}, trained together: {names}", flush=True)
-                train_runs([runs[c.out] for c in members], data, device, progress=progress)
+                train_runs([runs[c.out] for c in members], data, device, progress=progress, claimed=True)
             found = report.collect([c.out for c in configs])  # this sweep's students only, not whatever else --out holds
             rows = report.aggregate(found)
             table = report.write_report(rows, config.out, report.teacher_accuracy(found), unfinished=len(found.unfinished))

@@ -185,15 +185,16 @@ def make_optimizer(config: TrainOptions, parameters, device: torch.device, lr: t
 # ---------------------------------------------------------------- the loop
 
 
-def train_runs(runs: list, data, device: torch.device, teacher: nn.Module | None = None, progress=True) -> list:
+def train_runs(runs: list, data, device: torch.device, teacher: nn.Module | None = None, progress=True, claimed=False) -> list:
     """Train S runs side by side; return their summaries.
 
     `teacher`, when given, labels every batch online (no cache): the benchmark and
     the cache-equivalence test use it; kdcli itself trains students from the cache.
+    `claimed`: the caller holds the runs' folders (runs.claim_folder) already, as a sweep does.
     """
-    with contextlib.ExitStack() as claimed:
-        for r in runs:
-            claimed.enter_context(claim_folder(r.dir))  # before anything in it is read or deleted
+    with contextlib.ExitStack() as held:
+        for r in runs if not claimed else ():
+            held.enter_context(claim_folder(r.dir))  # before anything in it is read or deleted
         return _train_claimed(runs, data, device, teacher, progress)
 
 

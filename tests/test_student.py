@@ -9,16 +9,17 @@ import json
 import pytest
 import torch
 
+import kdcli.sweep as sweep_module
 import kdcli.train as train_module
 from kdcli import KdcliError
 from kdcli.cache import open_cache
 from kdcli.data import load_cifar10
 from kdcli.dump import DumpConfig, dump_logits
-from kdcli.models import create_model
-from kdcli.report import aggregate, collect
 from kdcli.evaluate import load_model
 from kdcli.losses import distillation_loss
-from kdcli.runs import DrawnAugmentation, Run
+from kdcli.models import create_model
+from kdcli.report import aggregate, collect
+from kdcli.runs import DrawnAugmentation, Run, claim_folder
 from kdcli.sweep import SweepConfig, sweep
 from kdcli.train import StudentConfig, TeacherConfig, train_runs, train_student, train_teacher
 
@@ -184,6 +185,24 @@ def test_a_grid_over_the_distillation_weight_is_one_sweep_per_weight_and_one_rep
     rows = aggregate(collect([tmp_path / "sweep", tmp_path / "sweep-w0.5"]))
     assert [(r["temperature"], r["distillation_weight"], r["n"]) for r in rows] == [(None, 0.0, 2), (4.0, 0.1, 2), (4.0, 0.5, 2)]
     assert all(r["delta"] is not None for r in rows[1:])  # both against the baselines of the first sweep
+
+
+def test_a_sweep_holds_every_students_folder_from_its_start(tmp_path, data_dir, cache_path, monkeypatch):
+    """A train-student --force into a student's folder, while the sweep trains another, is refused."""
+    checked, train = [], sweep_module.train_runs
+
+    def first_checking(runs, *args, **kwargs):
+        if not checked:
+            for folder in sorted((tmp_path / "sweep").glob("*/seed*")):
+                with pytest.raises(KdcliError, match="in use by another kdcli"), claim_folder(folder):
+                    pass
+                checked.append(f"{folder.parent.name}/{folder.name}")
+        return train(runs, *args, **kwargs)
+
+    monkeypatch.setattr(sweep_module, "train_runs", first_checking)
+    sweep(SweepConfig(temperatures=(4.0,), seeds=(1, 2), epochs=1, batch_size=64, lr_milestones=(), parallel=1, device="cpu", quiet=True,
+                      data_dir=str(data_dir), cache=str(cache_path), out=str(tmp_path / "sweep")), progress=False)  # fmt: skip
+    assert checked == ["T4/seed1", "T4/seed2", "baseline/seed1", "baseline/seed2"]
 
 
 def test_more_student_epochs_than_cached_warns(tmp_path, data_dir, cache_path):
