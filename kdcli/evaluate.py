@@ -64,7 +64,8 @@ def evaluate(checkpoint_path, data_dir="data", device="auto", download=True) -> 
         round(100 * float((pred[data.test_labels == c] == c).float().mean()), 2) for c in range(data.num_classes)
     ]
     accuracy = round(100 * float((pred == data.test_labels).float().mean()), 4)
-    result = {"model": state["model_name"], "epoch": state.get("epoch"), "test_accuracy": accuracy, "per_class": per_class}
+    result = {"model": state["model_name"], "epoch": state.get("epoch"), "step": state.get("step", 0), "epochs": config.get("epochs"),
+              "test_accuracy": accuracy, "per_class": per_class}  # fmt: skip
     if held_out:
         hits = predict(model, data.val_images, amp).argmax(1) == data.val_labels
         result.update(val_accuracy=round(100 * float(hits.float().mean()), 4), val_size=held_out)

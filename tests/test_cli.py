@@ -99,14 +99,14 @@ def test_train_teacher_with_a_validation_split_prints_its_accuracy(tmp_path, dat
     assert re.search(r"^epoch 1/1 .* val [\d.]+%  test [\d.]+% ", result.stdout, re.M)
     result = kdcli("evaluate", tmp_path / "run", "--device", "cpu", "--data-dir", data_dir, "--no-download")
     assert result.exit_code == 0, result.output
-    assert re.search(r"^lenet5 \(epoch 1\): [\d.]+% on the 50 training images its run held out \(--val-size\)$", result.stdout, re.M)
+    assert re.search(r"^lenet5 \(epoch 1 of 1\): [\d.]+% on the 50 training images its run held out \(--val-size\)$", result.stdout, re.M)
 
 
 def test_evaluate_per_class(teacher_run, data_dir):
     out, _ = teacher_run
     result = kdcli("evaluate", out, "--per-class", "--device", "cpu", "--data-dir", data_dir, "--no-download")
     assert result.exit_code == 0, result.output
-    assert re.search(r"^lenet5 \(epoch 1\): [\d.]+% top-1 on the test set$", result.stdout, re.M)
+    assert re.search(r"^lenet5 \(epoch 1 of 1\): [\d.]+% top-1 on the test set$", result.stdout, re.M)
     class_lines = re.findall(r"^  (\w+) +[\d.]+%$", result.stdout, re.M)
     assert class_lines == list(CLASSES)
 
@@ -220,6 +220,8 @@ def test_ctrl_c_saves_and_prints_how_to_resume(tmp_path, data_dir, monkeypatch):
     hint = result.stderr.split("resume with: ")[1].strip()
     assert "--resume" in hint and "--force" not in hint  # --force would delete the checkpoint just saved
     monkeypatch.undo()
+    stopped = kdcli("evaluate", tmp_path / "out", "--data-dir", data_dir, "--device", "cpu", "--no-download")
+    assert re.search(r"^lenet5 \(stopped at epoch 1 of 1, step 1\): [\d.]+% top-1", stopped.stdout, re.M)  # numbered as the message above
     resumed = kdcli(*shlex.split(hint)[1:])  # the printed command, as given
     assert resumed.exit_code == 0, resumed.output
     assert f"resuming {tmp_path / 'out'} at epoch 1, step 2" in resumed.stderr
