@@ -95,7 +95,7 @@ class TrainOptions:
         if self.nesterov and not self.momentum > 0:
             raise ConfigError("--nesterov", "needs --momentum > 0")
         if not 0 < self.lr_gamma < math.inf:
-            raise ConfigError("--lr-gamma", f"must be a number > 0, got {self.lr_gamma}")
+            raise ConfigError("--lr-gamma", f"must be a finite number > 0, got {self.lr_gamma}")
         late = [m for m in self.lr_milestones if m >= self.epochs]
         if self.scheduler == "multistep" and late:
             warnings.warn(f"--lr-milestones {late} are at or beyond --epochs {self.epochs}: they never apply", stacklevel=3)
@@ -147,7 +147,7 @@ def require_at_least_one(config, *names):
 
 def check_temperature(t: float, option="--temperature"):
     if not 0 < t < math.inf:  # also catches nan
-        raise ConfigError(option, f"must be a number > 0, got {t}")
+        raise ConfigError(option, f"must be a finite number > 0, got {t}")
 
 
 # ---------------------------------------------------------------- schedules and optimizers
