@@ -91,7 +91,7 @@ TEACHER_VARIANTS = {  # name -> (TeacherConfig options, cuDNN autotuning, memory
 
 
 def teacher_variants(args):
-    """Each variant in a fresh process: the ones kdcli's CPU path has (no graphs, autotuning, layouts, compiling)."""
+    """Each variant in a fresh process (on a CPU only the default: the others are CUDA paths)."""
     cuda = resolve_device(args.device).type == "cuda"
     for name in TEACHER_VARIANTS:
         if cuda or name == "kdcli default":  # the others are CUDA-only paths

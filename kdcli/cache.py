@@ -8,7 +8,7 @@
     with open_cache(path, data.fingerprint, data.num_classes) as cache:
         aug, logits = cache.epoch(e)                         # complete epochs only
     cache_info(path)                                         # what is in it
-    verify_cache(path, "runs/teacher", k=256)                # max |teacher now - cached| on k entries
+    verify_cache(path, "runs/teacher", k=256)                # (max |teacher now - cached|, entries checked)
 
 Layout (`h5ls -r` shows it):
     aug              int8 [E, N, 3]  crop y, crop x, flip: exactly augment.params(seed, e, N)
@@ -35,6 +35,7 @@ later open until `h5clear` is run.
 
 import json
 import os
+import random
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -251,11 +252,11 @@ def cache_info(path) -> dict:
         }
 
 
-def verify_cache(path, teacher=None, k=256, device="auto", data_dir="data", download=True, seed=0) -> float:
-    """Max |recomputed - cached| over k distinct random (epoch, image) entries of the complete epochs (all
-    of them if there are fewer): each view is rebuilt from its stored parameters and run through the
-    teacher (None: the one the dump was given) again. Expect the storage rounding (float16: about 1e-3
-    of the logits' size) or, for a cache made with --amp on CUDA, bf16 rounding."""
+def verify_cache(path, teacher=None, k=256, device="auto", data_dir="data", download=True, seed=0) -> tuple[float, int]:
+    """(max |recomputed - cached|, entries checked) over k distinct random (epoch, image) entries of the
+    complete epochs (all of them if there are fewer): each view is rebuilt from its stored parameters and
+    run through the teacher (None: the one the dump was given) again. Expect the storage rounding
+    (float16: about 1e-3 of the logits' size) or, for a cache made with --amp on CUDA, bf16 rounding."""
     dev = resolve_device(device)
     with open_cache(path, allow_partial=True) as c:
         teacher = teacher or c.attrs["config"].get("teacher", "runs/teacher")
@@ -268,8 +269,8 @@ def verify_cache(path, teacher=None, k=256, device="auto", data_dir="data", down
         images, labels = data.train_images[: c.num_images], data.train_labels[: c.num_images]  # --subset keeps the first N
         if data_fingerprint(images, labels) != c.attrs["train_fingerprint"]:
             raise KdcliError(f"{path} was made on other training images than those in {data_dir}")
-        g = torch.Generator().manual_seed(seed)
-        entries = torch.randperm(c.epochs_complete * c.num_images, generator=g)[:k]  # k distinct ones, or all
+        total = c.epochs_complete * c.num_images
+        entries = torch.tensor(random.Random(seed).sample(range(total), min(k, total)), dtype=torch.long)  # distinct; no list of all
         epochs, index = entries // c.num_images, entries % c.num_images
         amp = c.attrs["config"].get("amp", True)  # recompute as the dump computed
         worst = 0.0
@@ -280,7 +281,7 @@ def verify_cache(path, teacher=None, k=256, device="auto", data_dir="data", down
             i = index[epochs == e]
             fresh = predict(model, augment.apply(images[i.to(dev)], aug[i]), amp)  # [len(i), C]
             worst = max(worst, (fresh.cpu() - cached[i].float()).abs().max().item())
-    return worst
+    return worst, len(entries)
 
 
 def _open(path) -> h5py.File:

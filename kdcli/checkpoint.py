@@ -101,6 +101,18 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     return state
 
 
+def training_reached(state: dict) -> str:
+    """How far a checkpoint's run trained, numbered as the Ctrl-C message numbers it: "epoch 6 of 30",
+    or "stopped at epoch 2 of 30, step 3" (epoch 1 complete, then 3 steps)."""
+    if state.get("epoch") is None:
+        return "epoch not recorded"
+    epochs = (state.get("config") or {}).get("epochs")
+    of = f" of {epochs}" if epochs else ""
+    if state.get("step"):
+        return f"stopped at epoch {state['epoch'] + 1}{of}, step {state['step']}"
+    return f"epoch {state['epoch']}{of}"
+
+
 def sha256_file(path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

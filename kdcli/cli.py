@@ -219,22 +219,13 @@ def evaluate(
 
     with errors_as_one_line():
         result = evaluate_checkpoint(checkpoint, data_dir, device, download)
-    trained = _training_reached(result)
+    trained = result["trained"]
     typer.echo(f"{result['model']} ({trained}): {result['test_accuracy']:.2f}% top-1 on the test set")
     if "val_accuracy" in result:
         typer.echo(f"{result['model']} ({trained}): {result['val_accuracy']:.2f}% on the {result['val_size']:,} training images its run held out (--val-size)")
     if per_class:
         for name, acc in zip(CLASSES, result["per_class"]):
             typer.echo(f"  {name:<11} {acc:6.2f}%")
-
-
-def _training_reached(result) -> str:
-    """Where a checkpoint's run stood, numbered as the Ctrl-C message numbers it: epoch 6 of 30, or
-    stopped at epoch 2 of 30, step 3 (in the epoch)."""
-    of = f" of {result['epochs']}" if result["epochs"] else ""
-    if result["step"]:
-        return f"stopped at epoch {result['epoch'] + 1}{of}, step {result['step']}"
-    return f"epoch {result['epoch']}{of}"
 
 
 @app.command("cache-info")
@@ -259,8 +250,7 @@ def cache_info(
         for key, value in sorted(info["attrs"].items()):
             typer.echo(f"  {key:<22} {value}")
         if verify:
-            diff = verify_cache(path, teacher, verify, device, data_dir, download)
-            entries = min(verify, info["epochs_complete"] * info["attrs"]["num_images"])
+            diff, entries = verify_cache(path, teacher, verify, device, data_dir, download)
             typer.echo(f"{'verify':<24} largest |logit difference| over {entries:,} entries: {diff:.3g}")
 
 

@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from kdcli import Interrupted, KdcliError, StopOnSigint, augment, cache
-from kdcli.checkpoint import resolve, sha256_file
+from kdcli.checkpoint import resolve, sha256_file, training_reached
 from kdcli.data import load_cifar10, resolve_device
 from kdcli.evaluate import load_model
 from kdcli.train import require_at_least_one
@@ -78,10 +78,10 @@ def teacher_logits(label, images, aug, batch_size: int, stop=None) -> torch.Tens
 def dump_logits(config: DumpConfig, progress: bool = True) -> dict:
     """Write (or finish) the cache at config.out; return a summary for the CLI's closing line."""
     teacher_path = _teacher_path(config.teacher)
-    with cache.write_lock(config.out):  # first: a second dump is refused before it loads anything
-        device = resolve_device(config.device)
-        model, state = load_model(teacher_path, device)
-        _check_finished(config.teacher, teacher_path, state)
+    device = resolve_device(config.device)
+    model, state = load_model(teacher_path, device)
+    _check_finished(config.teacher, teacher_path, state)  # before the lock: a refused teacher leaves no file behind
+    with cache.write_lock(config.out):  # a second dump is refused before it reads the data
         cuda = device.type == "cuda"
         bf16 = config.amp and cuda  # bf16 autocast on CUDA only, as everywhere in kdcli
         # Compiled on CUDA only, once per batch shape: three in a dump (full, last train, last test).
@@ -203,9 +203,9 @@ def _check_finished(teacher, path, state):
     """A run folder whose training has not ended is refused: its checkpoint is a teacher half trained
     (stopped by Ctrl-C, or still training), and every student of the cache would learn from it."""
     epochs = (state.get("config") or {}).get("epochs")
-    if not epochs or (state["epoch"] >= epochs and not state.get("step")):
-        return  # finished, or a checkpoint that records no schedule
-    where = f"stopped at epoch {state['epoch']}" + (f", step {state['step']}" if state.get("step") else "") + f" of {epochs}"
+    if not epochs or "epoch" not in state or (state["epoch"] >= epochs and not state.get("step")):
+        return  # finished, or a checkpoint that does not say
+    where = training_reached(state)
     if Path(teacher).is_dir():
         raise KdcliError(f"the teacher in {teacher} has not finished training ({where}): resume it with the train-teacher "
                          f"command that started it plus --resume, or pass --teacher {path} to label with it as it is")  # fmt: skip

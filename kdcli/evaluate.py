@@ -8,7 +8,7 @@
 import torch
 
 from kdcli import KdcliError, augment
-from kdcli.checkpoint import load_checkpoint
+from kdcli.checkpoint import load_checkpoint, training_reached
 from kdcli.data import load_cifar10, resolve_device
 from kdcli.models import create_model
 
@@ -64,8 +64,7 @@ def evaluate(checkpoint_path, data_dir="data", device="auto", download=True) -> 
         round(100 * float((pred[data.test_labels == c] == c).float().mean()), 2) for c in range(data.num_classes)
     ]
     accuracy = round(100 * float((pred == data.test_labels).float().mean()), 4)
-    result = {"model": state["model_name"], "epoch": state.get("epoch"), "step": state.get("step", 0), "epochs": config.get("epochs"),
-              "test_accuracy": accuracy, "per_class": per_class}  # fmt: skip
+    result = {"model": state["model_name"], "epoch": state.get("epoch"), "trained": training_reached(state), "test_accuracy": accuracy, "per_class": per_class}
     if held_out:
         hits = predict(model, data.val_images, amp).argmax(1) == data.val_labels
         result.update(val_accuracy=round(100 * float(hits.float().mean()), 4), val_size=held_out)

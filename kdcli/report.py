@@ -145,14 +145,16 @@ def _is_number(x) -> bool:
 
 def teacher_accuracy(runs) -> float | None:
     """The teacher's test accuracy recorded by the KD runs' caches; None if none records it."""
-    teachers = {}  # (sha256, accuracy) -> a run distilled from that teacher
+    teachers = {}  # the teacher's sha256 (its accuracy, for runs that record none) -> (its accuracy, a run distilled from it)
     for r in runs:
         if "cache_teacher_test_accuracy" in r["config"]:
-            teachers.setdefault((r["config"].get("cache_teacher_sha256"), r["config"]["cache_teacher_test_accuracy"]), r["run_dir"])
+            accuracy = r["config"]["cache_teacher_test_accuracy"]
+            # Not the accuracy: caches dumped before 2026-11-27 took it from float16 logits, a few hundredths off.
+            teachers.setdefault(r["config"].get("cache_teacher_sha256") or accuracy, (accuracy, r["run_dir"]))
     if len(teachers) > 1:  # rows would average students of different teachers into one setting
-        examples = ", ".join(teachers.values())
+        examples = ", ".join(run_dir for _, run_dir in teachers.values())
         raise KdcliError(f"these runs were distilled from {len(teachers)} different teachers (e.g. {examples}): report each teacher's runs separately")
-    return next(iter(teachers))[1] if teachers else None
+    return next(iter(teachers.values()))[0] if teachers else None
 
 
 # ---------------------------------------------------------------- aggregation

@@ -10,6 +10,7 @@ and, once finished, summary.json. --resume continues it, --force starts it over,
 and anything else refuses to touch a run that is there.
 """
 
+import errno
 import functools
 import json
 import os
@@ -85,6 +86,8 @@ def claim_folder(out):
         out.mkdir(parents=True, exist_ok=True)
         fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
+        if e.errno == errno.EMFILE:  # a sweep holds one lock file open per student
+            raise KdcliError(f"too many open files to hold the lock of {out}: raise the limit (ulimit -n), or sweep fewer students at once") from None
         raise KdcliError(f"cannot write to --out {out}: {e.strerror or e}") from None
     try:
         lock_or_refuse(fd, out / LOCK, f"{out} is in use by another kdcli training there (it holds {out / LOCK}): wait for it to end, or pass another --out")

@@ -10,6 +10,7 @@ students are kept, unfinished ones continue from their checkpoints. The report
 """
 
 import contextlib
+import resource
 import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -103,6 +104,13 @@ def groups(configs: list, parallel: int) -> list:
     return [members[i : i + size] for members in by_start.values() for i in range(0, len(members), size)]
 
 
+def allow_open_files(n: int):
+    """Lift the soft limit on open files (1,024 on many systems) to n, or as far as the hard limit allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < n:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (n if hard == resource.RLIM_INFINITY else min(n, hard), hard))
+
+
 def sweep(config: SweepConfig, progress=True) -> dict:
     """Train every student of the sweep that is not finished yet, then write the report."""
     from kdcli import report
@@ -117,12 +125,15 @@ def sweep(config: SweepConfig, progress=True) -> dict:
     if not stackable(config.model):  # batch norm's running statistics cannot be updated under vmap
         parallel = 1
     elif parallel == 0 and device.type == "cpu":
-        # A vmapped convolution runs as a grouped one, which on CPUs made 6 LeNet-5 students 50x slower
-        # than 6 trained one after another (measured, 2 cores); stacking pays where kernels launch, on GPUs.
+        # A vmapped convolution runs as a grouped one, which on CPUs made 6 LeNet-5 students slower than 6
+        # trained one after another (2 cores: 50x in a first probe, 1.4x in bench/README's run 5);
+        # stacking pays where kernels launch, on GPUs.
         parallel = 1
     try:
+        allow_open_files(len(configs) + 64)  # a lock file held open per student
         with claim_folder(config.out), contextlib.ExitStack() as students:  # a second sweep here is refused meanwhile
-            for c in configs:  # and so is another kdcli into a student's folder, from the start: --force deletes none of its files
+            # and so is another kdcli into any student's folder, from the start, so --force never deletes another kdcli's files
+            for c in configs:
                 students.enter_context(claim_folder(c.out))
             if config.force:  # every student at once: a --force sweep stopped part-way resumes without --force
                 for c in configs:

@@ -193,8 +193,9 @@ def train_runs(runs: list, data, device: torch.device, teacher: nn.Module | None
     `claimed`: the caller holds the runs' folders (runs.claim_folder) already, as a sweep does.
     """
     with contextlib.ExitStack() as held:
-        for r in runs if not claimed else ():
-            held.enter_context(claim_folder(r.dir))  # before anything in it is read or deleted
+        if not claimed:
+            for r in runs:
+                held.enter_context(claim_folder(r.dir))  # before anything in it is read or deleted
         return _train_claimed(runs, data, device, teacher, progress)
 
 

@@ -112,12 +112,22 @@ def test_float16_by_default_and_verify_cache(tmp_path, reference, teacher, data_
     cfg = config(tmp_path, teacher, data_dir, epochs=2, dtype=DumpConfig.dtype)
     dump_logits(cfg, progress=False)
     assert cache.cache_info(cfg.out)["datasets"]["logits"] == {"shape": [2, 200, 10], "dtype": "float16"}
-    assert cache.verify_cache(cfg.out, teacher, k=64, device="cpu", data_dir=data_dir) < 1e-2  # float16 rounding of ~5
-    assert cache.verify_cache(reference[0], teacher, k=64, device="cpu", data_dir=data_dir) < 1e-4
-    assert cache.verify_cache(reference[0], k=64, device="cpu", data_dir=data_dir) < 1e-4  # the teacher the dump was given
+    worst, checked = cache.verify_cache(cfg.out, teacher, k=64, device="cpu", data_dir=data_dir)
+    assert worst < 1e-2 and checked == 64  # float16 rounding of ~5
+    assert cache.verify_cache(reference[0], teacher, k=64, device="cpu", data_dir=data_dir)[0] < 1e-4
+    assert cache.verify_cache(reference[0], k=64, device="cpu", data_dir=data_dir)[0] < 1e-4  # the teacher the dump was given
     with h5py.File(cfg.out, "r+") as f:  # a damaged cache is caught
         f["logits"][1] = f["logits"][1] + 1
-    assert cache.verify_cache(cfg.out, teacher, k=64, device="cpu", data_dir=data_dir) > 0.5
+    assert cache.verify_cache(cfg.out, teacher, k=64, device="cpu", data_dir=data_dir)[0] > 0.5
+
+
+def test_verify_checks_distinct_entries_and_every_one_when_asked_for_more(tmp_path, teacher, data_dir):
+    cfg = config(tmp_path, teacher, data_dir, epochs=2)
+    dump_logits(cfg, progress=False)
+    with h5py.File(cfg.out, "r+") as f:  # one damaged entry of the 400: only a check of every entry is sure to find it
+        f["logits"][1, 123] = f["logits"][1, 123] + 1
+    worst, checked = cache.verify_cache(cfg.out, teacher, k=10**6, device="cpu", data_dir=data_dir)
+    assert checked == 400 and worst > 0.5
 
 
 def test_the_seed_draws_the_views_and_verify_checks_them(tmp_path, teacher, data_dir):
@@ -126,7 +136,7 @@ def test_the_seed_draws_the_views_and_verify_checks_them(tmp_path, teacher, data
     with cache.open_cache(cfg.out) as c:
         assert c.attrs["seed"] == 7 and all(torch.equal(c.epoch(e)[0], augment.params(7, e, 200)) for e in range(2))
         assert not torch.equal(c.epoch(0)[0], augment.params(0, 0, 200))
-    assert cache.verify_cache(cfg.out, teacher, k=64, device="cpu", data_dir=data_dir) < 1e-4
+    assert cache.verify_cache(cfg.out, teacher, k=64, device="cpu", data_dir=data_dir)[0] < 1e-4
     with h5py.File(cfg.out, "r+") as f:  # views that are not the seed's: the logits no longer say what they label
         f["aug"][1] = augment.params(8, 1, 200).numpy()
     with pytest.raises(KdcliError, match="the stored augmentation of epoch 1 is not augment.params"):
@@ -150,14 +160,16 @@ def test_a_teacher_that_has_not_finished_training_is_refused(tmp_path, teacher, 
     run.mkdir()
     state = torch.load(teacher / "checkpoint.pt")
     torch.save({**state, "epoch": epoch, "step": step, "config": {"epochs": 3}}, run / "checkpoint.pt")
-    where = f"stopped at epoch {epoch}" + (f", step {step}" if step else "") + " of 3"
+    where = f"stopped at epoch {epoch + 1} of 3, step {step}" if step else f"epoch {epoch} of 3"
     with pytest.raises(KdcliError, match=f"the teacher in .*run has not finished training \\({where}\\): resume it"):
         dump_logits(config(tmp_path, run, data_dir, epochs=1))
-    assert not (tmp_path / "c.h5").exists()
+    assert list(tmp_path.glob("c.h5*")) == []  # neither a cache nor its lock file
     with pytest.warns(UserWarning, match=f"checkpoint.pt is the checkpoint of a teacher that has not finished training \\({where}\\)"):
         dump_logits(config(tmp_path, run / "checkpoint.pt", data_dir, epochs=1))  # the file itself: the user's choice
     torch.save({**state, "epoch": 3, "step": 0, "config": {"epochs": 3}}, run / "checkpoint.pt")
     dump_logits(config(tmp_path, run, data_dir, epochs=1, force=True))  # finished
+    torch.save({k: v for k, v in state.items() if k != "epoch"} | {"config": {"epochs": 3}}, run / "checkpoint.pt")
+    dump_logits(config(tmp_path, run, data_dir, epochs=1, force=True))  # a checkpoint that does not say how far it trained
 
 
 def test_the_teachers_accuracy_is_taken_before_its_logits_are_rounded(tmp_path, teacher, data_dir):

@@ -135,6 +135,13 @@ def test_teacher_accuracy_from_kd_configs(tmp_path):
         teacher_accuracy(collect([tmp_path / "sweep"]))
 
 
+def test_one_teacher_whose_caches_recorded_accuracies_a_few_hundredths_apart_is_one_teacher(tmp_path):
+    """A cache dumped before 2026-11-27 took the accuracy from float16 logits; a new dump of the same teacher does not."""
+    make_sweep(tmp_path / "sweep")
+    make_run(tmp_path / "sweep" / "redumped", 75.0, temperature=10.0, weight=0.1, config={**TEACHER, "cache_teacher_test_accuracy": 95.23})
+    assert teacher_accuracy(collect([tmp_path / "sweep"])) in (95.21, 95.23)
+
+
 # ---------------------------------------------------------------- aggregate
 
 

@@ -205,6 +205,19 @@ def test_a_sweep_holds_every_students_folder_from_its_start(tmp_path, data_dir, 
     assert checked == ["T4/seed1", "T4/seed2", "baseline/seed1", "baseline/seed2"]
 
 
+def test_a_sweep_lifts_the_soft_limit_on_open_files_for_its_lock_files():
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = 256 if hard == resource.RLIM_INFINITY else min(256, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
+        sweep_module.allow_open_files(low + 100)
+        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == (low + 100 if hard == resource.RLIM_INFINITY else min(low + 100, hard))
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 def test_more_student_epochs_than_cached_warns(tmp_path, data_dir, cache_path):
     with pytest.warns(UserWarning, match="reuses cached epoch e mod 2"):
         train_student(student(tmp_path, data_dir, cache_path, epochs=3), progress=False)

@@ -153,6 +153,16 @@ def test_a_filesystem_without_locks_trains_with_one_warning(tmp_path, data_dir, 
     assert (tmp_path / "run" / "summary.json").exists() and (tmp_path / "other" / "summary.json").exists()
 
 
+def test_running_out_of_file_descriptors_while_claiming_says_so(tmp_path, monkeypatch):
+    def no_more_files(*args, **kwargs):
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+    monkeypatch.setattr(os, "open", no_more_files)
+    with pytest.raises(KdcliError, match=r"too many open files to hold the lock of .*run: raise the limit \(ulimit -n\)"):
+        with claim_folder(tmp_path / "run"):
+            pass
+
+
 def test_the_lock_of_a_killed_kdcli_is_gone_with_it(tmp_path):
     code = f"from kdcli.runs import claim_folder; c = claim_folder({str(tmp_path / 'run')!r}); c.__enter__(); print('held', flush=True); input()"
     holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
