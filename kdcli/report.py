@@ -149,7 +149,7 @@ def teacher_accuracy(runs) -> float | None:
     for r in runs:
         if "cache_teacher_test_accuracy" in r["config"]:
             accuracy = r["config"]["cache_teacher_test_accuracy"]
-            # Not the accuracy: caches dumped before 2026-11-27 took it from float16 logits, a few hundredths off.
+            # Keyed by sha256, not accuracy: caches dumped before 2026-11-27 took it from float16 logits, a few hundredths off.
             teachers.setdefault(r["config"].get("cache_teacher_sha256") or accuracy, (accuracy, r["run_dir"]))
     if len(teachers) > 1:  # rows would average students of different teachers into one setting
         examples = ", ".join(run_dir for _, run_dir in teachers.values())
