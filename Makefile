@@ -35,11 +35,13 @@ $(TEACHER)/summary.json: | $(VENV)/.installed
 	$(KDCLI) train-teacher --epochs $(EPOCHS) --scheduler $(SCHEDULER) --out $(TEACHER) --val-size $(VAL_SIZE) --resume $(COMMON) $(ARGS)
 
 logits: $(CACHE).done  ## teacher logits over CACHE_EPOCHS augmented epochs into the cache (resumes)
-# Run again because the teacher is newer than the finished cache: the cache is made anew (--force; make
-# expands both lines before the rm). A dump stopped part-way has no .done yet, and resumes.
+# A cache older than the teacher's summary is another teacher's: it is made anew (--force). Any other
+# resumes if unfinished, and is kept if complete (--resume): a dump stopped part-way, or stopped after it
+# finished but before the touch, goes on from where it is.
 $(CACHE).done: $(TEACHER)/summary.json
 	rm -f $@
-	$(KDCLI) dump-logits --teacher $(TEACHER) --epochs $(CACHE_EPOCHS) --out $(CACHE) $(if $(wildcard $@),--force) $(COMMON) $(ARGS)
+	$(KDCLI) dump-logits --teacher $(TEACHER) --epochs $(CACHE_EPOCHS) --out $(CACHE) --resume \
+		$(if $(shell test $(TEACHER)/summary.json -nt $(CACHE) && echo older),--force) $(COMMON) $(ARGS)
 	touch $@
 
 student: $(CACHE).done  ## one student from the cache at temperature T
@@ -58,7 +60,7 @@ demo: install  ## the whole pipeline on a subset, a few minutes on a CPU; prints
 	$(KDCLI) train-teacher --model resnet8 --epochs $(DEMO_EPOCHS) --scheduler onecycle --subset $(DEMO_SUBSET) \
 		--eval-every $(DEMO_EPOCHS) --out runs/demo/teacher --resume --quiet $(COMMON)
 	test -f cache/demo.h5.done || ($(KDCLI) dump-logits --teacher runs/demo/teacher --epochs $(DEMO_EPOCHS) \
-		--subset $(DEMO_SUBSET) --out cache/demo.h5 --quiet $(COMMON) && touch cache/demo.h5.done)
+		--subset $(DEMO_SUBSET) --out cache/demo.h5 --resume --quiet $(COMMON) && touch cache/demo.h5.done)
 	$(KDCLI) sweep --cache cache/demo.h5 --temperatures 1,30 --seeds 1,2 --epochs $(DEMO_EPOCHS) --scheduler onecycle \
 		--subset $(DEMO_SUBSET) --eval-every $(DEMO_EPOCHS) --out runs/demo/sweep $(COMMON)
 

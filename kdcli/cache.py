@@ -84,10 +84,11 @@ def write_lock(path):
         os.close(fd)
 
 
-def resume_point(path, identity: dict, force: bool) -> int | None:
+def resume_point(path, identity: dict, force: bool, keep_complete: bool = False) -> int | None:
     """Where a dump into `path` starts: None for a new file, k to go on after k complete epochs.
     `identity` holds the attributes that must match to resume (teacher, data, seed, epochs, dtype and the
-    teacher's precision: a resumed dump must not mix bf16 epochs with float32 ones)."""
+    teacher's precision: a resumed dump must not mix bf16 epochs with float32 ones). A complete cache is
+    refused, or with keep_complete returned as done (k = its epochs)."""
     if force or not Path(path).exists():
         return None
     try:
@@ -99,8 +100,8 @@ def resume_point(path, identity: dict, force: bool) -> int | None:
     differ = [f"{k} {_short(attrs[k])} (now {_short(v)})" for k, v in {**identity, **SPEC_ATTRS}.items() if k in attrs and attrs[k] != v]
     if differ:
         raise KdcliError(f"{path} was made with other settings: {', '.join(differ)}; pass --force to overwrite it, or pass another --out")
-    if done >= attrs["epochs"]:
-        raise KdcliError(f"{path} is complete ({done} epochs); pass --force to recompute it")
+    if done >= attrs["epochs"] and not keep_complete:
+        raise KdcliError(f"{path} is complete ({done} epochs); pass --force to recompute it, or --resume to keep it")
     return done
 
 

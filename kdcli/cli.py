@@ -175,6 +175,9 @@ def _dump_logits(config):
     from kdcli.dump import dump_logits
 
     s = dump_logits(config)
+    if not s["epochs_written"]:
+        typer.echo(f"{s['path']}: complete already ({_count(s['epochs_complete'], 'epoch')} x {s['num_images']:,} images, this teacher and these settings), kept; teacher test accuracy {s['teacher_test_accuracy']:.2f}%")
+        return
     resumed = f" (resumed at epoch {s['resumed_from'] + 1})" if s["resumed_from"] else ""
     typer.echo(
         f"{s['path']}: {_count(s['epochs_complete'], 'epoch')} x {s['num_images']:,} images{resumed}, {s['images_per_s']:,.0f} img/s, "

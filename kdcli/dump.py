@@ -43,7 +43,8 @@ class DumpConfig:
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"  # auto: cuda, then mps, then cpu
     amp: bool = True  # bf16 autocast on CUDA (1.4x the images/s on an H100; logits within bf16 rounding); no effect elsewhere
     compile: bool = True  # torch.compile augmentation + teacher as one graph on CUDA (H100: ~20 s to start, then 290k img/s); no effect elsewhere
-    force: bool = False  # overwrite a finished cache, or one made with other settings
+    resume: bool = False  # keep a complete cache with the same settings instead of refusing it (make passes it); an unfinished one resumes either way
+    force: bool = False  # overwrite a finished cache, or one made with other settings (even with --resume)
     quiet: bool = False  # no progress bar
 
     def __post_init__(self):
@@ -92,15 +93,18 @@ def dump_logits(config: DumpConfig, progress: bool = True) -> dict:
             "seed": config.seed, "epochs": config.epochs, "dtype": config.dtype,
             "teacher_precision": "bfloat16" if bf16 else "float32",
         }  # fmt: skip
-        if cache.resume_point(config.out, identity, config.force) is None:
+        start = cache.resume_point(config.out, identity, config.force, keep_complete=config.resume)
+        if start is None:
             attrs = {**identity, "teacher_model": state["model_name"], "teacher_train_images": _images_seen(state, len(data.train_labels))}
             _create_cache(config, label, data, attrs, teacher_path)
-        with cache.CacheWriter(config.out) as writer:
-            start = writer.epochs_complete
-            seconds = _write_epochs(config, label, data, writer, progress)
-            if writer.epochs_complete < config.epochs:  # Ctrl-C: every epoch labelled in full was written first
-                raise Interrupted(f"interrupted: {writer.epochs_complete} of {config.epochs} epochs are in {config.out}")
-            accuracy = writer.attrs["teacher_test_accuracy"]
+        seconds = 0.0
+        if start != config.epochs:  # else complete, and kept (--resume)
+            with cache.CacheWriter(config.out) as writer:
+                start = writer.epochs_complete
+                seconds = _write_epochs(config, label, data, writer, progress)
+                if writer.epochs_complete < config.epochs:  # Ctrl-C: every epoch labelled in full was written first
+                    raise Interrupted(f"interrupted: {writer.epochs_complete} of {config.epochs} epochs are in {config.out}")
+        accuracy = cache.cache_info(config.out)["teacher_test_accuracy"]
     n, written = len(data.train_labels), config.epochs - start
     return {
         "path": config.out,
@@ -110,7 +114,7 @@ def dump_logits(config: DumpConfig, progress: bool = True) -> dict:
         "resumed_from": start,
         "num_images": n,
         "seconds": round(seconds, 2),
-        "images_per_s": round(n * written / seconds, 1),
+        "images_per_s": round(n * written / seconds, 1) if written else None,
         "size_bytes": Path(config.out).stat().st_size,
         "teacher_model": state["model_name"],
         "teacher_test_accuracy": accuracy,

@@ -157,8 +157,9 @@ def test_resume_point(tmp_path):
         cache.resume_point(path, {**IDENTITY, "seed": 7, "teacher_sha256": "d" * 64}, force=False)
     assert cache.resume_point(path, {**IDENTITY, "seed": 7}, force=True) is None
     make_cache(path)
-    with pytest.raises(KdcliError, match=r"is complete \(3 epochs\); pass --force to recompute it"):
+    with pytest.raises(KdcliError, match=r"is complete \(3 epochs\); pass --force to recompute it, or --resume to keep it"):
         cache.resume_point(path, IDENTITY, force=False)
+    assert cache.resume_point(path, IDENTITY, force=False, keep_complete=True) == 3
     path.write_bytes(b"junk")
     with pytest.raises(KdcliError, match="not a readable HDF5 file.*; pass --force to overwrite it"):
         cache.resume_point(path, IDENTITY, force=False)

@@ -192,9 +192,14 @@ def test_missing_teacher_refused(tmp_path, data_dir):
 def test_complete_cache_refused_unless_forced(tmp_path, teacher, data_dir):
     cfg = config(tmp_path, teacher, data_dir, epochs=1)
     dump_logits(cfg, progress=False)
-    with pytest.raises(KdcliError, match=r"c.h5 is complete \(1 epochs\); pass --force to recompute it"):
+    with pytest.raises(KdcliError, match=r"c.h5 is complete \(1 epochs\); pass --force to recompute it, or --resume to keep it"):
         dump_logits(cfg, progress=False)
-    cfg.force = True
+    before = contents(cfg.out)
+    cfg.resume = True  # what make passes: the same settings, complete: kept as it is
+    kept = dump_logits(cfg, progress=False)
+    assert (kept["epochs_written"], kept["epochs_complete"], kept["images_per_s"]) == (0, 1, None)
+    assert all(np.array_equal(contents(cfg.out)[k], v) for k, v in before.items())
+    cfg.force = True  # even with --resume
     assert dump_logits(cfg, progress=False)["epochs_written"] == 1
 
 

@@ -1,0 +1,92 @@
+"""The Makefile's `logits` rule, which decides between resuming, keeping and remaking the cache from files
+alone: a stage stopped at any moment and `make logits` run again must end with the current teacher's
+complete cache, never stuck on an error. make runs kdcli as `python -m kdcli` on the tiny data."""
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import pytest
+import torch
+
+from kdcli.cache import cache_info
+from kdcli.checkpoint import sha256_file
+from kdcli.dump import DumpConfig, dump_logits
+from kdcli.models import create_model
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="no make on this machine")
+
+
+def make_teacher_run(folder, seed):
+    """A finished teacher run folder as make sees one: checkpoint.pt, then summary.json."""
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    state = {"model": create_model("lenet5").state_dict(), "model_name": "lenet5", "num_classes": 10, "epoch": 1, "config": {"epochs": 1}}
+    torch.save(state, folder / "checkpoint.pt")
+    time.sleep(0.01)  # after any cache file of before: make and the rule compare modification times
+    (folder / "summary.json").write_text("{}")
+    return folder
+
+
+def make_logits(tmp_path, data_dir):
+    venv = tmp_path / "venv"
+    (venv / ".installed").parent.mkdir(exist_ok=True)
+    (venv / ".installed").touch()
+    variables = [f"VENV={venv}", f"KDCLI={sys.executable} -m kdcli", f"TEACHER={tmp_path / 'teacher'}", f"CACHE={tmp_path / 'c.h5'}",
+                 "CACHE_EPOCHS=2", f"DATA={data_dir}", "DEVICE=cpu", "ARGS=--dtype float32 --batch-size 64 --quiet --no-download"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(["make", "-C", str(ROOT), "logits", *variables], capture_output=True, text=True, env=env, timeout=300)
+
+
+def dump(tmp_path, data_dir, epochs=2, **options):
+    config = DumpConfig(teacher=str(tmp_path / "teacher"), epochs=epochs, out=str(tmp_path / "c.h5"), dtype="float32", batch_size=64,
+                        data_dir=str(data_dir), device="cpu", download=False, quiet=True, **options)  # fmt: skip
+    return dump_logits(config, progress=False)
+
+
+def made_by(tmp_path):
+    info = cache_info(tmp_path / "c.h5")
+    return info["attrs"]["teacher_sha256"], info["epochs_complete"]
+
+
+def test_a_complete_cache_without_its_done_file_is_kept(tmp_path, data_dir):
+    """The dump finished, and make was stopped before its touch: run again, it keeps the cache."""
+    teacher = make_teacher_run(tmp_path / "teacher", seed=0)
+    dump(tmp_path, data_dir)
+    before = (tmp_path / "c.h5").stat().st_mtime_ns
+    result = make_logits(tmp_path, data_dir)
+    assert result.returncode == 0, result.stderr
+    assert "complete already" in result.stdout and (tmp_path / "c.h5.done").exists()
+    assert (tmp_path / "c.h5").stat().st_mtime_ns == before
+    assert made_by(tmp_path) == (sha256_file(teacher / "checkpoint.pt"), 2)
+
+
+def test_a_new_teachers_cache_is_remade_even_after_a_stop_before_the_dump_wrote(tmp_path, data_dir):
+    """A newer teacher, and `make logits` stopped after its rm of the .done file, before the dump began."""
+    make_teacher_run(tmp_path / "teacher", seed=0)
+    assert make_logits(tmp_path, data_dir).returncode == 0
+    (tmp_path / "c.h5.done").unlink()  # what the stopped run left: the old teacher's complete cache, no .done
+    new = make_teacher_run(tmp_path / "teacher", seed=1)
+    result = make_logits(tmp_path, data_dir)
+    assert result.returncode == 0, result.stderr
+    assert made_by(tmp_path) == (sha256_file(new / "checkpoint.pt"), 2)
+
+
+def test_the_new_teachers_unfinished_cache_resumes(tmp_path, data_dir):
+    """A newer teacher, and `make logits` stopped once the new cache had one epoch: run again, it resumes."""
+    make_teacher_run(tmp_path / "teacher", seed=0)
+    assert make_logits(tmp_path, data_dir).returncode == 0
+    new = make_teacher_run(tmp_path / "teacher", seed=1)
+    (tmp_path / "c.h5.done").unlink()
+    dump(tmp_path, data_dir, force=True, epochs=2)  # stands in for the stopped one; then cut back to one epoch:
+    with h5py.File(tmp_path / "c.h5", "r+") as f:
+        f["epochs_complete"][()] = 1
+    result = make_logits(tmp_path, data_dir)
+    assert result.returncode == 0, result.stderr
+    assert "resumed at epoch 2" in result.stdout
+    assert made_by(tmp_path) == (sha256_file(new / "checkpoint.pt"), 2)
