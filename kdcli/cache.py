@@ -78,7 +78,7 @@ def write_lock(path):
     except OSError as e:
         raise KdcliError(f"cannot write {path}: {e.strerror or e}") from None
     try:
-        lock_or_refuse(fd, lock_path, f"{path} is being written by another dump-logits (it holds {lock_path}): wait for it, or pass another --out")
+        lock_or_refuse(fd, f"{path} is being written by another dump-logits (it holds {lock_path}): wait for it, or pass another --out")
         yield
     finally:
         os.close(fd)

@@ -48,7 +48,7 @@ def temporary_file_for(path: Path, tmp: Path):
         raise
 
 
-def lock_or_refuse(fd: int, lock_path, busy: str):
+def lock_or_refuse(fd: int, busy: str):
     """Take an exclusive flock on the open file `fd`, or raise KdcliError(busy) while another process holds
     it. The kernel drops the lock when its holder dies, however it dies; on NFS, a flock on a regular file
     is seen by every client. Where the filesystem cannot lock at all, a warning says so and work goes on."""
