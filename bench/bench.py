@@ -4,7 +4,7 @@
     PYTHONPATH=. python3 bench/bench.py            # full size: meant for a CUDA GPU (a few minutes)
 
 1. teacher epoch (ResNet18, batch 128, SGD lr 0.1 momentum 0.9 wd 5e-4): kdcli's loop (data and
-   augmentation on the device, bf16 autocast and channels_last on CUDA) vs a classic torchvision
+   augmentation on the device, fp16 autocast and channels_last on CUDA) vs a classic torchvision
    pipeline (PIL transforms in DataLoader workers, fp32, plain loop);
 2. dump-logits images/s (the real `dump_logits`: augmentation + inference + HDF5 writing) vs bare
    inference of the same (compiled, on CUDA) teacher on views already augmented and normalised on the device;
@@ -53,7 +53,7 @@ from kdcli.checkpoint import save_atomic
 from kdcli.data import BATCH_FOLDER, TEST_FILE, TRAIN_FILES, NotOfficialDataWarning, load_cifar10, resolve_device
 from kdcli.dump import DumpConfig, dump_logits, teacher_logits, view_labeller
 from kdcli.models import create_model
-from kdcli.evaluate import load_model
+from kdcli.evaluate import autocast_dtype, load_model
 from kdcli.runs import CachedTargets, DrawnAugmentation, Run
 from kdcli.train import Group, StudentConfig, TeacherConfig
 
@@ -243,9 +243,10 @@ def bench_dump(data, data_dir, teacher_path, device, args, tmp) -> tuple:
     dump = dump_logits(config, progress=False)["images_per_s"]
     model, _ = load_model(teacher_path, device)  # eval mode, channels_last on CUDA, as in the dump
     cuda, b = device.type == "cuda", config.batch_size
-    label = view_labeller(model, cuda, cuda)  # as the dump labels views (default --amp, --compile): augmentation compiled with the teacher
+    dtype = autocast_dtype(config.amp, device)
+    label = view_labeller(model, dtype, cuda)  # as the dump labels views (its --amp, --compile): augmentation compiled with the teacher
     model = torch.compile(model, dynamic=False) if cuda else model  # the same compiled teacher: the ratio is the dump's own overhead
-    autocast = torch.autocast("cuda", torch.bfloat16, enabled=cuda)  # as the dump's default --amp
+    autocast = torch.autocast("cuda", dtype or torch.bfloat16, enabled=dtype is not None)  # as the dump's --amp
     x = ready_views(data.train_images, augment.params(0, 0, n), b)
 
     @torch.no_grad()

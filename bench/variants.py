@@ -5,8 +5,8 @@
     python bench/variants.py --smoke --device cpu              # CI: it runs; proves nothing about speed
 
 teacher  one teacher epoch (batch 128) as kdcli trains it, against: cuDNN autotuning off, eager steps
-         (no CUDA graph), NCHW instead of channels_last, --compile, and fp16 autocast instead of bf16 (which
-         kdcli does not do); each variant in a process of its own (cuDNN keeps the algorithms it chose for a
+         (no CUDA graph), NCHW instead of channels_last, --compile, and bf16 autocast instead of fp16
+         (batch norm then runs in PyTorch's kernels, not cuDNN's); each variant in a process of its own (cuDNN keeps the algorithms it chose for a
          shape for the whole process, autotuned or not);
 infer    bare teacher inference on ready views (what dump-logits pays per image): eager, with each batch
          norm folded into its convolution, and compiled, at several batch sizes;
@@ -47,7 +47,7 @@ from kdcli import train as train_module
 from kdcli.cache import open_cache
 from kdcli.data import NotOfficialDataWarning, load_cifar10, resolve_device
 from kdcli.dump import DumpConfig, dump_logits, teacher_logits, view_labeller
-from kdcli.evaluate import load_model
+from kdcli.evaluate import autocast_dtype, load_model
 from kdcli.models import create_model
 from kdcli.runs import CachedTargets, DrawnAugmentation, Run
 from kdcli.train import Group, TeacherConfig
@@ -78,15 +78,14 @@ def parse_args(argv=None):
     return args
 
 
-TEACHER_VARIANTS = {  # name -> (TeacherConfig options, cuDNN autotuning, memory format of weights and inputs, autocast dtype)
-    "kdcli default": ({}, True, torch.channels_last, torch.bfloat16),
-    "cuDNN autotuning off": ({}, False, torch.channels_last, torch.bfloat16),
-    "eager steps (--no-cuda-graphs)": ({"cuda_graphs": False}, True, torch.channels_last, torch.bfloat16),
-    "NCHW instead of channels_last": ({}, True, torch.contiguous_format, torch.bfloat16),
-    "--compile": ({"compile": True}, True, torch.channels_last, torch.bfloat16),
+TEACHER_VARIANTS = {  # name -> (TeacherConfig options, cuDNN autotuning, memory format of weights and inputs)
+    "kdcli default (--amp fp16)": ({}, True, torch.channels_last),
+    "cuDNN autotuning off": ({}, False, torch.channels_last),
+    "eager steps (--no-cuda-graphs)": ({"cuda_graphs": False}, True, torch.channels_last),
+    "NCHW instead of channels_last": ({}, True, torch.contiguous_format),
+    "--compile": ({"compile": True}, True, torch.channels_last),
     # PyTorch runs batch norm on bf16 inputs with its own kernels (28 % of a step), on fp16 ones with cuDNN's.
-    # Speed only: fp16 training would also need a loss scale, which this variant leaves out (one kernel a step).
-    "fp16 autocast (cuDNN batch norm)": ({}, True, torch.channels_last, torch.float16),
+    "--amp bf16 (PyTorch's batch norm)": ({"amp": "bf16"}, True, torch.channels_last),
 }
 
 
@@ -94,14 +93,14 @@ def teacher_variants(args):
     """Each variant in a fresh process (on a CPU only the default: the others are CUDA paths)."""
     cuda = resolve_device(args.device).type == "cuda"
     for name in TEACHER_VARIANTS:
-        if cuda or name == "kdcli default":  # the others are CUDA-only paths
+        if cuda or name == "kdcli default (--amp fp16)":  # the others are CUDA-only paths
             command = [sys.executable, __file__, "teacher", f"--variant={name}", "--device", args.device,
                        "--images", str(args.images), "--model", args.model, "--repeat", str(args.repeat)]  # fmt: skip
             subprocess.run(command + (["--data-dir", args.data_dir] if args.data_dir else []), check=True)
 
 
 def teacher_variant(name, data, device, args, tmp):
-    options, autotune, memory_format, dtype = TEACHER_VARIANTS[name]
+    options, autotune, memory_format = TEACHER_VARIANTS[name]
     cuda = device.type == "cuda"
     torch.backends.cudnn.benchmark = autotune and cuda
     if memory_format == torch.contiguous_format:  # the inputs too: a channels_last input alone makes cuDNN run channels_last
@@ -111,7 +110,6 @@ def teacher_variant(name, data, device, args, tmp):
     group = Group([Run(config, DrawnAugmentation(777, len(data.train_labels)))], data, device)
     if cuda:
         group.stack.to(memory_format=memory_format)
-        group.autocast = torch.autocast("cuda", dtype, enabled=config.amp, cache_enabled=False)
     started = time.perf_counter()
     seconds = timed(group_epoch(group), device, args.repeat, len(data.train_labels))
     print(f"teacher  {name:52s} {seconds:8.3f} s/epoch  ({time.perf_counter() - started:.0f} s with warm-up)", flush=True)
@@ -163,10 +161,11 @@ def dump_variants(data, data_dir, device, args, tmp):
                             data_dir=str(data_dir), subset=n, device=device.type, download=False, quiet=True)  # fmt: skip
         print(f"dump     {'kdcli dump-logits':36s} batch {b:5d} {dump_logits(config)['images_per_s']:12,.0f} img/s", flush=True)
     model, _ = load_model(teacher, device)
-    label = view_labeller(model, cuda, cuda)  # as the dump labels views (default --amp, --compile): augmentation compiled with the teacher
+    dtype = autocast_dtype(config.amp, device)
+    label = view_labeller(model, dtype, cuda)  # as the dump labels views (its --amp, --compile): augmentation compiled with the teacher
     compiled = torch.compile(model, dynamic=False) if cuda else model
     b, path = config.batch_size, Path(config.out)  # the largest batch; its cache is rewritten in place
-    autocast = torch.autocast("cuda", torch.bfloat16, enabled=cuda)
+    autocast = torch.autocast("cuda", dtype or torch.bfloat16, enabled=dtype is not None)
 
     def writes_in_main_thread():
         with h5py.File(path, "r+") as f:

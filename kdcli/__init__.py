@@ -14,6 +14,15 @@ __version__ = "0.1.0"
 OPTIONS_ADDED_LATER = {"val_size": 0}
 
 
+def as_recorded_now(config: dict) -> dict:
+    """A run's (or cache's) recorded options as this kdcli records them: options added later at the value
+    old runs trained with, and --amp (before 2026-11-27 a flag, true meaning bf16) as a precision."""
+    now = {**OPTIONS_ADDED_LATER, **config}
+    if isinstance(now.get("amp"), bool):
+        now["amp"] = "bf16" if now["amp"] else "off"
+    return now
+
+
 class KdcliError(Exception):
     """An error the user can fix; its message says how."""
 

@@ -44,7 +44,7 @@ import h5py
 import numpy as np
 import torch
 
-from kdcli import KdcliError, __version__, augment
+from kdcli import KdcliError, __version__, as_recorded_now, augment
 from kdcli.checkpoint import lock_or_refuse, resolve, sha256_file, temporary_file_for
 from kdcli.data import fingerprint as data_fingerprint
 from kdcli.data import load_cifar10, resolve_device
@@ -257,7 +257,7 @@ def verify_cache(path, teacher=None, k=256, device="auto", data_dir="data", down
     """(max |recomputed - cached|, entries checked) over k distinct random (epoch, image) entries of the
     complete epochs (all of them if there are fewer): each view is rebuilt from its stored parameters and
     run through the teacher (None: the one the dump was given) again. Expect the storage rounding
-    (float16: about 1e-3 of the logits' size) or, for a cache made with --amp on CUDA, bf16 rounding."""
+    (float16: about 1e-3 of the logits' size) or, for a cache made with --amp bf16 on CUDA, bf16 rounding."""
     dev = resolve_device(device)
     with open_cache(path, allow_partial=True) as c:
         teacher = teacher or c.attrs["config"].get("teacher", "runs/teacher")
@@ -273,7 +273,7 @@ def verify_cache(path, teacher=None, k=256, device="auto", data_dir="data", down
         total = c.epochs_complete * c.num_images
         entries = torch.tensor(random.Random(seed).sample(range(total), min(k, total)), dtype=torch.long)  # distinct; no list of all
         epochs, index = entries // c.num_images, entries % c.num_images
-        amp = c.attrs["config"].get("amp", True)  # recompute as the dump computed
+        amp = as_recorded_now(c.attrs["config"]).get("amp", "bf16")  # recompute as the dump computed
         worst = 0.0
         for e in epochs.unique().tolist():
             aug, cached = c.epoch(e)  # [N, 3], [N, C]

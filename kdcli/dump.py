@@ -25,7 +25,7 @@ from tqdm import tqdm
 from kdcli import Interrupted, KdcliError, StopOnSigint, augment, cache
 from kdcli.checkpoint import resolve, sha256_file, training_reached
 from kdcli.data import load_cifar10, resolve_device
-from kdcli.evaluate import load_model
+from kdcli.evaluate import Precision, autocast_dtype, load_model
 from kdcli.train import require_at_least_one
 
 
@@ -41,7 +41,7 @@ class DumpConfig:
     download: bool = True  # fetch CIFAR-10 when it is missing
     subset: int | None = None  # use only the first N training images (smoke runs)
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"  # auto: cuda, then mps, then cpu
-    amp: bool = True  # bf16 autocast on CUDA (1.4x the images/s on an H100; logits within bf16 rounding); no effect elsewhere
+    amp: Precision = "bf16"  # autocast on CUDA: bf16 (1.4x the images/s of off on an H100; logits within bf16 rounding), fp16 or off; no effect elsewhere
     compile: bool = True  # torch.compile augmentation + teacher as one graph on CUDA (H100: ~20 s to start, then 290k img/s); no effect elsewhere
     resume: bool = False  # keep a complete cache with the same settings instead of refusing it (make passes it); an unfinished one resumes either way
     force: bool = False  # overwrite a finished cache, or one made with other settings (even with --resume)
@@ -51,11 +51,12 @@ class DumpConfig:
         require_at_least_one(self, "epochs", "batch_size", "subset")
 
 
-def view_labeller(model, bf16: bool, compiled: bool):
-    """label(images, p) -> the teacher's logits [B, C] float32 on the views that params p [B, 3] make of images [B, 3, 32, 32] uint8."""
+def view_labeller(model, dtype: torch.dtype | None, compiled: bool):
+    """label(images, p) -> the teacher's logits [B, C] float32 on the views that params p [B, 3] make of images
+    [B, 3, 32, 32] uint8, computed under CUDA autocast to `dtype` (None: float32)."""
 
     def label(images, p):
-        with torch.autocast("cuda", torch.bfloat16, enabled=bf16):
+        with torch.autocast("cuda", dtype or torch.bfloat16, enabled=dtype is not None):
             return model(augment.normalize(augment.apply(images, p))).float()
 
     # Compiled as one graph: crop, flip and normalisation fuse into one kernel feeding the first convolution,
@@ -84,14 +85,14 @@ def dump_logits(config: DumpConfig, progress: bool = True) -> dict:
     _check_finished(config.teacher, teacher_path, state)  # before the lock: a refused teacher leaves no file behind
     with cache.write_lock(config.out):  # a second dump is refused before it reads the data
         cuda = device.type == "cuda"
-        bf16 = config.amp and cuda  # bf16 autocast on CUDA only, as everywhere in kdcli
+        dtype = autocast_dtype(config.amp, device)
         # Compiled on CUDA only, once per batch shape: three in a dump (full, last train, last test).
-        label = view_labeller(model, bf16, compiled=config.compile and cuda)
+        label = view_labeller(model, dtype, compiled=config.compile and cuda)
         data = load_cifar10(config.data_dir, device, config.subset, config.download)
         identity = {
             "teacher_sha256": sha256_file(teacher_path), "train_fingerprint": data.fingerprint,
             "seed": config.seed, "epochs": config.epochs, "dtype": config.dtype,
-            "teacher_precision": "bfloat16" if bf16 else "float32",
+            "teacher_precision": str(dtype or torch.float32).removeprefix("torch."),
         }  # fmt: skip
         start = cache.resume_point(config.out, identity, config.force, keep_complete=config.resume)
         if start is None:

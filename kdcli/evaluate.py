@@ -5,9 +5,11 @@
     logits = predict(model, images_uint8)      # [M, C] on un-augmented images
 """
 
+from typing import Literal
+
 import torch
 
-from kdcli import KdcliError, augment
+from kdcli import KdcliError, as_recorded_now, augment
 from kdcli.checkpoint import load_checkpoint, training_reached
 from kdcli.data import load_cifar10, resolve_device
 from kdcli.models import create_model
@@ -26,14 +28,27 @@ def evaluate_stack(stack, images, labels, autocast, batch_size=1000) -> list:
     return [round(100 * c / len(labels), 4) for c in correct.tolist()]
 
 
+Precision = Literal["bf16", "fp16", "off"]  # --amp: the autocast dtype on CUDA, or none
+
+
+def autocast_dtype(amp, device) -> torch.dtype | None:
+    """--amp's dtype on `device`; None: float32."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp) if device.type == "cuda" else None
+
+
+def autocast(amp, device) -> torch.autocast:
+    dtype = autocast_dtype(amp, device)
+    # No weight cache: it would hold tensors from outside a CUDA graph's capture.
+    return torch.autocast("cuda", dtype or torch.bfloat16, enabled=dtype is not None, cache_enabled=False)
+
+
 @torch.no_grad()
-def predict(model, images, amp=True, batch_size=1000) -> torch.Tensor:
-    """Logits [M, C] of one model on un-augmented images."""
+def predict(model, images, amp="bf16", batch_size=1000) -> torch.Tensor:
+    """Logits [M, C] of one model on un-augmented images, under --amp `amp`."""
     model.eval()
-    autocast = torch.autocast("cuda", torch.bfloat16, enabled=amp and images.device.type == "cuda")
     out = []
     for i in range(0, len(images), batch_size):
-        with autocast:
+        with autocast(amp, images.device):
             out.append(model(augment.normalize(images[i : i + batch_size])).float())
     return torch.cat(out)
 
@@ -58,7 +73,7 @@ def evaluate(checkpoint_path, data_dir="data", device="auto", download=True) -> 
     config = state.get("config", {})
     held_out = config.get("val_size", 0)
     data = load_cifar10(data_dir, dev, config.get("subset") if held_out else None, download, held_out)
-    amp = config.get("amp", True)  # as the run evaluated itself
+    amp = as_recorded_now(config).get("amp", "bf16")  # as the run evaluated itself
     pred = predict(model, data.test_images, amp).argmax(1)
     per_class = [
         round(100 * float((pred[data.test_labels == c] == c).float().mean()), 2) for c in range(data.num_classes)

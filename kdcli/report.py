@@ -22,7 +22,7 @@ import math
 import statistics
 from pathlib import Path
 
-from kdcli import OPTIONS_ADDED_LATER, KdcliError
+from kdcli import KdcliError, as_recorded_now
 
 SETTING_COLUMNS = ["model", "temperature", "distillation_weight", "hard_weight", "n"]
 ACCURACY_COLUMNS = ["mean", "std", "min", "max", "delta", "ci_low", "ci_high"]  # percent; delta and CI vs the baseline
@@ -180,7 +180,7 @@ def check_comparable(runs):
     recipes (config.json), or two runs of one setting with the same seed (one run reported twice)."""
     by_recipe: dict[str, dict[tuple, str]] = {}  # model -> recipe (each field as JSON) -> a run with it
     for r in runs:
-        config = {**OPTIONS_ADDED_LATER, **r["config"]}
+        config = as_recorded_now(r["config"])
         recipe = tuple(json.dumps(config.get(k)) for k in RECIPE)
         by_recipe.setdefault(r["summary"]["model"], {}).setdefault(recipe, r["run_dir"])
     for model, found in by_recipe.items():

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kdcli import OPTIONS_ADDED_LATER, KdcliError, augment
+from kdcli import KdcliError, as_recorded_now, augment
 from kdcli.checkpoint import CHECKPOINT, load_checkpoint, lock_or_refuse
 
 
@@ -70,7 +70,9 @@ class Run:
         return getattr(self.config, "hard_weight", 1.0)
 
 
-RESUME_IGNORES = {"resume", "force", "quiet", "device", "out", "eval_every", "save_every", "compile", "cuda_graphs", "cache", "data_dir", "download", "allow_partial"}
+# How a run computes, not what it trains: free to change on resume. A resumed run may move to another device,
+# which changes its precision anyway; --amp too (a bf16 run resumed under fp16 starts a fresh loss scale).
+RESUME_IGNORES = {"resume", "force", "quiet", "device", "amp", "out", "eval_every", "save_every", "compile", "cuda_graphs", "cache", "data_dir", "download", "allow_partial"}
 
 
 LOCK = ".kdcli.lock"
@@ -136,7 +138,7 @@ def forget_run(out):
 
 
 def check_same_options(config, state, out, remedy="drop them, or use another --out"):
-    saved = {**OPTIONS_ADDED_LATER, **state.get("config", {})}
+    saved = as_recorded_now(state.get("config", {}))
     changed = [
         f"{flag(k)} {getattr(config, k)!r} (run has {saved[k]!r})"
         for k in saved

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from kdcli import Interrupted, KdcliError, StopOnSigint, __version__, augment
 from kdcli.checkpoint import CHECKPOINT, save_atomic
 from kdcli.data import load_cifar10, resolve_device
-from kdcli.evaluate import evaluate_stack
+from kdcli.evaluate import Precision, autocast, autocast_dtype, evaluate_stack
 from kdcli.losses import distillation_loss, soft_targets
 from kdcli.models import MODELS, create_model
 from kdcli.runs import CachedTargets, DrawnAugmentation, Run, check_same_inputs, claim_folder, flag, git_commit, plain, prepare_run_dir, truncate_metrics, write_json
@@ -69,7 +69,7 @@ class TrainOptions:
     lr_milestones: tuple[int, ...] = (150, 225)  # epochs where multistep multiplies the lr by lr-gamma
     lr_gamma: float = 0.1  # multistep factor (reference: 0.1)
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"  # auto: cuda, then mps, then cpu
-    amp: bool = True  # bf16 autocast on CUDA; no effect elsewhere
+    amp: Precision = "bf16"  # autocast on CUDA: bf16, fp16 (with a loss scale) or off; no effect elsewhere
     compile: bool = False  # torch.compile the model (CUDA; a run alone, not stacked students): ResNet18 teacher epochs 1.18 -> 0.995 s on an H100 (bench/variants.py teacher), for ~40 s of compiling
     cuda_graphs: bool = True  # replay each step as one CUDA graph (CUDA; small models are launch-bound)
     eval_every: int = 1  # epochs between test-set evaluations (the last epoch always is)
@@ -104,6 +104,7 @@ class TrainOptions:
 @dataclass
 class TeacherConfig(TrainOptions):
     seed: int = 777  # initialisation, batch order and augmentation (reference: 777)
+    amp: Precision = "fp16"  # autocast on CUDA: fp16 with a loss scale (batch norm then runs in cuDNN: ResNet18 epochs 1.176 -> 1.135 s on an H100), bf16 or off
     out: str = "runs/teacher"  # run folder: config.json, metrics.jsonl, checkpoint.pt, summary.json
 
 
@@ -251,8 +252,10 @@ class Group:
         # Compiled only alone: a vmapped stack was never compiled here, and CUDA graphs already serve it.
         compiled = config.compile and device.type == "cuda" and self.size == 1
         self.forward = torch.compile(self.stack) if compiled else self.stack
-        # No autocast weight cache: it would hold tensors from outside a CUDA graph's capture.
-        self.autocast = torch.autocast("cuda", torch.bfloat16, enabled=config.amp and device.type == "cuda", cache_enabled=False)
+        self.autocast = autocast(config.amp, device)
+        # fp16 gradients underflow without a loss scale (bf16 has float32's range). With a fused optimizer the
+        # scaler's skip of an overflowed step happens on the device, so a CUDA graph captures it.
+        self.scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype(config.amp, device) == torch.float16)
         self.graph = GraphedStep(self) if config.cuda_graphs and device.type == "cuda" else None
         self.temperature = torch.tensor([r.temperature for r in runs], device=device)
         self.distillation_weight = torch.tensor([r.distillation_weight for r in runs], device=device)
@@ -277,6 +280,8 @@ class Group:
             # (a CPU checkpoint would otherwise make fused SGD a per-step .item() that CUDA graphs cannot capture).
             group.update({k: fresh[k] for k in ("fused", "foreach", "capturable", "differentiable") if k in fresh})
         self.optimizer.load_state_dict(saved)
+        if states[0].get("loss_scale"):  # absent: saved without fp16 (e.g. on a CPU); the scaler starts afresh
+            self.scaler.load_state_dict(states[0]["loss_scale"])
         for group, fresh in zip(self.optimizer.param_groups, made_here):
             group["lr"] = fresh["lr"]  # loading copied the shared lr tensor
         for p, state in self.optimizer.state.items():  # loading keeps the saved layout; fused kernels want the param's
@@ -371,8 +376,9 @@ class Group:
                 targets = None if soft is None else soft.rows(idx)
         loss = distillation_loss(logits, y, targets, self.hard_weight)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.sum().backward()  # the runs share no weights, so each gets exactly its own gradient
-        self.optimizer.step()
+        self.scaler.scale(loss.sum()).backward()  # the runs share no weights, so each gets exactly its own gradient
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         return loss.detach(), (logits.argmax(-1) == y).sum(-1).float()
 
     def end_epoch(self, seconds: float):
@@ -427,7 +433,7 @@ class Group:
             )
 
     def save_all(self):
-        optimizer_state = self.optimizer.state_dict()
+        optimizer_state, scaler_state = self.optimizer.state_dict(), self.scaler.state_dict()
         for group in optimizer_state["param_groups"]:
             group["lr"] = float(group["lr"])  # a number, so that the checkpoint resumes on any device
         for s, r in enumerate(self.runs):
@@ -438,6 +444,7 @@ class Group:
                     "model_name": r.config.model,
                     "num_classes": self.data.num_classes,
                     "optimizer": split_optimizer_state(optimizer_state, self.size, s),
+                    "loss_scale": scaler_state,  # the group's (fp16 on CUDA; else empty)
                     "train_images": self.num_images,  # it trains on the first N training images (a dump of a teacher records it)
                     "epoch": self.epoch,  # epochs complete
                     "step": self.step,  # steps done into the next epoch (non-zero only after Ctrl-C)

@@ -129,6 +129,8 @@ def test_evaluate_accepts_the_checkpoint_file(teacher_run, data_dir):
         (["--scheduler", "nope"], ["--scheduler", "multistep"]),
         (["--optimizer", "nope"], ["--optimizer", "sgd"]),
         (["--device", "tpu"], ["--device"]),
+        (["--amp", "fp8"], ["--amp", "bf16", "fp16", "off"]),
+        (["--no-amp"], ["--no-amp"]),  # a flag before 2026-11-27: now --amp off
     ],
     ids=lambda v: "_".join(map(str, v)) if isinstance(v, list) else None,
 )

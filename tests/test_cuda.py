@@ -11,6 +11,7 @@ import torch
 from kdcli import KdcliError
 from kdcli.checkpoint import save_atomic
 from kdcli.data import load_cifar10
+from kdcli.cache import verify_cache
 from kdcli.dump import DumpConfig, dump_logits
 from kdcli.evaluate import load_model, predict
 from kdcli.models import create_model
@@ -45,18 +46,50 @@ def assert_close_weights(a, b, atol):
 
 @pytest.mark.parametrize("seeds", [(1,), (1, 2, 3)], ids=["one", "stacked"])
 def test_cuda_graph_steps_equal_eager_steps(tmp_path, data_dir, seeds):
-    options = dict(model="lenet5", epochs=2, batch_size=32, data_dir=data_dir, distillation_weight=0.0, amp=False)
+    options = dict(model="lenet5", epochs=2, batch_size=32, data_dir=data_dir, distillation_weight=0.0, amp="off")
     graphed = train(tmp_path, "graph", StudentConfig, seeds, cuda_graphs=True, **options)
     eager = train(tmp_path, "eager", StudentConfig, seeds, cuda_graphs=False, **options)
     for g, e in zip(graphed, eager):
         assert_close_weights(g, e, atol=1e-5)
 
 
-def test_cuda_graph_teacher_with_batch_norm_equals_eager(tmp_path, data_dir):
-    options = dict(model="resnet18", epochs=1, batch_size=32, data_dir=data_dir, amp=True, subset=160)
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_cuda_graph_teacher_with_batch_norm_equals_eager(tmp_path, data_dir, amp):
+    """fp16 adds the loss scale: its overflow check and skipped steps must happen inside the graph too."""
+    options = dict(model="resnet18", epochs=1, batch_size=32, data_dir=data_dir, amp=amp, subset=160)
     graphed = train(tmp_path, "graph", TeacherConfig, (7,), cuda_graphs=True, **options)
     eager = train(tmp_path, "eager", TeacherConfig, (7,), cuda_graphs=False, **options)
-    assert_close_weights(graphed[0], eager[0], atol=1e-2)  # bf16 autocast: cuDNN may pick other kernels
+    assert_close_weights(graphed[0], eager[0], atol=1e-2)  # autocast: cuDNN may pick other kernels
+
+
+def test_fp16_loss_scale_is_checkpointed_and_resumed(tmp_path, data_dir, monkeypatch):
+    """An fp16 run stopped by Ctrl-C mid-epoch and resumed ends as the run never stopped: the loss scale (which
+    decides which steps are skipped) comes back from the checkpoint instead of restarting at 65,536."""
+    import os
+    import signal
+
+    import kdcli.train as train_module
+    from kdcli.losses import distillation_loss
+    from kdcli.train import TrainingInterrupted
+
+    options = dict(model="resnet8", epochs=2, batch_size=32, data_dir=data_dir, amp="fp16", lr_milestones=(), cuda_graphs=False)  # a graph calls no Python loss
+    straight = train(tmp_path, "straight", TeacherConfig, (7,), **options)
+    calls = [0]
+
+    def loss(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 9:  # epoch 2, step 2 of 7 (200 images, batch 32)
+            os.kill(os.getpid(), signal.SIGINT)
+        return distillation_loss(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "distillation_loss", loss)
+    with pytest.raises(TrainingInterrupted):
+        train(tmp_path, "run", TeacherConfig, (7,), **options)
+    monkeypatch.undo()
+    scale = torch.load(tmp_path / "run7" / "checkpoint.pt", weights_only=True)["loss_scale"]
+    assert 0 < scale["scale"] <= 65536.0 and "_growth_tracker" in scale
+    resumed = train(tmp_path, "run", TeacherConfig, (7,), resume=True, **options)
+    assert_close_weights(resumed[0], straight[0], atol=1e-2)
 
 
 def dump(tmp_path, data_dir, name, **options):
@@ -74,7 +107,7 @@ def dump(tmp_path, data_dir, name, **options):
 
 
 def test_compiled_dump_equals_eager(tmp_path, data_dir):
-    compiled, eager = (dump(tmp_path, data_dir, name, amp=False, compile=name == "compiled") for name in ("compiled", "eager"))
+    compiled, eager = (dump(tmp_path, data_dir, name, amp="off", compile=name == "compiled") for name in ("compiled", "eager"))
     with h5py.File(compiled) as a, h5py.File(eager) as b:
         for key in ("logits", "clean_logits", "test_logits"):
             np.testing.assert_allclose(a[key][()], b[key][()], atol=1e-3, err_msg=key)  # fused kernels add in another order
@@ -85,7 +118,7 @@ def test_cuda_graph_cached_kd_student_equals_eager(tmp_path, data_dir):
     weights = []
     for graphs in (True, False):
         out = tmp_path / f"student-{graphs}"
-        train_student(StudentConfig(cache=str(cache), temperature=4.0, distillation_weight=0.5, epochs=2, batch_size=32, amp=False,
+        train_student(StudentConfig(cache=str(cache), temperature=4.0, distillation_weight=0.5, epochs=2, batch_size=32, amp="off",
                                     cuda_graphs=graphs, out=str(out), data_dir=str(data_dir), device=DEVICE, download=False), progress=False)  # fmt: skip
         weights.append(torch.load(out / "checkpoint.pt", weights_only=True)["model"])
     assert_close_weights(*weights, atol=1e-5)
@@ -93,11 +126,11 @@ def test_cuda_graph_cached_kd_student_equals_eager(tmp_path, data_dir):
 
 def test_resume_refuses_another_precision(tmp_path, data_dir):
     """A bf16 dump resumed without --amp would mix bf16 and float32 epochs in one cache: refused."""
-    out = dump(tmp_path, data_dir, "bf16", amp=True)
+    out = dump(tmp_path, data_dir, "bf16", amp="bf16")
     with h5py.File(out, "r+") as f:
         f["epochs_complete"][()] = 1  # as a dump stopped after its first epoch leaves it
     with pytest.raises(KdcliError, match=r"teacher_precision bfloat16 \(now float32\)"):
-        dump(tmp_path, data_dir, "bf16", amp=False)
+        dump(tmp_path, data_dir, "bf16", amp="off")
 
 
 def test_stacked_students_stopped_mid_epoch_resume_alone(tmp_path, data_dir, monkeypatch):
@@ -110,7 +143,7 @@ def test_stacked_students_stopped_mid_epoch_resume_alone(tmp_path, data_dir, mon
     from kdcli.losses import distillation_loss
     from kdcli.train import TrainingInterrupted
 
-    options = dict(model="lenet5", epochs=2, batch_size=32, data_dir=data_dir, distillation_weight=0.0, amp=False, cuda_graphs=False)
+    options = dict(model="lenet5", epochs=2, batch_size=32, data_dir=data_dir, distillation_weight=0.0, amp="off", cuda_graphs=False)
     reference = train(tmp_path, "reference", StudentConfig, (1, 2), **options)
     calls = [0]
 
@@ -135,5 +168,13 @@ def test_val_accuracy_is_the_checkpoints_accuracy_on_the_held_out_images(tmp_pat
     summary = train_teacher(config, progress=False)
     data = load_cifar10(data_dir, subset=200)
     model, _ = load_model(tmp_path / "teacher", torch.device(DEVICE))
-    hits = (predict(model, data.train_images[150:].to(DEVICE)).argmax(1).cpu() == data.train_labels[150:]).float().mean().item()
-    assert summary["val_accuracy"] == pytest.approx(100 * hits, abs=2.01)  # within one image: bf16 logits may tie
+    hits = (predict(model, data.train_images[150:].to(DEVICE), "fp16").argmax(1).cpu() == data.train_labels[150:]).float().mean().item()
+    assert summary["val_accuracy"] == pytest.approx(100 * hits, abs=2.01)  # within one image: fp16 logits may tie
+
+
+def test_an_fp16_dump_records_its_precision_and_verifies(tmp_path, data_dir):
+    out = dump(tmp_path, data_dir, "fp16", amp="fp16")
+    with h5py.File(out) as f:
+        assert f.attrs["teacher_precision"] == "float16"
+    worst, checked = verify_cache(out, device=DEVICE, data_dir=str(data_dir), download=False)
+    assert checked == 256 and worst < 0.05  # recomputed eagerly under fp16: its rounding, not bf16's

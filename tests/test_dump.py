@@ -345,7 +345,7 @@ def test_the_view_labeller_traces_as_one_graph_without_warnings():
     """On CUDA the dump compiles augmentation, normalisation and teacher together: a graph break would
     split the fused kernels, and a dynamo warning would reach every user's terminal."""
     model = create_model("resnet8").eval()
-    label = dump.view_labeller(model, bf16=False, compiled=False)  # as a dump on a CPU
+    label = dump.view_labeller(model, dtype=None, compiled=False)  # as a dump on a CPU
     images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
     torch._dynamo.reset()
     with warnings.catch_warnings():

@@ -19,7 +19,7 @@ import torch
 from conftest import write_cifar_folder
 
 import kdcli.train as train_module
-from kdcli import KdcliError, __version__
+from kdcli import KdcliError, __version__, as_recorded_now
 from kdcli.checkpoint import CHECKPOINT, load_checkpoint, warn_cannot_lock
 from kdcli.data import load_cifar10
 from kdcli.losses import distillation_loss
@@ -592,6 +592,20 @@ def test_a_checkpoint_from_before_val_size_resumes_only_without_it(tmp_path, dat
         teach(config(tmp_path, "run", data_dir, resume=True, val_size=10))
     teach(config(tmp_path, "run", data_dir, resume=True))
     assert_same_weights(weights(tmp_path / "run"), weights(finished[0]))
+
+
+def test_a_run_resumes_under_another_precision_and_old_runs_record_amp_as_a_flag(tmp_path, data_dir, finished, monkeypatch):
+    """--amp is how a run computes, like --device: a run recorded with amp true (bf16, before --amp took a
+    precision) resumes under this kdcli's default; and that old record reads as bf16."""
+    interrupt(tmp_path, data_dir, monkeypatch)
+    path = tmp_path / "run" / CHECKPOINT
+    state = load_checkpoint(path)
+    state["config"]["amp"] = True
+    del state["loss_scale"]  # as kdcli saved it before fp16
+    torch.save(state, path)
+    teach(config(tmp_path, "run", data_dir, resume=True))  # TeacherConfig's default: fp16
+    assert_same_weights(weights(tmp_path / "run"), weights(finished[0]))  # on a CPU autocast is off either way
+    assert [as_recorded_now({"amp": amp})["amp"] for amp in (True, False, "fp16")] == ["bf16", "off", "fp16"]
 
 
 def test_a_checkpoint_from_another_device_resumes_with_this_devices_optimizer(tmp_path, data_dir, monkeypatch):
