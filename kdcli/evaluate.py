@@ -33,6 +33,8 @@ Precision = Literal["bf16", "fp16", "off"]  # --amp: the autocast dtype on CUDA,
 
 def autocast_dtype(amp, device) -> torch.dtype | None:
     """--amp's dtype on `device`; None: float32."""
+    if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():  # else autocast raises a RuntimeError
+        raise KdcliError("this GPU does not support bf16: pass --amp fp16 (or --amp off)")
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp) if device.type == "cuda" else None
 
 

@@ -23,7 +23,7 @@ from kdcli import KdcliError, __version__, as_recorded_now
 from kdcli.checkpoint import CHECKPOINT, load_checkpoint, warn_cannot_lock
 from kdcli.data import load_cifar10
 from kdcli.losses import distillation_loss
-from kdcli.evaluate import evaluate, load_model, predict
+from kdcli.evaluate import autocast_dtype, evaluate, load_model, predict
 from kdcli.models import create_model
 from kdcli.runs import LOCK, claim_folder
 from kdcli.stack import ModelStack
@@ -606,6 +606,14 @@ def test_a_run_resumes_under_another_precision_and_old_runs_record_amp_as_a_flag
     teach(config(tmp_path, "run", data_dir, resume=True))  # TeacherConfig's default: fp16
     assert_same_weights(weights(tmp_path / "run"), weights(finished[0]))  # on a CPU autocast is off either way
     assert [as_recorded_now({"amp": amp})["amp"] for amp in (True, False, "fp16")] == ["bf16", "off", "fp16"]
+
+
+def test_bf16_on_a_gpu_without_it_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    with pytest.raises(KdcliError, match="does not support bf16: pass --amp fp16"):
+        autocast_dtype("bf16", torch.device("cuda"))
+    assert autocast_dtype("fp16", torch.device("cuda")) == torch.float16
+    assert autocast_dtype("bf16", torch.device("cpu")) is None  # autocast is for CUDA only
 
 
 def test_a_checkpoint_from_another_device_resumes_with_this_devices_optimizer(tmp_path, data_dir, monkeypatch):
