@@ -65,6 +65,24 @@ def test_python_dash_m_kdcli():
     assert out.returncode == 0 and out.stdout == f"kdcli {__version__}\n"
 
 
+def test_ctrl_c_while_torch_imports_is_one_line(monkeypatch, capsys):
+    """The `kdcli` command imports torch before it parses anything: Ctrl-C then ends like Ctrl-C later."""
+    import importlib.abc
+
+    import kdcli.__main__
+
+    class Interrupting(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name == "kdcli.cli":
+                raise KeyboardInterrupt
+
+    monkeypatch.delitem(sys.modules, "kdcli.cli")
+    monkeypatch.setattr(sys, "meta_path", [Interrupting(), *sys.meta_path])
+    with pytest.raises(SystemExit) as exit:
+        kdcli.__main__.main()
+    assert exit.value.code == 130 and capsys.readouterr().err == "interrupted\n"
+
+
 def test_every_option_of_every_command_has_a_help_line():
     import typer.main
 
