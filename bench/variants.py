@@ -5,9 +5,10 @@
     python bench/variants.py --smoke --device cpu              # CI: it runs; proves nothing about speed
 
 teacher  one teacher epoch (batch 128) as kdcli trains it, against: cuDNN autotuning off, eager steps
-         (no CUDA graph), NCHW instead of channels_last, --compile, and bf16 autocast instead of fp16
-         (batch norm then runs in PyTorch's kernels, not cuDNN's); each variant in a process of its own (cuDNN keeps the algorithms it chose for a
-         shape for the whole process, autotuned or not);
+         (no CUDA graph), NCHW instead of channels_last, --compile, bf16 autocast instead of fp16
+         (batch norm then runs in PyTorch's kernels, not cuDNN's), and fp16 without its loss scale
+         (what the scale costs; kdcli never trains so); each variant in a process of its own (cuDNN
+         keeps the algorithms it chose for a shape for the whole process, autotuned or not);
 infer    bare teacher inference on ready views (what dump-logits pays per image): eager, with each batch
          norm folded into its convolution, and compiled, at several batch sizes;
 dump     dump-logits' epoch loop at several batch sizes, against: HDF5 writes in the main thread, no
@@ -86,7 +87,9 @@ TEACHER_VARIANTS = {  # name -> (TeacherConfig options, cuDNN autotuning, memory
     "--compile": ({"compile": True}, True, torch.channels_last),
     # PyTorch runs batch norm on bf16 inputs with its own kernels (28 % of a step), on fp16 ones with cuDNN's.
     "--amp bf16 (PyTorch's batch norm)": ({"amp": "bf16"}, True, torch.channels_last),
+    "--amp fp16 without its loss scale (speed only)": ({}, True, torch.channels_last),
 }
+NO_LOSS_SCALE = "--amp fp16 without its loss scale (speed only)"  # what the scale's overflow check costs a step
 
 
 def teacher_variants(args):
@@ -110,6 +113,8 @@ def teacher_variant(name, data, device, args, tmp):
     group = Group([Run(config, DrawnAugmentation(777, len(data.train_labels)))], data, device)
     if cuda:
         group.stack.to(memory_format=memory_format)
+    if name == NO_LOSS_SCALE:
+        group.scaler = torch.amp.GradScaler("cuda", enabled=False)
     started = time.perf_counter()
     seconds = timed(group_epoch(group), device, args.repeat, len(data.train_labels))
     print(f"teacher  {name:52s} {seconds:8.3f} s/epoch  ({time.perf_counter() - started:.0f} s with warm-up)", flush=True)
