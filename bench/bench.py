@@ -53,7 +53,7 @@ from kdcli.checkpoint import save_atomic
 from kdcli.data import BATCH_FOLDER, TEST_FILE, TRAIN_FILES, NotOfficialDataWarning, load_cifar10, resolve_device
 from kdcli.dump import DumpConfig, dump_logits, teacher_logits, view_labeller
 from kdcli.models import create_model
-from kdcli.evaluate import autocast_dtype, load_model
+from kdcli.evaluate import autocast_dtype, autocast_to, load_model
 from kdcli.runs import CachedTargets, DrawnAugmentation, Run
 from kdcli.train import Group, StudentConfig, TeacherConfig
 
@@ -246,7 +246,7 @@ def bench_dump(data, data_dir, teacher_path, device, args, tmp) -> tuple:
     dtype = autocast_dtype(config.amp, device)
     label = view_labeller(model, dtype, cuda)  # as the dump labels views (its --amp, --compile): augmentation compiled with the teacher
     model = torch.compile(model, dynamic=False) if cuda else model  # the same compiled teacher: the ratio is the dump's own overhead
-    autocast = torch.autocast("cuda", dtype or torch.bfloat16, enabled=dtype is not None)  # as the dump's --amp
+    autocast = autocast_to(dtype)  # as the dump's --amp
     x = ready_views(data.train_images, augment.params(0, 0, n), b)
 
     @torch.no_grad()

@@ -48,7 +48,7 @@ from kdcli import train as train_module
 from kdcli.cache import open_cache
 from kdcli.data import NotOfficialDataWarning, load_cifar10, resolve_device
 from kdcli.dump import DumpConfig, dump_logits, teacher_logits, view_labeller
-from kdcli.evaluate import autocast_dtype, load_model
+from kdcli.evaluate import autocast_dtype, autocast_to, load_model
 from kdcli.models import create_model
 from kdcli.runs import CachedTargets, DrawnAugmentation, Run
 from kdcli.train import Group, TeacherConfig
@@ -113,6 +113,7 @@ def teacher_variant(name, data, device, args, tmp):
     group = Group([Run(config, DrawnAugmentation(777, len(data.train_labels)))], data, device)
     if cuda:
         group.stack.to(memory_format=memory_format)
+        group.optimizer = train_module.make_optimizer(config, group.stack.parameters(), device, group.lr)  # momentum in the weights' layout
     if name == NO_LOSS_SCALE:
         group.scaler = torch.amp.GradScaler("cuda", enabled=False)
     started = time.perf_counter()
@@ -170,7 +171,7 @@ def dump_variants(data, data_dir, device, args, tmp):
     label = view_labeller(model, dtype, cuda)  # as the dump labels views (its --amp, --compile): augmentation compiled with the teacher
     compiled = torch.compile(model, dynamic=False) if cuda else model
     b, path = config.batch_size, Path(config.out)  # the largest batch; its cache is rewritten in place
-    autocast = torch.autocast("cuda", dtype or torch.bfloat16, enabled=dtype is not None)
+    autocast = autocast_to(dtype)
 
     def writes_in_main_thread():
         with h5py.File(path, "r+") as f:

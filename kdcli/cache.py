@@ -273,7 +273,9 @@ def verify_cache(path, teacher=None, k=256, device="auto", data_dir="data", down
         total = c.epochs_complete * c.num_images
         entries = torch.tensor(random.Random(seed).sample(range(total), min(k, total)), dtype=torch.long)  # distinct; no list of all
         epochs, index = entries // c.num_images, entries % c.num_images
-        amp = as_recorded_now(c.attrs["config"]).get("amp", "bf16")  # recompute as the dump computed
+        # Recompute as the dump computed: its teacher_precision says what it did on its device (float32 on a CPU).
+        amp = {"bfloat16": "bf16", "float16": "fp16", "float32": "off"}.get(c.attrs.get("teacher_precision"))
+        amp = amp or as_recorded_now(c.attrs["config"]).get("amp", "bf16")  # caches of before 2026-11-26 lack it
         worst = 0.0
         for e in epochs.unique().tolist():
             aug, cached = c.epoch(e)  # [N, 3], [N, C]

@@ -25,8 +25,8 @@ from tqdm import tqdm
 from kdcli import Interrupted, KdcliError, StopOnSigint, augment, cache
 from kdcli.checkpoint import resolve, sha256_file, training_reached
 from kdcli.data import load_cifar10, resolve_device
-from kdcli.evaluate import Precision, autocast_dtype, load_model
-from kdcli.train import require_at_least_one
+from kdcli.evaluate import Precision, autocast_dtype, autocast_to, load_model
+from kdcli.train import check_precision, require_at_least_one
 
 
 @dataclass
@@ -49,6 +49,7 @@ class DumpConfig:
 
     def __post_init__(self):
         require_at_least_one(self, "epochs", "batch_size", "subset")
+        check_precision(self.amp)
 
 
 def view_labeller(model, dtype: torch.dtype | None, compiled: bool):
@@ -56,7 +57,7 @@ def view_labeller(model, dtype: torch.dtype | None, compiled: bool):
     [B, 3, 32, 32] uint8, computed under CUDA autocast to `dtype` (None: float32)."""
 
     def label(images, p):
-        with torch.autocast("cuda", dtype or torch.bfloat16, enabled=dtype is not None):
+        with autocast_to(dtype):
             return model(augment.normalize(augment.apply(images, p))).float()
 
     # Compiled as one graph: crop, flip and normalisation fuse into one kernel feeding the first convolution,

@@ -34,13 +34,12 @@ Precision = Literal["bf16", "fp16", "off"]  # --amp: the autocast dtype on CUDA,
 def autocast_dtype(amp, device) -> torch.dtype | None:
     """--amp's dtype on `device`; None: float32."""
     if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():  # else autocast raises a RuntimeError
-        raise KdcliError("this GPU does not support bf16: pass --amp fp16 (or --amp off)")
+        raise KdcliError("this GPU does not support bf16: train and dump with --amp fp16 (or off); evaluate or verify a bf16 run with --device cpu")
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp) if device.type == "cuda" else None
 
 
-def autocast(amp, device) -> torch.autocast:
-    dtype = autocast_dtype(amp, device)
-    # No weight cache: it would hold tensors from outside a CUDA graph's capture.
+def autocast_to(dtype: torch.dtype | None) -> torch.autocast:
+    """CUDA autocast to `dtype`; None: off. No weight cache: it would hold tensors from outside a CUDA graph's capture."""
     return torch.autocast("cuda", dtype or torch.bfloat16, enabled=dtype is not None, cache_enabled=False)
 
 
@@ -50,7 +49,7 @@ def predict(model, images, amp="bf16", batch_size=1000) -> torch.Tensor:
     model.eval()
     out = []
     for i in range(0, len(images), batch_size):
-        with autocast(amp, images.device):
+        with autocast_to(autocast_dtype(amp, images.device)):
             out.append(model(augment.normalize(images[i : i + batch_size])).float())
     return torch.cat(out)
 

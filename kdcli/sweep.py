@@ -104,6 +104,22 @@ def groups(configs: list, parallel: int) -> list:
     return [members[i : i + size] for members in by_start.values() for i in range(0, len(members), size)]
 
 
+def students_at_once(config: SweepConfig, device) -> int:
+    """--parallel as it can be honoured on `device` (0: all)."""
+    if not stackable(config.model):  # batch norm's running statistics cannot be updated under vmap
+        return 1
+    if config.amp == "fp16" and device.type == "cuda":
+        if config.parallel != 1:  # one loss scale per stack: a student's overflow would skip its stack-mates' steps
+            warnings.warn("--amp fp16 trains students one at a time (each needs its own loss scale); --amp bf16 stacks them", stacklevel=3)
+        return 1
+    if config.parallel == 0 and device.type == "cpu":
+        # A vmapped convolution runs as a grouped one, which on CPUs made 6 LeNet-5 students slower than 6
+        # trained one after another (2 cores: 50x in a first probe, 1.4x in bench/README's run 5);
+        # stacking pays where kernels launch, on GPUs.
+        return 1
+    return config.parallel
+
+
 def allow_open_files(n: int):
     """Lift the soft limit on open files (1,024 on many systems) to n, or as far as the hard limit allows."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -121,14 +137,7 @@ def sweep(config: SweepConfig, progress=True) -> dict:
     configs = student_configs(config)
     kd = [c for c in configs if c.distillation_weight > 0]
     cache = open_student_cache(kd[0], data) if kd else None
-    parallel = config.parallel
-    if not stackable(config.model):  # batch norm's running statistics cannot be updated under vmap
-        parallel = 1
-    elif parallel == 0 and device.type == "cpu":
-        # A vmapped convolution runs as a grouped one, which on CPUs made 6 LeNet-5 students slower than 6
-        # trained one after another (2 cores: 50x in a first probe, 1.4x in bench/README's run 5);
-        # stacking pays where kernels launch, on GPUs.
-        parallel = 1
+    parallel = students_at_once(config, device)
     try:
         allow_open_files(len(configs) + 64)  # a lock file held open per student
         with claim_folder(config.out), contextlib.ExitStack() as students:  # a second sweep here is refused meanwhile

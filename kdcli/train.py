@@ -23,6 +23,7 @@ import math
 import os
 import sys
 import time
+import typing
 import warnings
 from dataclasses import asdict, dataclass
 from typing import Literal
@@ -34,7 +35,7 @@ from tqdm import tqdm
 from kdcli import Interrupted, KdcliError, StopOnSigint, __version__, augment
 from kdcli.checkpoint import CHECKPOINT, save_atomic
 from kdcli.data import load_cifar10, resolve_device
-from kdcli.evaluate import Precision, autocast, autocast_dtype, evaluate_stack
+from kdcli.evaluate import Precision, autocast_dtype, autocast_to, evaluate_stack
 from kdcli.losses import distillation_loss, soft_targets
 from kdcli.models import MODELS, create_model
 from kdcli.runs import CachedTargets, DrawnAugmentation, Run, check_same_inputs, claim_folder, flag, git_commit, plain, prepare_run_dir, truncate_metrics, write_json
@@ -84,6 +85,7 @@ class TrainOptions:
 
     def __post_init__(self):
         require_at_least_one(self, "epochs", "batch_size", "eval_every", "save_every", "subset")
+        check_precision(self.amp)
         if self.model not in MODELS:  # checked before any data is loaded or downloaded
             raise ConfigError("--model", f"unknown model {self.model!r}; known models: {', '.join(sorted(MODELS))}")
         if self.val_size < 0:
@@ -138,6 +140,12 @@ class StudentConfig(DistillOptions, TrainOptions):
         check_temperature(self.temperature)
 
 
+def check_precision(amp):
+    """Library callers are not held to the Literal the CLI enforces: True (bf16 before 2026-11-27) would be float32."""
+    if amp not in typing.get_args(Precision):
+        raise ConfigError("--amp", f"must be one of {', '.join(typing.get_args(Precision))}, got {amp!r}")
+
+
 def require_at_least_one(config, *names):
     """Counts that must be >= 1 (None passes: an option left unset)."""
     for name in names:
@@ -173,7 +181,7 @@ def make_optimizer(config: TrainOptions, parameters, device: torch.device, lr: t
     lr = lr if fused else float(lr)  # the CPU optimizers want a number
     if config.optimizer == "adam":
         return torch.optim.Adam(parameters, lr=lr, weight_decay=config.weight_decay, fused=fused, capturable=fused)
-    return torch.optim.SGD(
+    sgd = torch.optim.SGD(
         parameters,
         lr=lr,
         momentum=config.momentum,
@@ -181,6 +189,11 @@ def make_optimizer(config: TrainOptions, parameters, device: torch.device, lr: t
         weight_decay=config.weight_decay,
         fused=fused,
     )
+    # Zeros from the start: equal to SGD's first step (buffer = gradient, no dampening), and fused SGD would
+    # otherwise allocate its buffers uninitialised on a first step that fp16's loss scale may then skip.
+    for p in (p for group in sgd.param_groups for p in group["params"]) if config.momentum > 0 else ():
+        sgd.state[p]["momentum_buffer"] = torch.zeros_like(p)
+    return sgd
 
 
 # ---------------------------------------------------------------- the loop
@@ -252,10 +265,14 @@ class Group:
         # Compiled only alone: a vmapped stack was never compiled here, and CUDA graphs already serve it.
         compiled = config.compile and device.type == "cuda" and self.size == 1
         self.forward = torch.compile(self.stack) if compiled else self.stack
-        self.autocast = autocast(config.amp, device)
+        dtype = autocast_dtype(config.amp, device)
+        self.autocast = autocast_to(dtype)
         # fp16 gradients underflow without a loss scale (bf16 has float32's range). With a fused optimizer the
         # scaler's skip of an overflowed step happens on the device, so a CUDA graph captures it.
-        self.scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype(config.amp, device) == torch.float16)
+        fp16 = dtype == torch.float16
+        if fp16 and self.size > 1:
+            raise KdcliError("--amp fp16 trains one run at a time: stacked runs would share one loss scale, and one's overflow would skip all their steps")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=fp16)
         self.graph = GraphedStep(self) if config.cuda_graphs and device.type == "cuda" else None
         self.temperature = torch.tensor([r.temperature for r in runs], device=device)
         self.distillation_weight = torch.tensor([r.distillation_weight for r in runs], device=device)

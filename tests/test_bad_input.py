@@ -288,6 +288,7 @@ BAD_OPTIONS = [
     *[(c, ["--scheduler", "nope"], ["--scheduler", "multistep"]) for c in TRAINING],
     *[(c, ["--optimizer", "nope"], ["--optimizer", "sgd"]) for c in TRAINING],
     ("dump-logits", ["--dtype", "float8"], ["--dtype", "float16"]),
+    *[(c, ["--amp", "fp8"], ["--amp", "bf16", "fp16", "off"]) for c in [*TRAINING, "dump-logits"]],
     ("sweep", ["--distillation-weight", 0], ["--distillation-weight", "must be > 0 in a sweep", "--baseline"]),
     ("sweep", ["--hard-weight", 0], ["--hard-weight", "must be > 0 with --baseline"]),
     ("sweep", ["--resume"], ["No such option: --resume"]),

@@ -23,6 +23,7 @@ from kdcli.checkpoint import sha256_file
 from kdcli.data import load_cifar10
 from kdcli.dump import DumpConfig, dump_logits
 from kdcli.models import create_model
+from kdcli.train import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 E = 4
@@ -219,6 +220,11 @@ def test_unwritable_out_is_one_clear_error(tmp_path, teacher, data_dir):
 def test_bad_options_refused(tmp_path, teacher, data_dir, option):
     with pytest.raises(KdcliError, match="must be at least 1"):
         config(tmp_path, teacher, data_dir, **{option: 0})
+
+
+def test_a_precision_that_is_not_one_is_refused(tmp_path, teacher, data_dir):
+    with pytest.raises(ConfigError, match="--amp: must be one of bf16, fp16, off, got True"):
+        config(tmp_path, teacher, data_dir, amp=True)  # bf16 before --amp took a precision: not silently float32 now
 
 
 def assert_resumes_to(reference, cfg, done):

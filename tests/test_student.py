@@ -20,7 +20,7 @@ from kdcli.losses import distillation_loss
 from kdcli.models import create_model
 from kdcli.report import aggregate, collect
 from kdcli.runs import DrawnAugmentation, Run, claim_folder
-from kdcli.sweep import SweepConfig, sweep
+from kdcli.sweep import SweepConfig, students_at_once, sweep
 from kdcli.train import StudentConfig, TeacherConfig, train_runs, train_student, train_teacher
 
 CACHE_EPOCHS = 2
@@ -173,6 +173,16 @@ def test_stacked_students_each_get_their_own_temperature_and_weights(tmp_path, d
     assert len(recorded_targets) == 4  # one group of three students, ceil(200 / 64) steps
     # The baseline of the group gets soft targets of weight 0 and the sweep's hard weight.
     assert {tuple(settings_of(*call)) for call in recorded_targets} == {((1.0, 0.0, 0.6), (2.0, 0.3 * 4, 0.6), (7.0, 0.3 * 49, 0.6))}
+
+
+def test_a_sweep_in_fp16_on_a_gpu_trains_its_students_one_at_a_time():
+    """One loss scale per stack: one student's overflow would skip its stack-mates' steps."""
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    config = SweepConfig(parallel=0, device="cpu")
+    assert (students_at_once(config, cuda), students_at_once(config, cpu)) == (0, 1)  # bf16: all at once on a GPU
+    with pytest.warns(UserWarning, match="--amp fp16 trains students one at a time"):
+        assert students_at_once(SweepConfig(parallel=4, amp="fp16"), cuda) == 1
+    assert students_at_once(SweepConfig(parallel=1, amp="fp16"), cuda) == 1
 
 
 def test_a_grid_over_the_distillation_weight_is_one_sweep_per_weight_and_one_report(tmp_path, data_dir, cache_path):

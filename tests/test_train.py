@@ -436,6 +436,8 @@ def test_resume_without_a_checkpoint_starts_fresh(tmp_path, data_dir, finished):
         (TeacherConfig, "lr", float("nan")),
         (TeacherConfig, "subset", 0),
         (TeacherConfig, "val_size", -1),
+        (TeacherConfig, "amp", True),  # bf16 before --amp took a precision: not silently float32 now
+        (StudentConfig, "amp", "FP16"),
         (StudentConfig, "temperature", 0.0),
         (StudentConfig, "temperature", -1.0),
         (StudentConfig, "temperature", float("nan")),
@@ -610,7 +612,7 @@ def test_a_run_resumes_under_another_precision_and_old_runs_record_amp_as_a_flag
 
 def test_bf16_on_a_gpu_without_it_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
-    with pytest.raises(KdcliError, match="does not support bf16: pass --amp fp16"):
+    with pytest.raises(KdcliError, match="does not support bf16: train and dump with --amp fp16"):
         autocast_dtype("bf16", torch.device("cuda"))
     assert autocast_dtype("fp16", torch.device("cuda")) == torch.float16
     assert autocast_dtype("bf16", torch.device("cpu")) is None  # autocast is for CUDA only
