@@ -47,9 +47,9 @@ def autocast_to(dtype: torch.dtype | None) -> torch.autocast:
 def predict(model, images, amp="bf16", batch_size=1000) -> torch.Tensor:
     """Logits [M, C] of one model on un-augmented images, under --amp `amp`."""
     model.eval()
-    out = []
+    dtype, out = autocast_dtype(amp, images.device), []
     for i in range(0, len(images), batch_size):
-        with autocast_to(autocast_dtype(amp, images.device)):
+        with autocast_to(dtype):
             out.append(model(augment.normalize(images[i : i + batch_size])).float())
     return torch.cat(out)
 
