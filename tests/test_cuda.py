@@ -3,22 +3,27 @@
 Run on a GPU machine with `python -m pytest tests/test_cuda.py`.
 """
 
+import contextlib
 import functools
+import os
+import signal
 
 import h5py
 import numpy as np
 import pytest
 import torch
 
+import kdcli.train as train_module
 from kdcli import KdcliError
+from kdcli.cache import verify_cache
 from kdcli.checkpoint import save_atomic
 from kdcli.data import load_cifar10
-from kdcli.cache import verify_cache
 from kdcli.dump import DumpConfig, dump_logits
 from kdcli.evaluate import load_model, predict
+from kdcli.losses import distillation_loss
 from kdcli.models import create_model
 from kdcli.runs import DrawnAugmentation, Run
-from kdcli.train import StudentConfig, TeacherConfig, train_runs, train_student, train_teacher
+from kdcli.train import StudentConfig, TeacherConfig, TrainingInterrupted, train_runs, train_student, train_teacher
 
 DEVICE = "cuda"
 pytestmark = pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -39,6 +44,22 @@ def deterministic_cudnn(monkeypatch):
     """cuDNN's default backward kernels add with atomics in any order: two eager runs differ by ~1e-5 too."""
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+
+
+@contextlib.contextmanager
+def ctrl_c_at_step(n, monkeypatch):
+    """Ctrl-C during eager step n (counted by the loss it computes; a CUDA graph computes none in Python)."""
+    calls = [0]
+
+    def loss(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == n:
+            os.kill(os.getpid(), signal.SIGINT)
+        return distillation_loss(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "distillation_loss", loss)
+        yield
 
 
 def assert_close_weights(a, b, atol):
@@ -66,26 +87,9 @@ def test_cuda_graph_teacher_with_batch_norm_equals_eager(tmp_path, data_dir, amp
 
 def test_fp16_loss_scale_is_checkpointed_and_resumed(tmp_path, data_dir, monkeypatch):
     """An fp16 run stopped by Ctrl-C mid-epoch resumes with the loss scale it had, not a fresh 65,536."""
-    import os
-    import signal
-
-    import kdcli.train as train_module
-    from kdcli.losses import distillation_loss
-    from kdcli.train import TrainingInterrupted
-
     options = dict(model="resnet8", epochs=2, batch_size=32, data_dir=data_dir, amp="fp16", lr_milestones=(), cuda_graphs=False)  # a graph calls no Python loss
-    calls = [0]
-
-    def loss(*args, **kwargs):
-        calls[0] += 1
-        if calls[0] == 9:  # epoch 2, step 2 of 7 (200 images, batch 32)
-            os.kill(os.getpid(), signal.SIGINT)
-        return distillation_loss(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "distillation_loss", loss)
-    with pytest.raises(TrainingInterrupted):
+    with pytest.raises(TrainingInterrupted), ctrl_c_at_step(9, monkeypatch):  # epoch 2, step 2 of 7 (200 images, batch 32)
         train(tmp_path, "run", TeacherConfig, (7,), **options)
-    monkeypatch.undo()
     path = tmp_path / "run7" / "checkpoint.pt"
     state = torch.load(path, weights_only=True)
     assert state["step"] == 2 and set(state["loss_scale"]) >= {"scale", "_growth_tracker"}
@@ -157,27 +161,10 @@ def test_resume_refuses_another_precision(tmp_path, data_dir):
 def test_stacked_students_stopped_mid_epoch_resume_alone(tmp_path, data_dir, monkeypatch):
     """Two students stacked (contiguous weights), Ctrl-C mid-epoch, each resumed alone (channels_last weights,
     fused SGD): the momentum buffers must take the new layout, and each ends as it would have."""
-    import os
-    import signal
-
-    import kdcli.train as train_module
-    from kdcli.losses import distillation_loss
-    from kdcli.train import TrainingInterrupted
-
     options = dict(model="lenet5", epochs=2, batch_size=32, data_dir=data_dir, distillation_weight=0.0, amp="off", cuda_graphs=False)
     reference = train(tmp_path, "reference", StudentConfig, (1, 2), **options)
-    calls = [0]
-
-    def loss(*args, **kwargs):
-        calls[0] += 1
-        if calls[0] == 9:  # epoch 2, step 2 of 7 (200 images, batch 32)
-            os.kill(os.getpid(), signal.SIGINT)
-        return distillation_loss(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "distillation_loss", loss)
-    with pytest.raises(TrainingInterrupted):
+    with pytest.raises(TrainingInterrupted), ctrl_c_at_step(9, monkeypatch):  # epoch 2, step 2 of 7 (200 images, batch 32)
         train(tmp_path, "run", StudentConfig, (1, 2), **options)
-    monkeypatch.undo()
     resumed = [train(tmp_path, "run", StudentConfig, (s,), resume=True, **options)[0] for s in (1, 2)]
     for a, b in zip(resumed, reference):
         assert_close_weights(a, b, atol=1e-2)  # stacked (a grouped convolution) and alone run other TF32 kernels
