@@ -123,10 +123,8 @@ def prepare_run_dir(config):
     if not (config.resume and ckpt.exists()):
         return None
     state = load_checkpoint(ckpt)
-    missing = [key for key in ("optimizer", "epoch", "step", "partial", "config") if key not in state]
-    if missing or state["model_name"] != config.model:
-        what = f"it lacks {', '.join(missing)}" if missing else f"it holds a {state['model_name']}, not a {config.model}"
-        raise KdcliError(f"{ckpt} is not a checkpoint of this run to resume ({what}): pass --force to start over, or another --out")
+    if missing := [key for key in ("optimizer", "epoch", "step", "partial", "config") if key not in state]:
+        raise KdcliError(f"{ckpt} is not a checkpoint of a run to resume (it lacks {', '.join(missing)}): pass --force to start over, or another --out")
     check_same_options(config, state, out)
     return state
 
@@ -137,8 +135,15 @@ def forget_run(out):
         (Path(out) / name).unlink(missing_ok=True)
 
 
-def check_same_options(config, state, out, remedy="drop them, or use another --out"):
+def check_same_options(config, state, out, remedy="pass the options it started with (its config.json), --force to start over, or another --out"):
+    """The run in `out` (its checkpoint's `state`) is the run `config` describes: a teacher's or a student's, of
+    the same model, with the same options (a resumed run is given its options again; --resume does not read them)."""
     saved = as_recorded_now(state.get("config", {}))
+    was, now = ("student" if "cache" in c else "teacher" for c in (saved, vars(config)))
+    if was != now:
+        raise KdcliError(f"{out} holds a {was}'s run, not a {now}'s: pass another --out")
+    if state.get("model_name", config.model) != config.model:
+        raise KdcliError(f"{out} holds a {state['model_name']}, not a {config.model}: pass --model {state['model_name']} and its other options, --force to start over, or another --out")
     changed = [
         f"{flag(k)} {getattr(config, k)!r} (run has {saved[k]!r})"
         for k in saved
