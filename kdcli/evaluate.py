@@ -5,12 +5,13 @@
     logits = predict(model, images_uint8)      # [M, C] on un-augmented images
 """
 
+import json
 from typing import Literal
 
 import torch
 
 from kdcli import KdcliError, as_recorded_now, augment
-from kdcli.checkpoint import load_checkpoint, training_reached
+from kdcli.checkpoint import load_checkpoint, resolve, training_reached
 from kdcli.data import load_cifar10, resolve_device
 from kdcli.models import create_model
 
@@ -66,6 +67,12 @@ def load_model(checkpoint_path, device) -> tuple:
     return model.eval(), state
 
 
+def _check_trained_on(data, recorded, data_dir):
+    was = json.loads(recorded.read_text()).get("train_fingerprint") if recorded.is_file() else None
+    if was is not None and was != data.fingerprint:
+        raise KdcliError(f"{recorded.parent} was trained on other images than those in {data_dir}: pass its --data-dir to evaluate it")
+
+
 def evaluate(checkpoint_path, data_dir="data", device="auto", download=True) -> dict:
     """Test accuracy of a checkpoint, overall and per class (percent), and its accuracy on the training
     images its run held out (--val-size), if it did."""
@@ -74,6 +81,8 @@ def evaluate(checkpoint_path, data_dir="data", device="auto", download=True) -> 
     config = state.get("config", {})
     held_out = config.get("val_size", 0)
     data = load_cifar10(data_dir, dev, config.get("subset") if held_out else None, download, held_out)
+    if held_out:  # its accuracy on the held-out images means something only on the images it held out
+        _check_trained_on(data, resolve(checkpoint_path).parent / "config.json", data_dir)
     amp = as_recorded_now(config).get("amp", "bf16")  # as the run evaluated itself
     pred = predict(model, data.test_images, amp).argmax(1)
     per_class = [

@@ -222,6 +222,9 @@ def test_evaluate_finds_the_held_out_images_of_a_run_on_a_subset(tmp_path, data_
     result = evaluate(tmp_path / "run", data_dir, device="cpu", download=False)
     assert result["val_accuracy"] == summary["val_accuracy"] == pytest.approx(100 * hits, abs=1e-4)
     assert result["val_size"] == 30
+    other = write_cifar_folder(tmp_path / "other", seed=1)  # its held-out images would be other images
+    with pytest.raises(KdcliError, match="was trained on other images than those in .*other: pass its --data-dir"):
+        evaluate(tmp_path / "run", other, device="cpu", download=False)
 
 
 def test_a_run_without_a_validation_split_reports_no_validation_accuracy(finished):
