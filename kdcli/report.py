@@ -23,6 +23,7 @@ import statistics
 from pathlib import Path
 
 from kdcli import KdcliError, as_recorded_now
+from kdcli.runs import LOCK
 
 SETTING_COLUMNS = ["model", "temperature", "distillation_weight", "hard_weight", "n"]
 ACCURACY_COLUMNS = ["mean", "std", "min", "max", "delta", "ci_low", "ci_high"]  # percent; delta and CI vs the baseline
@@ -114,13 +115,14 @@ def _read_json(path: Path) -> dict:
 
 
 def collect(paths) -> Runs:
-    """Every run folder (one with summary.json) at or below each path; folders with only config.json are unfinished."""
+    """Every run folder (one with summary.json) at or below each path; folders with only config.json, or only the
+    lock a sweep takes on each student's folder before it starts it, are unfinished."""
     finished, started = set(), set()
     for path in map(Path, paths):
         if not path.is_dir():
             raise KdcliError(f"{path} is not a folder: pass run folders or a folder holding them (a sweep)")
         finished |= {f.parent.resolve() for f in path.rglob("summary.json")}
-        started |= {f.parent.resolve() for f in path.rglob("config.json")}
+        started |= {f.parent.resolve() for pattern in ("config.json", LOCK) for f in path.rglob(pattern)}
     # a folder that holds runs (a sweep writing its own config.json) is a container, not an unfinished run
     runs_below = finished | started
     unfinished = sorted(d for d in started - finished if not any(d in r.parents for r in runs_below))
@@ -134,7 +136,9 @@ def collect(paths) -> Runs:
             raise KdcliError(f"{d / 'summary.json'} has no model or test_accuracy: is it a kdcli run?")
         if summary.get("distillation_weight") and not _is_number(summary.get("temperature")):
             raise KdcliError(f"{d / 'summary.json'} has a distillation weight but no temperature: is it a kdcli run?")
-        config = _read_json(d / "config.json") if (d / "config.json").exists() else {}
+        if not (d / "config.json").is_file():
+            raise KdcliError(f"{d / 'config.json'} is missing: kdcli writes it beside summary.json, and the report compares runs by it")
+        config = _read_json(d / "config.json")
         runs.append({"run_dir": str(d), "summary": summary, "config": config})
     return runs
 

@@ -90,9 +90,13 @@ def test_collect_finds_nested_runs_and_skips_unfinished(tmp_path):
     (sweep / "config.json").write_text("{}")  # a sweep's own config: a container, not an unfinished run
     make_run(sweep / "kd" / "T50-s777", 0.0, temperature=50.0, weight=0.1, finished=False)
     make_run(sweep / "kd" / "T100-s777", 0.0, temperature=100.0, weight=0.1, finished=False)
+    for name in ("T50-s10", "T100-s10"):  # claimed by the sweep (it locks every student's folder first), not started yet
+        (sweep / "kd" / name).mkdir()
+        (sweep / "kd" / name / ".kdcli.lock").write_text("")
+    (sweep / ".kdcli.lock").write_text("")  # the sweep's own lock: a container still
     runs = collect([sweep])
     assert len(runs) == 7
-    assert len(runs.unfinished) == 2
+    assert len(runs.unfinished) == 4
     assert {r["summary"]["seed"] for r in runs} == {777, 10, 20, 30}
     assert all(set(r) == {"run_dir", "summary", "config"} for r in runs)
 
@@ -109,6 +113,13 @@ def test_collect_errors_on_nothing_found(tmp_path):
         collect([tmp_path])
     with pytest.raises(KdcliError, match="not a folder"):
         collect([tmp_path / "missing"])
+
+
+def test_a_finished_run_without_its_config_is_named(tmp_path):
+    sweep = make_sweep(tmp_path / "sweep")
+    (sweep / "kd" / "T10-s10" / "config.json").unlink()
+    with pytest.raises(KdcliError, match=r"T10-s10/config.json is missing: kdcli writes it beside summary.json"):
+        collect([sweep])
 
 
 def test_collect_errors_on_unreadable_summary(tmp_path):
