@@ -181,7 +181,8 @@ RECIPE = ("epochs", "batch_size", "lr", "optimizer", "momentum", "nesterov", "we
 
 def check_comparable(runs):
     """Refuse runs whose accuracies are not samples of one experiment: runs of a model trained with other
-    recipes (config.json), or two runs of one setting with the same seed (one run reported twice)."""
+    recipes (config.json), KD runs from caches of other lengths (a student replays cached epoch e mod E),
+    or two runs of one setting with the same seed (one run reported twice)."""
     by_recipe: dict[str, dict[tuple, str]] = {}  # model -> recipe (each field as JSON) -> a run with it
     for r in runs:
         config = as_recorded_now(r["config"])
@@ -192,6 +193,10 @@ def check_comparable(runs):
             differ = [k for i, k in enumerate(RECIPE) if len({recipe[i] for recipe in found}) > 1]
             a, b = list(found.values())[:2]
             raise KdcliError(f"the {model} runs were trained with other {', '.join(differ)} (e.g. {a} and {b}): report each recipe's runs separately")
+    lengths = {r["config"]["cache_epochs"]: r["run_dir"] for r in runs if "cache_epochs" in r["config"]}
+    if len(lengths) > 1:
+        (e1, a), (e2, b) = list(lengths.items())[:2]
+        raise KdcliError(f"these runs were distilled from caches of {e1} and {e2} epochs (e.g. {a} and {b}): report each cache's runs separately")
     seen = {}
     for r in runs:
         key = (_setting(r["summary"]), r["summary"].get("seed"))

@@ -115,6 +115,15 @@ def test_collect_errors_on_nothing_found(tmp_path):
         collect([tmp_path / "missing"])
 
 
+def test_students_of_caches_of_other_lengths_are_not_pooled(tmp_path):
+    make_run(tmp_path / "a", 74.0, temperature=4.0, weight=0.1, config={**TEACHER, "cache_epochs": 3})
+    make_run(tmp_path / "b", 75.0, seed=5, temperature=4.0, weight=0.1, config={**TEACHER, "cache_epochs": 1})
+    with pytest.raises(KdcliError, match=r"distilled from caches of 3 and 1 epochs \(e.g. .*a and .*b\): report each cache's runs separately"):
+        aggregate(collect([tmp_path]))
+    (tmp_path / "b" / "config.json").write_text(json.dumps({"model": "lenet5", "seed": 5, **TEACHER, "cache_epochs": 3}))
+    assert [r["n"] for r in aggregate(collect([tmp_path]))] == [2]
+
+
 def test_a_finished_run_without_its_config_is_named(tmp_path):
     sweep = make_sweep(tmp_path / "sweep")
     (sweep / "kd" / "T10-s10" / "config.json").unlink()
