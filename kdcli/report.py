@@ -193,10 +193,11 @@ def check_comparable(runs):
             differ = [k for i, k in enumerate(RECIPE) if len({recipe[i] for recipe in found}) > 1]
             a, b = list(found.values())[:2]
             raise KdcliError(f"the {model} runs were trained with other {', '.join(differ)} (e.g. {a} and {b}): report each recipe's runs separately")
-    lengths = {r["config"]["cache_epochs"]: r["run_dir"] for r in runs if "cache_epochs" in r["config"]}
-    if len(lengths) > 1:
-        (e1, a), (e2, b) = list(lengths.items())[:2]
-        raise KdcliError(f"these runs were distilled from caches of {e1} and {e2} epochs (e.g. {a} and {b}): report each cache's runs separately")
+    # Cached epoch e's views depend on (seed, e) alone: students of E >= their epochs replayed the same ones.
+    replayed = {min(c["cache_epochs"], c.get("epochs", c["cache_epochs"])): r["run_dir"] for r in runs if "cache_epochs" in (c := r["config"])}
+    if len(replayed) > 1:
+        (e1, a), (e2, b) = list(replayed.items())[:2]
+        raise KdcliError(f"these runs replayed {e1} and {e2} cached epochs of views (e.g. {a} and {b}): report each cache's runs separately")
     seen = {}
     for r in runs:
         key = (_setting(r["summary"]), r["summary"].get("seed"))

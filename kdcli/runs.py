@@ -141,7 +141,7 @@ def check_same_options(config, state, out, remedy="pass the options it started w
     saved = as_recorded_now(state.get("config", {}))
     was, now = ("student" if "cache" in c else "teacher" for c in (saved, vars(config)))
     if was != now:
-        raise KdcliError(f"{out} holds a {was}'s run, not a {now}'s: pass another --out")
+        raise KdcliError(f"{out} holds a {was}'s run, not a {now}'s: pass another --out, or --force to start over")
     if state.get("model_name", config.model) != config.model:
         raise KdcliError(f"{out} holds a {state['model_name']}, not a {config.model}: pass --model {state['model_name']} and its other options, --force to start over, or another --out")
     changed = [

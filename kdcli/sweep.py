@@ -10,14 +10,16 @@ students are kept, unfinished ones continue from their checkpoints. The report
 """
 
 import contextlib
+import functools
 import resource
 import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from kdcli import Interrupted
 from kdcli.checkpoint import CHECKPOINT, load_checkpoint
 from kdcli.data import load_cifar10, resolve_device
-from kdcli.runs import check_same_inputs, check_same_options, claim_folder, forget_run
+from kdcli.runs import LOCK, check_same_inputs, check_same_options, claim_folder, forget_run
 from kdcli.stack import stackable
 from kdcli.train import ConfigError, DistillOptions, StudentConfig, TrainOptions, check_temperature, open_student_cache, student_runs, train_runs
 
@@ -120,6 +122,19 @@ def students_at_once(config: SweepConfig, device) -> int:
     return config.parallel
 
 
+def _forget_on_refusal(folders, exc_type, exc, tb):
+    """A sweep refused (not stopped: a stopped sweep's report counts its students not started yet) leaves the
+    student folders it made as if never made, where they still hold only its lock."""
+    if exc_type is None or issubclass(exc_type, (Interrupted, KeyboardInterrupt)):
+        return
+    for folder in folders:
+        if {p.name for p in folder.iterdir()} <= {LOCK}:
+            (folder / LOCK).unlink(missing_ok=True)
+            folder.rmdir()
+            with contextlib.suppress(OSError):  # its T30/ or baseline/ parent too, if nothing else is in it
+                folder.parent.rmdir()
+
+
 def allow_open_files(n: int):
     """Lift the soft limit on open files (1,024 on many systems) to n, or as far as the hard limit allows."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -142,8 +157,10 @@ def sweep(config: SweepConfig, progress=True) -> dict:
         allow_open_files(len(configs) + 64)  # a lock file held open per student
         with claim_folder(config.out), contextlib.ExitStack() as students:  # a second sweep here is refused meanwhile
             # and so is another kdcli into any student's folder, from the start, so --force never deletes another kdcli's files
+            new = [Path(c.out) for c in configs if not Path(c.out).exists()]
             for c in configs:
                 students.enter_context(claim_folder(c.out))
+            students.push(functools.partial(_forget_on_refusal, new))
             if config.force:  # every student at once: a --force sweep stopped part-way resumes without --force
                 for c in configs:
                     forget_run(c.out)

@@ -465,6 +465,7 @@ class Group:
                     "optimizer": split_optimizer_state(optimizer_state, self.size, s),
                     "loss_scale": scaler_state,  # the group's (fp16 on CUDA; else empty)
                     "train_images": self.num_images,  # it trains on the first N training images (a dump of a teacher records it)
+                    "train_fingerprint": r.extra.get("train_fingerprint"),  # which images: evaluate checks its held-out ones
                     "epoch": self.epoch,  # epochs complete
                     "step": self.step,  # steps done into the next epoch (non-zero only after Ctrl-C)
                     "partial": self._own_column(s),  # that epoch's per-step losses and hits so far

@@ -118,9 +118,11 @@ def test_collect_errors_on_nothing_found(tmp_path):
 def test_students_of_caches_of_other_lengths_are_not_pooled(tmp_path):
     make_run(tmp_path / "a", 74.0, temperature=4.0, weight=0.1, config={**TEACHER, "cache_epochs": 3})
     make_run(tmp_path / "b", 75.0, seed=5, temperature=4.0, weight=0.1, config={**TEACHER, "cache_epochs": 1})
-    with pytest.raises(KdcliError, match=r"distilled from caches of 3 and 1 epochs \(e.g. .*a and .*b\): report each cache's runs separately"):
+    with pytest.raises(KdcliError, match=r"replayed 3 and 1 cached epochs of views \(e.g. .*a and .*b\): report each cache's runs separately"):
         aggregate(collect([tmp_path]))
-    (tmp_path / "b" / "config.json").write_text(json.dumps({"model": "lenet5", "seed": 5, **TEACHER, "cache_epochs": 3}))
+    for run, epochs in (("a", 1), ("b", 1)):  # 1-epoch students replay cached epoch 0 only, from either cache
+        config = json.loads((tmp_path / run / "config.json").read_text())
+        (tmp_path / run / "config.json").write_text(json.dumps({**config, "epochs": epochs}))
     assert [r["n"] for r in aggregate(collect([tmp_path]))] == [2]
 
 

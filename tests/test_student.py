@@ -185,6 +185,16 @@ def test_a_sweep_in_fp16_on_a_gpu_trains_its_students_one_at_a_time():
     assert students_at_once(SweepConfig(parallel=1, amp="fp16"), cuda) == 1
 
 
+def test_a_refused_sweep_leaves_no_folders_for_students_it_never_started(tmp_path, data_dir, cache_path):
+    shared = dict(temperatures=(4.0,), batch_size=64, lr_milestones=(), device="cpu", quiet=True, data_dir=str(data_dir),
+                  cache=str(cache_path), out=str(tmp_path / "sweep"))  # fmt: skip
+    sweep(SweepConfig(seeds=(1,), epochs=1, **shared), progress=False)
+    with pytest.raises(KdcliError, match="trained with other options"):  # its seed-1 students trained 1 epoch, not 2
+        sweep(SweepConfig(seeds=(1, 2), epochs=2, **shared), progress=False)
+    assert sorted(str(p.relative_to(tmp_path / "sweep")) for p in (tmp_path / "sweep").glob("*/seed*")) == ["T4/seed1", "baseline/seed1"]
+    assert collect([tmp_path / "sweep"]).unfinished == []
+
+
 def test_a_grid_over_the_distillation_weight_is_one_sweep_per_weight_and_one_report(tmp_path, data_dir, cache_path):
     """README's recipe: the later sweeps without baselines, the first one's serving them all."""
     shared = dict(temperatures=(4.0,), seeds=(1, 2), epochs=1, batch_size=64, lr_milestones=(), device="cpu", quiet=True,
