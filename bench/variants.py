@@ -79,24 +79,25 @@ def parse_args(argv=None):
     return args
 
 
+DEFAULT = "kdcli default (--amp fp16)"
+NO_LOSS_SCALE = "--amp fp16 without its loss scale (speed only)"  # what the scale's overflow check costs a step
 TEACHER_VARIANTS = {  # name -> (TeacherConfig options, cuDNN autotuning, memory format of weights and inputs)
-    "kdcli default (--amp fp16)": ({}, True, torch.channels_last),
+    DEFAULT: ({}, True, torch.channels_last),
     "cuDNN autotuning off": ({}, False, torch.channels_last),
     "eager steps (--no-cuda-graphs)": ({"cuda_graphs": False}, True, torch.channels_last),
     "NCHW instead of channels_last": ({}, True, torch.contiguous_format),
     "--compile": ({"compile": True}, True, torch.channels_last),
     # PyTorch runs batch norm on bf16 inputs with its own kernels (28 % of a step), on fp16 ones with cuDNN's.
     "--amp bf16 (PyTorch's batch norm)": ({"amp": "bf16"}, True, torch.channels_last),
-    "--amp fp16 without its loss scale (speed only)": ({}, True, torch.channels_last),
+    NO_LOSS_SCALE: ({}, True, torch.channels_last),
 }
-NO_LOSS_SCALE = "--amp fp16 without its loss scale (speed only)"  # what the scale's overflow check costs a step
 
 
 def teacher_variants(args):
     """Each variant in a fresh process (on a CPU only the default: the others are CUDA paths)."""
     cuda = resolve_device(args.device).type == "cuda"
     for name in TEACHER_VARIANTS:
-        if cuda or name == "kdcli default (--amp fp16)":  # the others are CUDA-only paths
+        if cuda or name == DEFAULT:  # the others are CUDA-only paths
             command = [sys.executable, __file__, "teacher", f"--variant={name}", "--device", args.device,
                        "--images", str(args.images), "--model", args.model, "--repeat", str(args.repeat)]  # fmt: skip
             subprocess.run(command + (["--data-dir", args.data_dir] if args.data_dir else []), check=True)
