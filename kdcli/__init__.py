@@ -6,8 +6,11 @@ as one line and exits 1.
 """
 
 import signal
+from typing import Literal
 
 __version__ = "0.1.0"
+
+Device = Literal["auto", "cuda", "mps", "cpu"]  # --device; auto: cuda, then mps, then cpu
 
 # Options that runs written by an earlier kdcli do not record, and the value those runs trained as: a
 # resumed or reported old run compares as this value, not as a different option.

@@ -19,7 +19,7 @@ from typing import Literal
 
 import typer
 
-from kdcli import Interrupted, KdcliError, __version__
+from kdcli import Device, Interrupted, KdcliError, __version__
 
 app = typer.Typer(
     add_completion=False,
@@ -43,10 +43,25 @@ def _field_help(cls) -> dict:
 
 
 def _option_type(annotation):
-    """Tuples become comma-separated strings on the command line."""
-    if typing.get_origin(annotation) is tuple:
+    """Tuples become comma-separated strings on the command line; Literals are strings from a fixed choice."""
+    if typing.get_origin(annotation) in (tuple, Literal):
         return str
     return annotation
+
+
+def _choice(annotation) -> dict:
+    """A Literal option checked by a callback, for a plain "'gpu' is not one of ..." without the
+    "Value error," that Typer's own Literal conversion puts in front."""
+    if typing.get_origin(annotation) is not Literal:
+        return {}
+    choices = typing.get_args(annotation)
+
+    def one_of(value):
+        if value not in choices:
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(map(repr, choices))}")
+        return value
+
+    return {"callback": one_of, "metavar": "[" + "|".join(choices) + "]"}
 
 
 def _parse_list(value: str, item_type, flag: str) -> tuple:
@@ -73,7 +88,7 @@ def command_from(cls, name: str, run):
             inspect.Parameter(
                 f.name,
                 inspect.Parameter.KEYWORD_ONLY,
-                default=typer.Option(default, *decls, help=helps.get(f.name, "")),
+                default=typer.Option(default, *decls, help=helps.get(f.name, ""), **_choice(annotation)),
                 annotation=_option_type(annotation),
             )
         )
@@ -212,7 +227,7 @@ _register_commands()
 def evaluate(
     checkpoint: str = typer.Argument(..., help="a run folder or its checkpoint.pt"),
     data_dir: str = typer.Option("data", help="folder holding cifar-10-batches-py/"),
-    device: Literal["auto", "cuda", "mps", "cpu"] = typer.Option("auto", help="auto: cuda, then mps, then cpu"),
+    device: str = typer.Option("auto", help="auto: cuda, then mps, then cpu", **_choice(Device)),
     per_class: bool = typer.Option(False, "--per-class", help="also print the accuracy of each class"),
     download: bool = typer.Option(True, "--download/--no-download", help="fetch CIFAR-10 when it is missing"),
 ):
@@ -237,7 +252,7 @@ def cache_info(
     verify: int = typer.Option(0, min=0, help="recompute the teacher on this many random cached entries and compare"),
     teacher: str = typer.Option("", help="teacher run folder or checkpoint, for --verify (default: the one the dump was given)"),
     data_dir: str = typer.Option("data", help="folder holding cifar-10-batches-py/, for --verify: the images the cache was made on"),
-    device: Literal["auto", "cuda", "mps", "cpu"] = typer.Option("auto", help="auto: cuda, then mps, then cpu"),
+    device: str = typer.Option("auto", help="auto: cuda, then mps, then cpu", **_choice(Device)),
     download: bool = typer.Option(True, "--download/--no-download", help="fetch CIFAR-10 when it is missing"),
 ):
     """Print a cache's metadata, shapes and size; with --verify, check its logits against the teacher."""

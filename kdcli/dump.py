@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from kdcli import Interrupted, KdcliError, StopOnSigint, augment, cache
+from kdcli import Device, Interrupted, KdcliError, StopOnSigint, augment, cache
 from kdcli.checkpoint import resolve, sha256_file, training_reached
 from kdcli.data import load_cifar10, resolve_device
 from kdcli.evaluate import Precision, autocast_dtype, autocast_to, load_model
@@ -40,7 +40,7 @@ class DumpConfig:
     data_dir: str = "data"  # folder holding cifar-10-batches-py/
     download: bool = True  # fetch CIFAR-10 when it is missing
     subset: int | None = None  # use only the first N training images (smoke runs)
-    device: Literal["auto", "cuda", "mps", "cpu"] = "auto"  # auto: cuda, then mps, then cpu
+    device: Device = "auto"  # auto: cuda, then mps, then cpu
     amp: Precision = "bf16"  # autocast on CUDA: bf16 (1.4x the images/s of off on an H100; logits within bf16 rounding), fp16 or off; no effect elsewhere
     compile: bool = True  # torch.compile augmentation + teacher as one graph on CUDA (H100: ~20 s to start, then 290k img/s); no effect elsewhere
     resume: bool = False  # keep a complete cache with the same settings instead of refusing it (make passes it); an unfinished one resumes either way

@@ -38,8 +38,8 @@ class SweepConfig(DistillOptions, TrainOptions):
 
     cli_hidden = frozenset({"resume"})  # not options of `kdcli sweep`: a sweep always resumes (--force starts it over)
 
-    def __post_init__(self):
-        super().__post_init__()
+    def check(self):
+        super().check()
         if not self.distillation_weight > 0:
             raise ConfigError("--distillation-weight", "must be > 0 in a sweep: its students without the teacher are the baselines (--baseline)")
         if self.baseline and self.hard_weight == 0:

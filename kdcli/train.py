@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from kdcli import Interrupted, KdcliError, StopOnSigint, __version__, augment
+from kdcli import Device, Interrupted, KdcliError, StopOnSigint, __version__, augment
 from kdcli.checkpoint import CHECKPOINT, save_atomic
 from kdcli.data import load_cifar10, resolve_device
 from kdcli.evaluate import Precision, autocast_dtype, autocast_to, evaluate_stack
@@ -69,7 +69,7 @@ class TrainOptions:
     scheduler: Literal["multistep", "cosine", "onecycle", "none"] = "multistep"  # learning-rate schedule
     lr_milestones: tuple[int, ...] = (150, 225)  # epochs where multistep multiplies the lr by lr-gamma
     lr_gamma: float = 0.1  # multistep factor (reference: 0.1)
-    device: Literal["auto", "cuda", "mps", "cpu"] = "auto"  # auto: cuda, then mps, then cpu
+    device: Device = "auto"  # auto: cuda, then mps, then cpu
     amp: Precision = "bf16"  # autocast on CUDA: bf16, fp16 (with a loss scale) or off; no effect elsewhere
     compile: bool = False  # torch.compile the model (CUDA; a run alone, not stacked students): ResNet18 teacher epochs 1.135 -> 1.023 s on an H100 (bench/variants.py teacher), for ~40 s of compiling
     cuda_graphs: bool = True  # replay each step as one CUDA graph (CUDA; small models are launch-bound)
@@ -84,6 +84,11 @@ class TrainOptions:
     quiet: bool = False  # one log line per evaluation instead of a progress bar
 
     def __post_init__(self):
+        self.check()
+        self.warn_ineffective()  # only once every check passed: a warning just before an error is noise
+
+    def check(self):
+        """Raise ConfigError on a bad value; the commands' configs extend it."""
         require_at_least_one(self, "epochs", "batch_size", "eval_every", "save_every", "subset")
         check_precision(self.amp)
         if self.model not in MODELS:  # checked before any data is loaded or downloaded
@@ -98,9 +103,11 @@ class TrainOptions:
             raise ConfigError("--nesterov", "needs --momentum > 0")
         if not 0 < self.lr_gamma < math.inf:
             raise ConfigError("--lr-gamma", f"must be a finite number > 0, got {self.lr_gamma}")
+
+    def warn_ineffective(self):
         late = [m for m in self.lr_milestones if m >= self.epochs]
         if self.scheduler == "multistep" and late:
-            warnings.warn(f"--lr-milestones {late} are at or beyond --epochs {self.epochs}: they never apply", stacklevel=3)
+            warnings.warn(f"--lr-milestones {late} are at or beyond --epochs {self.epochs}: they never apply", stacklevel=4)
 
 
 @dataclass
@@ -119,8 +126,8 @@ class DistillOptions:
     hard_weight: float = 1.0  # weight of the cross-entropy with the true labels
     allow_partial: bool = False  # train from an unfinished cache, using its complete epochs
 
-    def __post_init__(self):
-        super().__post_init__()
+    def check(self):
+        super().check()
         for name in ("distillation_weight", "hard_weight"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(flag(name), f"must be >= 0, got {getattr(self, name)}")
@@ -135,8 +142,8 @@ class StudentConfig(DistillOptions, TrainOptions):
     temperature: float = 4.0  # softmax temperature T of the soft targets (> 0)
     out: str = "runs/student"  # run folder: config.json, metrics.jsonl, checkpoint.pt, summary.json
 
-    def __post_init__(self):
-        super().__post_init__()
+    def check(self):
+        super().check()
         check_temperature(self.temperature)
 
 

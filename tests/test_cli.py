@@ -156,6 +156,25 @@ def test_bad_teacher_options(tmp_path, data_dir, extra, words):
     assert_clean_error(kdcli(*teacher_args(data_dir, tmp_path / "out", *extra)), *words)
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["train-teacher", "--amp", "fp8"],
+        ["train-student", "--device", "gpu"],
+        ["sweep", "--scheduler", "step"],
+        ["dump-logits", "--dtype", "float8"],
+        ["evaluate", "runs/x", "--device", "gpu"],
+        ["cache-info", "--device", "gpu"],
+    ],
+    ids=lambda v: "_".join(v[:2]),
+)
+def test_a_value_outside_a_choice_is_named_plainly(args):
+    """One plain sentence naming the bad value and every allowed one (Typer's own wording starts 'Value error,')."""
+    result = kdcli(*args)
+    assert_clean_error(result, f"'{args[-1]}' is not one of", codes=(2,))
+    assert "Value error" not in result.stderr
+
+
 def test_bad_lr_milestones_is_a_usage_error(tmp_path, data_dir):
     result = kdcli(*teacher_args(data_dir, tmp_path / "out", "--lr-milestones", "abc"))
     assert_clean_error(result, "--lr-milestones", "abc", codes=(2,))
@@ -204,6 +223,13 @@ def test_milestones_beyond_epochs_warn_but_run(tmp_path, data_dir):
     assert result.exit_code == 0, result.output
     assert re.search(r"^warning: --lr-milestones \[5\] .*never apply", result.stderr, re.M)
     assert (tmp_path / "out" / "summary.json").exists()
+
+
+def test_a_bad_option_is_not_preceded_by_a_milestones_warning(tmp_path, data_dir):
+    """The error is the whole story: a warning about the schedule of a run that never starts is noise."""
+    result = kdcli("train-student", "--epochs", 1, "--temperature", 0, "--device", "cpu", "--data-dir", data_dir, "--out", tmp_path / "s")
+    assert_clean_error(result, "--temperature", codes=(2,))
+    assert "warning" not in result.stderr
 
 
 @pytest.mark.parametrize(
