@@ -275,11 +275,13 @@ def cache_info(
 @app.command()
 def report(
     runs: list[str] = typer.Argument(..., help="run folders, or folders holding run folders (a sweep)"),
-    out: str = typer.Option("", help="where to write results.md/csv/png (default: the first folder)"),
+    out: str = typer.Option("", help="where to write results.md/csv/png (default: the folder given, when one is)"),
 ):
     """Aggregate finished runs: mean, spread and the difference to the baseline, per setting."""
     from kdcli import report as reporting
 
+    if not out and len(runs) > 1:  # the first folder's own results.md (a sweep's) would be replaced by the combined one
+        raise typer.BadParameter(f"{len(runs)} folders given: name the folder for their combined report", param_hint="--out")
     with errors_as_one_line():
         found = reporting.collect(runs)
         rows = reporting.aggregate(found)

@@ -387,6 +387,15 @@ def test_report_prints_the_table_and_where_it_wrote(tmp_path, student):
     assert (tmp_path / "report" / "results.md").read_text() in result.stdout and (tmp_path / "report" / "results.csv").exists()
 
 
+def test_report_of_several_folders_asks_where_to_write(tmp_path, student):
+    """Defaulting to the first folder would replace its own results.md (a sweep's) with the combined table."""
+    sweep = tmp_path / "sweep"
+    shutil.copytree(student, sweep / "T4" / "seed777")
+    (sweep / "results.md").write_text("the sweep's own report")
+    assert_refused(kdcli("report", sweep, student), "--out", "2 folders given", codes=(2,))
+    assert (sweep / "results.md").read_text() == "the sweep's own report"
+
+
 def test_report_on_a_folder_without_runs(tmp_path):
     (tmp_path / "empty").mkdir()
     assert_refused(kdcli("report", tmp_path / "empty"), "no finished run", codes=(1,))
