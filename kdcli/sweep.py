@@ -16,7 +16,7 @@ import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from kdcli import Interrupted
+from kdcli import Interrupted, StopOnSigint
 from kdcli.checkpoint import CHECKPOINT, load_checkpoint
 from kdcli.data import load_cifar10, resolve_device
 from kdcli.runs import LOCK, check_same_inputs, check_same_options, claim_folder, forget_run
@@ -153,6 +153,7 @@ def sweep(config: SweepConfig, progress=True) -> dict:
     kd = [c for c in configs if c.distillation_weight > 0]
     cache = open_student_cache(kd[0], data) if kd else None
     parallel = students_at_once(config, device)
+    stop = StopOnSigint()  # one for the whole sweep: a Ctrl-C while a group evaluates or saves its last epoch stops before the next group
     try:
         allow_open_files(len(configs) + 64)  # a lock file held open per student
         with claim_folder(config.out), contextlib.ExitStack() as students:  # a second sweep here is refused meanwhile
@@ -174,14 +175,18 @@ def sweep(config: SweepConfig, progress=True) -> dict:
             if progress:
                 print(f"{len(configs)} students: {len(configs) - sum(map(len, todo))} finished before, {sum(map(len, todo))} to train", flush=True)
             for i, members in enumerate(todo):
+                if stop.requested:
+                    left = sum(map(len, todo[i:]))
+                    raise Interrupted(f"interrupted between groups of students: {len(configs) - left} of {len(configs)} finished, each in its folder under {config.out}")
                 if progress:
                     names = ", ".join(str(Path(c.out).relative_to(config.out)) for c in members)
                     print(f"group {i + 1}/{len(todo)}, trained together: {names}", flush=True)
-                train_runs([runs[c.out] for c in members], data, device, progress=progress, claimed=True)
+                train_runs([runs[c.out] for c in members], data, device, progress=progress, claimed=True, stop=stop)
             found = report.collect([c.out for c in configs])  # this sweep's students only, not whatever else --out holds
             rows = report.aggregate(found)
             table = report.write_report(rows, config.out, report.teacher_accuracy(found), unfinished=len(found.unfinished))
     finally:
+        stop.restore()
         if cache is not None:
             cache.close()
     return {"table": table, "students": len(configs), "trained_now": sum(len(g) for g in todo), "out": config.out, "settings": asdict(config)}

@@ -208,21 +208,25 @@ def make_optimizer(config: TrainOptions, parameters, device: torch.device, lr: t
 # ---------------------------------------------------------------- the loop
 
 
-def train_runs(runs: list, data, device: torch.device, teacher: nn.Module | None = None, progress=True, claimed=False) -> list:
+def train_runs(runs: list, data, device: torch.device, teacher: nn.Module | None = None, progress=True, claimed=False, stop=None) -> list:
     """Train S runs side by side; return their summaries.
 
     `teacher`, when given, labels every batch online (no cache): the benchmark and
     the cache-equivalence test use it; kdcli itself trains students from the cache.
     `claimed`: the caller holds the runs' folders (runs.claim_folder) already, as a sweep does.
+    `stop`: the caller's StopOnSigint, so that a Ctrl-C after the last step (evaluating, saving) reaches it.
     """
     with contextlib.ExitStack() as held:
         if not claimed:
             for r in runs:
                 held.enter_context(claim_folder(r.dir))  # before anything in it is read or deleted
-        return _train_claimed(runs, data, device, teacher, progress)
+        if stop is None:
+            stop = StopOnSigint()
+            held.callback(stop.restore)
+        return _train_claimed(runs, data, device, teacher, progress, stop)
 
 
-def _train_claimed(runs, data, device, teacher, progress) -> list:
+def _train_claimed(runs, data, device, teacher, progress, stop) -> list:
     states = [prepare_run_dir(r.config) for r in runs]
     for r, state in zip(runs, states):
         if state is not None:  # resumed, or finished and kept: the same images and soft targets as before
@@ -239,7 +243,7 @@ def _train_claimed(runs, data, device, teacher, progress) -> list:
         if progress:
             where = f"epoch {group.epoch + 1}" + (f", step {group.step + 1}" if group.step else "")
             print(f"resuming {', '.join(str(r.dir) for r in runs)} at {where}", file=sys.stderr, flush=True)
-    config, stop = runs[0].config, StopOnSigint()
+    config = runs[0].config
     bar = tqdm(total=config.epochs, initial=group.epoch, unit="epoch", disable=not progress or config.quiet, dynamic_ncols=True)
     try:
         while group.epoch < config.epochs:
@@ -248,7 +252,6 @@ def _train_claimed(runs, data, device, teacher, progress) -> list:
             _report(bar, config, group, seconds, progress)
     finally:
         bar.close()
-        stop.restore()
     return group.write_summaries()
 
 

@@ -476,6 +476,27 @@ def test_ctrl_c_in_a_sweep_prints_the_same_command_to_resume(tmp_path, data_dir,
     assert resumed.exit_code == 0, resumed.output
 
 
+def test_ctrl_c_while_a_group_saves_its_last_epoch_stops_the_sweep_before_the_next(tmp_path, data_dir, cache, monkeypatch):
+    """The step loop has ended, so only the sweep can still see that Ctrl-C: it must not carry on for hours."""
+    import kdcli.train as train_module
+
+    end_epoch = train_module.Group.end_epoch
+
+    def ctrl_c_while_saving(group, seconds):
+        os.kill(os.getpid(), signal.SIGINT)
+        return end_epoch(group, seconds)
+
+    args = [str(a) for a in sweep_args(data_dir, cache, tmp_path / "sweep", "--seeds", "1,2", "--no-baseline", "--parallel", 1)]
+    monkeypatch.setattr(sys, "argv", ["kdcli", *args])
+    monkeypatch.setattr(train_module.Group, "end_epoch", ctrl_c_while_saving)
+    result = kdcli(*args)
+    monkeypatch.setattr(train_module.Group, "end_epoch", end_epoch)
+    assert "interrupted between groups of students: 1 of 2 finished" in result.stderr, result.output
+    assert [p.parent.name for p in (tmp_path / "sweep").rglob("summary.json")] == ["seed1"]  # seed 2 never started
+    hint, resumed = run_printed_hint(result)
+    assert resumed.exit_code == 0 and "2 students (1 trained now)" in resumed.stdout, resumed.output
+
+
 def test_ctrl_c_in_a_dump_says_what_is_kept_and_how_to_resume(tmp_path, data_dir, teacher, monkeypatch):
     from kdcli import dump
 
