@@ -26,7 +26,7 @@ from kdcli import Device, Interrupted, KdcliError, StopOnSigint, augment, cache
 from kdcli.checkpoint import resolve, sha256_file, training_reached
 from kdcli.data import load_cifar10, resolve_device
 from kdcli.evaluate import Precision, autocast_dtype, autocast_to, load_model
-from kdcli.train import check_precision, require_at_least_one
+from kdcli.train import check_precision, check_seed, require_at_least_one
 
 
 @dataclass
@@ -50,6 +50,7 @@ class DumpConfig:
     def __post_init__(self):
         require_at_least_one(self, "epochs", "batch_size", "subset")
         check_precision(self.amp)
+        check_seed(self.seed)
 
 
 def view_labeller(model, dtype: torch.dtype | None, compiled: bool):

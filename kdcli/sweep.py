@@ -21,7 +21,7 @@ from kdcli.checkpoint import CHECKPOINT, load_checkpoint
 from kdcli.data import load_cifar10, resolve_device
 from kdcli.runs import LOCK, check_same_inputs, check_same_options, claim_folder, forget_run
 from kdcli.stack import stackable
-from kdcli.train import ConfigError, DistillOptions, StudentConfig, TrainOptions, check_temperature, open_student_cache, student_runs, train_runs
+from kdcli.train import ConfigError, DistillOptions, StudentConfig, TrainOptions, check_seed, check_temperature, open_student_cache, student_runs, train_runs
 
 
 @dataclass
@@ -46,6 +46,8 @@ class SweepConfig(DistillOptions, TrainOptions):
             raise ConfigError("--hard-weight", "must be > 0 with --baseline: a baseline learns from the labels alone")
         for t in self.temperatures:
             check_temperature(t, "--temperatures")
+        for seed in self.seeds:
+            check_seed(seed, "--seeds")
         if not self.seeds:
             raise ConfigError("--seeds", "give at least one seed")
         for option, values in (("--seeds", self.seeds), ("--temperatures", self.temperatures)):

@@ -288,6 +288,8 @@ BAD_OPTIONS = [
     *[(c, ["--scheduler", "nope"], ["--scheduler", "multistep"]) for c in TRAINING],
     *[(c, ["--optimizer", "nope"], ["--optimizer", "sgd"]) for c in TRAINING],
     ("dump-logits", ["--dtype", "float8"], ["--dtype", "float16"]),
+    *[(c, ["--seed", s], ["--seed", "between 0 and 2**63 - 1"]) for c in ["train-student", "dump-logits"] for s in (-1, 2**63)],
+    ("sweep", ["--seeds", f"1,{10**23}"], ["--seeds", "between 0 and 2**63 - 1"]),
     *[(c, ["--amp", "fp8"], ["--amp", "bf16", "fp16", "off"]) for c in [*TRAINING, "dump-logits"]],
     ("sweep", ["--distillation-weight", 0], ["--distillation-weight", "must be > 0 in a sweep", "--baseline"]),
     ("sweep", ["--hard-weight", 0], ["--hard-weight", "must be > 0 with --baseline"]),
