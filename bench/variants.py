@@ -187,7 +187,7 @@ def dump_variants(data, data_dir, device, args, tmp):
         for e in range(args.repeat):
             teacher_logits(label, data.train_images, augment.params(0, e, n), b).cpu()
 
-    label_eager_views = view_labeller(compiled, cuda, compiled=False)  # kdcli before: only the teacher compiled
+    label_eager_views = view_labeller(compiled, dtype, compiled=False)  # kdcli before: only the teacher compiled
 
     def views_built_eagerly():
         for e in range(args.repeat):
