@@ -33,8 +33,8 @@ class ModelStack(nn.Module):
         if self.size == 1:
             self.single = models[0]
             return
-        if any(True for _ in models[0].buffers()):
-            raise KdcliError("models with buffers (batch norm) cannot be trained stacked: use --parallel 1")
+        if why := unstackable(models[0]):
+            raise KdcliError(f"{why} cannot be trained stacked: use --parallel 1")
         params, _ = torch.func.stack_module_state(models)
         self.names = list(params)
         self.stacked = nn.ParameterList(nn.Parameter(params[n]) for n in self.names)
@@ -43,7 +43,7 @@ class ModelStack(nn.Module):
     def forward(self, x):
         if self.size == 1:
             return self.single(x[0])[None]
-        template = self._template[0]
+        template = self._template[0].train(self.training)  # a list hides it from .train()/.eval() too
 
         def call(params, x):
             return torch.func.functional_call(template, dict(zip(self.names, params)), (x,))
@@ -65,9 +65,19 @@ class ModelStack(nn.Module):
                 p[s].copy_(state[n])
 
 
+def unstackable(model: nn.Module) -> str | None:
+    """Why `model` cannot train stacked, or None: vmap keeps no per-member buffers (batch norm's running
+    statistics) and refuses random ops (dropout) under its default randomness="error"."""
+    if any(True for _ in model.buffers()):
+        return "models with buffers (batch norm)"
+    if any(isinstance(m, nn.modules.dropout._DropoutNd) for m in model.modules()):
+        return "models with dropout"
+    return None
+
+
 def stackable(model_name: str) -> bool:
-    """Whether students of this architecture can train stacked: only models without buffers."""
-    return not any(True for _ in create_model(model_name).buffers())
+    """Whether students of this architecture can train stacked."""
+    return unstackable(create_model(model_name)) is None
 
 
 def split_optimizer_state(state: dict, size: int, s: int) -> dict:

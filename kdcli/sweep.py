@@ -110,7 +110,7 @@ def groups(configs: list, parallel: int) -> list:
 
 def students_at_once(config: SweepConfig, device) -> int:
     """--parallel as it can be honoured on `device` (0: all)."""
-    if not stackable(config.model):  # batch norm's running statistics cannot be updated under vmap
+    if not stackable(config.model):  # e.g. batch norm: vmap keeps no running statistics per student
         return 1
     if config.amp == "fp16" and device.type == "cuda":
         if config.parallel != 1:  # one loss scale per stack: a student's overflow would skip its stack-mates' steps

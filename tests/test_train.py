@@ -676,6 +676,19 @@ def test_models_with_batch_norm_cannot_be_stacked():
         ModelStack([create_model("resnet18"), create_model("resnet18")])
 
 
+def test_students_with_dropout_are_trained_one_at_a_time(monkeypatch):
+    """vmap refuses random ops: a registered student with dropout (no buffers) must not be stacked."""
+    from kdcli import models, sweep
+
+    dropout_net = lambda num_classes: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Dropout(0.5), torch.nn.Linear(3072, num_classes))  # noqa: E731
+    monkeypatch.setitem(models.MODELS, "dropout_net", dropout_net)
+    with pytest.raises(KdcliError, match="dropout"):
+        ModelStack([dropout_net(10), dropout_net(10)])
+    config = sweep.SweepConfig(model="dropout_net", parallel=4)
+    assert sweep.students_at_once(config, torch.device("cuda")) == 1
+    assert sweep.students_at_once(sweep.SweepConfig(parallel=4), torch.device("cuda")) == 4  # lenet5 stacks
+
+
 # ---------------------------------------------------------------- evaluation
 
 
