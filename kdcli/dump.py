@@ -25,7 +25,7 @@ from tqdm import tqdm
 from kdcli import Device, Interrupted, KdcliError, StopOnSigint, augment, cache
 from kdcli.checkpoint import resolve, sha256_file, training_reached
 from kdcli.data import load_cifar10, resolve_device
-from kdcli.evaluate import Precision, autocast_dtype, autocast_to, load_model
+from kdcli.evaluate import Precision, autocast_dtype, autocast_to, load_model, predict, recorded_precision, top1
 from kdcli.train import check_precision, check_seed, require_at_least_one
 
 
@@ -98,7 +98,11 @@ def dump_logits(config: DumpConfig, progress: bool = True) -> dict:
         }  # fmt: skip
         start = cache.resume_point(config.out, identity, config.force, keep_complete=config.resume)
         if start is None:
-            attrs = {**identity, "teacher_model": state["model_name"], "teacher_train_images": _images_seen(state, len(data.train_labels))}
+            attrs = {
+                **identity, "teacher_model": state["model_name"], "teacher_train_images": _images_seen(state, len(data.train_labels)),
+                # in the precision the teacher evaluated itself, not the dump's: the number train-teacher and evaluate print
+                "teacher_test_accuracy": top1(predict(model, data.test_images, recorded_precision(state)), data.test_labels),
+            }  # fmt: skip
             _create_cache(config, label, data, attrs, teacher_path)
         seconds = 0.0
         if start != config.epochs:  # else complete, and kept (--resume)
@@ -140,12 +144,9 @@ def _create_cache(config: DumpConfig, label, data, attrs: dict, teacher_path):
     test = teacher_logits(label, data.test_images, None, config.batch_size)  # [M, C]
     if test.shape[1] != data.num_classes:
         raise KdcliError(f"{teacher_path} has {test.shape[1]} outputs; CIFAR-10 has {data.num_classes} classes")
-    # Accuracy before the logits are rounded to --dtype: the teacher's own, as train-teacher and evaluate
-    # give it (float16 ties flipped 0.02 % of the test images on a CPU).
-    accuracy = round(100 * float((test.argmax(1) == data.test_labels).float().mean()), 4)
     test = test.cpu().numpy().astype(storage)
     # The teacher's absolute path: `cache-info --verify` finds it from any folder.
-    attrs = {**attrs, "teacher_test_accuracy": accuracy, "config": {**asdict(config), "teacher": str(Path(config.teacher).resolve())}}
+    attrs = {**attrs, "config": {**asdict(config), "teacher": str(Path(config.teacher).resolve())}}
     cache.create(config.out, attrs, data.train_labels.cpu().numpy(), clean.cpu().numpy().astype(storage), test, config.epochs)
 
 

@@ -56,6 +56,16 @@ def predict(model, images, amp="bf16", batch_size=1000) -> torch.Tensor:
     return torch.cat(out)
 
 
+def top1(logits, labels) -> float:
+    """Top-1 accuracy in percent."""
+    return round(100 * float((logits.argmax(1) == labels).float().mean()), 4)
+
+
+def recorded_precision(state: dict) -> str:
+    """The --amp a checkpoint's run trained and evaluated itself in: its test accuracy is reproduced in it."""
+    return as_recorded_now(state.get("config", {})).get("amp", "bf16")
+
+
 def load_model(checkpoint_path, device) -> tuple:
     """A checkpoint -> (model in eval mode on `device`, checkpoint dict)."""
     state = load_checkpoint(checkpoint_path)
@@ -91,14 +101,11 @@ def evaluate(checkpoint_path, data_dir="data", device="auto", download=True) -> 
     if held_out and not _trained_on(data, state, checkpoint_path):  # the test accuracy does not depend on them
         warnings.warn(f"{checkpoint_path} was trained on other images than those in {data_dir}: its held-out accuracy is left out (pass its --data-dir)")
         held_out = 0
-    amp = as_recorded_now(config).get("amp", "bf16")  # as the run evaluated itself
-    pred = predict(model, data.test_images, amp).argmax(1)
-    per_class = [
-        round(100 * float((pred[data.test_labels == c] == c).float().mean()), 2) for c in range(data.num_classes)
-    ]
-    accuracy = round(100 * float((pred == data.test_labels).float().mean()), 4)
+    amp = recorded_precision(state)
+    logits = predict(model, data.test_images, amp)
+    per_class = [round(top1(logits[data.test_labels == c], data.test_labels[data.test_labels == c]), 2) for c in range(data.num_classes)]
+    accuracy = top1(logits, data.test_labels)
     result = {"model": state["model_name"], "epoch": state.get("epoch"), "trained": training_reached(state), "test_accuracy": accuracy, "per_class": per_class}
     if held_out:
-        hits = predict(model, data.val_images, amp).argmax(1) == data.val_labels
-        result.update(val_accuracy=round(100 * float(hits.float().mean()), 4), val_size=held_out)
+        result.update(val_accuracy=top1(predict(model, data.val_images, amp), data.val_labels), val_size=held_out)
     return result

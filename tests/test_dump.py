@@ -70,6 +70,19 @@ def assert_same_cache(path, reference_path, ignore=()):
     assert a == b
 
 
+def test_the_teachers_accuracy_is_recorded_in_its_own_precision(tmp_path, teacher, data_dir, monkeypatch):
+    """The number train-teacher and evaluate print: taken at the teacher's --amp (fp16 by default), not the dump's (bf16)."""
+    from kdcli.evaluate import evaluate
+
+    state = torch.load(teacher / "checkpoint.pt", weights_only=True)
+    torch.save({**state, "config": {"amp": "fp16"}}, tmp_path / "teacher.pt")
+    precisions, predict = [], dump.predict
+    monkeypatch.setattr(dump, "predict", lambda model, images, amp, **kw: precisions.append(amp) or predict(model, images, amp, **kw))
+    summary = dump_logits(config(tmp_path, tmp_path / "teacher.pt", data_dir, amp="bf16"), progress=False)
+    assert precisions == ["fp16"]
+    assert summary["teacher_test_accuracy"] == evaluate(tmp_path / "teacher.pt", data_dir, "cpu", download=False)["test_accuracy"]
+
+
 def test_cached_logits_are_the_teacher_on_the_rebuilt_views(reference, teacher, data_dir):
     path, _ = reference
     data = load_cifar10(data_dir, "cpu")
