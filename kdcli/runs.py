@@ -170,6 +170,11 @@ def check_same_inputs(run):
             f"{run.dir} was trained on other images, not the training images given now ({images[0]}); "
             "pass its --data-dir and --subset, or --force to start over"
         )
+    if changed(CACHE_IDENTITY) == changed(["cache_epochs"]) != []:  # the same teacher and views: an --allow-partial cache grew
+        raise KdcliError(
+            f"{run.dir} was trained while {run.config.cache} had {was['cache_epochs']} complete epochs (--allow-partial); it now has "
+            f"{run.extra['cache_epochs']}, and the run would replay other cached epochs from here on: --force to train it again on all of them"
+        )
     if teacher := changed(CACHE_IDENTITY):
         raise KdcliError(
             f"{run.dir} was trained from another cache than {run.config.cache} ({', '.join(teacher)}); "

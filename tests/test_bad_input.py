@@ -355,6 +355,17 @@ def test_a_finished_student_is_kept_only_for_the_cache_it_read(tmp_path, data_di
     assert snapshot(tmp_path / "run") == before
 
 
+def test_a_student_of_a_partial_cache_that_grew_is_told_so(tmp_path, data_dir, cache):
+    """Not "another cache ... pass that cache": it is the same file, finished since (--allow-partial)."""
+    edit(epochs_complete=1)(tmp_path / "c.h5", cache)
+    run = tmp_path / "run"
+    assert kdcli(*student_args(data_dir, tmp_path / "c.h5", run, "--allow-partial")).exit_code == 0
+    shutil.copy(cache, tmp_path / "c.h5")  # the dump went on: 2 of 2 epochs
+    result = kdcli(*student_args(data_dir, tmp_path / "c.h5", run, "--resume"))
+    assert_refused(result, "had 1 complete epochs (--allow-partial); it now has 2", "--force", codes=(1,))
+    assert "another cache" not in result.stderr
+
+
 def test_a_sweep_run_again_with_another_cache_is_refused(tmp_path, data_dir, cache, other_cache):
     assert kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep")).exit_code == 0
     assert_refused(kdcli(*sweep_args(data_dir, other_cache, tmp_path / "sweep")), "was trained from another cache than", codes=(1,))
