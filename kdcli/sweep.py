@@ -4,7 +4,7 @@
 
 Each student gets the usual run folder under --out (`T30/seed777/`,
 `baseline/seed777/`). Students are trained S at a time as one batched
-computation (train.ModelStack). A killed sweep resumes when run again: finished
+computation (stack.ModelStack). A killed sweep resumes when run again: finished
 students are kept, unfinished ones continue from their checkpoints. The report
 (report.py) is written at the end.
 """

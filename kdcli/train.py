@@ -310,23 +310,12 @@ class Group:
             (r.dir / "metrics.jsonl").unlink(missing_ok=True)
 
     def load(self, states):
+        """Continue from the runs' checkpoints (one per run, all at the same epoch and step)."""
         for s, state in enumerate(states):
             self.stack.load_member_state(s, state["model"])
-        saved = stack_optimizer_states([st["optimizer"] for st in states])
-        made_here = [dict(group) for group in self.optimizer.param_groups]
-        for group, fresh in zip(saved["param_groups"], made_here):
-            # This device's kernel choice, not the saving device's, and before loading, which places the state by it
-            # (a CPU checkpoint would otherwise make fused SGD a per-step .item() that CUDA graphs cannot capture).
-            group.update({k: fresh[k] for k in ("fused", "foreach", "capturable", "differentiable") if k in fresh})
-        self.optimizer.load_state_dict(saved)
+        self._load_optimizer(stack_optimizer_states([st["optimizer"] for st in states]))
         if states[0].get("loss_scale"):  # absent: saved without fp16 (e.g. on a CPU); the scaler starts afresh
             self.scaler.load_state_dict(states[0]["loss_scale"])
-        for group, fresh in zip(self.optimizer.param_groups, made_here):
-            group["lr"] = fresh["lr"]  # loading copied the shared lr tensor
-        for p, state in self.optimizer.state.items():  # loading keeps the saved layout; fused kernels want the param's
-            for k, v in state.items():
-                if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
-                    state[k] = torch.empty_like(p).copy_(v)  # e.g. a contiguous CPU checkpoint for channels_last CUDA weights
         self.epoch, self.step = states[0]["epoch"], states[0]["step"]
         if states[0]["partial"] is not None:  # mid-epoch: each checkpoint holds its own run's column of the sums so far
             self.partial = {**self._stacked_columns([st["partial"] for st in states]), "seconds": states[0]["partial"]["seconds"]}
@@ -334,6 +323,21 @@ class Group:
         self.val_accuracy = [st.get("val_accuracy") for st in states]  # absent from checkpoints of before --val-size
         for r in self.runs:  # epochs logged after the checkpoint will be trained again
             truncate_metrics(r.dir / "metrics.jsonl", self.epoch)
+
+    def _load_optimizer(self, saved: dict):
+        """A saved optimizer state, fitted to the optimizer made here: its kernel choice, lr tensor and memory layout."""
+        made_here = [dict(group) for group in self.optimizer.param_groups]
+        for group, fresh in zip(saved["param_groups"], made_here):
+            # This device's kernel choice, not the saving device's, and before loading, which places the state by it
+            # (a CPU checkpoint would otherwise make fused SGD a per-step .item() that CUDA graphs cannot capture).
+            group.update({k: fresh[k] for k in ("fused", "foreach", "capturable", "differentiable") if k in fresh})
+        self.optimizer.load_state_dict(saved)
+        for group, fresh in zip(self.optimizer.param_groups, made_here):
+            group["lr"] = fresh["lr"]  # loading copied the shared lr tensor
+        for p, state in self.optimizer.state.items():  # loading keeps the saved layout; fused kernels want the param's
+            for k, v in state.items():
+                if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
+                    state[k] = torch.empty_like(p).copy_(v)  # e.g. a contiguous CPU checkpoint for channels_last CUDA weights
 
     def _stacked_columns(self, partials) -> dict:
         """The S runs' sums so far as [steps, S] tables. kdcli 0.1.0 before 2026-11-26 saved the whole
