@@ -90,3 +90,18 @@ def test_the_new_teachers_unfinished_cache_resumes(tmp_path, data_dir):
     assert result.returncode == 0, result.stderr
     assert "resumed at epoch 2" in result.stdout
     assert made_by(tmp_path) == (sha256_file(new / "checkpoint.pt"), 2)
+
+
+def test_demo_runs_the_pipelines_own_targets_shrunk(tmp_path, data_dir):
+    """`make demo` is `make sweep` with small settings, so it remakes its cache for a new teacher as `make logits` does."""
+    venv = tmp_path / "venv"
+    venv.mkdir()
+    (venv / ".installed").touch()
+    demo = ["DEMO=" + str(tmp_path / "demo"), "DEMO_CACHE=" + str(tmp_path / "demo.h5")]
+    result = subprocess.run(["make", "-C", str(ROOT), "-n", "demo", f"VENV={venv}", "KDCLI=kdcli", f"DATA={data_dir}", *demo],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    commands = " ".join(result.stdout.replace("\\\n", " ").split())
+    assert f"kdcli train-teacher --model resnet8 --epochs 5 --scheduler onecycle --eval-every 5 --out {tmp_path / 'demo' / 'teacher'}" in commands
+    assert "--subset 5000" in commands.split("kdcli dump-logits")[1].split("kdcli sweep")[0]
+    assert f"kdcli sweep --cache {tmp_path / 'demo.h5'} --temperatures 1,30 --seeds 1,2 --epochs 5" in commands
