@@ -107,6 +107,8 @@ def prepare_run_dir(config):
     """Check --out (claimed: claim_folder) against --resume/--force; return the checkpoint to resume from,
     'done', or None."""
     out = Path(config.out)
+    if inner := next(runs_below(out), None):  # its checkpoint.pt and summary.json would sit among them, and be reported with them
+        raise KdcliError(f"{out} holds other runs in its subfolders (e.g. {inner}): give this run a folder of its own (--out)")
     for stale in out.glob(f".{CHECKPOINT}.tmp-*"):  # left by a process killed in save_atomic
         stale.unlink(missing_ok=True)
     finished, ckpt = (out / "summary.json").exists(), out / CHECKPOINT
@@ -127,6 +129,18 @@ def prepare_run_dir(config):
         raise KdcliError(f"{ckpt} is not a checkpoint of a run to resume (it lacks {', '.join(missing)}): pass --force to start over, or another --out")
     check_same_options(config, state, out)
     return state
+
+
+RUN_FILES = (CHECKPOINT, "summary.json", "config.json")  # any of them marks a folder as a run's
+
+
+def runs_below(folder: Path):
+    """The run folders strictly inside `folder` (a sweep's students, say), lazily."""
+    return (p.parent for name in RUN_FILES for p in folder.glob(f"*/**/{name}"))
+
+
+def holds_a_run(folder: Path) -> bool:
+    return any((folder / name).exists() for name in RUN_FILES)
 
 
 def forget_run(out):

@@ -366,6 +366,19 @@ def test_a_student_of_a_partial_cache_that_grew_is_told_so(tmp_path, data_dir, c
     assert "another cache" not in result.stderr
 
 
+def test_a_run_is_not_trained_into_a_sweeps_folder_nor_a_sweep_into_a_runs(tmp_path, data_dir, cache, student):
+    """Either way the report would pool the odd run with the sweep's students, or refuse it in puzzling words."""
+    assert kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep")).exit_code == 0
+    before = snapshot(tmp_path / "sweep")
+    for extra in ([], ["--force"]):
+        assert_refused(kdcli(*student_args(data_dir, cache, tmp_path / "sweep", *extra)), "holds other runs in its subfolders", "seed1", codes=(1,))
+    assert snapshot(tmp_path / "sweep") == before
+    shutil.copytree(student, tmp_path / "run")
+    before = snapshot(tmp_path / "run")
+    assert_refused(kdcli(*sweep_args(data_dir, cache, tmp_path / "run", "--force")), "holds a run of its own", codes=(1,))
+    assert snapshot(tmp_path / "run") == before
+
+
 def test_a_sweep_run_again_with_another_cache_is_refused(tmp_path, data_dir, cache, other_cache):
     assert kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep")).exit_code == 0
     assert_refused(kdcli(*sweep_args(data_dir, other_cache, tmp_path / "sweep")), "was trained from another cache than", codes=(1,))
