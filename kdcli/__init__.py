@@ -39,11 +39,13 @@ class StopOnSigint:
     are never half-updated; dump-logits: between batches), instead of raising wherever it lands."""
 
     def __init__(self):
-        self.requested = False
+        self.requested, self.previous = False, None
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # a background job of a script (or nohup): as Python, keep ignoring it
+            return
         try:
             self.previous = signal.signal(signal.SIGINT, self._handle)
         except ValueError:  # not the main thread: leave Ctrl-C alone
-            self.previous = None
+            pass
 
     def _handle(self, signum, frame):
         self.requested = True

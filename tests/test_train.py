@@ -238,6 +238,18 @@ def test_a_run_without_a_validation_split_reports_no_validation_accuracy(finishe
 # ---------------------------------------------------------------- resume
 
 
+def test_a_run_whose_ctrl_c_is_ignored_keeps_ignoring_it(tmp_path, data_dir, monkeypatch):
+    """A background job of a script starts with SIGINT ignored, so that Ctrl-C in the terminal spares it: as Python does."""
+    call_on_step(monkeypatch, 2, press_ctrl_c)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        summary = teach(config(tmp_path, "run", data_dir))
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert summary["epochs"] == 3 and (tmp_path / "run" / "summary.json").exists()
+
+
 @pytest.mark.parametrize("stop_at", [1, 4, 6], ids=["first-step", "end-of-epoch-1", "mid-epoch-2"])
 def test_resume_after_ctrl_c_equals_an_uninterrupted_run(tmp_path, data_dir, finished, monkeypatch, stop_at):
     run_dir, summary = finished
