@@ -55,6 +55,19 @@ def teacher_run(tmp_path_factory, data_dir):
     return out, result
 
 
+def test_once_a_command_is_done_a_further_ctrl_c_ends_the_process_without_a_traceback(monkeypatch):
+    from kdcli.__main__ import main
+
+    monkeypatch.setattr(sys, "argv", ["kdcli", "--version"])
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit):
+            main()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_DFL  # the OS ends the process; Python raises nothing
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_version():
     result = kdcli("--version")
     assert result.exit_code == 0 and result.stdout == f"kdcli {__version__}\n"
