@@ -76,9 +76,7 @@ def student_configs(config: SweepConfig) -> list:
     out = Path(config.out)
 
     def student(seed, folder, **options):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the sweep's own options were checked, and warned about, already
-            return StudentConfig(**{**shared, **options, "seed": seed, "out": str(out / folder / f"seed{seed}")})
+        return StudentConfig(**{**shared, **options, "seed": seed, "out": str(out / folder / f"seed{seed}")})
 
     configs = []
     for seed in config.seeds:
@@ -154,6 +152,7 @@ def sweep(config: SweepConfig, progress=True) -> dict:
     configs = student_configs(config)
     kd = [c for c in configs if c.distillation_weight > 0]
     cache = open_student_cache(kd[0], data) if kd else None
+    config.warn_ineffective()
     parallel = students_at_once(config, device)
     stop = StopOnSigint()  # one for the whole sweep: a Ctrl-C while a group evaluates or saves its last epoch stops before the next group
     try:

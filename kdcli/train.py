@@ -85,7 +85,6 @@ class TrainOptions:
 
     def __post_init__(self):
         self.check()
-        self.warn_ineffective()  # only once every check passed: a warning just before an error is noise
 
     def check(self):
         """Raise ConfigError on a bad value; the commands' configs extend it."""
@@ -105,9 +104,11 @@ class TrainOptions:
             raise ConfigError("--lr-gamma", f"must be a finite number > 0, got {self.lr_gamma}")
 
     def warn_ineffective(self):
+        """Options that are valid but will do nothing; called once the data is loaded, as training is about to
+        start: a warning just before an error (a missing GPU, too few images) is noise."""
         late = [m for m in self.lr_milestones if m >= self.epochs]
         if self.scheduler == "multistep" and late:
-            warnings.warn(f"--lr-milestones {late} are at or beyond --epochs {self.epochs}: they never apply", stacklevel=4)
+            warnings.warn(f"--lr-milestones {late} are at or beyond --epochs {self.epochs}: they never apply", stacklevel=3)
 
 
 @dataclass
@@ -559,6 +560,7 @@ def _report(bar, config, group, seconds, progress):
 def train_teacher(config: TeacherConfig, progress=True) -> dict:
     device = resolve_device(config.device)
     data = load_cifar10(config.data_dir, device, config.subset, config.download, config.val_size)
+    config.warn_ineffective()
     run = Run(config, DrawnAugmentation(config.seed, len(data.train_labels)), {"train_fingerprint": data.fingerprint})
     return train_runs([run], data, device, progress=progress)[0]
 
@@ -609,6 +611,7 @@ def train_student(config: StudentConfig, progress=True) -> dict:
     device = resolve_device(config.device)
     data = load_cifar10(config.data_dir, device, config.subset, config.download, config.val_size)
     cache = open_student_cache(config, data)
+    config.warn_ineffective()
     try:
         return train_runs(student_runs([config], data, cache), data, device, progress=progress)[0]
     finally:

@@ -489,7 +489,7 @@ def test_options_that_cannot_go_together(tmp_path, data_dir, cls, options, flag)
 
 def test_milestones_beyond_the_last_epoch_warn(tmp_path, data_dir):
     with pytest.warns(UserWarning, match="never apply"):
-        config(tmp_path, "run", data_dir, epochs=10, lr_milestones=(5, 10))
+        config(tmp_path, "run", data_dir, epochs=10, lr_milestones=(5, 10)).warn_ineffective()
 
 
 def schedule(name, epochs=10, **options):
