@@ -206,7 +206,7 @@ def _sweep(config):
 
     result = sweep(config)
     typer.echo(result["table"])
-    typer.echo(f"{result['students']} students ({result['trained_now']} trained now) -> {config.out}/results.md")
+    typer.echo(f"{_count(result['students'], 'student')} ({result['trained_now']} trained now) -> {config.out}/results.md")
 
 
 def _register_commands():

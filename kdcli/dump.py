@@ -110,7 +110,7 @@ def dump_logits(config: DumpConfig, progress: bool = True) -> dict:
                 start = writer.epochs_complete
                 seconds = _write_epochs(config, label, data, writer, progress)
                 if writer.epochs_complete < config.epochs:  # Ctrl-C: every epoch labelled in full was written first
-                    raise Interrupted(f"interrupted: {writer.epochs_complete} of {config.epochs} epochs are in {config.out}")
+                    raise Interrupted(f"interrupted: {config.out} holds {writer.epochs_complete} of {config.epochs} epochs")
         accuracy = cache.cache_info(config.out)["teacher_test_accuracy"]
     n, written = len(data.train_labels), config.epochs - start
     return {

@@ -120,7 +120,7 @@ def collect(paths) -> Runs:
     finished, started = set(), set()
     for path in map(Path, paths):
         if not path.is_dir():
-            raise KdcliError(f"{path} is not a folder: pass run folders or a folder holding them (a sweep)")
+            raise KdcliError(f"{path} {'is not a folder' if path.exists() else 'does not exist'}: pass run folders or a folder holding them (a sweep)")
         finished |= {f.parent.resolve() for f in path.rglob("summary.json")}
         started |= {f.parent.resolve() for pattern in ("config.json", LOCK) for f in path.rglob(pattern)}
     # a folder that holds runs (a sweep writing its own config.json) is a container, not an unfinished run

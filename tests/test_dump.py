@@ -263,7 +263,7 @@ def test_ctrl_c_keeps_every_epoch_labelled_before_it(tmp_path, reference, teache
     fsync = os.fsync
     monkeypatch.setattr(dump, "teacher_logits", lambda *args: interrupted_at_epoch_2(*args))
     monkeypatch.setattr(os, "fsync", lambda fd: (time.sleep(0.2), fsync(fd)))  # the write of epoch 1 is still going on
-    with pytest.raises(Interrupted, match=r"interrupted: 2 of 4 epochs are in .*c\.h5"):
+    with pytest.raises(Interrupted, match=r"interrupted: .*c\.h5 holds 2 of 4 epochs"):
         dump_logits(cfg, progress=False)
     monkeypatch.undo()
     assert_resumes_to(reference, cfg, done=2)
@@ -286,7 +286,7 @@ def test_ctrl_c_while_an_epoch_is_written_keeps_a_cache_that_resumes(tmp_path, r
         dump_logits(cfg, progress=False)
     monkeypatch.undo()
     done = cache.cache_info(cfg.out)["epochs_complete"]
-    assert f"interrupted: {done} of {E} epochs" in str(stopped.value) and epoch < done < E
+    assert f"holds {done} of {E} epochs" in str(stopped.value) and epoch < done < E
     assert_resumes_to(reference, cfg, done)
 
 

@@ -111,8 +111,11 @@ def test_collect_errors_on_nothing_found(tmp_path):
     make_run(tmp_path / "run", 0.0, finished=False)
     with pytest.raises(KdcliError, match=r"no finished run.*\(1 unfinished\)"):
         collect([tmp_path])
-    with pytest.raises(KdcliError, match="not a folder"):
+    with pytest.raises(KdcliError, match="missing does not exist"):
         collect([tmp_path / "missing"])
+    (tmp_path / "results.md").write_text("")
+    with pytest.raises(KdcliError, match="results.md is not a folder"):
+        collect([tmp_path / "results.md"])
 
 
 def test_students_of_caches_of_other_lengths_are_not_pooled(tmp_path):
