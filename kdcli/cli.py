@@ -93,18 +93,33 @@ def command_from(cls, name: str, run):
             )
         )
 
-    def command(**options):
+    def command(ctx: typer.Context, **options):
         for f in shown:
             if typing.get_origin(hints[f.name]) is tuple:
                 options[f.name] = _parse_list(options[f.name], typing.get_args(hints[f.name])[0], "--" + f.name.replace("_", "-"))
         with errors_as_one_line(resume_flag=any(f.name == "resume" for f in shown)):
+            if options.get("resume") and not options.get("force"):
+                given = {name for name in options if ctx.get_parameter_source(name).name != "DEFAULT"}
+                options = with_recorded_options(cls, options, given)
             run(make_config(cls, options))
 
+    ctx = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
+    params.insert(0, ctx)
     command.__signature__ = inspect.Signature(params)
     command.__annotations__ = {p.name: p.annotation for p in params}
     command.__doc__ = run.__doc__
     app.command(name)(command)
     return command
+
+
+def with_recorded_options(cls, options: dict, given: set) -> dict:
+    """--resume: every option not given on the command line is the one the run in --out started with."""
+    from kdcli.runs import recorded_options
+
+    hints = typing.get_type_hints(cls)
+    recorded = recorded_options(options["out"])
+    back = {k: tuple(v) if typing.get_origin(hints[k]) is tuple else v for k, v in recorded.items() if k in options and k not in given}
+    return {**options, **back}
 
 
 def make_config(cls, options):

@@ -143,21 +143,30 @@ def holds_a_run(folder: Path) -> bool:
     return any((folder / name).exists() for name in RUN_FILES)
 
 
+def recorded_options(out) -> dict:
+    """The options the run in `out` started with, as this kdcli names them (but where it is, and whether to resume
+    or start over); {} when there is no checkpoint to resume."""
+    ckpt = Path(out) / CHECKPOINT
+    if not ckpt.is_file():
+        return {}
+    return {k: v for k, v in as_recorded_now(load_checkpoint(ckpt).get("config") or {}).items() if k not in ("out", "resume", "force")}
+
+
 def forget_run(out):
     """--force: the run in `out` is to be trained anew (its config.json is rewritten when it starts)."""
     for name in ("summary.json", "metrics.jsonl", CHECKPOINT):
         (Path(out) / name).unlink(missing_ok=True)
 
 
-def check_same_options(config, state, out, remedy="pass the options it started with (its config.json), --force to start over, or another --out"):
+def check_same_options(config, state, out, remedy="leave them out (--resume then takes the run's own), --force to start over, or another --out"):
     """The run in `out` (its checkpoint's `state`) is the run `config` describes: a teacher's or a student's, of
-    the same model, with the same options (a resumed run is given its options again; --resume does not read them)."""
+    the same model, with the same options (the CLI fills in those not given from the run: recorded_options)."""
     saved = as_recorded_now(state.get("config", {}))
     was, now = ("student" if "cache" in c else "teacher" for c in (saved, vars(config)))
     if was != now:
         raise KdcliError(f"{out} holds a {was}'s run, not a {now}'s: pass another --out, or --force to start over")
     if state.get("model_name", config.model) != config.model:
-        raise KdcliError(f"{out} holds a {state['model_name']}, not a {config.model}: pass --model {state['model_name']} and its other options, --force to start over, or another --out")
+        raise KdcliError(f"{out} holds a {state['model_name']}, not a {config.model}: leave out --model (--resume takes the run's own), --force to start over, or another --out")
     changed = [
         f"{flag(k)} {getattr(config, k)!r} (run has {saved[k]!r})"
         for k in saved

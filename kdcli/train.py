@@ -79,7 +79,7 @@ class TrainOptions:
     download: bool = True  # fetch CIFAR-10 when it is missing
     subset: int | None = None  # use only the first N training images (smoke runs)
     val_size: int = 0  # hold out the last N training images (after --subset) and report accuracy on them: choose settings by it, not by the test set
-    resume: bool = False  # continue the run in --out from its checkpoint
+    resume: bool = False  # continue the run in --out from its checkpoint, with its own options where none are given
     force: bool = False  # overwrite a finished or unfinished run in --out (even with --resume: make's targets always pass --resume)
     quiet: bool = False  # one log line per evaluation instead of a progress bar
 

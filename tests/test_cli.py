@@ -1,5 +1,6 @@
 """kdcli.cli: the commands end to end on tiny data, and bad input as a short message, never a traceback."""
 
+import json
 import os
 import re
 import shlex
@@ -287,6 +288,51 @@ def test_ctrl_c_saves_and_prints_how_to_resume(tmp_path, data_dir, monkeypatch):
     assert resumed.exit_code == 0, resumed.output
     assert f"resuming {tmp_path / 'out'} at epoch 1, step 2" in resumed.stderr
     assert (tmp_path / "out" / "summary.json").exists()
+
+
+def stopped_run(tmp_path, monkeypatch, args):
+    """kdcli ARGS stopped by Ctrl-C at its first step: a checkpoint to resume."""
+    def loss(*a, **kw):
+        os.kill(os.getpid(), signal.SIGINT)
+        return distillation_loss(*a, **kw)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(train_module, "distillation_loss", loss)
+        assert kdcli(*args).exit_code == 130
+
+
+def test_resume_takes_the_options_not_given_from_the_run(tmp_path, data_dir, monkeypatch):
+    """`--out X --resume` is enough: the model, recipe, data and device are the run's, not the defaults."""
+    out = tmp_path / "out"
+    stopped_run(tmp_path, monkeypatch, teacher_args(data_dir, out, "--epochs", 2, "--lr", 0.05, "--lr-milestones", "1"))
+    resumed = kdcli("train-teacher", "--out", out, "--resume", "--quiet")
+    assert resumed.exit_code == 0, resumed.output
+    assert "teacher lenet5: " in resumed.stdout and "after 2 epochs" in resumed.stdout
+    config = json.loads((out / "config.json").read_text())
+    assert (config["model"], config["epochs"], config["lr"], config["lr_milestones"], config["data_dir"]) == ("lenet5", 2, 0.05, [1], str(data_dir))
+
+
+def test_resume_refuses_a_given_option_that_differs_and_force_reads_nothing_back(tmp_path, data_dir, monkeypatch):
+    out = tmp_path / "out"
+    stopped_run(tmp_path, monkeypatch, teacher_args(data_dir, out, "--epochs", 2))
+    assert_clean_error(kdcli("train-teacher", "--out", out, "--resume", "--epochs", 3), "--epochs 3 (run has 2)", "leave them out", codes=(1,))
+    assert_clean_error(kdcli("train-teacher", "--out", out, "--resume", "--model", "resnet8"), "holds a lenet5", "leave out --model", codes=(1,))
+    started_over = kdcli(*teacher_args(data_dir, out, "--resume", "--force", "--epochs", 3))  # the options given, all of them
+    assert started_over.exit_code == 0 and "after 3 epochs" in started_over.stdout, started_over.output
+
+
+def test_a_student_resumes_with_its_own_temperature_and_cache(tmp_path, data_dir, monkeypatch):
+    from kdcli.dump import DumpConfig, dump_logits
+
+    teacher = tmp_path / "teacher"
+    assert kdcli(*teacher_args(data_dir, teacher)).exit_code == 0
+    cache = tmp_path / "c.h5"
+    dump_logits(DumpConfig(teacher=str(teacher), epochs=1, out=str(cache), data_dir=str(data_dir), device="cpu", download=False, quiet=True), progress=False)
+    out = tmp_path / "student"
+    stopped_run(tmp_path, monkeypatch, ["train-student", "--cache", cache, "--temperature", 7, "--epochs", 1, "--batch-size", 64,
+                                        "--device", "cpu", "--data-dir", data_dir, "--out", out, "--quiet"])  # fmt: skip
+    resumed = kdcli("train-student", "--out", out, "--resume")
+    assert resumed.exit_code == 0 and "T=7 w=0.1" in resumed.stdout, resumed.output
 
 
 def test_a_failing_torch_compile_is_one_line(tmp_path, data_dir, monkeypatch):
