@@ -26,8 +26,12 @@ def register(*names):
 
 def create_model(name: str, num_classes: int = 10) -> nn.Module:
     if name not in MODELS:
-        raise KdcliError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
+        raise KdcliError(unknown_model(name))
     return MODELS[name](num_classes)
+
+
+def unknown_model(name: str) -> str:
+    return f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}"
 
 
 class BasicBlock(nn.Module):

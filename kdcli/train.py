@@ -37,7 +37,7 @@ from kdcli.checkpoint import CHECKPOINT, save_atomic
 from kdcli.data import load_cifar10, resolve_device
 from kdcli.evaluate import Precision, autocast_dtype, autocast_to, evaluate_stack
 from kdcli.losses import distillation_loss, soft_targets
-from kdcli.models import MODELS, create_model
+from kdcli.models import MODELS, create_model, unknown_model
 from kdcli.runs import CachedTargets, DrawnAugmentation, Run, check_same_inputs, claim_folder, flag, git_commit, plain, prepare_run_dir, truncate_metrics, write_json
 from kdcli.stack import GraphedStep, ModelStack, split_optimizer_state, stack_optimizer_states
 
@@ -91,7 +91,7 @@ class TrainOptions:
         require_at_least_one(self, "epochs", "batch_size", "eval_every", "save_every", "subset")
         check_precision(self.amp)
         if self.model not in MODELS:  # checked before any data is loaded or downloaded
-            raise ConfigError("--model", f"unknown model {self.model!r}; known models: {', '.join(sorted(MODELS))}")
+            raise ConfigError("--model", unknown_model(self.model))
         if self.val_size < 0:
             raise ConfigError("--val-size", f"must be >= 0, got {self.val_size}")
         if not self.lr > 0:  # also catches nan
