@@ -26,6 +26,7 @@ from kdcli import Device, Interrupted, KdcliError, StopOnSigint, augment, cache
 from kdcli.checkpoint import resolve, sha256_file, training_reached
 from kdcli.data import load_cifar10, resolve_device
 from kdcli.evaluate import Precision, autocast_dtype, autocast_to, load_model, predict, recorded_precision, top1
+from kdcli.runs import in_use
 from kdcli.train import check_precision, check_seed, require_at_least_one
 
 
@@ -214,6 +215,8 @@ def _check_finished(teacher, path, state):
     if not epochs or "epoch" not in state or (state["epoch"] >= epochs and not state.get("step")):
         return  # finished, or a checkpoint that does not say
     where = training_reached(state)
+    if Path(teacher).is_dir() and in_use(teacher):
+        raise KdcliError(f"the teacher in {teacher} is still training (its checkpoint: {where}): wait for it to finish, or pass --teacher {path} to label with it as it is now")
     if Path(teacher).is_dir():
         raise KdcliError(f"the teacher in {teacher} has not finished training ({where}): resume it with the train-teacher "
                          f"command that started it plus --resume, or pass --teacher {path} to label with it as it is")  # fmt: skip

@@ -11,6 +11,7 @@ and anything else refuses to touch a run that is there.
 """
 
 import errno
+import fcntl
 import functools
 import json
 import os
@@ -99,6 +100,23 @@ def claim_folder(out):
         except OSError as e:
             raise KdcliError(f"cannot write to --out {out}: {e.strerror or e}") from None
         yield out
+    finally:
+        os.close(fd)
+
+
+def in_use(folder) -> bool:
+    """Whether a kdcli is training in `folder` now (it holds the lock claim_folder takes)."""
+    try:
+        fd = os.open(Path(folder) / LOCK, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # conflicts with a trainer's exclusive lock only
+        return False
+    except BlockingIOError:
+        return True
+    except OSError:  # a filesystem without locks: nothing can be told
+        return False
     finally:
         os.close(fd)
 

@@ -23,6 +23,7 @@ from kdcli.checkpoint import sha256_file
 from kdcli.data import load_cifar10
 from kdcli.dump import DumpConfig, dump_logits
 from kdcli.models import create_model
+from kdcli.runs import claim_folder
 from kdcli.train import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -178,6 +179,8 @@ def test_a_teacher_that_has_not_finished_training_is_refused(tmp_path, teacher, 
     with pytest.raises(KdcliError, match=f"the teacher in .*run has not finished training \\({where}\\): resume it"):
         dump_logits(config(tmp_path, run, data_dir, epochs=1))
     assert list(tmp_path.glob("c.h5*")) == []  # neither a cache nor its lock file
+    with claim_folder(run), pytest.raises(KdcliError, match=f"the teacher in .*run is still training \\(its checkpoint: {where}\\): wait for it"):
+        dump_logits(config(tmp_path, run, data_dir, epochs=1))  # another kdcli holds the run's lock: it trains there now
     with pytest.warns(UserWarning, match=f"checkpoint.pt is the checkpoint of a teacher that has not finished training \\({where}\\)"):
         dump_logits(config(tmp_path, run / "checkpoint.pt", data_dir, epochs=1))  # the file itself: the user's choice
     torch.save({**state, "epoch": 3, "step": 0, "config": {"epochs": 3}}, run / "checkpoint.pt")
