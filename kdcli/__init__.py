@@ -40,7 +40,7 @@ class StopOnSigint:
 
     def __init__(self):
         self.requested, self.previous = False, None
-        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # a background job of a script (or nohup): as Python, keep ignoring it
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # a background job of a script: as Python, keep ignoring it
             return
         try:
             self.previous = signal.signal(signal.SIGINT, self._handle)

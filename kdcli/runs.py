@@ -176,7 +176,7 @@ def forget_run(out):
         (Path(out) / name).unlink(missing_ok=True)
 
 
-def check_same_options(config, state, out, remedy="leave them out (--resume then takes the run's own), --force to start over, or another --out"):
+def check_same_options(config, state, out, remedy="give the run's own (--resume takes them where left out), --force to start over, or another --out"):
     """The run in `out` (its checkpoint's `state`) is the run `config` describes: a teacher's or a student's, of
     the same model, with the same options (the CLI fills in those not given from the run: recorded_options)."""
     saved = as_recorded_now(state.get("config", {}))
@@ -184,7 +184,7 @@ def check_same_options(config, state, out, remedy="leave them out (--resume then
     if was != now:
         raise KdcliError(f"{out} holds a {was}'s run, not a {now}'s: pass another --out, or --force to start over")
     if state.get("model_name", config.model) != config.model:
-        raise KdcliError(f"{out} holds a {state['model_name']}, not a {config.model}: leave out --model (--resume takes the run's own), --force to start over, or another --out")
+        raise KdcliError(f"{out} holds a {state['model_name']}, not a {config.model} (--model); {remedy}")
     changed = [
         f"{flag(k)} {getattr(config, k)!r} (run has {saved[k]!r})"
         for k in saved

@@ -88,18 +88,18 @@ def student_configs(config: SweepConfig) -> list:
 
 def groups(configs: list, parallel: int) -> list:
     """Unfinished students in groups that can train together: same resume point, at most `parallel` each.
-    A finished student is kept only if it was trained with the options asked for now."""
+    A student with a checkpoint, finished or not, is kept only if it trained with the options asked for now."""
     by_start = {}
     for c in configs:
         folder = Path(c.out)
         ckpt = folder / CHECKPOINT
+        state = load_checkpoint(ckpt) if ckpt.exists() else None
+        if state is not None:  # kept, or resumed, only if trained with the options asked for now
+            check_same_options(c, state, folder, "run the sweep with the options it started with, --force to train it again, or another --out")
         if (folder / "summary.json").exists():
-            if ckpt.exists():
-                check_same_options(c, load_checkpoint(ckpt), folder, "pass --force to train the sweep again, or another --out")
             continue
         start = (0, 0)
-        if ckpt.exists():
-            state = load_checkpoint(ckpt)
+        if state is not None:
             start = (state["epoch"], state.get("step", 0))
         by_start.setdefault(start, []).append(c)
     size = parallel or len(configs)

@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny CIFAR-10-format data folder made on the spot (tests never download)."""
 
 import pickle
+import signal
 
 import numpy as np
 import pytest
@@ -39,3 +40,12 @@ def data_dir(tmp_path_factory):
     """A tiny CIFAR-10 folder shared by the whole session: never modify it."""
     return write_cifar_folder(tmp_path_factory.mktemp("cifar"))
 
+
+
+@pytest.fixture(autouse=True)
+def ctrl_c_as_in_a_terminal():
+    """Tests press Ctrl-C (os.kill SIGINT) and expect kdcli to stop: also when pytest itself was started with
+    SIGINT ignored (a background job of a script), which kdcli, as Python, leaves ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)

@@ -325,6 +325,24 @@ def test_sweep_run_again_with_other_options_is_refused(tmp_path, data_dir, cache
     assert snapshot(tmp_path / "sweep") == before
 
 
+@pytest.mark.parametrize("other", [["--lr", 0.05], ["--model", "resnet8", "--parallel", 1]], ids=["lr", "model"])
+def test_a_stopped_sweep_run_again_with_other_options_says_what_a_sweep_can_do(tmp_path, data_dir, cache, monkeypatch, other):
+    """Its students stopped part-way: the advice is the sweep's (it has no --resume), not a single run's."""
+    import kdcli.train as train_module
+    from kdcli.losses import distillation_loss
+
+    def loss(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return distillation_loss(*args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(train_module, "distillation_loss", loss)
+        assert kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep")).exit_code == 130
+    result = kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep", *other))
+    assert_refused(result, "run the sweep with the options it started with", "--force", codes=(1,))
+    assert "--resume" not in result.stderr
+
+
 @pytest.mark.parametrize("held", ["sweep", "sweep/T4/seed1"])
 def test_a_sweep_into_a_folder_another_kdcli_trains_in_is_refused(tmp_path, data_dir, cache, held):
     assert kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep")).exit_code == 0

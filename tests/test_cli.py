@@ -315,8 +315,8 @@ def test_resume_takes_the_options_not_given_from_the_run(tmp_path, data_dir, mon
 def test_resume_refuses_a_given_option_that_differs_and_force_reads_nothing_back(tmp_path, data_dir, monkeypatch):
     out = tmp_path / "out"
     stopped_run(tmp_path, monkeypatch, teacher_args(data_dir, out, "--epochs", 2))
-    assert_clean_error(kdcli("train-teacher", "--out", out, "--resume", "--epochs", 3), "--epochs 3 (run has 2)", "leave them out", codes=(1,))
-    assert_clean_error(kdcli("train-teacher", "--out", out, "--resume", "--model", "resnet8"), "holds a lenet5", "leave out --model", codes=(1,))
+    assert_clean_error(kdcli("train-teacher", "--out", out, "--resume", "--epochs", 3), "--epochs 3 (run has 2)", "give the run's own", codes=(1,))
+    assert_clean_error(kdcli("train-teacher", "--out", out, "--resume", "--model", "resnet8"), "holds a lenet5, not a resnet8 (--model)", codes=(1,))
     started_over = kdcli(*teacher_args(data_dir, out, "--resume", "--force", "--epochs", 3))  # the options given, all of them
     assert started_over.exit_code == 0 and "after 3 epochs" in started_over.stdout, started_over.output
 

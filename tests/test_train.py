@@ -431,7 +431,7 @@ def test_resume_on_other_images_is_refused(tmp_path, data_dir, monkeypatch):
 
 def test_resume_from_a_checkpoint_of_something_else_is_refused(tmp_path, data_dir, monkeypatch):
     interrupt(tmp_path, data_dir, monkeypatch)
-    with pytest.raises(KdcliError, match="holds a lenet5, not a resnet8: leave out --model .--resume takes the run's own., --force"):
+    with pytest.raises(KdcliError, match=r"holds a lenet5, not a resnet8 \(--model\); give the run's own \(--resume takes them where left out\), --force"):
         teach(config(tmp_path, "run", data_dir, resume=True, model="resnet8"))
     with pytest.raises(KdcliError, match="holds a teacher's run, not a student's: pass another --out"):  # a student would finish it as its own
         train_student(config(tmp_path, "run", data_dir, cls=StudentConfig, resume=True, distillation_weight=0.0), progress=False)
