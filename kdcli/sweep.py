@@ -152,7 +152,6 @@ def sweep(config: SweepConfig, progress=True) -> dict:
     configs = student_configs(config)
     kd = [c for c in configs if c.distillation_weight > 0]
     cache = open_student_cache(kd[0], data) if kd else None
-    config.warn_ineffective()
     parallel = students_at_once(config, device)
     stop = StopOnSigint()  # one for the whole sweep: a Ctrl-C while a group evaluates or saves its last epoch stops before the next group
     try:
@@ -175,8 +174,10 @@ def sweep(config: SweepConfig, progress=True) -> dict:
                 if (r.dir / "summary.json").exists():
                     check_same_inputs(r)  # a finished student is kept only if it read this cache
             todo = groups(configs, parallel)
+            if todo:
+                config.warn_ineffective()
             if progress:
-                print(f"{len(configs)} students: {len(configs) - sum(map(len, todo))} finished before, {sum(map(len, todo))} to train", flush=True)
+                print(f"{len(configs)} student{'s' * (len(configs) != 1)}: {len(configs) - sum(map(len, todo))} finished before, {sum(map(len, todo))} to train", flush=True)
             for i, members in enumerate(todo):
                 if stop.requested:
                     left = sum(map(len, todo[i:]))

@@ -104,8 +104,8 @@ class TrainOptions:
             raise ConfigError("--lr-gamma", f"must be a finite number > 0, got {self.lr_gamma}")
 
     def warn_ineffective(self):
-        """Options that are valid but will do nothing; called once the data is loaded, as training is about to
-        start: a warning just before an error (a missing GPU, too few images) is noise."""
+        """Options that are valid but will do nothing; called as training is about to start, after every check
+        of data and folders: a warning just before an error is noise."""
         late = [m for m in self.lr_milestones if m >= self.epochs]
         if self.scheduler == "multistep" and late:
             warnings.warn(f"--lr-milestones {late} are at or beyond --epochs {self.epochs}: they never apply", stacklevel=3)
@@ -224,7 +224,8 @@ def train_runs(runs: list, data, device: torch.device, teacher: nn.Module | None
 
     `teacher`, when given, labels every batch online (no cache): the benchmark and
     the cache-equivalence test use it; kdcli itself trains students from the cache.
-    `claimed`: the caller holds the runs' folders (runs.claim_folder) already, as a sweep does.
+    `claimed`: the caller holds the runs' folders (runs.claim_folder) already, and warns about their options
+    (TrainOptions.warn_ineffective) itself, as a sweep does.
     `stop`: the caller's StopOnSigint, so that a Ctrl-C after the last step (evaluating, saving) reaches it.
     """
     with contextlib.ExitStack() as held:
@@ -234,10 +235,10 @@ def train_runs(runs: list, data, device: torch.device, teacher: nn.Module | None
         if stop is None:
             stop = StopOnSigint()
             held.callback(stop.restore)
-        return _train_claimed(runs, data, device, teacher, progress, stop)
+        return _train_claimed(runs, data, device, teacher, progress, stop, warn=not claimed)
 
 
-def _train_claimed(runs, data, device, teacher, progress, stop) -> list:
+def _train_claimed(runs, data, device, teacher, progress, stop, warn) -> list:
     states = [prepare_run_dir(r.config) for r in runs]
     for r, state in zip(runs, states):
         if state is not None:  # resumed, or finished and kept: the same images and soft targets as before
@@ -246,6 +247,8 @@ def _train_claimed(runs, data, device, teacher, progress, stop) -> list:
         return [json.loads((r.dir / "summary.json").read_text()) for r in runs]
     if any(s == "done" for s in states) or len({((s or {}).get("epoch", 0), (s or {}).get("step", 0)) for s in states}) > 1:
         raise KdcliError("runs trained together must all be at the same epoch and step; train them separately")
+    if warn:
+        runs[0].config.warn_ineffective()
     group = Group(runs, data, device, teacher)
     if states[0] is None:
         group.start_folders()
@@ -560,7 +563,6 @@ def _report(bar, config, group, seconds, progress):
 def train_teacher(config: TeacherConfig, progress=True) -> dict:
     device = resolve_device(config.device)
     data = load_cifar10(config.data_dir, device, config.subset, config.download, config.val_size)
-    config.warn_ineffective()
     run = Run(config, DrawnAugmentation(config.seed, len(data.train_labels)), {"train_fingerprint": data.fingerprint})
     return train_runs([run], data, device, progress=progress)[0]
 
@@ -611,7 +613,6 @@ def train_student(config: StudentConfig, progress=True) -> dict:
     device = resolve_device(config.device)
     data = load_cifar10(config.data_dir, device, config.subset, config.download, config.val_size)
     cache = open_student_cache(config, data)
-    config.warn_ineffective()
     try:
         return train_runs(student_runs([config], data, cache), data, device, progress=progress)[0]
     finally:

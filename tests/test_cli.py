@@ -248,6 +248,14 @@ def test_an_error_is_not_preceded_by_a_milestones_warning(tmp_path, data_dir, ba
     assert "warning" not in result.stderr
 
 
+def test_a_refused_or_kept_run_is_not_warned_about_its_milestones(teacher_run, data_dir):
+    """Its milestones (150, 225) are beyond its 1 epoch, but nothing trains."""
+    out, _ = teacher_run
+    assert "warning: --lr-milestones" not in kdcli(*teacher_args(data_dir, out)).stderr  # finished: refused
+    kept = kdcli(*teacher_args(data_dir, out, "--resume"))
+    assert kept.exit_code == 0 and "warning: --lr-milestones" not in kept.stderr
+
+
 @pytest.mark.parametrize(
     "force",
     [
