@@ -14,6 +14,7 @@ import errno
 import fcntl
 import functools
 import json
+import math
 import os
 import subprocess
 from contextlib import contextmanager
@@ -211,10 +212,11 @@ def check_same_inputs(run):
             f"{run.dir} was trained on other images, not the training images given now ({images[0]}); "
             "pass its --data-dir and --subset, or --force to start over"
         )
-    if changed(CACHE_IDENTITY) == changed(["cache_epochs"]) != []:  # the same teacher and views: an --allow-partial cache grew
+    grew = was.get("allow_partial") and run.extra.get("cache_epochs", 0) > was.get("cache_epochs", math.inf)
+    if grew and changed(CACHE_IDENTITY) == changed(["cache_epochs"]):  # the same teacher and views, finished since
         raise KdcliError(
-            f"{run.dir} was trained while {run.config.cache} had {was['cache_epochs']} complete epochs (--allow-partial); it now has "
-            f"{run.extra['cache_epochs']}, and the run would replay other cached epochs from here on: --force to train it again on all of them"
+            f"{run.dir} was trained with --allow-partial while {run.config.cache} had {was['cache_epochs']} complete epochs; it now "
+            f"has {run.extra['cache_epochs']}, and a student replays cached epoch e mod E: --force to train it again on all of them"
         )
     if teacher := changed(CACHE_IDENTITY):
         raise KdcliError(

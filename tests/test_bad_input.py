@@ -380,8 +380,16 @@ def test_a_student_of_a_partial_cache_that_grew_is_told_so(tmp_path, data_dir, c
     assert kdcli(*student_args(data_dir, tmp_path / "c.h5", run, "--allow-partial")).exit_code == 0
     shutil.copy(cache, tmp_path / "c.h5")  # the dump went on: 2 of 2 epochs
     result = kdcli(*student_args(data_dir, tmp_path / "c.h5", run, "--resume"))
-    assert_refused(result, "had 1 complete epochs (--allow-partial); it now has 2", "--force", codes=(1,))
+    assert_refused(result, "trained with --allow-partial while", "had 1 complete epochs; it now has 2", "--force", codes=(1,))
     assert "another cache" not in result.stderr
+
+
+def test_a_student_whose_cache_was_dumped_again_shorter_is_sent_back_to_its_cache(tmp_path, data_dir, teacher, student):
+    """Not the message above: the run did not read a partial cache, and its cache did not grow."""
+    shutil.copytree(student, tmp_path / "run")
+    assert kdcli(*dump_args(data_dir, teacher, tmp_path / "short.h5", "--epochs", 1)).exit_code == 0
+    result = kdcli(*student_args(data_dir, tmp_path / "short.h5", tmp_path / "run", "--resume"))
+    assert_refused(result, "was trained from another cache than", "epochs 2 (now 1)", codes=(1,))
 
 
 def test_a_run_is_not_trained_into_a_sweeps_folder_nor_a_sweep_into_a_runs(tmp_path, data_dir, cache, student):
