@@ -162,13 +162,17 @@ def holds_a_run(folder: Path) -> bool:
     return any((folder / name).exists() for name in RUN_FILES)
 
 
+# Not read back on --resume: where the run is and what to do with it, and how this machine runs it (its defaults fit it).
+NOT_READ_BACK = {"out", "resume", "force", "device", "compile", "cuda_graphs", "quiet"}
+
+
 def recorded_options(out) -> dict:
-    """The options the run in `out` started with, as this kdcli names them (but where it is, and whether to resume
-    or start over); {} when there is no checkpoint to resume."""
+    """The options the run in `out` started with, as this kdcli names them (but NOT_READ_BACK); {} when there is
+    no checkpoint to resume."""
     ckpt = Path(out) / CHECKPOINT
     if not ckpt.is_file():
         return {}
-    return {k: v for k, v in as_recorded_now(load_checkpoint(ckpt).get("config") or {}).items() if k not in ("out", "resume", "force")}
+    return {k: v for k, v in as_recorded_now(load_checkpoint(ckpt).get("config") or {}).items() if k not in NOT_READ_BACK}
 
 
 def forget_run(out):

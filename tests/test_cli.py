@@ -313,6 +313,9 @@ def test_resume_takes_the_options_not_given_from_the_run(tmp_path, data_dir, mon
     """`--out X --resume` is enough: the model, recipe, data and device are the run's, not the defaults."""
     out = tmp_path / "out"
     stopped_run(tmp_path, monkeypatch, teacher_args(data_dir, out, "--epochs", 2, "--lr", 0.05, "--lr-milestones", "1"))
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    state["config"].update(device="cuda", compile=True)  # as a run started on a GPU machine records: this one's defaults serve
+    torch.save(state, out / "checkpoint.pt")
     resumed = kdcli("train-teacher", "--out", out, "--resume", "--quiet")
     assert resumed.exit_code == 0, resumed.output
     assert "teacher lenet5: " in resumed.stdout and "after 2 epochs" in resumed.stdout
