@@ -126,7 +126,7 @@ def prepare_run_dir(config):
     """Check --out (claimed: claim_folder) against --resume/--force; return the checkpoint to resume from,
     'done', or None."""
     out = Path(config.out)
-    if inner := next(runs_below(out), None):  # its checkpoint.pt and summary.json would sit among them, and be reported with them
+    if inner := run_below(out):  # its checkpoint.pt and summary.json would sit among them, and be reported with them
         raise KdcliError(f"{out} holds other runs in its subfolders (e.g. {inner}): give this run a folder of its own (--out)")
     for stale in out.glob(f".{CHECKPOINT}.tmp-*"):  # left by a process killed in save_atomic
         stale.unlink(missing_ok=True)
@@ -150,16 +150,27 @@ def prepare_run_dir(config):
     return state
 
 
-RUN_FILES = (CHECKPOINT, "summary.json", "config.json")  # any of them marks a folder as a run's
+def holds_a_run(folder) -> bool:
+    """Whether a run's checkpoint or summary is in `folder` (not config.json: too common a name)."""
+    return any(os.path.exists(os.path.join(folder, name)) for name in (CHECKPOINT, "summary.json"))
 
 
-def runs_below(folder: Path):
-    """The run folders strictly inside `folder` (a sweep's students, say), lazily."""
-    return (p.parent for name in RUN_FILES for p in folder.glob(f"*/**/{name}"))
-
-
-def holds_a_run(folder: Path) -> bool:
-    return any((folder / name).exists() for name in RUN_FILES)
+def run_below(folder: Path, depth: int = 3) -> Path | None:
+    """A run folder strictly inside `folder`, up to `depth` levels down (a sweep's students are 2, a folder of
+    sweeps' 3), or None: breadth first, so a large --out (`.`) costs only its first levels."""
+    level = [folder]
+    for _ in range(depth):
+        inside = []
+        for parent in level:
+            try:
+                with os.scandir(parent) as entries:
+                    inside += [Path(e.path) for e in entries if e.is_dir(follow_symlinks=False)]
+            except OSError:  # unreadable: nothing of ours in it
+                pass
+        if found := next((d for d in inside if holds_a_run(d) or (d / LOCK).exists()), None):  # LOCK: a sweep's student not started
+            return found
+        level = inside
+    return None
 
 
 # Not read back on --resume: where the run is and what to do with it, and how this machine runs it (its defaults fit it).

@@ -405,6 +405,12 @@ def test_a_run_is_not_trained_into_a_sweeps_folder_nor_a_sweep_into_a_runs(tmp_p
     assert snapshot(tmp_path / "run") == before
 
 
+def test_a_folder_holding_other_files_named_config_json_is_no_sweep(tmp_path, data_dir, cache):
+    (tmp_path / "exp" / "notes").mkdir(parents=True)
+    (tmp_path / "exp" / "notes" / "config.json").write_text("{}")
+    assert kdcli(*student_args(data_dir, cache, tmp_path / "exp")).exit_code == 0
+
+
 def test_a_sweep_run_again_with_another_cache_is_refused(tmp_path, data_dir, cache, other_cache):
     assert kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep")).exit_code == 0
     assert_refused(kdcli(*sweep_args(data_dir, other_cache, tmp_path / "sweep")), "was trained from another cache than", codes=(1,))
