@@ -296,7 +296,8 @@ def report(
     from kdcli import report as reporting
 
     if not out and len(runs) > 1:  # the first folder's own results.md (a sweep's) would be replaced by the combined one
-        raise typer.BadParameter(f"{len(runs)} folders given: name the folder for their combined report", param_hint="--out")
+        typer.echo(f"error: {len(runs)} folders given: pass --out FOLDER for their combined report", err=True)
+        raise typer.Exit(2)
     with errors_as_one_line():
         found = reporting.collect(runs)
         rows = reporting.aggregate(found)

@@ -101,8 +101,7 @@ def dump_logits(config: DumpConfig, progress: bool = True) -> dict:
         if start is None:
             attrs = {
                 **identity, "teacher_model": state["model_name"], "teacher_train_images": _images_seen(state, len(data.train_labels)),
-                # in the precision the teacher evaluated itself, not the dump's: the number train-teacher and evaluate print
-                "teacher_test_accuracy": top1(predict(model, data.test_images, recorded_precision(state)), data.test_labels),
+                "teacher_test_accuracy": _teacher_test_accuracy(model, data, state, config.amp),
             }  # fmt: skip
             _create_cache(config, label, data, attrs, teacher_path)
         seconds = 0.0
@@ -128,6 +127,16 @@ def dump_logits(config: DumpConfig, progress: bool = True) -> dict:
         "teacher_test_accuracy": accuracy,
         "dtype": config.dtype,
     }
+
+
+def _teacher_test_accuracy(model, data, state, amp) -> float:
+    """In the precision the teacher evaluated itself, so the number train-teacher and evaluate print, where this
+    device has that precision; else in the dump's own `amp`."""
+    try:
+        logits = predict(model, data.test_images, recorded_precision(state))
+    except KdcliError:  # e.g. a teacher trained in bf16, dumped on a GPU without bf16 (--amp fp16)
+        logits = predict(model, data.test_images, amp)
+    return top1(logits, data.test_labels)
 
 
 def _images_seen(teacher_state: dict, n: int) -> int:

@@ -84,6 +84,22 @@ def test_the_teachers_accuracy_is_recorded_in_its_own_precision(tmp_path, teache
     assert summary["teacher_test_accuracy"] == evaluate(tmp_path / "teacher.pt", data_dir, "cpu", download=False)["test_accuracy"]
 
 
+def test_a_teacher_precision_this_device_lacks_is_measured_in_the_dumps(tmp_path, teacher, data_dir, monkeypatch):
+    """A teacher trained in bf16 and dumped with --amp fp16 on a GPU without bf16: the dump goes on."""
+    state = torch.load(teacher / "checkpoint.pt", weights_only=True)
+    torch.save({**state, "config": {"amp": "bf16"}}, tmp_path / "teacher.pt")
+    predict = dump.predict
+
+    def no_bf16(model, images, amp, **kw):
+        if amp == "bf16":
+            raise KdcliError("this GPU does not support bf16")
+        return predict(model, images, amp, **kw)
+
+    monkeypatch.setattr(dump, "predict", no_bf16)
+    summary = dump_logits(config(tmp_path, tmp_path / "teacher.pt", data_dir, amp="fp16"), progress=False)
+    assert summary["teacher_test_accuracy"] >= 0
+
+
 def test_cached_logits_are_the_teacher_on_the_rebuilt_views(reference, teacher, data_dir):
     path, _ = reference
     data = load_cifar10(data_dir, "cpu")
