@@ -98,7 +98,7 @@ def command_from(cls, name: str, run):
             if typing.get_origin(hints[f.name]) is tuple:
                 options[f.name] = _parse_list(options[f.name], typing.get_args(hints[f.name])[0], "--" + f.name.replace("_", "-"))
         with errors_as_one_line(resume_flag=any(f.name == "resume" for f in shown)):
-            if options.get("resume") and not options.get("force"):
+            if options.get("resume"):  # --force too: `--resume --force` trains the run again with its own options
                 given = {name for name in options if ctx.get_parameter_source(name).name != "DEFAULT"}
                 options = with_recorded_options(cls, options, given)
             run(make_config(cls, options))
@@ -117,7 +117,7 @@ def with_recorded_options(cls, options: dict, given: set) -> dict:
     from kdcli.runs import recorded_options
 
     hints = typing.get_type_hints(cls)
-    recorded = recorded_options(options["out"])
+    recorded = recorded_options(options["out"], options)
     back = {k: tuple(v) if typing.get_origin(hints[k]) is tuple else v for k, v in recorded.items() if k in options and k not in given}
     return {**options, **back}
 

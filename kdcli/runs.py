@@ -126,8 +126,6 @@ def prepare_run_dir(config):
     """Check --out (claimed: claim_folder) against --resume/--force; return the checkpoint to resume from,
     'done', or None."""
     out = Path(config.out)
-    if inner := run_below(out):  # its checkpoint.pt and summary.json would sit among them, and be reported with them
-        raise KdcliError(f"{out} holds other runs in its subfolders (e.g. {inner}): give this run a folder of its own (--out)")
     for stale in out.glob(f".{CHECKPOINT}.tmp-*"):  # left by a process killed in save_atomic
         stale.unlink(missing_ok=True)
     finished, ckpt = (out / "summary.json").exists(), out / CHECKPOINT
@@ -155,6 +153,27 @@ def holds_a_run(folder) -> bool:
     return any(os.path.exists(os.path.join(folder, name)) for name in (CHECKPOINT, "summary.json"))
 
 
+# Checked before claim_folder makes --out: a run's folder neither holds other runs nor lies in one, and a sweep's
+# holds no run of its own. Their files would sit among each other's, the report would pool them, and an outer
+# run could no longer resume.
+
+def check_run_folder(out: Path):
+    if inner := run_below(out):
+        raise KdcliError(f"{out} holds other runs in its subfolders (e.g. {inner}): give this run a folder of its own (--out)")
+    _check_not_inside_a_run(out, "this run")
+
+
+def check_sweep_folder(out: Path):
+    if holds_a_run(out):
+        raise KdcliError(f"{out} holds a run of its own (its {CHECKPOINT} or summary.json): give the sweep a folder of its own (--out)")
+    _check_not_inside_a_run(out, "the sweep")
+
+
+def _check_not_inside_a_run(out: Path, what: str):
+    if outer := next((p for p in Path(out).resolve().parents[:3] if holds_a_run(p)), None):
+        raise KdcliError(f"{out} is inside the folder of another run ({outer}): give {what} a folder of its own (--out)")
+
+
 def run_below(folder: Path, depth: int = 3) -> Path | None:
     """A run folder strictly inside `folder`, up to `depth` levels down (a sweep's students are 2, a folder of
     sweeps' 3), or None: breadth first, so a large --out (`.`) costs only its first levels."""
@@ -177,13 +196,17 @@ def run_below(folder: Path, depth: int = 3) -> Path | None:
 NOT_READ_BACK = {"out", "resume", "force", "device", "compile", "cuda_graphs", "quiet"}
 
 
-def recorded_options(out) -> dict:
+def recorded_options(out, asked: dict) -> dict:
     """The options the run in `out` started with, as this kdcli names them (but NOT_READ_BACK); {} when there is
-    no checkpoint to resume."""
+    no checkpoint to resume. `asked`: the options given now, to refuse a student's read into a teacher's."""
     ckpt = Path(out) / CHECKPOINT
     if not ckpt.is_file():
         return {}
-    return {k: v for k, v in as_recorded_now(load_checkpoint(ckpt).get("config") or {}).items() if k not in NOT_READ_BACK}
+    recorded = as_recorded_now(load_checkpoint(ckpt).get("config") or {})
+    if asked.get("force") and run_kind(recorded) != run_kind(asked):
+        return {}  # another kind of run replaces it: nothing of this one's options applies
+    check_same_kind(recorded, asked, out)
+    return {k: v for k, v in recorded.items() if k not in NOT_READ_BACK}
 
 
 def forget_run(out):
@@ -192,13 +215,22 @@ def forget_run(out):
         (Path(out) / name).unlink(missing_ok=True)
 
 
+def run_kind(options: dict) -> str:
+    return "student" if "cache" in options else "teacher"
+
+
+def check_same_kind(saved: dict, now: dict, out):
+    """A student never continues a teacher's run, nor the reverse (options recorded and asked for, as dicts)."""
+    was, now = run_kind(saved), run_kind(now)
+    if was != now:
+        raise KdcliError(f"{out} holds a {was}'s run, not a {now}'s: pass another --out, or --force to start over")
+
+
 def check_same_options(config, state, out, remedy="give the run's own (--resume takes them where left out), --force to start over, or another --out"):
     """The run in `out` (its checkpoint's `state`) is the run `config` describes: a teacher's or a student's, of
     the same model, with the same options (the CLI fills in those not given from the run: recorded_options)."""
     saved = as_recorded_now(state.get("config", {}))
-    was, now = ("student" if "cache" in c else "teacher" for c in (saved, vars(config)))
-    if was != now:
-        raise KdcliError(f"{out} holds a {was}'s run, not a {now}'s: pass another --out, or --force to start over")
+    check_same_kind(saved, vars(config), out)
     if state.get("model_name", config.model) != config.model:
         raise KdcliError(f"{out} holds a {state['model_name']}, not a {config.model} (--model); {remedy}")
     changed = [

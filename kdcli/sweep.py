@@ -16,10 +16,10 @@ import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from kdcli import Interrupted, KdcliError, StopOnSigint
+from kdcli import Interrupted, StopOnSigint
 from kdcli.checkpoint import CHECKPOINT, load_checkpoint
 from kdcli.data import load_cifar10, resolve_device
-from kdcli.runs import LOCK, check_same_inputs, check_same_options, claim_folder, forget_run, holds_a_run
+from kdcli.runs import LOCK, check_same_inputs, check_same_options, check_sweep_folder, claim_folder, forget_run
 from kdcli.stack import stackable
 from kdcli.train import ConfigError, DistillOptions, StudentConfig, TrainOptions, check_seed, check_temperature, open_student_cache, student_runs, train_runs
 
@@ -156,9 +156,8 @@ def sweep(config: SweepConfig, progress=True) -> dict:
     stop = StopOnSigint()  # one for the whole sweep: a Ctrl-C while a group evaluates or saves its last epoch stops before the next group
     try:
         allow_open_files(len(configs) + 64)  # a lock file held open per student
+        check_sweep_folder(Path(config.out))  # before claim_folder makes the folder
         with claim_folder(config.out), contextlib.ExitStack() as students:  # a second sweep here is refused meanwhile
-            if holds_a_run(Path(config.out)):  # the report would pool that run with the sweep's students
-                raise KdcliError(f"{config.out} holds a run of its own (its {CHECKPOINT} or summary.json): give the sweep a folder of its own (--out)")
             # and so is another kdcli into any student's folder, from the start, so --force never deletes another kdcli's files
             new = [Path(c.out) for c in configs if not Path(c.out).exists()]
             for c in configs:

@@ -38,7 +38,7 @@ from kdcli.data import load_cifar10, resolve_device
 from kdcli.evaluate import Precision, autocast_dtype, autocast_to, evaluate_stack
 from kdcli.losses import distillation_loss, soft_targets
 from kdcli.models import MODELS, create_model, unknown_model
-from kdcli.runs import CachedTargets, DrawnAugmentation, Run, check_same_inputs, claim_folder, flag, git_commit, plain, prepare_run_dir, truncate_metrics, write_json
+from kdcli.runs import CachedTargets, DrawnAugmentation, Run, check_run_folder, check_same_inputs, claim_folder, flag, git_commit, plain, prepare_run_dir, truncate_metrics, write_json
 from kdcli.stack import GraphedStep, ModelStack, split_optimizer_state, stack_optimizer_states
 
 
@@ -231,6 +231,7 @@ def train_runs(runs: list, data, device: torch.device, teacher: nn.Module | None
     with contextlib.ExitStack() as held:
         if not claimed:
             for r in runs:
+                check_run_folder(r.dir)  # before claim_folder makes the folder
                 held.enter_context(claim_folder(r.dir))  # before anything in it is read or deleted
         if stop is None:
             stop = StopOnSigint()

@@ -405,6 +405,15 @@ def test_a_run_is_not_trained_into_a_sweeps_folder_nor_a_sweep_into_a_runs(tmp_p
     assert snapshot(tmp_path / "run") == before
 
 
+def test_no_run_or_sweep_is_trained_inside_another_runs_folder(tmp_path, data_dir, cache, student):
+    """The outer run could no longer resume (its folder would hold runs), and the report would mix them."""
+    shutil.copytree(student, tmp_path / "run")
+    before = snapshot(tmp_path / "run")
+    assert_refused(kdcli(*student_args(data_dir, cache, tmp_path / "run" / "inner")), "is inside the folder of another run", codes=(1,))
+    assert_refused(kdcli(*sweep_args(data_dir, cache, tmp_path / "run" / "a" / "sweep")), "is inside the folder of another run", codes=(1,))
+    assert snapshot(tmp_path / "run") == before and not (tmp_path / "run" / "inner").exists()
+
+
 def test_a_folder_holding_other_files_named_config_json_is_no_sweep(tmp_path, data_dir, cache):
     (tmp_path / "exp" / "notes").mkdir(parents=True)
     (tmp_path / "exp" / "notes" / "config.json").write_text("{}")

@@ -323,13 +323,22 @@ def test_resume_takes_the_options_not_given_from_the_run(tmp_path, data_dir, mon
     assert (config["model"], config["epochs"], config["lr"], config["lr_milestones"], config["data_dir"]) == ("lenet5", 2, 0.05, [1], str(data_dir))
 
 
-def test_resume_refuses_a_given_option_that_differs_and_force_reads_nothing_back(tmp_path, data_dir, monkeypatch):
+def test_resume_refuses_a_given_option_that_differs_and_with_force_trains_the_run_again(tmp_path, data_dir, monkeypatch):
     out = tmp_path / "out"
     stopped_run(tmp_path, monkeypatch, teacher_args(data_dir, out, "--epochs", 2))
     assert_clean_error(kdcli("train-teacher", "--out", out, "--resume", "--epochs", 3), "--epochs 3 (run has 2)", "give the run's own", codes=(1,))
     assert_clean_error(kdcli("train-teacher", "--out", out, "--resume", "--model", "resnet8"), "holds a lenet5, not a resnet8 (--model)", codes=(1,))
-    started_over = kdcli(*teacher_args(data_dir, out, "--resume", "--force", "--epochs", 3))  # the options given, all of them
-    assert started_over.exit_code == 0 and "after 3 epochs" in started_over.stdout, started_over.output
+    again = kdcli("train-teacher", "--out", out, "--resume", "--force", "--epochs", 3, "--quiet")  # its own options, but those given
+    assert again.exit_code == 0 and "teacher lenet5: " in again.stdout and "after 3 epochs" in again.stdout, again.output
+
+
+def test_a_student_resumed_into_a_teachers_folder_is_told_so_first(tmp_path, data_dir, monkeypatch):
+    """Before the student's cache is looked for, or warned about with the teacher's epochs."""
+    out = tmp_path / "out"
+    stopped_run(tmp_path, monkeypatch, teacher_args(data_dir, out, "--epochs", 2))
+    result = kdcli("train-student", "--out", out, "--resume")
+    assert_clean_error(result, "holds a teacher's run, not a student's", codes=(1,))
+    assert "cache" not in result.stderr
 
 
 def test_a_student_resumes_with_its_own_temperature_and_cache(tmp_path, data_dir, monkeypatch):
