@@ -5,6 +5,7 @@ Library errors a user can cause are raised as KdcliError; the CLI prints them
 as one line and exits 1.
 """
 
+import os
 import signal
 from typing import Literal
 
@@ -48,6 +49,8 @@ class StopOnSigint:
             pass
 
     def _handle(self, signum, frame):
+        if not self.requested:  # said at once: an evaluation or a checkpoint may take a while to reach the safe point
+            os.write(2, b"\nCtrl-C: stopping at the next safe point\n")  # a raw write: the handler may interrupt a print
         self.requested = True
 
     def restore(self):

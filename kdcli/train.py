@@ -236,10 +236,11 @@ def train_runs(runs: list, data, device: torch.device, teacher: nn.Module | None
         if stop is None:
             stop = StopOnSigint()
             held.callback(stop.restore)
-        return _train_claimed(runs, data, device, teacher, progress, stop, warn=not claimed)
+        return _train_claimed(runs, data, device, teacher, progress, stop, alone=not claimed)
 
 
-def _train_claimed(runs, data, device, teacher, progress, stop, warn) -> list:
+def _train_claimed(runs, data, device, teacher, progress, stop, alone) -> list:
+    """`alone`: the runs are not a sweep's, which speaks for its students itself."""
     states = [prepare_run_dir(r.config) for r in runs]
     for r, state in zip(runs, states):
         if state is not None:  # resumed, or finished and kept: the same images and soft targets as before
@@ -248,11 +249,13 @@ def _train_claimed(runs, data, device, teacher, progress, stop, warn) -> list:
         return [json.loads((r.dir / "summary.json").read_text()) for r in runs]
     if any(s == "done" for s in states) or len({((s or {}).get("epoch", 0), (s or {}).get("step", 0)) for s in states}) > 1:
         raise KdcliError("runs trained together must all be at the same epoch and step; train them separately")
-    if warn:
+    if alone:
         runs[0].config.warn_ineffective()
     group = Group(runs, data, device, teacher)
     if states[0] is None:
         group.start_folders()
+        if progress and alone and runs[0].config.resume:  # a mistyped --out would otherwise start a run of defaults unremarked
+            print(f"{runs[0].dir}: nothing to resume, a new run starts", file=sys.stderr, flush=True)
     else:
         group.load(states)
         if progress:

@@ -332,6 +332,12 @@ def test_resume_refuses_a_given_option_that_differs_and_with_force_trains_the_ru
     assert again.exit_code == 0 and "teacher lenet5: " in again.stdout and "after 3 epochs" in again.stdout, again.output
 
 
+def test_resume_where_there_is_nothing_to_resume_says_so(tmp_path, data_dir):
+    """make always passes --resume, so it starts runs; a mistyped --out must not start one unremarked."""
+    result = kdcli(*teacher_args(data_dir, tmp_path / "typo", "--resume"))
+    assert result.exit_code == 0 and f"{tmp_path / 'typo'}: nothing to resume, a new run starts" in result.stderr, result.output
+
+
 def test_a_student_resumed_into_a_teachers_folder_is_told_so_first(tmp_path, data_dir, monkeypatch):
     """Before the student's cache is looked for, or warned about with the teacher's epochs."""
     out = tmp_path / "out"

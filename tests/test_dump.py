@@ -192,9 +192,11 @@ def test_a_teacher_that_has_not_finished_training_is_refused(tmp_path, teacher, 
     state = torch.load(teacher / "checkpoint.pt")
     torch.save({**state, "epoch": epoch, "step": step, "config": {"epochs": 3}}, run / "checkpoint.pt")
     where = f"stopped at epoch {epoch + 1} of 3, step {step}" if step else f"epoch {epoch} of 3"
-    with pytest.raises(KdcliError, match=f"the teacher in .*run has not finished training \\({where}\\): resume it"):
+    with pytest.raises(KdcliError, match=f"the teacher in .*run has not finished training \\({where}\\): resume it \\(kdcli train-teacher --out .*run --resume\\)"):
         dump_logits(config(tmp_path, run, data_dir, epochs=1))
     assert list(tmp_path.glob("c.h5*")) == []  # neither a cache nor its lock file
+    with claim_folder(tmp_path / "starting"), pytest.raises(KdcliError, match="starting is still training, and has no checkpoint yet"):
+        dump_logits(config(tmp_path, tmp_path / "starting", data_dir, epochs=1))  # its first epoch: a lock, no checkpoint
     with claim_folder(run), pytest.raises(KdcliError, match=f"the teacher in .*run is still training \\(its checkpoint: {where}\\): wait for it"):
         dump_logits(config(tmp_path, run, data_dir, epochs=1))  # another kdcli holds the run's lock: it trains there now
     with pytest.warns(UserWarning, match=f"checkpoint.pt is the checkpoint of a teacher that has not finished training \\({where}\\)"):
