@@ -234,7 +234,7 @@ def check_same_options(config, state, out, remedy="give the run's own (--resume 
     if state.get("model_name", config.model) != config.model:
         raise KdcliError(f"{out} holds a {state['model_name']}, not a {config.model} (--model); {remedy}")
     changed = [
-        f"{flag(k)} {getattr(config, k)!r} (run has {saved[k]!r})"
+        f"{flag(k)} {plain(getattr(config, k))!r} (run has {plain(saved[k])!r})"
         for k in saved
         if k not in RESUME_IGNORES and hasattr(config, k) and plain(getattr(config, k)) != plain(saved[k])
     ]
