@@ -224,9 +224,9 @@ def _check_finished(teacher, path, state):
     if not epochs or "epoch" not in state or (state["epoch"] >= epochs and not state.get("step")):
         return  # finished, or a checkpoint that does not say
     where = training_reached(state)
-    if Path(teacher).is_dir() and in_use(teacher):
-        raise KdcliError(f"the teacher in {teacher} is still training (its checkpoint: {where}): wait for it to finish, or pass --teacher {path} to label with it as it is now")
     if Path(teacher).is_dir():
+        if in_use(teacher):
+            raise KdcliError(f"the teacher in {teacher} is still training (its checkpoint: {where}): wait for it to finish, or pass --teacher {path} to label with it as it is now")
         raise KdcliError(f"the teacher in {teacher} has not finished training ({where}): resume it (kdcli train-teacher "
                          f"--out {teacher} --resume), or pass --teacher {path} to label with it as it is")  # fmt: skip
     warnings.warn(f"{path} is the checkpoint of a teacher that has not finished training ({where})", stacklevel=2)
@@ -234,8 +234,8 @@ def _check_finished(teacher, path, state):
 
 def _teacher_path(teacher) -> Path:
     path = resolve(teacher)
-    if not path.is_file() and in_use(teacher):
-        raise KdcliError(f"the teacher in {teacher} is still training, and has no checkpoint yet: wait for it to finish")
     if not path.is_file():
+        if in_use(teacher):
+            raise KdcliError(f"the teacher in {teacher} is still training, and has no checkpoint yet: wait for it to finish")
         raise KdcliError(f"no teacher at {teacher}: run `kdcli train-teacher` first, or pass --teacher")
     return path
