@@ -32,27 +32,40 @@ class KdcliError(Exception):
 
 
 class Interrupted(KdcliError):
-    """Ctrl-C: the command stopped at a safe point and kept what it can resume from; its message says what."""
+    """Ctrl-C or SIGTERM: the command stopped at a safe point and kept what it can resume from; its message
+    says what. `signal`: the one that stopped it (the CLI exits 128 + its number, as a shell reports a kill)."""
+
+    def __init__(self, message, signal=signal.SIGINT):
+        super().__init__(message)
+        self.signal = signal
 
 
-class StopOnSigint:
-    """Ctrl-C sets a flag that a loop checks at its safe points (training: after each step, so weights
-    are never half-updated; dump-logits: between batches), instead of raising wherever it lands."""
+class StopOnSignal:
+    """Ctrl-C (SIGINT) and SIGTERM (what a batch scheduler or `docker stop` sends before a kill) set a flag
+    that a loop checks at its safe points (training: after each step, so weights are never half-updated;
+    dump-logits: between batches), instead of ending the process wherever they land."""
+
+    NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
 
     def __init__(self):
-        self.requested, self.previous = False, None
-        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # a background job of a script: as Python, keep ignoring it
-            return
-        try:
-            self.previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread: leave Ctrl-C alone
-            pass
+        self.signal, self.previous = None, {}
+        for signum in self.NAMES:
+            if signal.getsignal(signum) is signal.SIG_IGN:  # a background job of a script: as Python, keep ignoring it
+                continue
+            try:
+                self.previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread: leave the signals alone
+                return
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
 
     def _handle(self, signum, frame):
         if not self.requested:  # said at once: an evaluation or a checkpoint may take a while to reach the safe point
-            os.write(2, b"\nCtrl-C: stopping at the next safe point\n")  # a raw write: the handler may interrupt a print
-        self.requested = True
+            os.write(2, f"\n{self.NAMES[signum]}: stopping at the next safe point\n".encode())  # a raw write: the handler may interrupt a print
+            self.signal = signal.Signals(signum)
 
     def restore(self):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for signum, previous in self.previous.items():
+            signal.signal(signum, previous)

@@ -137,7 +137,7 @@ def make_config(cls, options):
 @contextlib.contextmanager
 def errors_as_one_line(resume_flag=False):
     """Library errors end as one line on stderr and exit status 1; warnings print as one line too.
-    A clean Ctrl-C (Interrupted) prints the command that resumes: with --resume where the command has it."""
+    A clean stop (Interrupted: Ctrl-C, SIGTERM) prints the command that resumes: with --resume where the command has it."""
     with warnings.catch_warnings():
         warnings.showwarning = lambda message, *args, **kwargs: typer.echo(f"warning: {message}", err=True)
         try:
@@ -146,7 +146,7 @@ def errors_as_one_line(resume_flag=False):
             kept = [arg for arg in sys.argv[1:] if arg != "--force"]  # --force would delete what was just saved
             command = shlex.join(["kdcli", *kept] + (["--resume"] if resume_flag and "--resume" not in kept else []))
             typer.echo(f"{e}\nresume with: {command}", err=True)
-            raise typer.Exit(130) from None
+            raise typer.Exit(128 + e.signal) from None  # 130 for Ctrl-C, 143 for SIGTERM: as a shell reports the kill
         except KdcliError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(1) from None

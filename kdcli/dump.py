@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from kdcli import Device, Interrupted, KdcliError, StopOnSigint, augment, cache
+from kdcli import Device, Interrupted, KdcliError, StopOnSignal, augment, cache
 from kdcli.checkpoint import resolve, sha256_file, training_reached
 from kdcli.data import load_cifar10, resolve_device
 from kdcli.evaluate import Precision, autocast_dtype, autocast_to, load_model, predict, recorded_precision, top1
@@ -70,7 +70,7 @@ def view_labeller(model, dtype: torch.dtype | None, compiled: bool):
 @torch.inference_mode()  # no autograd bookkeeping at all: the teacher is only read
 def teacher_logits(label, images, aug, batch_size: int, stop=None) -> torch.Tensor | None:
     """[N, C] float32: label (a view_labeller) on images [N, 3, 32, 32] uint8 as augmented by aug [N, 3]
-    (None: as they are); None once `stop` (a StopOnSigint) is requested, checked before each batch."""
+    (None: as they are); None once `stop` (a StopOnSignal) is requested, checked before each batch."""
     aug = (augment.unaugmented(len(images)) if aug is None else aug).to(images.device)
     out = []
     for i in range(0, len(images), batch_size):  # views are built per batch: all 50,000 at once is 150 MB more
@@ -107,10 +107,13 @@ def dump_logits(config: DumpConfig, progress: bool = True) -> dict:
         seconds = 0.0
         if start != config.epochs:  # else complete, and kept (--resume)
             with cache.CacheWriter(config.out) as writer:
-                start = writer.epochs_complete
-                seconds = _write_epochs(config, label, data, writer, progress)
-                if writer.epochs_complete < config.epochs:  # Ctrl-C: every epoch labelled in full was written first
-                    raise Interrupted(f"interrupted: {config.out} holds {writer.epochs_complete} of {config.epochs} epochs")
+                start, stop = writer.epochs_complete, StopOnSignal()
+                try:
+                    seconds = _write_epochs(config, label, data, writer, progress, stop)
+                finally:
+                    stop.restore()
+                if writer.epochs_complete < config.epochs:  # stopped: every epoch labelled in full was written first
+                    raise Interrupted(f"interrupted: {config.out} holds {writer.epochs_complete} of {config.epochs} epochs", stop.signal)
         accuracy = cache.cache_info(config.out)["teacher_test_accuracy"]
     n, written = len(data.train_labels), config.epochs - start
     return {
@@ -160,8 +163,9 @@ def _create_cache(config: DumpConfig, label, data, attrs: dict, teacher_path):
     cache.create(config.out, attrs, data.train_labels.cpu().numpy(), clean.cpu().numpy().astype(storage), test, config.epochs)
 
 
-def _write_epochs(config: DumpConfig, label, data, writer, progress: bool) -> float:
-    """Label and write the epochs the cache still lacks, or those before a Ctrl-C; return the seconds it took.
+def _write_epochs(config: DumpConfig, label, data, writer, progress: bool, stop) -> float:
+    """Label and write the epochs the cache still lacks, or those before `stop` (a StopOnSignal) is requested;
+    return the seconds it took.
 
     The device labels epoch e while the host collects epoch e-1's logits and hands them to the disk
     thread, which writes and fsyncs them; epochs reach the file in order. Ctrl-C only sets a flag,
@@ -169,7 +173,7 @@ def _write_epochs(config: DumpConfig, label, data, writer, progress: bool) -> fl
     n, start = len(data.train_labels), writer.epochs_complete
     bar = tqdm(total=n * (config.epochs - start), unit="img", unit_scale=True, desc="dump-logits",
                disable=not progress or config.quiet, dynamic_ncols=True)  # fmt: skip
-    stop, t0 = StopOnSigint(), time.perf_counter()
+    t0 = time.perf_counter()
     written = None  # the disk thread's write in progress
 
     def hand_to_disk(e, aug, collect_logits):
@@ -180,23 +184,20 @@ def _write_epochs(config: DumpConfig, label, data, writer, progress: bool) -> fl
         written = disk.submit(writer.write_epoch, e, aug.numpy(), logits)
         bar.update(n)
 
-    try:
-        with bar, ThreadPoolExecutor(1, thread_name_prefix="kdcli-disk") as disk:
-            labelled = None  # the last epoch labelled in full, not yet handed to the disk thread
-            for e in range(start, config.epochs):
-                aug = augment.params(config.seed, e, n)  # [N, 3] int8, drawn on the CPU like every kdcli draw
-                logits = teacher_logits(label, data.train_images, aug, config.batch_size, stop)  # [N, C], queued on the device
-                if logits is None:
-                    break
-                previous, labelled = labelled, (e, aug, _start_copy_to_host(logits))
-                if previous is not None:
-                    hand_to_disk(*previous)  # while the device labels epoch e
-            if labelled is not None:
-                hand_to_disk(*labelled)
-            if written is not None:
-                written.result()
-    finally:
-        stop.restore()
+    with bar, ThreadPoolExecutor(1, thread_name_prefix="kdcli-disk") as disk:
+        labelled = None  # the last epoch labelled in full, not yet handed to the disk thread
+        for e in range(start, config.epochs):
+            aug = augment.params(config.seed, e, n)  # [N, 3] int8, drawn on the CPU like every kdcli draw
+            logits = teacher_logits(label, data.train_images, aug, config.batch_size, stop)  # [N, C], queued on the device
+            if logits is None:
+                break
+            previous, labelled = labelled, (e, aug, _start_copy_to_host(logits))
+            if previous is not None:
+                hand_to_disk(*previous)  # while the device labels epoch e
+        if labelled is not None:
+            hand_to_disk(*labelled)
+        if written is not None:
+            written.result()
     return time.perf_counter() - t0
 
 

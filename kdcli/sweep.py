@@ -16,7 +16,7 @@ import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from kdcli import Interrupted, StopOnSigint
+from kdcli import Interrupted, StopOnSignal
 from kdcli.checkpoint import CHECKPOINT, load_checkpoint
 from kdcli.data import load_cifar10, resolve_device
 from kdcli.runs import LOCK, check_same_inputs, check_same_options, check_sweep_folder, claim_folder, forget_run
@@ -153,7 +153,7 @@ def sweep(config: SweepConfig, progress=True) -> dict:
     kd = [c for c in configs if c.distillation_weight > 0]
     cache = open_student_cache(kd[0], data) if kd else None
     parallel = students_at_once(config, device)
-    stop = StopOnSigint()  # one for the whole sweep: a Ctrl-C while a group evaluates or saves its last epoch stops before the next group
+    stop = StopOnSignal()  # one for the whole sweep: a Ctrl-C while a group evaluates or saves its last epoch stops before the next group
     try:
         allow_open_files(len(configs) + 64)  # a lock file held open per student
         check_sweep_folder(Path(config.out))  # before claim_folder makes the folder
@@ -180,7 +180,7 @@ def sweep(config: SweepConfig, progress=True) -> dict:
             for i, members in enumerate(todo):
                 if stop.requested:
                     left = sum(map(len, todo[i:]))
-                    raise Interrupted(f"interrupted between groups of students: {len(configs) - left} of {len(configs)} finished, each in its folder under {config.out}")
+                    raise Interrupted(f"interrupted between groups of students: {len(configs) - left} of {len(configs)} finished, each in its folder under {config.out}", stop.signal)
                 if progress:
                     names = ", ".join(str(Path(c.out).relative_to(config.out)) for c in members)
                     print(f"group {i + 1}/{len(todo)}, trained together: {names}", flush=True)

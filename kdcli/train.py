@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from kdcli import Device, Interrupted, KdcliError, StopOnSigint, __version__, augment
+from kdcli import Device, Interrupted, KdcliError, StopOnSignal, __version__, augment
 from kdcli.checkpoint import CHECKPOINT, save_atomic
 from kdcli.data import load_cifar10, resolve_device
 from kdcli.evaluate import Precision, autocast_dtype, autocast_to, evaluate_stack
@@ -51,7 +51,7 @@ class ConfigError(KdcliError):
 
 
 class TrainingInterrupted(Interrupted):
-    """Ctrl-C: the run stopped at a step boundary and saved a checkpoint it can resume from."""
+    """Ctrl-C or SIGTERM: the run stopped at a step boundary and saved a checkpoint it can resume from."""
 
 
 @dataclass
@@ -226,7 +226,7 @@ def train_runs(runs: list, data, device: torch.device, teacher: nn.Module | None
     the cache-equivalence test use it; kdcli itself trains students from the cache.
     `claimed`: the caller holds the runs' folders (runs.claim_folder) already, and warns about their options
     (TrainOptions.warn_ineffective) itself, as a sweep does.
-    `stop`: the caller's StopOnSigint, so that a Ctrl-C after the last step (evaluating, saving) reaches it.
+    `stop`: the caller's StopOnSignal, so that a Ctrl-C after the last step (evaluating, saving) reaches it.
     """
     with contextlib.ExitStack() as held:
         if not claimed:
@@ -234,7 +234,7 @@ def train_runs(runs: list, data, device: torch.device, teacher: nn.Module | None
                 check_run_folder(r.dir)  # before claim_folder makes the folder
                 held.enter_context(claim_folder(r.dir))  # before anything in it is read or deleted
         if stop is None:
-            stop = StopOnSigint()
+            stop = StopOnSignal()
             held.callback(stop.restore)
         return _train_claimed(runs, data, device, teacher, progress, stop, alone=not claimed)
 
@@ -398,7 +398,7 @@ class Group:
                 self.save_all()
                 more = f" and {self.size - 1} more run folders" if self.size > 1 else ""
                 raise TrainingInterrupted(
-                    f"interrupted at epoch {self.epoch + 1}, step {i + 1} of {self.steps}; checkpoint saved in {self.runs[0].dir}{more}"
+                    f"interrupted at epoch {self.epoch + 1}, step {i + 1} of {self.steps}; checkpoint saved in {self.runs[0].dir}{more}", stop.signal
                 )
         self.partial.update(losses=losses, correct=correct)
         if self.device.type == "cuda":

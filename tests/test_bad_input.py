@@ -519,8 +519,8 @@ def test_dump_into_a_folder_says_so_even_with_force(tmp_path, data_dir, teacher)
 
 
 def run_printed_hint(result):
-    """The `resume with:` command a Ctrl-C printed, run as given."""
-    assert result.exit_code == 130 and "Traceback" not in result.output, result.output
+    """The `resume with:` command a Ctrl-C (or SIGTERM) printed, run as given."""
+    assert result.exit_code in (130, 143) and "Traceback" not in result.output, result.output
     hint = result.stderr.split("resume with: ")[1].strip()
     return hint, kdcli(*shlex.split(hint)[1:])
 
@@ -564,7 +564,8 @@ def test_ctrl_c_while_a_group_saves_its_last_epoch_stops_the_sweep_before_the_ne
     assert resumed.exit_code == 0 and "2 students (1 trained now)" in resumed.stdout, resumed.output
 
 
-def test_ctrl_c_in_a_dump_says_what_is_kept_and_how_to_resume(tmp_path, data_dir, teacher, monkeypatch):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_in_a_dump_says_what_is_kept_and_how_to_resume(tmp_path, data_dir, teacher, monkeypatch, signum):
     from kdcli import dump
 
     label, epochs_labelled = dump.teacher_logits, []
@@ -572,7 +573,7 @@ def test_ctrl_c_in_a_dump_says_what_is_kept_and_how_to_resume(tmp_path, data_dir
     def interrupted_at_epoch_1(model, images, aug, *args):
         if aug is not None:  # (None: the un-augmented train and test sets, labelled first)
             if epochs_labelled:
-                os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, handled while epoch 1 is being labelled
+                os.kill(os.getpid(), signum)  # a real Ctrl-C or SIGTERM, handled while epoch 1 is being labelled
             epochs_labelled.append(aug)
         return label(model, images, aug, *args)
 
@@ -581,6 +582,7 @@ def test_ctrl_c_in_a_dump_says_what_is_kept_and_how_to_resume(tmp_path, data_dir
     monkeypatch.setattr(dump, "teacher_logits", interrupted_at_epoch_1)
     result = kdcli(*args)
     monkeypatch.setattr(dump, "teacher_logits", label)
+    assert result.exit_code == 128 + signum
     assert re.search(r"interrupted: \S+c\.h5 holds 1 of 2 epochs", result.stderr), result.stderr
     hint, resumed = run_printed_hint(result)
     assert "--force" not in hint  # it would start over

@@ -275,16 +275,20 @@ def test_finished_run_needs_force(teacher_run, data_dir):
     assert_clean_error(kdcli(*teacher_args(data_dir, out)), "finished run", "--force", codes=(1,))
 
 
-def test_ctrl_c_saves_and_prints_how_to_resume(tmp_path, data_dir, monkeypatch):
+@pytest.mark.parametrize("signum, name", [(signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM")])
+def test_ctrl_c_or_sigterm_saves_and_prints_how_to_resume(tmp_path, data_dir, monkeypatch, capfd, signum, name):
+    """SIGTERM is what a batch scheduler or `docker stop` sends before its kill: it stops as Ctrl-C does."""
     def loss(*args, **kwargs):
-        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signum)
         return distillation_loss(*args, **kwargs)
 
     monkeypatch.setattr(train_module, "distillation_loss", loss)
     args = [str(a) for a in teacher_args(data_dir, tmp_path / "out", "--force")]
     monkeypatch.setattr(sys, "argv", ["kdcli", *args])  # what the hint is made from
     result = kdcli(*args)
-    assert result.exit_code == 130, result.output
+    assert result.exit_code == 128 + signum, result.output  # 130 or 143, as a shell reports the kill
+    assert f"{name}: stopping at the next safe point" in capfd.readouterr().err  # written to fd 2 at once, by the handler
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # a later SIGTERM ends the process again
     assert "Traceback" not in result.output
     assert "interrupted at epoch 1, step 1" in result.stderr
     hint = result.stderr.split("resume with: ")[1].strip()
