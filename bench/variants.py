@@ -51,7 +51,8 @@ from kdcli.dump import DumpConfig, dump_logits, teacher_logits, view_labeller
 from kdcli.evaluate import autocast_dtype, autocast_to, load_model
 from kdcli.models import create_model
 from kdcli.runs import CachedTargets, DrawnAugmentation, Run
-from kdcli.train import Group, TeacherConfig
+from kdcli.config import TeacherConfig
+from kdcli.train import Group
 
 SECTIONS = ("teacher", "infer", "dump", "kd", "profile")
 

@@ -124,7 +124,7 @@ def with_recorded_options(cls, options: dict, given: set) -> dict:
 
 def make_config(cls, options):
     """The command's config; a bad value is a usage error (exit status 2) naming its flag."""
-    from kdcli.train import ConfigError
+    from kdcli.config import ConfigError
 
     try:
         return cls(**options)
@@ -227,7 +227,7 @@ def _sweep(config):
 def _register_commands():
     from kdcli.dump import DumpConfig
     from kdcli.sweep import SweepConfig
-    from kdcli.train import StudentConfig, TeacherConfig
+    from kdcli.config import StudentConfig, TeacherConfig
 
     command_from(TeacherConfig, "train-teacher", _train_teacher)
     command_from(DumpConfig, "dump-logits", _dump_logits)

@@ -24,10 +24,10 @@ from tqdm import tqdm
 
 from kdcli import Device, Interrupted, KdcliError, StopOnSignal, augment, cache
 from kdcli.checkpoint import resolve, sha256_file, training_reached
+from kdcli.config import check_precision, check_seed, require_at_least_one
 from kdcli.data import load_cifar10, resolve_device
 from kdcli.evaluate import Precision, autocast_dtype, autocast_to, load_model, predict, recorded_precision, top1
 from kdcli.runs import in_use
-from kdcli.train import check_precision, check_seed, require_at_least_one
 
 
 @dataclass

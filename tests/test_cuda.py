@@ -23,7 +23,8 @@ from kdcli.evaluate import load_model, predict
 from kdcli.losses import distillation_loss
 from kdcli.models import create_model
 from kdcli.runs import DrawnAugmentation, Run
-from kdcli.train import StudentConfig, TeacherConfig, TrainingInterrupted, train_runs, train_student, train_teacher
+from kdcli.config import StudentConfig, TeacherConfig
+from kdcli.train import TrainingInterrupted, train_runs, train_student, train_teacher
 
 DEVICE = "cuda"
 pytestmark = pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -24,7 +24,7 @@ from kdcli.data import load_cifar10
 from kdcli.dump import DumpConfig, dump_logits
 from kdcli.models import create_model
 from kdcli.runs import claim_folder
-from kdcli.train import ConfigError
+from kdcli.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 E = 4

@@ -21,7 +21,8 @@ from kdcli.models import create_model
 from kdcli.report import aggregate, collect
 from kdcli.runs import DrawnAugmentation, Run, claim_folder
 from kdcli.sweep import SweepConfig, students_at_once, sweep
-from kdcli.train import StudentConfig, TeacherConfig, train_runs, train_student, train_teacher
+from kdcli.config import StudentConfig, TeacherConfig
+from kdcli.train import train_runs, train_student, train_teacher
 
 CACHE_EPOCHS = 2
 

@@ -25,20 +25,10 @@ from kdcli.data import load_cifar10
 from kdcli.losses import distillation_loss
 from kdcli.evaluate import autocast_dtype, evaluate, load_model, predict
 from kdcli.models import create_model
-from kdcli.runs import LOCK, claim_folder
+from kdcli.config import ConfigError, StudentConfig, TeacherConfig
+from kdcli.runs import LOCK, DrawnAugmentation, Run, claim_folder
 from kdcli.stack import ModelStack
-from kdcli.train import (
-    ConfigError,
-    DrawnAugmentation,
-    Run,
-    StudentConfig,
-    TeacherConfig,
-    TrainingInterrupted,
-    learning_rate,
-    train_runs,
-    train_student,
-    train_teacher,
-)
+from kdcli.train import TrainingInterrupted, learning_rate, train_runs, train_student, train_teacher
 
 STEPS = 4  # ceil(200 / 64)
 METRICS = {"epoch", "lr", "train_loss", "train_accuracy", "test_accuracy", "seconds", "images_per_s"}

@@ -1,0 +1,153 @@
+"""The options of the training commands: one typed dataclass per command, checked as it is built.
+
+    config = TeacherConfig(epochs=30, scheduler="onecycle")   # ConfigError on a bad value
+    config = StudentConfig(temperature=30, cache="cache/logits.h5")
+
+Each field is one kebab-case flag of its command (cli.py builds the commands from these classes), with
+its default and, on the same line, its unit and reason. Run folders record the config, so a resumed run
+reads its options back (runs.py). The checks here need no data and no device: a bad value is refused
+before anything is loaded, downloaded or written. sweep.py's SweepConfig and dump.py's DumpConfig build
+on the same parts.
+"""
+
+import math
+import typing
+import warnings
+from dataclasses import dataclass
+from typing import Literal
+
+from kdcli import Device, KdcliError
+from kdcli.evaluate import Precision
+from kdcli.models import MODELS, unknown_model
+from kdcli.runs import flag
+
+
+class ConfigError(KdcliError):
+    """A bad option value; `option` names the flag (the CLI reports it as a usage error)."""
+
+    def __init__(self, option, message):
+        super().__init__(f"{option}: {message}")
+        self.option = option
+
+
+@dataclass
+class TrainOptions:
+    """Options every training command shares; the commands add their seed(s), folder and targets."""
+
+    model: str = "resnet18"  # architecture name (see `kdcli models`)
+    epochs: int = 300  # passes over the training set (reference: 300)
+    batch_size: int = 128  # images per step (reference: 128)
+    lr: float = 0.1  # peak learning rate (reference: 0.1)
+    optimizer: Literal["sgd", "adam"] = "sgd"  # reference: SGD
+    momentum: float = 0.9  # SGD momentum (reference: 0.9)
+    nesterov: bool = False  # Nesterov momentum for SGD
+    weight_decay: float = 5e-4  # L2 penalty (reference: 5e-4)
+    scheduler: Literal["multistep", "cosine", "onecycle", "none"] = "multistep"  # learning-rate schedule
+    lr_milestones: tuple[int, ...] = (150, 225)  # epochs where multistep multiplies the lr by lr-gamma
+    lr_gamma: float = 0.1  # multistep factor (reference: 0.1)
+    device: Device = "auto"  # auto: cuda, then mps, then cpu
+    amp: Precision = "bf16"  # autocast on CUDA: bf16, fp16 (with a loss scale) or off; no effect elsewhere
+    compile: bool = False  # torch.compile the model (CUDA; a run alone, not stacked students): ResNet18 teacher epochs 1.135 -> 1.023 s on an H100 (bench/variants.py teacher), for ~40 s of compiling
+    cuda_graphs: bool = True  # replay each step as one CUDA graph (CUDA; small models are launch-bound)
+    eval_every: int = 1  # epochs between test-set evaluations (the last epoch always is)
+    save_every: int = 1  # epochs between checkpoints (1: a crash loses at most one epoch)
+    data_dir: str = "data"  # folder holding cifar-10-batches-py/
+    download: bool = True  # fetch CIFAR-10 when it is missing
+    subset: int | None = None  # use only the first N training images (smoke runs)
+    val_size: int = 0  # hold out the last N training images (after --subset) and report accuracy on them: choose settings by it, not by the test set
+    resume: bool = False  # continue the run in --out from its checkpoint, with its own options where none are given
+    force: bool = False  # overwrite a finished or unfinished run in --out (even with --resume: make's targets always pass --resume)
+    quiet: bool = False  # one log line per evaluation instead of a progress bar
+
+    def __post_init__(self):
+        self.check()
+
+    def check(self):
+        """Raise ConfigError on a bad value; the commands' configs extend it."""
+        require_at_least_one(self, "epochs", "batch_size", "eval_every", "save_every", "subset")
+        check_precision(self.amp)
+        if self.model not in MODELS:  # checked before any data is loaded or downloaded
+            raise ConfigError("--model", unknown_model(self.model))
+        if self.val_size < 0:
+            raise ConfigError("--val-size", f"must be >= 0, got {self.val_size}")
+        if not self.lr > 0:  # also catches nan
+            raise ConfigError("--lr", f"must be > 0, got {self.lr}")
+        if not (self.weight_decay >= 0 and self.momentum >= 0):
+            raise ConfigError("--weight-decay/--momentum", "must be >= 0")
+        if self.nesterov and not self.momentum > 0:
+            raise ConfigError("--nesterov", "needs --momentum > 0")
+        if not 0 < self.lr_gamma < math.inf:
+            raise ConfigError("--lr-gamma", f"must be a finite number > 0, got {self.lr_gamma}")
+
+    def warn_ineffective(self):
+        """Options that are valid but will do nothing; called as training is about to start, after every check
+        of data and folders: a warning just before an error is noise."""
+        late = [m for m in self.lr_milestones if m >= self.epochs]
+        if self.scheduler == "multistep" and late:
+            warnings.warn(f"--lr-milestones {late} are at or beyond --epochs {self.epochs}: they never apply", stacklevel=3)
+
+
+@dataclass
+class TeacherConfig(TrainOptions):
+    seed: int = 777  # initialisation, batch order and augmentation (reference: 777)
+    amp: Precision = "fp16"  # autocast on CUDA: fp16 with a loss scale (batch norm then runs in cuDNN: ResNet18 epochs 1.176 -> 1.135 s on an H100), bf16 or off; no effect elsewhere
+    out: str = "runs/teacher"  # run folder: config.json, metrics.jsonl, checkpoint.pt, summary.json
+
+    def check(self):
+        super().check()
+        check_seed(self.seed)
+
+
+@dataclass
+class DistillOptions:
+    """The soft-target options a student and a sweep share."""
+
+    cache: str = "cache/logits.h5"  # teacher-logit cache written by dump-logits
+    distillation_weight: float = 0.1  # weight of T^2 * KL; 0 trains without the teacher (the baseline)
+    hard_weight: float = 1.0  # weight of the cross-entropy with the true labels
+    allow_partial: bool = False  # train from an unfinished cache, using its complete epochs
+
+    def check(self):
+        super().check()
+        for name in ("distillation_weight", "hard_weight"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(flag(name), f"must be >= 0, got {getattr(self, name)}")
+        if self.distillation_weight == self.hard_weight == 0:
+            raise ConfigError("--distillation-weight/--hard-weight", "both are 0: the loss would be 0 and nothing would train")
+
+
+@dataclass
+class StudentConfig(DistillOptions, TrainOptions):
+    model: str = "lenet5"  # architecture name (see `kdcli models`)
+    seed: int = 777  # initialisation and batch order (views come from the cache)
+    temperature: float = 4.0  # softmax temperature T of the soft targets (> 0)
+    out: str = "runs/student"  # run folder: config.json, metrics.jsonl, checkpoint.pt, summary.json
+
+    def check(self):
+        super().check()
+        check_seed(self.seed)
+        check_temperature(self.temperature)
+
+
+def check_precision(amp):
+    """Library callers are not held to the Literal the CLI enforces: True (bf16 before 2026-11-27) would be float32."""
+    if amp not in typing.get_args(Precision):
+        raise ConfigError("--amp", f"must be one of {', '.join(typing.get_args(Precision))}, got {amp!r}")
+
+
+def require_at_least_one(config, *names):
+    """Counts that must be >= 1 (None passes: an option left unset)."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            raise ConfigError(flag(name), f"must be at least 1, got {value}")
+
+
+def check_seed(seed: int, option="--seed"):
+    if not 0 <= seed < 2**63:  # torch.manual_seed and HDF5 attributes hold 64 bits
+        raise ConfigError(option, f"must be between 0 and 2**63 - 1, got {seed}")
+
+
+def check_temperature(t: float, option="--temperature"):
+    if not 0 < t < math.inf:  # also catches nan
+        raise ConfigError(option, f"must be a finite number > 0, got {t}")
