@@ -23,6 +23,8 @@ from kdcli import Device, Interrupted, KdcliError, __version__
 
 app = typer.Typer(
     add_completion=False,
+    rich_markup_mode=None,  # click's plain help and one-line errors: no boxes, no <bool> beside every flag
+    context_settings={"max_content_width": 120},  # up to 120 columns where the terminal has them (click stops at 80)
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="Knowledge distillation on CIFAR-10: train-teacher -> dump-logits -> train-student.",
@@ -47,6 +49,16 @@ def _option_type(annotation):
     if typing.get_origin(annotation) in (tuple, Literal):
         return str
     return annotation
+
+
+def _metavar(annotation) -> dict:
+    """What a value looks like in --help: INT, FLOAT, TEXT, INT,... (Typer's own is <int>, and <bool> on flags)."""
+    if annotation is bool or typing.get_origin(annotation) is Literal:
+        return {}  # flags take no value; a Literal shows its choices (_choice)
+    if typing.get_origin(annotation) is tuple:
+        return {"metavar": _metavar(typing.get_args(annotation)[0])["metavar"] + ",..."}
+    item = next((t for t in typing.get_args(annotation) if t is not type(None)), annotation)  # int | None: INT
+    return {"metavar": {int: "INT", float: "FLOAT"}.get(item, "TEXT")}
 
 
 def _choice(annotation) -> dict:
@@ -88,7 +100,7 @@ def command_from(cls, name: str, run):
             inspect.Parameter(
                 f.name,
                 inspect.Parameter.KEYWORD_ONLY,
-                default=typer.Option(default, *decls, help=helps.get(f.name, ""), **_choice(annotation)),
+                default=typer.Option(default, *decls, help=helps.get(f.name, ""), **_metavar(annotation), **_choice(annotation)),
                 annotation=_option_type(annotation),
             )
         )
@@ -240,8 +252,8 @@ _register_commands()
 
 @app.command()
 def evaluate(
-    checkpoint: str = typer.Argument(..., help="a run folder or its checkpoint.pt"),
-    data_dir: str = typer.Option("data", help="folder holding cifar-10-batches-py/"),
+    checkpoint: str = typer.Argument(..., help="a run folder or its checkpoint.pt", metavar="RUN"),
+    data_dir: str = typer.Option("data", help="folder holding cifar-10-batches-py/", **_metavar(str)),
     device: str = typer.Option("auto", help="auto: cuda, then mps, then cpu", **_choice(Device)),
     per_class: bool = typer.Option(False, "--per-class", help="also print the accuracy of each class"),
     download: bool = typer.Option(True, "--download/--no-download", help="fetch CIFAR-10 when it is missing"),
@@ -263,10 +275,10 @@ def evaluate(
 
 @app.command("cache-info")
 def cache_info(
-    path: str = typer.Argument("cache/logits.h5", help="an HDF5 logit cache written by dump-logits"),
-    verify: int = typer.Option(0, min=0, help="recompute the teacher on this many random cached entries and compare"),
-    teacher: str = typer.Option("", help="teacher run folder or checkpoint, for --verify (default: the one the dump was given)"),
-    data_dir: str = typer.Option("data", help="folder holding cifar-10-batches-py/, for --verify: the images the cache was made on"),
+    path: str = typer.Argument("cache/logits.h5", help="an HDF5 logit cache written by dump-logits", metavar="CACHE"),
+    verify: int = typer.Option(0, min=0, help="recompute the teacher on this many random cached entries and compare", **_metavar(int)),
+    teacher: str = typer.Option("", help="teacher run folder or checkpoint, for --verify (default: the one the dump was given)", **_metavar(str)),
+    data_dir: str = typer.Option("data", help="folder holding cifar-10-batches-py/, for --verify: the images the cache was made on", **_metavar(str)),
     device: str = typer.Option("auto", help="auto: cuda, then mps, then cpu", **_choice(Device)),
     download: bool = typer.Option(True, "--download/--no-download", help="fetch CIFAR-10 when it is missing"),
 ):
@@ -289,8 +301,8 @@ def cache_info(
 
 @app.command()
 def report(
-    runs: list[str] = typer.Argument(..., help="run folders, or folders holding run folders (a sweep)"),
-    out: str = typer.Option("", help="where to write results.md/csv/png (default: the folder given, when one is)"),
+    runs: list[str] = typer.Argument(..., help="run folders, or folders holding run folders (a sweep)", metavar="FOLDER"),
+    out: str = typer.Option("", help="where to write results.md/csv/png (default: the folder given, when one is)", **_metavar(str)),
 ):
     """Aggregate finished runs: mean, spread and the difference to the baseline, per setting."""
     from kdcli import report as reporting
