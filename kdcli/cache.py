@@ -45,10 +45,10 @@ import numpy as np
 import torch
 
 from kdcli import KdcliError, __version__, as_recorded_now, augment
-from kdcli.checkpoint import lock_or_refuse, resolve, sha256_file, temporary_file_for
+from kdcli.checkpoint import lock_or_refuse, read_checkpoint, resolve, temporary_file_for
 from kdcli.data import fingerprint as data_fingerprint
 from kdcli.data import load_cifar10, resolve_device
-from kdcli.evaluate import load_model, predict
+from kdcli.evaluate import model_from, predict
 
 FORMAT_VERSION = 1
 DATASETS = ("aug", "logits", "labels", "clean_logits", "test_logits", "epochs_complete")
@@ -263,13 +263,14 @@ def verify_cache(path, teacher=None, k=256, device="auto", data_dir="data", down
         teacher = teacher or c.attrs["config"].get("teacher", "runs/teacher")
         if not resolve(teacher).is_file():
             raise KdcliError(f"no teacher at {teacher} to verify {path} with: pass --teacher")
-        model, _ = load_model(resolve(teacher), dev)
-        if sha256_file(resolve(teacher)) != c.attrs["teacher_sha256"]:
+        state, sha256 = read_checkpoint(teacher)
+        if sha256 != c.attrs["teacher_sha256"]:
             raise KdcliError(f"{path} was made by another teacher (sha256 {c.attrs['teacher_sha256'][:8]}…), not {teacher}")
         data = load_cifar10(data_dir, dev, download=download)
         images, labels = data.train_images[: c.num_images], data.train_labels[: c.num_images]  # --subset keeps the first N
         if data_fingerprint(images, labels) != c.attrs["train_fingerprint"]:
             raise KdcliError(f"{path} was made on other training images than those in {data_dir}")
+        model = model_from(state, dev, teacher)
         total = c.epochs_complete * c.num_images
         entries = torch.tensor(random.Random(seed).sample(range(total), min(k, total)), dtype=torch.long)  # distinct; no list of all
         epochs, index = entries // c.num_images, entries % c.num_images

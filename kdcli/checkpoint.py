@@ -2,6 +2,7 @@
 
     save_atomic(state, run_dir / "checkpoint.pt")
     state = load_checkpoint(path)   # weights_only: a checkpoint cannot run code
+    state, sha256 = read_checkpoint(path)   # and the hash of the very bytes loaded
 
 A checkpoint is written to a temporary file in the same folder and renamed over
 the old one, so a process killed mid-write leaves the previous checkpoint intact.
@@ -11,6 +12,7 @@ import contextlib
 import fcntl
 import functools
 import hashlib
+import io
 import os
 import pickle
 import warnings
@@ -72,19 +74,24 @@ def resolve(path) -> Path:
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
+    return read_checkpoint(path, map_location)[0]
+
+
+def read_checkpoint(path, map_location="cpu") -> tuple[dict, str]:
+    """(the checkpoint in a run folder or file, the sha256 of the bytes it was loaded from). The file is read
+    once, so a run that saves its next checkpoint meanwhile cannot make the hash name other weights."""
     given, path = Path(path), resolve(path)
     if not path.is_file():
         below = next(given.rglob(CHECKPOINT), None) if given.is_dir() else None  # a sweep folder holds runs
         raise KdcliError(f"no checkpoint at {path}" + (f": {given} holds run folders; pass one, e.g. {below.parent}" if below else ""))
     try:
-        with open(path, "rb") as f:
-            magic = f.read(4)
+        data = path.read_bytes()
     except OSError as e:
         raise KdcliError(f"cannot read {path}: {e.strerror or e}") from None
-    if magic != b"PK\x03\x04" and magic[:1] != b"\x80":  # neither torch.save's zip nor its older pickle format
+    if data[:4] != b"PK\x03\x04" and data[:1] != b"\x80":  # neither torch.save's zip nor its older pickle format
         raise KdcliError(f"{path} is not a checkpoint (not a file torch.save writes): pass a run folder or its checkpoint.pt")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         # torch's message advises weights_only=False, exactly what must not be done with an untrusted file.
         # Its reason is the paragraph after that advice (and after its "Please file an issue" line).
@@ -98,7 +105,7 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         raise KdcliError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(state, dict) or "model" not in state or "model_name" not in state:
         raise KdcliError(f"{path} is a torch file but not a kdcli checkpoint (no model weights and name in it)")
-    return state
+    return state, hashlib.sha256(data).hexdigest()
 
 
 def training_reached(state: dict) -> str:
@@ -111,11 +118,3 @@ def training_reached(state: dict) -> str:
     if state.get("step"):
         return f"stopped at epoch {state['epoch'] + 1}{of}, step {state['step']}"
     return f"epoch {state['epoch']}{of}"
-
-
-def sha256_file(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -23,10 +23,10 @@ import torch
 from tqdm import tqdm
 
 from kdcli import Device, Interrupted, KdcliError, StopOnSignal, augment, cache
-from kdcli.checkpoint import resolve, sha256_file, training_reached
+from kdcli.checkpoint import read_checkpoint, resolve, training_reached
 from kdcli.config import check_precision, check_seed, require_at_least_one
 from kdcli.data import load_cifar10, resolve_device
-from kdcli.evaluate import Precision, autocast_dtype, autocast_to, load_model, predict, recorded_precision, top1
+from kdcli.evaluate import Precision, autocast_dtype, autocast_to, model_from, predict, recorded_precision, top1
 from kdcli.runs import in_use
 
 
@@ -84,7 +84,8 @@ def dump_logits(config: DumpConfig, progress: bool = True) -> dict:
     """Write (or finish) the cache at config.out; return a summary for the CLI's closing line."""
     teacher_path = _teacher_path(config.teacher)
     device = resolve_device(config.device)
-    model, state = load_model(teacher_path, device)
+    state, teacher_sha256 = read_checkpoint(teacher_path)  # the hash of the weights labelled with, even if the file is replaced since
+    model = model_from(state, device, teacher_path)
     _check_finished(config.teacher, teacher_path, state)  # before the lock: a refused teacher leaves no file behind
     with cache.write_lock(config.out):  # a second dump is refused before it reads the data
         cuda = device.type == "cuda"
@@ -93,7 +94,7 @@ def dump_logits(config: DumpConfig, progress: bool = True) -> dict:
         label = view_labeller(model, dtype, compiled=config.compile and cuda)
         data = load_cifar10(config.data_dir, device, config.subset, config.download)
         identity = {
-            "teacher_sha256": sha256_file(teacher_path), "train_fingerprint": data.fingerprint,
+            "teacher_sha256": teacher_sha256, "train_fingerprint": data.fingerprint,
             "seed": config.seed, "epochs": config.epochs, "dtype": config.dtype,
             "teacher_precision": str(dtype or torch.float32).removeprefix("torch."),
         }  # fmt: skip

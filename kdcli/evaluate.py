@@ -69,13 +69,18 @@ def recorded_precision(state: dict) -> str:
 def load_model(checkpoint_path, device) -> tuple:
     """A checkpoint -> (model in eval mode on `device`, checkpoint dict)."""
     state = load_checkpoint(checkpoint_path)
+    return model_from(state, device, checkpoint_path), state
+
+
+def model_from(state: dict, device, checkpoint_path):
+    """The model in eval mode on `device` of a loaded checkpoint (`checkpoint_path` names it in errors)."""
     model = create_model(state["model_name"], state.get("num_classes", 10))
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
         raise KdcliError(f"{checkpoint_path}: weights do not fit {state['model_name']} ({str(e).splitlines()[0]})") from None
     model = model.to(device, memory_format=torch.channels_last if device.type == "cuda" else torch.preserve_format)
-    return model.eval(), state
+    return model.eval()
 
 
 def _trained_on(data, state, checkpoint_path) -> bool:

@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny CIFAR-10-format data folder made on the spot (tests never download)."""
 
+import hashlib
 import pickle
 import signal
 
@@ -7,6 +8,10 @@ import numpy as np
 import pytest
 
 from kdcli import data as data_module
+
+def sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
 
 TRAIN_PER_BATCH = 40  # 5 batches -> 200 training images
 TEST_IMAGES = 60

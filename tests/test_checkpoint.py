@@ -10,7 +10,7 @@ import torch
 
 from kdcli import KdcliError
 from kdcli import checkpoint as checkpoint_module
-from kdcli.checkpoint import CHECKPOINT, load_checkpoint, resolve, save_atomic, sha256_file
+from kdcli.checkpoint import CHECKPOINT, load_checkpoint, read_checkpoint, resolve, save_atomic
 from kdcli.models import create_model
 
 
@@ -164,7 +164,7 @@ def test_unwritable_folder(tmp_path):
         save_atomic(kdcli_state(), tmp_path / "file" / CHECKPOINT)
 
 
-def test_sha256_file(tmp_path):
-    path = tmp_path / "blob"
-    path.write_bytes(os.urandom(3 << 20))  # more than one read block
-    assert sha256_file(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+def test_the_hash_is_of_the_bytes_loaded(tmp_path):
+    save_atomic(kdcli_state(), tmp_path / CHECKPOINT)
+    state, sha256 = read_checkpoint(tmp_path)
+    assert sha256 == hashlib.sha256((tmp_path / CHECKPOINT).read_bytes()).hexdigest() and state["epoch"] == 1

@@ -5,6 +5,7 @@ to the very arrays of a dump never stopped."""
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,13 +19,13 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import sha256
 from kdcli import Interrupted, KdcliError, augment, cache, dump
-from kdcli.checkpoint import sha256_file
+from kdcli.config import ConfigError
 from kdcli.data import load_cifar10
 from kdcli.dump import DumpConfig, dump_logits
 from kdcli.models import create_model
 from kdcli.runs import claim_folder
-from kdcli.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 E = 4
@@ -124,7 +125,7 @@ def test_metadata_and_summary(reference, teacher, data_dir):
     data = load_cifar10(data_dir, "cpu")
     info = cache.cache_info(path)
     a = info["attrs"]
-    assert a["teacher_model"] == "lenet5" and a["teacher_sha256"] == sha256_file(teacher / "checkpoint.pt")
+    assert a["teacher_model"] == "lenet5" and a["teacher_sha256"] == sha256(teacher / "checkpoint.pt")
     assert a["train_fingerprint"] == data.fingerprint and a["num_images"] == 200 and a["num_classes"] == 10
     assert (a["seed"], a["epochs"], a["dtype"], a["format_version"]) == (0, E, "float32", cache.FORMAT_VERSION)
     assert a["teacher_precision"] == "float32"  # on a CPU: no autocast (test_cuda.py checks the bf16 side)
@@ -150,6 +151,29 @@ def test_float16_by_default_and_verify_cache(tmp_path, reference, teacher, data_
     with h5py.File(cfg.out, "r+") as f:  # a damaged cache is caught
         f["logits"][1] = f["logits"][1] + 1
     assert cache.verify_cache(cfg.out, teacher, k=64, device="cpu", data_dir=data_dir)[0] > 0.5
+
+
+def test_a_teacher_checkpoint_replaced_during_the_dump_is_not_the_one_recorded(tmp_path, teacher, data_dir, monkeypatch):
+    """A teacher still training saves a checkpoint every epoch; one saved while the dump loads its data must
+    not give the cache the new file's sha256 for the old weights' logits (verify would call it damaged)."""
+    folder = tmp_path / "teacher"
+    shutil.copytree(teacher, folder)
+    labelled_with = sha256(folder / "checkpoint.pt")
+    load = dump.load_cifar10
+
+    def load_while_the_teacher_saves(*args, **kwargs):
+        state = torch.load(folder / "checkpoint.pt")
+        state["model"] = {k: v + 1 for k, v in state["model"].items()}
+        torch.save(state, folder / "checkpoint.pt")
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(dump, "load_cifar10", load_while_the_teacher_saves)
+    cfg = config(tmp_path, folder / "checkpoint.pt", data_dir, epochs=1)  # the file: labelled with as it is
+    dump_logits(cfg, progress=False)
+    monkeypatch.undo()
+    assert cache.cache_info(cfg.out)["attrs"]["teacher_sha256"] == labelled_with
+    with pytest.raises(KdcliError, match="made by another teacher"):  # the file now holds other weights, and verify says so
+        cache.verify_cache(cfg.out, folder, k=8, device="cpu", data_dir=data_dir)
 
 
 def test_verify_checks_distinct_entries_and_every_one_when_asked_for_more(tmp_path, teacher, data_dir):

@@ -13,8 +13,8 @@ import h5py
 import pytest
 import torch
 
+from conftest import sha256
 from kdcli.cache import cache_info
-from kdcli.checkpoint import sha256_file
 from kdcli.dump import DumpConfig, dump_logits
 from kdcli.models import create_model
 
@@ -63,7 +63,7 @@ def test_a_complete_cache_without_its_done_file_is_kept(tmp_path, data_dir):
     assert result.returncode == 0, result.stderr
     assert "complete already" in result.stdout and (tmp_path / "c.h5.done").exists()
     assert (tmp_path / "c.h5").stat().st_mtime_ns == before
-    assert made_by(tmp_path) == (sha256_file(teacher / "checkpoint.pt"), 2)
+    assert made_by(tmp_path) == (sha256(teacher / "checkpoint.pt"), 2)
 
 
 def test_a_new_teachers_cache_is_remade_even_after_a_stop_before_the_dump_wrote(tmp_path, data_dir):
@@ -74,7 +74,7 @@ def test_a_new_teachers_cache_is_remade_even_after_a_stop_before_the_dump_wrote(
     new = make_teacher_run(tmp_path / "teacher", seed=1)
     result = make_logits(tmp_path, data_dir)
     assert result.returncode == 0, result.stderr
-    assert made_by(tmp_path) == (sha256_file(new / "checkpoint.pt"), 2)
+    assert made_by(tmp_path) == (sha256(new / "checkpoint.pt"), 2)
 
 
 def test_the_new_teachers_unfinished_cache_resumes(tmp_path, data_dir):
@@ -89,7 +89,7 @@ def test_the_new_teachers_unfinished_cache_resumes(tmp_path, data_dir):
     result = make_logits(tmp_path, data_dir)
     assert result.returncode == 0, result.stderr
     assert "resumed at epoch 2" in result.stdout
-    assert made_by(tmp_path) == (sha256_file(new / "checkpoint.pt"), 2)
+    assert made_by(tmp_path) == (sha256(new / "checkpoint.pt"), 2)
 
 
 def test_demo_runs_the_pipelines_own_targets_shrunk(tmp_path, data_dir):
