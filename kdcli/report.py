@@ -176,12 +176,13 @@ def _order(setting: tuple) -> tuple:
     return model, temperature is not None, temperature or 0.0, w, hard  # baseline (None) first, then by T
 
 
-RECIPE = ("epochs", "batch_size", "lr", "optimizer", "momentum", "nesterov", "weight_decay", "scheduler", "lr_milestones", "lr_gamma", "subset", "val_size")
+RECIPE = ("epochs", "batch_size", "lr", "optimizer", "momentum", "nesterov", "weight_decay", "scheduler", "lr_milestones", "lr_gamma", "subset", "val_size",
+          "train_fingerprint")  # the images themselves: the official CIFAR-10 and a re-encoded copy are not one experiment
 
 
 def check_comparable(runs):
     """Refuse runs whose accuracies are not samples of one experiment: runs of a model trained with other
-    recipes (config.json), KD runs from caches of other lengths (a student replays cached epoch e mod E),
+    recipes or on other images (config.json), KD runs from caches of other lengths (a student replays cached epoch e mod E),
     or two runs of one setting with the same seed (one run reported twice)."""
     by_recipe: dict[str, dict[tuple, str]] = {}  # model -> recipe (each field as JSON) -> a run with it
     for r in runs:
@@ -190,7 +191,7 @@ def check_comparable(runs):
         by_recipe.setdefault(r["summary"]["model"], {}).setdefault(recipe, r["run_dir"])
     for model, found in by_recipe.items():
         if len(found) > 1:
-            differ = [k for i, k in enumerate(RECIPE) if len({recipe[i] for recipe in found}) > 1]
+            differ = [k.replace("train_fingerprint", "training images") for i, k in enumerate(RECIPE) if len({recipe[i] for recipe in found}) > 1]
             a, b = list(found.values())[:2]
             raise KdcliError(f"the {model} runs were trained with other {', '.join(differ)} (e.g. {a} and {b}): report each recipe's runs separately")
     # Cached epoch e's views depend on (seed, e) alone: students of E >= their epochs replayed the same ones.

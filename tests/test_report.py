@@ -227,6 +227,14 @@ def test_aggregate_refuses_runs_that_held_out_other_images(tmp_path):
         aggregate(collect([tmp_path]))
 
 
+def test_aggregate_refuses_runs_trained_on_other_images(tmp_path):
+    """Baselines on the official CIFAR-10 and on a re-encoded copy (the JPEG proxy) are not one experiment."""
+    make_run(tmp_path / "official" / "base", 75.0, weight=0.0, temperature=1.0, config={"train_fingerprint": "aa" * 32})
+    make_run(tmp_path / "proxy" / "base", 70.0, seed=10, weight=0.0, temperature=1.0, config={"train_fingerprint": "bb" * 32})
+    with pytest.raises(KdcliError, match=r"the lenet5 runs were trained with other training images \(e.g. "):
+        aggregate(collect([tmp_path]))
+
+
 def test_runs_from_before_val_size_count_as_holding_out_nothing(tmp_path):
     make_run(tmp_path / "old" / "base", 70.0, weight=0.0, temperature=1.0, config={"epochs": 300})  # no val_size recorded
     make_run(tmp_path / "new" / "base", 71.0, seed=10, weight=0.0, temperature=1.0, config={"epochs": 300, "val_size": 0})
