@@ -20,10 +20,15 @@ OPTIONS_ADDED_LATER = {"val_size": 0}
 
 def as_recorded_now(config: dict) -> dict:
     """A run's (or cache's) recorded options as this kdcli records them: options added later at the value
-    old runs trained with, and --amp (before 2026-11-27 a flag, true meaning bf16) as a precision."""
+    old runs trained with, --amp (before 2026-11-27 a flag, true meaning bf16) as a precision, and the
+    model by its own name (runs before 2026-11-27 recorded an alias as given: "1" for lenet5)."""
+    from kdcli.models import canonical_name  # imports torch: not for `kdcli --help`
+
     now = {**OPTIONS_ADDED_LATER, **config}
     if isinstance(now.get("amp"), bool):
         now["amp"] = "bf16" if now["amp"] else "off"
+    if "model" in now:
+        now["model"] = canonical_name(now["model"])
     return now
 
 

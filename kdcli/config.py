@@ -18,7 +18,7 @@ from typing import Literal
 
 from kdcli import Device, KdcliError
 from kdcli.evaluate import Precision
-from kdcli.models import MODELS, unknown_model
+from kdcli.models import MODELS, canonical_name, unknown_model
 from kdcli.runs import flag
 
 
@@ -68,6 +68,7 @@ class TrainOptions:
         check_precision(self.amp)
         if self.model not in MODELS:  # checked before any data is loaded or downloaded
             raise ConfigError("--model", unknown_model(self.model))
+        self.model = canonical_name(self.model)
         if self.val_size < 0:
             raise ConfigError("--val-size", f"must be >= 0, got {self.val_size}")
         if not self.lr > 0:  # also catches nan

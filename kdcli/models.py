@@ -104,3 +104,8 @@ def resnet8(num_classes=10):
 register("lenet5")(LeNet5)
 ALIASES = {"1": "lenet5"}  # the reference calls LeNet-5 "model 1"
 MODELS.update({alias: MODELS[name] for alias, name in ALIASES.items()})
+
+
+def canonical_name(name: str) -> str:
+    """A model's own name for a name or alias: runs record it, so that `--model 1` and `--model lenet5` are one model."""
+    return ALIASES.get(name, name)

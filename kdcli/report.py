@@ -23,6 +23,7 @@ import statistics
 from pathlib import Path
 
 from kdcli import KdcliError, as_recorded_now
+from kdcli.models import canonical_name
 from kdcli.runs import LOCK
 
 SETTING_COLUMNS = ["model", "temperature", "distillation_weight", "hard_weight", "n"]
@@ -168,7 +169,7 @@ def _setting(summary: dict) -> tuple:
     """(model, temperature, distillation weight, hard weight); temperature None for a baseline (or a teacher)."""
     w = float(summary.get("distillation_weight", 0.0))  # a teacher summary has no KD keys: a baseline of its model
     temperature = float(summary["temperature"]) if w != 0 else None
-    return summary["model"], temperature, w, float(summary.get("hard_weight", 1.0))
+    return canonical_name(summary["model"]), temperature, w, float(summary.get("hard_weight", 1.0))
 
 
 def _order(setting: tuple) -> tuple:
@@ -188,7 +189,7 @@ def check_comparable(runs):
     for r in runs:
         config = as_recorded_now(r["config"])
         recipe = tuple(json.dumps(config.get(k)) for k in RECIPE)
-        by_recipe.setdefault(r["summary"]["model"], {}).setdefault(recipe, r["run_dir"])
+        by_recipe.setdefault(canonical_name(r["summary"]["model"]), {}).setdefault(recipe, r["run_dir"])
     for model, found in by_recipe.items():
         if len(found) > 1:
             differ = [k.replace("train_fingerprint", "training images") for i, k in enumerate(RECIPE) if len({recipe[i] for recipe in found}) > 1]

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from kdcli import KdcliError, as_recorded_now, augment
 from kdcli.checkpoint import CHECKPOINT, load_checkpoint, lock_or_refuse
+from kdcli.models import canonical_name
 
 
 class DrawnAugmentation:
@@ -231,7 +232,7 @@ def check_same_options(config, state, out, remedy="give the run's own (--resume 
     the same model, with the same options (the CLI fills in those not given from the run: recorded_options)."""
     saved = as_recorded_now(state.get("config", {}))
     check_same_kind(saved, vars(config), out)
-    if state.get("model_name", config.model) != config.model:
+    if canonical_name(state.get("model_name", config.model)) != config.model:
         raise KdcliError(f"{out} holds a {state['model_name']}, not a {config.model} (--model); {remedy}")
     changed = [
         f"{flag(k)} {plain(getattr(config, k))!r} (run has {plain(saved[k])!r})"

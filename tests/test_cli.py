@@ -329,6 +329,18 @@ def test_resume_takes_the_options_not_given_from_the_run(tmp_path, data_dir, mon
     assert (config["model"], config["epochs"], config["lr"], config["lr_milestones"], config["data_dir"]) == ("lenet5", 2, 0.05, [1], str(data_dir))
 
 
+def test_a_model_alias_is_recorded_by_its_own_name_and_an_old_record_of_it_resumes(tmp_path, data_dir, monkeypatch):
+    """"1" (the reference's name for LeNet-5) and "lenet5" are one model: to resume, and in the report."""
+    out = tmp_path / "out"
+    stopped_run(tmp_path, monkeypatch, teacher_args(data_dir, out, "--epochs", 2, "--model", "1"))
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["model_name"] == state["config"]["model"] == "lenet5"
+    state["model_name"] = state["config"]["model"] = "1"  # as kdcli recorded an alias before 2026-11-27
+    torch.save(state, out / "checkpoint.pt")
+    resumed = kdcli("train-teacher", "--out", out, "--resume", "--model", "lenet5", "--quiet")
+    assert resumed.exit_code == 0 and "teacher lenet5: " in resumed.stdout, resumed.output
+
+
 def test_resume_refuses_a_given_option_that_differs_and_with_force_trains_the_run_again(tmp_path, data_dir, monkeypatch):
     out = tmp_path / "out"
     stopped_run(tmp_path, monkeypatch, teacher_args(data_dir, out, "--epochs", 2))
