@@ -65,7 +65,7 @@ class TrainOptions:
     def check(self):
         """Raise ConfigError on a bad value; the commands' configs extend it."""
         require_at_least_one(self, "epochs", "batch_size", "eval_every", "save_every", "subset")
-        check_precision(self.amp)
+        check_choices(self)
         if self.model not in MODELS:  # checked before any data is loaded or downloaded
             raise ConfigError("--model", unknown_model(self.model))
         self.model = canonical_name(self.model)
@@ -130,10 +130,14 @@ class StudentConfig(DistillOptions, TrainOptions):
         check_temperature(self.temperature)
 
 
-def check_precision(amp):
-    """Library callers are not held to the Literal the CLI enforces: True (bf16 before 2026-11-27) would be float32."""
-    if amp not in typing.get_args(Precision):
-        raise ConfigError("--amp", f"must be one of {', '.join(typing.get_args(Precision))}, got {amp!r}")
+def check_choices(config):
+    """Every Literal field holds one of its values. The CLI enforces them, library callers are not held to them,
+    and a wrong one would not fail: scheduler="onecylce" trains at a constant lr, amp=True (bf16 before
+    2026-11-27) in float32."""
+    for name, annotation in typing.get_type_hints(type(config)).items():
+        choices = typing.get_args(annotation) if typing.get_origin(annotation) is Literal else ()
+        if choices and getattr(config, name) not in choices:
+            raise ConfigError(flag(name), f"must be one of {', '.join(choices)}, got {getattr(config, name)!r}")
 
 
 def require_at_least_one(config, *names):

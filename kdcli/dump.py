@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from kdcli import Device, Interrupted, KdcliError, StopOnSignal, augment, cache
 from kdcli.checkpoint import read_checkpoint, resolve, training_reached
-from kdcli.config import check_precision, check_seed, require_at_least_one
+from kdcli.config import check_choices, check_seed, require_at_least_one
 from kdcli.data import load_cifar10, resolve_device
 from kdcli.evaluate import Precision, autocast_dtype, autocast_to, model_from, predict, recorded_precision, top1
 from kdcli.runs import in_use
@@ -50,7 +50,7 @@ class DumpConfig:
 
     def __post_init__(self):
         require_at_least_one(self, "epochs", "batch_size", "subset")
-        check_precision(self.amp)
+        check_choices(self)
         check_seed(self.seed)
 
 

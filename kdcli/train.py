@@ -48,18 +48,27 @@ class TrainingInterrupted(Interrupted):
 # ---------------------------------------------------------------- schedules and optimizers
 
 
+def multistep(c: TrainOptions, t: float) -> float:  # stepped once per epoch, as the reference does
+    return c.lr * c.lr_gamma ** sum(m <= int(t) for m in c.lr_milestones)
+
+
+def cosine(c: TrainOptions, t: float) -> float:
+    return c.lr * 0.5 * (1 + math.cos(math.pi * t / c.epochs))
+
+
+def onecycle(c: TrainOptions, t: float) -> float:  # linear warm-up from lr/25 over 30%, then cosine to ~0
+    warm = 0.3 * c.epochs
+    if t < warm:
+        return c.lr * (0.04 + 0.96 * t / warm)
+    return c.lr * 0.5 * (1 + math.cos(math.pi * (t - warm) / (c.epochs - warm)))
+
+
+SCHEDULES = {"multistep": multistep, "cosine": cosine, "onecycle": onecycle, "none": lambda c, t: c.lr}  # --scheduler
+
+
 def learning_rate(config: TrainOptions, t: float) -> float:
     """The learning rate at fractional epoch t: a pure function, so there is no scheduler state to save."""
-    if config.scheduler == "multistep":  # stepped once per epoch, as the reference does
-        return config.lr * config.lr_gamma ** sum(m <= int(t) for m in config.lr_milestones)
-    if config.scheduler == "cosine":
-        return config.lr * 0.5 * (1 + math.cos(math.pi * t / config.epochs))
-    if config.scheduler == "onecycle":  # linear warm-up from lr/25 over 30%, then cosine to ~0
-        warm = 0.3 * config.epochs
-        if t < warm:
-            return config.lr * (0.04 + 0.96 * t / warm)
-        return config.lr * 0.5 * (1 + math.cos(math.pi * (t - warm) / (config.epochs - warm)))
-    return config.lr
+    return SCHEDULES[config.scheduler](config, t)
 
 
 def make_optimizer(config: TrainOptions, parameters, device: torch.device, lr: torch.Tensor):

@@ -280,9 +280,11 @@ def test_bad_options_refused(tmp_path, teacher, data_dir, option):
         config(tmp_path, teacher, data_dir, **{option: 0})
 
 
-def test_a_precision_that_is_not_one_is_refused(tmp_path, teacher, data_dir):
+def test_a_choice_that_is_not_one_is_refused(tmp_path, teacher, data_dir):
     with pytest.raises(ConfigError, match="--amp: must be one of bf16, fp16, off, got True"):
         config(tmp_path, teacher, data_dir, amp=True)  # bf16 before --amp took a precision: not silently float32 now
+    with pytest.raises(ConfigError, match="--dtype: must be one of float16, float32, got 'bfloat16'"):
+        config(tmp_path, teacher, data_dir, dtype="bfloat16")
 
 
 def assert_resumes_to(reference, cfg, done):

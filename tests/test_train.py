@@ -10,6 +10,7 @@ import os
 from unittest.mock import ANY
 import shutil
 import signal
+import typing
 import subprocess
 import sys
 from dataclasses import fields
@@ -28,7 +29,7 @@ from kdcli.models import create_model
 from kdcli.config import ConfigError, StudentConfig, TeacherConfig
 from kdcli.runs import LOCK, DrawnAugmentation, Run, claim_folder
 from kdcli.stack import ModelStack
-from kdcli.train import TrainingInterrupted, learning_rate, train_runs, train_student, train_teacher
+from kdcli.train import SCHEDULES, TrainingInterrupted, learning_rate, train_runs, train_student, train_teacher
 
 STEPS = 4  # ceil(200 / 64)
 METRICS = {"epoch", "lr", "train_loss", "train_accuracy", "test_accuracy", "seconds", "images_per_s"}
@@ -449,6 +450,9 @@ def test_resume_without_a_checkpoint_starts_fresh(tmp_path, data_dir, finished):
         (TeacherConfig, "val_size", -1),
         (TeacherConfig, "amp", True),  # bf16 before --amp took a precision: not silently float32 now
         (StudentConfig, "amp", "FP16"),
+        (TeacherConfig, "scheduler", "onecylce"),  # a library caller's typo would train at a constant lr
+        (TeacherConfig, "optimizer", "adamw"),  # ... or with SGD
+        (StudentConfig, "device", "gpu"),
         (StudentConfig, "temperature", 0.0),
         (StudentConfig, "temperature", -1.0),
         (StudentConfig, "temperature", float("nan")),
@@ -510,6 +514,10 @@ def test_onecycle_schedule():
 def test_constant_schedule():
     lr = schedule("none")
     assert {lr(t / 10) for t in range(101)} == {0.1}
+
+
+def test_every_scheduler_the_option_offers_has_a_schedule():
+    assert set(SCHEDULES) == set(typing.get_args(typing.get_type_hints(TeacherConfig)["scheduler"]))
 
 
 # ---------------------------------------------------------------- students trained together
