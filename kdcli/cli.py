@@ -85,6 +85,8 @@ def _parse_list(value: str, item_type, flag: str) -> tuple:
 
 def command_from(cls, name: str, run):
     """Register `kdcli NAME` with one option per field of dataclass `cls`; `run(config)` does the work."""
+    from kdcli.config import TrainOptions  # a training run's --resume reads its options back; a dump's keeps its cache
+
     hints = typing.get_type_hints(cls)
     helps = _field_help(cls)
     shown = [f for f in fields(cls) if f.name not in getattr(cls, "cli_hidden", ())]  # hidden fields keep their defaults
@@ -110,7 +112,7 @@ def command_from(cls, name: str, run):
             if typing.get_origin(hints[f.name]) is tuple:
                 options[f.name] = _parse_list(options[f.name], typing.get_args(hints[f.name])[0], "--" + f.name.replace("_", "-"))
         with errors_as_one_line(resume_flag=any(f.name == "resume" for f in shown)):
-            if options.get("resume"):  # --force too: `--resume --force` trains the run again with its own options
+            if options.get("resume") and issubclass(cls, TrainOptions):  # --force too: `--resume --force` trains the run again with its own options
                 given = {name for name in options if ctx.get_parameter_source(name).name != "DEFAULT"}
                 options = with_recorded_options(cls, options, given)
             run(make_config(cls, options))

@@ -515,6 +515,15 @@ def test_dump_into_a_folder_says_so_even_with_force(tmp_path, data_dir, teacher)
     assert list((tmp_path / "out").iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no out.lock either
 
 
+def test_dump_resume_into_a_run_folder_is_a_dump_refused_not_a_run_resumed(tmp_path, data_dir, teacher):
+    """A dump's --resume keeps a complete cache: it reads no run's options back (a student's would be refused)."""
+    student = tmp_path / "student"
+    student.mkdir()
+    torch.save({**torch.load(teacher), "config": {"cache": "cache/logits.h5", "epochs": 1}}, student / "checkpoint.pt")
+    result = kdcli(*dump_args(data_dir, teacher, student, "--resume"))
+    assert_refused(result, "it is a folder", codes=(1,))
+
+
 # ---------------------------------------------------------------- Ctrl-C: the printed command resumes
 
 
