@@ -313,9 +313,7 @@ def report(
         typer.echo(f"error: {len(runs)} folders given: pass --out FOLDER for their combined report", err=True)
         raise typer.Exit(2)
     with errors_as_one_line():
-        found = reporting.collect(runs)
-        rows = reporting.aggregate(found)
-        table = reporting.write_report(rows, out or runs[0], reporting.teacher_accuracy(found), unfinished=len(found.unfinished))
+        table = reporting.report(runs, out or runs[0])
     typer.echo(table)
     folder = Path(out or runs[0])
     typer.echo(f"-> {folder / 'results.md'} (and results.csv{', results.png' if (folder / 'results.png').exists() else ''} beside it)")

@@ -1,12 +1,14 @@
 """Report: many finished runs -> one table of mean and spread per setting.
 
-    runs = collect(["runs/sweep", "runs/baseline"])      # every summary.json below
+    text = report(["runs/sweep", "runs/baseline"], "runs/report")   # results.md, .csv, .png; the table
+
+    runs = collect(["runs/sweep", "runs/baseline"])      # the steps: every summary.json below
     rows = aggregate(runs)                                # one row per setting
     text = write_report(rows, "runs/report", teacher_accuracy(runs), len(runs.unfinished))
 
 A setting is (model, temperature, distillation weight, hard weight); its runs
 differ only by seed (runs of one model trained with other recipes, or a seed
-repeated within a setting, are refused: a row would mix experiments). All baselines (distillation weight 0) of a model are one
+repeated within a setting, or runs on other images, are refused: a row would mix experiments). All baselines (distillation weight 0) of a model are one
 setting whatever their temperature, which they never use. Each KD setting is
 compared with its model's baseline: the difference of the means with a 95%
 confidence interval from Welch's t-test, because seed noise alone spans about
@@ -124,7 +126,7 @@ def collect(paths) -> Runs:
             raise KdcliError(f"{path} {'is not a folder' if path.exists() else 'does not exist'}: pass run folders or a folder holding them (a sweep)")
         finished |= {f.parent.resolve() for f in path.rglob("summary.json")}
         started |= {f.parent.resolve() for pattern in ("config.json", LOCK) for f in path.rglob(pattern)}
-    # a folder that holds runs (a sweep writing its own config.json) is a container, not an unfinished run
+    # a folder that holds runs (one with a stray config.json) is a container, not an unfinished run
     runs_below = finished | started
     unfinished = sorted(d for d in started - finished if not any(d in r.parents for r in runs_below))
     if not finished:
@@ -337,6 +339,12 @@ def _plot(rows, path: Path, teacher_accuracy) -> bool:
     return True
 
 
+def report(paths, out_dir) -> str:
+    """The report of every run at or below `paths`, written into out_dir; return the markdown for the terminal."""
+    found = collect(paths)
+    return write_report(aggregate(found), out_dir, teacher_accuracy(found), unfinished=len(found.unfinished))
+
+
 def write_report(rows, out_dir, teacher_accuracy=None, unfinished: int = 0) -> str:
     """Write results.md, results.csv and results.png into out_dir; return the markdown for the terminal."""
     out = Path(out_dir)
@@ -349,6 +357,8 @@ def write_report(rows, out_dir, teacher_accuracy=None, unfinished: int = 0) -> s
         (out / "results.md").write_text(text)
         _write_csv(rows, out / "results.csv")
         plotted = _plot(rows, out / "results.png", teacher_accuracy)
+        if not plotted:  # an older plot beside the new table would show other runs
+            (out / "results.png").unlink(missing_ok=True)
     except OSError as e:
         raise KdcliError(f"cannot write the report into {out}: {e.strerror or e}; pass --out a folder you can write") from None
     if not plotted:

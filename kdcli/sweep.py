@@ -186,9 +186,7 @@ def sweep(config: SweepConfig, progress=True) -> dict:
                     names = ", ".join(str(Path(c.out).relative_to(config.out)) for c in members)
                     print(f"group {i + 1}/{len(todo)}, trained together: {names}", flush=True)
                 train_runs([runs[c.out] for c in members], data, device, progress=progress, claimed=True, stop=stop)
-            found = report.collect([c.out for c in configs])  # this sweep's students only, not whatever else --out holds
-            rows = report.aggregate(found)
-            table = report.write_report(rows, config.out, report.teacher_accuracy(found), unfinished=len(found.unfinished))
+            table = report.report([c.out for c in configs], config.out)  # this sweep's students only, not whatever else --out holds
     finally:
         stop.restore()
         if cache is not None:

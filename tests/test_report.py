@@ -332,8 +332,10 @@ def test_write_report_without_matplotlib_skips_the_png(tmp_path, monkeypatch):
         monkeypatch.setitem(sys.modules, name, None)  # None in sys.modules makes `import` raise ImportError
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     runs = collect([make_sweep(tmp_path / "sweep")])
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "results.png").write_bytes(b"a plot of other runs")  # a report with matplotlib, earlier
     text = write_report(aggregate(runs), tmp_path / "report")
     assert "pip install 'kdcli[plot]'" in text
     assert "pip install" not in (tmp_path / "report" / "results.md").read_text()
     assert (tmp_path / "report" / "results.csv").exists()
-    assert not (tmp_path / "report" / "results.png").exists()
+    assert not (tmp_path / "report" / "results.png").exists()  # not the old plot beside the new table
