@@ -46,12 +46,12 @@ from bench import FULL, free_unreferenced, group_epoch, ready_views, save_teache
 from kdcli import augment, cache, losses
 from kdcli import train as train_module
 from kdcli.cache import open_cache
+from kdcli.config import TeacherConfig
 from kdcli.data import NotOfficialDataWarning, load_cifar10, resolve_device
 from kdcli.dump import DumpConfig, dump_logits, teacher_logits, view_labeller
 from kdcli.evaluate import autocast_dtype, autocast_to, load_model
 from kdcli.models import create_model
 from kdcli.runs import CachedTargets, DrawnAugmentation, Run
-from kdcli.config import TeacherConfig
 from kdcli.train import Group
 
 SECTIONS = ("teacher", "infer", "dump", "kd", "profile")

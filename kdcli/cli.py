@@ -239,9 +239,9 @@ def _sweep(config):
 
 
 def _register_commands():
+    from kdcli.config import StudentConfig, TeacherConfig
     from kdcli.dump import DumpConfig
     from kdcli.sweep import SweepConfig
-    from kdcli.config import StudentConfig, TeacherConfig
 
     command_from(TeacherConfig, "train-teacher", _train_teacher)
     command_from(DumpConfig, "dump-logits", _dump_logits)

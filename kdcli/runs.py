@@ -278,14 +278,24 @@ def plain(value):
 
 
 @functools.cache  # one git call per process, not one per run of a sweep
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-        )
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
+def git_commit(package: Path = Path(__file__).resolve().parent) -> str | None:
+    """The commit of the kdcli checkout that `package` (this kdcli) is, with "-dirty" when its files differ
+    from it; None for a kdcli installed from a wheel, which a repository around it (a user's project holding
+    its virtualenv) would otherwise name."""
+    top = _git(package, "rev-parse", "--show-toplevel")
+    if top is None or Path(top).resolve() != package.parent:
         return None
+    commit = _git(package, "rev-parse", "HEAD")
+    changed = _git(package, "status", "--porcelain", "--untracked-files=no", "--", ".")
+    return None if commit is None else commit + ("-dirty" if changed else "")
+
+
+def _git(folder: Path, *args) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):  # no git on this machine
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
 
 
 def write_json(path: Path, obj):

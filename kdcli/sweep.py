@@ -18,11 +18,11 @@ from pathlib import Path
 
 from kdcli import Interrupted, StopOnSignal
 from kdcli.checkpoint import CHECKPOINT, load_checkpoint
+from kdcli.config import ConfigError, DistillOptions, StudentConfig, TrainOptions, check_seed, check_temperature
 from kdcli.data import load_cifar10, resolve_device
 from kdcli.runs import LOCK, check_same_inputs, check_same_options, check_sweep_folder, claim_folder, forget_run
 from kdcli.stack import stackable
 from kdcli.train import open_student_cache, student_runs, train_runs
-from kdcli.config import ConfigError, DistillOptions, StudentConfig, TrainOptions, check_seed, check_temperature
 
 
 @dataclass

@@ -9,6 +9,7 @@ import pytest
 
 from kdcli import data as data_module
 
+
 def sha256(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 

@@ -122,10 +122,10 @@ def setup_dump(tmp, path):
 
     import torch
     from conftest import write_cifar_folder
+    from test_dump import assert_same_cache
 
     from kdcli.dump import DumpConfig, dump_logits
     from kdcli.models import create_model
-    from test_dump import assert_same_cache
 
     data_dir = write_cifar_folder(tmp / "data", train_per_batch=400)  # 2,000 images
     torch.manual_seed(0)

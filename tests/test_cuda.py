@@ -17,13 +17,13 @@ import kdcli.train as train_module
 from kdcli import KdcliError
 from kdcli.cache import verify_cache
 from kdcli.checkpoint import save_atomic
+from kdcli.config import StudentConfig, TeacherConfig
 from kdcli.data import load_cifar10
 from kdcli.dump import DumpConfig, dump_logits
 from kdcli.evaluate import load_model, predict
 from kdcli.losses import distillation_loss
 from kdcli.models import create_model
 from kdcli.runs import DrawnAugmentation, Run
-from kdcli.config import StudentConfig, TeacherConfig
 from kdcli.train import TrainingInterrupted, train_runs, train_student, train_teacher
 
 DEVICE = "cuda"

@@ -18,8 +18,8 @@ import h5py
 import numpy as np
 import pytest
 import torch
-
 from conftest import sha256
+
 from kdcli import Interrupted, KdcliError, augment, cache, dump
 from kdcli.config import ConfigError
 from kdcli.data import load_cifar10

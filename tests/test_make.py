@@ -12,8 +12,8 @@ from pathlib import Path
 import h5py
 import pytest
 import torch
-
 from conftest import sha256
+
 from kdcli.cache import cache_info
 from kdcli.dump import DumpConfig, dump_logits
 from kdcli.models import create_model

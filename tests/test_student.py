@@ -13,6 +13,7 @@ import kdcli.sweep as sweep_module
 import kdcli.train as train_module
 from kdcli import KdcliError
 from kdcli.cache import open_cache
+from kdcli.config import StudentConfig, TeacherConfig
 from kdcli.data import load_cifar10
 from kdcli.dump import DumpConfig, dump_logits
 from kdcli.evaluate import load_model
@@ -21,7 +22,6 @@ from kdcli.models import create_model
 from kdcli.report import aggregate, collect
 from kdcli.runs import DrawnAugmentation, Run, claim_folder
 from kdcli.sweep import SweepConfig, students_at_once, sweep
-from kdcli.config import StudentConfig, TeacherConfig
 from kdcli.train import train_runs, train_student, train_teacher
 
 CACHE_EPOCHS = 2

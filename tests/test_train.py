@@ -7,13 +7,13 @@ import errno
 import fcntl
 import json
 import os
-from unittest.mock import ANY
 import shutil
 import signal
-import typing
 import subprocess
 import sys
+import typing
 from dataclasses import fields
+from unittest.mock import ANY
 
 import pytest
 import torch
@@ -22,12 +22,12 @@ from conftest import write_cifar_folder
 import kdcli.train as train_module
 from kdcli import KdcliError, __version__, as_recorded_now
 from kdcli.checkpoint import CHECKPOINT, load_checkpoint, warn_cannot_lock
-from kdcli.data import load_cifar10
-from kdcli.losses import distillation_loss
-from kdcli.evaluate import autocast_dtype, evaluate, load_model, predict
-from kdcli.models import create_model
 from kdcli.config import ConfigError, StudentConfig, TeacherConfig
-from kdcli.runs import LOCK, DrawnAugmentation, Run, claim_folder
+from kdcli.data import load_cifar10
+from kdcli.evaluate import autocast_dtype, evaluate, load_model, predict
+from kdcli.losses import distillation_loss
+from kdcli.models import create_model
+from kdcli.runs import LOCK, DrawnAugmentation, Run, claim_folder, git_commit
 from kdcli.stack import ModelStack
 from kdcli.train import SCHEDULES, TrainingInterrupted, learning_rate, train_runs, train_student, train_teacher
 
@@ -95,6 +95,26 @@ def finished(tmp_path_factory, data_dir):
 
 
 # ---------------------------------------------------------------- the run folder
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_the_recorded_commit_is_kdclis_own_and_says_when_its_files_differ(tmp_path):
+    def git(*args, cwd):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd, check=True, capture_output=True)
+
+    for repo, package in [(tmp_path / "checkout", "kdcli"), (tmp_path / "project", ".venv/site-packages/kdcli")]:
+        (repo / package).mkdir(parents=True)
+        (repo / package / "__init__.py").write_text("")
+        git("init", "-q", cwd=repo)
+        git("add", "-A", cwd=repo)
+        git("commit", "-qm", "one", cwd=repo)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path / "checkout", capture_output=True, text=True).stdout.strip()
+    assert git_commit(tmp_path / "checkout" / "kdcli") == head
+    (tmp_path / "checkout" / "kdcli" / "__init__.py").write_text("# changed")
+    git_commit.cache_clear()  # asked once per process
+    assert git_commit(tmp_path / "checkout" / "kdcli") == head + "-dirty"
+    assert git_commit(tmp_path / "project" / ".venv/site-packages/kdcli") is None  # a user's repository around an installed kdcli
+    assert git_commit(tmp_path) is None  # no repository at all
 
 
 def test_run_folder(tmp_path, data_dir):
