@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kdcli import KdcliError, as_recorded_now, augment
-from kdcli.checkpoint import CHECKPOINT, load_checkpoint, lock_or_refuse
+from kdcli.checkpoint import CHECKPOINT, load_checkpoint, lock_or_refuse, temporary_file_for
 from kdcli.models import canonical_name
 
 
@@ -317,8 +317,22 @@ def truncate_metrics(path: Path, epochs: int):
 
 def write_text_atomic(path: Path, text: str):
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    with temporary_file_for(path, tmp):  # a full disk: one error line, and no .tmp left behind
+        tmp.write_text(text)
+        tmp.replace(path)
+
+
+def append_line(path: Path, line: str, sync: bool = False):
+    """Append one line; `sync`: on disk before returning. A full disk is one error line; the torn line it may
+    leave is dropped when the run resumes (truncate_metrics)."""
+    try:
+        with open(path, "a") as f:
+            f.write(line + "\n")
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
+    except OSError as e:
+        raise KdcliError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def flag(name):

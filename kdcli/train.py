@@ -20,7 +20,6 @@ of cuDNN's kernels, which add in no fixed order).
 import contextlib
 import json
 import math
-import os
 import sys
 import time
 import warnings
@@ -37,7 +36,7 @@ from kdcli.data import load_cifar10, resolve_device
 from kdcli.evaluate import autocast_dtype, autocast_to, evaluate_stack
 from kdcli.losses import distillation_loss, soft_targets
 from kdcli.models import create_model
-from kdcli.runs import CachedTargets, DrawnAugmentation, Run, check_run_folder, check_same_inputs, claim_folder, git_commit, plain, prepare_run_dir, truncate_metrics, write_json
+from kdcli.runs import CachedTargets, DrawnAugmentation, Run, append_line, check_run_folder, check_same_inputs, claim_folder, git_commit, plain, prepare_run_dir, truncate_metrics, write_json
 from kdcli.stack import GraphedStep, ModelStack, split_optimizer_state, stack_optimizer_states
 
 
@@ -336,11 +335,8 @@ class Group:
                 "seconds": round(seconds, 4),
                 "images_per_s": round(self.num_images / seconds, 1),
             }
-            with open(r.dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(metrics) + "\n")
-                if saving:  # on disk before the checkpoint that counts this epoch: a power cut must not lose the line
-                    f.flush()
-                    os.fsync(f.fileno())
+            # On disk before the checkpoint that counts this epoch, when one is saved: a power cut must not lose the line.
+            append_line(r.dir / "metrics.jsonl", json.dumps(metrics), sync=saving)
         if saving:
             self.save_all()
 

@@ -1,5 +1,6 @@
 """kdcli.cli: the commands end to end on tiny data, and bad input as a short message, never a traceback."""
 
+import errno
 import json
 import os
 import re
@@ -8,11 +9,13 @@ import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
+import kdcli.runs as runs_module
 import kdcli.train as train_module
 from kdcli import __version__
 from kdcli.cli import app
@@ -270,6 +273,25 @@ def test_unwritable_out(tmp_path, data_dir, force):
     (tmp_path / "file").write_text("a regular file\n")
     result = kdcli(*teacher_args(data_dir, tmp_path / "file" / "run", *force))
     assert_clean_error(result, "cannot write", "--out", codes=(1,))
+
+
+@pytest.mark.parametrize("full", ["config.json.tmp", "metrics.jsonl", "summary.json.tmp"])
+def test_a_full_disk_while_writing_a_run_file_is_one_line(tmp_path, data_dir, monkeypatch, full):
+    """Checkpoints and caches are not the only files a run writes: its logs fill a disk too."""
+    def no_space_for(write):
+        def written(path, *args, **kwargs):
+            if Path(path).name == full:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return write(path, *args, **kwargs)
+
+        return written
+
+    monkeypatch.setattr(Path, "write_text", no_space_for(Path.write_text))
+    monkeypatch.setattr(runs_module, "open", no_space_for(open), raising=False)  # the open() runs.py calls
+    result = kdcli(*teacher_args(data_dir, tmp_path / "out", "--lr-milestones", ""))
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output  # stdout may log epoch 1
+    assert result.stderr == f"error: cannot write {tmp_path / 'out' / full.removesuffix('.tmp')}: No space left on device\n"
+    assert not list((tmp_path / "out").glob("*.tmp"))
 
 
 def test_finished_run_needs_force(teacher_run, data_dir):
