@@ -76,16 +76,16 @@ def _choice(annotation) -> dict:
     return {"callback": one_of, "metavar": "[" + "|".join(choices) + "]"}
 
 
-def _parse_list(value: str, item_type, flag: str) -> tuple:
+def _parse_list(value: str, item_type, option: str) -> tuple:
     try:
         return tuple(item_type(v) for v in value.split(",") if v.strip())
     except ValueError:
-        raise typer.BadParameter(f"expected comma-separated {item_type.__name__}s, got {value!r}", param_hint=flag) from None
+        raise typer.BadParameter(f"expected comma-separated {item_type.__name__}s, got {value!r}", param_hint=option) from None
 
 
 def command_from(cls, name: str, run):
     """Register `kdcli NAME` with one option per field of dataclass `cls`; `run(config)` does the work."""
-    from kdcli.config import TrainOptions  # a training run's --resume reads its options back; a dump's keeps its cache
+    from kdcli.config import TrainOptions, flag  # TrainOptions: a training run's --resume reads its options back; a dump's keeps its cache
 
     hints = typing.get_type_hints(cls)
     helps = _field_help(cls)
@@ -94,8 +94,7 @@ def command_from(cls, name: str, run):
     for f in shown:
         default = f.default if f.default is not MISSING else f.default_factory()
         annotation = hints[f.name]
-        flag = "--" + f.name.replace("_", "-")
-        decls = [f"{flag}/--no-{f.name.replace('_', '-')}"] if annotation is bool else [flag]
+        decls = [f"{flag(f.name)}/--no-{flag(f.name)[2:]}"] if annotation is bool else [flag(f.name)]
         if typing.get_origin(annotation) is tuple:
             default = ",".join(str(v) for v in default)
         params.append(
@@ -110,7 +109,7 @@ def command_from(cls, name: str, run):
     def command(ctx: typer.Context, **options):
         for f in shown:
             if typing.get_origin(hints[f.name]) is tuple:
-                options[f.name] = _parse_list(options[f.name], typing.get_args(hints[f.name])[0], "--" + f.name.replace("_", "-"))
+                options[f.name] = _parse_list(options[f.name], typing.get_args(hints[f.name])[0], flag(f.name))
         with errors_as_one_line(resume_flag=any(f.name == "resume" for f in shown)):
             if options.get("resume") and issubclass(cls, TrainOptions):  # --force too: `--resume --force` trains the run again with its own options
                 given = {name for name in options if ctx.get_parameter_source(name).name != "DEFAULT"}
@@ -322,12 +321,11 @@ def report(
 @app.command()
 def models():
     """List the known architectures and their parameter counts."""
-    from kdcli.models import ALIASES, MODELS, create_model
+    from kdcli.models import ALIASES, MODELS, parameter_count
 
     for name in sorted(set(MODELS) - set(ALIASES)):
-        count = sum(p.numel() for p in create_model(name).parameters())
         also = [alias for alias, target in ALIASES.items() if target == name]
-        typer.echo(f"{name:<10} {count:>12,} parameters" + (f"  (also: {', '.join(also)})" if also else ""))
+        typer.echo(f"{name:<10} {parameter_count(name):>12,} parameters" + (f"  (also: {', '.join(also)})" if also else ""))
 
 
 def _version(value: bool):

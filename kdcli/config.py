@@ -19,7 +19,11 @@ from typing import Literal
 from kdcli import Device, KdcliError
 from kdcli.evaluate import Precision
 from kdcli.models import MODELS, canonical_name, unknown_model
-from kdcli.runs import flag
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a config field: lr_milestones -> --lr-milestones."""
+    return "--" + name.replace("_", "-")
 
 
 class ConfigError(KdcliError):

@@ -109,3 +109,7 @@ MODELS.update({alias: MODELS[name] for alias, name in ALIASES.items()})
 def canonical_name(name: str) -> str:
     """A model's own name for a name or alias: runs record it, so that `--model 1` and `--model lenet5` are one model."""
     return ALIASES.get(name, name)
+
+
+def parameter_count(name: str) -> int:
+    return sum(p.numel() for p in create_model(name).parameters())

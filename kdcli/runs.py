@@ -23,6 +23,7 @@ from pathlib import Path
 
 from kdcli import KdcliError, as_recorded_now, augment
 from kdcli.checkpoint import CHECKPOINT, load_checkpoint, lock_or_refuse, temporary_file_for
+from kdcli.config import flag
 from kdcli.models import canonical_name
 
 
@@ -333,7 +334,3 @@ def append_line(path: Path, line: str, sync: bool = False):
                 os.fsync(f.fileno())
     except OSError as e:
         raise KdcliError(f"cannot write {path}: {e.strerror or e}") from None
-
-
-def flag(name):
-    return "--" + name.replace("_", "-")

@@ -143,7 +143,7 @@ def _train_claimed(runs, data, device, teacher, progress, stop, alone) -> list:
         while group.epoch < config.epochs:
             seconds = group.train_epoch(stop)
             group.end_epoch(seconds)
-            _report(bar, config, group, seconds, progress)
+            _show_progress(bar, config, group, seconds, progress)
     finally:
         bar.close()
     return group.write_summaries()
@@ -415,7 +415,7 @@ def _rows(table, idx):
     return table.gather(1, idx[..., None].expand(-1, -1, table.shape[-1]))
 
 
-def _report(bar, config, group, seconds, progress):
+def _show_progress(bar, config, group, seconds, progress):
     def mean(values, digits, unit="%"):  # a group shows the mean of its runs; "-" before the first evaluation
         known = [v for v in values if v is not None]
         return f"{sum(known) / len(known):.{digits}f}{unit}" if known else "-"
