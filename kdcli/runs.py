@@ -74,9 +74,14 @@ class Run:
         return getattr(self.config, "hard_weight", 1.0)
 
 
-# How a run computes, not what it trains: free to change on resume. A resumed run may move to another device,
-# which changes its precision anyway; --amp too (a bf16 run resumed under fp16 starts a fresh loss scale).
-RESUME_IGNORES = {"resume", "force", "quiet", "device", "amp", "out", "eval_every", "save_every", "compile", "cuda_graphs", "cache", "data_dir", "download", "allow_partial"}
+# --resume and the options a run recorded. The run's own (model, recipe, seed, --subset, ...) are read back where
+# not given and refused where given otherwise (check_same_options). The others may change:
+# - not read back: where the run is and what to do with it, and how this machine runs it (its defaults fit it);
+NOT_READ_BACK = {"out", "resume", "force", "quiet", "device", "compile", "cuda_graphs"}
+# - read back, yet free to differ: how a run computes, and where its inputs are (check_same_inputs checks the inputs
+#   themselves). A resumed run may move to another device, which changes its precision anyway; --amp too (a bf16
+#   run resumed under fp16 starts a fresh loss scale).
+MAY_DIFFER = NOT_READ_BACK | {"amp", "eval_every", "save_every", "cache", "data_dir", "download", "allow_partial"}
 
 
 LOCK = ".kdcli.lock"
@@ -194,10 +199,6 @@ def run_below(folder: Path, depth: int = 3) -> Path | None:
     return None
 
 
-# Not read back on --resume: where the run is and what to do with it, and how this machine runs it (its defaults fit it).
-NOT_READ_BACK = {"out", "resume", "force", "device", "compile", "cuda_graphs", "quiet"}
-
-
 def recorded_options(out, asked: dict) -> dict:
     """The options the run in `out` started with, as this kdcli names them (but NOT_READ_BACK); {} when there is
     no checkpoint to resume. `asked`: the options given now, to refuse a student's read into a teacher's."""
@@ -238,7 +239,7 @@ def check_same_options(config, state, out, remedy="give the run's own (--resume 
     changed = [
         f"{flag(k)} {plain(getattr(config, k))!r} (run has {plain(saved[k])!r})"
         for k in saved
-        if k not in RESUME_IGNORES and hasattr(config, k) and plain(getattr(config, k)) != plain(saved[k])
+        if k not in MAY_DIFFER and hasattr(config, k) and plain(getattr(config, k)) != plain(saved[k])
     ]
     if changed:
         raise KdcliError(f"{out} was trained with other options: {', '.join(changed)}; {remedy}")
