@@ -90,6 +90,8 @@ class TrainOptions:
         late = [m for m in self.lr_milestones if m >= self.epochs]
         if self.scheduler == "multistep" and late:
             warnings.warn(f"--lr-milestones {late} are at or beyond --epochs {self.epochs}: they never apply", stacklevel=3)
+        if self.optimizer == "adam" and self.nesterov:
+            warnings.warn("--nesterov does nothing with --optimizer adam (nor does --momentum: Adam keeps its own averages)", stacklevel=3)
 
 
 @dataclass

@@ -506,6 +506,11 @@ def test_milestones_beyond_the_last_epoch_warn(tmp_path, data_dir):
         config(tmp_path, "run", data_dir, epochs=10, lr_milestones=(5, 10)).warn_ineffective()
 
 
+def test_nesterov_with_adam_warns(tmp_path, data_dir):
+    with pytest.warns(UserWarning, match="--nesterov does nothing with --optimizer adam"):
+        config(tmp_path, "run", data_dir, optimizer="adam", nesterov=True).warn_ineffective()
+
+
 def schedule(name, epochs=10, **options):
     cfg = TeacherConfig(epochs=epochs, lr=0.1, scheduler=name, **options)
     return lambda t: learning_rate(cfg, t)
