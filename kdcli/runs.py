@@ -55,7 +55,8 @@ class Run:
 
     config: object  # a TeacherConfig or StudentConfig
     targets: object  # DrawnAugmentation or CachedTargets
-    extra: dict = field(default_factory=dict)  # recorded in config.json (e.g. the cache's teacher)
+    inputs: dict = field(default_factory=dict)  # what it trains on, recorded in config.json beside its options and
+    # compared on resume (check_same_inputs): the images' fingerprint, and for a student the cache's teacher, seed, epochs
 
     @property
     def dir(self) -> Path:
@@ -255,18 +256,18 @@ def check_same_inputs(run):
     was = json.loads(recorded.read_text()) if recorded.exists() else {}
 
     def changed(keys):
-        return [f"{k.removeprefix('cache_')} {str(was[k])[:8]} (now {str(run.extra[k])[:8]})" for k in keys if k in was and k in run.extra and was[k] != run.extra[k]]
+        return [f"{k.removeprefix('cache_')} {str(was[k])[:8]} (now {str(run.inputs[k])[:8]})" for k in keys if k in was and k in run.inputs and was[k] != run.inputs[k]]
 
     if images := changed(["train_fingerprint"]):
         raise KdcliError(
             f"{run.dir} was trained on other images, not the training images given now ({images[0]}); "
             "pass its --data-dir and --subset, or --force to start over"
         )
-    grew = was.get("allow_partial") and run.extra.get("cache_epochs", 0) > was.get("cache_epochs", math.inf)
+    grew = was.get("allow_partial") and run.inputs.get("cache_epochs", 0) > was.get("cache_epochs", math.inf)
     if grew and changed(CACHE_IDENTITY) == changed(["cache_epochs"]):  # the same teacher and views, finished since
         raise KdcliError(
             f"{run.dir} was trained with --allow-partial while {run.config.cache} had {was['cache_epochs']} complete epochs; it now "
-            f"has {run.extra['cache_epochs']}, and a student replays cached epoch e mod E: --force to train it again on all of them"
+            f"has {run.inputs['cache_epochs']}, and a student replays cached epoch e mod E: --force to train it again on all of them"
         )
     if teacher := changed(CACHE_IDENTITY):
         raise KdcliError(

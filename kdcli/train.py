@@ -189,7 +189,7 @@ class Group:
 
     def start_folders(self):
         for r in self.runs:
-            record = {**asdict(r.config), **r.extra, "kdcli_version": __version__, "git_commit": git_commit()}
+            record = {**asdict(r.config), **r.inputs, "kdcli_version": __version__, "git_commit": git_commit()}
             write_json(r.dir / "config.json", record)
             (r.dir / "metrics.jsonl").unlink(missing_ok=True)
 
@@ -370,7 +370,7 @@ class Group:
                     "optimizer": split_optimizer_state(optimizer_state, self.size, s),
                     "loss_scale": scaler_state,  # the group's (fp16 on CUDA; else empty)
                     "train_images": self.num_images,  # it trains on the first N training images (a dump of a teacher records it)
-                    "train_fingerprint": r.extra.get("train_fingerprint"),  # which images: evaluate checks its held-out ones
+                    "train_fingerprint": r.inputs.get("train_fingerprint"),  # which images: evaluate checks its held-out ones
                     "epoch": self.epoch,  # epochs complete
                     "step": self.step,  # steps done into the next epoch (non-zero only after Ctrl-C)
                     "partial": self._own_column(s),  # that epoch's per-step losses and hits so far
@@ -446,14 +446,16 @@ def train_teacher(config: TeacherConfig, progress=True) -> dict:
 
 def student_runs(configs: list, data, cache=None) -> list:
     """Runs for student configs: KD students read `cache`, baselines (weight 0) draw their own views."""
-    runs = []
+    runs, images = [], {"train_fingerprint": data.fingerprint}
     for c in configs:
         if c.distillation_weight > 0:
-            extra = {"cache_teacher_sha256": cache.attrs["teacher_sha256"], "cache_teacher_test_accuracy": cache.attrs["teacher_test_accuracy"], "cache_epochs": cache.epochs_complete, "cache_seed": cache.attrs["seed"],
-                     "teacher_saw_val_images": teacher_saw_val_images(cache, data)}  # fmt: skip
-            runs.append(Run(c, CachedTargets(cache, len(data.train_labels)), {"train_fingerprint": data.fingerprint, **extra}))
+            teacher = {
+                "cache_teacher_sha256": cache.attrs["teacher_sha256"], "cache_teacher_test_accuracy": cache.attrs["teacher_test_accuracy"],
+                "cache_epochs": cache.epochs_complete, "cache_seed": cache.attrs["seed"], "teacher_saw_val_images": teacher_saw_val_images(cache, data),
+            }  # fmt: skip
+            runs.append(Run(c, CachedTargets(cache, len(data.train_labels)), {**images, **teacher}))
         else:
-            runs.append(Run(c, DrawnAugmentation(c.seed, len(data.train_labels)), {"train_fingerprint": data.fingerprint}))
+            runs.append(Run(c, DrawnAugmentation(c.seed, len(data.train_labels)), images))
     return runs
 
 
