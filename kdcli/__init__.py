@@ -12,6 +12,7 @@ from typing import Literal
 __version__ = "0.1.0"
 
 Device = Literal["auto", "cuda", "mps", "cpu"]  # --device; auto: cuda, then mps, then cpu
+Precision = Literal["bf16", "fp16", "off"]  # --amp: the autocast dtype on CUDA, or none
 
 # Options that runs written by an earlier kdcli do not record, and the value those runs trained as: a
 # resumed or reported old run compares as this value, not as a different option.

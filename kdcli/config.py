@@ -16,8 +16,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Literal
 
-from kdcli import Device, KdcliError
-from kdcli.evaluate import Precision
+from kdcli import Device, KdcliError, Precision
 from kdcli.models import MODELS, canonical_name, unknown_model
 
 

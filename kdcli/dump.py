@@ -22,11 +22,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from kdcli import Device, Interrupted, KdcliError, StopOnSignal, augment, cache
+from kdcli import Device, Interrupted, KdcliError, Precision, StopOnSignal, augment, cache
 from kdcli.checkpoint import read_checkpoint, resolve, training_reached
 from kdcli.config import check_choices, check_seed, require_at_least_one
 from kdcli.data import load_cifar10, resolve_device
-from kdcli.evaluate import Precision, autocast_dtype, autocast_to, model_from, predict, recorded_precision, top1
+from kdcli.evaluate import autocast_dtype, autocast_to, model_from, predict, recorded_precision, top1
 from kdcli.runs import in_use
 
 

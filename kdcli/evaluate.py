@@ -7,7 +7,6 @@
 
 import json
 import warnings
-from typing import Literal
 
 import torch
 
@@ -28,9 +27,6 @@ def evaluate_stack(stack, images, labels, autocast, batch_size=1000) -> list:
             logits = stack(x.expand(stack.size, *x.shape))  # [S, b, C]
         correct += (logits.argmax(-1) == labels[i : i + batch_size]).sum(-1)
     return [round(100 * c / len(labels), 4) for c in correct.tolist()]
-
-
-Precision = Literal["bf16", "fp16", "off"]  # --amp: the autocast dtype on CUDA, or none
 
 
 def autocast_dtype(amp, device) -> torch.dtype | None:
