@@ -26,7 +26,7 @@ from pathlib import Path
 
 from kdcli import KdcliError, as_recorded_now
 from kdcli.models import canonical_name
-from kdcli.runs import LOCK
+from kdcli.runs import LOCK, read_json
 
 SETTING_COLUMNS = ["model", "temperature", "distillation_weight", "hard_weight", "n"]
 ACCURACY_COLUMNS = ["mean", "std", "min", "max", "delta", "ci_low", "ci_high"]  # percent; delta and CI vs the baseline
@@ -107,16 +107,6 @@ class Runs(list):
         self.unfinished = list(unfinished)
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise KdcliError(f"cannot read {path}: {e}") from None
-    if not isinstance(data, dict):
-        raise KdcliError(f"cannot read {path}: expected a JSON object")
-    return data
-
-
 def collect(paths) -> Runs:
     """Every run folder (one with summary.json) at or below each path; folders with only config.json, or only the
     lock a sweep takes on each student's folder before it starts it, are unfinished."""
@@ -134,14 +124,14 @@ def collect(paths) -> Runs:
         raise KdcliError(f"no finished run (summary.json) under {', '.join(map(str, paths))}{also}: train some first")
     runs = Runs(unfinished=unfinished)
     for d in sorted(finished):
-        summary = _read_json(d / "summary.json")
+        summary = read_json(d / "summary.json")
         if "model" not in summary or not _is_number(summary.get("test_accuracy")):
             raise KdcliError(f"{d / 'summary.json'} has no model or test_accuracy: is it a kdcli run?")
         if summary.get("distillation_weight") and not _is_number(summary.get("temperature")):
             raise KdcliError(f"{d / 'summary.json'} has a distillation weight but no temperature: is it a kdcli run?")
         if not (d / "config.json").is_file():
             raise KdcliError(f"{d / 'config.json'} is missing: kdcli writes it beside summary.json, and the report compares runs by it")
-        config = _read_json(d / "config.json")
+        config = read_json(d / "config.json")
         runs.append({"run_dir": str(d), "summary": summary, "config": config})
     return runs
 

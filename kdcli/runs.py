@@ -253,7 +253,7 @@ def check_same_inputs(run):
     """A resumed or kept run must train on the images, and read the cache, it started with: otherwise it
     mixes two datasets, or two teachers (or two sets of views), in one run, or reports an old teacher's."""
     recorded = run.dir / "config.json"
-    was = json.loads(recorded.read_text()) if recorded.exists() else {}
+    was = read_json(recorded) if recorded.exists() else {}
 
     def changed(keys):
         return [f"{k.removeprefix('cache_')} {str(was[k])[:8]} (now {str(run.inputs[k])[:8]})" for k in keys if k in was and k in run.inputs and was[k] != run.inputs[k]]
@@ -299,6 +299,17 @@ def _git(folder: Path, *args) -> str | None:
     except (OSError, subprocess.SubprocessError):  # no git on this machine
         return None
     return out.stdout.strip() if out.returncode == 0 else None
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object kdcli wrote (config.json, summary.json), or one KdcliError line if it is unreadable or not one."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise KdcliError(f"cannot read {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise KdcliError(f"cannot read {path}: expected a JSON object")
+    return data
 
 
 def write_json(path: Path, obj):

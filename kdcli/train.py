@@ -36,7 +36,7 @@ from kdcli.data import load_cifar10, resolve_device
 from kdcli.evaluate import autocast_dtype, autocast_to, evaluate_stack
 from kdcli.losses import distillation_loss, soft_targets
 from kdcli.models import create_model
-from kdcli.runs import CachedTargets, DrawnAugmentation, Run, append_line, check_run_folder, check_same_inputs, claim_folder, git_commit, plain, prepare_run_dir, truncate_metrics, write_json
+from kdcli.runs import CachedTargets, DrawnAugmentation, Run, append_line, check_run_folder, check_same_inputs, claim_folder, git_commit, plain, prepare_run_dir, read_json, truncate_metrics, write_json
 from kdcli.stack import GraphedStep, ModelStack, split_optimizer_state, stack_optimizer_states
 
 
@@ -122,7 +122,7 @@ def _train_claimed(runs, data, device, teacher, progress, stop, alone) -> list:
         if state is not None:  # resumed, or finished and kept: the same images and soft targets as before
             check_same_inputs(r)
     if all(s == "done" for s in states):
-        return [json.loads((r.dir / "summary.json").read_text()) for r in runs]
+        return [read_json(r.dir / "summary.json") for r in runs]
     if any(s == "done" for s in states) or len({((s or {}).get("epoch", 0), (s or {}).get("step", 0)) for s in states}) > 1:
         raise KdcliError("runs trained together must all be at the same epoch and step; train them separately")
     if alone:

@@ -363,6 +363,14 @@ def test_a_model_alias_is_recorded_by_its_own_name_and_an_old_record_of_it_resum
     assert resumed.exit_code == 0 and "teacher lenet5: " in resumed.stdout, resumed.output
 
 
+@pytest.mark.parametrize("damaged", ["config.json", "summary.json"])
+def test_a_damaged_run_file_is_one_line_on_resume(tmp_path, data_dir, damaged):
+    out = tmp_path / "out"
+    assert kdcli(*teacher_args(data_dir, out)).exit_code == 0
+    (out / damaged).write_text("{bad")  # a hand edit gone wrong
+    assert_clean_error(kdcli(*teacher_args(data_dir, out, "--resume")), f"cannot read {out / damaged}", codes=(1,))
+
+
 def test_resume_refuses_a_given_option_that_differs_and_with_force_trains_the_run_again(tmp_path, data_dir, monkeypatch):
     out = tmp_path / "out"
     stopped_run(tmp_path, monkeypatch, teacher_args(data_dir, out, "--epochs", 2))
