@@ -49,7 +49,7 @@ class Interrupted(KdcliError):
 class StopOnSignal:
     """Ctrl-C (SIGINT) and SIGTERM (what a batch scheduler or `docker stop` sends before a kill) set a flag
     that a loop checks at its safe points (training: after each step, so weights are never half-updated;
-    dump-logits: between batches), instead of ending the process wherever they land."""
+    dump-logits: between batches), instead of ending the process wherever they land. A second one quits at once."""
 
     NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
 
@@ -68,9 +68,12 @@ class StopOnSignal:
         return self.signal is not None
 
     def _handle(self, signum, frame):
-        if not self.requested:  # said at once: an evaluation or a checkpoint may take a while to reach the safe point
-            os.write(2, f"\n{self.NAMES[signum]}: stopping at the next safe point\n".encode())  # a raw write: the handler may interrupt a print
-            self.signal = signal.Signals(signum)
+        if self.requested:  # a second one: the user will not wait for an evaluation or a checkpoint to end
+            raise KeyboardInterrupt  # quits at once, as Ctrl-C always does; the last checkpoint is intact (atomic saves)
+        # Said at once: an evaluation or a checkpoint may take a while to reach the safe point. A raw write: the
+        # handler may interrupt a print.
+        os.write(2, f"\n{self.NAMES[signum]}: stopping at the next safe point (again: quit at once, losing the epoch in flight)\n".encode())
+        self.signal = signal.Signals(signum)
 
     def restore(self):
         for signum, previous in self.previous.items():

@@ -326,6 +326,26 @@ def test_ctrl_c_or_sigterm_saves_and_prints_how_to_resume(tmp_path, data_dir, mo
     assert (tmp_path / "out" / "summary.json").exists()
 
 
+def test_a_second_ctrl_c_quits_at_once_and_the_last_checkpoint_resumes(tmp_path, data_dir, monkeypatch):
+    """The first waits for the next safe point (an evaluation may take a minute on a CPU); the second does not."""
+    steps = [0]
+
+    def loss(*args, **kwargs):
+        steps[0] += 1
+        if steps[0] == 6:  # epoch 2 of 2, step 2: epoch 1's checkpoint is on disk
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return distillation_loss(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "distillation_loss", loss)
+    result = kdcli(*teacher_args(data_dir, tmp_path / "out", "--epochs", 2, "--lr-milestones", ""))
+    assert result.exit_code == 130 and result.stderr == "interrupted\n", result.output
+    monkeypatch.undo()
+    assert torch.load(tmp_path / "out" / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    resumed = kdcli(*teacher_args(data_dir, tmp_path / "out", "--epochs", 2, "--lr-milestones", "", "--resume"))
+    assert resumed.exit_code == 0 and "resuming" in resumed.stderr and "at epoch 2" in resumed.stderr, resumed.output
+
+
 def stopped_run(tmp_path, monkeypatch, args):
     """kdcli ARGS stopped by Ctrl-C at its first step: a checkpoint to resume."""
     def loss(*a, **kw):
