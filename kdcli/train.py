@@ -250,6 +250,11 @@ class Group:
 
     def train_epoch(self, stop) -> float:
         """Train from the current step to the end of the epoch; return its seconds."""
+        if stop.requested and self.step == 0:  # it came while the last epoch evaluated or saved: not one step more
+            if self.epoch % self.config.save_every:
+                self.save_all()
+            where = f"{self.runs[0].dir}" + (f" and {self.size - 1} more run folders" if self.size > 1 else "")
+            raise TrainingInterrupted(f"interrupted after epoch {self.epoch} of {self.config.epochs}; checkpoint saved in {where}", stop.signal)
         aug, soft, order = self.epoch_inputs()
         B, S = self.config.batch_size, self.size
         if self.partial is None:
@@ -272,10 +277,8 @@ class Group:
                 self.step = i + 1
                 self.partial = {"losses": losses.cpu(), "correct": correct.cpu(), "seconds": self.partial["seconds"] + time.perf_counter() - t0}
                 self.save_all()
-                more = f" and {self.size - 1} more run folders" if self.size > 1 else ""
-                raise TrainingInterrupted(
-                    f"interrupted at epoch {self.epoch + 1}, step {i + 1} of {self.steps}; checkpoint saved in {self.runs[0].dir}{more}", stop.signal
-                )
+                where = f"{self.runs[0].dir}" + (f" and {self.size - 1} more run folders" if self.size > 1 else "")
+                raise TrainingInterrupted(f"interrupted at epoch {self.epoch + 1}, step {i + 1} of {self.steps}; checkpoint saved in {where}", stop.signal)
         self.partial.update(losses=losses, correct=correct)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # the queued kernels belong to this epoch's time

@@ -283,6 +283,28 @@ def test_resume_after_ctrl_c_equals_an_uninterrupted_run(tmp_path, data_dir, fin
     assert resumed["test_accuracy"] == summary["test_accuracy"]
 
 
+def test_ctrl_c_while_an_epoch_evaluates_stops_before_another_step(tmp_path, data_dir, finished, monkeypatch):
+    """A step of ResNet18 costs seconds on a CPU: after the evaluation it waited for, the run stops at once, and
+    saves the epoch even where --save-every would not have."""
+    run_dir, _ = finished
+    steps, loss, evaluate = [], train_module.distillation_loss, train_module.evaluate_stack
+
+    def evaluate_and_press_ctrl_c(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "distillation_loss", lambda *a, **kw: steps.append(1) or loss(*a, **kw))
+    monkeypatch.setattr(train_module, "evaluate_stack", evaluate_and_press_ctrl_c)
+    with pytest.raises(TrainingInterrupted, match="interrupted after epoch 1 of 3; checkpoint saved in "):
+        teach(config(tmp_path, "run", data_dir, save_every=2))
+    assert len(steps) == STEPS  # epoch 1's, and not one of epoch 2
+    state = load_checkpoint(tmp_path / "run")
+    assert (state["epoch"], state["step"]) == (1, 0)
+    monkeypatch.undo()
+    teach(config(tmp_path, "run", data_dir, save_every=2, resume=True))
+    assert_same_weights(weights(tmp_path / "run"), weights(run_dir))
+
+
 def test_each_epochs_metrics_line_is_on_disk_before_its_checkpoint(tmp_path, data_dir, monkeypatch):
     """A power cut after a checkpoint must not lose the metrics line of an epoch that checkpoint counts."""
     synced, fsync = [], os.fsync
