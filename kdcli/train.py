@@ -405,6 +405,7 @@ class Group:
                 "train_accuracy": logged[-1]["train_accuracy"],  # also after a resume at the last epoch
                 "train_seconds": round(sum(m["seconds"] for m in logged), 2),
                 "trained_together": self.size,
+                "git_commit": git_commit(),  # the code that finished it; config.json's started it (a resume may run other code)
             }
             if hasattr(r.config, "temperature"):
                 summary.update(temperature=r.temperature, distillation_weight=r.distillation_weight, hard_weight=r.hard_weight)

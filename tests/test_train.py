@@ -139,7 +139,7 @@ def test_run_folder(tmp_path, data_dir):
     assert state["config"]["out"] == str(out)
     assert json.loads((out / "summary.json").read_text()) == summary
     assert summary["test_accuracy"] == rows[-1]["test_accuracy"] == state["test_accuracy"]
-    assert summary["epochs"] == 2 and summary["trained_together"] == 1
+    assert summary["epochs"] == 2 and summary["trained_together"] == 1 and summary["git_commit"] == recorded["git_commit"]
 
 
 def test_a_folder_another_kdcli_trains_in_is_left_alone(tmp_path, data_dir, finished):
