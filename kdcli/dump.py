@@ -27,7 +27,7 @@ from kdcli.checkpoint import read_checkpoint, resolve, training_reached
 from kdcli.config import check_choices, check_seed, require_at_least_one
 from kdcli.data import load_cifar10, resolve_device
 from kdcli.evaluate import autocast_dtype, autocast_to, model_from, predict, recorded_precision, top1
-from kdcli.runs import in_use
+from kdcli.runs import in_use, run_kind
 
 
 @dataclass
@@ -229,7 +229,8 @@ def _check_finished(teacher, path, state):
     if Path(teacher).is_dir():
         if in_use(teacher):
             raise KdcliError(f"the teacher in {teacher} is still training (its checkpoint: {where}): wait for it to finish, or pass --teacher {path} to label with it as it is now")
-        raise KdcliError(f"the teacher in {teacher} has not finished training ({where}): resume it (kdcli train-teacher "
+        kind = run_kind(state.get("config") or {})  # a student may teach too
+        raise KdcliError(f"the teacher in {teacher} has not finished training ({where}): resume it (kdcli train-{kind} "
                          f"--out {teacher} --resume), or pass --teacher {path} to label with it as it is")  # fmt: skip
     warnings.warn(f"{path} is the checkpoint of a teacher that has not finished training ({where})", stacklevel=2)
 

@@ -231,6 +231,15 @@ def test_a_teacher_that_has_not_finished_training_is_refused(tmp_path, teacher, 
     dump_logits(config(tmp_path, run, data_dir, epochs=1, force=True))  # a checkpoint that does not say how far it trained
 
 
+def test_an_unfinished_student_as_teacher_is_resumed_as_a_student(tmp_path, teacher, data_dir):
+    run = tmp_path / "student"
+    run.mkdir()
+    state = torch.load(teacher / "checkpoint.pt")
+    torch.save({**state, "epoch": 1, "step": 0, "config": {"epochs": 3, "cache": "cache/logits.h5"}}, run / "checkpoint.pt")
+    with pytest.raises(KdcliError, match=r"resume it \(kdcli train-student --out .*student --resume\)"):
+        dump_logits(config(tmp_path, run, data_dir, epochs=1))
+
+
 def test_the_teachers_accuracy_is_taken_before_its_logits_are_rounded(tmp_path, teacher, data_dir):
     """Logits 100 and 100.01 are one float16 number: stored, class 0 would win the tie; the teacher says class 1."""
     state = torch.load(teacher / "checkpoint.pt")
