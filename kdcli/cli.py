@@ -157,7 +157,8 @@ def errors_as_one_line(resume_flag=False):
             yield
         except Interrupted as e:
             kept = [arg for arg in sys.argv[1:] if arg != "--force"]  # --force would delete what was just saved
-            command = shlex.join(["kdcli", *kept] + (["--resume"] if resume_flag and "--resume" not in kept else []))
+            program = [sys.executable, "-m", "kdcli"] if sys.argv[0].endswith("__main__.py") else ["kdcli"]  # as it was started
+            command = shlex.join([*program, *kept] + (["--resume"] if resume_flag and "--resume" not in kept else []))
             typer.echo(f"{e}\nresume with: {command}", err=True)
             raise typer.Exit(128 + e.signal) from None  # 130 for Ctrl-C, 143 for SIGTERM: as a shell reports the kill
         except KdcliError as e:

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -324,6 +325,27 @@ def test_ctrl_c_or_sigterm_saves_and_prints_how_to_resume(tmp_path, data_dir, mo
     assert resumed.exit_code == 0, resumed.output
     assert f"resuming {tmp_path / 'out'} at epoch 1, step 2" in resumed.stderr
     assert (tmp_path / "out" / "summary.json").exists()
+
+
+def test_sigterm_to_a_real_process_stops_it_and_its_printed_command_resumes_it(tmp_path, data_dir):
+    """As a batch scheduler stops a job: `kill -TERM` to `python -m kdcli`, from outside, mid-run."""
+    out = tmp_path / "out"
+    args = [str(a) for a in teacher_args(data_dir, out, "--epochs", 100, "--lr-milestones", "", "--batch-size", 8)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    job = subprocess.Popen([sys.executable, "-m", "kdcli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while not ((out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    job.send_signal(signal.SIGTERM)  # during epoch 2 or later
+    _, stderr = job.communicate(timeout=120)
+    assert job.returncode == 143, stderr
+    assert "SIGTERM: stopping at the next safe point" in stderr and "Traceback" not in stderr
+    hint = stderr.split("resume with: ")[1].strip()
+    assert shlex.split(hint)[:3] == [sys.executable, "-m", "kdcli"]  # how it was started, not a `kdcli` that may not be on PATH
+    assert 1 <= torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] < 100
+    resumed = subprocess.run(shlex.split(hint), capture_output=True, text=True, env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "after 100 epochs" in resumed.stdout and (out / "summary.json").exists()
 
 
 def test_a_second_ctrl_c_quits_at_once_and_the_last_checkpoint_resumes(tmp_path, data_dir, monkeypatch):
