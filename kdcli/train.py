@@ -146,6 +146,8 @@ def _train_claimed(runs, data, device, teacher, progress, stop, alone) -> list:
             _show_progress(bar, config, group, seconds, progress)
     finally:
         bar.close()
+    if stop.requested and alone:  # it came during the last epoch's evaluation: the run is complete, not stopped
+        print(f"{runs[0].dir}: finished before the next safe point; nothing to resume", file=sys.stderr, flush=True)
     return group.write_summaries()
 
 

@@ -305,6 +305,19 @@ def test_ctrl_c_while_an_epoch_evaluates_stops_before_another_step(tmp_path, dat
     assert_same_weights(weights(tmp_path / "run"), weights(run_dir))
 
 
+def test_ctrl_c_while_the_last_epoch_evaluates_lets_the_run_finish_and_says_so(tmp_path, data_dir, monkeypatch, capsys):
+    evaluate = train_module.evaluate_stack
+
+    def evaluate_and_press_ctrl_c(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "evaluate_stack", evaluate_and_press_ctrl_c)
+    summary = train_teacher(config(tmp_path, "run", data_dir, epochs=1), progress=True)
+    assert summary["epochs"] == 1 and (tmp_path / "run" / "summary.json").exists()
+    assert "run: finished before the next safe point; nothing to resume" in capsys.readouterr().err
+
+
 def test_each_epochs_metrics_line_is_on_disk_before_its_checkpoint(tmp_path, data_dir, monkeypatch):
     """A power cut after a checkpoint must not lose the metrics line of an epoch that checkpoint counts."""
     synced, fsync = [], os.fsync
