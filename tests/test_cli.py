@@ -83,6 +83,18 @@ def test_python_dash_m_kdcli():
     assert out.returncode == 0 and out.stdout == f"kdcli {__version__}\n"
 
 
+def test_sigterm_where_there_is_no_safe_point_ends_at_once_with_a_line(monkeypatch, capfd):
+    """Loading data, importing torch: a SIGTERM ends the command there, saying so, with exit status 143."""
+    import kdcli.__main__
+    import kdcli.cli
+
+    monkeypatch.setattr(kdcli.cli, "main", lambda: os.kill(os.getpid(), signal.SIGTERM))
+    with pytest.raises(SystemExit) as exit:
+        kdcli.__main__.main()
+    assert exit.value.code == 143 and "terminated (SIGTERM)" in capfd.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # as it was: the command is over
+
+
 def test_ctrl_c_while_torch_imports_is_one_line(monkeypatch, capsys):
     """The `kdcli` command imports torch before it parses anything: Ctrl-C then ends like Ctrl-C later."""
     import importlib.abc
