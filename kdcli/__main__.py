@@ -16,11 +16,11 @@ def main():
     if signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:
         signal.signal(signal.SIGTERM, _terminated)  # training and dump-logits replace it while they can stop cleanly
     try:
-        from kdcli.cli import main as run  # imports torch: a second or two in which Ctrl-C is likely
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)  # one line, as everywhere else, not a traceback of the import
-        sys.exit(130)
-    try:
+        try:
+            from kdcli.cli import main as run  # imports torch: a second or two in which Ctrl-C is likely
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)  # one line, as everywhere else, not a traceback of the import
+            sys.exit(130)
         run()
     finally:
         # Only exiting is left: a further Ctrl-C (users press it twice) ends the process at once, instead of
