@@ -5,6 +5,7 @@ Library errors a user can cause are raised as KdcliError; the CLI prints them
 as one line and exits 1.
 """
 
+import contextlib
 import os
 import signal
 from typing import Literal
@@ -39,11 +40,21 @@ class KdcliError(Exception):
 
 class Interrupted(KdcliError):
     """Ctrl-C or SIGTERM: the command stopped at a safe point and kept what it can resume from; its message
-    says what. `signal`: the one that stopped it (the CLI exits 128 + its number, as a shell reports a kill)."""
+    says what. `signum`: the signal that stopped it (the CLI exits 128 + it, as a shell reports a kill)."""
 
-    def __init__(self, message, signal=signal.SIGINT):
+    def __init__(self, message, signum=signal.SIGINT):
         super().__init__(message)
-        self.signal = signal
+        self.signum = signum
+
+
+def quit_at_once(signum, frame=None):
+    """End now, as the signal's default would, but with `finally` blocks run (no temporary file is left) and
+    the shell's exit status (130, 143): Ctrl-C as a KeyboardInterrupt, SIGTERM with a line that says why."""
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    with contextlib.suppress(OSError):  # stderr may be a pipe whose reader the same SIGTERM ended
+        os.write(2, b"\nterminated (SIGTERM)\n")
+    raise SystemExit(128 + signum)
 
 
 class StopOnSignal:
@@ -52,9 +63,10 @@ class StopOnSignal:
     dump-logits: between batches), instead of ending the process wherever they land. A second one quits at once."""
 
     NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
+    SAID = "stopping at the next safe point (again: quit at once, losing what the last checkpoint does not hold)"
 
     def __init__(self):
-        self.signal, self.previous = None, {}
+        self.signum, self.previous = None, {}
         for signum in self.NAMES:
             if signal.getsignal(signum) is signal.SIG_IGN:  # a background job of a script: as Python, keep ignoring it
                 continue
@@ -65,15 +77,16 @@ class StopOnSignal:
 
     @property
     def requested(self) -> bool:
-        return self.signal is not None
+        return self.signum is not None
 
     def _handle(self, signum, frame):
         if self.requested:  # a second one: the user will not wait for an evaluation or a checkpoint to end
-            raise KeyboardInterrupt  # quits at once, as Ctrl-C always does; the last checkpoint is intact (atomic saves)
+            quit_at_once(signum)  # the last checkpoint is intact: saves are atomic
+        self.signum = signal.Signals(signum)  # first: the write below may fail
         # Said at once: an evaluation or a checkpoint may take a while to reach the safe point. A raw write: the
         # handler may interrupt a print.
-        os.write(2, f"\n{self.NAMES[signum]}: stopping at the next safe point (again: quit at once, losing the epoch in flight)\n".encode())
-        self.signal = signal.Signals(signum)
+        with contextlib.suppress(OSError):  # stderr may be a pipe whose reader the same SIGTERM ended
+            os.write(2, f"\n{self.NAMES[signum]}: {self.SAID}\n".encode())
 
     def restore(self):
         for signum, previous in self.previous.items():

@@ -1,20 +1,16 @@
 """`python -m kdcli`, and the `kdcli` command's entry point."""
 
-import os
 import signal
 import sys
 
-
-def _terminated(signum, frame):
-    """SIGTERM where a command has no safe point to stop at (importing torch, loading data): end now, as its
-    default would, but with a line that says why and with `finally` blocks run (no temporary file is left)."""
-    os.write(2, b"\nterminated (SIGTERM)\n")
-    raise SystemExit(128 + signum)
+from kdcli import quit_at_once
 
 
 def main():
     if signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:
-        signal.signal(signal.SIGTERM, _terminated)  # training and dump-logits replace it while they can stop cleanly
+        # SIGTERM where a command has no safe point to stop at (importing torch, loading data): end now, with a line
+        # that says why. Training and dump-logits replace it while they can stop cleanly.
+        signal.signal(signal.SIGTERM, quit_at_once)
     try:
         try:
             from kdcli.cli import main as run  # imports torch: a second or two in which Ctrl-C is likely

@@ -74,12 +74,17 @@ def resolve(path) -> Path:
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
-    return read_checkpoint(path, map_location)[0]
+    return _load(path, map_location)[0]
 
 
 def read_checkpoint(path, map_location="cpu") -> tuple[dict, str]:
     """(the checkpoint in a run folder or file, the sha256 of the bytes it was loaded from). The file is read
     once, so a run that saves its next checkpoint meanwhile cannot make the hash name other weights."""
+    state, data = _load(path, map_location)
+    return state, hashlib.sha256(data).hexdigest()
+
+
+def _load(path, map_location) -> tuple[dict, bytes]:
     given, path = Path(path), resolve(path)
     if not path.is_file():
         below = next(given.rglob(CHECKPOINT), None) if given.is_dir() else None  # a sweep folder holds runs
@@ -105,7 +110,7 @@ def read_checkpoint(path, map_location="cpu") -> tuple[dict, str]:
         raise KdcliError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(state, dict) or "model" not in state or "model_name" not in state:
         raise KdcliError(f"{path} is a torch file but not a kdcli checkpoint (no model weights and name in it)")
-    return state, hashlib.sha256(data).hexdigest()
+    return state, data
 
 
 def training_reached(state: dict) -> str:

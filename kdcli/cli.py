@@ -160,7 +160,7 @@ def errors_as_one_line(resume_flag=False):
             program = [sys.executable, "-m", "kdcli"] if sys.argv[0].endswith("__main__.py") else ["kdcli"]  # as it was started
             command = shlex.join([*program, *kept] + (["--resume"] if resume_flag and "--resume" not in kept else []))
             typer.echo(f"{e}\nresume with: {command}", err=True)
-            raise typer.Exit(128 + e.signal) from None  # 130 for Ctrl-C, 143 for SIGTERM: as a shell reports the kill
+            raise typer.Exit(128 + e.signum) from None  # 130 for Ctrl-C, 143 for SIGTERM: as a shell reports the kill
         except KdcliError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(1) from None

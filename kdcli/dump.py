@@ -11,6 +11,7 @@ A dump stopped at any moment resumes where it stopped (cache.py says why a kill
 cannot damage the file); Ctrl-C first writes every epoch labelled in full.
 """
 
+import sys
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -114,7 +115,9 @@ def dump_logits(config: DumpConfig, progress: bool = True) -> dict:
                 finally:
                     stop.restore()
                 if writer.epochs_complete < config.epochs:  # stopped: every epoch labelled in full was written first
-                    raise Interrupted(f"interrupted: {config.out} holds {writer.epochs_complete} of {config.epochs} epochs", stop.signal)
+                    raise Interrupted(f"interrupted: {config.out} holds {writer.epochs_complete} of {config.epochs} epochs", stop.signum)
+                if stop.requested and progress:  # it came while the last epoch was written: the cache is complete
+                    print(f"{config.out}: finished before the next safe point; nothing to resume", file=sys.stderr, flush=True)
         accuracy = cache.cache_info(config.out)["teacher_test_accuracy"]
     n, written = len(data.train_labels), config.epochs - start
     return {

@@ -171,6 +171,7 @@ def _order(setting: tuple) -> tuple:
 
 RECIPE = ("epochs", "batch_size", "lr", "optimizer", "momentum", "nesterov", "weight_decay", "scheduler", "lr_milestones", "lr_gamma", "subset", "val_size",
           "train_fingerprint")  # the images themselves: the official CIFAR-10 and a re-encoded copy are not one experiment
+SAID_AS = {"train_fingerprint": "training images"}  # recipe fields whose name would not tell a reader what differs
 
 
 def check_comparable(runs):
@@ -184,7 +185,7 @@ def check_comparable(runs):
         by_recipe.setdefault(canonical_name(r["summary"]["model"]), {}).setdefault(recipe, r["run_dir"])
     for model, found in by_recipe.items():
         if len(found) > 1:
-            differ = [k.replace("train_fingerprint", "training images") for i, k in enumerate(RECIPE) if len({recipe[i] for recipe in found}) > 1]
+            differ = [SAID_AS.get(k, k) for i, k in enumerate(RECIPE) if len({recipe[i] for recipe in found}) > 1]
             a, b = list(found.values())[:2]
             raise KdcliError(f"the {model} runs were trained with other {', '.join(differ)} (e.g. {a} and {b}): report each recipe's runs separately")
     # Cached epoch e's views depend on (seed, e) alone: students of E >= their epochs replayed the same ones.

@@ -336,14 +336,13 @@ def write_text_atomic(path: Path, text: str):
         tmp.replace(path)
 
 
-def append_line(path: Path, line: str, sync: bool = False):
-    """Append one line; `sync`: on disk before returning. A full disk is one error line; the torn line it may
-    leave is dropped when the run resumes (truncate_metrics)."""
+def append_line(path: Path, line: str):
+    """Append one line, on disk before this returns. A full disk is one error line; the torn line it may leave
+    is dropped when the run resumes (truncate_metrics)."""
     try:
         with open(path, "a") as f:
             f.write(line + "\n")
-            if sync:
-                f.flush()
-                os.fsync(f.fileno())
+            f.flush()
+            os.fsync(f.fileno())
     except OSError as e:
         raise KdcliError(f"cannot write {path}: {e.strerror or e}") from None

@@ -181,7 +181,7 @@ def sweep(config: SweepConfig, progress=True) -> dict:
             for i, members in enumerate(todo):
                 if stop.requested:
                     left = sum(map(len, todo[i:]))
-                    raise Interrupted(f"interrupted between groups of students: {len(configs) - left} of {len(configs)} finished, each in its folder under {config.out}", stop.signal)
+                    raise Interrupted(f"interrupted between groups of students: {len(configs) - left} of {len(configs)} finished, each in its folder under {config.out}", stop.signum)
                 if progress:
                     names = ", ".join(str(Path(c.out).relative_to(config.out)) for c in members)
                     print(f"group {i + 1}/{len(todo)}, trained together: {names}", flush=True)

@@ -36,7 +36,21 @@ from kdcli.data import load_cifar10, resolve_device
 from kdcli.evaluate import autocast_dtype, autocast_to, evaluate_stack
 from kdcli.losses import distillation_loss, soft_targets
 from kdcli.models import create_model
-from kdcli.runs import CachedTargets, DrawnAugmentation, Run, append_line, check_run_folder, check_same_inputs, claim_folder, git_commit, plain, prepare_run_dir, read_json, truncate_metrics, write_json
+from kdcli.runs import (
+    CachedTargets,
+    DrawnAugmentation,
+    Run,
+    append_line,
+    check_run_folder,
+    check_same_inputs,
+    claim_folder,
+    git_commit,
+    plain,
+    prepare_run_dir,
+    read_json,
+    truncate_metrics,
+    write_json,
+)
 from kdcli.stack import GraphedStep, ModelStack, split_optimizer_state, stack_optimizer_states
 
 
@@ -252,11 +266,8 @@ class Group:
 
     def train_epoch(self, stop) -> float:
         """Train from the current step to the end of the epoch; return its seconds."""
-        if stop.requested and self.step == 0:  # it came while the last epoch evaluated or saved: not one step more
-            if self.epoch % self.config.save_every:
-                self.save_all()
-            where = f"{self.runs[0].dir}" + (f" and {self.size - 1} more run folders" if self.size > 1 else "")
-            raise TrainingInterrupted(f"interrupted after epoch {self.epoch} of {self.config.epochs}; checkpoint saved in {where}", stop.signal)
+        if stop.requested and self.step == 0:  # it came while the group set up, or the last epoch evaluated or saved
+            self._stop_between_epochs(stop)
         aug, soft, order = self.epoch_inputs()
         B, S = self.config.batch_size, self.size
         if self.partial is None:
@@ -279,12 +290,22 @@ class Group:
                 self.step = i + 1
                 self.partial = {"losses": losses.cpu(), "correct": correct.cpu(), "seconds": self.partial["seconds"] + time.perf_counter() - t0}
                 self.save_all()
-                where = f"{self.runs[0].dir}" + (f" and {self.size - 1} more run folders" if self.size > 1 else "")
-                raise TrainingInterrupted(f"interrupted at epoch {self.epoch + 1}, step {i + 1} of {self.steps}; checkpoint saved in {where}", stop.signal)
+                raise TrainingInterrupted(f"interrupted at epoch {self.epoch + 1}, step {i + 1} of {self.steps}; checkpoint saved in {self._folders()}", stop.signum)
         self.partial.update(losses=losses, correct=correct)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # the queued kernels belong to this epoch's time
         return self.partial["seconds"] + time.perf_counter() - t0
+
+    def _stop_between_epochs(self, stop):
+        """Stop before another step: the run may cost seconds a step (ResNet18 on a CPU)."""
+        if self.epoch == 0:
+            raise TrainingInterrupted(f"interrupted before the first step: nothing trained yet in {self._folders()}", stop.signum)
+        if self.epoch % self.config.save_every:  # that epoch was not saved yet
+            self.save_all()
+        raise TrainingInterrupted(f"interrupted after epoch {self.epoch} of {self.config.epochs}; checkpoint saved in {self._folders()}", stop.signum)
+
+    def _folders(self) -> str:
+        return f"{self.runs[0].dir}" + (f" and {self.size - 1} more run folders" if self.size > 1 else "")
 
     def set_lr(self, lr: float):
         if self.device.type == "cuda":
@@ -340,8 +361,9 @@ class Group:
                 "seconds": round(seconds, 4),
                 "images_per_s": round(self.num_images / seconds, 1),
             }
-            # On disk before the checkpoint that counts this epoch, when one is saved: a power cut must not lose the line.
-            append_line(r.dir / "metrics.jsonl", json.dumps(metrics), sync=saving)
+            # On disk before any checkpoint counts this epoch (this one's, or a stop's before the next): a power cut
+            # must not lose the line. One small fsync an epoch.
+            append_line(r.dir / "metrics.jsonl", json.dumps(metrics))
         if saving:
             self.save_all()
 

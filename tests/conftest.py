@@ -51,7 +51,9 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def ctrl_c_as_in_a_terminal():
     """Tests press Ctrl-C (os.kill SIGINT) and expect kdcli to stop: also when pytest itself was started with
-    SIGINT ignored (a background job of a script), which kdcli, as Python, leaves ignored."""
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    SIGINT ignored (a background job of a script), which kdcli, as Python, leaves ignored. SIGTERM as the OS
+    starts it, and put back after each test, whatever the test left."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler), signal.signal(signal.SIGTERM, signal.SIG_DFL)
     yield
-    signal.signal(signal.SIGINT, previous)
+    signal.signal(signal.SIGINT, previous[0])
+    signal.signal(signal.SIGTERM, previous[1])

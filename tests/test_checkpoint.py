@@ -164,7 +164,7 @@ def test_unwritable_folder(tmp_path):
         save_atomic(kdcli_state(), tmp_path / "file" / CHECKPOINT)
 
 
-def test_the_hash_is_of_the_bytes_loaded(tmp_path):
+def test_read_checkpoint_gives_the_sha256_of_its_file(tmp_path):  # test_dump checks it is of the bytes loaded
     save_atomic(kdcli_state(), tmp_path / CHECKPOINT)
     state, sha256 = read_checkpoint(tmp_path)
     assert sha256 == hashlib.sha256((tmp_path / CHECKPOINT).read_bytes()).hexdigest() and state["epoch"] == 1

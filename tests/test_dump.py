@@ -329,11 +329,12 @@ def test_ctrl_c_while_an_epoch_is_written_keeps_a_cache_that_resumes(tmp_path, r
     """Ctrl-C during the disk thread's fsync of epoch 0, while the main thread labels epoch 2 or waits to
     hand epoch 1 over: the dump stops with every epoch labelled in full written, in order (2 or 3 of them,
     by the race), and says how many."""
-    cfg, epoch = config(tmp_path, teacher, data_dir), 0
+    cfg, epoch, pressed = config(tmp_path, teacher, data_dir), 0, []
     sync = cache.CacheWriter._sync
 
     def ctrl_c_at_epoch(writer):
-        if writer.epochs_complete == epoch:  # (epochs_complete counts this epoch only once its sync is done)
+        if writer.epochs_complete == epoch and not pressed:  # once: a second Ctrl-C would quit at once
+            pressed.append(True)
             os.kill(os.getpid(), signal.SIGINT)
         sync(writer)
 
@@ -344,6 +345,19 @@ def test_ctrl_c_while_an_epoch_is_written_keeps_a_cache_that_resumes(tmp_path, r
     done = cache.cache_info(cfg.out)["epochs_complete"]
     assert f"holds {done} of {E} epochs" in str(stopped.value) and epoch < done < E
     assert_resumes_to(reference, cfg, done)
+
+
+def test_ctrl_c_while_the_last_epoch_is_written_lets_the_dump_finish_and_says_so(tmp_path, teacher, data_dir, monkeypatch, capsys):
+    cfg, write = config(tmp_path, teacher, data_dir, quiet=True), cache.CacheWriter.write_epoch
+
+    def ctrl_c_at_the_last_epoch(writer, e, *args):
+        if e == E - 1:  # every epoch is labelled: there is no safe point left to stop at
+            os.kill(os.getpid(), signal.SIGINT)
+        write(writer, e, *args)
+
+    monkeypatch.setattr(cache.CacheWriter, "write_epoch", ctrl_c_at_the_last_epoch)
+    assert dump_logits(cfg)["epochs_complete"] == E
+    assert "c.h5: finished before the next safe point; nothing to resume" in capsys.readouterr().err
 
 
 def test_an_unfinished_cache_of_an_older_kdcli_resumes(tmp_path, reference, teacher, data_dir):

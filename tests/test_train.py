@@ -20,7 +20,7 @@ import torch
 from conftest import write_cifar_folder
 
 import kdcli.train as train_module
-from kdcli import KdcliError, __version__, as_recorded_now
+from kdcli import KdcliError, StopOnSignal, __version__, as_recorded_now
 from kdcli.checkpoint import CHECKPOINT, load_checkpoint, warn_cannot_lock
 from kdcli.config import ConfigError, StudentConfig, TeacherConfig
 from kdcli.data import load_cifar10
@@ -303,6 +303,34 @@ def test_ctrl_c_while_an_epoch_evaluates_stops_before_another_step(tmp_path, dat
     monkeypatch.undo()
     teach(config(tmp_path, "run", data_dir, save_every=2, resume=True))
     assert_same_weights(weights(tmp_path / "run"), weights(run_dir))
+
+
+def test_ctrl_c_before_the_first_step_says_nothing_was_trained(tmp_path, data_dir, monkeypatch):
+    create = train_module.create_model
+
+    def create_and_press_ctrl_c(*args, **kwargs):  # while the group is set up, after the handler is in place
+        os.kill(os.getpid(), signal.SIGINT)
+        return create(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "create_model", create_and_press_ctrl_c)
+    with pytest.raises(TrainingInterrupted, match=r"interrupted before the first step: nothing trained yet in .*run$"):
+        teach(config(tmp_path, "run", data_dir))
+    assert not (tmp_path / "run" / CHECKPOINT).exists()
+
+
+def test_the_first_signal_is_taken_even_when_stderr_is_a_broken_pipe(monkeypatch):
+    """`kdcli ... | tee log` under a scheduler: the SIGTERM that ends tee must still stop kdcli cleanly."""
+    def broken_pipe(fd, data):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    stop = StopOnSignal()
+    try:
+        monkeypatch.setattr(os, "write", broken_pipe)
+        os.kill(os.getpid(), signal.SIGTERM)
+        monkeypatch.undo()
+    finally:
+        stop.restore()
+    assert stop.requested and stop.signum == signal.SIGTERM
 
 
 def test_ctrl_c_while_the_last_epoch_evaluates_lets_the_run_finish_and_says_so(tmp_path, data_dir, monkeypatch, capsys):
