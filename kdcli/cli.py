@@ -77,8 +77,9 @@ def _choice(annotation) -> dict:
 
 
 def _parse_list(value: str, item_type, option: str) -> tuple:
+    """"150,225" -> (150, 225); "" -> () (--lr-milestones "": none). An empty item ("1,,2") is a typo, not a skip."""
     try:
-        return tuple(item_type(v) for v in value.split(",") if v.strip())
+        return tuple(item_type(v) for v in value.split(",")) if value.strip() else ()
     except ValueError:
         raise typer.BadParameter(f"expected comma-separated {item_type.__name__}s, got {value!r}", param_hint=option) from None
 

@@ -182,6 +182,8 @@ def test_evaluate_accepts_the_checkpoint_file(teacher_run, data_dir):
         (["--amp", "fp8"], ["--amp", "bf16", "fp16", "off"]),
         (["--seed", 10**23], ["--seed", "between 0 and 2**63 - 1"]),
         (["--no-amp"], ["--no-amp"]),  # a flag before 2026-11-27: now --amp off
+        (["--lr-milestones", "1,x"], ["--lr-milestones", "expected comma-separated ints"]),
+        (["--lr-milestones", "1,,2"], ["--lr-milestones", "'1,,2'"]),  # a typo, not a milestone skipped
     ],
     ids=lambda v: "_".join(map(str, v)) if isinstance(v, list) else None,
 )
