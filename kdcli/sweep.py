@@ -143,6 +143,34 @@ def allow_open_files(n: int):
         resource.setrlimit(resource.RLIMIT_NOFILE, (n if hard == resource.RLIM_INFINITY else min(n, hard), hard))
 
 
+def _claim_students(config: SweepConfig, configs: list, held: contextlib.ExitStack):
+    """Hold every student's folder from the start, so that another kdcli into one is refused and --force never
+    deletes another kdcli's files; with --force, forget every student and the old report at once (a --force
+    sweep stopped part-way then resumes without --force)."""
+    new = [Path(c.out) for c in configs if not Path(c.out).exists()]
+    for c in configs:
+        held.enter_context(claim_folder(c.out))
+    held.push(functools.partial(_forget_on_refusal, new))
+    if config.force:
+        for c in configs:
+            forget_run(c.out)
+        for name in ("results.md", "results.csv", "results.png"):  # the old table must not pass for the new one
+            (Path(config.out) / name).unlink(missing_ok=True)
+
+
+def _train_groups(todo: list, runs: dict, config: SweepConfig, data, device, stop, progress: bool):
+    """Train the groups one after another; a stop that came while a group evaluated or saved ends it between two."""
+    students = len(runs)
+    for i, members in enumerate(todo):
+        if stop.requested:
+            left = sum(map(len, todo[i:]))
+            raise Interrupted(f"interrupted between groups of students: {students - left} of {students} finished, each in its folder under {config.out}", stop.signum)
+        if progress:
+            names = ", ".join(str(Path(c.out).relative_to(config.out)) for c in members)
+            print(f"group {i + 1}/{len(todo)}, trained together: {names}", flush=True)
+        train_runs([runs[c.out] for c in members], data, device, progress=progress, claimed=True, stop=stop)
+
+
 def sweep(config: SweepConfig, progress=True) -> dict:
     """Train every student of the sweep that is not finished yet, then write the report."""
     from kdcli import report
@@ -159,16 +187,7 @@ def sweep(config: SweepConfig, progress=True) -> dict:
         allow_open_files(len(configs) + 64)  # a lock file held open per student
         check_sweep_folder(Path(config.out))  # before claim_folder makes the folder
         with claim_folder(config.out), contextlib.ExitStack() as students:  # a second sweep here is refused meanwhile
-            # and so is another kdcli into any student's folder, from the start, so --force never deletes another kdcli's files
-            new = [Path(c.out) for c in configs if not Path(c.out).exists()]
-            for c in configs:
-                students.enter_context(claim_folder(c.out))
-            students.push(functools.partial(_forget_on_refusal, new))
-            if config.force:  # every student at once: a --force sweep stopped part-way resumes without --force
-                for c in configs:
-                    forget_run(c.out)
-                for name in ("results.md", "results.csv", "results.png"):  # the old table must not pass for the new one
-                    (Path(config.out) / name).unlink(missing_ok=True)
+            _claim_students(config, configs, students)
             runs = {c.out: r for c, r in zip(configs, student_runs(configs, data, cache))}
             for r in runs.values():
                 if (r.dir / "summary.json").exists():
@@ -178,14 +197,7 @@ def sweep(config: SweepConfig, progress=True) -> dict:
                 config.warn_ineffective()
             if progress:
                 print(f"{len(configs)} student{'s' * (len(configs) != 1)}: {len(configs) - sum(map(len, todo))} finished before, {sum(map(len, todo))} to train", flush=True)
-            for i, members in enumerate(todo):
-                if stop.requested:
-                    left = sum(map(len, todo[i:]))
-                    raise Interrupted(f"interrupted between groups of students: {len(configs) - left} of {len(configs)} finished, each in its folder under {config.out}", stop.signum)
-                if progress:
-                    names = ", ".join(str(Path(c.out).relative_to(config.out)) for c in members)
-                    print(f"group {i + 1}/{len(todo)}, trained together: {names}", flush=True)
-                train_runs([runs[c.out] for c in members], data, device, progress=progress, claimed=True, stop=stop)
+            _train_groups(todo, runs, config, data, device, stop, progress)
             table = report.report([c.out for c in configs], config.out)  # this sweep's students only, not whatever else --out holds
     finally:
         stop.restore()
