@@ -108,16 +108,7 @@ def dump_logits(config: DumpConfig, progress: bool = True) -> dict:
             _create_cache(config, label, data, attrs, teacher_path)
         seconds = 0.0
         if start != config.epochs:  # else complete, and kept (--resume)
-            with cache.CacheWriter(config.out) as writer:
-                start, stop = writer.epochs_complete, StopOnSignal()
-                try:
-                    seconds = _write_epochs(config, label, data, writer, progress, stop)
-                finally:
-                    stop.restore()
-                if writer.epochs_complete < config.epochs:  # stopped: every epoch labelled in full was written first
-                    raise Interrupted(f"interrupted: {config.out} holds {writer.epochs_complete} of {config.epochs} epochs", stop.signum)
-                if stop.requested and progress:  # it came while the last epoch was written: the cache is complete
-                    print(f"{config.out}: finished before the next safe point; nothing to resume", file=sys.stderr, flush=True)
+            start, seconds = _finish_cache(config, label, data, progress)
         accuracy = cache.cache_info(config.out)["teacher_test_accuracy"]
     n, written = len(data.train_labels), config.epochs - start
     return {
@@ -165,6 +156,22 @@ def _create_cache(config: DumpConfig, label, data, attrs: dict, teacher_path):
     # The teacher's absolute path: `cache-info --verify` finds it from any folder.
     attrs = {**attrs, "config": {**asdict(config), "teacher": str(Path(config.teacher).resolve())}}
     cache.create(config.out, attrs, data.train_labels.cpu().numpy(), clean.cpu().numpy().astype(storage), test, config.epochs)
+
+
+def _finish_cache(config: DumpConfig, label, data, progress: bool) -> tuple[int, float]:
+    """Label and write the epochs the cache at config.out lacks; return (the epochs it had, the seconds it took).
+    Ctrl-C or SIGTERM ends it as Interrupted, with every epoch labelled in full written first."""
+    with cache.CacheWriter(config.out) as writer:
+        start, stop = writer.epochs_complete, StopOnSignal()
+        try:
+            seconds = _write_epochs(config, label, data, writer, progress, stop)
+        finally:
+            stop.restore()
+        if writer.epochs_complete < config.epochs:
+            raise Interrupted(f"interrupted: {config.out} holds {writer.epochs_complete} of {config.epochs} epochs", stop.signum)
+        if stop.requested and progress:  # it came while the last epoch was written: the cache is complete
+            print(f"{config.out}: finished before the next safe point; nothing to resume", file=sys.stderr, flush=True)
+    return start, seconds
 
 
 def _write_epochs(config: DumpConfig, label, data, writer, progress: bool, stop) -> float:
