@@ -23,8 +23,8 @@ OPTIONS_ADDED_LATER = {"val_size": 0}
 def as_recorded_now(config: dict) -> dict:
     """A run's (or cache's) recorded options as this kdcli records them: options added later at the value
     old runs trained with, --amp (before 2026-11-27 a flag, true meaning bf16) as a precision, and the
-    model by its own name (runs before 2026-11-27 recorded an alias as given: "1" for lenet5)."""
-    from kdcli.models import canonical_name  # imports torch: not for `kdcli --help`
+    model by its own name (kdcli until 2026-11-27 recorded an alias as given: "1" for lenet5)."""
+    from kdcli.models import canonical_name  # imports torch, which this package must not: __main__ imports it first
 
     now = {**OPTIONS_ADDED_LATER, **config}
     if isinstance(now.get("amp"), bool):

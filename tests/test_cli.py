@@ -95,6 +95,12 @@ def test_sigterm_where_there_is_no_safe_point_ends_at_once_with_a_line(monkeypat
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # as it was: the command is over
 
 
+def test_the_package_itself_imports_no_torch():
+    """__main__ imports kdcli, then torch (via kdcli.cli) inside its Ctrl-C guard: the package must come first, light."""
+    code = "import sys, kdcli.__main__; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout == "False\n"
+
+
 def test_ctrl_c_while_torch_imports_is_one_line(monkeypatch, capsys):
     """The `kdcli` command imports torch before it parses anything: Ctrl-C then ends like Ctrl-C later."""
     import importlib.abc
@@ -416,7 +422,7 @@ def test_a_model_alias_is_recorded_by_its_own_name_and_an_old_record_of_it_resum
     stopped_run(tmp_path, monkeypatch, teacher_args(data_dir, out, "--epochs", 2, "--model", "1"))
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert state["model_name"] == state["config"]["model"] == "lenet5"
-    state["model_name"] = state["config"]["model"] = "1"  # as kdcli recorded an alias before 2026-11-27
+    state["model_name"] = state["config"]["model"] = "1"  # as kdcli recorded an alias until 2026-11-27
     torch.save(state, out / "checkpoint.pt")
     resumed = kdcli("train-teacher", "--out", out, "--resume", "--model", "lenet5", "--quiet")
     assert resumed.exit_code == 0 and "teacher lenet5: " in resumed.stdout, resumed.output

@@ -236,7 +236,7 @@ def test_aggregate_refuses_runs_trained_on_other_images(tmp_path):
 
 
 def test_a_model_recorded_by_its_alias_is_one_model_with_it(tmp_path):
-    make_run(tmp_path / "alias" / "base", 70.0, model="1", weight=0.0, temperature=1.0)  # as runs before 2026-11-27 recorded --model 1
+    make_run(tmp_path / "alias" / "base", 70.0, model="1", weight=0.0, temperature=1.0)  # as kdcli until 2026-11-27 recorded --model 1
     make_run(tmp_path / "name" / "base", 72.0, seed=10, weight=0.0, temperature=1.0)
     (row,) = aggregate(collect([tmp_path]))
     assert (row["model"], row["n"]) == ("lenet5", 2)
