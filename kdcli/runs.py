@@ -102,7 +102,7 @@ def claim_folder(out):
             raise KdcliError(f"too many open files to hold the lock of {out}: raise the limit (ulimit -n), or sweep fewer students at once") from None
         raise KdcliError(f"cannot write to --out {out}: {e.strerror or e}") from None
     try:
-        lock_or_refuse(fd, f"{out} is in use by another kdcli training there (it holds {out / LOCK}): wait for it to end, or pass another --out")
+        lock_or_refuse(fd, _busy(out))
         try:  # the lock file may be older than the folder's permissions
             (out / ".write-test").touch()  # a fixed name, now that the folder is ours
             (out / ".write-test").unlink(missing_ok=True)  # another kdcli's, where the filesystem cannot lock
@@ -111,6 +111,10 @@ def claim_folder(out):
         yield out
     finally:
         os.close(fd)
+
+
+def _busy(out: Path) -> str:
+    return f"{out} is in use by another kdcli training there (it holds {out / LOCK}): wait for it to end, or pass another --out"
 
 
 def in_use(folder) -> bool:
@@ -130,23 +134,41 @@ def in_use(folder) -> bool:
         os.close(fd)
 
 
+def check_can_start(config):
+    """What of --out can be refused from its file names alone, before any data or cache is loaded (a refusal then
+    costs nothing, and no warning about the data comes before it). prepare_run_dir checks it all again under
+    the folder's lock, which is what counts."""
+    out = Path(config.out)
+    check_run_folder(out)
+    if in_use(out):
+        raise KdcliError(_busy(out))
+    check_not_overwriting(config)
+
+
+def check_not_overwriting(config):
+    """--out holds a run that only --force replaces (finished or not), or --resume continues or keeps."""
+    out = Path(config.out)
+    if config.force or config.resume:
+        return
+    if (out / "summary.json").exists():
+        raise KdcliError(f"{out} holds a finished run: pass --force to overwrite it, or choose another --out")
+    if (out / CHECKPOINT).exists():
+        raise KdcliError(f"{out} holds an unfinished run: pass --resume to continue it, or --force to start over")
+
+
 def prepare_run_dir(config):
     """Check --out (claimed: claim_folder) against --resume/--force; return the checkpoint to resume from,
     'done', or None."""
-    out = Path(config.out)
+    out, ckpt = Path(config.out), Path(config.out) / CHECKPOINT
     for stale in out.glob(f".{CHECKPOINT}.tmp-*"):  # left by a process killed in save_atomic
         stale.unlink(missing_ok=True)
-    finished, ckpt = (out / "summary.json").exists(), out / CHECKPOINT
     if config.force:
         forget_run(out)
-    elif finished and config.resume:
-        if ckpt.exists():  # a finished run is only "done" for the options it was trained with
+    check_not_overwriting(config)
+    if (out / "summary.json").exists():  # finished, and --resume keeps it: only for the options it was trained with
+        if ckpt.exists():
             check_same_options(config, load_checkpoint(ckpt), out)
         return "done"
-    elif finished:
-        raise KdcliError(f"{out} holds a finished run: pass --force to overwrite it, or choose another --out")
-    elif ckpt.exists() and not config.resume:
-        raise KdcliError(f"{out} holds an unfinished run: pass --resume to continue it, or --force to start over")
     if not (config.resume and ckpt.exists()):
         return None
     state = load_checkpoint(ckpt)

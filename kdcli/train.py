@@ -41,6 +41,7 @@ from kdcli.runs import (
     DrawnAugmentation,
     Run,
     append_line,
+    check_can_start,
     check_run_folder,
     check_same_inputs,
     claim_folder,
@@ -466,6 +467,7 @@ def _show_progress(bar, config, group, seconds, progress):
 
 
 def train_teacher(config: TeacherConfig, progress=True) -> dict:
+    check_can_start(config)
     device = resolve_device(config.device)
     data = load_cifar10(config.data_dir, device, config.subset, config.download, config.val_size)
     run = Run(config, DrawnAugmentation(config.seed, len(data.train_labels)), {"train_fingerprint": data.fingerprint})
@@ -517,6 +519,7 @@ def open_student_cache(config: StudentConfig, data):
 
 
 def train_student(config: StudentConfig, progress=True) -> dict:
+    check_can_start(config)
     device = resolve_device(config.device)
     data = load_cifar10(config.data_dir, device, config.subset, config.download, config.val_size)
     cache = open_student_cache(config, data)

@@ -508,6 +508,14 @@ def test_cache_info_on_a_folder(tmp_path):
     assert_refused(kdcli("cache-info", tmp_path), "is a folder", codes=(1,))
 
 
+def test_a_finished_student_is_refused_without_a_warning_about_its_cache_first(tmp_path, data_dir, cache):
+    out = tmp_path / "student"
+    assert kdcli(*student_args(data_dir, cache, out)).exit_code == 0
+    result = kdcli(*student_args(data_dir, cache, out, "--epochs", 5))  # more epochs than the cache: a warning, were it trained
+    assert_refused(result, "holds a finished run", codes=(1,))
+    assert "warning" not in result.stderr, result.stderr
+
+
 def test_dump_into_a_folder_says_so_even_with_force(tmp_path, data_dir, teacher):
     (tmp_path / "out").mkdir()
     for extra in ([], ["--force"]):

@@ -320,6 +320,12 @@ def test_finished_run_needs_force(teacher_run, data_dir):
     assert_clean_error(kdcli(*teacher_args(data_dir, out)), "finished run", "--force", codes=(1,))
 
 
+def test_a_finished_run_is_refused_before_any_data_is_looked_at(teacher_run, tmp_path):
+    out, _ = teacher_run
+    result = kdcli(*teacher_args(tmp_path / "no-data-here", out, "--no-download"))
+    assert_clean_error(result, "finished run", "--force", codes=(1,))  # not the missing data: that would cost a download
+
+
 @pytest.mark.parametrize("signum, name", [(signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM")])
 def test_ctrl_c_or_sigterm_saves_and_prints_how_to_resume(tmp_path, data_dir, monkeypatch, capfd, signum, name):
     """SIGTERM is what a batch scheduler or `docker stop` sends before its kill: it stops as Ctrl-C does."""
