@@ -28,6 +28,7 @@ from kdcli.checkpoint import read_checkpoint, resolve, training_reached
 from kdcli.config import check_choices, check_seed, require_at_least_one
 from kdcli.data import load_cifar10, resolve_device
 from kdcli.evaluate import autocast_dtype, autocast_to, model_from, predict, recorded_precision, top1
+from kdcli.models import canonical_name
 from kdcli.runs import in_use, run_kind
 
 
@@ -102,7 +103,7 @@ def dump_logits(config: DumpConfig, progress: bool = True) -> dict:
         start = cache.resume_point(config.out, identity, config.force, keep_complete=config.resume)
         if start is None:
             attrs = {
-                **identity, "teacher_model": state["model_name"], "teacher_train_images": _images_seen(state, len(data.train_labels)),
+                **identity, "teacher_model": canonical_name(state["model_name"]), "teacher_train_images": _images_seen(state, len(data.train_labels)),
                 "teacher_test_accuracy": _teacher_test_accuracy(model, data, state, config.amp),
             }  # fmt: skip
             _create_cache(config, label, data, attrs, teacher_path)
@@ -121,7 +122,7 @@ def dump_logits(config: DumpConfig, progress: bool = True) -> dict:
         "seconds": round(seconds, 2),
         "images_per_s": round(n * written / seconds, 1) if written else None,
         "size_bytes": Path(config.out).stat().st_size,
-        "teacher_model": state["model_name"],
+        "teacher_model": canonical_name(state["model_name"]),
         "teacher_test_accuracy": accuracy,
         "dtype": config.dtype,
     }

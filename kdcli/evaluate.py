@@ -13,7 +13,7 @@ import torch
 from kdcli import KdcliError, as_recorded_now, augment
 from kdcli.checkpoint import load_checkpoint, resolve, training_reached
 from kdcli.data import load_cifar10, resolve_device
-from kdcli.models import create_model
+from kdcli.models import canonical_name, create_model
 
 
 @torch.no_grad()
@@ -106,7 +106,7 @@ def evaluate(checkpoint_path, data_dir="data", device="auto", download=True) -> 
     logits = predict(model, data.test_images, amp)
     per_class = [round(top1(logits[data.test_labels == c], data.test_labels[data.test_labels == c]), 2) for c in range(data.num_classes)]
     accuracy = top1(logits, data.test_labels)
-    result = {"model": state["model_name"], "epoch": state.get("epoch"), "trained": training_reached(state), "test_accuracy": accuracy, "per_class": per_class}
+    result = {"model": canonical_name(state["model_name"]), "epoch": state.get("epoch"), "trained": training_reached(state), "test_accuracy": accuracy, "per_class": per_class}
     if held_out:
         result.update(val_accuracy=top1(predict(model, data.val_images, amp), data.val_labels), val_size=held_out)
     return result
