@@ -430,6 +430,8 @@ def test_a_model_alias_is_recorded_by_its_own_name_and_an_old_record_of_it_resum
     assert state["model_name"] == state["config"]["model"] == "lenet5"
     state["model_name"] = state["config"]["model"] = "1"  # as kdcli recorded an alias until 2026-11-27
     torch.save(state, out / "checkpoint.pt")
+    evaluated = kdcli("evaluate", out, "--data-dir", data_dir, "--device", "cpu", "--no-download")
+    assert evaluated.stdout.startswith("lenet5 (stopped at epoch 1 of 2, step 1): "), evaluated.output
     resumed = kdcli("train-teacher", "--out", out, "--resume", "--model", "lenet5", "--quiet")
     assert resumed.exit_code == 0 and "teacher lenet5: " in resumed.stdout, resumed.output
 
