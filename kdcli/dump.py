@@ -87,7 +87,7 @@ def dump_logits(config: DumpConfig, progress: bool = True) -> dict:
     teacher_path = _teacher_path(config.teacher)
     device = resolve_device(config.device)
     state, teacher_sha256 = read_checkpoint(teacher_path)  # the hash of the weights labelled with, even if the file is replaced since
-    model = model_from(state, device, teacher_path)
+    model, teacher_model = model_from(state, device, teacher_path), canonical_name(state["model_name"])
     _check_finished(config.teacher, teacher_path, state)  # before the lock: a refused teacher leaves no file behind
     with cache.write_lock(config.out):  # a second dump is refused before it reads the data
         cuda = device.type == "cuda"
@@ -103,7 +103,7 @@ def dump_logits(config: DumpConfig, progress: bool = True) -> dict:
         start = cache.resume_point(config.out, identity, config.force, keep_complete=config.resume)
         if start is None:
             attrs = {
-                **identity, "teacher_model": canonical_name(state["model_name"]), "teacher_train_images": _images_seen(state, len(data.train_labels)),
+                **identity, "teacher_model": teacher_model, "teacher_train_images": _images_seen(state, len(data.train_labels)),
                 "teacher_test_accuracy": _teacher_test_accuracy(model, data, state, config.amp),
             }  # fmt: skip
             _create_cache(config, label, data, attrs, teacher_path)
@@ -122,7 +122,7 @@ def dump_logits(config: DumpConfig, progress: bool = True) -> dict:
         "seconds": round(seconds, 2),
         "images_per_s": round(n * written / seconds, 1) if written else None,
         "size_bytes": Path(config.out).stat().st_size,
-        "teacher_model": canonical_name(state["model_name"]),
+        "teacher_model": teacher_model,
         "teacher_test_accuracy": accuracy,
         "dtype": config.dtype,
     }

@@ -104,7 +104,7 @@ def evaluate(checkpoint_path, data_dir="data", device="auto", download=True) -> 
         held_out = 0
     amp = recorded_precision(state)
     logits = predict(model, data.test_images, amp)
-    per_class = [round(top1(logits[data.test_labels == c], data.test_labels[data.test_labels == c]), 2) for c in range(data.num_classes)]
+    per_class = [round(top1(logits[data.test_labels == c], c), 2) for c in range(data.num_classes)]  # each class's images
     accuracy = top1(logits, data.test_labels)
     result = {"model": canonical_name(state["model_name"]), "epoch": state.get("epoch"), "trained": training_reached(state), "test_accuracy": accuracy, "per_class": per_class}
     if held_out:

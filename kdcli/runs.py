@@ -159,7 +159,8 @@ def check_not_overwriting(config):
 def prepare_run_dir(config):
     """Check --out (claimed: claim_folder) against --resume/--force; return the checkpoint to resume from,
     'done', or None."""
-    out, ckpt = Path(config.out), Path(config.out) / CHECKPOINT
+    out = Path(config.out)
+    ckpt = out / CHECKPOINT
     for stale in out.glob(f".{CHECKPOINT}.tmp-*"):  # left by a process killed in save_atomic
         stale.unlink(missing_ok=True)
     if config.force:
