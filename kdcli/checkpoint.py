@@ -3,6 +3,7 @@
     save_atomic(state, run_dir / "checkpoint.pt")
     state = load_checkpoint(path)   # weights_only: a checkpoint cannot run code
     state, sha256 = read_checkpoint(path)   # and the hash of the very bytes loaded
+    state = peek_checkpoint(path)   # its options and progress, weights left on disk
 
 A checkpoint is written to a temporary file in the same folder and renamed over
 the old one, so a process killed mid-write leaves the previous checkpoint intact.
@@ -23,6 +24,7 @@ import torch
 from kdcli import KdcliError
 
 CHECKPOINT = "checkpoint.pt"
+ZIP = b"PK\x03\x04"  # how torch.save's files begin
 
 
 def save_atomic(state: dict, path) -> None:
@@ -77,6 +79,12 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     return _load(path, map_location)[0]
 
 
+def peek_checkpoint(path) -> dict:
+    """The checkpoint with its tensors memory-mapped, not read: its model name, options and progress in
+    milliseconds, where loading a ResNet18's (90 MB with its optimizer) takes a CPU 0.16 s."""
+    return _load(path, "cpu", mmap=True)[0]
+
+
 def read_checkpoint(path, map_location="cpu") -> tuple[dict, str]:
     """(the checkpoint in a run folder or file, the sha256 of the bytes it was loaded from). The file is read
     once, so a run that saves its next checkpoint meanwhile cannot make the hash name other weights."""
@@ -84,19 +92,22 @@ def read_checkpoint(path, map_location="cpu") -> tuple[dict, str]:
     return state, hashlib.sha256(data).hexdigest()
 
 
-def _load(path, map_location) -> tuple[dict, bytes]:
+def _load(path, map_location, mmap=False) -> tuple[dict, bytes]:
     given, path = Path(path), resolve(path)
     if not path.is_file():
         below = next(given.rglob(CHECKPOINT), None) if given.is_dir() else None  # a sweep folder holds runs
         raise KdcliError(f"no checkpoint at {path}" + (f": {given} holds run folders; pass one, e.g. {below.parent}" if below else ""))
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            data = f.read(4)
+            mmap = mmap and data == ZIP  # only torch.save's zip format can be mapped
+            data += b"" if mmap else f.read()
     except OSError as e:
         raise KdcliError(f"cannot read {path}: {e.strerror or e}") from None
-    if data[:4] != b"PK\x03\x04" and data[:1] != b"\x80":  # neither torch.save's zip nor its older pickle format
+    if data[:4] != ZIP and data[:1] != b"\x80":  # neither torch.save's zip nor its older pickle format
         raise KdcliError(f"{path} is not a checkpoint (not a file torch.save writes): pass a run folder or its checkpoint.pt")
     try:
-        state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+        state = torch.load(path if mmap else io.BytesIO(data), map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         # torch's message advises weights_only=False, exactly what must not be done with an untrusted file.
         # Its reason is the paragraph after that advice (and after its "Please file an issue" line).

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kdcli import KdcliError, as_recorded_now, augment
-from kdcli.checkpoint import CHECKPOINT, load_checkpoint, lock_or_refuse, temporary_file_for
+from kdcli.checkpoint import CHECKPOINT, load_checkpoint, lock_or_refuse, peek_checkpoint, temporary_file_for
 from kdcli.config import flag
 from kdcli.models import canonical_name
 
@@ -135,14 +135,16 @@ def in_use(folder) -> bool:
 
 
 def check_can_start(config):
-    """What of --out can be refused from its file names alone, before any data or cache is loaded (a refusal then
-    costs nothing, and no warning about the data comes before it). prepare_run_dir checks it all again under
-    the folder's lock, which is what counts."""
+    """What of --out can be refused before any data or cache is loaded: its files, and what a checkpoint to --resume
+    records (a refusal then costs nothing, and no warning about the data comes before it). prepare_run_dir checks
+    it all again under the folder's lock, which is what counts."""
     out = Path(config.out)
     check_run_folder(out)
     if in_use(out):
         raise KdcliError(_busy(out))
     check_not_overwriting(config)
+    if config.resume and not config.force and (out / CHECKPOINT).is_file():  # a --subset other than the run's is then
+        check_resumes(config, peek_checkpoint(out / CHECKPOINT), out)  # named as such, not as a cache of another length
 
 
 def check_not_overwriting(config):
@@ -165,18 +167,21 @@ def prepare_run_dir(config):
         stale.unlink(missing_ok=True)
     if config.force:
         forget_run(out)
-    check_not_overwriting(config)
-    if (out / "summary.json").exists():  # finished, and --resume keeps it: only for the options it was trained with
-        if ckpt.exists():
-            check_same_options(config, load_checkpoint(ckpt), out)
-        return "done"
-    if not (config.resume and ckpt.exists()):
-        return None
-    state = load_checkpoint(ckpt)
-    if missing := [key for key in ("optimizer", "epoch", "step", "partial", "config") if key not in state]:
-        raise KdcliError(f"{ckpt} is not a checkpoint of a run to resume (it lacks {', '.join(missing)}): pass --force to start over, or another --out")
+    check_not_overwriting(config)  # so what is left in --out is a run to --resume
+    finished = (out / "summary.json").exists()  # --resume keeps it, but only for the options it was trained with
+    if not ckpt.exists():
+        return "done" if finished else None
+    state = peek_checkpoint(ckpt) if finished else load_checkpoint(ckpt)
+    check_resumes(config, state, out)
+    return "done" if finished else state
+
+
+def check_resumes(config, state: dict, out: Path):
+    """--resume: the checkpoint `state` in `out` is of the run `config` describes, and one to continue unless finished."""
+    missing = [key for key in ("optimizer", "epoch", "step", "partial", "config") if key not in state]
+    if missing and not (out / "summary.json").exists():
+        raise KdcliError(f"{out / CHECKPOINT} is not a checkpoint of a run to resume (it lacks {', '.join(missing)}): pass --force to start over, or another --out")
     check_same_options(config, state, out)
-    return state
 
 
 def holds_a_run(folder) -> bool:
@@ -229,7 +234,7 @@ def recorded_options(out, asked: dict) -> dict:
     ckpt = Path(out) / CHECKPOINT
     if not ckpt.is_file():
         return {}
-    recorded = as_recorded_now(load_checkpoint(ckpt).get("config") or {})
+    recorded = as_recorded_now(peek_checkpoint(ckpt).get("config") or {})
     if asked.get("force") and run_kind(recorded) != run_kind(asked):
         return {}  # another kind of run replaces it: nothing of this one's options applies
     check_same_kind(recorded, asked, out)

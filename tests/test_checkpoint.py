@@ -10,7 +10,7 @@ import torch
 
 from kdcli import KdcliError
 from kdcli import checkpoint as checkpoint_module
-from kdcli.checkpoint import CHECKPOINT, load_checkpoint, read_checkpoint, resolve, save_atomic
+from kdcli.checkpoint import CHECKPOINT, load_checkpoint, peek_checkpoint, read_checkpoint, resolve, save_atomic
 from kdcli.models import create_model
 
 
@@ -57,6 +57,16 @@ def test_roundtrip(tmp_path):
         assert torch.equal(momentum, state["optimizer"]["state"][0]["momentum_buffer"])
     assert folder_listing(tmp_path) == [CHECKPOINT]  # no temporary file left behind
     assert resolve(tmp_path) == tmp_path / CHECKPOINT
+
+
+@pytest.mark.parametrize("zipped", [True, False], ids=["zip", "legacy"])
+def test_peek_gives_what_a_load_gives_in_either_format(tmp_path, zipped):
+    """peek maps torch.save's zip format without reading its tensors; the legacy format cannot be mapped and is read."""
+    state = kdcli_state()
+    torch.save(state, tmp_path / CHECKPOINT, _use_new_zipfile_serialization=zipped)
+    peeked = peek_checkpoint(tmp_path)
+    assert peeked["config"] == state["config"] and peeked["model_name"] == "lenet5" and peeked["epoch"] == 1
+    assert_same_weights(peeked["model"], state["model"])
 
 
 def test_save_replaces_the_previous_checkpoint(tmp_path):

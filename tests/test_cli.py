@@ -482,6 +482,22 @@ def test_a_student_resumes_with_its_own_temperature_and_cache(tmp_path, data_dir
     assert resumed.exit_code == 0 and "T=7 w=0.1" in resumed.stdout, resumed.output
 
 
+def test_a_student_resumed_with_another_subset_is_told_that_first(tmp_path, data_dir, monkeypatch):
+    """Not as a cache of another length: the run's options are compared before its data and cache are loaded."""
+    from kdcli.dump import DumpConfig, dump_logits
+
+    teacher = tmp_path / "teacher"
+    assert kdcli(*teacher_args(data_dir, teacher, "--subset", 100)).exit_code == 0
+    cache = tmp_path / "c.h5"
+    dump_logits(DumpConfig(teacher=str(teacher), epochs=1, out=str(cache), data_dir=str(data_dir), device="cpu", download=False, quiet=True, subset=100), progress=False)
+    out = tmp_path / "student"
+    stopped_run(tmp_path, monkeypatch, ["train-student", "--cache", cache, "--subset", 100, "--epochs", 1, "--batch-size", 64,
+                                        "--device", "cpu", "--data-dir", data_dir, "--out", out, "--quiet"])  # fmt: skip
+    result = kdcli("train-student", "--out", out, "--resume", "--subset", 50)
+    assert_clean_error(result, "--subset 50 (run has 100)", codes=(1,))
+    assert "cache" not in result.stderr
+
+
 def test_a_failing_torch_compile_is_one_line(tmp_path, data_dir, monkeypatch):
     """Where torch.compile cannot work (no Triton, no C compiler), the user gets one line and the way out."""
     import torch._dynamo.exc
