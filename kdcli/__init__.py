@@ -63,9 +63,9 @@ class StopOnSignal:
     dump-logits: between batches), instead of ending the process wherever they land. A second one quits at once."""
 
     NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
-    SAID = "stopping at the next safe point (again: quit at once, losing what the last checkpoint does not hold)"
 
-    def __init__(self):
+    def __init__(self, lost="what the last checkpoint does not hold"):  # what quitting at once would lose
+        self.said = f"stopping at the next safe point (again: quit at once, losing {lost})"
         self.signum, self.previous = None, {}
         for signum in self.NAMES:
             if signal.getsignal(signum) is signal.SIG_IGN:  # a background job of a script: as Python, keep ignoring it
@@ -86,7 +86,7 @@ class StopOnSignal:
         # Said at once: an evaluation or a checkpoint may take a while to reach the safe point. A raw write: the
         # handler may interrupt a print.
         with contextlib.suppress(OSError):  # stderr may be a pipe whose reader the same SIGTERM ended
-            os.write(2, f"\n{self.NAMES[signum]}: {self.SAID}\n".encode())
+            os.write(2, f"\n{self.NAMES[signum]}: {self.said}\n".encode())
 
     def restore(self):
         for signum, previous in self.previous.items():

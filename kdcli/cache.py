@@ -219,7 +219,7 @@ def open_cache(path, fingerprint=None, num_classes=None, allow_partial=False, nu
         here = f"{num_images:,} images ({fingerprint[:8]}…)" if num_images is not None else f"other images ({fingerprint[:8]}…)"
         subset = f", or pass --subset {a['num_images']} if it was made with that" if num_images not in (None, a["num_images"]) else ""
         problem = (
-            f"{path} has {done} epochs for {a['num_images']:,} images (fingerprint {a['train_fingerprint'][:8]}…); "
+            f"{path} has {done} epoch{'s' * (done != 1)} for {a['num_images']:,} images (fingerprint {a['train_fingerprint'][:8]}…); "
             f"this data has {here}: run dump-logits on it{subset}"
         )
     elif num_classes is not None and a["num_classes"] != num_classes:

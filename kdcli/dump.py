@@ -163,7 +163,7 @@ def _finish_cache(config: DumpConfig, label, data, progress: bool) -> tuple[int,
     """Label and write the epochs the cache at config.out lacks; return (the epochs it had, the seconds it took).
     Ctrl-C or SIGTERM ends it as Interrupted, with every epoch labelled in full written first."""
     with cache.CacheWriter(config.out) as writer:
-        start, stop = writer.epochs_complete, StopOnSignal()
+        start, stop = writer.epochs_complete, StopOnSignal(lost="the epochs not yet written")
         try:
             seconds = _write_epochs(config, label, data, writer, progress, stop)
         finally:

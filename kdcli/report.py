@@ -169,8 +169,8 @@ def _order(setting: tuple) -> tuple:
     return model, temperature is not None, temperature or 0.0, w, hard  # baseline (None) first, then by T
 
 
-RECIPE = ("epochs", "batch_size", "lr", "optimizer", "momentum", "nesterov", "weight_decay", "scheduler", "lr_milestones", "lr_gamma", "subset", "val_size",
-          "train_fingerprint")  # the images themselves: the official CIFAR-10 and a re-encoded copy are not one experiment
+RECIPE = ("epochs", "batch_size", "lr", "optimizer", "momentum", "nesterov", "weight_decay", "scheduler", "lr_milestones", "lr_gamma", "val_size",
+          "train_fingerprint")  # the images themselves, not --subset: the official CIFAR-10 and a re-encoded copy are not one experiment
 SAID_AS = {"train_fingerprint": "training images"}  # recipe fields whose name would not tell a reader what differs
 
 

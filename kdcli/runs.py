@@ -147,6 +147,13 @@ def check_can_start(config):
         check_resumes(config, peek_checkpoint(out / CHECKPOINT), out)  # named as such, not as a cache of another length
 
 
+def check_sweep_can_start(out: Path):
+    """check_can_start for a sweep's own folder (its students' are checked as they are claimed)."""
+    check_sweep_folder(out)
+    if in_use(out):
+        raise KdcliError(_busy(out))
+
+
 def check_not_overwriting(config):
     """--out holds a run that only --force replaces (finished or not), or --resume continues or keeps."""
     out = Path(config.out)
@@ -194,15 +201,22 @@ def holds_a_run(folder) -> bool:
 # run could no longer resume.
 
 def check_run_folder(out: Path):
+    _check_not_a_file(out)
     if inner := run_below(out):
         raise KdcliError(f"{out} holds other runs in its subfolders (e.g. {inner}): give this run a folder of its own (--out)")
     _check_not_inside_a_run(out, "this run")
 
 
 def check_sweep_folder(out: Path):
+    _check_not_a_file(out)
     if holds_a_run(out):
         raise KdcliError(f"{out} holds a run of its own (its {CHECKPOINT} or summary.json): give the sweep a folder of its own (--out)")
     _check_not_inside_a_run(out, "the sweep")
+
+
+def _check_not_a_file(out: Path):
+    if out.exists() and not out.is_dir():
+        raise KdcliError(f"--out {out} is a file, not a folder: pass another --out")
 
 
 def _check_not_inside_a_run(out: Path, what: str):

@@ -511,7 +511,7 @@ def open_student_cache(config: StudentConfig, data):
         )
     if cache.epochs_complete < config.epochs:
         warnings.warn(
-            f"{config.cache} has {cache.epochs_complete} epochs for a {config.epochs}-epoch student: "
+            f"{config.cache} has {cache.epochs_complete} epoch{'s' * (cache.epochs_complete != 1)} for a {config.epochs}-epoch student: "
             f"student epoch e reuses cached epoch e mod {cache.epochs_complete}",
             stacklevel=2,
         )

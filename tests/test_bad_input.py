@@ -17,6 +17,7 @@ Covered (tests/test_cli.py has train-teacher's bad option values and train-stude
 - report on an empty or missing folder; cache-info on a missing and on a non-HDF5 file.
 """
 
+import contextlib
 import os
 import pickle
 import re
@@ -258,6 +259,16 @@ def test_out_under_a_regular_file(tmp_path, data_dir, teacher, cache, command):
     assert (tmp_path / "file").read_text() == "a regular file\n"
 
 
+@pytest.mark.parametrize("command", ["train-teacher", "train-student", "sweep"])
+def test_out_that_is_a_file_is_told_so_before_the_data_loads(tmp_path, cache, command):
+    """A cache's path given as a run's --out, say: said as such, and before missing data could be blamed."""
+    out, no_data = tmp_path / "c.h5", tmp_path / "no-data"
+    out.write_text("a regular file\n")
+    args = {"train-teacher": teacher_args(no_data, out), "train-student": student_args(no_data, cache, out), "sweep": sweep_args(no_data, cache, out)}[command]
+    assert_refused(kdcli(*args), f"--out {out} is a file, not a folder", codes=(1,))
+    assert out.read_text() == "a regular file\n"
+
+
 def test_dump_out_under_a_regular_file_says_why(tmp_path, data_dir, teacher):
     (tmp_path / "file").write_text("a regular file\n")
     result = kdcli(*dump_args(data_dir, teacher, tmp_path / "file" / "c.h5"))
@@ -403,6 +414,17 @@ def test_a_run_is_not_trained_into_a_sweeps_folder_nor_a_sweep_into_a_runs(tmp_p
     before = snapshot(tmp_path / "run")
     assert_refused(kdcli(*sweep_args(data_dir, cache, tmp_path / "run", "--force")), "holds a run of its own", codes=(1,))
     assert snapshot(tmp_path / "run") == before
+
+
+@pytest.mark.parametrize("why", ["holds a run of its own", "is in use by another kdcli"])
+def test_a_sweep_into_a_refused_folder_is_told_so_before_its_data_loads(tmp_path, cache, student, why):
+    """Not after seconds of loading, nor as missing data: the folder is what is wrong."""
+    out = tmp_path / "out"
+    if why == "holds a run of its own":
+        shutil.copytree(student, out)
+    with claim_folder(out) if why.startswith("is in use") else contextlib.nullcontext():  # another sweep's, say
+        result = kdcli(*sweep_args(tmp_path / "no-data", cache, out))
+    assert_refused(result, why, codes=(1,))
 
 
 def test_no_run_or_sweep_is_trained_inside_another_runs_folder(tmp_path, data_dir, cache, student):
@@ -582,7 +604,7 @@ def test_ctrl_c_while_a_group_saves_its_last_epoch_stops_the_sweep_before_the_ne
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_ctrl_c_or_sigterm_in_a_dump_says_what_is_kept_and_how_to_resume(tmp_path, data_dir, teacher, monkeypatch, signum):
+def test_ctrl_c_or_sigterm_in_a_dump_says_what_is_kept_and_how_to_resume(tmp_path, data_dir, teacher, monkeypatch, capfd, signum):
     from kdcli import dump
 
     label, epochs_labelled = dump.teacher_logits, []
@@ -600,6 +622,7 @@ def test_ctrl_c_or_sigterm_in_a_dump_says_what_is_kept_and_how_to_resume(tmp_pat
     result = kdcli(*args)
     monkeypatch.setattr(dump, "teacher_logits", label)
     assert result.exit_code == 128 + signum
+    assert "quit at once, losing the epochs not yet written" in capfd.readouterr().err  # a dump has no checkpoint
     assert re.search(r"interrupted: \S+c\.h5 holds 1 of 2 epochs", result.stderr), result.stderr
     hint, resumed = run_printed_hint(result)
     assert "--force" not in hint  # it would start over

@@ -235,6 +235,14 @@ def test_aggregate_refuses_runs_trained_on_other_images(tmp_path):
         aggregate(collect([tmp_path]))
 
 
+def test_runs_on_the_same_images_pool_however_their_subset_was_said(tmp_path):
+    """--subset N of an N-image training set is every image, as no --subset is: the images decide, not the flag."""
+    same = {"train_fingerprint": "aa" * 32}
+    make_run(tmp_path / "all" / "base", 70.0, weight=0.0, temperature=1.0, config={**same, "subset": None})
+    make_run(tmp_path / "subset" / "base", 71.0, seed=10, weight=0.0, temperature=1.0, config={**same, "subset": 200})
+    assert aggregate(collect([tmp_path]))[0]["n"] == 2
+
+
 def test_a_model_recorded_by_its_alias_is_one_model_with_it(tmp_path):
     make_run(tmp_path / "alias" / "base", 70.0, model="1", weight=0.0, temperature=1.0)  # as kdcli until 2026-11-27 recorded --model 1
     make_run(tmp_path / "name" / "base", 72.0, seed=10, weight=0.0, temperature=1.0)
