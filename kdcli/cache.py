@@ -168,7 +168,6 @@ class CacheWriter(_OpenFile):
             self._file = h5py.File(self.path, "r+", locking=False)
         except OSError as e:
             raise KdcliError(f"cannot write {path}: {e}") from None
-        self.attrs = _attrs(self._file)
         self.epochs_complete = int(self._file["epochs_complete"][()])
 
     def write_epoch(self, e: int, aug: np.ndarray, logits: np.ndarray):

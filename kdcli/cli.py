@@ -112,9 +112,10 @@ def command_from(cls, name: str, run):
             if typing.get_origin(hints[f.name]) is tuple:
                 options[f.name] = _parse_list(options[f.name], typing.get_args(hints[f.name])[0], flag(f.name))
         with errors_as_one_line(resume_flag=any(f.name == "resume" for f in shown)):
+            given = {name for name in options if ctx.get_parameter_source(name).name != "DEFAULT"}
+            options = with_images_of_inputs(options, given, quiet=options.get("quiet"))
             if options.get("resume") and issubclass(cls, TrainOptions):  # --force too: `--resume --force` trains the run again with its own options
-                given = {name for name in options if ctx.get_parameter_source(name).name != "DEFAULT"}
-                options = with_recorded_options(cls, options, given)
+                options = with_recorded_options(cls, options, given)  # a run's own images come before its inputs'
             run(make_config(cls, options))
 
     ctx = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
@@ -124,6 +125,19 @@ def command_from(cls, name: str, run):
     command.__doc__ = run.__doc__
     app.command(name)(command)
     return command
+
+
+def with_images_of_inputs(options: dict, given: set, quiet=False) -> dict:
+    """--data-dir and --subset, where not given, are those the teacher's run or the cache recorded: a dump labels,
+    and a student learns, the images its teacher was trained on."""
+    from kdcli.config import flag
+    from kdcli.runs import options_of_inputs
+
+    read = {k: v for k, v in options_of_inputs(options).items() if k not in given and v != options[k]}
+    if read and not quiet:
+        source = f"the teacher's run {options['teacher']}" if "teacher" in options else f"the cache {options['cache']}"
+        typer.echo(f"{' '.join(f'{flag(k)} {v}' for k, v in read.items())}: as {source} recorded (pass others to override)", err=True)
+    return {**options, **read}
 
 
 def with_recorded_options(cls, options: dict, given: set) -> dict:

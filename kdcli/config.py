@@ -112,6 +112,8 @@ class DistillOptions:
     distillation_weight: float = 0.1  # weight of T^2 * KL; 0 trains without the teacher (the baseline)
     hard_weight: float = 1.0  # weight of the cross-entropy with the true labels
     allow_partial: bool = False  # train from an unfinished cache, using its complete epochs
+    data_dir: str = "data"  # folder holding cifar-10-batches-py/ (not given: the cache's, with distillation)
+    subset: int | None = None  # use only the first N training images (not given: the cache's, with distillation)
 
     def check(self):
         super().check()

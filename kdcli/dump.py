@@ -40,9 +40,9 @@ class DumpConfig:
     batch_size: int = 1024  # images per teacher forward pass (4096: 7% more img/s on an H100, yet 300 epochs took as long)
     dtype: Literal["float16", "float32"] = "float16"  # logits storage: float16 halves the file (~350 MB for 300 epochs)
     out: str = "cache/logits.h5"  # cache file; an unfinished one with the same settings is resumed
-    data_dir: str = "data"  # folder holding cifar-10-batches-py/
+    data_dir: str = "data"  # folder holding cifar-10-batches-py/ (not given: the teacher's)
     download: bool = True  # fetch CIFAR-10 when it is missing
-    subset: int | None = None  # use only the first N training images (smoke runs)
+    subset: int | None = None  # use only the first N training images (not given: the teacher's)
     device: Device = "auto"  # auto: cuda, then mps, then cpu
     amp: Precision = "bf16"  # autocast on CUDA: bf16 (1.4x the images/s of off on an H100; logits within bf16 rounding), fp16 or off; no effect elsewhere
     compile: bool = True  # torch.compile augmentation + teacher as one graph on CUDA (H100: ~20 s to start, then 290k img/s); no effect elsewhere

@@ -255,6 +255,27 @@ def recorded_options(out, asked: dict) -> dict:
     return {k: v for k, v in recorded.items() if k not in NOT_READ_BACK}
 
 
+IMAGES = ("data_dir", "subset")  # which images a stage trains on or labels: said once, to the teacher
+
+
+def options_of_inputs(options: dict) -> dict:
+    """The images (IMAGES) the stage before recorded: the teacher's run for dump-logits, the cache for a student of
+    it; a later stage reads them back where not given (design.md). {} where that input cannot be read: the command
+    itself then says why."""
+    try:
+        if "teacher" in options:
+            recorded = peek_checkpoint(options["teacher"]).get("config") or {}
+        elif options.get("cache") and options.get("distillation_weight", 0) > 0:
+            from kdcli.cache import cache_info  # h5py is only needed by students of a cache
+
+            recorded = cache_info(options["cache"])["attrs"].get("config") or {}
+        else:
+            return {}
+    except KdcliError:
+        return {}
+    return {k: recorded[k] for k in IMAGES if k in recorded}
+
+
 def forget_run(out):
     """--force: the run in `out` is to be trained anew (its config.json is rewritten when it starts)."""
     for name in ("summary.json", "metrics.jsonl", CHECKPOINT):

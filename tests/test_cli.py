@@ -482,6 +482,21 @@ def test_a_student_resumes_with_its_own_temperature_and_cache(tmp_path, data_dir
     assert resumed.exit_code == 0 and "T=7 w=0.1" in resumed.stdout, resumed.output
 
 
+def test_later_stages_read_the_teachers_images_back_where_not_given(tmp_path, data_dir, monkeypatch):
+    """--data-dir and --subset are said once, to the teacher: the dump labels its images, the student learns them."""
+    monkeypatch.chdir(tmp_path)  # where no data/ folder is: the default --data-dir would find nothing
+    assert kdcli(*teacher_args(data_dir, "teacher", "--subset", 100)).exit_code == 0
+    dumped = kdcli("dump-logits", "--teacher", "teacher", "--epochs", 1, "--out", "c.h5", "--device", "cpu", "--no-download")
+    assert dumped.exit_code == 0 and "1 epoch x 100 images" in dumped.stdout, dumped.output
+    assert f"--data-dir {data_dir} --subset 100: as the teacher's run teacher recorded" in dumped.stderr
+    student = kdcli("train-student", "--cache", "c.h5", "--epochs", 1, "--out", "student", "--device", "cpu", "--no-download", "--quiet")
+    assert student.exit_code == 0, student.output
+    config = json.loads((tmp_path / "student" / "config.json").read_text())
+    assert (config["data_dir"], config["subset"]) == (str(data_dir), 100)
+    given = kdcli("dump-logits", "--teacher", "teacher", "--epochs", 1, "--out", "c50.h5", "--subset", 50, "--device", "cpu", "--no-download")
+    assert given.exit_code == 0 and "1 epoch x 50 images" in given.stdout and "--subset 100" not in given.stderr, given.output
+
+
 def test_a_student_resumed_with_another_subset_is_told_that_first(tmp_path, data_dir, monkeypatch):
     """Not as a cache of another length: the run's options are compared before its data and cache are loaded."""
     from kdcli.dump import DumpConfig, dump_logits
