@@ -98,3 +98,9 @@ def test_normalize_matches_the_reference_normalisation():
 def test_unaugmented_params_give_the_images_themselves():
     images = random_images(5, seed=4)
     assert torch.equal(augment.apply(images, augment.unaugmented(5)), images)
+
+
+def test_the_order_and_augmentation_streams_are_independent():
+    """The batch order and the crops of one (seed, epoch) come from generators of their own."""
+    a, b = augment.epoch_generator(1, 0, "augment"), augment.epoch_generator(1, 0, "order")
+    assert not torch.equal(torch.randint(0, 2**31, (16,), generator=a), torch.randint(0, 2**31, (16,), generator=b))

@@ -221,3 +221,11 @@ def test_file_left_by_a_killed_writer_opens(tmp_path):
         w.write_epoch(1, *epoch_arrays(1))
     with cache.open_cache(path, allow_partial=True) as c:
         assert c.epochs_complete == 2
+
+
+def test_an_epoch_not_yet_complete_cannot_be_read(tmp_path):
+    """Its storage is allocated but never written (FILL_TIME_NEVER): its bytes would be read as teacher logits."""
+    with cache.open_cache(make_cache(tmp_path / "c.h5", complete=2), allow_partial=True) as c:
+        c.epoch(1)
+        with pytest.raises(IndexError, match="epoch 2 is not among the 2 complete epochs"):
+            c.epoch(2)

@@ -317,13 +317,13 @@ def test_a_full_disk_while_writing_a_run_file_is_one_line(tmp_path, data_dir, mo
 
 def test_finished_run_needs_force(teacher_run, data_dir):
     out, _ = teacher_run
-    assert_clean_error(kdcli(*teacher_args(data_dir, out)), "finished run", "--force", codes=(1,))
+    assert_clean_error(kdcli(*teacher_args(data_dir, out)), "holds a finished run", "--force", codes=(1,))
 
 
 def test_a_finished_run_is_refused_before_any_data_is_looked_at(teacher_run, tmp_path):
     out, _ = teacher_run
     result = kdcli(*teacher_args(tmp_path / "no-data-here", out, "--no-download"))
-    assert_clean_error(result, "finished run", "--force", codes=(1,))  # not the missing data: that would cost a download
+    assert_clean_error(result, "holds a finished run", "--force", codes=(1,))  # not the missing data: that would cost a download
 
 
 @pytest.mark.parametrize("signum, name", [(signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM")])

@@ -442,3 +442,21 @@ def test_the_view_labeller_traces_as_one_graph_without_warnings():
         with torch.inference_mode():
             explained = torch._dynamo.explain(label)(images, augment.params(0, 0, 4))
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+
+
+def test_a_batch_norm_teacher_labels_in_eval_mode(tmp_path, data_dir):
+    """A ResNet teacher labels each view with its running statistics, not with those of the batch it is in."""
+    torch.manual_seed(0)
+    model = create_model("resnet8")
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):  # far from a batch's own statistics, so the two modes differ
+            m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2)
+    torch.save({"model": model.state_dict(), "model_name": "resnet8", "num_classes": 10}, tmp_path / "t.pt")
+    dump_logits(DumpConfig(teacher=str(tmp_path / "t.pt"), epochs=1, dtype="float32", batch_size=64, out=str(tmp_path / "c.h5"),
+                           data_dir=str(data_dir), download=False, device="cpu", quiet=True), progress=False)  # fmt: skip
+    data = load_cifar10(data_dir, download=False)
+    model.eval()
+    with cache.open_cache(tmp_path / "c.h5") as c, torch.no_grad():
+        aug, logits = c.epoch(0)
+        torch.testing.assert_close(c.clean_logits, model(augment.normalize(data.train_images)), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(logits, model(augment.normalize(augment.apply(data.train_images, aug))), atol=1e-4, rtol=1e-4)

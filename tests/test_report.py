@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from kdcli import KdcliError
-from kdcli.report import aggregate, collect, t_cdf, t_quantile, teacher_accuracy, welch_ci, write_report
+from kdcli.report import RECIPE, aggregate, collect, t_cdf, t_quantile, teacher_accuracy, welch_ci, write_report
 
 TEACHER = {"cache_teacher_test_accuracy": 95.21, "cache_teacher_sha256": "ab" * 32}
 
@@ -218,6 +218,15 @@ def test_aggregate_refuses_runs_of_other_recipes(tmp_path):
     with pytest.raises(KdcliError, match=r"the lenet5 runs were trained with other epochs \(e.g. .*e30/base and .*e300/base\)"):
         aggregate(collect([tmp_path]))
     assert len(aggregate(collect([tmp_path / "e30"]))) == 1
+
+
+@pytest.mark.parametrize("field", [f for f in RECIPE if f != "train_fingerprint"])  # that one: the next tests
+def test_every_recipe_field_splits_a_report(tmp_path, field):
+    """Runs that differ in any of them are two experiments, not one setting's seeds."""
+    for value in (1, 2):
+        make_run(tmp_path / f"{field}{value}" / "base", 70.0, seed=value, weight=0.0, temperature=1.0, config={field: value})
+    with pytest.raises(KdcliError, match=f"trained with other {field}"):
+        aggregate(collect([tmp_path]))
 
 
 def test_aggregate_refuses_runs_that_held_out_other_images(tmp_path):

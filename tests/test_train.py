@@ -451,7 +451,7 @@ def test_a_run_holding_out_images_resumes_with_the_same_validation_accuracies(tm
 def test_finished_run_is_refused_without_force(tmp_path, data_dir, finished):
     run_dir, summary = finished
     shutil.copytree(run_dir, tmp_path / "run")
-    with pytest.raises(KdcliError, match="finished run.*--force"):
+    with pytest.raises(KdcliError, match="holds a finished run.*--force"):  # "finished run" alone matches "unfinished run"
         teach(config(tmp_path, "run", data_dir))
     assert teach(config(tmp_path, "run", data_dir, resume=True)) == summary  # nothing left to train
 
@@ -839,3 +839,44 @@ def test_non_finite_loss_keeps_the_last_good_checkpoint(tmp_path, data_dir, fini
     monkeypatch.undo()  # the checkpoint is good: resuming from it ends where a run never broken ends
     teach(config(tmp_path, "run", data_dir, resume=True))
     assert_same_weights(weights(tmp_path / "run"), weights(finished[0]))
+
+
+def test_a_finished_run_is_refused_as_finished_even_without_its_checkpoint(tmp_path, data_dir, finished):
+    """summary.json alone marks a run finished (its checkpoint deleted to save space): it is not trained over."""
+    run_dir, _ = finished
+    shutil.copytree(run_dir, tmp_path / "run")
+    (tmp_path / "run" / CHECKPOINT).unlink()
+    before = (tmp_path / "run" / "summary.json").read_bytes()
+    with pytest.raises(KdcliError, match="holds a finished run: pass --force"):
+        teach(config(tmp_path, "run", data_dir))
+    assert (tmp_path / "run" / "summary.json").read_bytes() == before
+
+
+def test_every_epoch_draws_a_new_batch_order(tmp_path, data_dir, monkeypatch):
+    """SGD must not see the same batches every epoch (a fixed order would be deterministic, so resume tests pass it)."""
+    labels = []
+
+    def loss(s, y, *args, **kwargs):
+        labels.append(y.flatten().tolist())
+        return distillation_loss(s, y, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "distillation_loss", loss)
+    teach(config(tmp_path, "run", data_dir, epochs=2))
+    steps = len(labels) // 2
+    first, second = sum(labels[:steps], []), sum(labels[steps:], [])
+    assert sorted(first) == sorted(second) and first != second  # every image once per epoch, in another order
+
+
+def test_evaluating_a_batch_norm_model_changes_nothing_in_it(tmp_path, data_dir):
+    """An evaluation between epochs neither uses batch statistics nor updates batch norm's running ones: the
+    weights cannot depend on --eval-every."""
+    teach(config(tmp_path, "every", data_dir, model="resnet8", epochs=2, eval_every=1))
+    teach(config(tmp_path, "last", data_dir, model="resnet8", epochs=2, eval_every=2))
+    assert_same_weights(weights(tmp_path / "every"), weights(tmp_path / "last"))
+
+
+def test_the_summary_is_the_last_epochs(tmp_path, data_dir):
+    summary = teach(config(tmp_path, "run", data_dir, epochs=3, lr=0.05))
+    rows = metrics(tmp_path / "run")
+    assert rows[0]["train_accuracy"] != rows[-1]["train_accuracy"]  # else this test could not tell
+    assert (summary["train_accuracy"], summary["test_accuracy"]) == (rows[-1]["train_accuracy"], rows[-1]["test_accuracy"])
