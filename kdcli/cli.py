@@ -171,16 +171,13 @@ def errors_as_one_line(resume_flag=False):
         try:
             yield
         except Interrupted as e:
-            kept = [arg for arg in sys.argv[1:] if arg != "--force"]  # --force would delete what was just saved
-            program = [sys.executable, "-m", "kdcli"] if sys.argv[0].endswith("__main__.py") else ["kdcli"]  # as it was started
-            command = shlex.join([*program, *kept] + (["--resume"] if resume_flag and "--resume" not in kept else []))
-            typer.echo(f"{e}\nresume with: {command}", err=True)
+            typer.echo(f"{e}\nresume with: {_resume_command(resume_flag)}", err=True)
             raise typer.Exit(128 + e.signum) from None  # 130 for Ctrl-C, 143 for SIGTERM: as a shell reports the kill
         except KdcliError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            typer.echo("interrupted", err=True)
+        except KeyboardInterrupt:  # a second Ctrl-C: what was saved before it is intact (saves are atomic)
+            typer.echo(f"interrupted at once; to go on from what was last saved: {_resume_command(resume_flag)}", err=True)
             raise typer.Exit(130) from None
         except Exception as e:
             if not _compile_failed(e):
@@ -188,6 +185,13 @@ def errors_as_one_line(resume_flag=False):
             inner = getattr(e, "inner_exception", e)
             typer.echo(f"error: torch.compile failed ({type(inner).__name__}: {_first_line(inner)}); run again with --no-compile", err=True)
             raise typer.Exit(1) from None
+
+
+def _resume_command(resume_flag: bool) -> str:
+    """The command that was run, as it was started, with --resume where the command has it."""
+    kept = [arg for arg in sys.argv[1:] if arg != "--force"]  # --force would delete what was just saved
+    program = [sys.executable, "-m", "kdcli"] if sys.argv[0].endswith("__main__.py") else ["kdcli"]
+    return shlex.join([*program, *kept] + (["--resume"] if resume_flag and "--resume" not in kept else []))
 
 
 def _compile_failed(e: Exception) -> bool:

@@ -74,10 +74,12 @@ class TrainOptions:
         self.model = canonical_name(self.model)
         if self.val_size < 0:
             raise ConfigError("--val-size", f"must be >= 0, got {self.val_size}")
-        if not self.lr > 0:  # also catches nan
-            raise ConfigError("--lr", f"must be > 0, got {self.lr}")
-        if not (self.weight_decay >= 0 and self.momentum >= 0):
-            raise ConfigError("--weight-decay/--momentum", "must be >= 0")
+        if not 0 < self.lr < math.inf:  # also catches nan
+            raise ConfigError("--lr", f"must be a finite number > 0, got {self.lr}")
+        if not 0 <= self.weight_decay < math.inf:
+            raise ConfigError("--weight-decay", f"must be a finite number >= 0, got {self.weight_decay}")
+        if not 0 <= self.momentum < 1:  # 1 and above: past gradients never fade, and the steps grow without bound
+            raise ConfigError("--momentum", f"must be >= 0 and < 1, got {self.momentum}")
         if self.nesterov and not self.momentum > 0:
             raise ConfigError("--nesterov", "needs --momentum > 0")
         if not 0 < self.lr_gamma < math.inf:

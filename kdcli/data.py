@@ -12,6 +12,7 @@ re-encoded copy such as the JPEG proxy still loads, with a warning.
 
 import hashlib
 import pickle
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,7 +165,12 @@ def _md5(path: Path) -> str:
 def _download(root: Path):
     import torchvision  # imported here: only a download needs it
 
+    made = next((p for p in [root, *root.parents][::-1] if not p.exists()), None)  # the outermost folder it creates
     try:
         torchvision.datasets.CIFAR10(root=str(root), download=True)  # verifies the archive's md5
-    except Exception as e:
-        raise KdcliError(f"could not download CIFAR-10 into {root}: {e}") from None
+    except BaseException as e:
+        if made is not None:  # a mistyped --data-dir must not stay behind, nor a cut download in it
+            shutil.rmtree(made, ignore_errors=True)
+        if isinstance(e, Exception):
+            raise KdcliError(f"could not download CIFAR-10 into {root}: {e}") from None
+        raise

@@ -243,12 +243,16 @@ def run_below(folder: Path, depth: int = 3) -> Path | None:
 
 
 def recorded_options(out, asked: dict) -> dict:
-    """The options the run in `out` started with, as this kdcli names them (but NOT_READ_BACK); {} when there is
-    no checkpoint to resume. `asked`: the options given now, to refuse a student's read into a teacher's."""
-    ckpt = Path(out) / CHECKPOINT
-    if not ckpt.is_file():
+    """The options the run in `out` started with, as this kdcli names them (but NOT_READ_BACK); {} where no run
+    started there. `asked`: the options given now, to refuse a student's read into a teacher's."""
+    ckpt, started = Path(out) / CHECKPOINT, Path(out) / "config.json"
+    if ckpt.is_file():
+        recorded = peek_checkpoint(ckpt).get("config") or {}
+    elif started.is_file() and "kdcli_version" in (record := read_json(started)):  # stopped before its first checkpoint
+        recorded = record  # its options, and Run.inputs (which no option is named after)
+    else:
         return {}
-    recorded = as_recorded_now(peek_checkpoint(ckpt).get("config") or {})
+    recorded = as_recorded_now(recorded)
     if asked.get("force") and run_kind(recorded) != run_kind(asked):
         return {}  # another kind of run replaces it: nothing of this one's options applies
     check_same_kind(recorded, asked, out)

@@ -180,6 +180,9 @@ def test_evaluate_accepts_the_checkpoint_file(teacher_run, data_dir):
         (["--batch-size", 0], ["--batch-size"]),
         (["--lr", -1], ["--lr"]),
         (["--lr", "nan"], ["--lr"]),
+        (["--lr", "inf"], ["--lr", "must be a finite number > 0, got inf"]),
+        (["--weight-decay", -1], ["--weight-decay", "got -1"]),
+        (["--momentum", 1.5], ["--momentum", "must be >= 0 and < 1, got 1.5"]),  # > 1 grows each step's update without bound
         (["--subset", 0], ["--subset"]),
         (["--model", "nope"], ["nope", "lenet5", "resnet18"]),
         (["--scheduler", "nope"], ["--scheduler", "multistep"]),
@@ -374,7 +377,8 @@ def test_sigterm_to_a_real_process_stops_it_and_its_printed_command_resumes_it(t
     assert "after 100 epochs" in resumed.stdout and (out / "summary.json").exists()
 
 
-@pytest.mark.parametrize("signum, said", [(signal.SIGINT, "interrupted\n"), (signal.SIGTERM, "")], ids=["Ctrl-C", "SIGTERM"])
+@pytest.mark.parametrize("signum, said", [(signal.SIGINT, "interrupted at once; to go on from what was last saved: "), (signal.SIGTERM, "")],
+                         ids=["Ctrl-C", "SIGTERM"])  # fmt: skip
 def test_a_second_ctrl_c_or_sigterm_quits_at_once_and_the_last_checkpoint_resumes(tmp_path, data_dir, monkeypatch, capfd, signum, said):
     """The first waits for the next safe point (an evaluation may take a minute on a CPU); the second does not."""
     steps = [0]
@@ -388,7 +392,8 @@ def test_a_second_ctrl_c_or_sigterm_quits_at_once_and_the_last_checkpoint_resume
 
     monkeypatch.setattr(train_module, "distillation_loss", loss)
     result = kdcli(*teacher_args(data_dir, tmp_path / "out", "--epochs", 2, "--lr-milestones", ""))
-    assert result.exit_code == 128 + signum and result.stderr == said, result.output  # 130 or 143, as the shell reports
+    assert result.exit_code == 128 + signum and result.stderr.startswith(said), result.output  # 130 or 143, as the shell reports
+    assert ("--resume" in result.stderr) == (signum == signal.SIGINT)  # SIGTERM: a scheduler knows its own command
     if signum == signal.SIGTERM:
         assert "terminated (SIGTERM)" in capfd.readouterr().err  # written by the handler itself
     monkeypatch.undo()
@@ -420,6 +425,20 @@ def test_resume_takes_the_options_not_given_from_the_run(tmp_path, data_dir, mon
     assert "teacher lenet5: " in resumed.stdout and "after 2 epochs" in resumed.stdout
     config = json.loads((out / "config.json").read_text())
     assert (config["model"], config["epochs"], config["lr"], config["lr_milestones"], config["data_dir"]) == ("lenet5", 2, 0.05, [1], str(data_dir))
+
+
+def test_resume_of_a_run_stopped_before_its_first_checkpoint_takes_its_options(tmp_path, data_dir, monkeypatch):
+    """Killed (or quit by a second Ctrl-C) before a checkpoint, a run has only its config.json: `--out X --resume`
+    starts it again with those options, not with the defaults (a ResNet18 for 300 epochs)."""
+    out = tmp_path / "out"
+    assert kdcli(*teacher_args(data_dir, out, "--epochs", 2, "--subset", 100)).exit_code == 0
+    for name in ("checkpoint.pt", "metrics.jsonl", "summary.json"):
+        (out / name).unlink()
+    monkeypatch.chdir(tmp_path)  # no data/ here: the default --data-dir would find nothing
+    resumed = kdcli("train-teacher", "--out", out, "--resume", "--no-download")
+    assert resumed.exit_code == 0 and "teacher lenet5: " in resumed.stdout and "after 2 epochs" in resumed.stdout, resumed.output
+    config = json.loads((out / "config.json").read_text())
+    assert (config["subset"], config["data_dir"]) == (100, str(data_dir))
 
 
 def test_a_model_alias_is_recorded_by_its_own_name_and_an_old_record_of_it_resumes(tmp_path, data_dir, monkeypatch):

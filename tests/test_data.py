@@ -3,6 +3,7 @@
 import pickle
 import shutil
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -188,3 +189,18 @@ def test_official_md5_does_not_warn(data_dir, monkeypatch):
         data = load_cifar10(data_dir, download=False)
     assert data.official
     assert not [w for w in caught if issubclass(w.category, NotOfficialDataWarning)]
+
+
+def test_a_failed_download_leaves_no_folder_behind(tmp_path, monkeypatch):
+    """A mistyped --data-dir must not stay behind as an empty folder."""
+    import torchvision
+
+    def no_network(root, download):
+        Path(root).mkdir(parents=True, exist_ok=True)  # as torchvision does first
+        (Path(root) / "cifar-10-python.tar.gz").write_bytes(b"part")  # what a cut download leaves
+        raise RuntimeError("<urlopen error [Errno -2] Name or service not known>")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", no_network)
+    with pytest.raises(KdcliError, match="could not download CIFAR-10 into"):
+        load_cifar10(tmp_path / "typo" / "data")
+    assert list(tmp_path.iterdir()) == []
