@@ -167,7 +167,8 @@ def _train_groups(todo: list, runs: dict, config: SweepConfig, data, device, sto
             raise Interrupted(f"interrupted between groups of students: {students - left} of {students} finished, each in its folder under {config.out}", stop.signum)
         if progress:
             names = ", ".join(str(Path(c.out).relative_to(config.out)) for c in members)
-            print(f"group {i + 1}/{len(todo)}, trained together: {names}", flush=True)
+            mean = " (the progress shows their mean)" if len(members) > 1 else ""
+            print(f"group {i + 1}/{len(todo)}, trained together{mean}: {names}", flush=True)
         train_runs([runs[c.out] for c in members], data, device, progress=progress, claimed=True, stop=stop)
 
 
