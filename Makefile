@@ -3,7 +3,8 @@
 PYTHON ?= python3
 VENV   ?= .venv
 KDCLI  := $(VENV)/bin/kdcli
-DATA   ?= data
+# DATA and SUBSET empty: the teacher gets kdcli's defaults, and the later stages read the teacher's back
+DATA   ?=
 DEVICE ?= auto
 EPOCHS ?= 300
 SCHEDULER ?= multistep
@@ -18,7 +19,7 @@ TEMPERATURES ?= 1,10,30,50,100
 SEEDS  ?= 777,10,20,30
 SWEEP  ?= runs/sweep
 VAL_SIZE ?= 0
-COMMON  = --data-dir $(DATA) --device $(DEVICE) $(if $(SUBSET),--subset $(SUBSET))
+COMMON  = $(if $(DATA),--data-dir $(DATA)) --device $(DEVICE) $(if $(SUBSET),--subset $(SUBSET))
 ARGS   ?=
 
 .PHONY: install test teacher logits student sweep reproduce demo bench clean

@@ -113,9 +113,10 @@ def command_from(cls, name: str, run):
                 options[f.name] = _parse_list(options[f.name], typing.get_args(hints[f.name])[0], flag(f.name))
         with errors_as_one_line(resume_flag=any(f.name == "resume" for f in shown)):
             given = {name for name in options if ctx.get_parameter_source(name).name != "DEFAULT"}
-            options = with_images_of_inputs(options, given, quiet=options.get("quiet"))
             if options.get("resume") and issubclass(cls, TrainOptions):  # --force too: `--resume --force` trains the run again with its own options
-                options = with_recorded_options(cls, options, given)  # a run's own images come before its inputs'
+                recorded = recorded_back(cls, options, given)
+                options, given = {**options, **recorded}, given | set(recorded)  # a run's own images come before its inputs'
+            options = with_images_of_inputs(options, given)
             run(make_config(cls, options))
 
     ctx = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
@@ -127,27 +128,26 @@ def command_from(cls, name: str, run):
     return command
 
 
-def with_images_of_inputs(options: dict, given: set, quiet=False) -> dict:
+def with_images_of_inputs(options: dict, given: set) -> dict:
     """--data-dir and --subset, where not given, are those the teacher's run or the cache recorded: a dump labels,
-    and a student learns, the images its teacher was trained on."""
+    and a student learns, the images its teacher was trained on. Said even with --quiet: nothing else shows it."""
     from kdcli.config import flag
     from kdcli.runs import options_of_inputs
 
     read = {k: v for k, v in options_of_inputs(options).items() if k not in given and v != options[k]}
-    if read and not quiet:
+    if read:
         source = f"the teacher's run {options['teacher']}" if "teacher" in options else f"the cache {options['cache']}"
         typer.echo(f"{' '.join(f'{flag(k)} {v}' for k, v in read.items())}: as {source} recorded (pass others to override)", err=True)
     return {**options, **read}
 
 
-def with_recorded_options(cls, options: dict, given: set) -> dict:
+def recorded_back(cls, options: dict, given: set) -> dict:
     """--resume: every option not given on the command line is the one the run in --out started with."""
     from kdcli.runs import recorded_options
 
     hints = typing.get_type_hints(cls)
     recorded = recorded_options(options["out"], options)
-    back = {k: tuple(v) if typing.get_origin(hints[k]) is tuple else v for k, v in recorded.items() if k in options and k not in given}
-    return {**options, **back}
+    return {k: tuple(v) if typing.get_origin(hints[k]) is tuple else v for k, v in recorded.items() if k in options and k not in given}
 
 
 def make_config(cls, options):
@@ -176,8 +176,9 @@ def errors_as_one_line(resume_flag=False):
         except KdcliError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(1) from None
-        except KeyboardInterrupt:  # a second Ctrl-C: what was saved before it is intact (saves are atomic)
-            typer.echo(f"interrupted at once; to go on from what was last saved: {_resume_command(resume_flag)}", err=True)
+        except KeyboardInterrupt:  # a second Ctrl-C, or one before training starts: what was saved is intact (saves are atomic)
+            forced = "--force" in sys.argv  # it may or may not have deleted the old run yet: the user knows which
+            typer.echo("interrupted" + ("" if forced else f"; to go on from what was last saved: {_resume_command(resume_flag)}"), err=True)
             raise typer.Exit(130) from None
         except Exception as e:
             if not _compile_failed(e):

@@ -248,7 +248,7 @@ def recorded_options(out, asked: dict) -> dict:
     ckpt, started = Path(out) / CHECKPOINT, Path(out) / "config.json"
     if ckpt.is_file():
         recorded = peek_checkpoint(ckpt).get("config") or {}
-    elif started.is_file() and "kdcli_version" in (record := read_json(started)):  # stopped before its first checkpoint
+    elif "kdcli_version" in (record := _kdcli_json(started)):  # a run stopped before its first checkpoint
         recorded = record  # its options, and Run.inputs (which no option is named after)
     else:
         return {}
@@ -277,7 +277,18 @@ def options_of_inputs(options: dict) -> dict:
             return {}
     except KdcliError:
         return {}
-    return {k: recorded[k] for k in IMAGES if k in recorded}
+    images = {k: recorded[k] for k in IMAGES if k in recorded}
+    if "data_dir" in images and not Path(images["data_dir"]).is_dir():  # relative to where that stage ran, not here
+        del images["data_dir"]
+    return images
+
+
+def _kdcli_json(path: Path) -> dict:
+    """A JSON object at `path`, or {} where there is none that reads as one (a config.json of something else)."""
+    try:
+        return read_json(path) if path.is_file() else {}
+    except KdcliError:
+        return {}
 
 
 def forget_run(out):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import typer
 from typer.testing import CliRunner
 
 import kdcli.runs as runs_module
@@ -377,7 +378,7 @@ def test_sigterm_to_a_real_process_stops_it_and_its_printed_command_resumes_it(t
     assert "after 100 epochs" in resumed.stdout and (out / "summary.json").exists()
 
 
-@pytest.mark.parametrize("signum, said", [(signal.SIGINT, "interrupted at once; to go on from what was last saved: "), (signal.SIGTERM, "")],
+@pytest.mark.parametrize("signum, said", [(signal.SIGINT, "interrupted; to go on from what was last saved: "), (signal.SIGTERM, "")],
                          ids=["Ctrl-C", "SIGTERM"])  # fmt: skip
 def test_a_second_ctrl_c_or_sigterm_quits_at_once_and_the_last_checkpoint_resumes(tmp_path, data_dir, monkeypatch, capfd, signum, said):
     """The first waits for the next safe point (an evaluation may take a minute on a CPU); the second does not."""
@@ -514,6 +515,51 @@ def test_later_stages_read_the_teachers_images_back_where_not_given(tmp_path, da
     assert (config["data_dir"], config["subset"]) == (str(data_dir), 100)
     given = kdcli("dump-logits", "--teacher", "teacher", "--epochs", 1, "--out", "c50.h5", "--subset", 50, "--device", "cpu", "--no-download")
     assert given.exit_code == 0 and "1 epoch x 50 images" in given.stdout and "--subset 100" not in given.stderr, given.output
+
+
+def test_a_resumed_student_keeps_its_own_images_whatever_the_default_cache_holds(tmp_path, data_dir, monkeypatch):
+    """--resume reads the run's own record first: its cache's images, not those of cache/logits.h5."""
+    from kdcli.dump import DumpConfig, dump_logits
+
+    monkeypatch.chdir(tmp_path)
+    assert kdcli(*teacher_args(data_dir, "teacher")).exit_code == 0
+    for out, subset in (("c100.h5", 100), ("cache/logits.h5", 50)):
+        dump_logits(DumpConfig(teacher="teacher", epochs=1, out=out, data_dir=str(data_dir), device="cpu", download=False, quiet=True, subset=subset), progress=False)
+    stopped_run(tmp_path, monkeypatch, ["train-student", "--cache", "c100.h5", "--epochs", 1, "--batch-size", 64, "--device", "cpu", "--out", "s", "--quiet"])
+    resumed = kdcli("train-student", "--out", "s", "--resume")
+    assert resumed.exit_code == 0 and "recorded" not in resumed.stderr, resumed.output
+    assert json.loads((tmp_path / "s" / "config.json").read_text())["subset"] == 100
+
+
+def test_a_relative_data_dir_is_read_back_only_where_it_is_there(tmp_path, data_dir, monkeypatch):
+    """A teacher's --data-dir images, read from another folder, would name another folder (and download into it)."""
+    shutil.copytree(data_dir, tmp_path / "a" / "images")
+    monkeypatch.chdir(tmp_path / "a")
+    assert kdcli(*teacher_args("images", "teacher", "--subset", 100)).exit_code == 0
+    monkeypatch.chdir(tmp_path)
+    result = kdcli("dump-logits", "--teacher", "a/teacher", "--epochs", 1, "--out", "c.h5", "--device", "cpu", "--no-download")
+    assert "--subset 100: as the teacher's run a/teacher recorded" in result.stderr and "--data-dir" not in result.stderr.split("\n")[0]
+    assert "no CIFAR-10 at data/" in result.stderr  # the default, said as such
+
+
+def test_resume_into_a_folder_with_a_config_json_of_something_else_starts_a_run(tmp_path, data_dir):
+    out = tmp_path / "project"
+    out.mkdir()
+    (out / "config.json").write_text("x: 1\n")  # not JSON, and not kdcli's
+    result = kdcli(*teacher_args(data_dir, out, "--resume"))
+    assert result.exit_code == 0 and "nothing to resume, a new run starts" in result.stderr, result.output
+
+
+@pytest.mark.parametrize("argv, said", [(["kdcli", "train-teacher"], "interrupted; to go on from what was last saved: kdcli train-teacher --resume\n"),
+                                        (["kdcli", "train-teacher", "--force"], "interrupted\n")])  # fmt: skip
+def test_a_ctrl_c_outside_a_safe_point_says_how_to_go_on_unless_forced(monkeypatch, capsys, argv, said):
+    """With --force the old run may or may not be deleted yet: no command could be right for both."""
+    from kdcli.cli import errors_as_one_line
+
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(typer.Exit) as exit, errors_as_one_line(resume_flag=True):
+        raise KeyboardInterrupt
+    assert exit.value.exit_code == 130 and capsys.readouterr().err == said
 
 
 def test_a_student_resumed_with_another_subset_is_told_that_first(tmp_path, data_dir, monkeypatch):
