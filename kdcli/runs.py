@@ -202,6 +202,8 @@ def holds_a_run(folder) -> bool:
 
 def check_run_folder(out: Path):
     _check_not_a_file(out)
+    if (out / "config.json").is_file() and not holds_a_run(out) and "kdcli_version" not in _kdcli_json(out / "config.json"):
+        raise KdcliError(f"{out} holds a config.json that kdcli did not write, which a run would overwrite: give the run a folder of its own (--out)")
     if inner := run_below(out):
         raise KdcliError(f"{out} holds other runs in its subfolders (e.g. {inner}): give this run a folder of its own (--out)")
     _check_not_inside_a_run(out, "this run")

@@ -542,12 +542,15 @@ def test_a_relative_data_dir_is_read_back_only_where_it_is_there(tmp_path, data_
     assert "no CIFAR-10 at data/" in result.stderr  # the default, said as such
 
 
-def test_resume_into_a_folder_with_a_config_json_of_something_else_starts_a_run(tmp_path, data_dir):
+@pytest.mark.parametrize("text", ["x: 1\n", '{"lr": 3}\n'], ids=["yaml", "json"])
+@pytest.mark.parametrize("flags", [[], ["--resume"], ["--force"]], ids=["new", "resume", "force"])
+def test_a_folder_holding_a_config_json_of_something_else_is_left_alone(tmp_path, data_dir, text, flags):
+    """`--out .` in a project: its config.json is neither read as a run's options nor overwritten."""
     out = tmp_path / "project"
     out.mkdir()
-    (out / "config.json").write_text("x: 1\n")  # not JSON, and not kdcli's
-    result = kdcli(*teacher_args(data_dir, out, "--resume"))
-    assert result.exit_code == 0 and "nothing to resume, a new run starts" in result.stderr, result.output
+    (out / "config.json").write_text(text)
+    assert_clean_error(kdcli(*teacher_args(data_dir, out, *flags)), "holds a config.json that kdcli did not write", codes=(1,))
+    assert [p.name for p in out.iterdir()] == ["config.json"] and (out / "config.json").read_text() == text
 
 
 @pytest.mark.parametrize("argv, said", [(["kdcli", "train-teacher"], "interrupted; to go on from what was last saved: kdcli train-teacher --resume\n"),
