@@ -183,6 +183,7 @@ def test_evaluate_accepts_the_checkpoint_file(teacher_run, data_dir):
         (["--lr", "nan"], ["--lr"]),
         (["--lr", "inf"], ["--lr", "must be a finite number > 0, got inf"]),
         (["--weight-decay", -1], ["--weight-decay", "got -1"]),
+        (["--weight-decay", "inf"], ["--weight-decay", "finite", "got inf"]),
         (["--momentum", 1.5], ["--momentum", "must be >= 0 and < 1, got 1.5"]),  # > 1 grows each step's update without bound
         (["--subset", 0], ["--subset"]),
         (["--model", "nope"], ["nope", "lenet5", "resnet18"]),
