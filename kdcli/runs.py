@@ -202,7 +202,7 @@ def holds_a_run(folder) -> bool:
 
 def check_run_folder(out: Path):
     _check_not_a_file(out)
-    if (out / "config.json").is_file() and not holds_a_run(out) and "kdcli_version" not in _kdcli_json(out / "config.json"):
+    if (out / "config.json").is_file() and not holds_a_run(out) and "kdcli_version" not in _json_object_or_empty(out / "config.json"):
         raise KdcliError(f"{out} holds a config.json that kdcli did not write, which a run would overwrite: give the run a folder of its own (--out)")
     if inner := run_below(out):
         raise KdcliError(f"{out} holds other runs in its subfolders (e.g. {inner}): give this run a folder of its own (--out)")
@@ -250,7 +250,7 @@ def recorded_options(out, asked: dict) -> dict:
     ckpt, started = Path(out) / CHECKPOINT, Path(out) / "config.json"
     if ckpt.is_file():
         recorded = peek_checkpoint(ckpt).get("config") or {}
-    elif "kdcli_version" in (record := _kdcli_json(started)):  # a run stopped before its first checkpoint
+    elif "kdcli_version" in (record := _json_object_or_empty(started)):  # a run stopped before its first checkpoint
         recorded = record  # its options, and Run.inputs (which no option is named after)
     else:
         return {}
@@ -285,7 +285,7 @@ def options_of_inputs(options: dict) -> dict:
     return images
 
 
-def _kdcli_json(path: Path) -> dict:
+def _json_object_or_empty(path: Path) -> dict:
     """A JSON object at `path`, or {} where there is none that reads as one (a config.json of something else)."""
     try:
         return read_json(path) if path.is_file() else {}
