@@ -34,6 +34,11 @@ def as_recorded_now(config: dict) -> dict:
     return now
 
 
+def count(n: int, noun: str) -> str:
+    """"1 epoch", "3 epochs": for messages."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 class KdcliError(Exception):
     """An error the user can fix; its message says how."""
 

@@ -44,7 +44,7 @@ import h5py
 import numpy as np
 import torch
 
-from kdcli import KdcliError, __version__, as_recorded_now, augment
+from kdcli import KdcliError, __version__, as_recorded_now, augment, count
 from kdcli.checkpoint import lock_or_refuse, read_checkpoint, resolve, temporary_file_for
 from kdcli.data import fingerprint as data_fingerprint
 from kdcli.data import load_cifar10, resolve_device
@@ -218,7 +218,7 @@ def open_cache(path, fingerprint=None, num_classes=None, allow_partial=False, nu
         here = f"{num_images:,} images ({fingerprint[:8]}…)" if num_images is not None else f"other images ({fingerprint[:8]}…)"
         subset = f", or pass --subset {a['num_images']} if it was made with that" if num_images not in (None, a["num_images"]) else ""
         problem = (
-            f"{path} has {done} epoch{'s' * (done != 1)} for {a['num_images']:,} images (fingerprint {a['train_fingerprint'][:8]}…); "
+            f"{path} has {count(done, 'epoch')} for {a['num_images']:,} images (fingerprint {a['train_fingerprint'][:8]}…); "
             f"this data has {here}: run dump-logits on it{subset}"
         )
     elif num_classes is not None and a["num_classes"] != num_classes:

@@ -101,7 +101,8 @@ def _load(path, map_location, mmap=False) -> tuple[dict, bytes]:
         with open(path, "rb") as f:
             data = f.read(4)
             mmap = mmap and data == ZIP  # only torch.save's zip format can be mapped
-            data += b"" if mmap else f.read()
+            if not mmap:
+                data += f.read()
     except OSError as e:
         raise KdcliError(f"cannot read {path}: {e.strerror or e}") from None
     if data[:4] != ZIP and data[:1] != b"\x80":  # neither torch.save's zip nor its older pickle format

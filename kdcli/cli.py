@@ -19,7 +19,7 @@ from typing import Literal
 
 import typer
 
-from kdcli import Device, Interrupted, KdcliError, __version__
+from kdcli import Device, Interrupted, KdcliError, __version__, count
 
 app = typer.Typer(
     add_completion=False,
@@ -213,7 +213,7 @@ def _train_teacher(config):
     from kdcli.train import train_teacher
 
     summary = train_teacher(config)
-    typer.echo(f"teacher {summary['model']}: {_accuracy(summary)} after {_count(summary['epochs'], 'epoch')} -> {config.out}")
+    typer.echo(f"teacher {summary['model']}: {_accuracy(summary)} after {count(summary['epochs'], 'epoch')} -> {config.out}")
 
 
 def _train_student(config):
@@ -222,16 +222,12 @@ def _train_student(config):
 
     summary = train_student(config)
     setting = f"T={config.temperature:g} w={config.distillation_weight:g}" if config.distillation_weight else "baseline (no teacher)"
-    typer.echo(f"student {summary['model']} {setting}: {_accuracy(summary)} after {_count(summary['epochs'], 'epoch')} -> {config.out}")
+    typer.echo(f"student {summary['model']} {setting}: {_accuracy(summary)} after {count(summary['epochs'], 'epoch')} -> {config.out}")
 
 
 def _accuracy(summary) -> str:
     val = f"{summary['val_accuracy']:.2f}% validation, " if "val_accuracy" in summary else ""
     return f"{val}{summary['test_accuracy']:.2f}% test accuracy"
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _dump_logits(config):
@@ -240,11 +236,11 @@ def _dump_logits(config):
 
     s = dump_logits(config)
     if not s["epochs_written"]:
-        typer.echo(f"{s['path']}: complete already ({_count(s['epochs_complete'], 'epoch')} x {s['num_images']:,} images, this teacher and these settings), kept; teacher test accuracy {s['teacher_test_accuracy']:.2f}%")
+        typer.echo(f"{s['path']}: complete already ({count(s['epochs_complete'], 'epoch')} x {s['num_images']:,} images, this teacher and these settings), kept; teacher test accuracy {s['teacher_test_accuracy']:.2f}%")
         return
     resumed = f" (resumed at epoch {s['resumed_from'] + 1})" if s["resumed_from"] else ""
     typer.echo(
-        f"{s['path']}: {_count(s['epochs_complete'], 'epoch')} x {s['num_images']:,} images{resumed}, {s['images_per_s']:,.0f} img/s, "
+        f"{s['path']}: {count(s['epochs_complete'], 'epoch')} x {s['num_images']:,} images{resumed}, {s['images_per_s']:,.0f} img/s, "
         f"{s['size_bytes'] / 1e6:,.1f} MB; teacher test accuracy {s['teacher_test_accuracy']:.2f}%"
     )
 
@@ -255,7 +251,7 @@ def _sweep(config):
 
     result = sweep(config)
     typer.echo(result["table"])
-    typer.echo(f"{_count(result['students'], 'student')} ({result['trained_now']} trained now) -> {config.out}/results.md")
+    typer.echo(f"{count(result['students'], 'student')} ({result['trained_now']} trained now) -> {config.out}/results.md")
 
 
 def _register_commands():

@@ -202,7 +202,7 @@ def holds_a_run(folder) -> bool:
 
 def check_run_folder(out: Path):
     _check_not_a_file(out)
-    if (out / "config.json").is_file() and not holds_a_run(out) and "kdcli_version" not in _json_object_or_empty(out / "config.json"):
+    if (out / "config.json").is_file() and not holds_a_run(out) and not _kdcli_config(out):
         raise KdcliError(f"{out} holds a config.json that kdcli did not write, which a run would overwrite: give the run a folder of its own (--out)")
     if inner := run_below(out):
         raise KdcliError(f"{out} holds other runs in its subfolders (e.g. {inner}): give this run a folder of its own (--out)")
@@ -247,13 +247,11 @@ def run_below(folder: Path, depth: int = 3) -> Path | None:
 def recorded_options(out, asked: dict) -> dict:
     """The options the run in `out` started with, as this kdcli names them (but NOT_READ_BACK); {} where no run
     started there. `asked`: the options given now, to refuse a student's read into a teacher's."""
-    ckpt, started = Path(out) / CHECKPOINT, Path(out) / "config.json"
+    ckpt = Path(out) / CHECKPOINT
     if ckpt.is_file():
         recorded = peek_checkpoint(ckpt).get("config") or {}
-    elif "kdcli_version" in (record := _json_object_or_empty(started)):  # a run stopped before its first checkpoint
-        recorded = record  # its options, and Run.inputs (which no option is named after)
-    else:
-        return {}
+    elif not (recorded := _kdcli_config(Path(out))):  # else a run stopped before its first checkpoint: its config.json
+        return {}  # (its options, and Run.inputs, which no option is named after)
     recorded = as_recorded_now(recorded)
     if asked.get("force") and run_kind(recorded) != run_kind(asked):
         return {}  # another kind of run replaces it: nothing of this one's options applies
@@ -285,12 +283,13 @@ def options_of_inputs(options: dict) -> dict:
     return images
 
 
-def _json_object_or_empty(path: Path) -> dict:
-    """A JSON object at `path`, or {} where there is none that reads as one (a config.json of something else)."""
+def _kdcli_config(out: Path) -> dict:
+    """The config.json a kdcli run wrote in `out` (it records kdcli_version), or {}: none, or another program's."""
     try:
-        return read_json(path) if path.is_file() else {}
+        record = read_json(out / "config.json") if (out / "config.json").is_file() else {}
     except KdcliError:
         return {}
+    return record if "kdcli_version" in record else {}
 
 
 def forget_run(out):

@@ -16,11 +16,11 @@ import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from kdcli import Interrupted, StopOnSignal
+from kdcli import Interrupted, StopOnSignal, count
 from kdcli.checkpoint import CHECKPOINT, load_checkpoint
 from kdcli.config import ConfigError, DistillOptions, StudentConfig, TrainOptions, check_seed, check_temperature
 from kdcli.data import load_cifar10, resolve_device
-from kdcli.runs import LOCK, check_same_inputs, check_same_options, check_sweep_can_start, check_sweep_folder, claim_folder, forget_run
+from kdcli.runs import LOCK, check_same_inputs, check_same_options, check_sweep_can_start, claim_folder, forget_run
 from kdcli.stack import stackable
 from kdcli.train import open_student_cache, student_runs, train_runs
 
@@ -187,7 +187,6 @@ def sweep(config: SweepConfig, progress=True) -> dict:
     stop = StopOnSignal()  # one for the whole sweep: a Ctrl-C while a group evaluates or saves its last epoch stops before the next group
     try:
         allow_open_files(len(configs) + 64)  # a lock file held open per student
-        check_sweep_folder(Path(config.out))  # before claim_folder makes the folder
         with claim_folder(config.out), contextlib.ExitStack() as students:  # a second sweep here is refused meanwhile
             _claim_students(config, configs, students)
             runs = {c.out: r for c, r in zip(configs, student_runs(configs, data, cache))}
@@ -198,7 +197,7 @@ def sweep(config: SweepConfig, progress=True) -> dict:
             if todo:
                 config.warn_ineffective()
             if progress:
-                print(f"{len(configs)} student{'s' * (len(configs) != 1)}: {len(configs) - sum(map(len, todo))} finished before, {sum(map(len, todo))} to train", flush=True)
+                print(f"{count(len(configs), 'student')}: {len(configs) - sum(map(len, todo))} finished before, {sum(map(len, todo))} to train", flush=True)
             _train_groups(todo, runs, config, data, device, stop, progress)
             table = report.report([c.out for c in configs], config.out)  # this sweep's students only, not whatever else --out holds
     finally:

@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from kdcli import Interrupted, KdcliError, StopOnSignal, __version__, augment
+from kdcli import Interrupted, KdcliError, StopOnSignal, __version__, augment, count
 from kdcli.checkpoint import CHECKPOINT, save_atomic
 from kdcli.config import StudentConfig, TeacherConfig, TrainOptions
 from kdcli.data import load_cifar10, resolve_device
@@ -511,7 +511,7 @@ def open_student_cache(config: StudentConfig, data):
         )
     if cache.epochs_complete < config.epochs:
         warnings.warn(
-            f"{config.cache} has {cache.epochs_complete} epoch{'s' * (cache.epochs_complete != 1)} for a {config.epochs}-epoch student: "
+            f"{config.cache} has {count(cache.epochs_complete, 'epoch')} for a {config.epochs}-epoch student: "
             f"student epoch e reuses cached epoch e mod {cache.epochs_complete}",
             stacklevel=2,
         )
