@@ -54,9 +54,9 @@ from kdcli.config import StudentConfig, TeacherConfig
 from kdcli.data import BATCH_FOLDER, TEST_FILE, TRAIN_FILES, NotOfficialDataWarning, load_cifar10, resolve_device
 from kdcli.dump import DumpConfig, dump_logits, teacher_logits, view_labeller
 from kdcli.evaluate import autocast_dtype, autocast_to, load_model
+from kdcli.group import Group
 from kdcli.models import create_model
 from kdcli.runs import CachedTargets, DrawnAugmentation, Run
-from kdcli.train import Group
 
 FULL = 50_000  # images in a CIFAR-10 training epoch: every s/epoch is scaled to it
 BATCH = 128  # the reference recipe's batch, for teacher and students

@@ -44,15 +44,16 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from bench import FULL, free_unreferenced, group_epoch, ready_views, save_teacher, student, timed, timed_rounds, write_synthetic_cifar
 from kdcli import augment, cache, losses
-from kdcli import train as train_module
+from kdcli import group as group_module
 from kdcli.cache import open_cache
 from kdcli.config import TeacherConfig
 from kdcli.data import NotOfficialDataWarning, load_cifar10, resolve_device
 from kdcli.dump import DumpConfig, dump_logits, teacher_logits, view_labeller
 from kdcli.evaluate import autocast_dtype, autocast_to, load_model
+from kdcli.group import Group
 from kdcli.models import create_model
+from kdcli.optimizer import make_optimizer
 from kdcli.runs import CachedTargets, DrawnAugmentation, Run
-from kdcli.train import Group
 
 SECTIONS = ("teacher", "infer", "dump", "kd", "profile")
 
@@ -117,7 +118,7 @@ def teacher_variant(name, data, device, args, tmp):
     group = Group([Run(config, DrawnAugmentation(777, len(data.train_labels)))], data, device)
     if cuda:
         group.stack.to(memory_format=memory_format)
-        group.optimizer = train_module.make_optimizer(config, group.stack.parameters(), device, group.lr)  # momentum in the weights' layout
+        group.optimizer = make_optimizer(config, group.stack.parameters(), device, group.lr)  # momentum in the weights' layout
     if name == NO_LOSS_SCALE:
         group.scaler = torch.amp.GradScaler("cuda", enabled=False)
     started = time.perf_counter()
@@ -240,11 +241,11 @@ def kd_variants(data, data_dir, device, args, tmp):
             del g
             free_unreferenced()
         if device.type == "cuda":  # not kdcli's way (yet): the KD loss compiled, fused into a few kernels
-            train_module.distillation_loss = torch.compile(losses.distillation_loss)  # train_step looks it up here
+            group_module.distillation_loss = torch.compile(losses.distillation_loss)  # train_step looks it up here
             try:
                 seconds = timed(group_epoch(group("KD from the cache")), device, args.repeat, n)
             finally:
-                train_module.distillation_loss = losses.distillation_loss
+                group_module.distillation_loss = losses.distillation_loss
             print(f"kd       KD from the cache, its loss compiled: {seconds:.4f} s/epoch", flush=True)
 
 

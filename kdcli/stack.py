@@ -6,7 +6,7 @@
 LeNet-5 is so small that one student leaves a GPU idle between kernel launches.
 Stacking S students' weights and calling them through `torch.func.vmap` makes S
 small computations one batched one; capturing a whole step (views, forward, loss,
-backward, optimizer) as a CUDA graph makes ~100 launches one (train.Group uses both).
+backward, optimizer) as a CUDA graph makes ~100 launches one (group.Group uses both).
 """
 
 import copy

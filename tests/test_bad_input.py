@@ -339,7 +339,7 @@ def test_sweep_run_again_with_other_options_is_refused(tmp_path, data_dir, cache
 @pytest.mark.parametrize("other", [["--lr", 0.05], ["--model", "resnet8", "--parallel", 1]], ids=["lr", "model"])
 def test_a_stopped_sweep_run_again_with_other_options_says_what_a_sweep_can_do(tmp_path, data_dir, cache, monkeypatch, other):
     """Its students stopped part-way: the advice is the sweep's (it has no --resume), not a single run's."""
-    import kdcli.train as train_module
+    import kdcli.group as group_module
     from kdcli.losses import distillation_loss
 
     def loss(*args, **kwargs):
@@ -347,7 +347,7 @@ def test_a_stopped_sweep_run_again_with_other_options_says_what_a_sweep_can_do(t
         return distillation_loss(*args, **kwargs)
 
     with monkeypatch.context() as patched:
-        patched.setattr(train_module, "distillation_loss", loss)
+        patched.setattr(group_module, "distillation_loss", loss)
         assert kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep")).exit_code == 130
     result = kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep", *other))
     assert_refused(result, "run the sweep with the options it started with", "--force", codes=(1,))
@@ -575,7 +575,7 @@ def run_printed_hint(result):
 
 
 def test_ctrl_c_in_a_sweep_prints_the_same_command_to_resume(tmp_path, data_dir, cache, monkeypatch):
-    import kdcli.train as train_module
+    import kdcli.group as group_module
     from kdcli.losses import distillation_loss
 
     def loss(*args, **kwargs):
@@ -584,9 +584,9 @@ def test_ctrl_c_in_a_sweep_prints_the_same_command_to_resume(tmp_path, data_dir,
 
     args = [str(a) for a in sweep_args(data_dir, cache, tmp_path / "sweep")]
     monkeypatch.setattr(sys, "argv", ["kdcli", *args])
-    monkeypatch.setattr(train_module, "distillation_loss", loss)
+    monkeypatch.setattr(group_module, "distillation_loss", loss)
     result = kdcli(*args)
-    monkeypatch.setattr(train_module, "distillation_loss", distillation_loss)
+    monkeypatch.setattr(group_module, "distillation_loss", distillation_loss)
     hint, resumed = run_printed_hint(result)
     assert "--resume" not in hint  # a sweep has no --resume: it resumes when run again
     assert resumed.exit_code == 0, resumed.output
@@ -594,9 +594,9 @@ def test_ctrl_c_in_a_sweep_prints_the_same_command_to_resume(tmp_path, data_dir,
 
 def test_ctrl_c_while_a_group_saves_its_last_epoch_stops_the_sweep_before_the_next(tmp_path, data_dir, cache, monkeypatch):
     """The step loop has ended, so only the sweep can still see that Ctrl-C: it must not carry on for hours."""
-    import kdcli.train as train_module
+    import kdcli.group as group_module
 
-    end_epoch = train_module.Group.end_epoch
+    end_epoch = group_module.Group.end_epoch
 
     def ctrl_c_while_saving(group, seconds):
         os.kill(os.getpid(), signal.SIGINT)
@@ -604,9 +604,9 @@ def test_ctrl_c_while_a_group_saves_its_last_epoch_stops_the_sweep_before_the_ne
 
     args = [str(a) for a in sweep_args(data_dir, cache, tmp_path / "sweep", "--seeds", "1,2", "--no-baseline", "--parallel", 1)]
     monkeypatch.setattr(sys, "argv", ["kdcli", *args])
-    monkeypatch.setattr(train_module.Group, "end_epoch", ctrl_c_while_saving)
+    monkeypatch.setattr(group_module.Group, "end_epoch", ctrl_c_while_saving)
     result = kdcli(*args)
-    monkeypatch.setattr(train_module.Group, "end_epoch", end_epoch)
+    monkeypatch.setattr(group_module.Group, "end_epoch", end_epoch)
     assert "interrupted between groups of students: 1 of 2 finished" in result.stderr, result.output
     assert [p.parent.name for p in (tmp_path / "sweep").rglob("summary.json")] == ["seed1"]  # seed 2 never started
     hint, resumed = run_printed_hint(result)
@@ -642,7 +642,7 @@ def test_ctrl_c_or_sigterm_in_a_dump_says_what_is_kept_and_how_to_resume(tmp_pat
 def test_ctrl_c_in_a_forced_sweep_resumes_with_the_printed_command(tmp_path, data_dir, cache, other_cache, monkeypatch):
     """`sweep --force` after a new teacher's cache, stopped in its second student: the printed command (no
     --force, which would throw away the student already trained) must go on, not trip over old students."""
-    import kdcli.train as train_module
+    import kdcli.group as group_module
     from kdcli.losses import distillation_loss
 
     base = ["--seeds", "1,2", "--parallel", 1]
@@ -657,9 +657,9 @@ def test_ctrl_c_in_a_forced_sweep_resumes_with_the_printed_command(tmp_path, dat
 
     args = [str(a) for a in sweep_args(data_dir, other_cache, tmp_path / "sweep", *base, "--force")]
     monkeypatch.setattr(sys, "argv", ["kdcli", *args])
-    monkeypatch.setattr(train_module, "distillation_loss", loss)
+    monkeypatch.setattr(group_module, "distillation_loss", loss)
     result = kdcli(*args)
-    monkeypatch.setattr(train_module, "distillation_loss", distillation_loss)
+    monkeypatch.setattr(group_module, "distillation_loss", distillation_loss)
     assert not (tmp_path / "sweep" / "results.md").exists()  # the old teacher's table must not pass for the new one's
     hint, resumed = run_printed_hint(result)
     assert "--force" not in hint and resumed.exit_code == 0, resumed.output

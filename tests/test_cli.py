@@ -17,8 +17,8 @@ import torch
 import typer
 from typer.testing import CliRunner
 
+import kdcli.group as group_module
 import kdcli.runs as runs_module
-import kdcli.train as train_module
 from kdcli import __version__
 from kdcli.cli import app
 from kdcli.data import CLASSES
@@ -338,7 +338,7 @@ def test_ctrl_c_or_sigterm_saves_and_prints_how_to_resume(tmp_path, data_dir, mo
         os.kill(os.getpid(), signum)
         return distillation_loss(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "distillation_loss", loss)
+    monkeypatch.setattr(group_module, "distillation_loss", loss)
     args = [str(a) for a in teacher_args(data_dir, tmp_path / "out", "--force")]
     monkeypatch.setattr(sys, "argv", ["kdcli", *args])  # what the hint is made from
     result = kdcli(*args)
@@ -392,7 +392,7 @@ def test_a_second_ctrl_c_or_sigterm_quits_at_once_and_the_last_checkpoint_resume
             os.kill(os.getpid(), signum)
         return distillation_loss(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "distillation_loss", loss)
+    monkeypatch.setattr(group_module, "distillation_loss", loss)
     result = kdcli(*teacher_args(data_dir, tmp_path / "out", "--epochs", 2, "--lr-milestones", ""))
     assert result.exit_code == 128 + signum and result.stderr.startswith(said), result.output  # 130 or 143, as the shell reports
     assert ("--resume" in result.stderr) == (signum == signal.SIGINT)  # SIGTERM: a scheduler knows its own command
@@ -411,7 +411,7 @@ def stopped_run(tmp_path, monkeypatch, args):
         return distillation_loss(*a, **kw)
 
     with monkeypatch.context() as patched:
-        patched.setattr(train_module, "distillation_loss", loss)
+        patched.setattr(group_module, "distillation_loss", loss)
         assert kdcli(*args).exit_code == 130
 
 
@@ -594,7 +594,7 @@ def test_a_failing_torch_compile_is_one_line(tmp_path, data_dir, monkeypatch):
     def fail(*args, **kwargs):
         raise CompileFailed()
 
-    monkeypatch.setattr(train_module, "distillation_loss", fail)
+    monkeypatch.setattr(group_module, "distillation_loss", fail)
     result = kdcli(*teacher_args(data_dir, tmp_path / "out"))
     assert_clean_error(result, "torch.compile failed", "Cannot find a working triton installation", "--no-compile", codes=(1,))
 
@@ -603,6 +603,6 @@ def test_a_bug_is_not_dressed_as_a_user_error(tmp_path, data_dir, monkeypatch):
     def fail(*args, **kwargs):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(train_module, "distillation_loss", fail)
+    monkeypatch.setattr(group_module, "distillation_loss", fail)
     result = kdcli(*teacher_args(data_dir, tmp_path / "out"))
     assert isinstance(result.exception, RuntimeError) and "a bug" in str(result.exception)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-import kdcli.train as train_module
+import kdcli.group as group_module
 from kdcli import KdcliError
 from kdcli.cache import verify_cache
 from kdcli.checkpoint import save_atomic
@@ -21,10 +21,11 @@ from kdcli.config import StudentConfig, TeacherConfig
 from kdcli.data import load_cifar10
 from kdcli.dump import DumpConfig, dump_logits
 from kdcli.evaluate import load_model, predict
+from kdcli.group import TrainingInterrupted
 from kdcli.losses import distillation_loss
 from kdcli.models import create_model
 from kdcli.runs import DrawnAugmentation, Run
-from kdcli.train import TrainingInterrupted, train_runs, train_student, train_teacher
+from kdcli.train import train_runs, train_student, train_teacher
 
 DEVICE = "cuda"
 pytestmark = pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -59,7 +60,7 @@ def ctrl_c_at_step(n, monkeypatch):
         return distillation_loss(*args, **kwargs)
 
     with monkeypatch.context() as patch:
-        patch.setattr(train_module, "distillation_loss", loss)
+        patch.setattr(group_module, "distillation_loss", loss)
         yield
 
 

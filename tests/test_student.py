@@ -9,8 +9,8 @@ import json
 import pytest
 import torch
 
+import kdcli.group as group_module
 import kdcli.sweep as sweep_module
-import kdcli.train as train_module
 from kdcli import KdcliError
 from kdcli.cache import open_cache
 from kdcli.config import StudentConfig, TeacherConfig
@@ -146,7 +146,7 @@ def recorded_targets(monkeypatch):
         calls.append((targets, hard_weight))
         return distillation_loss(student, labels, targets, hard_weight)
 
-    monkeypatch.setattr(train_module, "distillation_loss", recorded)
+    monkeypatch.setattr(group_module, "distillation_loss", recorded)
     return calls
 
 

@@ -19,17 +19,19 @@ import pytest
 import torch
 from conftest import write_cifar_folder
 
-import kdcli.train as train_module
+import kdcli.group as group_module
 from kdcli import KdcliError, StopOnSignal, __version__, as_recorded_now
 from kdcli.checkpoint import CHECKPOINT, load_checkpoint, warn_cannot_lock
 from kdcli.config import ConfigError, StudentConfig, TeacherConfig
 from kdcli.data import load_cifar10
 from kdcli.evaluate import autocast_dtype, evaluate, load_model, predict
+from kdcli.group import TrainingInterrupted
 from kdcli.losses import distillation_loss
 from kdcli.models import create_model
+from kdcli.optimizer import SCHEDULES, learning_rate
 from kdcli.runs import LOCK, DrawnAugmentation, Run, claim_folder, git_commit
 from kdcli.stack import ModelStack
-from kdcli.train import SCHEDULES, TrainingInterrupted, learning_rate, train_runs, train_student, train_teacher
+from kdcli.train import train_runs, train_student, train_teacher
 
 STEPS = 4  # ceil(200 / 64)
 METRICS = {"epoch", "lr", "train_loss", "train_accuracy", "test_accuracy", "seconds", "images_per_s"}
@@ -78,7 +80,7 @@ def call_on_step(monkeypatch, step, action, *more):
         value = distillation_loss(*args, **kwargs)
         return actions[calls[0]](value) if calls[0] in actions else value
 
-    monkeypatch.setattr(train_module, "distillation_loss", loss)
+    monkeypatch.setattr(group_module, "distillation_loss", loss)
 
 
 def press_ctrl_c(value):
@@ -287,14 +289,14 @@ def test_ctrl_c_while_an_epoch_evaluates_stops_before_another_step(tmp_path, dat
     """A step of ResNet18 costs seconds on a CPU: after the evaluation it waited for, the run stops at once, and
     saves the epoch even where --save-every would not have."""
     run_dir, _ = finished
-    steps, loss, evaluate = [], train_module.distillation_loss, train_module.evaluate_stack
+    steps, loss, evaluate = [], group_module.distillation_loss, group_module.evaluate_stack
 
     def evaluate_and_press_ctrl_c(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGINT)
         return evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "distillation_loss", lambda *a, **kw: steps.append(1) or loss(*a, **kw))
-    monkeypatch.setattr(train_module, "evaluate_stack", evaluate_and_press_ctrl_c)
+    monkeypatch.setattr(group_module, "distillation_loss", lambda *a, **kw: steps.append(1) or loss(*a, **kw))
+    monkeypatch.setattr(group_module, "evaluate_stack", evaluate_and_press_ctrl_c)
     with pytest.raises(TrainingInterrupted, match="interrupted after epoch 1 of 3; checkpoint saved in "):
         teach(config(tmp_path, "run", data_dir, save_every=2))
     assert len(steps) == STEPS  # epoch 1's, and not one of epoch 2
@@ -306,13 +308,13 @@ def test_ctrl_c_while_an_epoch_evaluates_stops_before_another_step(tmp_path, dat
 
 
 def test_ctrl_c_before_the_first_step_says_nothing_was_trained(tmp_path, data_dir, monkeypatch):
-    create = train_module.create_model
+    create = group_module.create_model
 
     def create_and_press_ctrl_c(*args, **kwargs):  # while the group is set up, after the handler is in place
         os.kill(os.getpid(), signal.SIGINT)
         return create(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "create_model", create_and_press_ctrl_c)
+    monkeypatch.setattr(group_module, "create_model", create_and_press_ctrl_c)
     with pytest.raises(TrainingInterrupted, match=r"interrupted before the first step: nothing trained yet in .*run$"):
         teach(config(tmp_path, "run", data_dir))
     assert not (tmp_path / "run" / CHECKPOINT).exists()
@@ -334,13 +336,13 @@ def test_the_first_signal_is_taken_even_when_stderr_is_a_broken_pipe(monkeypatch
 
 
 def test_ctrl_c_while_the_last_epoch_evaluates_lets_the_run_finish_and_says_so(tmp_path, data_dir, monkeypatch, capsys):
-    evaluate = train_module.evaluate_stack
+    evaluate = group_module.evaluate_stack
 
     def evaluate_and_press_ctrl_c(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGINT)
         return evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "evaluate_stack", evaluate_and_press_ctrl_c)
+    monkeypatch.setattr(group_module, "evaluate_stack", evaluate_and_press_ctrl_c)
     summary = train_teacher(config(tmp_path, "run", data_dir, epochs=1), progress=True)
     assert summary["epochs"] == 1 and (tmp_path / "run" / "summary.json").exists()
     assert "run: finished before the next safe point; nothing to resume" in capsys.readouterr().err
@@ -369,7 +371,7 @@ def test_train_loss_is_the_mean_over_images(tmp_path, data_dir, monkeypatch):
         step_losses.append(loss.item())
         return loss
 
-    monkeypatch.setattr(train_module, "distillation_loss", recorded)
+    monkeypatch.setattr(group_module, "distillation_loss", recorded)
     teach(config(tmp_path, "run", data_dir, epochs=1))
     expected = sum(loss * n for loss, n in zip(step_losses, (64, 64, 64, 8))) / 200
     assert metrics(tmp_path / "run")[0]["train_loss"] == pytest.approx(expected, abs=1e-5)
@@ -384,7 +386,7 @@ def test_train_accuracy_is_the_share_of_images_classified_right(tmp_path, data_d
         hits.append((student.argmax(-1) == labels).sum().item())
         return distillation_loss(student, labels, *args, **kwargs)
 
-    monkeypatch.setattr(train_module, "distillation_loss", recorded)
+    monkeypatch.setattr(group_module, "distillation_loss", recorded)
     summary = teach(config(tmp_path, "run", data_dir, epochs=1))
     assert len(hits) == STEPS and metrics(tmp_path / "run")[0]["train_accuracy"] == pytest.approx(100 * sum(hits) / 200, abs=1e-4)
     assert summary["train_accuracy"] == pytest.approx(100 * sum(hits) / 200, abs=1e-4)
@@ -392,7 +394,7 @@ def test_train_accuracy_is_the_share_of_images_classified_right(tmp_path, data_d
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_every_step_uses_the_scheduled_learning_rate_and_the_optimizer_asked_for(tmp_path, data_dir, monkeypatch, optimizer):
-    seen, make = [], train_module.make_optimizer
+    seen, make = [], group_module.make_optimizer
 
     def recorded(*args, **kwargs):
         made = make(*args, **kwargs)
@@ -405,7 +407,7 @@ def test_every_step_uses_the_scheduled_learning_rate_and_the_optimizer_asked_for
         made.step = stepped
         return made
 
-    monkeypatch.setattr(train_module, "make_optimizer", recorded)
+    monkeypatch.setattr(group_module, "make_optimizer", recorded)
     options = dict(lr=0.05, weight_decay=1e-3) | (dict(momentum=0.8, nesterov=True) if optimizer == "sgd" else {})
     cfg = config(tmp_path, "run", data_dir, epochs=2, scheduler="onecycle", optimizer=optimizer, **options)
     teach(cfg)
@@ -733,7 +735,7 @@ def test_a_checkpoint_from_another_device_resumes_with_this_devices_optimizer(tm
     state["optimizer"]["param_groups"][0].update(fused=True, foreach=None)  # as torch.optim.SGD(fused=True) saves it on CUDA
     data = load_cifar10(data_dir)
     run = Run(config(tmp_path, "run", data_dir, resume=True), DrawnAugmentation(777, len(data.train_labels)))
-    group = train_module.Group([run], data, torch.device("cpu"))
+    group = group_module.Group([run], data, torch.device("cpu"))
     made_here = dict(group.optimizer.param_groups[0])
     group.load([state])
     loaded = group.optimizer.param_groups[0]
@@ -746,7 +748,7 @@ def test_optimizer_state_takes_the_layout_of_this_devices_weights(tmp_path, data
     interrupt(tmp_path, data_dir, monkeypatch)
     data = load_cifar10(data_dir)
     run = Run(config(tmp_path, "run", data_dir, resume=True), DrawnAugmentation(777, len(data.train_labels)))
-    group = train_module.Group([run], data, torch.device("cpu"))
+    group = group_module.Group([run], data, torch.device("cpu"))
     group.stack.to(memory_format=torch.channels_last)  # as Group does on CUDA
     group.load([load_checkpoint(tmp_path / "run")])
     for p, state in group.optimizer.state.items():
@@ -860,7 +862,7 @@ def test_every_epoch_draws_a_new_batch_order(tmp_path, data_dir, monkeypatch):
         labels.append(y.flatten().tolist())
         return distillation_loss(s, y, *args, **kwargs)
 
-    monkeypatch.setattr(train_module, "distillation_loss", loss)
+    monkeypatch.setattr(group_module, "distillation_loss", loss)
     teach(config(tmp_path, "run", data_dir, epochs=2))
     steps = len(labels) // 2
     first, second = sum(labels[:steps], []), sum(labels[steps:], [])
