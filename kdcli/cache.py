@@ -105,6 +105,25 @@ def resume_point(path, identity: dict, force: bool, keep_complete: bool = False)
     return done
 
 
+def check_may_write(path):
+    """Refuse an `--out` naming a file that is not a cache kdcli wrote (of any format version, or one too damaged
+    to read), --force or not: a mistyped --out naming a checkpoint, a notebook or someone's dataset must not be
+    overwritten, nor get a .lock file beside it."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    with open(path, "rb") as f:
+        hdf5 = f.read(8) == b"\x89HDF\r\n\x1a\n"  # HDF5's signature, at the start of every file kdcli writes
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            ours = "kdcli_version" in f.attrs
+    except OSError:
+        ours = hdf5  # an HDF5 file too damaged to open: a cache cut short, most likely
+    if not ours:
+        what = "an HDF5 file that kdcli did not write" if hdf5 else "not an HDF5 file"
+        raise KdcliError(f"{path} is {what}: pass another --out (even --force overwrites only a cache kdcli wrote)")
+
+
 def create(path, attrs: dict, labels: np.ndarray, clean_logits: np.ndarray, test_logits: np.ndarray, epochs: int):
     """Write a new cache with every dataset allocated and no epoch complete; the logits arrays
     ([N, C] and [M, C]) are already in the storage dtype. Atomic: a kill leaves the old file or none."""

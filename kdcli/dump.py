@@ -89,6 +89,7 @@ def dump_logits(config: DumpConfig, progress: bool = True) -> dict:
     state, teacher_sha256 = read_checkpoint(teacher_path)  # the hash of the weights labelled with, even if the file is replaced since
     model, teacher_model = model_from(state, device, teacher_path), canonical_name(state["model_name"])
     _check_finished(config.teacher, teacher_path, state)  # before the lock: a refused teacher leaves no file behind
+    cache.check_may_write(config.out)
     with cache.write_lock(config.out):  # a second dump is refused before it reads the data
         cuda = device.type == "cuda"
         dtype = autocast_dtype(config.amp, device)

@@ -160,9 +160,28 @@ def test_resume_point(tmp_path):
     with pytest.raises(KdcliError, match=r"is complete \(3 epochs\); pass --force to recompute it, or --resume to keep it"):
         cache.resume_point(path, IDENTITY, force=False)
     assert cache.resume_point(path, IDENTITY, force=False, keep_complete=True) == 3
-    path.write_bytes(b"junk")
+    damaged = path.read_bytes()[: path.stat().st_size // 2]
+    path.write_bytes(damaged)  # a cache cut short: overwritten only when asked
     with pytest.raises(KdcliError, match="not a readable HDF5 file.*; pass --force to overwrite it"):
         cache.resume_point(path, IDENTITY, force=False)
+    assert cache.resume_point(path, IDENTITY, force=True) is None
+
+
+def test_only_a_cache_kdcli_wrote_may_be_overwritten(tmp_path):
+    path = tmp_path / "c.h5"
+    cache.check_may_write(path)  # nothing there
+    make_cache(path)
+    cache.check_may_write(path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # cut short: still HDF5, unreadable
+    cache.check_may_write(path)
+    path.write_bytes(b"PK\x03\x04 a checkpoint")
+    with pytest.raises(KdcliError, match=r"c.h5 is not an HDF5 file: pass another --out \(even --force overwrites only a cache kdcli wrote\)"):
+        cache.check_may_write(path)
+    path.unlink()
+    with h5py.File(path, "w") as f:
+        f["x"] = np.arange(3)
+    with pytest.raises(KdcliError, match="c.h5 is an HDF5 file that kdcli did not write: pass another --out"):
+        cache.check_may_write(path)
 
 
 def test_second_writer_refused(tmp_path):

@@ -271,6 +271,18 @@ def test_complete_cache_refused_unless_forced(tmp_path, teacher, data_dir):
     assert dump_logits(cfg, progress=False)["epochs_written"] == 1
 
 
+def test_force_never_overwrites_a_file_that_is_not_a_cache(tmp_path, teacher, data_dir):
+    """`--out runs/t/checkpoint.pt --force`, a slip of the tab key, must not destroy the teacher."""
+    target = tmp_path / "checkpoint.pt"
+    shutil.copy(teacher / "checkpoint.pt", target)
+    before = target.read_bytes()
+    with pytest.raises(KdcliError, match=r"checkpoint.pt is not an HDF5 file: pass another --out \(even --force"):
+        cfg = config(tmp_path, teacher, data_dir, force=True)
+        cfg.out = str(target)
+        dump_logits(cfg, progress=False)
+    assert target.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+
+
 def test_cache_of_other_settings_refused(tmp_path, teacher, data_dir):
     dump_logits(config(tmp_path, teacher, data_dir, epochs=1), progress=False)
     with pytest.raises(KdcliError, match=r"other settings: epochs 1 \(now 2\), dtype float32 \(now float16\); pass --force"):
