@@ -132,11 +132,13 @@ def with_images_of_inputs(options: dict, given: set) -> dict:
     """--data-dir and --subset, where not given, are those the teacher's run or the cache recorded: a dump labels,
     and a student learns, the images its teacher was trained on. Said even with --quiet: nothing else shows it."""
     from kdcli.config import flag
-    from kdcli.runs import options_of_inputs
+    from kdcli.runs import options_of_inputs, recorded_data_dir
 
     read = {k: v for k, v in options_of_inputs(options).items() if k not in given and v != options[k]}
     if read:
         source = f"the teacher's run {options['teacher']}" if "teacher" in options else f"the cache {options['cache']}"
+        if "data_dir" in read:
+            recorded_data_dir(read, source, default=options["data_dir"])
         typer.echo(f"{' '.join(f'{flag(k)} {v}' for k, v in read.items())}: as {source} recorded (pass others to override)", err=True)
     return {**options, **read}
 
@@ -271,7 +273,7 @@ _register_commands()
 @app.command()
 def evaluate(
     checkpoint: str = typer.Argument(..., help="a run folder or its checkpoint.pt", metavar="RUN"),
-    data_dir: str = typer.Option("data", help="folder holding cifar-10-batches-py/", **_metavar(str)),
+    data_dir: str = typer.Option("", help="folder holding cifar-10-batches-py/ (not given: the run's)", show_default=False, **_metavar(str)),
     device: str = typer.Option("auto", help="auto: cuda, then mps, then cpu", **_choice(Device)),
     per_class: bool = typer.Option(False, "--per-class", help="also print the accuracy of each class"),
     download: bool = typer.Option(True, "--download/--no-download", help="fetch CIFAR-10 when it is missing"),
@@ -281,7 +283,8 @@ def evaluate(
     from kdcli.evaluate import evaluate as evaluate_checkpoint
 
     with errors_as_one_line():
-        result = evaluate_checkpoint(checkpoint, data_dir, device, download)
+        result = evaluate_checkpoint(checkpoint, data_dir or None, device, download)
+    _said_read_back(data_dir, result["data_dir"], f"the run of {checkpoint}")
     trained = result["trained"]
     typer.echo(f"{result['model']} ({trained}): {result['test_accuracy']:.2f}% top-1 on the test set")
     if "val_accuracy" in result:
@@ -291,12 +294,17 @@ def evaluate(
             typer.echo(f"  {name:<11} {acc:6.2f}%")
 
 
+def _said_read_back(given: str, data_dir: str, source: str):
+    if not given and data_dir != "data":  # what with_images_of_inputs says for the stages
+        typer.echo(f"--data-dir {data_dir}: as {source} recorded (pass another to override)", err=True)
+
+
 @app.command("cache-info")
 def cache_info(
     path: str = typer.Argument("cache/logits.h5", help="an HDF5 logit cache written by dump-logits", metavar="CACHE"),
     verify: int = typer.Option(0, min=0, help="recompute the teacher on this many random cached entries and compare", **_metavar(int)),
     teacher: str = typer.Option("", help="teacher run folder or checkpoint, for --verify (default: the one the dump was given)", **_metavar(str)),
-    data_dir: str = typer.Option("data", help="folder holding cifar-10-batches-py/, for --verify: the images the cache was made on", **_metavar(str)),
+    data_dir: str = typer.Option("", help="folder holding cifar-10-batches-py/, for --verify (not given: the dump's)", show_default=False, **_metavar(str)),
     device: str = typer.Option("auto", help="auto: cuda, then mps, then cpu", **_choice(Device)),
     download: bool = typer.Option(True, "--download/--no-download", help="fetch CIFAR-10 when it is missing"),
 ):
@@ -313,8 +321,12 @@ def cache_info(
         for key, value in sorted(info["attrs"].items()):
             typer.echo(f"  {key:<22} {value}")
         if verify:
-            diff, entries = verify_cache(path, teacher, verify, device, data_dir, download)
-            typer.echo(f"{'verify':<24} largest |logit difference| over {entries:,} entries: {diff:.3g}")
+            v = verify_cache(path, teacher, verify, device, data_dir or None, download)
+            _said_read_back(data_dir, v["data_dir"], f"the cache {path}")
+            typer.echo(
+                f"{'verify':<24} ok: largest |logit difference| over {v['entries']:,} entries {v['max_difference']:.3g} "
+                f"({v['max_relative']:.2%} of an entry's largest |logit|; rounding stays under {v['tolerance']:.0%})"
+            )
 
 
 @app.command()

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from kdcli import Device, Interrupted, KdcliError, Precision, StopOnSignal, augment, cache
 from kdcli.checkpoint import read_checkpoint, resolve, training_reached
 from kdcli.config import check_choices, check_seed, require_at_least_one
-from kdcli.data import load_cifar10, resolve_device
+from kdcli.data import fingerprint, load_cifar10, resolve_device
 from kdcli.evaluate import autocast_dtype, autocast_to, model_from, predict, recorded_precision, top1
 from kdcli.models import canonical_name
 from kdcli.runs import in_use, run_kind
@@ -103,8 +103,9 @@ def dump_logits(config: DumpConfig, progress: bool = True) -> dict:
         }  # fmt: skip
         start = cache.resume_point(config.out, identity, config.force, keep_complete=config.resume)
         if start is None:
+            seen = _images_seen(state, len(data.train_labels)) if _trained_on_these(state, data, config) else 0
             attrs = {
-                **identity, "teacher_model": teacher_model, "teacher_train_images": _images_seen(state, len(data.train_labels)),
+                **identity, "teacher_model": teacher_model, "teacher_train_images": seen,
                 "teacher_test_accuracy": _teacher_test_accuracy(model, data, state, config.amp),
             }  # fmt: skip
             _create_cache(config, label, data, attrs, teacher_path)
@@ -145,6 +146,23 @@ def _images_seen(teacher_state: dict, n: int) -> int:
     before --val-size record no count and trained on every image of their --subset."""
     seen = teacher_state.get("train_images") or (teacher_state.get("config") or {}).get("subset") or n
     return min(seen, n)
+
+
+def _trained_on_these(teacher_state: dict, data, config: DumpConfig) -> bool:
+    """Whether the teacher trained on the first of these images, as far as its checkpoint says; a warning where
+    not. Its logits on images it never saw are a transfer set: a choice, or a --data-dir given by mistake."""
+    recorded = teacher_state.get("train_fingerprint")
+    n = (teacher_state.get("train_images") or 0) + (teacher_state.get("config") or {}).get("val_size", 0)  # before its split
+    if recorded is None or not 0 < n <= len(data.train_labels):
+        return True  # an older checkpoint, or it trained on more images than these: nothing to compare
+    if (data.fingerprint if n == len(data.train_labels) else fingerprint(data.train_images[:n], data.train_labels[:n])) == recorded:
+        return True
+    warnings.warn(
+        f"the teacher {config.teacher} trained on other images than those in {config.data_dir}: it labels images it never saw "
+        "(pass its --data-dir, unless a transfer set is what you want)",
+        stacklevel=2,
+    )
+    return False
 
 
 def _create_cache(config: DumpConfig, label, data, attrs: dict, teacher_path):

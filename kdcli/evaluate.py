@@ -14,6 +14,7 @@ from kdcli import KdcliError, as_recorded_now, augment
 from kdcli.checkpoint import load_checkpoint, resolve, training_reached
 from kdcli.data import load_cifar10, resolve_device
 from kdcli.models import canonical_name, create_model
+from kdcli.runs import recorded_data_dir
 
 
 @torch.no_grad()
@@ -91,22 +92,27 @@ def _trained_on(data, state, checkpoint_path) -> bool:
     return was is None or was == data.fingerprint
 
 
-def evaluate(checkpoint_path, data_dir="data", device="auto", download=True) -> dict:
+def evaluate(checkpoint_path, data_dir=None, device="auto", download=True) -> dict:
     """Test accuracy of a checkpoint, overall and per class (percent), and its accuracy on the training
-    images its run held out (--val-size), if it did."""
+    images its run held out (--val-size), if it did. data_dir None: the one its run recorded."""
     dev = resolve_device(device)
     model, state = load_model(checkpoint_path, dev)
     config = state.get("config", {})
+    if data_dir is None:
+        data_dir = recorded_data_dir(config, f"the run of {checkpoint_path}")
     held_out = config.get("val_size", 0)
-    data = load_cifar10(data_dir, dev, config.get("subset") if held_out else None, download, held_out)
-    if held_out and not _trained_on(data, state, checkpoint_path):  # the test accuracy does not depend on them
-        warnings.warn(f"{checkpoint_path} was trained on other images than those in {data_dir}: its held-out accuracy is left out (pass its --data-dir)")
+    data = load_cifar10(data_dir, dev, config.get("subset"), download, held_out)  # its own images: it may hold out some
+    if not _trained_on(data, state, checkpoint_path):
+        warnings.warn(
+            f"{checkpoint_path} was trained on other images than those in {data_dir}, so its test set may be another too"
+            + (" (its held-out accuracy is left out)" if held_out else "") + ": pass its --data-dir"
+        )
         held_out = 0
     amp = recorded_precision(state)
     logits = predict(model, data.test_images, amp)
     per_class = [round(top1(logits[data.test_labels == c], c), 2) for c in range(data.num_classes)]  # each class's images
     accuracy = top1(logits, data.test_labels)
-    result = {"model": canonical_name(state["model_name"]), "epoch": state.get("epoch"), "trained": training_reached(state), "test_accuracy": accuracy, "per_class": per_class}
+    result = {"model": canonical_name(state["model_name"]), "epoch": state.get("epoch"), "trained": training_reached(state), "test_accuracy": accuracy, "per_class": per_class, "data_dir": data_dir}
     if held_out:
         result.update(val_accuracy=top1(predict(model, data.val_images, amp), data.val_labels), val_size=held_out)
     return result

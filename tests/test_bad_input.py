@@ -519,15 +519,26 @@ def test_cache_info_on_a_non_hdf5_file(tmp_path):
 def test_cache_info_verifies_against_the_teacher_on_the_given_data(tmp_path, data_dir, teacher, cache):
     result = kdcli("cache-info", cache, "--verify", 16, "--teacher", teacher, "--data-dir", data_dir, "--device", "cpu", "--no-download")
     assert result.exit_code == 0, result.output
-    difference = float(result.stdout.splitlines()[-1].rsplit(" ", 1)[1])
-    assert result.stdout.splitlines()[-1].startswith("verify") and difference < 1e-4  # float32 cache, same computation
+    said = re.fullmatch(r"verify +ok: largest \|logit difference\| over 16 entries (\S+) \((\S+)% of an entry's largest \|logit\|; rounding stays under 2%\)", result.stdout.splitlines()[-1])
+    assert said and float(said[1]) < 1e-4 and float(said[2]) < 1e-2  # float32 cache, same computation
     # what README promises besides: the metadata, the shapes and the size
     lines = result.stdout.splitlines()
     assert re.fullmatch(rf"{re.escape(str(cache))}: [\d.]+ MB, 2 of 2 epochs complete", lines[0]) and lines[1].startswith("teacher lenet5: ")
     assert re.search(r"^  logits +float32 +\[2, 200, 10\]$", result.stdout, re.M) and re.search(r"^  aug +int8 +\[2, 200, 3\]$", result.stdout, re.M)
     assert re.search(r"^  seed +0$", result.stdout, re.M) and re.search(r"^  teacher_sha256 +[0-9a-f]{64}$", result.stdout, re.M)
     everything = kdcli("cache-info", cache, "--verify", 10**6, "--teacher", teacher, "--data-dir", data_dir, "--device", "cpu", "--no-download")
-    assert everything.exit_code == 0 and "largest |logit difference| over 400 entries: " in everything.stdout  # 2 epochs x 200 images
+    assert everything.exit_code == 0 and "largest |logit difference| over 400 entries " in everything.stdout  # 2 epochs x 200 images
+
+
+def test_cache_info_verify_reads_the_dumps_images_back_and_fails_a_damaged_cache(tmp_path, data_dir, teacher, cache):
+    damaged = tmp_path / "damaged.h5"
+    shutil.copy(cache, damaged)
+    result = kdcli("cache-info", damaged, "--verify", 16, "--teacher", teacher, "--device", "cpu", "--no-download")  # no --data-dir
+    assert result.exit_code == 0 and f"--data-dir {data_dir}: as the cache {damaged} recorded" in result.stderr
+    with h5py.File(damaged, "r+") as f:
+        f["logits"][:] = 5.0  # readable, the right shape, and wrong
+    result = kdcli("cache-info", damaged, "--verify", 16, "--teacher", teacher, "--device", "cpu", "--no-download")
+    assert_refused(result, "damaged.h5 fails verification: over 16 entries", "make it again (dump-logits --force)", codes=(1,))
 
 
 def test_cache_info_verify_on_other_images_is_refused(tmp_path, teacher, cache):

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import typer
+from conftest import write_cifar_folder
 from typer.testing import CliRunner
 
 import kdcli.group as group_module
@@ -166,6 +167,17 @@ def test_evaluate_per_class(teacher_run, data_dir):
     assert re.search(r"^lenet5 \(epoch 1 of 1\): [\d.]+% top-1 on the test set$", result.stdout, re.M)
     class_lines = re.findall(r"^  (\w+) +[\d.]+%$", result.stdout, re.M)
     assert class_lines == list(CLASSES)
+
+
+def test_evaluate_reads_the_runs_images_back_and_warns_on_others(tmp_path, teacher_run, data_dir):
+    out, _ = teacher_run
+    result = kdcli("evaluate", out, "--device", "cpu", "--no-download")  # no --data-dir: the run's
+    assert result.exit_code == 0 and f"--data-dir {data_dir}: as the run of {out} recorded" in result.stderr
+    assert "warning" not in result.stderr
+    other = write_cifar_folder(tmp_path / "other", seed=1)
+    result = kdcli("evaluate", out, "--device", "cpu", "--no-download", "--data-dir", other)
+    assert result.exit_code == 0 and "top-1 on the test set" in result.stdout
+    assert f"warning: {out} was trained on other images than those in {other}, so its test set may be another too: pass its --data-dir" in result.stderr
 
 
 def test_evaluate_accepts_the_checkpoint_file(teacher_run, data_dir):
@@ -532,15 +544,19 @@ def test_a_resumed_student_keeps_its_own_images_whatever_the_default_cache_holds
     assert json.loads((tmp_path / "s" / "config.json").read_text())["subset"] == 100
 
 
-def test_a_relative_data_dir_is_read_back_only_where_it_is_there(tmp_path, data_dir, monkeypatch):
-    """A teacher's --data-dir images, read from another folder, would name another folder (and download into it)."""
+def test_a_recorded_data_dir_missing_here_is_refused_not_replaced_by_the_default(tmp_path, data_dir, monkeypatch):
+    """A teacher's relative --data-dir, read from another folder, names another folder: kdcli's default instead
+    would be other images (a proxy's teacher labelling the official ones), or a download of them."""
     shutil.copytree(data_dir, tmp_path / "a" / "images")
+    shutil.copytree(data_dir, tmp_path / "data")  # what the default would silently read
     monkeypatch.chdir(tmp_path / "a")
     assert kdcli(*teacher_args("images", "teacher", "--subset", 100)).exit_code == 0
     monkeypatch.chdir(tmp_path)
     result = kdcli("dump-logits", "--teacher", "a/teacher", "--epochs", 1, "--out", "c.h5", "--device", "cpu", "--no-download")
-    assert "--subset 100: as the teacher's run a/teacher recorded" in result.stderr and "--data-dir" not in result.stderr.split("\n")[0]
-    assert "no CIFAR-10 at data/" in result.stderr  # the default, said as such
+    assert_clean_error(result, "--data-dir images, as the teacher's run a/teacher recorded, is not a folder here: pass --data-dir", codes=(1,))
+    assert not (tmp_path / "c.h5").exists()
+    given = kdcli("dump-logits", "--teacher", "a/teacher", "--epochs", 1, "--out", "c.h5", "--device", "cpu", "--no-download", "--data-dir", "a/images")
+    assert given.exit_code == 0 and "--subset 100: as the teacher's run a/teacher recorded" in given.stderr
 
 
 @pytest.mark.parametrize("text", ["x: 1\n", '{"lr": 3}\n'], ids=["yaml", "json"])

@@ -144,13 +144,15 @@ def test_float16_by_default_and_verify_cache(tmp_path, reference, teacher, data_
     cfg = config(tmp_path, teacher, data_dir, epochs=2, dtype=DumpConfig.dtype)
     dump_logits(cfg, progress=False)
     assert cache.cache_info(cfg.out)["datasets"]["logits"] == {"shape": [2, 200, 10], "dtype": "float16"}
-    worst, checked = cache.verify_cache(cfg.out, teacher, k=64, device="cpu", data_dir=data_dir)
-    assert worst < 1e-2 and checked == 64  # float16 rounding of ~5
-    assert cache.verify_cache(reference[0], teacher, k=64, device="cpu", data_dir=data_dir)[0] < 1e-4
-    assert cache.verify_cache(reference[0], k=64, device="cpu", data_dir=data_dir)[0] < 1e-4  # the teacher the dump was given
-    with h5py.File(cfg.out, "r+") as f:  # a damaged cache is caught
-        f["logits"][1] = f["logits"][1] + 1
-    assert cache.verify_cache(cfg.out, teacher, k=64, device="cpu", data_dir=data_dir)[0] > 0.5
+    verified = cache.verify_cache(cfg.out, teacher, k=64, device="cpu", data_dir=data_dir)
+    assert verified["max_difference"] < 1e-2 and verified["entries"] == 64  # float16 rounding of ~5
+    assert verified["max_relative"] < 1e-3 and verified["tolerance"] == 0.02  # float32 on both sides
+    assert cache.verify_cache(reference[0], teacher, k=64, device="cpu", data_dir=data_dir)["max_difference"] < 1e-4
+    assert cache.verify_cache(reference[0], k=64, device="cpu", data_dir=data_dir)["max_difference"] < 1e-4  # the teacher the dump was given
+    with h5py.File(cfg.out, "r+") as f:  # a damaged cache fails
+        f["logits"][1] = f["logits"][1] * 1.05
+    with pytest.raises(KdcliError, match=r"c.h5 fails verification: over 64 entries, cached logits differ from the teacher's by up to [\d.]+ \(4.8% of"):
+        cache.verify_cache(cfg.out, teacher, k=64, device="cpu", data_dir=data_dir)
 
 
 def test_a_teacher_checkpoint_replaced_during_the_dump_is_not_the_one_recorded(tmp_path, teacher, data_dir, monkeypatch):
@@ -181,8 +183,8 @@ def test_verify_checks_distinct_entries_and_every_one_when_asked_for_more(tmp_pa
     dump_logits(cfg, progress=False)
     with h5py.File(cfg.out, "r+") as f:  # one damaged entry of the 400: only a check of every entry is sure to find it
         f["logits"][1, 123] = f["logits"][1, 123] + 1
-    worst, checked = cache.verify_cache(cfg.out, teacher, k=10**6, device="cpu", data_dir=data_dir)
-    assert checked == 400 and worst > 0.5
+    with pytest.raises(KdcliError, match="fails verification: over 400 entries"):
+        cache.verify_cache(cfg.out, teacher, k=10**6, device="cpu", data_dir=data_dir)
 
 
 def test_the_seed_draws_the_views_and_verify_checks_them(tmp_path, teacher, data_dir):
@@ -191,7 +193,7 @@ def test_the_seed_draws_the_views_and_verify_checks_them(tmp_path, teacher, data
     with cache.open_cache(cfg.out) as c:
         assert c.attrs["seed"] == 7 and all(torch.equal(c.epoch(e)[0], augment.params(7, e, 200)) for e in range(2))
         assert not torch.equal(c.epoch(0)[0], augment.params(0, 0, 200))
-    assert cache.verify_cache(cfg.out, teacher, k=64, device="cpu", data_dir=data_dir)[0] < 1e-4
+    assert cache.verify_cache(cfg.out, teacher, k=64, device="cpu", data_dir=data_dir)["max_difference"] < 1e-4
     with h5py.File(cfg.out, "r+") as f:  # views that are not the seed's: the logits no longer say what they label
         f["aug"][1] = augment.params(8, 1, 200).numpy()
     with pytest.raises(KdcliError, match="the stored augmentation of epoch 1 is not augment.params"):
@@ -281,6 +283,23 @@ def test_force_never_overwrites_a_file_that_is_not_a_cache(tmp_path, teacher, da
         cfg.out = str(target)
         dump_logits(cfg, progress=False)
     assert target.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+
+
+def test_a_teacher_of_other_images_is_warned_of_and_said_to_have_seen_none_of_these(tmp_path, data_dir, recwarn):
+    """The teacher of the first 100 images (20 held out) labels all 200 of its data without a word, and the
+    images of another folder with a warning: the cache must not say it trained on any of those."""
+    from conftest import write_cifar_folder
+    from kdcli.config import TeacherConfig
+    from kdcli.train import train_teacher
+
+    teacher = TeacherConfig(model="lenet5", epochs=1, batch_size=64, subset=100, val_size=20, device="cpu", quiet=True, data_dir=str(data_dir), out=str(tmp_path / "t"))
+    train_teacher(teacher, progress=False)
+    dump_logits(config(tmp_path, tmp_path / "t", data_dir, epochs=1), progress=False)
+    assert cache.cache_info(tmp_path / "c.h5")["attrs"]["teacher_train_images"] == 80 and not [w for w in recwarn if "never saw" in str(w.message)]
+    other = write_cifar_folder(tmp_path / "other", seed=1)
+    with pytest.warns(UserWarning, match=r"the teacher .*t trained on other images than those in .*other: it labels images it never saw"):
+        dump_logits(config(tmp_path, tmp_path / "t", other, epochs=1, force=True), progress=False)
+    assert cache.cache_info(tmp_path / "c.h5")["attrs"]["teacher_train_images"] == 0
 
 
 def test_cache_of_other_settings_refused(tmp_path, teacher, data_dir):
