@@ -84,6 +84,7 @@ class TrainOptions:
             raise ConfigError("--nesterov", "needs --momentum > 0")
         if not 0 < self.lr_gamma < math.inf:
             raise ConfigError("--lr-gamma", f"must be a finite number > 0, got {self.lr_gamma}")
+        check_no_repeats(self.lr_milestones, "--lr-milestones")  # a repeated one multiplies by lr-gamma twice, unremarked
 
     def warn_ineffective(self):
         """Options that are valid but will do nothing; called as training is about to start, after every check
@@ -120,8 +121,8 @@ class DistillOptions:
     def check(self):
         super().check()
         for name in ("distillation_weight", "hard_weight"):
-            if not getattr(self, name) >= 0:
-                raise ConfigError(flag(name), f"must be >= 0, got {getattr(self, name)}")
+            if not 0 <= getattr(self, name) < math.inf:  # also catches nan
+                raise ConfigError(flag(name), f"must be a finite number >= 0, got {getattr(self, name)}")
         if self.distillation_weight == self.hard_weight == 0:
             raise ConfigError("--distillation-weight/--hard-weight", "both are 0: the loss would be 0 and nothing would train")
 
@@ -162,6 +163,14 @@ def check_seed(seed: int, option="--seed"):
         raise ConfigError(option, f"must be between 0 and 2**63 - 1, got {seed}")
 
 
+MAX_TEMPERATURE = 10_000  # softmax(t/T) then differs from uniform by ~1e-4: float32 resolves it; far beyond, T^2 overflows
+
+
 def check_temperature(t: float, option="--temperature"):
-    if not 0 < t < math.inf:  # also catches nan
-        raise ConfigError(option, f"must be a finite number > 0, got {t}")
+    if not 0 < t <= MAX_TEMPERATURE:  # also catches nan
+        raise ConfigError(option, f"must be > 0 and at most {MAX_TEMPERATURE:,}, got {t:g}")
+
+
+def check_no_repeats(values, option: str):
+    if repeated := sorted({v for v in values if values.count(v) > 1}):
+        raise ConfigError(option, f"values must not repeat ({', '.join(f'{v:g}' for v in repeated)} does)")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from kdcli import Interrupted, StopOnSignal, count
 from kdcli.checkpoint import CHECKPOINT, load_checkpoint
-from kdcli.config import ConfigError, DistillOptions, StudentConfig, TrainOptions, check_seed, check_temperature
+from kdcli.config import ConfigError, DistillOptions, StudentConfig, TrainOptions, check_no_repeats, check_seed, check_temperature
 from kdcli.data import load_cifar10, resolve_device
 from kdcli.runs import LOCK, check_same_inputs, check_same_options, check_sweep_can_start, claim_folder, forget_run
 from kdcli.stack import stackable
@@ -51,9 +51,8 @@ class SweepConfig(DistillOptions, TrainOptions):
             check_seed(seed, "--seeds")
         if not self.seeds:
             raise ConfigError("--seeds", "give at least one seed")
-        for option, values in (("--seeds", self.seeds), ("--temperatures", self.temperatures)):
-            if repeated := sorted({v for v in values if values.count(v) > 1}):
-                raise ConfigError(option, f"values must not repeat ({', '.join(f'{v:g}' for v in repeated)} does)")
+        check_no_repeats(self.seeds, "--seeds")
+        check_no_repeats(self.temperatures, "--temperatures")
         folders = {}
         for t in self.temperatures:
             folders.setdefault(temperature_folder(t), []).append(t)

@@ -58,6 +58,10 @@ def test_subset_takes_the_first_n(data_dir):
     assert torch.equal(part.test_images, full.test_images)  # the test set is never cut
 
 
+def test_subset_of_every_image_is_every_image(data_dir):
+    assert_same_data(load_cifar10(data_dir, subset=TRAIN_IMAGES, download=False), load_cifar10(data_dir, download=False))
+
+
 @pytest.mark.parametrize("subset", [0, TRAIN_IMAGES + 1])
 def test_subset_out_of_range(data_dir, subset):
     with pytest.raises(KdcliError, match="--subset"):
@@ -161,10 +165,11 @@ def rewrite(path, **changes):
         ({"data": lambda d: d.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)}, r"'data' is uint8 \[40, 32, 32, 3\]; a CIFAR-10 batch holds uint8 \[N, 3072\]"),
         ({"data": lambda d: d / 255}, r"'data' is float64 \[40, 3072\]"),
         ({"labels": lambda y: [label + 1 for label in y]}, r"labels must be integers 0..9, found int64 from 1 to 10"),
+        ({"labels": lambda y: [-1] + y[1:]}, r"labels must be integers 0..9, found int64 from -1 to 9"),
         ({"labels": lambda y: [float(label) for label in y]}, r"labels must be integers 0..9, found float64"),
         ({"labels": lambda y: [str(label) for label in y]}, r"labels must be integers 0..9, found <U1 from none of them"),
     ],
-    ids=["hwc images", "float images", "1-based labels", "float labels", "text labels"],
+    ids=["hwc images", "float images", "1-based labels", "negative label", "float labels", "text labels"],
 )
 def test_other_layouts_refused_naming_the_file(data_dir, tmp_path, changes, expected):
     """A re-encoded copy in another layout would load as scrambled images or shifted classes: refused."""
@@ -204,3 +209,15 @@ def test_a_failed_download_leaves_no_folder_behind(tmp_path, monkeypatch):
     with pytest.raises(KdcliError, match="could not download CIFAR-10 into"):
         load_cifar10(tmp_path / "typo" / "data")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_auto_picks_the_gpu_and_cuda_without_one_is_one_clear_error(monkeypatch):
+    """Both run on a CPU-only machine too: `auto` must not quietly train a GPU user's runs on the CPU."""
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)  # restored after
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert data_module.resolve_device("auto") == torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert data_module.resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(KdcliError, match="--device cuda: no CUDA GPU is visible to PyTorch; use --device cpu"):
+        data_module.resolve_device("cuda")

@@ -46,3 +46,34 @@ def test_unknown_model_lists_the_known_names():
     with pytest.raises(KdcliError, match="nope") as error:
         create_model("nope")
     assert all(name in str(error.value) for name in MODELS)
+
+
+def test_a_resnet_block_adds_its_input():
+    """Residual connections do not change the parameter count: without them the pins above would still hold."""
+    from kdcli.models import BasicBlock
+
+    block = BasicBlock(4, 4, 1).eval()
+    with torch.no_grad():
+        block.bn2.weight.zero_()  # the residual branch now outputs bn2's bias, zero: only the shortcut is left
+    x = torch.randn(2, 4, 8, 8)
+    assert torch.equal(block(x), torch.relu(x))
+
+
+@pytest.mark.parametrize("name, features", [("resnet18", (1, 512, 4, 4)), ("resnet8", (1, 64, 8, 8))])
+def test_each_resnet_stage_after_the_first_halves_the_resolution(name, features):
+    """Where the stride is does not change the parameter count either, only the compute (4x for one stage too late)."""
+    model = create_model(name)
+    assert model.layers(model.stem(torch.randn(1, 3, 32, 32))).shape == features
+
+
+def test_lenet5_is_the_tutorials_network():
+    """The PyTorch CIFAR-10 tutorial's forward pass, written out: max-pooling, ReLU after every layer but the last."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    m, x = create_model("lenet5"), torch.randn(4, 3, 32, 32)
+    pool = torch.nn.MaxPool2d(2, 2)
+    h = pool(F.relu(m.conv1(x)))
+    h = pool(F.relu(m.conv2(h)))
+    h = F.relu(m.fc2(F.relu(m.fc1(torch.flatten(h, 1)))))
+    assert torch.equal(m(x), m.fc3(h))

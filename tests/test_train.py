@@ -542,7 +542,13 @@ def test_resume_without_a_checkpoint_starts_fresh(tmp_path, data_dir, finished):
         (StudentConfig, "temperature", -1.0),
         (StudentConfig, "temperature", float("nan")),
         (StudentConfig, "temperature", float("inf")),
+        (StudentConfig, "temperature", 1e30),  # T^2 overflows float32: the loss would be inf and blame --lr
         (StudentConfig, "distillation_weight", -0.1),
+        (StudentConfig, "distillation_weight", float("nan")),
+        (StudentConfig, "hard_weight", float("inf")),
+        (TeacherConfig, "lr", 0.0),  # trains nothing
+        (TeacherConfig, "momentum", 1.0),  # past gradients never fade
+        (TeacherConfig, "lr_milestones", (2, 2)),  # the lr would drop by gamma^2 there
         (TeacherConfig, "lr_gamma", 0.0),
         (TeacherConfig, "lr_gamma", float("nan")),
     ],
