@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kdcli import KdcliError, as_recorded_now, augment
+from kdcli import KdcliError, as_recorded_now, augment, count
 from kdcli.checkpoint import CHECKPOINT, load_checkpoint, lock_or_refuse, peek_checkpoint, temporary_file_for
 from kdcli.config import flag
 from kdcli.models import canonical_name
@@ -352,7 +352,7 @@ def check_same_inputs(run):
     grew = was.get("allow_partial") and run.inputs.get("cache_epochs", 0) > was.get("cache_epochs", math.inf)
     if grew and changed(CACHE_IDENTITY) == changed(["cache_epochs"]):  # the same teacher and views, finished since
         raise KdcliError(
-            f"{run.dir} was trained with --allow-partial while {run.config.cache} had {was['cache_epochs']} complete epochs; it now "
+            f"{run.dir} was trained with --allow-partial while {run.config.cache} had {count(was['cache_epochs'], 'complete epoch')}; it now "
             f"has {run.inputs['cache_epochs']}, and a student replays cached epoch e mod E: --force to train it again on all of them"
         )
     if teacher := changed(CACHE_IDENTITY):

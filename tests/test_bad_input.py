@@ -399,10 +399,21 @@ def test_a_student_of_a_partial_cache_that_grew_is_told_so(tmp_path, data_dir, c
     edit(epochs_complete=1)(tmp_path / "c.h5", cache)
     run = tmp_path / "run"
     assert kdcli(*student_args(data_dir, tmp_path / "c.h5", run, "--allow-partial")).exit_code == 0
+    before = snapshot(run)
+    again = kdcli(*student_args(data_dir, tmp_path / "c.h5", run, "--allow-partial", "--resume"))  # make's rerun: the cache as it was
+    assert again.exit_code == 0 and snapshot(run) == before, again.output  # finished, and kept
     shutil.copy(cache, tmp_path / "c.h5")  # the dump went on: 2 of 2 epochs
     result = kdcli(*student_args(data_dir, tmp_path / "c.h5", run, "--resume"))
-    assert_refused(result, "trained with --allow-partial while", "had 1 complete epochs; it now has 2", "--force", codes=(1,))
+    assert_refused(result, "trained with --allow-partial while", "had 1 complete epoch; it now has 2", "--force", codes=(1,))
     assert "another cache" not in result.stderr
+
+
+def test_allow_partial_given_to_a_run_of_a_complete_cache_changes_nothing(tmp_path, data_dir, cache, student):
+    """It only permits an unfinished cache: not an option of the run that a resume would call changed."""
+    shutil.copytree(student, tmp_path / "run")
+    before = snapshot(tmp_path / "run")
+    result = kdcli(*student_args(data_dir, cache, tmp_path / "run", "--resume", "--allow-partial"))
+    assert result.exit_code == 0 and snapshot(tmp_path / "run") == before, result.output
 
 
 def test_a_student_whose_cache_was_dumped_again_shorter_is_sent_back_to_its_cache(tmp_path, data_dir, teacher, student):

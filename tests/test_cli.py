@@ -180,6 +180,24 @@ def test_evaluate_reads_the_runs_images_back_and_warns_on_others(tmp_path, teach
     assert f"warning: {out} was trained on other images than those in {other}, so its test set may be another too: pass its --data-dir" in result.stderr
 
 
+def test_evaluate_prints_the_classes_only_when_asked(teacher_run, data_dir):
+    result = kdcli("evaluate", teacher_run[0], "--device", "cpu", "--data-dir", data_dir)
+    assert result.exit_code == 0 and "top-1" in result.stdout and not any(name in result.stdout for name in CLASSES)
+
+
+@pytest.mark.parametrize("command", [["evaluate", "RUN"], ["cache-info", "CACHE", "--verify", 4, "--teacher", "RUN"]], ids=["evaluate", "verify"])
+def test_no_download_is_passed_on(tmp_path, teacher_run, data_dir, command):
+    from kdcli.dump import DumpConfig, dump_logits
+
+    run = teacher_run[0]
+    cache = tmp_path / "c.h5"
+    dump_logits(DumpConfig(teacher=str(run), epochs=1, out=str(cache), data_dir=str(data_dir), device="cpu", download=False, quiet=True), progress=False)
+    args = [{"RUN": run, "CACHE": cache}.get(a, a) for a in command]
+    result = kdcli(*args, "--data-dir", tmp_path / "none", "--device", "cpu", "--no-download")
+    assert result.exit_code == 1 and result.stderr.startswith("error: no CIFAR-10 at") and "drop the --no-download flag" in result.stderr
+    assert not (tmp_path / "none").exists()
+
+
 def test_evaluate_accepts_the_checkpoint_file(teacher_run, data_dir):
     out, _ = teacher_run
     result = kdcli("evaluate", out / "checkpoint.pt", "--device", "cpu", "--data-dir", data_dir)
@@ -528,6 +546,10 @@ def test_later_stages_read_the_teachers_images_back_where_not_given(tmp_path, da
     assert (config["data_dir"], config["subset"]) == (str(data_dir), 100)
     given = kdcli("dump-logits", "--teacher", "teacher", "--epochs", 1, "--out", "c50.h5", "--subset", 50, "--device", "cpu", "--no-download")
     assert given.exit_code == 0 and "1 epoch x 50 images" in given.stdout and "--subset 100" not in given.stderr, given.output
+    baseline = kdcli("train-student", "--cache", "c.h5", "--distillation-weight", 0, "--epochs", 1, "--out", "b", "--data-dir", data_dir,
+                     "--device", "cpu", "--no-download", "--quiet")  # fmt: skip
+    assert baseline.exit_code == 0 and "recorded" not in baseline.stderr, baseline.output  # it reads no cache: nothing to read back
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["subset"] is None
 
 
 def test_a_resumed_student_keeps_its_own_images_whatever_the_default_cache_holds(tmp_path, data_dir, monkeypatch):
