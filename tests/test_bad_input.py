@@ -18,6 +18,7 @@ Covered (tests/test_cli.py has train-teacher's bad option values and train-stude
 """
 
 import contextlib
+import json
 import os
 import pickle
 import re
@@ -435,6 +436,33 @@ def test_a_run_is_not_trained_into_a_sweeps_folder_nor_a_sweep_into_a_runs(tmp_p
     before = snapshot(tmp_path / "run")
     assert_refused(kdcli(*sweep_args(data_dir, cache, tmp_path / "run", "--force")), "holds a run of its own", codes=(1,))
     assert snapshot(tmp_path / "run") == before
+
+
+def test_a_teachers_run_is_refused_to_a_student_unless_forced_even_with_resume(tmp_path, data_dir, cache):
+    """make's targets always pass --resume: `--force` must still replace a run of the other kind, as it says."""
+    assert kdcli(*teacher_args(data_dir, tmp_path / "run")).exit_code == 0
+    assert_refused(kdcli(*student_args(data_dir, cache, tmp_path / "run", "--resume")), "holds a teacher's run, not a student's", "--force", codes=(1,))
+    replaced = kdcli(*student_args(data_dir, cache, tmp_path / "run", "--resume", "--force"))
+    assert replaced.exit_code == 0, replaced.output
+    assert "cache" in json.loads((tmp_path / "run" / "config.json").read_text())
+
+
+@pytest.mark.parametrize("text", ["[]", "{not json"])
+def test_a_damaged_config_json_is_one_line_on_resume(tmp_path, data_dir, text):
+    assert kdcli(*teacher_args(data_dir, tmp_path / "run")).exit_code == 0
+    (tmp_path / "run" / "config.json").write_text(text)
+    assert_refused(kdcli(*teacher_args(data_dir, tmp_path / "run", "--resume")), "config.json", codes=(1,))
+
+
+@pytest.mark.parametrize("inside", ["sweeps/a/T4/seed1", "sweep/T4/seed1/.kdcli.lock"], ids=["a folder of sweeps", "a student not started"])
+def test_a_run_is_not_trained_into_a_folder_holding_runs_further_down(tmp_path, data_dir, student, inside):
+    """A folder of sweeps holds its runs three levels down; a sweep's student that has not started holds only its lock."""
+    if inside.endswith(".kdcli.lock"):
+        (tmp_path / "out" / inside).parent.mkdir(parents=True)
+        (tmp_path / "out" / inside).touch()
+    else:
+        shutil.copytree(student, tmp_path / "out" / inside)
+    assert_refused(kdcli(*teacher_args(data_dir, tmp_path / "out" / inside.split("/")[0])), "holds other runs in its subfolders", codes=(1,))
 
 
 @pytest.mark.parametrize("why", ["holds a run of its own", "is in use by another kdcli"])

@@ -108,8 +108,10 @@ def test_non_torch_files_are_refused(tmp_path, content):
     assert str(path) in str(error.value)
 
 
-def test_torch_file_without_weights_is_refused(tmp_path):
-    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
+@pytest.mark.parametrize("state", [{"weights": torch.zeros(3)}, {"model": {"w": torch.zeros(3)}}], ids=["no model", "no model name"])
+def test_torch_file_without_weights_and_their_model_is_refused(tmp_path, state):
+    """Someone's state dict: without the model's name, no kdcli command could rebuild the network."""
+    torch.save(state, tmp_path / "other.pt")
     with pytest.raises(KdcliError, match="not a kdcli checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
 
@@ -174,7 +176,18 @@ def test_unwritable_folder(tmp_path):
         save_atomic(kdcli_state(), tmp_path / "file" / CHECKPOINT)
 
 
-def test_read_checkpoint_gives_the_sha256_of_its_file(tmp_path):  # test_dump checks it is of the bytes loaded
+def test_read_checkpoint_gives_the_sha256_of_the_bytes_it_loaded(tmp_path, monkeypatch):
+    """A teacher still training saves its next checkpoint while a dump reads this one: the hash must name
+    the weights loaded, not the file's new content (cache-info --verify would call the cache another teacher's)."""
     save_atomic(kdcli_state(), tmp_path / CHECKPOINT)
+    loaded_from = hashlib.sha256((tmp_path / CHECKPOINT).read_bytes()).hexdigest()
+    load = torch.load
+
+    def load_while_the_next_checkpoint_is_saved(*args, **kwargs):
+        state = load(*args, **kwargs)
+        save_atomic({**kdcli_state(), "epoch": 2}, tmp_path / CHECKPOINT)
+        return state
+
+    monkeypatch.setattr(checkpoint_module.torch, "load", load_while_the_next_checkpoint_is_saved)
     state, sha256 = read_checkpoint(tmp_path)
-    assert sha256 == hashlib.sha256((tmp_path / CHECKPOINT).read_bytes()).hexdigest() and state["epoch"] == 1
+    assert sha256 == loaded_from and state["epoch"] == 1

@@ -180,6 +180,13 @@ def test_evaluate_reads_the_runs_images_back_and_warns_on_others(tmp_path, teach
     assert f"warning: {out} was trained on other images than those in {other}, so its test set may be another too: pass its --data-dir" in result.stderr
 
 
+def test_dump_logits_quiet_draws_no_progress_bar(tmp_path, teacher_run, data_dir):
+    args = ["dump-logits", "--teacher", teacher_run[0], "--epochs", 1, "--data-dir", data_dir, "--device", "cpu", "--no-download"]
+    shown = kdcli(*args, "--out", tmp_path / "a.h5")
+    quiet = kdcli(*args, "--out", tmp_path / "b.h5", "--quiet")
+    assert shown.exit_code == quiet.exit_code == 0 and "dump-logits: 100%" in shown.stderr and "dump-logits:" not in quiet.stderr
+
+
 def test_evaluate_prints_the_classes_only_when_asked(teacher_run, data_dir):
     result = kdcli("evaluate", teacher_run[0], "--device", "cpu", "--data-dir", data_dir)
     assert result.exit_code == 0 and "top-1" in result.stdout and not any(name in result.stdout for name in CLASSES)

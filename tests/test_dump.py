@@ -87,18 +87,21 @@ def test_the_teachers_accuracy_is_recorded_in_its_own_precision(tmp_path, teache
 
 def test_a_teacher_precision_this_device_lacks_is_measured_in_the_dumps(tmp_path, teacher, data_dir, monkeypatch):
     """A teacher trained in bf16 and dumped with --amp fp16 on a GPU without bf16: the dump goes on."""
+    from kdcli.evaluate import evaluate
+
     state = torch.load(teacher / "checkpoint.pt", weights_only=True)
     torch.save({**state, "config": {"amp": "bf16"}}, tmp_path / "teacher.pt")
-    predict = dump.predict
+    predict, measured_in = dump.predict, []
 
     def no_bf16(model, images, amp, **kw):
         if amp == "bf16":
             raise KdcliError("this GPU does not support bf16")
-        return predict(model, images, amp, **kw)
+        return measured_in.append(amp) or predict(model, images, amp, **kw)
 
     monkeypatch.setattr(dump, "predict", no_bf16)
     summary = dump_logits(config(tmp_path, tmp_path / "teacher.pt", data_dir, amp="fp16"), progress=False)
-    assert summary["teacher_test_accuracy"] >= 0
+    assert measured_in == ["fp16"]
+    assert summary["teacher_test_accuracy"] == evaluate(tmp_path / "teacher.pt", data_dir, "cpu", download=False)["test_accuracy"]  # (a CPU: both float32)
 
 
 def test_cached_logits_are_the_teacher_on_the_rebuilt_views(reference, teacher, data_dir):
@@ -296,6 +299,8 @@ def test_a_teacher_of_other_images_is_warned_of_and_said_to_have_seen_none_of_th
     train_teacher(teacher, progress=False)
     dump_logits(config(tmp_path, tmp_path / "t", data_dir, epochs=1), progress=False)
     assert cache.cache_info(tmp_path / "c.h5")["attrs"]["teacher_train_images"] == 80 and not [w for w in recwarn if "never saw" in str(w.message)]
+    dump_logits(config(tmp_path, tmp_path / "t", data_dir, epochs=1, subset=50, force=True), progress=False)
+    assert cache.cache_info(tmp_path / "c.h5")["attrs"]["teacher_train_images"] == 50  # of the 50 labelled, not 80
     other = write_cifar_folder(tmp_path / "other", seed=1)
     with pytest.warns(UserWarning, match=r"the teacher .*t trained on other images than those in .*other: it labels images it never saw"):
         dump_logits(config(tmp_path, tmp_path / "t", other, epochs=1, force=True), progress=False)
@@ -402,21 +407,23 @@ def test_an_unfinished_cache_of_an_older_kdcli_resumes(tmp_path, reference, teac
     assert_same_cache(cfg.out, reference[0], ignore=("teacher_precision",))
 
 
-def test_disk_full_mid_dump_is_one_clear_error_and_resumes(tmp_path, reference, teacher, data_dir, monkeypatch):
-    """The disk thread's error reaches the caller as one line; the epochs before it stay usable."""
+@pytest.mark.parametrize("full_at", [2, E - 1], ids=["mid-dump", "last epoch"])
+def test_disk_full_mid_dump_is_one_clear_error_and_resumes(tmp_path, reference, teacher, data_dir, monkeypatch, full_at):
+    """The disk thread's error reaches the caller as one line, also for the last epoch's write (no later epoch
+    waits for it); the epochs before it stay usable."""
     cfg = config(tmp_path, teacher, data_dir)
     sync = cache.CacheWriter._sync
 
-    def full_at_epoch_2(writer):
-        if writer.epochs_complete == 2:
+    def full_at_epoch(writer):
+        if writer.epochs_complete == full_at:
             raise OSError(errno.ENOSPC, "No space left on device")
         sync(writer)
 
-    monkeypatch.setattr(cache.CacheWriter, "_sync", full_at_epoch_2)
+    monkeypatch.setattr(cache.CacheWriter, "_sync", full_at_epoch)
     with pytest.raises(KdcliError, match=r"cannot write .*c\.h5: .*No space left on device"):
         dump_logits(cfg, progress=False)
     monkeypatch.undo()
-    assert_resumes_to(reference, cfg, done=2)
+    assert_resumes_to(reference, cfg, done=full_at)
 
 
 # Runs a dump whose every fsync takes 0.3 s longer, so that the test can kill it between two epochs

@@ -345,3 +345,27 @@ def test_student_resume_refuses_a_cache_of_another_teacher(tmp_path, hooks, data
     status, stderr = kdcli(hooks, *student_args(data_dir, tmp_path / "other.h5", tmp_path / "run", "--resume"))
     assert status == 1 and "teacher" in stderr, stderr
     assert {f: f.read_bytes() for f in (tmp_path / "run").iterdir()} == before
+
+
+def test_a_full_disk_while_resume_cuts_the_metrics_back_keeps_the_old_lines(tmp_path, monkeypatch):
+    """Resuming rewrites metrics.jsonl without the epochs to be trained again: a write cut short must not lose it."""
+    import errno
+
+    from kdcli import KdcliError
+    from kdcli.runs import truncate_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"epoch": e}) + "\n" for e in (1, 2, 3)))
+    before, write = path.read_text(), Path.write_text
+
+    def half_then_full(self, text, *args, **kwargs):
+        write(self, text[: len(text) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", half_then_full)
+    with pytest.raises(KdcliError, match="cannot write .*metrics.jsonl: No space left on device"):
+        truncate_metrics(path, 2)
+    monkeypatch.undo()
+    assert path.read_text() == before and [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]
+    truncate_metrics(path, 2)
+    assert [json.loads(line)["epoch"] for line in path.read_text().splitlines()] == [1, 2]
