@@ -49,7 +49,7 @@ from kdcli.checkpoint import lock_or_refuse, read_checkpoint, resolve, temporary
 from kdcli.data import fingerprint as data_fingerprint
 from kdcli.data import load_cifar10, resolve_device
 from kdcli.evaluate import autocast_dtype, model_from, predict
-from kdcli.runs import recorded_data_dir
+from kdcli.runs import check_cache_is_there, recorded_data_dir
 
 FORMAT_VERSION = 1
 DATASETS = ("aug", "logits", "labels", "clean_logits", "test_logits", "epochs_complete")
@@ -333,8 +333,7 @@ def _open(path) -> h5py.File:
     path = Path(path)
     if path.is_dir():
         raise KdcliError(f"{path} is a folder; a cache is an .h5 file written by `kdcli dump-logits`")
-    if not path.is_file():
-        raise KdcliError(f"no cache at {path}: run `kdcli dump-logits` first (its --out is the file to read)")
+    check_cache_is_there(path)
     try:
         f = h5py.File(path, "r", locking=False)
     except OSError as e:

@@ -178,9 +178,9 @@ def errors_as_one_line(resume_flag=False):
         except KdcliError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(1) from None
-        except KeyboardInterrupt:  # a second Ctrl-C, or one before training starts: what was saved is intact (saves are atomic)
+        except KeyboardInterrupt:  # a second Ctrl-C, or one before training starts: what was saved, if anything, is intact (saves are atomic)
             forced = "--force" in sys.argv  # it may or may not have deleted the old run yet: the user knows which
-            typer.echo("interrupted" + ("" if forced else f"; to go on from what was last saved: {_resume_command(resume_flag)}"), err=True)
+            typer.echo("interrupted" + ("" if forced else f"; to go on, run: {_resume_command(resume_flag)}"), err=True)
             raise typer.Exit(130) from None
         except Exception as e:
             if not _compile_failed(e):

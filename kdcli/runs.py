@@ -145,6 +145,14 @@ def check_can_start(config):
     check_not_overwriting(config)
     if config.resume and not config.force and (out / CHECKPOINT).is_file():  # a --subset other than the run's is then
         check_resumes(config, peek_checkpoint(out / CHECKPOINT), out)  # named as such, not as a cache of another length
+    if getattr(config, "distillation_weight", 0) > 0:
+        check_cache_is_there(config.cache)
+
+
+def check_cache_is_there(path):
+    """Before the data loads: a mistyped --cache must not cost a download of CIFAR-10 first."""
+    if not Path(path).exists():
+        raise KdcliError(f"no cache at {path}: run `kdcli dump-logits` first (its --out is the file to read)")
 
 
 def check_sweep_can_start(out: Path):

@@ -20,7 +20,7 @@ from kdcli import Interrupted, StopOnSignal, count
 from kdcli.checkpoint import CHECKPOINT, load_checkpoint
 from kdcli.config import ConfigError, DistillOptions, StudentConfig, TrainOptions, check_no_repeats, check_seed, check_temperature
 from kdcli.data import load_cifar10, resolve_device
-from kdcli.runs import LOCK, check_same_inputs, check_same_options, check_sweep_can_start, claim_folder, forget_run
+from kdcli.runs import LOCK, check_cache_is_there, check_same_inputs, check_same_options, check_sweep_can_start, claim_folder, forget_run
 from kdcli.stack import stackable
 from kdcli.train import open_student_cache, student_runs, train_runs
 
@@ -177,6 +177,8 @@ def sweep(config: SweepConfig, progress=True) -> dict:
 
     progress = progress and not config.quiet
     check_sweep_can_start(Path(config.out))  # before the data and cache load: a refusal costs nothing
+    if config.temperatures:  # else baselines alone, which read no cache
+        check_cache_is_there(config.cache)
     device = resolve_device(config.device)
     data = load_cifar10(config.data_dir, device, config.subset, config.download, config.val_size)
     configs = student_configs(config)

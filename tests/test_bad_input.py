@@ -438,6 +438,17 @@ def test_a_run_is_not_trained_into_a_sweeps_folder_nor_a_sweep_into_a_runs(tmp_p
     assert snapshot(tmp_path / "run") == before
 
 
+@pytest.mark.parametrize("command", [student_args, sweep_args], ids=["train-student", "sweep"])
+def test_a_missing_cache_is_said_before_any_data_is_loaded_or_downloaded(tmp_path, monkeypatch, command):
+    """A mistyped --cache must not cost a 170 MB download first."""
+    from kdcli import data as data_module
+
+    monkeypatch.setattr(data_module, "_download", lambda *a, **kw: pytest.fail("CIFAR-10 was downloaded"))
+    args = [a for a in command(tmp_path / "nodata", tmp_path / "typo.h5", tmp_path / "out") if a != "--no-download"]
+    assert_refused(kdcli(*args), f"no cache at {tmp_path / 'typo.h5'}: run `kdcli dump-logits` first", codes=(1,))
+    assert not (tmp_path / "nodata").exists() and not (tmp_path / "out").exists()
+
+
 def test_a_teachers_run_is_refused_to_a_student_unless_forced_even_with_resume(tmp_path, data_dir, cache):
     """make's targets always pass --resume: `--force` must still replace a run of the other kind, as it says."""
     assert kdcli(*teacher_args(data_dir, tmp_path / "run")).exit_code == 0

@@ -416,7 +416,7 @@ def test_sigterm_to_a_real_process_stops_it_and_its_printed_command_resumes_it(t
     assert "after 100 epochs" in resumed.stdout and (out / "summary.json").exists()
 
 
-@pytest.mark.parametrize("signum, said", [(signal.SIGINT, "interrupted; to go on from what was last saved: "), (signal.SIGTERM, "")],
+@pytest.mark.parametrize("signum, said", [(signal.SIGINT, "interrupted; to go on, run: "), (signal.SIGTERM, "")],
                          ids=["Ctrl-C", "SIGTERM"])  # fmt: skip
 def test_a_second_ctrl_c_or_sigterm_quits_at_once_and_the_last_checkpoint_resumes(tmp_path, data_dir, monkeypatch, capfd, signum, said):
     """The first waits for the next safe point (an evaluation may take a minute on a CPU); the second does not."""
@@ -599,7 +599,7 @@ def test_a_folder_holding_a_config_json_of_something_else_is_left_alone(tmp_path
     assert [p.name for p in out.iterdir()] == ["config.json"] and (out / "config.json").read_text() == text
 
 
-@pytest.mark.parametrize("argv, said", [(["kdcli", "train-teacher"], "interrupted; to go on from what was last saved: kdcli train-teacher --resume\n"),
+@pytest.mark.parametrize("argv, said", [(["kdcli", "train-teacher"], "interrupted; to go on, run: kdcli train-teacher --resume\n"),
                                         (["kdcli", "train-teacher", "--force"], "interrupted\n")])  # fmt: skip
 def test_a_ctrl_c_outside_a_safe_point_says_how_to_go_on_unless_forced(monkeypatch, capsys, argv, said):
     """With --force the old run may or may not be deleted yet: no command could be right for both."""
