@@ -285,13 +285,14 @@ def _markdown(rows, teacher_accuracy, unfinished) -> str:
     return "\n".join(lines) + "\n\n" + " ".join(notes) + "\n"
 
 
-def _write_csv(rows, path: Path):
+def _write_csv(rows, path: Path, teacher_accuracy=None):
     with open(path, "w", newline="") as f:
         accuracies = ACCURACY_COLUMNS + (VAL_COLUMNS if _validated(rows) else [])
-        writer = csv.DictWriter(f, fieldnames=SETTING_COLUMNS + accuracies)
+        writer = csv.DictWriter(f, fieldnames=SETTING_COLUMNS + accuracies + ["teacher_test_accuracy"])  # the teacher: a paper table's first row
         writer.writeheader()
+        teacher = "" if teacher_accuracy is None else round(teacher_accuracy, 2)
         for r in rows:  # plain numbers, empty for n/a; accuracies rounded as in the table
-            writer.writerow({**{k: r[k] for k in SETTING_COLUMNS}, **{k: "" if r[k] is None else round(r[k], 2) for k in accuracies}})
+            writer.writerow({**{k: r[k] for k in SETTING_COLUMNS}, **{k: "" if r[k] is None else round(r[k], 2) for k in accuracies}, "teacher_test_accuracy": teacher})
 
 
 def _plot(rows, path: Path, teacher_accuracy) -> bool:
@@ -346,7 +347,7 @@ def write_report(rows, out_dir, teacher_accuracy=None, unfinished: int = 0) -> s
     text = _markdown(rows, teacher_accuracy, unfinished)
     try:
         (out / "results.md").write_text(text)
-        _write_csv(rows, out / "results.csv")
+        _write_csv(rows, out / "results.csv", teacher_accuracy)
         plotted = _plot(rows, out / "results.png", teacher_accuracy)
         if not plotted:  # an older plot beside the new table would show other runs
             (out / "results.png").unlink(missing_ok=True)

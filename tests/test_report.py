@@ -289,6 +289,7 @@ def test_write_report_writes_table_csv_and_png(tmp_path):
     assert [r["temperature"] for r in rows] == ["", "10.0", "30.0"]
     assert float(rows[0]["mean"]) == 74.48 and rows[2]["std"] == ""
     assert float(rows[1]["ci_low"]) < float(rows[1]["delta"]) < float(rows[1]["ci_high"])
+    assert {r["teacher_test_accuracy"] for r in rows} == {"95.21"}
     png = tmp_path / "report" / "results.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -305,6 +306,7 @@ def test_a_report_of_runs_with_held_out_images_shows_their_accuracy_beside_the_t
     with open(tmp_path / "report" / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [(float(r["val_mean"]), float(r["val_std"]), float(r["mean"])) for r in rows] == [(71.0, 1.41, 70.0), (73.0, 1.41, 71.0)]
+    assert [r["teacher_test_accuracy"] for r in rows] == ["", ""]  # these runs record no teacher
 
 
 def test_a_model_without_held_out_images_shows_no_validation_accuracy_beside_one_with(tmp_path):
