@@ -131,7 +131,7 @@ class DistillOptions:
 class StudentConfig(DistillOptions, TrainOptions):
     model: str = "lenet5"  # architecture name (see `kdcli models`)
     seed: int = 777  # initialisation and batch order (views come from the cache)
-    temperature: float = 4.0  # softmax temperature T of the soft targets (> 0)
+    temperature: float = 4.0  # softmax temperature T of the soft targets (> 0, at most 10,000)
     out: str = "runs/student"  # run folder: config.json, metrics.jsonl, checkpoint.pt, summary.json
 
     def check(self):
