@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 
 Device = Literal["auto", "cuda", "mps", "cpu"]  # --device; auto: cuda, then mps, then cpu
 Precision = Literal["bf16", "fp16", "off"]  # --amp: the autocast dtype on CUDA, or none
+DATA_DIR = "data"  # --data-dir's default: relative, so each project has its own copy
 
 # Options that runs written by an earlier kdcli do not record, and the value those runs trained as: a
 # resumed or reported old run compares as this value, not as a different option.

@@ -19,7 +19,7 @@ from typing import Literal
 
 import typer
 
-from kdcli import Device, Interrupted, KdcliError, __version__, count
+from kdcli import DATA_DIR, Device, Interrupted, KdcliError, __version__, count
 
 app = typer.Typer(
     add_completion=False,
@@ -132,7 +132,8 @@ def with_images_of_inputs(options: dict, given: set) -> dict:
     """--data-dir and --subset, where not given, are those the teacher's run or the cache recorded: a dump labels,
     and a student learns, the images its teacher was trained on. Said even with --quiet: nothing else shows it."""
     from kdcli.config import flag
-    from kdcli.runs import options_of_inputs, recorded_data_dir
+    from kdcli.data import recorded_data_dir
+    from kdcli.runs import options_of_inputs
 
     read = {k: v for k, v in options_of_inputs(options).items() if k not in given and v != options[k]}
     if read:
@@ -145,11 +146,15 @@ def with_images_of_inputs(options: dict, given: set) -> dict:
 
 def recorded_back(cls, options: dict, given: set) -> dict:
     """--resume: every option not given on the command line is the one the run in --out started with."""
+    from kdcli.data import recorded_data_dir
     from kdcli.runs import recorded_options
 
     hints = typing.get_type_hints(cls)
     recorded = recorded_options(options["out"], options)
-    return {k: tuple(v) if typing.get_origin(hints[k]) is tuple else v for k, v in recorded.items() if k in options and k not in given}
+    back = {k: tuple(v) if typing.get_origin(hints[k]) is tuple else v for k, v in recorded.items() if k in options and k not in given}
+    if "data_dir" in back:  # a run moved, or resumed from another folder: its relative --data-dir names another folder
+        recorded_data_dir(back, f"the run in {options['out']}", default=options["data_dir"])
+    return back
 
 
 def make_config(cls, options):
@@ -295,7 +300,7 @@ def evaluate(
 
 
 def _said_read_back(given: str, data_dir: str, source: str):
-    if not given and data_dir != "data":  # what with_images_of_inputs says for the stages
+    if not given and data_dir != DATA_DIR:  # what with_images_of_inputs says for the stages
         typer.echo(f"--data-dir {data_dir}: as {source} recorded (pass another to override)", err=True)
 
 
@@ -311,6 +316,7 @@ def cache_info(
     """Print a cache's metadata, shapes and size; with --verify, check its logits against the teacher."""
     from kdcli.cache import cache_info as read_info
     from kdcli.cache import verify_cache
+    from kdcli.data import recorded_data_dir
 
     with errors_as_one_line():
         info = read_info(path)
@@ -321,8 +327,9 @@ def cache_info(
         for key, value in sorted(info["attrs"].items()):
             typer.echo(f"  {key:<22} {value}")
         if verify:
-            v = verify_cache(path, teacher, verify, device, data_dir or None, download)
-            _said_read_back(data_dir, v["data_dir"], f"the cache {path}")
+            images = data_dir or recorded_data_dir(info["attrs"]["config"], f"the cache {path}")
+            _said_read_back(data_dir, images, f"the cache {path}")  # before the verdict, which may be a failure
+            v = verify_cache(path, teacher, verify, device, images, download)
             typer.echo(
                 f"{'verify':<24} ok: largest |logit difference| over {v['entries']:,} entries {v['max_difference']:.3g} "
                 f"({v['max_relative']:.2%} of an entry's largest |logit|; rounding stays under {v['tolerance']:.0%})"

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kdcli import KdcliError
+from kdcli import DATA_DIR, KdcliError
 
 BATCH_FOLDER = "cifar-10-batches-py"
 TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
@@ -61,7 +61,7 @@ class Cifar10:
         return len(CLASSES)
 
 
-def load_cifar10(data_dir="data", device="cpu", subset=None, download=True, val_size=0) -> Cifar10:
+def load_cifar10(data_dir=DATA_DIR, device="cpu", subset=None, download=True, val_size=0) -> Cifar10:
     """Load CIFAR-10 from `data_dir` (downloading it if missing and allowed); the first `subset` training
     images, of which the last `val_size` are held out as a validation set."""
     folder = Path(data_dir) / BATCH_FOLDER
@@ -101,6 +101,16 @@ def load_cifar10(data_dir="data", device="cpu", subset=None, download=True, val_
         fingerprint=fingerprint(train_images, train_labels),
         official=not mismatched,
     )
+
+
+def recorded_data_dir(recorded: dict, source: str, default: str = DATA_DIR) -> str:
+    """The --data-dir `source` (a run, a cache) recorded, for a command not given one; `default` where it recorded
+    none. A recorded folder missing here is refused, not replaced by the default: that would be other images, or a
+    download of them (a relative path is relative to where that stage ran)."""
+    data_dir = recorded.get("data_dir") or default
+    if data_dir != default and not Path(data_dir).is_dir():
+        raise KdcliError(f"--data-dir {data_dir}, as {source} recorded, is not a folder here: pass --data-dir, the folder holding its images")
+    return data_dir
 
 
 def resolve_device(name: str) -> torch.device:

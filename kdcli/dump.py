@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from kdcli import Device, Interrupted, KdcliError, Precision, StopOnSignal, augment, cache
+from kdcli import DATA_DIR, Device, Interrupted, KdcliError, Precision, StopOnSignal, augment, cache
 from kdcli.checkpoint import read_checkpoint, resolve, training_reached
 from kdcli.config import check_choices, check_seed, require_at_least_one
 from kdcli.data import fingerprint, load_cifar10, resolve_device
@@ -40,7 +40,7 @@ class DumpConfig:
     batch_size: int = 1024  # images per teacher forward pass (4096: 7% more img/s on an H100, yet 300 epochs took as long)
     dtype: Literal["float16", "float32"] = "float16"  # logits storage: float16 halves the file (~350 MB for 300 epochs)
     out: str = "cache/logits.h5"  # cache file; an unfinished one with the same settings is resumed
-    data_dir: str = "data"  # folder holding cifar-10-batches-py/ (not given: the teacher's)
+    data_dir: str = DATA_DIR  # folder holding cifar-10-batches-py/ (not given: the teacher's)
     download: bool = True  # fetch CIFAR-10 when it is missing
     subset: int | None = None  # use only the first N training images (not given: the teacher's)
     device: Device = "auto"  # auto: cuda, then mps, then cpu
@@ -153,16 +153,30 @@ def _trained_on_these(teacher_state: dict, data, config: DumpConfig) -> bool:
     not. Its logits on images it never saw are a transfer set: a choice, or a --data-dir given by mistake."""
     recorded = teacher_state.get("train_fingerprint")
     n = (teacher_state.get("train_images") or 0) + (teacher_state.get("config") or {}).get("val_size", 0)  # before its split
-    if recorded is None or not 0 < n <= len(data.train_labels):
-        return True  # an older checkpoint, or it trained on more images than these: nothing to compare
-    if (data.fingerprint if n == len(data.train_labels) else fingerprint(data.train_images[:n], data.train_labels[:n])) == recorded:
+    if recorded is None or not n:
+        return True  # a checkpoint of before 2026-11-27: nothing to compare
+    if n <= len(data.train_labels):
+        labelled = data.fingerprint if n == len(data.train_labels) else fingerprint(data.train_images[:n], data.train_labels[:n])
+    else:  # it trained on more images than the dump labels (--subset): compare the first n of the folder
+        labelled = _fingerprint_of_first(config.data_dir, n)
+    if labelled == recorded:
         return True
     warnings.warn(
-        f"the teacher {config.teacher} trained on other images than those in {config.data_dir}: it labels images it never saw "
-        "(pass its --data-dir, unless a transfer set is what you want)",
+        f"the teacher {config.teacher} trained on other images than those now in {config.data_dir}: it labels images it never saw "
+        "(pass the --data-dir it trained on, unless a transfer set is what you want)",
         stacklevel=2,
     )
     return False
+
+
+def _fingerprint_of_first(data_dir, n: int) -> str | None:
+    """The fingerprint of the first n training images in data_dir; None where it holds fewer."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # what the folder holds was said as the dump loaded it
+        try:
+            return load_cifar10(data_dir, "cpu", n, download=False).fingerprint
+        except KdcliError:
+            return None
 
 
 def _create_cache(config: DumpConfig, label, data, attrs: dict, teacher_path):

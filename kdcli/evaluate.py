@@ -12,9 +12,8 @@ import torch
 
 from kdcli import KdcliError, as_recorded_now, augment
 from kdcli.checkpoint import load_checkpoint, resolve, training_reached
-from kdcli.data import load_cifar10, resolve_device
+from kdcli.data import fingerprint, load_cifar10, recorded_data_dir, resolve_device
 from kdcli.models import canonical_name, create_model
-from kdcli.runs import recorded_data_dir
 
 
 @torch.no_grad()
@@ -80,16 +79,16 @@ def model_from(state: dict, device, checkpoint_path):
     return model.eval()
 
 
-def _trained_on(data, state, checkpoint_path) -> bool:
-    """Whether the run trained on data's training images, as far as it recorded them (kdcli before 2026-11-27
-    recorded them in config.json only, beside the checkpoint)."""
+def _trained_on(images_fingerprint: str, state, checkpoint_path) -> bool:
+    """Whether the run trained on the images of this fingerprint, as far as it recorded them (kdcli before
+    2026-11-27 recorded them in config.json only, beside the checkpoint)."""
     was = state.get("train_fingerprint")
     if was is None:
         try:
             was = json.loads((resolve(checkpoint_path).parent / "config.json").read_text()).get("train_fingerprint")
         except (OSError, ValueError, AttributeError):  # no, or no readable, config.json beside it: nothing to check
             pass
-    return was is None or was == data.fingerprint
+    return was is None or was == images_fingerprint
 
 
 def evaluate(checkpoint_path, data_dir=None, device="auto", download=True) -> dict:
@@ -100,12 +99,13 @@ def evaluate(checkpoint_path, data_dir=None, device="auto", download=True) -> di
     config = state.get("config", {})
     if data_dir is None:
         data_dir = recorded_data_dir(config, f"the run of {checkpoint_path}")
-    held_out = config.get("val_size", 0)
-    data = load_cifar10(data_dir, dev, config.get("subset"), download, held_out)  # its own images: it may hold out some
-    if not _trained_on(data, state, checkpoint_path):
+    data = load_cifar10(data_dir, dev, download=download)  # every image: the test set does not depend on the run's --subset
+    n, held_out = config.get("subset") or len(data.train_labels), config.get("val_size", 0)  # it trained on the first n, less the last held_out
+    images, labels = data.train_images[:n], data.train_labels[:n]
+    if n > len(data.train_labels) or not _trained_on(fingerprint(images, labels), state, checkpoint_path):
         warnings.warn(
-            f"{checkpoint_path} was trained on other images than those in {data_dir}, so its test set may be another too"
-            + (" (its held-out accuracy is left out)" if held_out else "") + ": pass its --data-dir"
+            f"{checkpoint_path} was trained on other images than those now in {data_dir}, so its test set may be another too"
+            + (" (its held-out accuracy is left out)" if held_out else "") + ": pass the --data-dir it trained on"
         )
         held_out = 0
     amp = recorded_precision(state)
@@ -114,5 +114,5 @@ def evaluate(checkpoint_path, data_dir=None, device="auto", download=True) -> di
     accuracy = top1(logits, data.test_labels)
     result = {"model": canonical_name(state["model_name"]), "epoch": state.get("epoch"), "trained": training_reached(state), "test_accuracy": accuracy, "per_class": per_class, "data_dir": data_dir}
     if held_out:
-        result.update(val_accuracy=top1(predict(model, data.val_images, amp), data.val_labels), val_size=held_out)
+        result.update(val_accuracy=top1(predict(model, images[n - held_out :], amp), labels[n - held_out :]), val_size=held_out)
     return result

@@ -1,7 +1,10 @@
 """The state of S runs trained together, and what is done to it: a step, an epoch, a checkpoint.
 
     group = Group(runs, data, device)           # S runs of one architecture and one schedule
-    seconds = group.train_epoch(stop); group.end_epoch(seconds); group.save_all()
+    group.start_folders()  or  group.load(checkpoints)
+    while group.epoch < epochs:
+        group.end_epoch(group.train_epoch(stop))  # evaluates, logs, and checkpoints when due
+    group.write_summaries()
 
 S = 1 for a teacher or a single student. Each run has its own seed (initialisation
 and batch order), its own augmentation and soft targets, its own temperature and
@@ -33,7 +36,7 @@ from kdcli.stack import GraphedStep, ModelStack, split_optimizer_state, stack_op
 
 
 class TrainingInterrupted(Interrupted):
-    """Ctrl-C or SIGTERM: the run stopped at a step boundary and saved a checkpoint it can resume from."""
+    """Ctrl-C or SIGTERM: the run stopped at a step boundary, with a checkpoint to resume from where it trained any step."""
 
 
 class Group:

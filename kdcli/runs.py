@@ -288,16 +288,6 @@ def options_of_inputs(options: dict) -> dict:
     return {k: recorded[k] for k in IMAGES if k in recorded}
 
 
-def recorded_data_dir(recorded: dict, source: str, default: str = "data") -> str:
-    """The --data-dir `source` (a run, a cache) recorded, for a command not given one; `default` where it recorded
-    none. A recorded folder missing here is refused, not replaced by the default: that would be other images, or a
-    download of them (a relative path is relative to where that stage ran)."""
-    data_dir = recorded.get("data_dir") or default
-    if data_dir != default and not Path(data_dir).is_dir():
-        raise KdcliError(f"--data-dir {data_dir}, as {source} recorded, is not a folder here: pass --data-dir, the folder holding its images")
-    return data_dir
-
-
 def _kdcli_config(out: Path) -> dict:
     """The config.json a kdcli run wrote in `out` (it records kdcli_version), or {}: none, or another program's."""
     try:

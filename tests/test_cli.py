@@ -177,7 +177,7 @@ def test_evaluate_reads_the_runs_images_back_and_warns_on_others(tmp_path, teach
     other = write_cifar_folder(tmp_path / "other", seed=1)
     result = kdcli("evaluate", out, "--device", "cpu", "--no-download", "--data-dir", other)
     assert result.exit_code == 0 and "top-1 on the test set" in result.stdout
-    assert f"warning: {out} was trained on other images than those in {other}, so its test set may be another too: pass its --data-dir" in result.stderr
+    assert f"warning: {out} was trained on other images than those now in {other}, so its test set may be another too: pass the --data-dir it trained on" in result.stderr
 
 
 def test_dump_logits_quiet_draws_no_progress_bar(tmp_path, teacher_run, data_dir):
@@ -586,6 +586,8 @@ def test_a_recorded_data_dir_missing_here_is_refused_not_replaced_by_the_default
     assert not (tmp_path / "c.h5").exists()
     given = kdcli("dump-logits", "--teacher", "a/teacher", "--epochs", 1, "--out", "c.h5", "--device", "cpu", "--no-download", "--data-dir", "a/images")
     assert given.exit_code == 0 and "--subset 100: as the teacher's run a/teacher recorded" in given.stderr
+    resumed = kdcli("train-teacher", "--out", "a/teacher", "--resume", "--no-download")  # make's --resume, from another folder
+    assert_clean_error(resumed, "--data-dir images, as the run in a/teacher recorded, is not a folder here: pass --data-dir", codes=(1,))
 
 
 @pytest.mark.parametrize("text", ["x: 1\n", '{"lr": 3}\n'], ids=["yaml", "json"])

@@ -158,6 +158,22 @@ def test_float16_by_default_and_verify_cache(tmp_path, reference, teacher, data_
         cache.verify_cache(cfg.out, teacher, k=64, device="cpu", data_dir=data_dir)
 
 
+@pytest.mark.parametrize("precision, tolerance", [("bfloat16", 0.10), ("float16", 0.10), (None, 0.10), ("float32", 0.02)])
+def test_verify_allows_the_rounding_of_the_precision_the_dump_labelled_in(tmp_path, teacher, data_dir, precision, tolerance):
+    """A GPU's bf16 cache checked on a CPU (in float32) differs by more than rounding to float16; None: a cache of
+    before teacher_precision was recorded, whose --amp said bf16."""
+    cfg = config(tmp_path, teacher, data_dir, epochs=1)
+    dump_logits(cfg, progress=False)
+    with h5py.File(cfg.out, "r+") as f:
+        f.attrs.pop("teacher_precision") if precision is None else f.attrs.modify("teacher_precision", precision)
+        f["logits"][0] = f["logits"][0] * 1.06  # 5.7% off: within the low precisions' tolerance, beyond float32's
+    if precision == "float32":
+        with pytest.raises(KdcliError, match="rounding stays under 2%"):
+            cache.verify_cache(cfg.out, teacher, k=32, device="cpu", data_dir=data_dir)
+    else:
+        assert cache.verify_cache(cfg.out, teacher, k=32, device="cpu", data_dir=data_dir)["tolerance"] == tolerance
+
+
 def test_a_teacher_checkpoint_replaced_during_the_dump_is_not_the_one_recorded(tmp_path, teacher, data_dir, monkeypatch):
     """A teacher still training saves a checkpoint every epoch; one saved while the dump loads its data must
     not give the cache the new file's sha256 for the old weights' logits (verify would call it damaged)."""
@@ -302,9 +318,10 @@ def test_a_teacher_of_other_images_is_warned_of_and_said_to_have_seen_none_of_th
     dump_logits(config(tmp_path, tmp_path / "t", data_dir, epochs=1, subset=50, force=True), progress=False)
     assert cache.cache_info(tmp_path / "c.h5")["attrs"]["teacher_train_images"] == 50  # of the 50 labelled, not 80
     other = write_cifar_folder(tmp_path / "other", seed=1)
-    with pytest.warns(UserWarning, match=r"the teacher .*t trained on other images than those in .*other: it labels images it never saw"):
-        dump_logits(config(tmp_path, tmp_path / "t", other, epochs=1, force=True), progress=False)
-    assert cache.cache_info(tmp_path / "c.h5")["attrs"]["teacher_train_images"] == 0
+    for subset in (None, 50):  # 50: fewer images than it trained on, compared all the same
+        with pytest.warns(UserWarning, match=r"the teacher .*t trained on other images than those now in .*other: it labels images it never saw"):
+            dump_logits(config(tmp_path, tmp_path / "t", other, epochs=1, subset=subset, force=True), progress=False)
+        assert cache.cache_info(tmp_path / "c.h5")["attrs"]["teacher_train_images"] == 0
 
 
 def test_cache_of_other_settings_refused(tmp_path, teacher, data_dir):

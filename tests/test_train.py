@@ -1,4 +1,4 @@
-"""kdcli.train: run folders, determinism, exact resume, schedules, stacked students, evaluation, bad losses.
+"""kdcli.train and kdcli.group: run folders, determinism, exact resume, stacked students, evaluation, bad losses.
 
 Every run is LeNet-5 on the 200-image session data on the CPU: 4 steps of 64 images per epoch.
 """
@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import typing
 from dataclasses import fields
 from unittest.mock import ANY
 
@@ -28,7 +27,7 @@ from kdcli.evaluate import autocast_dtype, evaluate, load_model, predict
 from kdcli.group import TrainingInterrupted
 from kdcli.losses import distillation_loss
 from kdcli.models import create_model
-from kdcli.optimizer import SCHEDULES, learning_rate
+from kdcli.optimizer import learning_rate
 from kdcli.runs import LOCK, DrawnAugmentation, Run, claim_folder, git_commit
 from kdcli.stack import ModelStack
 from kdcli.train import train_runs, train_student, train_teacher
@@ -238,9 +237,12 @@ def test_evaluate_finds_the_held_out_images_of_a_run_on_a_subset(tmp_path, data_
     other = write_cifar_folder(tmp_path / "other", seed=1)  # its held-out images would be other images
     for given in (tmp_path / "run", tmp_path / "copy.pt"):  # the checkpoint records them: a copy elsewhere is checked too
         shutil.copy(tmp_path / "run" / CHECKPOINT, tmp_path / "copy.pt")
-        with pytest.warns(UserWarning, match=r"was trained on other images than those in .*other, so its test set may be another too \(its held-out accuracy is left out\)"):
+        with pytest.warns(UserWarning, match=r"was trained on other images than those now in .*other, so its test set may be another too \(its held-out accuracy is left out\)"):
             elsewhere = evaluate(given, other, device="cpu", download=False)
         assert "val_accuracy" not in elsewhere and elsewhere["test_accuracy"] >= 0
+    fewer = write_cifar_folder(tmp_path / "fewer", train_per_batch=10)  # 50 training images: fewer than its --subset 150
+    with pytest.warns(UserWarning, match="was trained on other images than those now in .*fewer"):
+        assert "val_accuracy" not in evaluate(tmp_path / "run", fewer, device="cpu", download=False)
 
 
 def test_a_run_without_a_validation_split_reports_no_validation_accuracy(finished):
@@ -580,40 +582,6 @@ def test_milestones_beyond_the_last_epoch_warn(tmp_path, data_dir):
 def test_nesterov_with_adam_warns(tmp_path, data_dir):
     with pytest.warns(UserWarning, match="--nesterov does nothing with --optimizer adam"):
         config(tmp_path, "run", data_dir, optimizer="adam", nesterov=True).warn_ineffective()
-
-
-def schedule(name, epochs=10, **options):
-    cfg = TeacherConfig(epochs=epochs, lr=0.1, scheduler=name, **options)
-    return lambda t: learning_rate(cfg, t)
-
-
-def test_multistep_schedule():
-    lr = schedule("multistep", lr_milestones=(3, 6), lr_gamma=0.1)
-    assert [lr(t) for t in (0, 2.99, 3, 5.5, 6, 9.99)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
-
-
-def test_cosine_schedule():
-    lr = schedule("cosine")
-    assert lr(0) == pytest.approx(0.1) and lr(5) == pytest.approx(0.05) and lr(10) == pytest.approx(0, abs=1e-12)
-    values = [lr(t / 10) for t in range(101)]
-    assert values == sorted(values, reverse=True)
-
-
-def test_onecycle_schedule():
-    lr = schedule("onecycle")
-    assert lr(0) == pytest.approx(0.1 / 25) and lr(3) == pytest.approx(0.1) and lr(10) == pytest.approx(0, abs=1e-12)
-    warmup, decay = [lr(t / 10) for t in range(31)], [lr(t / 10) for t in range(30, 101)]
-    assert warmup == sorted(warmup) and decay == sorted(decay, reverse=True)
-    assert max(lr(t / 100) for t in range(1001)) == pytest.approx(0.1)
-
-
-def test_constant_schedule():
-    lr = schedule("none")
-    assert {lr(t / 10) for t in range(101)} == {0.1}
-
-
-def test_every_scheduler_the_option_offers_has_a_schedule():
-    assert set(SCHEDULES) == set(typing.get_args(typing.get_type_hints(TeacherConfig)["scheduler"]))
 
 
 # ---------------------------------------------------------------- students trained together

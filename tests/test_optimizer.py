@@ -1,0 +1,43 @@
+"""kdcli.optimizer: the learning-rate schedules, as pure functions of the fractional epoch.
+(That every training step uses them, and the optimizer asked for: test_train.py.)"""
+
+import typing
+
+import pytest
+
+from kdcli.config import TeacherConfig
+from kdcli.optimizer import SCHEDULES, learning_rate
+
+
+def schedule(name, epochs=10, **options):
+    cfg = TeacherConfig(epochs=epochs, lr=0.1, scheduler=name, **options)
+    return lambda t: learning_rate(cfg, t)
+
+
+def test_multistep_schedule():
+    lr = schedule("multistep", lr_milestones=(3, 6), lr_gamma=0.1)
+    assert [lr(t) for t in (0, 2.99, 3, 5.5, 6, 9.99)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+
+
+def test_cosine_schedule():
+    lr = schedule("cosine")
+    assert lr(0) == pytest.approx(0.1) and lr(5) == pytest.approx(0.05) and lr(10) == pytest.approx(0, abs=1e-12)
+    values = [lr(t / 10) for t in range(101)]
+    assert values == sorted(values, reverse=True)
+
+
+def test_onecycle_schedule():
+    lr = schedule("onecycle")
+    assert lr(0) == pytest.approx(0.1 / 25) and lr(3) == pytest.approx(0.1) and lr(10) == pytest.approx(0, abs=1e-12)
+    warmup, decay = [lr(t / 10) for t in range(31)], [lr(t / 10) for t in range(30, 101)]
+    assert warmup == sorted(warmup) and decay == sorted(decay, reverse=True)
+    assert max(lr(t / 100) for t in range(1001)) == pytest.approx(0.1)
+
+
+def test_constant_schedule():
+    lr = schedule("none")
+    assert {lr(t / 10) for t in range(101)} == {0.1}
+
+
+def test_every_scheduler_the_option_offers_has_a_schedule():
+    assert set(SCHEDULES) == set(typing.get_args(typing.get_type_hints(TeacherConfig)["scheduler"]))
