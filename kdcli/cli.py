@@ -220,7 +220,7 @@ def _train_teacher(config):
     from kdcli.train import train_teacher
 
     summary = train_teacher(config)
-    typer.echo(f"teacher {summary['model']}: {_accuracy(summary)} after {count(summary['epochs'], 'epoch')} -> {config.out}")
+    typer.echo(f"teacher {summary['model']}: {_accuracy(summary)} after {count(summary['epochs'], 'epoch')} -> {config.out}{_kept(summary)}")
 
 
 def _train_student(config):
@@ -229,7 +229,11 @@ def _train_student(config):
 
     summary = train_student(config)
     setting = f"T={config.temperature:g} w={config.distillation_weight:g}" if config.distillation_weight else "baseline (no teacher)"
-    typer.echo(f"student {summary['model']} {setting}: {_accuracy(summary)} after {count(summary['epochs'], 'epoch')} -> {config.out}")
+    typer.echo(f"student {summary['model']} {setting}: {_accuracy(summary)} after {count(summary['epochs'], 'epoch')} -> {config.out}{_kept(summary)}")
+
+
+def _kept(summary) -> str:
+    return " (finished already, kept: --force trains it again)" if summary.get("kept") else ""
 
 
 def _accuracy(summary) -> str:

@@ -59,8 +59,8 @@ def _train_claimed(runs, data, device, teacher, progress, stop, alone) -> list:
     for r, state in zip(runs, states):
         if state is not None:  # resumed, or finished and kept: the same images and soft targets as before
             check_same_inputs(r)
-    if all(s == "done" for s in states):
-        return [read_json(r.dir / "summary.json") for r in runs]
+    if all(s == "done" for s in states):  # kept (--resume): "kept" tells the caller nothing trained now
+        return [{**read_json(r.dir / "summary.json"), "kept": True} for r in runs]
     if any(s == "done" for s in states) or len({((s or {}).get("epoch", 0), (s or {}).get("step", 0)) for s in states}) > 1:
         raise KdcliError("runs trained together must all be at the same epoch and step; train them separately")
     if alone:

@@ -415,6 +415,7 @@ def test_allow_partial_given_to_a_run_of_a_complete_cache_changes_nothing(tmp_pa
     before = snapshot(tmp_path / "run")
     result = kdcli(*student_args(data_dir, cache, tmp_path / "run", "--resume", "--allow-partial"))
     assert result.exit_code == 0 and snapshot(tmp_path / "run") == before, result.output
+    assert "(finished already, kept: --force trains it again)" in result.stdout
 
 
 def test_a_student_whose_cache_was_dumped_again_shorter_is_sent_back_to_its_cache(tmp_path, data_dir, teacher, student):

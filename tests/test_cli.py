@@ -322,6 +322,7 @@ def test_a_refused_or_kept_run_is_not_warned_about_its_milestones(teacher_run, d
     assert "warning: --lr-milestones" not in kdcli(*teacher_args(data_dir, out)).stderr  # finished: refused
     kept = kdcli(*teacher_args(data_dir, out, "--resume"))
     assert kept.exit_code == 0 and "warning: --lr-milestones" not in kept.stderr
+    assert kept.stdout.endswith(f"-> {out} (finished already, kept: --force trains it again)\n")
 
 
 @pytest.mark.parametrize(
