@@ -151,10 +151,10 @@ def _images_seen(teacher_state: dict, n: int) -> int:
 def _trained_on_these(teacher_state: dict, data, config: DumpConfig) -> bool:
     """Whether the teacher trained on the first of these images, as far as its checkpoint says; a warning where
     not. Its logits on images it never saw are a transfer set: a choice, or a --data-dir given by mistake."""
-    recorded = teacher_state.get("train_fingerprint")
-    n = (teacher_state.get("train_images") or 0) + (teacher_state.get("config") or {}).get("val_size", 0)  # before its split
-    if recorded is None or not n:
+    recorded, trained = teacher_state.get("train_fingerprint"), teacher_state.get("train_images")
+    if recorded is None or not trained:
         return True  # a checkpoint of before 2026-11-27: nothing to compare
+    n = trained + (teacher_state.get("config") or {}).get("val_size", 0)  # its images before its split
     if n <= len(data.train_labels):
         labelled = data.fingerprint if n == len(data.train_labels) else fingerprint(data.train_images[:n], data.train_labels[:n])
     else:  # it trained on more images than the dump labels (--subset): compare the first n of the folder
