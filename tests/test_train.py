@@ -457,7 +457,7 @@ def test_finished_run_is_refused_without_force(tmp_path, data_dir, finished):
     shutil.copytree(run_dir, tmp_path / "run")
     with pytest.raises(KdcliError, match="holds a finished run.*--force"):  # "finished run" alone matches "unfinished run"
         teach(config(tmp_path, "run", data_dir))
-    assert teach(config(tmp_path, "run", data_dir, resume=True)) == summary  # nothing left to train
+    assert teach(config(tmp_path, "run", data_dir, resume=True)) == {**summary, "kept": True}  # nothing left to train
 
 
 def test_unfinished_run_is_refused_without_resume(tmp_path, data_dir, monkeypatch):
