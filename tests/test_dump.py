@@ -308,6 +308,7 @@ def test_a_teacher_of_other_images_is_warned_of_and_said_to_have_seen_none_of_th
     """The teacher of the first 100 images (20 held out) labels all 200 of its data without a word, and the
     images of another folder with a warning: the cache must not say it trained on any of those."""
     from conftest import write_cifar_folder
+
     from kdcli.config import TeacherConfig
     from kdcli.train import train_teacher
 
@@ -515,3 +516,39 @@ def test_a_batch_norm_teacher_labels_in_eval_mode(tmp_path, data_dir):
         aug, logits = c.epoch(0)
         torch.testing.assert_close(c.clean_logits, model(augment.normalize(data.train_images)), atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(logits, model(augment.normalize(augment.apply(data.train_images, aug))), atol=1e-4, rtol=1e-4)
+
+
+# ---------------------------------------------------------------- found by mutation testing (2026-11-27)
+
+
+def test_verify_fails_a_cache_damaged_in_any_epoch_not_only_the_last_checked(tmp_path, teacher, data_dir):
+    cfg = config(tmp_path, teacher, data_dir, epochs=2)
+    dump_logits(cfg, progress=False)
+    path = cfg.out
+    with h5py.File(path, "r+") as f:
+        f["logits"][0] = f["logits"][0] * 1.05  # epoch 0 of 2
+    with pytest.raises(KdcliError, match="fails verification"):
+        cache.verify_cache(path, teacher, k=400, device="cpu", data_dir=data_dir, download=False)
+
+
+def test_verify_reads_the_dumps_images_back_when_not_given(tmp_path, teacher, data_dir):
+    cfg = config(tmp_path, teacher, data_dir, epochs=1)
+    dump_logits(cfg, progress=False)
+    path = cfg.out
+    assert cache.verify_cache(path, teacher, k=8, device="cpu", download=False)["data_dir"] == str(data_dir)
+
+
+def test_a_teacher_of_more_images_than_the_folder_holds_is_warned_of(tmp_path, data_dir):
+    from conftest import write_cifar_folder
+
+    from kdcli.config import TeacherConfig
+    from kdcli.train import train_teacher
+
+    train_teacher(TeacherConfig(model="lenet5", epochs=1, lr_milestones=(), batch_size=64, device="cpu", quiet=True,
+                                data_dir=str(data_dir), out=str(tmp_path / "t")), progress=False)  # all 200 images  # fmt: skip
+    fewer = write_cifar_folder(tmp_path / "fewer", seed=1, train_per_batch=10)  # 50 other images
+    with pytest.warns(UserWarning, match="it labels images it never saw"):
+        cfg = config(tmp_path, tmp_path / "t", fewer, epochs=1)
+        dump_logits(cfg, progress=False)
+    path = cfg.out
+    assert cache.cache_info(path)["attrs"]["teacher_train_images"] == 0

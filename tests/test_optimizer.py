@@ -41,3 +41,9 @@ def test_constant_schedule():
 
 def test_every_scheduler_the_option_offers_has_a_schedule():
     assert set(SCHEDULES) == set(typing.get_args(typing.get_type_hints(TeacherConfig)["scheduler"]))
+
+
+def test_onecycle_warms_up_linearly_to_the_peak():
+    cfg = TeacherConfig(epochs=10, lr=0.1, scheduler="onecycle")
+    assert learning_rate(cfg, 1.5) == pytest.approx(0.1 * (0.04 + 0.96 * 0.5))
+    assert learning_rate(cfg, 3 - 1e-9) == pytest.approx(0.1)  # no jump where the decay starts

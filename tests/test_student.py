@@ -5,7 +5,9 @@ the steps it would take with its teacher run online on the same views.
 """
 
 import json
+import warnings
 
+import h5py
 import pytest
 import torch
 
@@ -258,3 +260,55 @@ def test_cache_of_other_data_is_refused(tmp_path, data_dir, cache_path):
     with pytest.raises(KdcliError, match="run dump-logits on it"):
         train_student(student(tmp_path, data_dir, cache_path, subset=100), progress=False)
     assert not (tmp_path / "s" / "checkpoint.pt").exists()
+
+# ---------------------------------------------------------------- found by mutation testing (2026-11-27)
+
+
+def dump(tmp_path, teacher, data_dir, **options):
+    defaults = dict(epochs=2, dtype="float32", batch_size=64, device="cpu", download=False, quiet=True, out=str(tmp_path / "c.h5"))
+    config = DumpConfig(teacher=str(teacher), data_dir=str(data_dir), **{**defaults, **options})
+    dump_logits(config, progress=False)
+    return config.out
+
+
+def warned(record, words):
+    return [str(w.message) for w in record if words in str(w.message)]
+
+
+@pytest.fixture(scope="module")
+def lenet_teacher(tmp_path_factory):
+    torch.manual_seed(0)
+    model = create_model("lenet5")
+    with torch.no_grad():
+        model.fc3.weight.mul_(50)
+    folder = tmp_path_factory.mktemp("teacher")
+    torch.save({"model": model.state_dict(), "model_name": "lenet5", "num_classes": 10, "config": {}, "epoch": 1}, folder / "checkpoint.pt")
+    return folder
+
+
+def test_a_student_of_as_many_epochs_as_cached_is_not_warned(tmp_path, lenet_teacher, data_dir):
+    path = dump(tmp_path, lenet_teacher, data_dir)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        train_student(student(tmp_path, data_dir, path, epochs=2), progress=False)
+    assert warned(record, "reuses cached epoch") == []
+
+
+def test_a_cache_of_before_val_size_counts_as_labelled_by_a_teacher_of_every_image(tmp_path, lenet_teacher, data_dir):
+    path = dump(tmp_path, lenet_teacher, data_dir, epochs=1)
+    with h5py.File(path, "r+") as f:
+        del f.attrs["teacher_train_images"]  # as kdcli wrote caches before --val-size
+    with pytest.warns(UserWarning, match="trained on 50 of the 50 images --val-size holds out"):
+        train_student(student(tmp_path, data_dir, path, val_size=50), progress=False)
+
+
+def test_a_student_holding_out_fewer_images_than_its_teacher_did_is_not_warned(tmp_path, data_dir):
+    # the teacher trains on the first 150 of the 200 images; the student on the first 180
+    train_teacher(TeacherConfig(model="lenet5", epochs=1, lr_milestones=(), batch_size=64, val_size=50, device="cpu", quiet=True,
+                                data_dir=str(data_dir), out=str(tmp_path / "t")), progress=False)  # fmt: skip
+    path = dump(tmp_path, tmp_path / "t", data_dir, epochs=1)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        train_student(student(tmp_path, data_dir, path, val_size=20), progress=False)
+    assert warned(record, "--val-size holds out") == []
+    assert json.loads((tmp_path / "s" / "config.json").read_text())["teacher_saw_val_images"] == 0

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 from dataclasses import fields
+from types import SimpleNamespace
 from unittest.mock import ANY
 
 import pytest
@@ -19,10 +20,10 @@ import torch
 from conftest import write_cifar_folder
 
 import kdcli.group as group_module
-from kdcli import KdcliError, StopOnSignal, __version__, as_recorded_now
+from kdcli import KdcliError, StopOnSignal, __version__, as_recorded_now, augment
 from kdcli.checkpoint import CHECKPOINT, load_checkpoint, warn_cannot_lock
 from kdcli.config import ConfigError, StudentConfig, TeacherConfig
-from kdcli.data import load_cifar10
+from kdcli.data import DATA_DIR, load_cifar10, recorded_data_dir
 from kdcli.evaluate import autocast_dtype, evaluate, load_model, predict
 from kdcli.group import TrainingInterrupted
 from kdcli.losses import distillation_loss
@@ -856,3 +857,131 @@ def test_the_summary_is_the_last_epochs(tmp_path, data_dir):
     rows = metrics(tmp_path / "run")
     assert rows[0]["train_accuracy"] != rows[-1]["train_accuracy"]  # else this test could not tell
     assert (summary["train_accuracy"], summary["test_accuracy"]) == (rows[-1]["train_accuracy"], rows[-1]["test_accuracy"])
+
+
+# ---------------------------------------------------------------- found by mutation testing (2026-11-27)
+
+
+# G07 G08 G19 G20 G23: a stacked group keeps each run's own accuracies
+def test_stacked_runs_log_save_and_resume_their_own_accuracies(tmp_path, data_dir):
+    data, cpu = load_cifar10(data_dir, val_size=50), torch.device("cpu")
+    seeds = (1, 5)  # of other test and other validation accuracies on the tiny data
+
+    def runs():
+        made = [baseline_run(tmp_path, data_dir, s, len(data.train_labels)) for s in seeds]
+        for r in made:
+            r.config.val_size, r.config.resume = 50, True
+        return made
+
+    first = train_runs(runs(), data, cpu, progress=False)
+    assert len({s["test_accuracy"] for s in first}) == len({s["val_accuracy"] for s in first}) == 2  # else this test could not tell
+    for seed, summary in zip(seeds, first):
+        row, state = metrics(tmp_path / f"seed{seed}")[-1], load_checkpoint(tmp_path / f"seed{seed}")
+        assert row["test_accuracy"] == state["test_accuracy"] == summary["test_accuracy"]
+        assert row["val_accuracy"] == state["val_accuracy"] == summary["val_accuracy"]
+        (tmp_path / f"seed{seed}" / "summary.json").unlink()  # killed after the last checkpoint, before its summary
+    again = train_runs(runs(), data, cpu, progress=False)
+    assert [(s["test_accuracy"], s["val_accuracy"]) for s in again] == [(s["test_accuracy"], s["val_accuracy"]) for s in first]
+
+
+def test_ctrl_c_in_the_step_whose_loss_is_not_finite_keeps_the_last_good_checkpoint(tmp_path, data_dir, monkeypatch):
+    call_on_step(monkeypatch, STEPS + 2, lambda value: press_ctrl_c(value * float("nan")))
+    with pytest.raises(KdcliError, match="epoch 2, step 2"):
+        teach(config(tmp_path, "run", data_dir))
+    state = load_checkpoint(tmp_path / "run")
+    assert (state["epoch"], state["step"]) == (1, 0) and all(torch.isfinite(w).all() for w in state["model"].values())
+
+
+def test_an_epoch_stopped_twice_counts_all_its_seconds(tmp_path, data_dir, monkeypatch):
+    """A fake clock: 10 s a step, nothing else takes time. Epoch 2 is stopped at its steps 1 and 3."""
+    clock = [0.0]
+    monkeypatch.setattr(group_module, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    step = group_module.Group.train_step
+
+    def tick(*args, **kwargs):
+        clock[0] += 10.0
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(group_module.Group, "train_step", tick)
+    for stop_at in (STEPS + 1, 2):  # global step 5 (epoch 2, step 1); then the 2nd step after resuming (epoch 2, step 3)
+        with monkeypatch.context() as patch:
+            call_on_step(patch, stop_at, press_ctrl_c)
+            with pytest.raises(TrainingInterrupted):
+                teach(config(tmp_path, "run", data_dir, resume=True))
+    summary = teach(config(tmp_path, "run", data_dir, resume=True))
+    assert [r["seconds"] for r in metrics(tmp_path / "run")] == [10.0 * STEPS] * 3
+    assert summary["train_seconds"] == 30.0 * STEPS
+
+
+def test_the_logged_lr_is_the_last_steps_under_a_continuous_schedule(tmp_path, data_dir):
+    cfg = config(tmp_path, "run", data_dir, epochs=2, scheduler="cosine")
+    teach(cfg)
+    assert [r["lr"] for r in metrics(tmp_path / "run")] == pytest.approx([learning_rate(cfg, e + 1 - 1 / STEPS) for e in range(2)])
+
+
+def test_a_run_crashed_before_its_first_checkpoint_resumes_with_one_line_per_epoch(tmp_path, data_dir, monkeypatch):
+    def crash(value):
+        raise RuntimeError("killed")
+
+    with monkeypatch.context() as patch:
+        call_on_step(patch, STEPS + 1, crash)  # epoch 1 logged, its checkpoint due at epoch 2 only
+        with pytest.raises(RuntimeError):
+            teach(config(tmp_path, "run", data_dir, save_every=2))
+    assert not (tmp_path / "run" / CHECKPOINT).exists() and len(metrics(tmp_path / "run")) == 1
+    teach(config(tmp_path, "run", data_dir, save_every=2, resume=True))
+    assert [r["epoch"] for r in metrics(tmp_path / "run")] == [1, 2, 3]
+
+
+def test_a_teachers_views_are_drawn_from_its_own_seed(tmp_path, data_dir, monkeypatch):
+    drawn, inputs = [], group_module.Group.epoch_inputs
+
+    def recorded(self):
+        aug, soft, order = inputs(self)
+        drawn.append(aug[0].clone())
+        return aug, soft, order
+
+    monkeypatch.setattr(group_module.Group, "epoch_inputs", recorded)
+    teach(config(tmp_path, "run", data_dir, epochs=1, seed=1))
+    assert torch.equal(drawn[0], augment.params(1, 0, 200))
+
+
+def test_quiet_prints_the_last_epoch_even_off_the_eval_every_grid(tmp_path, data_dir, capsys):
+    train_teacher(config(tmp_path, "run", data_dir, epochs=3, eval_every=2, quiet=True), progress=True)
+    assert [line.split()[1] for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")] == ["2/3", "3/3"]
+
+
+def test_negative_momentum_is_refused_and_the_largest_temperature_accepted(tmp_path, data_dir):
+    with pytest.raises(ConfigError) as error:
+        config(tmp_path, "run", data_dir, momentum=-0.5)
+    assert error.value.option == "--momentum"
+    assert config(tmp_path, "run", data_dir, cls=StudentConfig, temperature=10_000.0).temperature == 10_000.0
+
+
+def test_evaluate_checks_the_images_of_an_old_checkpoint_by_its_config_json(tmp_path, data_dir):
+    teach(config(tmp_path, "run", data_dir, epochs=1, val_size=20))
+    state = load_checkpoint(tmp_path / "run")
+    del state["train_fingerprint"]  # as kdcli saved it before 2026-11-27: config.json beside it records them
+    torch.save(state, tmp_path / "run" / CHECKPOINT)
+    other = write_cifar_folder(tmp_path / "other", seed=1)
+    with pytest.warns(UserWarning, match="was trained on other images than those now in"):
+        assert "val_accuracy" not in evaluate(tmp_path / "run", other, device="cpu", download=False)
+
+
+def test_a_recorded_default_data_dir_missing_here_is_the_default_to_download_into(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no data/ here
+    assert recorded_data_dir({"data_dir": DATA_DIR}, "the run x") == DATA_DIR
+    assert recorded_data_dir({}, "the run x") == DATA_DIR
+
+
+def test_runs_stopped_at_other_steps_of_one_epoch_are_not_trained_together(tmp_path, data_dir, monkeypatch):
+    data, cpu = load_cifar10(data_dir), torch.device("cpu")
+    for seed, step in ((1, STEPS + 1), (2, STEPS + 3)):  # epoch 2, step 1 and step 3
+        with monkeypatch.context() as patch:
+            call_on_step(patch, step, press_ctrl_c)
+            with pytest.raises(TrainingInterrupted):
+                train_runs([baseline_run(tmp_path, data_dir, seed, len(data.train_labels))], data, cpu, progress=False)
+    runs = [baseline_run(tmp_path, data_dir, s, len(data.train_labels)) for s in (1, 2)]
+    for r in runs:
+        r.config.resume = True
+    with pytest.raises(KdcliError, match="must all be at the same epoch and step"):
+        train_runs(runs, data, cpu, progress=False)
