@@ -275,14 +275,20 @@ def _markdown(rows, teacher_accuracy, unfinished) -> str:
         if any(r["teacher_saw_val"] for r in rows):
             notes.append("*: distilled from a teacher that trained on the held-out images, so this val accuracy favours KD.")
         for model in dict.fromkeys(r["model"] for r in rows if r["val_mean"] is not None):
-            best = max((r for r in rows if r["model"] == model and r["val_mean"] is not None), key=lambda r: r["val_mean"])
-            setting = f"baseline{_hard(best)}" if best["temperature"] is None else f"T = {best['temperature']:g}, w = {_weights(best)}"
-            notes.append(f"Best {model} by validation: {setting} ({_f(best['val_mean'])}% val, {_f(best['mean'])}% test).")
+            scored = [r for r in rows if r["model"] == model and r["val_mean"] is not None]
+            top = max(r["val_mean"] for r in scored)
+            best = [r for r in scored if r["val_mean"] == top]  # a tie is said as one: picking the first would be arbitrary
+            settings = " and ".join(f"{_setting_name(r)} ({_f(r['val_mean'])}% val, {_f(r['mean'])}% test)" for r in best)
+            notes.append(f"Best {model} by validation: {settings}." if len(best) == 1 else f"Tied best {model} by validation: {settings}.")
     if teacher_accuracy is not None:
         notes.append(f"Teacher: {teacher_accuracy:.2f}%.")
     if unfinished:
         notes.append(f"{unfinished} run{'s' if unfinished != 1 else ''} unfinished, left out.")
     return "\n".join(lines) + "\n\n" + " ".join(notes) + "\n"
+
+
+def _setting_name(r) -> str:
+    return f"baseline{_hard(r)}" if r["temperature"] is None else f"T = {r['temperature']:g}, w = {_weights(r)}"
 
 
 def _write_csv(rows, path: Path, teacher_accuracy=None):

@@ -309,6 +309,14 @@ def test_a_report_of_runs_with_held_out_images_shows_their_accuracy_beside_the_t
     assert [r["teacher_test_accuracy"] for r in rows] == ["", ""]  # these runs record no teacher
 
 
+def test_a_tie_on_validation_accuracy_is_said_as_one(tmp_path):
+    for seed in (1, 2):
+        make_run(tmp_path / f"base{seed}", 70.0, seed=seed, temperature=1.0, weight=0.0, val=72.0)
+        make_run(tmp_path / f"kd{seed}", 71.0, seed=seed, temperature=4.0, weight=0.1, val=72.0)
+    text = write_report(aggregate(collect([tmp_path])), tmp_path / "report")
+    assert "Tied best lenet5 by validation: baseline (72.00% val, 70.00% test) and T = 4, w = 0.1 (72.00% val, 71.00% test)." in text
+
+
 def test_a_model_without_held_out_images_shows_no_validation_accuracy_beside_one_with(tmp_path):
     make_run(tmp_path / "lenet", 70.0, seed=1, temperature=4.0, weight=0.1, val=72.0)
     make_run(tmp_path / "resnet", 80.0, model="resnet8", seed=1, temperature=4.0, weight=0.1)
