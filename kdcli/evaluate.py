@@ -102,7 +102,8 @@ def evaluate(checkpoint_path, data_dir=None, device="auto", download=True) -> di
     data = load_cifar10(data_dir, dev, download=download)  # every image: the test set does not depend on the run's --subset
     n, held_out = config.get("subset") or len(data.train_labels), config.get("val_size", 0)  # it trained on the first n, less the last held_out
     images, labels = data.train_images[:n], data.train_labels[:n]
-    if n > len(data.train_labels) or not _trained_on(fingerprint(images, labels), state, checkpoint_path):
+    labelled = data.fingerprint if n == len(data.train_labels) else fingerprint(images, labels)  # every image's: hashed as it loaded
+    if n > len(data.train_labels) or not _trained_on(labelled, state, checkpoint_path):
         warnings.warn(
             f"{checkpoint_path} was trained on other images than those now in {data_dir}, so its test set may be another too"
             + (" (its held-out accuracy is left out)" if held_out else "") + ": pass the --data-dir it trained on"

@@ -41,6 +41,21 @@ def write_cifar_folder(root, seed=0, str_keys=False, train_per_batch=TRAIN_PER_B
     return root
 
 
+def write_lenet_teacher(folder):
+    """A LeNet-5 teacher checkpoint in `folder`; its last layer is scaled up so logits have a trained net's size (~5)."""
+    import torch
+
+    from kdcli.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("lenet5")
+    with torch.no_grad():
+        model.fc3.weight.mul_(50)
+    state = {"model": model.state_dict(), "model_name": "lenet5", "num_classes": 10, "config": {}, "test_accuracy": None, "epoch": 1}
+    torch.save(state, folder / "checkpoint.pt")
+    return folder
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
     """A tiny CIFAR-10 folder shared by the whole session: never modify it."""

@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import sha256
+from conftest import sha256, write_lenet_teacher
 
 from kdcli import Interrupted, KdcliError, augment, cache, dump
 from kdcli.config import ConfigError
@@ -33,15 +33,7 @@ E = 4
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
-    """A LeNet-5 teacher checkpoint; its last layer is scaled up so logits have a trained net's size (~5)."""
-    torch.manual_seed(0)
-    model = create_model("lenet5")
-    with torch.no_grad():
-        model.fc3.weight.mul_(50)
-    folder = tmp_path_factory.mktemp("teacher")
-    state = {"model": model.state_dict(), "model_name": "lenet5", "num_classes": 10, "config": {}, "test_accuracy": None, "epoch": 1}
-    torch.save(state, folder / "checkpoint.pt")
-    return folder
+    return write_lenet_teacher(tmp_path_factory.mktemp("teacher"))
 
 
 def config(tmp_path, teacher, data_dir, **options) -> DumpConfig:

@@ -10,6 +10,7 @@ import warnings
 import h5py
 import pytest
 import torch
+from conftest import write_lenet_teacher
 
 import kdcli.group as group_module
 import kdcli.sweep as sweep_module
@@ -277,13 +278,7 @@ def warned(record, words):
 
 @pytest.fixture(scope="module")
 def lenet_teacher(tmp_path_factory):
-    torch.manual_seed(0)
-    model = create_model("lenet5")
-    with torch.no_grad():
-        model.fc3.weight.mul_(50)
-    folder = tmp_path_factory.mktemp("teacher")
-    torch.save({"model": model.state_dict(), "model_name": "lenet5", "num_classes": 10, "config": {}, "epoch": 1}, folder / "checkpoint.pt")
-    return folder
+    return write_lenet_teacher(tmp_path_factory.mktemp("teacher"))
 
 
 def test_a_student_of_as_many_epochs_as_cached_is_not_warned(tmp_path, lenet_teacher, data_dir):
