@@ -49,7 +49,7 @@ from kdcli.checkpoint import lock_or_refuse, read_checkpoint, resolve, temporary
 from kdcli.data import fingerprint as data_fingerprint
 from kdcli.data import load_cifar10, recorded_data_dir, resolve_device
 from kdcli.evaluate import model_from, predict
-from kdcli.runs import check_cache_is_there
+from kdcli.runs import check_cache_is_there, short
 
 FORMAT_VERSION = 1
 DATASETS = ("aug", "logits", "labels", "clean_logits", "test_logits", "epochs_complete")
@@ -98,7 +98,7 @@ def resume_point(path, identity: dict, force: bool, keep_complete: bool = False)
     except KdcliError as e:
         raise KdcliError(f"{e}; pass --force to overwrite it") from None
     # A key the file lacks was not recorded by the kdcli that made it (teacher_precision before 2026-11-26): no check.
-    differ = [f"{k} {_short(attrs[k])} (now {_short(v)})" for k, v in {**identity, **SPEC_ATTRS}.items() if k in attrs and attrs[k] != v]
+    differ = [f"{k} {short(attrs[k])} (now {short(v)})" for k, v in {**identity, **SPEC_ATTRS}.items() if k in attrs and attrs[k] != v]
     if differ:
         raise KdcliError(f"{path} was made with other settings: {', '.join(differ)}; pass --force to overwrite it, or pass another --out")
     if done >= attrs["epochs"] and not keep_complete:
@@ -358,7 +358,3 @@ def _attrs(f: h5py.File) -> dict:
     if isinstance(out.get("config"), str):
         out["config"] = json.loads(out["config"])
     return out
-
-
-def _short(value):
-    return f"{value[:8]}…" if isinstance(value, str) and len(value) == 64 else value

@@ -340,7 +340,7 @@ def check_same_inputs(run):
     was = read_json(recorded) if recorded.exists() else {}
 
     def changed(keys):
-        return [f"{k.removeprefix('cache_')} {str(was[k])[:8]} (now {str(run.inputs[k])[:8]})" for k in keys if k in was and k in run.inputs and was[k] != run.inputs[k]]
+        return [f"{k.removeprefix('cache_')} {short(was[k])} (now {short(run.inputs[k])})" for k in keys if k in was and k in run.inputs and was[k] != run.inputs[k]]
 
     if images := changed(["train_fingerprint"]):
         raise KdcliError(
@@ -358,6 +358,11 @@ def check_same_inputs(run):
             f"{run.dir} was trained from another cache than {run.config.cache} ({', '.join(teacher)}); "
             "pass that cache, or --force to train it again"
         )
+
+
+def short(value):
+    """A sha256 (a fingerprint, a teacher's checkpoint) as its first 8 digits; anything else as it is."""
+    return f"{value[:8]}…" if isinstance(value, str) and len(value) == 64 else value
 
 
 def plain(value):
@@ -416,7 +421,10 @@ def truncate_metrics(path: Path, epochs: int):
 def write_text_atomic(path: Path, text: str):
     tmp = path.with_name(path.name + ".tmp")
     with temporary_file_for(path, tmp):  # a full disk: one error line, and no .tmp left behind
-        tmp.write_text(text)
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())  # else a power cut soon after the rename can leave an empty summary.json on ext4
         tmp.replace(path)
 
 

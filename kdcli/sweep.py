@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from kdcli import Interrupted, StopOnSignal, count
-from kdcli.checkpoint import CHECKPOINT, load_checkpoint
+from kdcli.checkpoint import CHECKPOINT, peek_checkpoint
 from kdcli.config import ConfigError, DistillOptions, StudentConfig, TrainOptions, check_no_repeats, check_seed, check_temperature
 from kdcli.data import load_cifar10, resolve_device
 from kdcli.runs import LOCK, check_cache_is_there, check_same_inputs, check_same_options, check_sweep_can_start, claim_folder, forget_run
@@ -93,7 +93,7 @@ def groups(configs: list, parallel: int) -> list:
     for c in configs:
         folder = Path(c.out)
         ckpt = folder / CHECKPOINT
-        state = load_checkpoint(ckpt) if ckpt.exists() else None
+        state = peek_checkpoint(ckpt) if ckpt.exists() else None  # its options and progress, not its tensors
         if state is not None:  # kept, or resumed, only if trained with the options asked for now
             check_same_options(c, state, folder, "run the sweep with the options it started with, --force to train it again, or another --out")
         if (folder / "summary.json").exists():

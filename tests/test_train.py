@@ -365,6 +365,20 @@ def test_each_epochs_metrics_line_is_on_disk_before_its_checkpoint(tmp_path, dat
     assert [name == "metrics.jsonl" for name in files] == [True, False, True, False], synced
 
 
+def test_summary_and_config_are_on_disk_before_they_are_renamed_into_place(tmp_path, data_dir, monkeypatch):
+    """A power cut after the rename must not leave an empty summary.json: the run would pass for finished
+    (--resume keeps it) yet be unreadable, and only --force, a retraining, would get past it."""
+    synced, fsync = [], os.fsync
+
+    def recording_fsync(fd):
+        synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    teach(config(tmp_path, "run", data_dir, epochs=1))
+    assert "summary.json.tmp" in synced and "config.json.tmp" in synced, synced
+
+
 def test_train_loss_is_the_mean_over_images(tmp_path, data_dir, monkeypatch):
     """Steps of 64, 64, 64 and 8 images: the last step's loss weighs 8/200, not 1/4."""
     step_losses = []
