@@ -7,8 +7,7 @@
             w.write_epoch(e, aug, logits)                    # [N, 3] int8, [N, C]
     with open_cache(path, data.fingerprint, data.num_classes) as cache:
         aug, logits = cache.epoch(e)                         # complete epochs only
-    cache_info(path)                                         # what is in it
-    verify_cache(path, "runs/teacher", k=256)                # the teacher again on 256 entries; raises if they differ
+    cache_info(path)                                         # what is in it (dump.verify_cache: is it right)
 
 Layout (`h5ls -r` shows it):
     aug              int8 [E, N, 3]  crop y, crop x, flip: exactly augment.params(seed, e, N)
@@ -35,7 +34,6 @@ later open until `h5clear` is run.
 
 import json
 import os
-import random
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,11 +42,8 @@ import h5py
 import numpy as np
 import torch
 
-from kdcli import KdcliError, __version__, as_recorded_now, augment, count
-from kdcli.checkpoint import lock_or_refuse, read_checkpoint, resolve, temporary_file_for
-from kdcli.data import fingerprint as data_fingerprint
-from kdcli.data import load_cifar10, recorded_data_dir, resolve_device
-from kdcli.evaluate import model_from, predict
+from kdcli import KdcliError, __version__, augment, count
+from kdcli.checkpoint import lock_or_refuse, temporary_file_for
 from kdcli.runs import check_cache_is_there, short
 
 FORMAT_VERSION = 1
@@ -270,58 +265,6 @@ def cache_info(path) -> dict:
             "datasets": {name: {"shape": list(f[name].shape), "dtype": str(f[name].dtype)} for name in DATASETS},
             "attrs": attrs,
         }
-
-
-# A sound cache differs from a fresh teacher pass by rounding only. Relative to an entry's largest |logit|:
-# float16 storage is 0.05%; a dump in bf16 or fp16 differs from its recomputation on another device (a GPU's
-# cache checked on a CPU, in float32) by up to 3.6% (resnet8, bf16 against float32, 2,000 images; a ResNet18
-# 2.3%). Damage, other views or other images differ by tens of percent.
-VERIFY_TOLERANCE = {"float32": 0.02, "reduced": 0.10}
-
-
-def verify_cache(path, teacher=None, k=256, device="auto", data_dir=None, download=True, seed=0) -> dict:
-    """Rebuild k distinct random (epoch, image) entries of the complete epochs (all of them if there are fewer)
-    from their stored parameters, run the teacher (None: the one the dump was given) on them again, and compare.
-    data_dir None: the one the dump was given. Raises KdcliError where the difference is more than rounding
-    (VERIFY_TOLERANCE); else returns {entries, max_difference, max_relative, tolerance, data_dir}."""
-    dev = resolve_device(device)
-    with open_cache(path, allow_partial=True) as c:
-        teacher = teacher or c.attrs["config"].get("teacher", "runs/teacher")
-        if not resolve(teacher).is_file():
-            raise KdcliError(f"no teacher at {teacher} to verify {path} with: pass --teacher")
-        state, sha256 = read_checkpoint(teacher)
-        if sha256 != c.attrs["teacher_sha256"]:
-            raise KdcliError(f"{path} was made by another teacher (sha256 {c.attrs['teacher_sha256'][:8]}…), not {teacher}")
-        data_dir = data_dir or recorded_data_dir(c.attrs["config"], f"the cache {path}")
-        data = load_cifar10(data_dir, dev, download=download)
-        images, labels = data.train_images[: c.num_images], data.train_labels[: c.num_images]  # --subset keeps the first N
-        if data_fingerprint(images, labels) != c.attrs["train_fingerprint"]:
-            raise KdcliError(f"{path} was made on other training images than those in {data_dir}")
-        model = model_from(state, dev, teacher)
-        total = c.epochs_complete * c.num_images
-        entries = torch.tensor(random.Random(seed).sample(range(total), min(k, total)), dtype=torch.long)  # distinct; no list of all
-        epochs, index = entries // c.num_images, entries % c.num_images
-        # Recompute as the dump computed: its teacher_precision says what it did on its device (float32 on a CPU).
-        amp = {"bfloat16": "bf16", "float16": "fp16", "float32": "off"}.get(c.attrs.get("teacher_precision"))
-        amp = amp or as_recorded_now(c.attrs["config"]).get("amp", "bf16")  # caches of before 2026-11-26 lack it
-        worst = worst_relative = 0.0
-        for e in epochs.unique().tolist():
-            aug, cached = c.epoch(e)  # [N, 3], [N, C]
-            if not torch.equal(aug, augment.params(c.attrs["seed"], e, c.num_images)):
-                raise KdcliError(f"{path}: the stored augmentation of epoch {e} is not augment.params(seed, {e}): the file is damaged")
-            i = index[epochs == e]
-            fresh, old = predict(model, augment.apply(images[i.to(dev)], aug[i]), amp).cpu(), cached[i].float()  # [len(i), C]
-            difference = (fresh - old).abs().amax(1)
-            worst = max(worst, difference.max().item())
-            worst_relative = max(worst_relative, (difference / old.abs().amax(1).clamp(min=1)).max().item())
-    tolerance = VERIFY_TOLERANCE["float32" if amp == "off" else "reduced"]  # the recomputation is in the dump's precision
-    if worst_relative > tolerance:
-        raise KdcliError(
-            f"{path} fails verification: over {len(entries):,} entries, cached logits differ from the teacher's by up to "
-            f"{worst:.3g} ({worst_relative:.1%} of an entry's largest |logit|; rounding stays under {tolerance:.0%}): "
-            "the file is damaged, or was not made by this kdcli from these images; make it again (dump-logits --force)"
-        )
-    return {"entries": len(entries), "max_difference": worst, "max_relative": worst_relative, "tolerance": tolerance, "data_dir": data_dir}
 
 
 def _open(path) -> h5py.File:

@@ -319,8 +319,8 @@ def cache_info(
 ):
     """Print a cache's metadata, shapes and size; with --verify, check its logits against the teacher."""
     from kdcli.cache import cache_info as read_info
-    from kdcli.cache import verify_cache
     from kdcli.data import recorded_data_dir
+    from kdcli.dump import verify_cache
 
     with errors_as_one_line():
         info = read_info(path)

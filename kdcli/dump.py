@@ -1,6 +1,7 @@
 """The dump-logits stage: the teacher's logits on E augmented epochs, stored once in the logit cache.
 
     summary = dump_logits(DumpConfig(teacher="runs/teacher", epochs=300))
+    verify_cache("cache/logits.h5", k=256)   # the teacher again on 256 cached views; raises if they differ
 
 Epoch e's views are built on the device from augment.params(seed, e, N), the
 parameters the cache stores beside the logits, so a student rebuilds exactly the
@@ -11,6 +12,7 @@ A dump stopped at any moment resumes where it stopped (cache.py says why a kill
 cannot damage the file); Ctrl-C first writes every epoch labelled in full.
 """
 
+import random
 import sys
 import time
 import warnings
@@ -23,10 +25,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from kdcli import DATA_DIR, Device, Interrupted, KdcliError, Precision, StopOnSignal, augment, cache
+from kdcli import DATA_DIR, Device, Interrupted, KdcliError, Precision, StopOnSignal, as_recorded_now, augment, cache
 from kdcli.checkpoint import read_checkpoint, resolve, training_reached
 from kdcli.config import check_choices, check_seed, require_at_least_one
-from kdcli.data import fingerprint, load_cifar10, resolve_device
+from kdcli.data import load_cifar10, recorded_data_dir, resolve_device
 from kdcli.evaluate import autocast_dtype, autocast_to, model_from, predict, recorded_precision, top1
 from kdcli.models import canonical_name
 from kdcli.runs import in_use, run_kind
@@ -156,7 +158,7 @@ def _trained_on_these(teacher_state: dict, data, config: DumpConfig) -> bool:
         return True  # a checkpoint of before 2026-11-27: nothing to compare
     n = trained + (teacher_state.get("config") or {}).get("val_size", 0)  # its images before its split
     if n <= len(data.train_labels):
-        labelled = data.fingerprint if n == len(data.train_labels) else fingerprint(data.train_images[:n], data.train_labels[:n])
+        labelled = data.fingerprint_of_first(n)
     else:  # it trained on more images than the dump labels (--subset): compare the first n of the folder
         labelled = _fingerprint_of_first(config.data_dir, n)
     if labelled == recorded:
@@ -261,6 +263,58 @@ def _start_copy_to_host(logits: torch.Tensor):
         return host.numpy()
 
     return wait
+
+
+# A sound cache differs from a fresh teacher pass by rounding only. Relative to an entry's largest |logit|:
+# float16 storage is 0.05%; a dump in bf16 or fp16 differs from its recomputation on another device (a GPU's
+# cache checked on a CPU, in float32) by up to 3.6% (resnet8, bf16 against float32, 2,000 images; a ResNet18
+# 2.3%). Damage, other views or other images differ by tens of percent.
+VERIFY_TOLERANCE = {"float32": 0.02, "reduced": 0.10}
+
+
+def verify_cache(path, teacher=None, k=256, device="auto", data_dir=None, download=True) -> dict:
+    """Rebuild k distinct random (epoch, image) entries of the complete epochs (all of them if there are fewer)
+    from their stored parameters, run the teacher (None: the one the dump was given) on them again, and compare.
+    data_dir None: the one the dump was given. Raises KdcliError where the difference is more than rounding
+    (VERIFY_TOLERANCE); else returns {entries, max_difference, max_relative, tolerance, data_dir}."""
+    dev = resolve_device(device)
+    with cache.open_cache(path, allow_partial=True) as c:
+        teacher = teacher or c.attrs["config"].get("teacher", "runs/teacher")
+        if not resolve(teacher).is_file():
+            raise KdcliError(f"no teacher at {teacher} to verify {path} with: pass --teacher")
+        state, sha256 = read_checkpoint(teacher)
+        if sha256 != c.attrs["teacher_sha256"]:
+            raise KdcliError(f"{path} was made by another teacher (sha256 {c.attrs['teacher_sha256'][:8]}…), not {teacher}")
+        data_dir = data_dir or recorded_data_dir(c.attrs["config"], f"the cache {path}")
+        data = load_cifar10(data_dir, dev, download=download)
+        images = data.train_images[: c.num_images]  # --subset keeps the first N
+        if c.num_images > len(data.train_labels) or data.fingerprint_of_first(c.num_images) != c.attrs["train_fingerprint"]:
+            raise KdcliError(f"{path} was made on other training images than those in {data_dir}")
+        model = model_from(state, dev, teacher)
+        total = c.epochs_complete * c.num_images
+        entries = torch.tensor(random.Random(0).sample(range(total), min(k, total)), dtype=torch.long)  # distinct; no list of all
+        epochs, index = entries // c.num_images, entries % c.num_images
+        # Recompute as the dump computed: its teacher_precision says what it did on its device (float32 on a CPU).
+        amp = {"bfloat16": "bf16", "float16": "fp16", "float32": "off"}.get(c.attrs.get("teacher_precision"))
+        amp = amp or as_recorded_now(c.attrs["config"]).get("amp", "bf16")  # caches of before 2026-11-26 lack it
+        worst = worst_relative = 0.0
+        for e in epochs.unique().tolist():
+            aug, cached = c.epoch(e)  # [N, 3], [N, C]
+            if not torch.equal(aug, augment.params(c.attrs["seed"], e, c.num_images)):
+                raise KdcliError(f"{path}: the stored augmentation of epoch {e} is not augment.params(seed, {e}): the file is damaged")
+            i = index[epochs == e]
+            fresh, old = predict(model, augment.apply(images[i.to(dev)], aug[i]), amp).cpu(), cached[i].float()  # [len(i), C]
+            difference = (fresh - old).abs().amax(1)
+            worst = max(worst, difference.max().item())
+            worst_relative = max(worst_relative, (difference / old.abs().amax(1).clamp(min=1)).max().item())
+    tolerance = VERIFY_TOLERANCE["float32" if amp == "off" else "reduced"]  # the recomputation is in the dump's precision
+    if worst_relative > tolerance:
+        raise KdcliError(
+            f"{path} fails verification: over {len(entries):,} entries, cached logits differ from the teacher's by up to "
+            f"{worst:.3g} ({worst_relative:.1%} of an entry's largest |logit|; rounding stays under {tolerance:.0%}): "
+            "the file is damaged, or was not made by this kdcli from these images; make it again (dump-logits --force)"
+        )
+    return {"entries": len(entries), "max_difference": worst, "max_relative": worst_relative, "tolerance": tolerance, "data_dir": data_dir}
 
 
 def _check_finished(teacher, path, state):

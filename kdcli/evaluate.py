@@ -12,7 +12,7 @@ import torch
 
 from kdcli import KdcliError, as_recorded_now, augment
 from kdcli.checkpoint import load_checkpoint, resolve, training_reached
-from kdcli.data import fingerprint, load_cifar10, recorded_data_dir, resolve_device
+from kdcli.data import load_cifar10, recorded_data_dir, resolve_device
 from kdcli.models import canonical_name, create_model
 
 
@@ -102,8 +102,7 @@ def evaluate(checkpoint_path, data_dir=None, device="auto", download=True) -> di
     data = load_cifar10(data_dir, dev, download=download)  # every image: the test set does not depend on the run's --subset
     n, held_out = config.get("subset") or len(data.train_labels), config.get("val_size", 0)  # it trained on the first n, less the last held_out
     images, labels = data.train_images[:n], data.train_labels[:n]
-    labelled = data.fingerprint if n == len(data.train_labels) else fingerprint(images, labels)  # every image's: hashed as it loaded
-    if n > len(data.train_labels) or not _trained_on(labelled, state, checkpoint_path):
+    if n > len(data.train_labels) or not _trained_on(data.fingerprint_of_first(n), state, checkpoint_path):
         warnings.warn(
             f"{checkpoint_path} was trained on other images than those now in {data_dir}, so its test set may be another too"
             + (" (its held-out accuracy is left out)" if held_out else "") + ": pass the --data-dir it trained on"

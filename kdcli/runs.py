@@ -348,7 +348,7 @@ def check_same_inputs(run):
             "pass its --data-dir and --subset, or --force to start over"
         )
     grew = was.get("allow_partial") and run.inputs.get("cache_epochs", 0) > was.get("cache_epochs", math.inf)
-    if grew and changed(CACHE_IDENTITY) == changed(["cache_epochs"]):  # the same teacher and views, finished since
+    if grew and not changed(["cache_teacher_sha256", "cache_seed"]):  # the same teacher and views, finished since
         raise KdcliError(
             f"{run.dir} was trained with --allow-partial while {run.config.cache} had {count(was['cache_epochs'], 'complete epoch')}; it now "
             f"has {run.inputs['cache_epochs']}, and a student replays cached epoch e mod E: --force to train it again on all of them"

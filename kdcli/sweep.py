@@ -19,10 +19,9 @@ from pathlib import Path
 from kdcli import Interrupted, StopOnSignal, count
 from kdcli.checkpoint import CHECKPOINT, peek_checkpoint
 from kdcli.config import ConfigError, DistillOptions, StudentConfig, TrainOptions, check_no_repeats, check_seed, check_temperature
-from kdcli.data import load_cifar10, resolve_device
 from kdcli.runs import LOCK, check_cache_is_there, check_same_inputs, check_same_options, check_sweep_can_start, claim_folder, forget_run
 from kdcli.stack import stackable
-from kdcli.train import open_student_cache, student_runs, train_runs
+from kdcli.train import device_and_data, open_student_cache, student_runs, train_runs
 
 
 @dataclass
@@ -179,14 +178,13 @@ def sweep(config: SweepConfig, progress=True) -> dict:
     check_sweep_can_start(Path(config.out))  # before the data and cache load: a refusal costs nothing
     if config.temperatures:  # else baselines alone, which read no cache
         check_cache_is_there(config.cache)
-    device = resolve_device(config.device)
-    data = load_cifar10(config.data_dir, device, config.subset, config.download, config.val_size)
+    device, data = device_and_data(config)
     configs = student_configs(config)
     kd = [c for c in configs if c.distillation_weight > 0]
-    cache = open_student_cache(kd[0], data) if kd else None
     parallel = students_at_once(config, device)
-    stop = StopOnSignal()  # one for the whole sweep: a Ctrl-C while a group evaluates or saves its last epoch stops before the next group
+    stop, cache = StopOnSignal(), None  # one for the whole sweep: a Ctrl-C while a group evaluates or saves its last epoch stops before the next group
     try:
+        cache = open_student_cache(kd[0], data) if kd else None
         allow_open_files(len(configs) + 64)  # a lock file held open per student
         with claim_folder(config.out), contextlib.ExitStack() as students:  # a second sweep here is refused meanwhile
             _claim_students(config, configs, students)

@@ -111,10 +111,15 @@ def _show_progress(bar, config, group, seconds, progress):
 # ---------------------------------------------------------------- the two commands
 
 
+def device_and_data(config):
+    """The device a training command's config asks for, and its training images there."""
+    device = resolve_device(config.device)
+    return device, load_cifar10(config.data_dir, device, config.subset, config.download, config.val_size)
+
+
 def train_teacher(config: TeacherConfig, progress=True) -> dict:
     check_can_start(config)
-    device = resolve_device(config.device)
-    data = load_cifar10(config.data_dir, device, config.subset, config.download, config.val_size)
+    device, data = device_and_data(config)
     run = Run(config, DrawnAugmentation(config.seed, len(data.train_labels)), {"train_fingerprint": data.fingerprint})
     return train_runs([run], data, device, progress=progress)[0]
 
@@ -165,8 +170,7 @@ def open_student_cache(config: StudentConfig, data):
 
 def train_student(config: StudentConfig, progress=True) -> dict:
     check_can_start(config)
-    device = resolve_device(config.device)
-    data = load_cifar10(config.data_dir, device, config.subset, config.download, config.val_size)
+    device, data = device_and_data(config)
     cache = open_student_cache(config, data)
     try:
         return train_runs(student_runs([config], data, cache), data, device, progress=progress)[0]

@@ -593,8 +593,9 @@ def test_cache_info_verify_reads_the_dumps_images_back_and_fails_a_damaged_cache
     assert_refused(result, "damaged.h5 fails verification: over 16 entries", "make it again (dump-logits --force)", codes=(1,))
 
 
-def test_cache_info_verify_on_other_images_is_refused(tmp_path, teacher, cache):
-    other = write_cifar_folder(tmp_path / "other", seed=1)
+@pytest.mark.parametrize("images", [{"seed": 1}, {"seed": 0, "train_per_batch": 10}], ids=["others", "fewer"])
+def test_cache_info_verify_on_other_images_is_refused(tmp_path, teacher, cache, images):
+    other = write_cifar_folder(tmp_path / "other", **images)  # "fewer": the first 50 of the cache's
     result = kdcli("cache-info", cache, "--verify", 16, "--teacher", teacher, "--data-dir", other, "--device", "cpu", "--no-download")
     assert_refused(result, "made on other training images than those in", codes=(1,))
 

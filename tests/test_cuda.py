@@ -15,11 +15,10 @@ import torch
 
 import kdcli.group as group_module
 from kdcli import KdcliError
-from kdcli.cache import verify_cache
 from kdcli.checkpoint import save_atomic
 from kdcli.config import StudentConfig, TeacherConfig
 from kdcli.data import load_cifar10
-from kdcli.dump import DumpConfig, dump_logits
+from kdcli.dump import DumpConfig, dump_logits, verify_cache
 from kdcli.evaluate import load_model, predict
 from kdcli.group import TrainingInterrupted
 from kdcli.losses import distillation_loss

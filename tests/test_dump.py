@@ -139,15 +139,15 @@ def test_float16_by_default_and_verify_cache(tmp_path, reference, teacher, data_
     cfg = config(tmp_path, teacher, data_dir, epochs=2, dtype=DumpConfig.dtype)
     dump_logits(cfg, progress=False)
     assert cache.cache_info(cfg.out)["datasets"]["logits"] == {"shape": [2, 200, 10], "dtype": "float16"}
-    verified = cache.verify_cache(cfg.out, teacher, k=64, device="cpu", data_dir=data_dir)
+    verified = dump.verify_cache(cfg.out, teacher, k=64, device="cpu", data_dir=data_dir)
     assert verified["max_difference"] < 1e-2 and verified["entries"] == 64  # float16 rounding of ~5
     assert verified["max_relative"] < 1e-3 and verified["tolerance"] == 0.02  # float32 on both sides
-    assert cache.verify_cache(reference[0], teacher, k=64, device="cpu", data_dir=data_dir)["max_difference"] < 1e-4
-    assert cache.verify_cache(reference[0], k=64, device="cpu", data_dir=data_dir)["max_difference"] < 1e-4  # the teacher the dump was given
+    assert dump.verify_cache(reference[0], teacher, k=64, device="cpu", data_dir=data_dir)["max_difference"] < 1e-4
+    assert dump.verify_cache(reference[0], k=64, device="cpu", data_dir=data_dir)["max_difference"] < 1e-4  # the teacher the dump was given
     with h5py.File(cfg.out, "r+") as f:  # a damaged cache fails
         f["logits"][1] = f["logits"][1] * 1.05
     with pytest.raises(KdcliError, match=r"c.h5 fails verification: over 64 entries, cached logits differ from the teacher's by up to [\d.]+ \(4.8% of"):
-        cache.verify_cache(cfg.out, teacher, k=64, device="cpu", data_dir=data_dir)
+        dump.verify_cache(cfg.out, teacher, k=64, device="cpu", data_dir=data_dir)
 
 
 @pytest.mark.parametrize("precision, tolerance", [("bfloat16", 0.10), ("float16", 0.10), (None, 0.10), ("float32", 0.02)])
@@ -161,9 +161,9 @@ def test_verify_allows_the_rounding_of_the_precision_the_dump_labelled_in(tmp_pa
         f["logits"][0] = f["logits"][0] * 1.06  # 5.7% off: within the low precisions' tolerance, beyond float32's
     if precision == "float32":
         with pytest.raises(KdcliError, match="rounding stays under 2%"):
-            cache.verify_cache(cfg.out, teacher, k=32, device="cpu", data_dir=data_dir)
+            dump.verify_cache(cfg.out, teacher, k=32, device="cpu", data_dir=data_dir)
     else:
-        assert cache.verify_cache(cfg.out, teacher, k=32, device="cpu", data_dir=data_dir)["tolerance"] == tolerance
+        assert dump.verify_cache(cfg.out, teacher, k=32, device="cpu", data_dir=data_dir)["tolerance"] == tolerance
 
 
 def test_a_teacher_checkpoint_replaced_during_the_dump_is_not_the_one_recorded(tmp_path, teacher, data_dir, monkeypatch):
@@ -186,7 +186,7 @@ def test_a_teacher_checkpoint_replaced_during_the_dump_is_not_the_one_recorded(t
     monkeypatch.undo()
     assert cache.cache_info(cfg.out)["attrs"]["teacher_sha256"] == labelled_with
     with pytest.raises(KdcliError, match="made by another teacher"):  # the file now holds other weights, and verify says so
-        cache.verify_cache(cfg.out, folder, k=8, device="cpu", data_dir=data_dir)
+        dump.verify_cache(cfg.out, folder, k=8, device="cpu", data_dir=data_dir)
 
 
 def test_verify_checks_distinct_entries_and_every_one_when_asked_for_more(tmp_path, teacher, data_dir):
@@ -195,7 +195,7 @@ def test_verify_checks_distinct_entries_and_every_one_when_asked_for_more(tmp_pa
     with h5py.File(cfg.out, "r+") as f:  # one damaged entry of the 400: only a check of every entry is sure to find it
         f["logits"][1, 123] = f["logits"][1, 123] + 1
     with pytest.raises(KdcliError, match="fails verification: over 400 entries"):
-        cache.verify_cache(cfg.out, teacher, k=10**6, device="cpu", data_dir=data_dir)
+        dump.verify_cache(cfg.out, teacher, k=10**6, device="cpu", data_dir=data_dir)
 
 
 def test_the_seed_draws_the_views_and_verify_checks_them(tmp_path, teacher, data_dir):
@@ -204,11 +204,11 @@ def test_the_seed_draws_the_views_and_verify_checks_them(tmp_path, teacher, data
     with cache.open_cache(cfg.out) as c:
         assert c.attrs["seed"] == 7 and all(torch.equal(c.epoch(e)[0], augment.params(7, e, 200)) for e in range(2))
         assert not torch.equal(c.epoch(0)[0], augment.params(0, 0, 200))
-    assert cache.verify_cache(cfg.out, teacher, k=64, device="cpu", data_dir=data_dir)["max_difference"] < 1e-4
+    assert dump.verify_cache(cfg.out, teacher, k=64, device="cpu", data_dir=data_dir)["max_difference"] < 1e-4
     with h5py.File(cfg.out, "r+") as f:  # views that are not the seed's: the logits no longer say what they label
         f["aug"][1] = augment.params(8, 1, 200).numpy()
     with pytest.raises(KdcliError, match="the stored augmentation of epoch 1 is not augment.params"):
-        cache.verify_cache(cfg.out, teacher, k=64, device="cpu", data_dir=data_dir)
+        dump.verify_cache(cfg.out, teacher, k=64, device="cpu", data_dir=data_dir)
 
 
 def test_verify_refuses_another_teacher(tmp_path, reference, teacher, data_dir):
@@ -218,7 +218,7 @@ def test_verify_refuses_another_teacher(tmp_path, reference, teacher, data_dir):
     state["model"] = {k: v + 0.01 for k, v in state["model"].items()}
     torch.save(state, other / "checkpoint.pt")
     with pytest.raises(KdcliError, match=r"was made by another teacher \(sha256 .{8}…\), not .*other"):
-        cache.verify_cache(reference[0], other, k=64, device="cpu", data_dir=data_dir)
+        dump.verify_cache(reference[0], other, k=64, device="cpu", data_dir=data_dir)
 
 
 @pytest.mark.parametrize("epoch,step", [(1, 0), (2, 3)], ids=["between-epochs", "mid-epoch"])
@@ -520,14 +520,14 @@ def test_verify_fails_a_cache_damaged_in_any_epoch_not_only_the_last_checked(tmp
     with h5py.File(path, "r+") as f:
         f["logits"][0] = f["logits"][0] * 1.05  # epoch 0 of 2
     with pytest.raises(KdcliError, match="fails verification"):
-        cache.verify_cache(path, teacher, k=400, device="cpu", data_dir=data_dir, download=False)
+        dump.verify_cache(path, teacher, k=400, device="cpu", data_dir=data_dir, download=False)
 
 
 def test_verify_reads_the_dumps_images_back_when_not_given(tmp_path, teacher, data_dir):
     cfg = config(tmp_path, teacher, data_dir, epochs=1)
     dump_logits(cfg, progress=False)
     path = cfg.out
-    assert cache.verify_cache(path, teacher, k=8, device="cpu", download=False)["data_dir"] == str(data_dir)
+    assert dump.verify_cache(path, teacher, k=8, device="cpu", download=False)["data_dir"] == str(data_dir)
 
 
 def test_a_teacher_of_more_images_than_the_folder_holds_is_warned_of(tmp_path, data_dir):
