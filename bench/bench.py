@@ -285,7 +285,7 @@ def bench_students(data, cache_path, teacher_path, device, args, tmp) -> list:
         return seconds
 
     with open_cache(cache_path, data.fingerprint, data.num_classes) as cache:
-        cached = CachedTargets(cache)
+        cached = CachedTargets(cache, n)
         pair = {"kd": group_epoch(group([student(tmp)], [cached])), "no_kd": group_epoch(group([student(tmp, weight=0)], [DrawnAugmentation(0, n)]))}
         rounds = timed_rounds(pair, device, 2 * args.repeat + 1, n)
         del pair

@@ -219,7 +219,7 @@ def kd_variants(data, data_dir, device, args, tmp):
                         data_dir=str(data_dir), subset=n, device=device.type, download=False, quiet=True, compile=False)  # fmt: skip
     dump_logits(config, progress=False)
     with open_cache(config.out) as c:
-        sources = {"no KD": (0.0, DrawnAugmentation(0, n)), "KD from the cache": (0.1, CachedTargets(c))}
+        sources = {"no KD": (0.0, DrawnAugmentation(0, n)), "KD from the cache": (0.1, CachedTargets(c, n))}
 
         def group(name, **options):
             weight, targets = sources[name]

@@ -16,25 +16,6 @@ Device = Literal["auto", "cuda", "mps", "cpu"]  # --device; auto: cuda, then mps
 Precision = Literal["bf16", "fp16", "off"]  # --amp: the autocast dtype on CUDA, or none
 DATA_DIR = "data"  # --data-dir's default: relative, so each project has its own copy
 
-# Options that runs written by an earlier kdcli do not record, and the value those runs trained as: a
-# resumed or reported old run compares as this value, not as a different option.
-OPTIONS_ADDED_LATER = {"val_size": 0}
-
-
-def as_recorded_now(config: dict) -> dict:
-    """A run's (or cache's) recorded options as this kdcli records them: options added later at the value
-    old runs trained with, --amp (before 2026-11-27 a flag, true meaning bf16) as a precision, and the
-    model by its own name (kdcli until 2026-11-27 recorded an alias as given: "1" for lenet5)."""
-    from kdcli.models import canonical_name  # imports torch, which this package must not: __main__ imports it first
-
-    now = {**OPTIONS_ADDED_LATER, **config}
-    if isinstance(now.get("amp"), bool):
-        now["amp"] = "bf16" if now["amp"] else "off"
-    if "model" in now:
-        now["model"] = canonical_name(now["model"])
-    return now
-
-
 def count(n: int, noun: str) -> str:
     """"1 epoch", "3 epochs": for messages."""
     return f"{n} {noun}{'' if n == 1 else 's'}"

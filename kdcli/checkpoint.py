@@ -75,24 +75,25 @@ def resolve(path) -> Path:
     return path / CHECKPOINT if path.is_dir() else path
 
 
-def load_checkpoint(path, map_location="cpu") -> dict:
-    return _load(path, map_location)[0]
+def load_checkpoint(path) -> dict:
+    """The checkpoint in a run folder or file, its tensors on the CPU."""
+    return _load(path)[0]
 
 
 def peek_checkpoint(path) -> dict:
     """The checkpoint with its tensors memory-mapped, not read: its model name, options and progress in
     milliseconds, where loading a ResNet18's (90 MB with its optimizer) takes a CPU 0.16 s."""
-    return _load(path, "cpu", mmap=True)[0]
+    return _load(path, mmap=True)[0]
 
 
-def read_checkpoint(path, map_location="cpu") -> tuple[dict, str]:
+def read_checkpoint(path) -> tuple[dict, str]:
     """(the checkpoint in a run folder or file, the sha256 of the bytes it was loaded from). The file is read
     once, so a run that saves its next checkpoint meanwhile cannot make the hash name other weights."""
-    state, data = _load(path, map_location)
+    state, data = _load(path)
     return state, hashlib.sha256(data).hexdigest()
 
 
-def _load(path, map_location, mmap=False) -> tuple[dict, bytes]:
+def _load(path, mmap=False) -> tuple[dict, bytes]:
     given, path = Path(path), resolve(path)
     if not path.is_file():
         below = next(given.rglob(CHECKPOINT), None) if given.is_dir() else None  # a sweep folder holds runs
@@ -108,7 +109,7 @@ def _load(path, map_location, mmap=False) -> tuple[dict, bytes]:
     if data[:4] != ZIP and data[:1] != b"\x80":  # neither torch.save's zip nor its older pickle format
         raise KdcliError(f"{path} is not a checkpoint (not a file torch.save writes): pass a run folder or its checkpoint.pt")
     try:
-        state = torch.load(path if mmap else io.BytesIO(data), map_location=map_location, weights_only=True, mmap=mmap)
+        state = torch.load(path if mmap else io.BytesIO(data), map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         # torch's message advises weights_only=False, exactly what must not be done with an untrusted file.
         # Its reason is the paragraph after that advice (and after its "Please file an issue" line).

@@ -108,6 +108,8 @@ def command_from(cls, name: str, run):
         )
 
     def command(ctx: typer.Context, **options):
+        # An option not given comes from the run's own (--resume), else from the images its teacher or cache
+        # recorded (--data-dir, --subset), else from the default; a given one always wins.
         for f in shown:
             if typing.get_origin(hints[f.name]) is tuple:
                 options[f.name] = _parse_list(options[f.name], typing.get_args(hints[f.name])[0], flag(f.name))
@@ -125,7 +127,6 @@ def command_from(cls, name: str, run):
     command.__annotations__ = {p.name: p.annotation for p in params}
     command.__doc__ = run.__doc__
     app.command(name)(command)
-    return command
 
 
 def with_images_of_inputs(options: dict, given: set) -> dict:

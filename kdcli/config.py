@@ -131,7 +131,7 @@ class DistillOptions:
 class StudentConfig(DistillOptions, TrainOptions):
     model: str = "lenet5"  # architecture name (see `kdcli models`)
     seed: int = 777  # initialisation and batch order (views come from the cache)
-    temperature: float = 4.0  # softmax temperature T of the soft targets (> 0, at most 10,000)
+    temperature: float = 30.0  # softmax temperature T of the soft targets (> 0, at most 10,000); 30: the best of the reference table
     out: str = "runs/student"  # run folder: config.json, metrics.jsonl, checkpoint.pt, summary.json
 
     def check(self):

@@ -122,6 +122,7 @@ def recorded_data_dir(recorded: dict, source: str, default: str = DATA_DIR) -> s
 
 
 def resolve_device(name: str) -> torch.device:
+    """--device as a torch.device; on CUDA it also turns on cuDNN's autotuning, for the whole process."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():

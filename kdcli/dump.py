@@ -25,13 +25,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from kdcli import DATA_DIR, Device, Interrupted, KdcliError, Precision, StopOnSignal, as_recorded_now, augment, cache
+from kdcli import DATA_DIR, Device, Interrupted, KdcliError, Precision, StopOnSignal, augment, cache
 from kdcli.checkpoint import read_checkpoint, resolve, training_reached
 from kdcli.config import check_choices, check_seed, require_at_least_one
 from kdcli.data import load_cifar10, recorded_data_dir, resolve_device
 from kdcli.evaluate import autocast_dtype, autocast_to, model_from, predict, recorded_precision, top1
 from kdcli.models import canonical_name
-from kdcli.runs import in_use, run_kind
+from kdcli.runs import as_recorded_now, in_use, run_kind
 
 
 @dataclass
@@ -59,7 +59,7 @@ class DumpConfig:
 
 
 def view_labeller(model, dtype: torch.dtype | None, compiled: bool):
-    """label(images, p) -> the teacher's logits [B, C] float32 on the views that params p [B, 3] make of images
+    """labeller(images, p) -> the teacher's logits [B, C] float32 on the views that params p [B, 3] make of images
     [B, 3, 32, 32] uint8, computed under CUDA autocast to `dtype` (None: float32)."""
 
     def label(images, p):
@@ -72,15 +72,15 @@ def view_labeller(model, dtype: torch.dtype | None, compiled: bool):
 
 
 @torch.inference_mode()  # no autograd bookkeeping at all: the teacher is only read
-def teacher_logits(label, images, aug, batch_size: int, stop=None) -> torch.Tensor | None:
-    """[N, C] float32: label (a view_labeller) on images [N, 3, 32, 32] uint8 as augmented by aug [N, 3]
+def teacher_logits(labeller, images, aug, batch_size: int, stop=None) -> torch.Tensor | None:
+    """[N, C] float32: labeller (a view_labeller's) on images [N, 3, 32, 32] uint8 as augmented by aug [N, 3]
     (None: as they are); None once `stop` (a StopOnSignal) is requested, checked before each batch."""
     aug = (augment.unaugmented(len(images)) if aug is None else aug).to(images.device)
     out = []
     for i in range(0, len(images), batch_size):  # views are built per batch: all 50,000 at once is 150 MB more
         if stop is not None and stop.requested:
             return None
-        out.append(label(images[i : i + batch_size], aug[i : i + batch_size]))
+        out.append(labeller(images[i : i + batch_size], aug[i : i + batch_size]))
     return torch.cat(out)
 
 
@@ -96,7 +96,7 @@ def dump_logits(config: DumpConfig, progress: bool = True) -> dict:
         cuda = device.type == "cuda"
         dtype = autocast_dtype(config.amp, device)
         # Compiled on CUDA only, once per batch shape: three in a dump (full, last train, last test).
-        label = view_labeller(model, dtype, compiled=config.compile and cuda)
+        labeller = view_labeller(model, dtype, compiled=config.compile and cuda)
         data = load_cifar10(config.data_dir, device, config.subset, config.download)
         identity = {
             "teacher_sha256": teacher_sha256, "train_fingerprint": data.fingerprint,
@@ -110,10 +110,10 @@ def dump_logits(config: DumpConfig, progress: bool = True) -> dict:
                 **identity, "teacher_model": teacher_model, "teacher_train_images": seen,
                 "teacher_test_accuracy": _teacher_test_accuracy(model, data, state, config.amp),
             }  # fmt: skip
-            _create_cache(config, label, data, attrs, teacher_path)
+            _create_cache(config, labeller, data, attrs, teacher_path)
         seconds = 0.0
         if start != config.epochs:  # else complete, and kept (--resume)
-            start, seconds = _finish_cache(config, label, data, progress)
+            start, seconds = _finish_cache(config, labeller, data, progress)
         accuracy = cache.cache_info(config.out)["teacher_test_accuracy"]
     n, written = len(data.train_labels), config.epochs - start
     return {
@@ -181,11 +181,11 @@ def _fingerprint_of_first(data_dir, n: int) -> str | None:
             return None
 
 
-def _create_cache(config: DumpConfig, label, data, attrs: dict, teacher_path):
+def _create_cache(config: DumpConfig, labeller, data, attrs: dict, teacher_path):
     """A new cache holding the teacher's logits on the un-augmented train and test sets, and no epoch yet."""
     storage = np.dtype(config.dtype)
-    clean = teacher_logits(label, data.train_images, None, config.batch_size)  # [N, C]
-    test = teacher_logits(label, data.test_images, None, config.batch_size)  # [M, C]
+    clean = teacher_logits(labeller, data.train_images, None, config.batch_size)  # [N, C]
+    test = teacher_logits(labeller, data.test_images, None, config.batch_size)  # [M, C]
     if test.shape[1] != data.num_classes:
         raise KdcliError(f"{teacher_path} has {test.shape[1]} outputs; CIFAR-10 has {data.num_classes} classes")
     test = test.cpu().numpy().astype(storage)
@@ -194,13 +194,13 @@ def _create_cache(config: DumpConfig, label, data, attrs: dict, teacher_path):
     cache.create(config.out, attrs, data.train_labels.cpu().numpy(), clean.cpu().numpy().astype(storage), test, config.epochs)
 
 
-def _finish_cache(config: DumpConfig, label, data, progress: bool) -> tuple[int, float]:
+def _finish_cache(config: DumpConfig, labeller, data, progress: bool) -> tuple[int, float]:
     """Label and write the epochs the cache at config.out lacks; return (the epochs it had, the seconds it took).
     Ctrl-C or SIGTERM ends it as Interrupted, with every epoch labelled in full written first."""
     with cache.CacheWriter(config.out) as writer:
         start, stop = writer.epochs_complete, StopOnSignal(lost="the epochs not yet written")
         try:
-            seconds = _write_epochs(config, label, data, writer, progress, stop)
+            seconds = _write_epochs(config, labeller, data, writer, progress, stop)
         finally:
             stop.restore()
         if writer.epochs_complete < config.epochs:
@@ -210,7 +210,7 @@ def _finish_cache(config: DumpConfig, label, data, progress: bool) -> tuple[int,
     return start, seconds
 
 
-def _write_epochs(config: DumpConfig, label, data, writer, progress: bool, stop) -> float:
+def _write_epochs(config: DumpConfig, labeller, data, writer, progress: bool, stop) -> float:
     """Label and write the epochs the cache still lacks, or those before `stop` (a StopOnSignal) is requested;
     return the seconds it took.
 
@@ -235,7 +235,7 @@ def _write_epochs(config: DumpConfig, label, data, writer, progress: bool, stop)
         labelled = None  # the last epoch labelled in full, not yet handed to the disk thread
         for e in range(start, config.epochs):
             aug = augment.params(config.seed, e, n)  # [N, 3] int8, drawn on the CPU like every kdcli draw
-            logits = teacher_logits(label, data.train_images, aug, config.batch_size, stop)  # [N, C], queued on the device
+            logits = teacher_logits(labeller, data.train_images, aug, config.batch_size, stop)  # [N, C], queued on the device
             if logits is None:
                 break
             previous, labelled = labelled, (e, aug, _start_copy_to_host(logits))

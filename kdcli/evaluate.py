@@ -10,10 +10,11 @@ import warnings
 
 import torch
 
-from kdcli import KdcliError, as_recorded_now, augment
+from kdcli import KdcliError, augment
 from kdcli.checkpoint import load_checkpoint, resolve, training_reached
 from kdcli.data import load_cifar10, recorded_data_dir, resolve_device
 from kdcli.models import canonical_name, create_model
+from kdcli.runs import as_recorded_now
 
 
 @torch.no_grad()

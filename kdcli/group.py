@@ -211,7 +211,7 @@ class Group:
     def end_epoch(self, seconds: float):
         """Check the losses, evaluate, log and checkpoint the epoch just trained."""
         losses, correct = self.partial["losses"], self.partial["correct"]
-        self.check_finite(losses)  # one host sync per epoch, here
+        self.check_finite(losses)  # the epoch's first wait for the device: its steps never wait
         self.epoch, self.step, self.partial = self.epoch + 1, 0, None
         sizes = torch.full((self.steps, 1), self.config.batch_size, dtype=losses.dtype, device=losses.device)
         sizes[-1] = self.num_images - self.config.batch_size * (self.steps - 1)  # the smaller last batch counts for its images

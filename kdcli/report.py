@@ -24,9 +24,9 @@ import math
 import statistics
 from pathlib import Path
 
-from kdcli import KdcliError, as_recorded_now
+from kdcli import KdcliError
 from kdcli.models import canonical_name
-from kdcli.runs import LOCK, read_json
+from kdcli.runs import LOCK, as_recorded_now, read_json
 
 SETTING_COLUMNS = ["model", "temperature", "distillation_weight", "hard_weight", "n"]
 ACCURACY_COLUMNS = ["mean", "std", "min", "max", "delta", "ci_low", "ci_high"]  # percent; delta and CI vs the baseline

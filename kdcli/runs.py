@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kdcli import KdcliError, as_recorded_now, augment, count
+from kdcli import KdcliError, augment, count
 from kdcli.checkpoint import CHECKPOINT, load_checkpoint, lock_or_refuse, peek_checkpoint, temporary_file_for
 from kdcli.config import flag
 from kdcli.models import canonical_name
@@ -39,9 +39,9 @@ class DrawnAugmentation:
 
 class CachedTargets:
     """A student of the cache: epoch e replays cached epoch e mod E, its views and its teacher logits, of
-    the first `num_images` images (all by default; the cache also labels those a --val-size holds out)."""
+    the first `num_images` images (the cache also labels those a --val-size holds out)."""
 
-    def __init__(self, cache, num_images: int | None = None):
+    def __init__(self, cache, num_images: int):
         self.cache, self.num_images = cache, num_images
 
     def epoch(self, e: int):
@@ -252,6 +252,23 @@ def run_below(folder: Path, depth: int = 3) -> Path | None:
     return None
 
 
+# Options that runs written by an earlier kdcli do not record, and the value those runs trained as: a
+# resumed or reported old run compares as this value, not as a different option.
+OPTIONS_ADDED_LATER = {"val_size": 0}
+
+
+def as_recorded_now(config: dict) -> dict:
+    """A run's (or cache's) recorded options as this kdcli records them: options added later at the value
+    old runs trained with, --amp (before 2026-11-27 a flag, true meaning bf16) as a precision, and the
+    model by its own name (kdcli until 2026-11-27 recorded an alias as given: "1" for lenet5)."""
+    now = {**OPTIONS_ADDED_LATER, **config}
+    if isinstance(now.get("amp"), bool):
+        now["amp"] = "bf16" if now["amp"] else "off"
+    if "model" in now:
+        now["model"] = canonical_name(now["model"])
+    return now
+
+
 def recorded_options(out, asked: dict) -> dict:
     """The options the run in `out` started with, as this kdcli names them (but NOT_READ_BACK); {} where no run
     started there. `asked`: the options given now, to refuse a student's read into a teacher's."""
@@ -267,11 +284,11 @@ def recorded_options(out, asked: dict) -> dict:
     return {k: v for k, v in recorded.items() if k not in NOT_READ_BACK}
 
 
-IMAGES = ("data_dir", "subset")  # which images a stage trains on or labels: said once, to the teacher
+IMAGE_OPTIONS = ("data_dir", "subset")  # which images a stage trains on or labels: said once, to the teacher
 
 
 def options_of_inputs(options: dict) -> dict:
-    """The images (IMAGES) the stage before recorded: the teacher's run for dump-logits, the cache for a student of
+    """The images (IMAGE_OPTIONS) the stage before recorded: the teacher's run for dump-logits, the cache for a student of
     it; a later stage reads them back where not given (design.md). {} where that input cannot be read: the command
     itself then says why."""
     try:
@@ -285,7 +302,7 @@ def options_of_inputs(options: dict) -> dict:
             return {}
     except KdcliError:
         return {}
-    return {k: recorded[k] for k in IMAGES if k in recorded}
+    return {k: recorded[k] for k in IMAGE_OPTIONS if k in recorded}
 
 
 def _kdcli_config(out: Path) -> dict:

@@ -167,7 +167,7 @@ def _train_groups(todo: list, runs: dict, config: SweepConfig, data, device, sto
             names = ", ".join(str(Path(c.out).relative_to(config.out)) for c in members)
             mean = " (the progress shows their mean)" if len(members) > 1 else ""
             print(f"group {i + 1}/{len(todo)}, trained together{mean}: {names}", flush=True)
-        train_runs([runs[c.out] for c in members], data, device, progress=progress, claimed=True, stop=stop)
+        train_runs([runs[c.out] for c in members], data, device, progress=progress, in_sweep=True, stop=stop)
 
 
 def sweep(config: SweepConfig, progress=True) -> dict:

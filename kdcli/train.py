@@ -33,28 +33,27 @@ from kdcli.runs import (
 )
 
 
-def train_runs(runs: list, data, device: torch.device, teacher: nn.Module | None = None, progress=True, claimed=False, stop=None) -> list:
+def train_runs(runs: list, data, device: torch.device, teacher: nn.Module | None = None, progress=True, in_sweep=False, stop=None) -> list:
     """Train S runs side by side; return their summaries.
 
     `teacher`, when given, labels every batch online (no cache): the benchmark and
     the cache-equivalence test use it; kdcli itself trains students from the cache.
-    `claimed`: the caller holds the runs' folders (runs.claim_folder) already, and warns about their options
-    (TrainOptions.warn_ineffective) itself, as a sweep does.
+    `in_sweep`: the calling sweep holds the runs' folders (runs.claim_folder) already, warns about their options
+    (TrainOptions.warn_ineffective) and speaks for its students.
     `stop`: the caller's StopOnSignal, so that a Ctrl-C after the last step (evaluating, saving) reaches it.
     """
     with contextlib.ExitStack() as held:
-        if not claimed:
+        if not in_sweep:
             for r in runs:
                 check_run_folder(r.dir)  # before claim_folder makes the folder
                 held.enter_context(claim_folder(r.dir))  # before anything in it is read or deleted
         if stop is None:
             stop = StopOnSignal()
             held.callback(stop.restore)
-        return _train_claimed(runs, data, device, teacher, progress, stop, alone=not claimed)
+        return _train_claimed(runs, data, device, teacher, progress, stop, in_sweep)
 
 
-def _train_claimed(runs, data, device, teacher, progress, stop, alone) -> list:
-    """`alone`: the runs are not a sweep's, which speaks for its students itself."""
+def _train_claimed(runs, data, device, teacher, progress, stop, in_sweep) -> list:
     states = [prepare_run_dir(r.config) for r in runs]
     for r, state in zip(runs, states):
         if state is not None:  # resumed, or finished and kept: the same images and soft targets as before
@@ -63,12 +62,12 @@ def _train_claimed(runs, data, device, teacher, progress, stop, alone) -> list:
         return [{**read_json(r.dir / "summary.json"), "kept": True} for r in runs]
     if any(s == "done" for s in states) or len({((s or {}).get("epoch", 0), (s or {}).get("step", 0)) for s in states}) > 1:
         raise KdcliError("runs trained together must all be at the same epoch and step; train them separately")
-    if alone:
+    if not in_sweep:
         runs[0].config.warn_ineffective()
     group = Group(runs, data, device, teacher)
     if states[0] is None:
         group.start_folders()
-        if progress and alone and runs[0].config.resume:  # a mistyped --out would otherwise start a run of defaults unremarked
+        if progress and not in_sweep and runs[0].config.resume:  # a mistyped --out would otherwise start a run of defaults unremarked
             print(f"{runs[0].dir}: nothing to resume, a new run starts", file=sys.stderr, flush=True)
     else:
         group.load(states)
@@ -84,7 +83,7 @@ def _train_claimed(runs, data, device, teacher, progress, stop, alone) -> list:
             _show_progress(bar, config, group, seconds, progress)
     finally:
         bar.close()
-    if stop.requested and alone:  # it came during the last epoch's evaluation: the run is complete, not stopped
+    if stop.requested and not in_sweep:  # it came during the last epoch's evaluation: the run is complete, not stopped
         print(f"{runs[0].dir}: finished before the next safe point; nothing to resume", file=sys.stderr, flush=True)
     return group.write_summaries()
 

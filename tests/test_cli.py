@@ -129,7 +129,7 @@ def test_every_option_of_every_command_has_a_help_line():
         assert undocumented == [], f"kdcli {name}: {undocumented}"
     result = runner.invoke(app, ["train-student", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
-    assert re.search(r"--temperature FLOAT softmax temperature T of the soft targets .*\[default: 4.0\]", flat(result.stdout))
+    assert re.search(r"--temperature FLOAT softmax temperature T of the soft targets .*\[default: 30.0\]", flat(result.stdout))
     assert re.search(r"--lr-milestones INT,\.\.\. +epochs where", result.stdout)  # what a list looks like
     assert "--nesterov / --no-nesterov  " in result.stdout and "<bool>" not in result.stdout  # a flag takes no value
 

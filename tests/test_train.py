@@ -20,7 +20,7 @@ import torch
 from conftest import write_cifar_folder
 
 import kdcli.group as group_module
-from kdcli import KdcliError, StopOnSignal, __version__, as_recorded_now, augment
+from kdcli import KdcliError, StopOnSignal, __version__, augment
 from kdcli.checkpoint import CHECKPOINT, load_checkpoint, warn_cannot_lock
 from kdcli.config import ConfigError, StudentConfig, TeacherConfig
 from kdcli.data import DATA_DIR, load_cifar10, recorded_data_dir
@@ -29,7 +29,7 @@ from kdcli.group import TrainingInterrupted
 from kdcli.losses import distillation_loss
 from kdcli.models import create_model
 from kdcli.optimizer import learning_rate
-from kdcli.runs import LOCK, DrawnAugmentation, Run, claim_folder, git_commit
+from kdcli.runs import LOCK, DrawnAugmentation, Run, as_recorded_now, claim_folder, git_commit
 from kdcli.stack import ModelStack
 from kdcli.train import train_runs, train_student, train_teacher
 
