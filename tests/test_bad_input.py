@@ -534,7 +534,7 @@ def test_milestones_beyond_epochs_warn_once_and_run(tmp_path, data_dir, cache, c
 def test_report_prints_the_table_and_where_it_wrote(tmp_path, student):
     result = kdcli("report", student, "--out", tmp_path / "report")
     assert result.exit_code == 0, result.output
-    assert "| lenet5 | 4 | 0.1 | 1 |" in result.stdout and f"-> {tmp_path / 'report' / 'results.md'}" in result.stdout
+    assert "| lenet5 | 30 | 0.1 | 1 |" in result.stdout and f"-> {tmp_path / 'report' / 'results.md'}" in result.stdout
     assert (tmp_path / "report" / "results.md").read_text() in result.stdout and (tmp_path / "report" / "results.csv").exists()
 
 
