@@ -77,6 +77,14 @@ def test_params_are_a_function_of_seed_and_epoch():
     assert not torch.equal(a, augment.params(seed=2, epoch=4, n=500))
 
 
+def test_params_of_a_seed_and_epoch_never_change():
+    """Caches on disk store these draws and verify_cache compares them with params(seed, e): a kdcli that drew
+    other views for the same seed (another hash, draw order or threshold) would call every older cache damaged,
+    and a resumed dump would label other views than its first epochs did."""
+    assert augment.params(seed=777, epoch=0, n=6).tolist() == [[7, 4, 1], [2, 0, 1], [2, 8, 0], [5, 3, 1], [0, 3, 0], [8, 4, 0]]
+    assert augment.params(seed=10, epoch=3, n=6).tolist() == [[6, 6, 1], [4, 5, 0], [6, 6, 1], [8, 2, 1], [7, 6, 1], [6, 0, 0]]
+
+
 def test_params_leave_the_global_rng_alone():
     torch.manual_seed(0)
     expected = torch.rand(3)

@@ -308,6 +308,9 @@ BAD_OPTIONS = [
     ("sweep", ["--resume"], ["No such option: --resume"]),
     ("sweep", ["--seeds", "1,2,1"], ["--seeds", "values must not repeat (1 does)"]),
     ("sweep", ["--temperatures", "1.0000001,1.0000002,2.0000001,2.0000002"], ["--temperatures", "1.0000001 and 1.0000002 would share the folder T1:"]),
+    ("sweep", ["--seeds", ""], ["--seeds", "give at least one seed"]),
+    ("sweep", ["--temperatures", "", "--no-baseline"], ["--temperatures", "nothing to train"]),
+    ("sweep", ["--parallel", -1], ["--parallel", "must be >= 0, got -1"]),
 ]
 
 
@@ -512,8 +515,9 @@ def test_a_sweep_run_again_with_another_cache_is_refused(tmp_path, data_dir, cac
 def test_sweep_reports_its_own_students_only(tmp_path, data_dir, cache):
     """A sweep's folder may hold students of an earlier sweep with more seeds: the table counts this sweep's."""
     assert kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep", "--seeds", "1,2")).exit_code == 0
-    result = kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep", "--seeds", "1"))
+    result = kdcli(*[a for a in sweep_args(data_dir, cache, tmp_path / "sweep", "--seeds", "1") if a != "--quiet"])
     assert result.exit_code == 0, result.output
+    assert "2 students: 2 finished before, 0 to train" in result.stdout
     rows = [line for line in (tmp_path / "sweep" / "results.md").read_text().splitlines() if line.startswith("| lenet5")]
     assert len(rows) == 2 and all(row.split("|")[4].strip() == "1" for row in rows), rows  # n = 1: seed 1 only
 
@@ -666,15 +670,36 @@ def test_ctrl_c_while_a_group_saves_its_last_epoch_stops_the_sweep_before_the_ne
         os.kill(os.getpid(), signal.SIGINT)
         return end_epoch(group, seconds)
 
-    args = [str(a) for a in sweep_args(data_dir, cache, tmp_path / "sweep", "--seeds", "1,2", "--no-baseline", "--parallel", 1)]
+    args = [str(a) for a in sweep_args(data_dir, cache, tmp_path / "sweep", "--seeds", "1,2,3", "--no-baseline", "--parallel", 1)]
     monkeypatch.setattr(sys, "argv", ["kdcli", *args])
     monkeypatch.setattr(group_module.Group, "end_epoch", ctrl_c_while_saving)
     result = kdcli(*args)
     monkeypatch.setattr(group_module.Group, "end_epoch", end_epoch)
-    assert "interrupted between groups of students: 1 of 2 finished" in result.stderr, result.output
-    assert [p.parent.name for p in (tmp_path / "sweep").rglob("summary.json")] == ["seed1"]  # seed 2 never started
+    assert "interrupted between groups of students: 1 of 3 finished" in result.stderr, result.output
+    assert [p.parent.name for p in (tmp_path / "sweep").rglob("summary.json")] == ["seed1"]  # seeds 2 and 3 never started
+    assert "2 runs unfinished, left out." in kdcli("report", tmp_path / "sweep", "--out", tmp_path / "report").stdout  # but is counted
     hint, resumed = run_printed_hint(result)
-    assert resumed.exit_code == 0 and "2 students (1 trained now)" in resumed.stdout, resumed.output
+    assert resumed.exit_code == 0 and "3 students (2 trained now)" in resumed.stdout, resumed.output
+
+
+def test_a_sweep_stopped_mid_epoch_resumes_under_a_larger_parallel(tmp_path, data_dir, cache, monkeypatch):
+    """Students stopped at a step of the epoch train as a group of their own, apart from those not started, whatever --parallel now allows."""
+    import kdcli.group as group_module
+    from kdcli.losses import distillation_loss
+
+    calls = [0]
+
+    def loss(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 2:  # the first group, 3 students, stops at step 2 of 4; the fourth student never starts
+            os.kill(os.getpid(), signal.SIGINT)
+        return distillation_loss(*args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(group_module, "distillation_loss", loss)
+        assert kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep", "--seeds", "1,2", "--parallel", 3)).exit_code == 130
+    resumed = kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep", "--seeds", "1,2", "--parallel", 4))
+    assert resumed.exit_code == 0 and "4 students (4 trained now)" in resumed.stdout, resumed.output
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])

@@ -93,6 +93,11 @@ def test_other_data_refused(tmp_path):
         cache.open_cache(path, fingerprint="c" * 64, num_images=50000)
 
 
+def test_other_data_refused_counts_an_empty_cache_in_epochs(tmp_path):
+    with pytest.raises(KdcliError, match=r"has 0 epochs for 20 images"):
+        cache.open_cache(make_cache(tmp_path / "c.h5", complete=0), fingerprint="c" * 64)
+
+
 def test_other_class_count_refused(tmp_path):
     with pytest.raises(KdcliError, match="logits for 10 classes; this data has 100"):
         cache.open_cache(make_cache(tmp_path / "c.h5"), num_classes=100)
@@ -102,6 +107,13 @@ def test_other_format_version_refused(tmp_path):
     path = make_cache(tmp_path / "c.h5")
     set_attr(path, "format_version", 2)
     with pytest.raises(KdcliError, match="format version 2; this kdcli .* reads version 1"):
+        cache.open_cache(path)
+
+
+def test_an_older_format_version_refused_too(tmp_path):
+    path = make_cache(tmp_path / "c.h5")
+    set_attr(path, "format_version", 0)
+    with pytest.raises(KdcliError, match="format version 0; this kdcli .* reads version 1"):
         cache.open_cache(path)
 
 
@@ -165,6 +177,14 @@ def test_resume_point(tmp_path):
     with pytest.raises(KdcliError, match="not a readable HDF5 file.*; pass --force to overwrite it"):
         cache.resume_point(path, IDENTITY, force=False)
     assert cache.resume_point(path, IDENTITY, force=True) is None
+
+
+def test_a_cache_of_other_augmentation_is_not_resumed(tmp_path):
+    """Its new epochs would be views of this kdcli's augmentation under attributes that say another."""
+    path = make_cache(tmp_path / "c.h5", complete=1)
+    set_attr(path, "augment_pad", 2)
+    with pytest.raises(KdcliError, match=r"other settings: augment_pad 2 \(now 4\); pass --force"):
+        cache.resume_point(path, IDENTITY, force=False)
 
 
 def test_only_a_cache_kdcli_wrote_may_be_overwritten(tmp_path):
@@ -248,3 +268,28 @@ def test_an_epoch_not_yet_complete_cannot_be_read(tmp_path):
         c.epoch(1)
         with pytest.raises(IndexError, match="epoch 2 is not among the 2 complete epochs"):
             c.epoch(2)
+
+
+def test_a_negative_epoch_is_not_read_as_one_from_the_end(tmp_path):
+    with cache.open_cache(make_cache(tmp_path / "c.h5", complete=2), allow_partial=True) as c:
+        with pytest.raises(IndexError, match="epoch -1 is not among the 2 complete epochs"):
+            c.epoch(-1)
+
+
+def test_epochs_are_written_in_order_only(tmp_path):
+    """Epoch 1 written first would count epoch 0's never-written bytes as complete."""
+    path = make_cache(tmp_path / "c.h5", complete=0)
+    with cache.CacheWriter(path) as w, pytest.raises(AssertionError):
+        w.write_epoch(1, *epoch_arrays(1))
+    assert cache.cache_info(path)["epochs_complete"] == 0
+
+
+def test_a_refused_cache_is_closed(tmp_path):
+    """A cache refused (here: unfinished) is not left open while its error is still held: the dump that finishes it,
+    in the same process, can write it (HDF5 refuses to open for writing a file this process holds open for reading)."""
+    path = make_cache(tmp_path / "c.h5", complete=2)
+    with pytest.raises(KdcliError, match="has 2 of 3 epochs") as refused:
+        cache.open_cache(path)
+    with cache.CacheWriter(path) as w:
+        w.write_epoch(2, *epoch_arrays(2))
+    assert cache.cache_info(path)["epochs_complete"] == 3 and refused.value

@@ -166,6 +166,18 @@ def test_verify_allows_the_rounding_of_the_precision_the_dump_labelled_in(tmp_pa
         assert dump.verify_cache(cfg.out, teacher, k=32, device="cpu", data_dir=data_dir)["tolerance"] == tolerance
 
 
+@pytest.mark.parametrize("precision, damage", [("float32", 1.03), ("bfloat16", 1.15)])
+def test_verify_fails_damage_just_beyond_the_tolerance(tmp_path, teacher, data_dir, precision, damage):
+    """3% off fails a float32 cache (tolerance 2%), 15% a bf16 one (10%): the tolerance is the bound, not a fraction of it."""
+    cfg = config(tmp_path, teacher, data_dir, epochs=1)
+    dump_logits(cfg, progress=False)
+    with h5py.File(cfg.out, "r+") as f:
+        f.attrs.modify("teacher_precision", precision)
+        f["logits"][0] = f["logits"][0] * damage
+    with pytest.raises(KdcliError, match="fails verification"):
+        dump.verify_cache(cfg.out, teacher, k=32, device="cpu", data_dir=data_dir)
+
+
 def test_a_teacher_checkpoint_replaced_during_the_dump_is_not_the_one_recorded(tmp_path, teacher, data_dir, monkeypatch):
     """A teacher still training saves a checkpoint every epoch; one saved while the dump loads its data must
     not give the cache the new file's sha256 for the old weights' logits (verify would call it damaged)."""
@@ -196,6 +208,14 @@ def test_verify_checks_distinct_entries_and_every_one_when_asked_for_more(tmp_pa
         f["logits"][1, 123] = f["logits"][1, 123] + 1
     with pytest.raises(KdcliError, match="fails verification: over 400 entries"):
         dump.verify_cache(cfg.out, teacher, k=10**6, device="cpu", data_dir=data_dir)
+
+
+def test_verify_a_cache_of_the_first_images_of_a_folder(tmp_path, teacher, data_dir):
+    """--subset N labels the first N images: verify compares the cache with those, not with every image of the folder."""
+    cfg = config(tmp_path, teacher, data_dir, epochs=1, subset=50)
+    dump_logits(cfg, progress=False)
+    verified = dump.verify_cache(cfg.out, teacher, k=50, device="cpu", data_dir=data_dir)
+    assert verified["entries"] == 50 and verified["max_difference"] < 1e-4
 
 
 def test_the_seed_draws_the_views_and_verify_checks_them(tmp_path, teacher, data_dir):

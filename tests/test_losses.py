@@ -78,6 +78,14 @@ def test_low_precision_logits_give_a_float32_loss():
     torch.testing.assert_close(loss, reference(s.bfloat16().float(), y, t.bfloat16().float(), 4.0, 0.1))
 
 
+def test_low_precision_logits_without_a_teacher_give_a_float32_loss():
+    """A baseline's loss under autocast: the cross-entropy of bf16 logits computed in float32, as with a teacher."""
+    s, y = logits(B, C, seed=1), labels(B)
+    loss = distillation_loss(s.bfloat16(), y, hard_weight=0.5)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, 0.5 * F.cross_entropy(s.bfloat16().float(), y))
+
+
 def test_soft_targets_are_the_tempered_softmax_and_the_labels_weighted():
     t, y = logits(3, B, C, seed=2), labels(B)  # one set of labels for all three students
     T, w, hard_w = torch.tensor([1.0, 4.0, 30.0]), torch.tensor([0.1, 0.5, 0.0]), torch.tensor([1.0, 0.5, 0.0])

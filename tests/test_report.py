@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from kdcli import KdcliError
-from kdcli.report import RECIPE, aggregate, collect, t_cdf, t_quantile, teacher_accuracy, welch_ci, write_report
+from kdcli.report import RECIPE, aggregate, collect, report, t_cdf, t_quantile, teacher_accuracy, welch_ci, write_report
 
 TEACHER = {"cache_teacher_test_accuracy": 95.21, "cache_teacher_sha256": "ab" * 32}
 
@@ -151,6 +151,13 @@ def test_collect_errors_on_unreadable_summary(tmp_path):
             collect([tmp_path])
 
 
+def test_a_boolean_is_not_an_accuracy(tmp_path):
+    make_run(tmp_path / "run", 75.0)
+    (tmp_path / "run" / "summary.json").write_text('{"model": "lenet5", "test_accuracy": true}')
+    with pytest.raises(KdcliError, match="no model or test_accuracy"):
+        collect([tmp_path])
+
+
 def test_teacher_accuracy_from_kd_configs(tmp_path):
     runs = collect([make_sweep(tmp_path / "sweep")])
     assert teacher_accuracy(runs) == 95.21
@@ -272,6 +279,31 @@ def test_aggregate_refuses_a_seed_twice_in_a_setting(tmp_path):
         aggregate(collect([tmp_path]))
 
 
+def test_runs_that_record_no_hard_weight_are_baselines_of_hard_weight_1(tmp_path):
+    """A teacher's summary (or a student's of before --hard-weight) has no hard_weight: it learnt from the labels at weight 1."""
+    for seed, acc in ((1, 70.0), (2, 72.0)):
+        make_run(tmp_path / f"teacher{seed}", acc, seed=seed)  # no KD keys
+        make_run(tmp_path / f"kd{seed}", acc + 2, seed=seed, temperature=4.0, weight=0.1)
+    rows = aggregate(collect([tmp_path]))
+    assert [(r["temperature"], r["hard_weight"]) for r in rows] == [(None, 1.0), (4.0, 1.0)]
+    assert rows[1]["delta"] == pytest.approx(2.0)
+    assert "| lenet5 | baseline | 0 | 2 | 71.00 ± 1.41 |" in write_report(rows, tmp_path / "report")
+
+
+def test_rows_are_ordered_by_setting_not_by_folder_name(tmp_path):
+    make_run(tmp_path / "a-T30", 75.0, temperature=30.0, weight=0.1)
+    make_run(tmp_path / "b-T4", 74.0, temperature=4.0, weight=0.1)
+    make_run(tmp_path / "c-base", 73.0, temperature=1.0, weight=0.0)
+    assert [r["temperature"] for r in aggregate(collect([tmp_path]))] == [None, 4.0, 30.0]
+
+
+def test_a_setting_whose_runs_did_not_all_record_a_val_accuracy_gets_none(tmp_path):
+    """A mean over the runs that have one would pass for the setting's: the row has no val instead."""
+    make_run(tmp_path / "a", 70.0, seed=1, temperature=1.0, weight=0.0, val=71.0)
+    make_run(tmp_path / "b", 72.0, seed=2, temperature=1.0, weight=0.0, config={"val_size": 5000})  # no val_accuracy recorded
+    (row,) = aggregate(collect([tmp_path]))
+    assert row["n"] == 2 and row["val_mean"] is None and row["val_std"] is None
+
 # ---------------------------------------------------------------- write_report
 
 
@@ -366,3 +398,41 @@ def test_write_report_without_matplotlib_skips_the_png(tmp_path, monkeypatch):
     assert "pip install" not in (tmp_path / "report" / "results.md").read_text()
     assert (tmp_path / "report" / "results.csv").exists()
     assert not (tmp_path / "report" / "results.png").exists()  # not the old plot beside the new table
+
+
+def test_a_val_accuracy_of_students_whose_teacher_saw_the_held_out_images_is_starred(tmp_path):
+    for seed in (1, 2):
+        make_run(tmp_path / f"base{seed}", 70.0, seed=seed, temperature=1.0, weight=0.0, val=71.0)
+        make_run(tmp_path / f"kd{seed}", 71.0, seed=seed, temperature=4.0, weight=0.1, val=74.0, config={"teacher_saw_val_images": 5000})
+    text = write_report(aggregate(collect([tmp_path])), tmp_path / "report")
+    assert "| lenet5 | baseline | 0 | 2 | 71.00 ± 0.00 | 70.00 ± 0.00 |" in text  # its own runs trained without a teacher
+    assert "| lenet5 | 4 | 0.1 | 2 | 74.00 ± 0.00* | 71.00 ± 0.00 |" in text
+    assert "*: distilled from a teacher that trained on the held-out images, so this val accuracy favours KD." in text
+
+
+def test_the_best_by_validation_is_chosen_within_each_model(tmp_path):
+    make_run(tmp_path / "lenet-base", 60.0, seed=1, temperature=1.0, weight=0.0, val=61.0)
+    make_run(tmp_path / "lenet-T4", 62.0, seed=1, temperature=4.0, weight=0.1, val=63.0)
+    make_run(tmp_path / "resnet-base", 80.0, model="resnet8", seed=1, temperature=1.0, weight=0.0, val=81.0)
+    make_run(tmp_path / "resnet-T4", 79.0, model="resnet8", seed=1, temperature=4.0, weight=0.1, val=78.0)
+    text = write_report(aggregate(collect([tmp_path])), tmp_path / "report")
+    assert "Best lenet5 by validation: T = 4, w = 0.1 (63.00% val, 62.00% test)." in text
+    assert "Best resnet8 by validation: baseline (81.00% val, 80.00% test)." in text
+
+
+def test_report_notes_the_teacher_and_a_single_unfinished_run(tmp_path, monkeypatch):
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.setitem(sys.modules, name, None)  # no plot: not what this test is about, and the slow part
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    sweep = make_sweep(tmp_path / "sweep")
+    make_run(sweep / "kd" / "T50-s777", 0.0, temperature=50.0, weight=0.1, finished=False)
+    text = report([sweep], tmp_path / "report")
+    assert "Teacher: 95.21%. 1 run unfinished, left out." in text
+    assert text.startswith((tmp_path / "report" / "results.md").read_text())
+
+
+def test_the_csv_rounds_the_teachers_accuracy_as_the_table_does(tmp_path):
+    write_report(aggregate(collect([make_sweep(tmp_path / "sweep")])), tmp_path / "report", teacher_accuracy=95.2137)
+    assert "Teacher: 95.21%." in (tmp_path / "report" / "results.md").read_text()
+    with open(tmp_path / "report" / "results.csv", newline="") as f:
+        assert {r["teacher_test_accuracy"] for r in csv.DictReader(f)} == {"95.21"}

@@ -189,6 +189,20 @@ def test_a_sweep_in_fp16_on_a_gpu_trains_its_students_one_at_a_time():
     assert students_at_once(SweepConfig(parallel=1, amp="fp16"), cuda) == 1
 
 
+def test_fp16_stacks_students_where_it_does_not_run():
+    """fp16's loss scale is a CUDA matter: on a CPU (autocast off) --parallel is honoured, without a warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert students_at_once(SweepConfig(parallel=4, amp="fp16"), torch.device("cpu")) == 4
+
+
+def test_all_unfinished_students_at_one_resume_point_train_as_one_group_when_parallel_is_0(tmp_path):
+    """--parallel 0 on a GPU: every student at once, not one at a time."""
+    configs = sweep_module.student_configs(SweepConfig(temperatures=(4.0, 30.0), seeds=(1, 2), out=str(tmp_path / "sweep")))
+    assert [len(g) for g in sweep_module.groups(configs, 0)] == [6]
+    assert [len(g) for g in sweep_module.groups(configs, 4)] == [4, 2]
+
+
 def test_a_refused_sweep_leaves_no_folders_for_students_it_never_started(tmp_path, data_dir, cache_path):
     shared = dict(temperatures=(4.0,), batch_size=64, lr_milestones=(), device="cpu", quiet=True, data_dir=str(data_dir),
                   cache=str(cache_path), out=str(tmp_path / "sweep"))  # fmt: skip
