@@ -136,11 +136,12 @@ def with_images_of_inputs(options: dict, given: set) -> dict:
     from kdcli.data import recorded_data_dir
     from kdcli.runs import options_of_inputs
 
-    read = {k: v for k, v in options_of_inputs(options).items() if k not in given and v != options[k]}
+    recorded = options_of_inputs(options)  # {} for a teacher, which reads no earlier stage
+    read = {k: v for k, v in recorded.items() if k not in given and v != options[k]}
+    source = f"the teacher's run {options.get('teacher')}" if "teacher" in options else f"the cache {options.get('cache')}"
+    if "data_dir" in recorded and "data_dir" not in given:  # the default `data` too: from another folder, it is another one
+        recorded_data_dir(recorded, source)
     if read:
-        source = f"the teacher's run {options['teacher']}" if "teacher" in options else f"the cache {options['cache']}"
-        if "data_dir" in read:
-            recorded_data_dir(read, source, default=options["data_dir"])
         typer.echo(f"{' '.join(f'{flag(k)} {v}' for k, v in read.items())}: as {source} recorded (pass others to override)", err=True)
     return {**options, **read}
 
@@ -154,7 +155,7 @@ def recorded_back(cls, options: dict, given: set) -> dict:
     recorded = recorded_options(options["out"], options)
     back = {k: tuple(v) if typing.get_origin(hints[k]) is tuple else v for k, v in recorded.items() if k in options and k not in given}
     if "data_dir" in back:  # a run moved, or resumed from another folder: its relative --data-dir names another folder
-        recorded_data_dir(back, f"the run in {options['out']}", default=options["data_dir"])
+        recorded_data_dir(back, f"the run in {options['out']}")
     return back
 
 

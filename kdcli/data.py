@@ -111,12 +111,14 @@ def load_cifar10(data_dir=DATA_DIR, device="cpu", subset=None, download=True, va
     )
 
 
-def recorded_data_dir(recorded: dict, source: str, default: str = DATA_DIR) -> str:
-    """The --data-dir `source` (a run, a cache) recorded, for a command not given one; `default` where it recorded
-    none. A recorded folder missing here is refused, not replaced by the default: that would be other images, or a
-    download of them (a relative path is relative to where that stage ran)."""
-    data_dir = recorded.get("data_dir") or default
-    if data_dir != default and not Path(data_dir).is_dir():
+def recorded_data_dir(recorded: dict, source: str) -> str:
+    """The --data-dir `source` (a run, a cache) recorded, for a command not given one; the default where it recorded
+    none. A recorded folder missing here, the default `data` included, is refused: a download there, or the default
+    instead, would be other images than that stage's (a relative path is relative to where that stage ran)."""
+    data_dir = recorded.get("data_dir")
+    if not data_dir:
+        return DATA_DIR
+    if not Path(data_dir).is_dir():
         raise KdcliError(f"--data-dir {data_dir}, as {source} recorded, is not a folder here: pass --data-dir, the folder holding its images")
     return data_dir
 

@@ -591,6 +591,23 @@ def test_a_recorded_data_dir_missing_here_is_refused_not_replaced_by_the_default
     assert_clean_error(resumed, "--data-dir images, as the run in a/teacher recorded, is not a folder here: pass --data-dir", codes=(1,))
 
 
+def test_a_recorded_default_data_dir_missing_here_is_refused_not_downloaded(tmp_path, data_dir, monkeypatch):
+    """`data`, kdcli's default and what make records, is relative too: from another folder a download there
+    would be other images than the run's (the official ones for a proxy's run)."""
+    shutil.copytree(data_dir, tmp_path / "project" / "data")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "project")
+    assert kdcli(*teacher_args("data", "teacher", "--subset", 100)).exit_code == 0
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    refused = "--data-dir data, as {} recorded, is not a folder here: pass --data-dir"
+    result = kdcli("dump-logits", "--teacher", "../project/teacher", "--epochs", 1, "--out", "c.h5", "--device", "cpu")
+    assert_clean_error(result, refused.format("the teacher's run ../project/teacher"), codes=(1,))
+    assert_clean_error(kdcli("evaluate", "../project/teacher", "--device", "cpu"), refused.format("the run of ../project/teacher"), codes=(1,))
+    resumed = kdcli("train-teacher", "--out", "../project/teacher", "--resume")
+    assert_clean_error(resumed, refused.format("the run in ../project/teacher"), codes=(1,))
+    assert [p.name for p in (tmp_path / "elsewhere").iterdir()] == []  # no download begun, no cache made
+
+
 @pytest.mark.parametrize("text", ["x: 1\n", '{"lr": 3}\n'], ids=["yaml", "json"])
 @pytest.mark.parametrize("flags", [[], ["--resume"], ["--force"]], ids=["new", "resume", "force"])
 def test_a_folder_holding_a_config_json_of_something_else_is_left_alone(tmp_path, data_dir, text, flags):
