@@ -17,6 +17,7 @@ import json
 import math
 import os
 import subprocess
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -278,8 +279,10 @@ def recorded_options(out, asked: dict) -> dict:
     elif not (recorded := _kdcli_config(Path(out))):  # else a run stopped before its first checkpoint: its config.json
         return {}  # (its options, and Run.inputs, which no option is named after)
     recorded = as_recorded_now(recorded)
-    if asked.get("force") and run_kind(recorded) != run_kind(asked):
-        return {}  # another kind of run replaces it: nothing of this one's options applies
+    if asked.get("force") and run_kind(recorded) != run_kind(asked):  # make passes --resume always, so --force must replace it
+        warnings.warn(f"{out} holds a {run_kind(recorded)}'s run: --force replaces it with a new {run_kind(asked)}'s, of the options "
+                      "given and the defaults (none of the run's own apply to it)", stacklevel=2)  # fmt: skip
+        return {}
     check_same_kind(recorded, asked, out)
     return {k: v for k, v in recorded.items() if k not in NOT_READ_BACK}
 

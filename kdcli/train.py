@@ -67,7 +67,7 @@ def _train_claimed(runs, data, device, teacher, progress, stop, in_sweep) -> lis
     group = Group(runs, data, device, teacher)
     if states[0] is None:
         group.start_folders()
-        if progress and not in_sweep and runs[0].config.resume:  # a mistyped --out would otherwise start a run of defaults unremarked
+        if progress and not in_sweep and runs[0].config.resume and not runs[0].config.force:  # a mistyped --out would otherwise start a run of defaults unremarked
             print(f"{runs[0].dir}: nothing to resume, a new run starts", file=sys.stderr, flush=True)
     else:
         group.load(states)

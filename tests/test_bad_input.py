@@ -458,8 +458,10 @@ def test_a_teachers_run_is_refused_to_a_student_unless_forced_even_with_resume(t
     """make's targets always pass --resume: `--force` must still replace a run of the other kind, as it says."""
     assert kdcli(*teacher_args(data_dir, tmp_path / "run")).exit_code == 0
     assert_refused(kdcli(*student_args(data_dir, cache, tmp_path / "run", "--resume")), "holds a teacher's run, not a student's", "--force", codes=(1,))
-    replaced = kdcli(*student_args(data_dir, cache, tmp_path / "run", "--resume", "--force"))
+    replaced = kdcli(*[a for a in student_args(data_dir, cache, tmp_path / "run", "--resume", "--force") if a != "--quiet"])
     assert replaced.exit_code == 0, replaced.output
+    assert "holds a teacher's run: --force replaces it with a new student's" in replaced.stderr  # not its options, nor "nothing to resume"
+    assert "nothing to resume" not in replaced.stderr
     assert "cache" in json.loads((tmp_path / "run" / "config.json").read_text())
 
 
