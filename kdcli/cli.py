@@ -353,6 +353,11 @@ def report(
     if not out and len(runs) > 1:  # the first folder's own results.md (a sweep's) would be replaced by the combined one
         typer.echo(f"error: {len(runs)} folders given: pass --out FOLDER for their combined report", err=True)
         raise typer.Exit(2)
+    from kdcli.runs import LOCK
+
+    if out and (Path(out) / LOCK).exists() and Path(out).resolve() not in {Path(r).resolve() for r in runs}:
+        typer.echo(f"error: --out {out} is the folder of a run or sweep, whose own report this would replace: pass --out a folder of its own", err=True)
+        raise typer.Exit(2)
     with errors_as_one_line():
         table = reporting.report(runs, out or runs[0])
     typer.echo(table)

@@ -537,6 +537,18 @@ def test_milestones_beyond_epochs_warn_once_and_run(tmp_path, data_dir, cache, c
 # ---------------------------------------------------------------- report and cache-info
 
 
+def test_a_report_is_not_written_into_the_folder_of_a_run_or_sweep_it_does_not_report(tmp_path, data_dir, cache, student):
+    """`report runs/sweep/T1 runs/sweep/baseline --out runs/sweep` would replace the sweep's own report with a part of it."""
+    assert kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep")).exit_code == 0
+    own = (tmp_path / "sweep" / "results.md").read_text()
+    shutil.copytree(student, tmp_path / "run")
+    for out in (tmp_path / "sweep", tmp_path / "run"):
+        result = kdcli("report", tmp_path / "sweep" / "T4", tmp_path / "sweep" / "baseline", "--out", out)
+        assert_refused(result, f"--out {out} is the folder of a run or sweep, whose own report this would replace", codes=(2,))
+    assert (tmp_path / "sweep" / "results.md").read_text() == own and not (tmp_path / "run" / "results.md").exists()
+    assert kdcli("report", tmp_path / "sweep", "--out", tmp_path / "sweep").exit_code == 0  # its own report, as without --out
+
+
 def test_report_prints_the_table_and_where_it_wrote(tmp_path, student):
     result = kdcli("report", student, "--out", tmp_path / "report")
     assert result.exit_code == 0, result.output
