@@ -162,6 +162,12 @@ def _trained_on_these(teacher_state: dict, data, config: DumpConfig) -> bool:
     else:  # it trained on more images than the dump labels (--subset): compare the first n of the folder
         labelled = _fingerprint_of_first(config.data_dir, n)
     if labelled == recorded:
+        if n < len(data.train_labels):  # a --subset larger than the teacher's
+            warnings.warn(
+                f"the teacher {config.teacher} trained on the first {n:,} of these {len(data.train_labels):,} images: it labels "
+                f"{len(data.train_labels) - n:,} it never saw (pass --subset {n} for its own, unless a transfer set is what you want)",
+                stacklevel=2,
+            )
         return True
     warnings.warn(
         f"the teacher {config.teacher} trained on other images than those now in {config.data_dir}: it labels images it never saw "

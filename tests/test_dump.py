@@ -317,8 +317,8 @@ def test_force_never_overwrites_a_file_that_is_not_a_cache(tmp_path, teacher, da
 
 
 def test_a_teacher_of_other_images_is_warned_of_and_said_to_have_seen_none_of_these(tmp_path, data_dir, recwarn):
-    """The teacher of the first 100 images (20 held out) labels all 200 of its data without a word, and the
-    images of another folder with a warning: the cache must not say it trained on any of those."""
+    """The teacher of the first 100 images (20 held out) labels all 200 of its data saying that it never saw 100
+    of them, and the images of another folder with a warning: the cache must not say it trained on any of those."""
     from conftest import write_cifar_folder
 
     from kdcli.config import TeacherConfig
@@ -326,8 +326,12 @@ def test_a_teacher_of_other_images_is_warned_of_and_said_to_have_seen_none_of_th
 
     teacher = TeacherConfig(model="lenet5", epochs=1, batch_size=64, subset=100, val_size=20, device="cpu", quiet=True, data_dir=str(data_dir), out=str(tmp_path / "t"))
     train_teacher(teacher, progress=False)
-    dump_logits(config(tmp_path, tmp_path / "t", data_dir, epochs=1), progress=False)
-    assert cache.cache_info(tmp_path / "c.h5")["attrs"]["teacher_train_images"] == 80 and not [w for w in recwarn if "never saw" in str(w.message)]
+    with pytest.warns(UserWarning, match=r"the teacher .*t trained on the first 100 of these 200 images: it labels 100 it never saw \(pass --subset 100"):
+        dump_logits(config(tmp_path, tmp_path / "t", data_dir, epochs=1), progress=False)
+    assert cache.cache_info(tmp_path / "c.h5")["attrs"]["teacher_train_images"] == 80
+    recwarn.clear()
+    dump_logits(config(tmp_path, tmp_path / "t", data_dir, epochs=1, subset=100, force=True), progress=False)
+    assert not [w for w in recwarn if "never saw" in str(w.message)]  # its own images
     dump_logits(config(tmp_path, tmp_path / "t", data_dir, epochs=1, subset=50, force=True), progress=False)
     assert cache.cache_info(tmp_path / "c.h5")["attrs"]["teacher_train_images"] == 50  # of the 50 labelled, not 80
     other = write_cifar_folder(tmp_path / "other", seed=1)
