@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from kdcli import KdcliError, __version__, augment, count
-from kdcli.checkpoint import lock_or_refuse, temporary_file_for
+from kdcli.checkpoint import is_locked, lock_or_refuse, temporary_file_for
 from kdcli.runs import check_cache_is_there, short
 
 FORMAT_VERSION = 1
@@ -241,10 +241,9 @@ def open_cache(path, fingerprint=None, num_classes=None, allow_partial=False, nu
     elif any(a.get(k) != v for k, v in SPEC_ATTRS.items()):
         made = {k: a.get(k) for k in SPEC_ATTRS}
         problem = f"{path} was made with augmentation {made}; this kdcli uses {SPEC_ATTRS}: run dump-logits again"
-    elif done == 0:
-        problem = f"{path} has no complete epoch yet: finish it with `kdcli dump-logits`"
-    elif done < cache.epochs and not allow_partial:
-        problem = f"{path} has {done} of {cache.epochs} epochs: finish it with `kdcli dump-logits` or pass --allow-partial"
+    elif done == 0 or (done < cache.epochs and not allow_partial):
+        finish = "a dump-logits is writing it now: wait for it" if is_locked(f"{path}.lock") else "finish it with `kdcli dump-logits`"
+        problem = f"{path} has no complete epoch yet: {finish}" if done == 0 else f"{path} has {done} of {cache.epochs} epochs: {finish}, or pass --allow-partial"
     if problem:
         cache.close()
         raise KdcliError(problem)

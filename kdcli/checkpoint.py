@@ -64,6 +64,23 @@ def lock_or_refuse(fd: int, busy: str):
         warn_cannot_lock(e.strerror or str(e))
 
 
+def is_locked(lock_path) -> bool:
+    """Whether a process holds the lock lock_or_refuse takes on the file `lock_path` now."""
+    try:
+        fd = os.open(lock_path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # conflicts with a writer's exclusive lock only
+        return False
+    except BlockingIOError:
+        return True
+    except OSError:  # a filesystem without locks: nothing can be told
+        return False
+    finally:
+        os.close(fd)
+
+
 @functools.cache  # once per process, not once per folder of a sweep
 def warn_cannot_lock(reason: str):
     warnings.warn(f"cannot lock files on this filesystem ({reason}): a second kdcli writing into the same --out would not be refused", stacklevel=2)

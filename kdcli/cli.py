@@ -156,6 +156,8 @@ def recorded_back(cls, options: dict, given: set) -> dict:
     back = {k: tuple(v) if typing.get_origin(hints[k]) is tuple else v for k, v in recorded.items() if k in options and k not in given}
     if "data_dir" in back:  # a run moved, or resumed from another folder: its relative --data-dir names another folder
         recorded_data_dir(back, f"the run in {options['out']}")
+    if "cache" in back and {**options, **back}.get("distillation_weight", 0) > 0 and not Path(back["cache"]).exists():
+        raise KdcliError(f"--cache {back['cache']}, as the run in {options['out']} recorded, is not there from here: pass --cache, the cache it reads")
     return back
 
 

@@ -11,7 +11,6 @@ and anything else refuses to touch a run that is there.
 """
 
 import errno
-import fcntl
 import functools
 import json
 import math
@@ -23,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kdcli import KdcliError, augment, count
-from kdcli.checkpoint import CHECKPOINT, load_checkpoint, lock_or_refuse, peek_checkpoint, temporary_file_for
+from kdcli.checkpoint import CHECKPOINT, is_locked, load_checkpoint, lock_or_refuse, peek_checkpoint, temporary_file_for
 from kdcli.config import flag
 from kdcli.models import canonical_name
 
@@ -120,19 +119,7 @@ def _busy(out: Path) -> str:
 
 def in_use(folder) -> bool:
     """Whether a kdcli is training in `folder` now (it holds the lock claim_folder takes)."""
-    try:
-        fd = os.open(Path(folder) / LOCK, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # conflicts with a trainer's exclusive lock only
-        return False
-    except BlockingIOError:
-        return True
-    except OSError:  # a filesystem without locks: nothing can be told
-        return False
-    finally:
-        os.close(fd)
+    return is_locked(Path(folder) / LOCK)
 
 
 def check_can_start(config):
@@ -153,6 +140,8 @@ def check_can_start(config):
 def check_cache_is_there(path):
     """Before the data loads: a mistyped --cache must not cost a download of CIFAR-10 first."""
     if not Path(path).exists():
+        if is_locked(f"{path}.lock"):  # a dump writes the file whole, then renames it into place
+            raise KdcliError(f"no cache at {path} yet: a dump-logits is making it (it holds {path}.lock); wait for its first epochs")
         raise KdcliError(f"no cache at {path}: run `kdcli dump-logits` first (its --out is the file to read)")
 
 

@@ -74,10 +74,30 @@ def test_writing_an_epoch_changes_raw_data_bytes_only(tmp_path):
 
 def test_incomplete_refused_unless_allow_partial(tmp_path):
     path = make_cache(tmp_path / "c.h5", complete=2)
-    with pytest.raises(KdcliError, match=r"has 2 of 3 epochs: finish it with `kdcli dump-logits` or pass --allow-partial"):
+    with pytest.raises(KdcliError, match=r"has 2 of 3 epochs: finish it with `kdcli dump-logits`, or pass --allow-partial"):
         cache.open_cache(path)
     with cache.open_cache(path, allow_partial=True) as c:
         assert c.epochs_complete == 2
+
+
+def test_a_cache_a_dump_is_writing_is_said_to_be_so(tmp_path):
+    """Not "run dump-logits" or "finish it with dump-logits": a second dump into it would be refused."""
+    from kdcli.runs import check_cache_is_there
+
+    path = tmp_path / "c.h5"
+    with cache.write_lock(path):  # what dump-logits holds from before the file exists to its end
+        with pytest.raises(KdcliError, match=r"no cache at .*c.h5 yet: a dump-logits is making it \(it holds .*c.h5.lock\)"):
+            check_cache_is_there(path)
+        make_cache(path, complete=0)
+        with pytest.raises(KdcliError, match=r"has no complete epoch yet: a dump-logits is writing it now: wait for it"):
+            cache.open_cache(path)
+        make_cache(path, complete=2)
+        with pytest.raises(KdcliError, match=r"has 2 of 3 epochs: a dump-logits is writing it now: wait for it, or pass --allow-partial"):
+            cache.open_cache(path)
+    with pytest.raises(KdcliError, match=r"no cache at .*x.h5: run `kdcli dump-logits` first"):
+        check_cache_is_there(tmp_path / "x.h5")
+    with pytest.raises(KdcliError, match=r"has 2 of 3 epochs: finish it with `kdcli dump-logits`"):
+        cache.open_cache(path)
 
 
 def test_no_complete_epoch_refused_even_when_partial_allowed(tmp_path):

@@ -541,6 +541,23 @@ def test_a_student_resumes_with_its_own_temperature_and_cache(tmp_path, data_dir
     assert resumed.exit_code == 0 and "T=7 w=0.1" in resumed.stdout, resumed.output
 
 
+def test_a_student_resumed_from_another_folder_is_told_its_recorded_cache_is_not_there(tmp_path, data_dir, monkeypatch):
+    """Not "no cache: run dump-logits first": the cache is there, relative to the folder the run started in."""
+    from kdcli.dump import DumpConfig, dump_logits
+
+    project = tmp_path / "project"
+    assert kdcli(*teacher_args(data_dir, project / "teacher")).exit_code == 0
+    dump_logits(DumpConfig(teacher=str(project / "teacher"), epochs=1, out=str(project / "c.h5"), data_dir=str(data_dir), device="cpu", download=False, quiet=True), progress=False)
+    monkeypatch.chdir(project)
+    stopped_run(tmp_path, monkeypatch, ["train-student", "--cache", "c.h5", "--epochs", 1, "--batch-size", 64,
+                                        "--device", "cpu", "--data-dir", data_dir, "--out", "student", "--quiet"])  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    resumed = kdcli("train-student", "--out", "project/student", "--resume")
+    assert_clean_error(resumed, "--cache c.h5, as the run in project/student recorded, is not there from here: pass --cache", codes=(1,))
+    resumed = kdcli("train-student", "--out", "project/student", "--resume", "--cache", "project/c.h5", "--quiet")
+    assert resumed.exit_code == 0, resumed.output
+
+
 def test_later_stages_read_the_teachers_images_back_where_not_given(tmp_path, data_dir, monkeypatch):
     """--data-dir and --subset are said once, to the teacher: the dump labels its images, the student learns them."""
     monkeypatch.chdir(tmp_path)  # where no data/ folder is: the default --data-dir would find nothing

@@ -981,10 +981,13 @@ def test_evaluate_checks_the_images_of_an_old_checkpoint_by_its_config_json(tmp_
         assert "val_accuracy" not in evaluate(tmp_path / "run", other, device="cpu", download=False)
 
 
-def test_a_recorded_default_data_dir_missing_here_is_the_default_to_download_into(tmp_path, monkeypatch):
+def test_only_a_stage_that_recorded_no_data_dir_gets_the_default_to_download_into(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no data/ here
-    assert recorded_data_dir({"data_dir": DATA_DIR}, "the run x") == DATA_DIR
     assert recorded_data_dir({}, "the run x") == DATA_DIR
+    with pytest.raises(KdcliError, match="--data-dir data, as the run x recorded, is not a folder here"):
+        recorded_data_dir({"data_dir": DATA_DIR}, "the run x")  # its `data` was another folder: the one it ran in
+    (tmp_path / DATA_DIR).mkdir()
+    assert recorded_data_dir({"data_dir": DATA_DIR}, "the run x") == DATA_DIR
 
 
 def test_runs_stopped_at_other_steps_of_one_epoch_are_not_trained_together(tmp_path, data_dir, monkeypatch):
