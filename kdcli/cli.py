@@ -136,6 +136,9 @@ def with_images_of_inputs(options: dict, given: set) -> dict:
     from kdcli.data import recorded_data_dir
     from kdcli.runs import options_of_inputs
 
+    if "cache" in given and options.get("distillation_weight") == 0:  # the one-to-one baseline of a KD student, meant
+        warnings.warn("--cache is not read with --distillation-weight 0: this student trains on --data-dir and --subset as "
+                      "given (or their defaults), not the cache's images; give them as its KD students had them", stacklevel=2)  # fmt: skip
     recorded = options_of_inputs(options)  # {} for a teacher, which reads no earlier stage
     read = {k: v for k, v in recorded.items() if k not in given and v != options[k]}
     source = f"the teacher's run {options.get('teacher')}" if "teacher" in options else f"the cache {options.get('cache')}"

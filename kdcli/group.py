@@ -21,6 +21,7 @@ of cuDNN's kernels, which add in no fixed order).
 import json
 import math
 import time
+import warnings
 from dataclasses import asdict
 
 import torch
@@ -60,6 +61,9 @@ class Group:
         self.optimizer = make_optimizer(config, self.stack.parameters(), device, self.lr)
         # Compiled only alone: a vmapped stack was never compiled here, and CUDA graphs already serve it.
         compiled = config.compile and device.type == "cuda" and self.size == 1
+        if config.compile and not compiled:
+            where = f"on {device.type}" if device.type != "cuda" else "to students trained stacked (--parallel)"
+            warnings.warn(f"--compile does nothing {where}: it compiles a run trained alone on CUDA", stacklevel=2)
         self.forward = torch.compile(self.stack) if compiled else self.stack
         dtype = autocast_dtype(config.amp, device)
         self.autocast = autocast_to(dtype)

@@ -534,6 +534,20 @@ def test_milestones_beyond_epochs_warn_once_and_run(tmp_path, data_dir, cache, c
     assert list((tmp_path / "out").rglob("summary.json"))
 
 
+def test_a_baseline_given_a_cache_is_told_it_does_not_read_it(tmp_path, data_dir, cache):
+    """Its images are not the cache's (--subset is not read back from it), unlike a sweep's baselines."""
+    result = kdcli(*student_args(data_dir, cache, tmp_path / "out", "--distillation-weight", 0))
+    assert result.exit_code == 0, result.output
+    assert "warning: --cache is not read with --distillation-weight 0" in result.stderr
+    assert "--cache" not in kdcli(*[a for a in student_args(data_dir, cache, tmp_path / "kd") if a != "--quiet"]).stderr
+
+
+def test_compile_where_it_does_nothing_says_so(tmp_path, data_dir, cache):
+    result = kdcli(*student_args(data_dir, cache, tmp_path / "out", "--compile"))
+    assert result.exit_code == 0, result.output
+    assert "warning: --compile does nothing on cpu: it compiles a run trained alone on CUDA" in result.stderr
+
+
 # ---------------------------------------------------------------- report and cache-info
 
 
