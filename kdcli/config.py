@@ -85,6 +85,8 @@ class TrainOptions:
         if not 0 < self.lr_gamma < math.inf:
             raise ConfigError("--lr-gamma", f"must be a finite number > 0, got {self.lr_gamma}")
         check_no_repeats(self.lr_milestones, "--lr-milestones")  # a repeated one multiplies by lr-gamma twice, unremarked
+        if any(m < 1 for m in self.lr_milestones):  # epoch 0 is before the first: the lr would start at lr * gamma
+            raise ConfigError("--lr-milestones", f"must be epochs >= 1, got {min(self.lr_milestones)} (to start lower, give a lower --lr)")
 
     def warn_ineffective(self):
         """Options that are valid but will do nothing; called as training is about to start, after every check

@@ -311,6 +311,7 @@ BAD_OPTIONS = [
     ("sweep", ["--seeds", ""], ["--seeds", "give at least one seed"]),
     ("sweep", ["--temperatures", "", "--no-baseline"], ["--temperatures", "nothing to train"]),
     ("sweep", ["--parallel", -1], ["--parallel", "must be >= 0, got -1"]),
+    ("train-student", ["--lr-milestones", "0,5"], ["--lr-milestones", "must be epochs >= 1, got 0"]),
 ]
 
 
