@@ -114,11 +114,14 @@ def command_from(cls, name: str, run):
             if typing.get_origin(hints[f.name]) is tuple:
                 options[f.name] = _parse_list(options[f.name], typing.get_args(hints[f.name])[0], flag(f.name))
         with errors_as_one_line(resume_flag=any(f.name == "resume" for f in shown)):
-            given = {name for name in options if ctx.get_parameter_source(name).name != "DEFAULT"}
+            typed = {name for name in options if ctx.get_parameter_source(name).name != "DEFAULT"}
+            given = typed
             if options.get("resume") and issubclass(cls, TrainOptions):  # --force too: `--resume --force` trains the run again with its own options
                 recorded = recorded_back(cls, options, given)
                 options, given = {**options, **recorded}, given | set(recorded)  # a run's own images come before its inputs'
             options = with_images_of_inputs(options, given)
+            if "cache" in typed and options.get("distillation_weight") == 0:
+                warn_cache_not_read(options)
             run(make_config(cls, options))
 
     ctx = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
@@ -136,9 +139,6 @@ def with_images_of_inputs(options: dict, given: set) -> dict:
     from kdcli.data import recorded_data_dir
     from kdcli.runs import options_of_inputs
 
-    if "cache" in given and options.get("distillation_weight") == 0:  # the one-to-one baseline of a KD student, meant
-        warnings.warn("--cache is not read with --distillation-weight 0: this student trains on --data-dir and --subset as "
-                      "given (or their defaults), not the cache's images; give them as its KD students had them", stacklevel=2)  # fmt: skip
     recorded = options_of_inputs(options)  # {} for a teacher, which reads no earlier stage
     read = {k: v for k, v in recorded.items() if k not in given and v != options[k]}
     source = f"the teacher's run {options.get('teacher')}" if "teacher" in options else f"the cache {options.get('cache')}"
@@ -149,18 +149,35 @@ def with_images_of_inputs(options: dict, given: set) -> dict:
     return {**options, **read}
 
 
+def warn_cache_not_read(options: dict):
+    """A student given --cache with --distillation-weight 0, meant as the baseline of the cache's students, reads
+    neither the cache nor its images: said where its --data-dir or --subset differs from the cache's."""
+    from kdcli.config import flag
+    from kdcli.runs import options_of_inputs
+
+    recorded = options_of_inputs({**options, "distillation_weight": 1})  # the images the cache's students learn
+    other = [k for k, v in recorded.items() if options[k] != v]
+
+    def said(values):
+        return " ".join(f"{flag(k)} {'all' if values[k] is None else values[k]}" for k in other)
+
+    if other:
+        warnings.warn(f"--cache is not read with --distillation-weight 0: this student trains on {said(options)}, not the "
+                      f"cache's {said(recorded)}; give those to compare it with the cache's students", stacklevel=2)  # fmt: skip
+
+
 def recorded_back(cls, options: dict, given: set) -> dict:
     """--resume: every option not given on the command line is the one the run in --out started with."""
     from kdcli.data import recorded_data_dir
-    from kdcli.runs import recorded_options
+    from kdcli.runs import check_cache_is_there, recorded_options
 
     hints = typing.get_type_hints(cls)
     recorded = recorded_options(options["out"], options)
     back = {k: tuple(v) if typing.get_origin(hints[k]) is tuple else v for k, v in recorded.items() if k in options and k not in given}
     if "data_dir" in back:  # a run moved, or resumed from another folder: its relative --data-dir names another folder
         recorded_data_dir(back, f"the run in {options['out']}")
-    if "cache" in back and {**options, **back}.get("distillation_weight", 0) > 0 and not Path(back["cache"]).exists():
-        raise KdcliError(f"--cache {back['cache']}, as the run in {options['out']} recorded, is not there from here: pass --cache, the cache it reads")
+    if "cache" in back and {**options, **back}.get("distillation_weight", 0) > 0:
+        check_cache_is_there(back["cache"], recorded_by=f"the run in {options['out']}")
     return back
 
 
@@ -360,7 +377,7 @@ def report(
         raise typer.Exit(2)
     from kdcli.runs import LOCK
 
-    if out and (Path(out) / LOCK).exists() and Path(out).resolve() not in {Path(r).resolve() for r in runs}:
+    if out and (Path(out) / LOCK).exists() and (len(runs) > 1 or Path(out).resolve() != Path(runs[0]).resolve()):
         typer.echo(f"error: --out {out} is the folder of a run or sweep, whose own report this would replace: pass --out a folder of its own", err=True)
         raise typer.Exit(2)
     with errors_as_one_line():

@@ -18,6 +18,7 @@ as one never stopped (bit for bit on a CPU; on a GPU up to the run-to-run noise
 of cuDNN's kernels, which add in no fixed order).
 """
 
+import functools
 import json
 import math
 import time
@@ -38,6 +39,11 @@ from kdcli.stack import GraphedStep, ModelStack, split_optimizer_state, stack_op
 
 class TrainingInterrupted(Interrupted):
     """Ctrl-C or SIGTERM: the run stopped at a step boundary, with a checkpoint to resume from where it trained any step."""
+
+
+@functools.cache  # once per process, not once per group of a sweep
+def warn_compile_does_nothing(where: str):
+    warnings.warn(f"--compile does nothing {where}: it compiles a run trained alone on CUDA", stacklevel=3)
 
 
 class Group:
@@ -62,8 +68,7 @@ class Group:
         # Compiled only alone: a vmapped stack was never compiled here, and CUDA graphs already serve it.
         compiled = config.compile and device.type == "cuda" and self.size == 1
         if config.compile and not compiled:
-            where = f"on {device.type}" if device.type != "cuda" else "to students trained stacked (--parallel)"
-            warnings.warn(f"--compile does nothing {where}: it compiles a run trained alone on CUDA", stacklevel=2)
+            warn_compile_does_nothing(f"on {device.type}" if device.type != "cuda" else "to students trained stacked (--parallel)")
         self.forward = torch.compile(self.stack) if compiled else self.stack
         dtype = autocast_dtype(config.amp, device)
         self.autocast = autocast_to(dtype)

@@ -137,11 +137,14 @@ def check_can_start(config):
         check_cache_is_there(config.cache)
 
 
-def check_cache_is_there(path):
-    """Before the data loads: a mistyped --cache must not cost a download of CIFAR-10 first."""
+def check_cache_is_there(path, recorded_by=None):
+    """Before the data loads: a mistyped --cache must not cost a download of CIFAR-10 first. `recorded_by`: the run
+    --resume read the path back from, which may have started in another folder."""
     if not Path(path).exists():
         if is_locked(f"{path}.lock"):  # a dump writes the file whole, then renames it into place
             raise KdcliError(f"no cache at {path} yet: a dump-logits is making it (it holds {path}.lock); wait for its first epochs")
+        if recorded_by:
+            raise KdcliError(f"no cache at {path}, as {recorded_by} recorded (relative to the folder it started in): pass --cache, or run `kdcli dump-logits`")
         raise KdcliError(f"no cache at {path}: run `kdcli dump-logits` first (its --out is the file to read)")
 
 

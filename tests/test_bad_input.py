@@ -18,6 +18,7 @@ Covered (tests/test_cli.py has train-teacher's bad option values and train-stude
 """
 
 import contextlib
+import functools
 import json
 import os
 import pickle
@@ -26,6 +27,7 @@ import shlex
 import shutil
 import signal
 import sys
+import warnings
 from pathlib import Path
 
 import h5py
@@ -537,16 +539,30 @@ def test_milestones_beyond_epochs_warn_once_and_run(tmp_path, data_dir, cache, c
 
 def test_a_baseline_given_a_cache_is_told_it_does_not_read_it(tmp_path, data_dir, cache):
     """Its images are not the cache's (--subset is not read back from it), unlike a sweep's baselines."""
-    result = kdcli(*student_args(data_dir, cache, tmp_path / "out", "--distillation-weight", 0))
+    result = kdcli(*student_args(data_dir, cache, tmp_path / "out", "--distillation-weight", 0, "--subset", 100))
     assert result.exit_code == 0, result.output
-    assert "warning: --cache is not read with --distillation-weight 0" in result.stderr
+    assert "warning: --cache is not read with --distillation-weight 0: this student trains on --subset 100, not the cache's --subset all" in result.stderr
+    same = kdcli(*student_args(data_dir, cache, tmp_path / "same", "--distillation-weight", 0))  # the cache's images: nothing to say
+    assert same.exit_code == 0 and "--cache" not in same.stderr, same.output
+    resumed = kdcli("train-student", "--out", tmp_path / "out", "--resume", "--force", "--quiet")  # --cache read back, not typed
+    assert resumed.exit_code == 0 and "--cache" not in resumed.stderr, resumed.output
     assert "--cache" not in kdcli(*[a for a in student_args(data_dir, cache, tmp_path / "kd") if a != "--quiet"]).stderr
 
 
-def test_compile_where_it_does_nothing_says_so(tmp_path, data_dir, cache):
-    result = kdcli(*student_args(data_dir, cache, tmp_path / "out", "--compile"))
+@pytest.mark.parametrize("command", TRAINING)
+def test_compile_where_it_does_nothing_says_so_once(tmp_path, data_dir, cache, command, monkeypatch):
+    from kdcli import group
+
+    monkeypatch.setattr(group, "warn_compile_does_nothing", functools.cache(group.warn_compile_does_nothing.__wrapped__))  # a process of its own
+    if command == "sweep":  # four groups of one student: four models that would each compile
+        args = sweep_args(data_dir, cache, tmp_path / "out", "--compile", "--parallel", 1, "--seeds", "1,2")
+    else:
+        args = student_args(data_dir, cache, tmp_path / "out", "--compile")
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # as after any catch_warnings of the process, which forgets what was said
+        result = kdcli(*args)
     assert result.exit_code == 0, result.output
-    assert "warning: --compile does nothing on cpu: it compiles a run trained alone on CUDA" in result.stderr
+    assert result.stderr.count("warning: --compile does nothing on cpu: it compiles a run trained alone on CUDA") == 1, result.stderr
 
 
 # ---------------------------------------------------------------- report and cache-info
@@ -561,6 +577,9 @@ def test_a_report_is_not_written_into_the_folder_of_a_run_or_sweep_it_does_not_r
         result = kdcli("report", tmp_path / "sweep" / "T4", tmp_path / "sweep" / "baseline", "--out", out)
         assert_refused(result, f"--out {out} is the folder of a run or sweep, whose own report this would replace", codes=(2,))
     assert (tmp_path / "sweep" / "results.md").read_text() == own and not (tmp_path / "run" / "results.md").exists()
+    combined = kdcli("report", tmp_path / "sweep", tmp_path / "run", "--out", tmp_path / "sweep")  # one of them, yet not its own report
+    assert_refused(combined, f"--out {tmp_path / 'sweep'} is the folder of a run or sweep", codes=(2,))
+    assert (tmp_path / "sweep" / "results.md").read_text() == own
     assert kdcli("report", tmp_path / "sweep", "--out", tmp_path / "sweep").exit_code == 0  # its own report, as without --out
 
 

@@ -553,7 +553,7 @@ def test_a_student_resumed_from_another_folder_is_told_its_recorded_cache_is_not
                                         "--device", "cpu", "--data-dir", data_dir, "--out", "student", "--quiet"])  # fmt: skip
     monkeypatch.chdir(tmp_path)
     resumed = kdcli("train-student", "--out", "project/student", "--resume")
-    assert_clean_error(resumed, "--cache c.h5, as the run in project/student recorded, is not there from here: pass --cache", codes=(1,))
+    assert_clean_error(resumed, "no cache at c.h5, as the run in project/student recorded (relative to the folder it started in): pass --cache", codes=(1,))
     resumed = kdcli("train-student", "--out", "project/student", "--resume", "--cache", "project/c.h5", "--quiet")
     assert resumed.exit_code == 0, resumed.output
 
