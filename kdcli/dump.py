@@ -157,10 +157,8 @@ def _trained_on_these(teacher_state: dict, data, config: DumpConfig) -> bool:
     if recorded is None or not trained:
         return True  # a checkpoint of before 2026-11-27: nothing to compare
     n = trained + (teacher_state.get("config") or {}).get("val_size", 0)  # its images before its split
-    if n <= len(data.train_labels):
-        labelled = data.fingerprint_of_first(n)
-    else:  # it trained on more images than the dump labels (--subset): compare the first n of the folder
-        labelled = _fingerprint_of_first(config.data_dir, n)
+    # Where it trained on more images than the dump labels (--subset), the first n of the folder are compared.
+    labelled = data.fingerprint_of_first(n) if n <= len(data.train_labels) else _fingerprint_in_folder(config.data_dir, n)
     if labelled == recorded:
         if n < len(data.train_labels):  # a --subset larger than the teacher's
             warnings.warn(
@@ -177,7 +175,7 @@ def _trained_on_these(teacher_state: dict, data, config: DumpConfig) -> bool:
     return False
 
 
-def _fingerprint_of_first(data_dir, n: int) -> str | None:
+def _fingerprint_in_folder(data_dir, n: int) -> str | None:
     """The fingerprint of the first n training images in data_dir; None where it holds fewer."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # what the folder holds was said as the dump loaded it
@@ -294,7 +292,7 @@ def verify_cache(path, teacher=None, k=256, device="auto", data_dir=None, downlo
         data_dir = data_dir or recorded_data_dir(c.attrs["config"], f"the cache {path}")
         data = load_cifar10(data_dir, dev, download=download)
         images = data.train_images[: c.num_images]  # --subset keeps the first N
-        if c.num_images > len(data.train_labels) or data.fingerprint_of_first(c.num_images) != c.attrs["train_fingerprint"]:
+        if data.fingerprint_of_first(c.num_images) != c.attrs["train_fingerprint"]:
             raise KdcliError(f"{path} was made on other training images than those in {data_dir}")
         model = model_from(state, dev, teacher)
         total = c.epochs_complete * c.num_images

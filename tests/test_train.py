@@ -351,8 +351,8 @@ def test_ctrl_c_while_the_last_epoch_evaluates_lets_the_run_finish_and_says_so(t
     assert "run: finished before the next safe point; nothing to resume" in capsys.readouterr().err
 
 
-def test_each_epochs_metrics_line_is_on_disk_before_its_checkpoint(tmp_path, data_dir, monkeypatch):
-    """A power cut after a checkpoint must not lose the metrics line of an epoch that checkpoint counts."""
+def files_synced(monkeypatch) -> list:
+    """The names of the files os.fsync is called on from now on, in order."""
     synced, fsync = [], os.fsync
 
     def recording_fsync(fd):
@@ -360,6 +360,12 @@ def test_each_epochs_metrics_line_is_on_disk_before_its_checkpoint(tmp_path, dat
         fsync(fd)
 
     monkeypatch.setattr(os, "fsync", recording_fsync)
+    return synced
+
+
+def test_each_epochs_metrics_line_is_on_disk_before_its_checkpoint(tmp_path, data_dir, monkeypatch):
+    """A power cut after a checkpoint must not lose the metrics line of an epoch that checkpoint counts."""
+    synced = files_synced(monkeypatch)
     teach(config(tmp_path, "run", data_dir, epochs=2))
     files = [name for name in synced if name == "metrics.jsonl" or name.startswith(f".{CHECKPOINT}.tmp")]
     assert [name == "metrics.jsonl" for name in files] == [True, False, True, False], synced
@@ -368,13 +374,7 @@ def test_each_epochs_metrics_line_is_on_disk_before_its_checkpoint(tmp_path, dat
 def test_summary_and_config_are_on_disk_before_they_are_renamed_into_place(tmp_path, data_dir, monkeypatch):
     """A power cut after the rename must not leave an empty summary.json: the run would pass for finished
     (--resume keeps it) yet be unreadable, and only --force, a retraining, would get past it."""
-    synced, fsync = [], os.fsync
-
-    def recording_fsync(fd):
-        synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
-        fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", recording_fsync)
+    synced = files_synced(monkeypatch)
     teach(config(tmp_path, "run", data_dir, epochs=1))
     assert "summary.json.tmp" in synced and "config.json.tmp" in synced, synced
 
