@@ -302,13 +302,21 @@ def _write_csv(rows, path: Path, teacher_accuracy=None):
 
 
 def _plot(rows, path: Path, teacher_accuracy) -> bool:
-    """Accuracy vs temperature; False if matplotlib (the optional `plot` extra) is missing."""
+    """Accuracy vs temperature into path; False if matplotlib (the optional `plot` extra) is missing."""
     try:  # imported here: the report's table and csv must work without it
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
+        fig = _figure(rows, teacher_accuracy)
     except ImportError:
         return False
-    fig = Figure(figsize=(7, 4.5))
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # tight: the legend beside the axes is in the file
+    return True
+
+
+def _figure(rows, teacher_accuracy):
+    """The plot as a matplotlib Figure; ImportError without matplotlib."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8.5, 4.5))
     FigureCanvasAgg(fig)  # the Agg backend on this figure only: no pyplot, no global backend switch, no display needed
     ax = fig.add_subplot()
     palette = (f"C{i}" for i in itertools.count())  # one colour per baseline band and per KD curve
@@ -331,10 +339,9 @@ def _plot(rows, path: Path, teacher_accuracy) -> bool:
     if teacher_accuracy is not None:
         ax.axhline(teacher_accuracy, color="k", ls="--", lw=1, label=f"teacher {teacher_accuracy:.2f}%")
     ax.set(xlabel="temperature T", ylabel="test accuracy (%)", title="Knowledge distillation on CIFAR-10 (mean ± std over seeds)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)  # beside the axes: inside, it hid the teacher line
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return True
+    return fig
 
 
 def report(paths, out_dir) -> str:

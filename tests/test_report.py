@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from kdcli import KdcliError
+from kdcli import report as report_module
 from kdcli.report import RECIPE, aggregate, collect, report, t_cdf, t_quantile, teacher_accuracy, welch_ci, write_report
 
 TEACHER = {"cache_teacher_test_accuracy": 95.21, "cache_teacher_sha256": "ab" * 32}
@@ -324,6 +325,18 @@ def test_write_report_writes_table_csv_and_png(tmp_path):
     assert {r["teacher_test_accuracy"] for r in rows} == {"95.21"}
     png = tmp_path / "report" / "results.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_plot_legend_is_beside_the_axes_not_over_the_teacher_line(tmp_path):
+    """Inside the axes, matplotlib's "best" place for it was the top right: over the teacher's line, the highest."""
+    pytest.importorskip("matplotlib")
+    runs = collect([make_sweep(tmp_path / "sweep")])
+    fig = report_module._figure(aggregate(runs), teacher_accuracy(runs))
+    renderer = fig.canvas.get_renderer()
+    (ax,) = fig.axes
+    legend, axes = ax.get_legend().get_window_extent(renderer), ax.get_window_extent(renderer)
+    assert legend.x0 > axes.x1
+    assert {t.get_text() for t in ax.get_legend().get_texts()} >= {"teacher 95.21%", "lenet5 KD w=0.1"}
 
 
 def test_a_report_of_runs_with_held_out_images_shows_their_accuracy_beside_the_test_set(tmp_path):
