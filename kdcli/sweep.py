@@ -12,6 +12,7 @@ students are kept, unfinished ones continue from their checkpoints. The report
 import contextlib
 import functools
 import resource
+import sys
 import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -166,7 +167,7 @@ def _train_groups(todo: list, runs: dict, config: SweepConfig, data, device, sto
         if progress:
             names = ", ".join(str(Path(c.out).relative_to(config.out)) for c in members)
             mean = " (the progress shows their mean)" if len(members) > 1 else ""
-            print(f"group {i + 1}/{len(todo)}, trained together{mean}: {names}", flush=True)
+            print(f"group {i + 1}/{len(todo)}, trained together{mean}: {names}", file=sys.stderr, flush=True)  # stdout: the table alone
         train_runs([runs[c.out] for c in members], data, device, progress=progress, in_sweep=True, stop=stop)
 
 
@@ -196,7 +197,7 @@ def sweep(config: SweepConfig, progress=True) -> dict:
             if todo:
                 config.warn_ineffective()
             if progress:
-                print(f"{count(len(configs), 'student')}: {len(configs) - sum(map(len, todo))} finished before, {sum(map(len, todo))} to train", flush=True)
+                print(f"{count(len(configs), 'student')}: {len(configs) - sum(map(len, todo))} finished before, {sum(map(len, todo))} to train", file=sys.stderr, flush=True)
             _train_groups(todo, runs, config, data, device, stop, progress)
             table = report.report([c.out for c in configs], config.out)  # this sweep's students only, not whatever else --out holds
     finally:

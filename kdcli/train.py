@@ -103,6 +103,7 @@ def _show_progress(bar, config, group, seconds, progress):
         print(
             f"epoch {group.epoch}/{config.epochs}  loss {mean(group.train_loss, 4, '')}  train {mean(group.train_accuracy, 2)}  "
             f"{val}test {mean(group.test_accuracy, 2)}  {seconds:.2f}s  {images_per_s:,.0f} img/s",
+            file=sys.stderr,  # a log line, where the bar would be: stdout holds the result alone
             flush=True,
         )
 

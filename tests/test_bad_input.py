@@ -517,12 +517,20 @@ def test_a_sweep_run_again_with_another_cache_is_refused(tmp_path, data_dir, cac
     assert_refused(kdcli(*sweep_args(data_dir, other_cache, tmp_path / "sweep")), "was trained from another cache than", codes=(1,))
 
 
+def test_a_sweeps_stdout_is_its_table_alone_and_its_progress_goes_to_stderr(tmp_path, data_dir, cache):
+    """`kdcli sweep > table.md` must catch the table, not the training log above it."""
+    result = kdcli(*[a for a in sweep_args(data_dir, cache, tmp_path / "sweep") if a != "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("| model |"), result.stdout
+    assert "group 1/2, trained together: baseline/seed1" in result.stderr
+
+
 def test_sweep_reports_its_own_students_only(tmp_path, data_dir, cache):
     """A sweep's folder may hold students of an earlier sweep with more seeds: the table counts this sweep's."""
     assert kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep", "--seeds", "1,2")).exit_code == 0
     result = kdcli(*[a for a in sweep_args(data_dir, cache, tmp_path / "sweep", "--seeds", "1") if a != "--quiet"])
     assert result.exit_code == 0, result.output
-    assert "2 students: 2 finished before, 0 to train" in result.stdout
+    assert "2 students: 2 finished before, 0 to train" in result.stderr
     rows = [line for line in (tmp_path / "sweep" / "results.md").read_text().splitlines() if line.startswith("| lenet5")]
     assert len(rows) == 2 and all(row.split("|")[4].strip() == "1" for row in rows), rows  # n = 1: seed 1 only
 

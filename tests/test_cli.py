@@ -146,15 +146,15 @@ def test_train_teacher(teacher_run):
     out, result = teacher_run
     assert result.exit_code == 0, result.output
     assert {"config.json", "metrics.jsonl", "checkpoint.pt", "summary.json"} <= {p.name for p in out.iterdir()}
-    assert re.search(r"teacher lenet5: [\d.]+% test accuracy after 1 epoch -> ", result.stdout)
-    assert re.search(r"^epoch 1/1 ", result.stdout, re.M)  # --quiet: one log line per evaluation
+    assert re.fullmatch(r"teacher lenet5: [\d.]+% test accuracy after 1 epoch -> .*\n", result.stdout)  # stdout: the result alone
+    assert re.search(r"^epoch 1/1 ", result.stderr, re.M)  # --quiet: one log line per evaluation, with the warnings
 
 
 def test_train_teacher_with_a_validation_split_prints_its_accuracy(tmp_path, data_dir):
     result = kdcli(*teacher_args(data_dir, tmp_path / "run", "--val-size", 50))
     assert result.exit_code == 0, result.output
     assert re.search(r"teacher lenet5: [\d.]+% validation, [\d.]+% test accuracy after 1 epoch -> ", result.stdout)
-    assert re.search(r"^epoch 1/1 .* val [\d.]+%  test [\d.]+% ", result.stdout, re.M)
+    assert re.search(r"^epoch 1/1 .* val [\d.]+%  test [\d.]+% ", result.stderr, re.M)
     result = kdcli("evaluate", tmp_path / "run", "--device", "cpu", "--data-dir", data_dir, "--no-download")
     assert result.exit_code == 0, result.output
     assert re.search(r"^lenet5 \(epoch 1 of 1\): [\d.]+% on the 50 training images its run held out \(--val-size\)$", result.stdout, re.M)
