@@ -174,14 +174,24 @@ RECIPE = ("epochs", "batch_size", "lr", "optimizer", "momentum", "nesterov", "we
 SAID_AS = {"train_fingerprint": "training images"}  # recipe fields whose name would not tell a reader what differs
 
 
+def _recipe(config: dict) -> tuple:
+    """The RECIPE fields as JSON, None for those the run's schedule or optimizer never read: a cosine run given
+    --lr-milestones trained as one without, and Adam ignores --momentum."""
+    unused = set()
+    if config.get("scheduler") != "multistep":
+        unused |= {"lr_milestones", "lr_gamma"}
+    if config.get("optimizer") == "adam":
+        unused |= {"momentum", "nesterov"}
+    return tuple(json.dumps(None if k in unused else config.get(k)) for k in RECIPE)
+
+
 def check_comparable(runs):
     """Refuse runs whose accuracies are not samples of one experiment: runs of a model trained with other
     recipes or on other images (config.json), KD runs from caches of other lengths (a student replays cached epoch e mod E),
     or two runs of one setting with the same seed (one run reported twice)."""
     by_recipe: dict[str, dict[tuple, str]] = {}  # model -> recipe (each field as JSON) -> a run with it
     for r in runs:
-        config = as_recorded_now(r["config"])
-        recipe = tuple(json.dumps(config.get(k)) for k in RECIPE)
+        recipe = _recipe(as_recorded_now(r["config"]))
         by_recipe.setdefault(canonical_name(r["summary"]["model"]), {}).setdefault(recipe, r["run_dir"])
     for model, found in by_recipe.items():
         if len(found) > 1:

@@ -232,9 +232,24 @@ def test_aggregate_refuses_runs_of_other_recipes(tmp_path):
 def test_every_recipe_field_splits_a_report(tmp_path, field):
     """Runs that differ in any of them are two experiments, not one setting's seeds."""
     for value in (1, 2):
-        make_run(tmp_path / f"{field}{value}" / "base", 70.0, seed=value, weight=0.0, temperature=1.0, config={field: value})
+        make_run(tmp_path / f"{field}{value}" / "base", 70.0, seed=value, weight=0.0, temperature=1.0,
+                 config={"scheduler": "multistep", "optimizer": "sgd", field: value})  # fmt: skip
     with pytest.raises(KdcliError, match=f"trained with other {field}"):
         aggregate(collect([tmp_path]))
+
+
+@pytest.mark.parametrize(("shared", "unused"), [
+    ({"scheduler": "cosine", "optimizer": "sgd"}, {"lr_milestones": [[150, 225], []], "lr_gamma": [0.1, 0.5]}),
+    ({"scheduler": "none", "optimizer": "sgd"}, {"lr_milestones": [[150, 225], [30]]}),
+    ({"scheduler": "multistep", "optimizer": "adam"}, {"momentum": [0.9, 0.0], "nesterov": [True, False]}),
+])  # fmt: skip
+def test_options_a_run_never_used_do_not_split_a_report(tmp_path, shared, unused):
+    """A cosine run given --lr-milestones trained exactly as one without them: the same experiment, one row."""
+    for i in range(2):
+        config = {**shared, **{k: values[i] for k, values in unused.items()}}
+        make_run(tmp_path / f"run{i}", 70.0 + i, seed=i, weight=0.0, temperature=1.0, config=config)
+    (row,) = aggregate(collect([tmp_path]))
+    assert row["n"] == 2
 
 
 def test_aggregate_refuses_runs_that_held_out_other_images(tmp_path):
