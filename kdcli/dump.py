@@ -5,7 +5,8 @@
 
 Epoch e's views are built on the device from augment.params(seed, e, N), the
 parameters the cache stores beside the logits, so a student rebuilds exactly the
-view each logit belongs to ("consistent teaching", design.md). The cache is
+view each logit belongs to ("consistent teaching": Beyer et al. 2022, "Knowledge
+distillation: A good teacher is patient and consistent"). The cache is
 filled one epoch at a time, in order, by a disk thread: epoch e is written and
 fsynced while the teacher labels epoch e+1, so the teacher need not wait for the disk.
 A dump stopped at any moment resumes where it stopped (cache.py says why a kill

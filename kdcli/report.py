@@ -12,7 +12,7 @@ repeated within a setting, or runs on other images, are refused: a row would mix
 setting whatever their temperature, which they never use. Each KD setting is
 compared with its model's baseline: the difference of the means with a 95%
 confidence interval from Welch's t-test, because seed noise alone spans about
-two points on CIFAR-10 (design.md), more than most KD gains. Runs trained with
+two points on CIFAR-10 (the reference's baseline: 73.26 to 75.64 over four seeds), more than most KD gains. Runs trained with
 --val-size also get their mean accuracy on the held-out training images: the
 column to choose a setting by without selecting on the test set.
 """

@@ -284,7 +284,7 @@ IMAGE_OPTIONS = ("data_dir", "subset")  # which images a stage trains on or labe
 
 def options_of_inputs(options: dict) -> dict:
     """The images (IMAGE_OPTIONS) the stage before recorded: the teacher's run for dump-logits, the cache for a student of
-    it; a later stage reads them back where not given (design.md). {} where that input cannot be read: the command
+    it; a later stage reads them back where not given. {} where that input cannot be read: the command
     itself then says why."""
     try:
         if "teacher" in options:

@@ -6,7 +6,7 @@ import torch
 from kdcli import KdcliError
 from kdcli.models import MODELS, create_model
 
-# The reference's numbers (design.md): a changed architecture shows up here first.
+# The reference's numbers (README's "The reference"): a changed architecture shows up here first.
 PARAMETERS = {"resnet18": 11_173_962, "resnet8": 78_042, "lenet5": 62_006, "1": 62_006}
 
 

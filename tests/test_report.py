@@ -183,7 +183,7 @@ def test_aggregate_groups_seeds_and_puts_all_baselines_together(tmp_path):
     assert [(r["temperature"], r["n"]) for r in rows] == [(None, 4), (10.0, 2), (30.0, 1)]  # baseline first, then by T
     base, t10, t30 = rows
     assert base["distillation_weight"] == 0.0
-    assert base["mean"] == pytest.approx(74.4825)  # the reference's 74.48 ± 1.09 (design.md)
+    assert base["mean"] == pytest.approx(74.4825)  # the reference's 74.48 ± 1.09 (README's "The reference")
     assert base["std"] == pytest.approx(1.0906, abs=1e-4)
     assert (base["min"], base["max"]) == (73.26, 75.64)
     assert base["delta"] is None and base["ci_low"] is None
