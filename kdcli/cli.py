@@ -20,6 +20,16 @@ from typing import Literal
 import typer
 
 from kdcli import DATA_DIR, Device, Interrupted, KdcliError, __version__, count
+from kdcli import report as reporting
+from kdcli.cache import cache_info as read_info
+from kdcli.config import ConfigError, StudentConfig, TeacherConfig, TrainOptions, flag
+from kdcli.data import CLASSES, recorded_data_dir
+from kdcli.dump import DumpConfig, dump_logits, verify_cache
+from kdcli.evaluate import evaluate as evaluate_checkpoint
+from kdcli.models import ALIASES, MODELS, parameter_count
+from kdcli.runs import LOCK, check_cache_is_there, options_of_inputs, recorded_options
+from kdcli.sweep import SweepConfig, sweep
+from kdcli.train import train_student, train_teacher
 
 app = typer.Typer(
     add_completion=False,
@@ -86,8 +96,6 @@ def _parse_list(value: str, item_type, option: str) -> tuple:
 
 def command_from(cls, name: str, run):
     """Register `kdcli NAME` with one option per field of dataclass `cls`; `run(config)` does the work."""
-    from kdcli.config import TrainOptions, flag  # TrainOptions: a training run's --resume reads its options back; a dump's keeps its cache
-
     hints = typing.get_type_hints(cls)
     helps = _field_help(cls)
     shown = [f for f in fields(cls) if f.name not in getattr(cls, "cli_hidden", ())]  # hidden fields keep their defaults
@@ -116,7 +124,9 @@ def command_from(cls, name: str, run):
         with errors_as_one_line(resume_flag=any(f.name == "resume" for f in shown)):
             typed = {name for name in options if ctx.get_parameter_source(name).name != "DEFAULT"}
             given = typed
-            if options.get("resume") and issubclass(cls, TrainOptions):  # --force too: `--resume --force` trains the run again with its own options
+            # A training run's --resume reads its options back (--force too: `--resume --force` trains the run again
+            # with its own options); a dump's --resume only keeps its complete cache.
+            if options.get("resume") and issubclass(cls, TrainOptions):
                 recorded = recorded_back(cls, options, given)
                 options, given = {**options, **recorded}, given | set(recorded)  # a run's own images come before its inputs'
             options = with_images_of_inputs(options, given)
@@ -135,10 +145,6 @@ def command_from(cls, name: str, run):
 def with_images_of_inputs(options: dict, given: set) -> dict:
     """--data-dir and --subset, where not given, are those the teacher's run or the cache recorded: a dump labels,
     and a student learns, the images its teacher was trained on. Said even with --quiet: nothing else shows it."""
-    from kdcli.config import flag
-    from kdcli.data import recorded_data_dir
-    from kdcli.runs import options_of_inputs
-
     recorded = options_of_inputs(options)  # {} for a teacher, which reads no earlier stage
     read = {k: v for k, v in recorded.items() if k not in given and v != options[k]}
     source = f"the teacher's run {options.get('teacher')}" if "teacher" in options else f"the cache {options.get('cache')}"
@@ -152,9 +158,6 @@ def with_images_of_inputs(options: dict, given: set) -> dict:
 def warn_cache_not_read(options: dict):
     """A student given --cache with --distillation-weight 0, meant as the baseline of the cache's students, reads
     neither the cache nor its images: said where its --data-dir or --subset differs from the cache's."""
-    from kdcli.config import flag
-    from kdcli.runs import options_of_inputs
-
     recorded = options_of_inputs({**options, "distillation_weight": 1})  # the images the cache's students learn
     other = [k for k, v in recorded.items() if options[k] != v]
 
@@ -168,9 +171,6 @@ def warn_cache_not_read(options: dict):
 
 def recorded_back(cls, options: dict, given: set) -> dict:
     """--resume: every option not given on the command line is the one the run in --out started with."""
-    from kdcli.data import recorded_data_dir
-    from kdcli.runs import check_cache_is_there, recorded_options
-
     hints = typing.get_type_hints(cls)
     recorded = recorded_options(options["out"], options)
     back = {k: tuple(v) if typing.get_origin(hints[k]) is tuple else v for k, v in recorded.items() if k in options and k not in given}
@@ -183,8 +183,6 @@ def recorded_back(cls, options: dict, given: set) -> dict:
 
 def make_config(cls, options):
     """The command's config; a bad value is a usage error (exit status 2) naming its flag."""
-    from kdcli.config import ConfigError
-
     try:
         return cls(**options)
     except ConfigError as e:
@@ -241,16 +239,12 @@ def _first_line(e: Exception) -> str:
 
 def _train_teacher(config):
     """Train the teacher (ResNet18 by default, the reference recipe) into a run folder."""
-    from kdcli.train import train_teacher
-
     summary = train_teacher(config)
     typer.echo(f"teacher {summary['model']}: {_accuracy(summary)} after {count(summary['epochs'], 'epoch')} -> {config.out}{_kept(summary)}")
 
 
 def _train_student(config):
     """Train a student from the teacher-logit cache (or, with --distillation-weight 0, without a teacher)."""
-    from kdcli.train import train_student
-
     summary = train_student(config)
     setting = f"T={config.temperature:g} w={config.distillation_weight:g}" if config.distillation_weight else "baseline (no teacher)"
     typer.echo(f"student {summary['model']} {setting}: {_accuracy(summary)} after {count(summary['epochs'], 'epoch')} -> {config.out}{_kept(summary)}")
@@ -267,8 +261,6 @@ def _accuracy(summary) -> str:
 
 def _dump_logits(config):
     """Run the teacher over N augmented epochs of the training set into the HDF5 logit cache."""
-    from kdcli.dump import dump_logits
-
     s = dump_logits(config)
     if not s["epochs_written"]:
         typer.echo(f"{s['path']}: complete already ({count(s['epochs_complete'], 'epoch')} x {s['num_images']:,} images, this teacher and these settings), kept; teacher test accuracy {s['teacher_test_accuracy']:.2f}%")
@@ -282,25 +274,15 @@ def _dump_logits(config):
 
 def _sweep(config):
     """Train every (temperature, seed) student and a baseline per seed, batched, then write the report."""
-    from kdcli.sweep import sweep
-
     result = sweep(config)
     typer.echo(result["table"])
     typer.echo(f"{count(result['students'], 'student')} ({result['trained_now']} trained now) -> {config.out}/results.md")
 
 
-def _register_commands():
-    from kdcli.config import StudentConfig, TeacherConfig
-    from kdcli.dump import DumpConfig
-    from kdcli.sweep import SweepConfig
-
-    command_from(TeacherConfig, "train-teacher", _train_teacher)
-    command_from(DumpConfig, "dump-logits", _dump_logits)
-    command_from(StudentConfig, "train-student", _train_student)
-    command_from(SweepConfig, "sweep", _sweep)
-
-
-_register_commands()
+command_from(TeacherConfig, "train-teacher", _train_teacher)
+command_from(DumpConfig, "dump-logits", _dump_logits)
+command_from(StudentConfig, "train-student", _train_student)
+command_from(SweepConfig, "sweep", _sweep)
 
 
 @app.command()
@@ -312,9 +294,6 @@ def evaluate(
     download: bool = typer.Option(True, "--download/--no-download", help="fetch CIFAR-10 when it is missing"),
 ):
     """Top-1 accuracy of a checkpoint on the CIFAR-10 test set."""
-    from kdcli.data import CLASSES
-    from kdcli.evaluate import evaluate as evaluate_checkpoint
-
     with errors_as_one_line():
         result = evaluate_checkpoint(checkpoint, data_dir or None, device, download)
     _said_read_back(data_dir, result["data_dir"], f"the run of {checkpoint}")
@@ -342,10 +321,6 @@ def cache_info(
     download: bool = typer.Option(True, "--download/--no-download", help="fetch CIFAR-10 when it is missing"),
 ):
     """Print a cache's metadata, shapes and size; with --verify, check its logits against the teacher."""
-    from kdcli.cache import cache_info as read_info
-    from kdcli.data import recorded_data_dir
-    from kdcli.dump import verify_cache
-
     with errors_as_one_line():
         info = read_info(path)
         typer.echo(f"{info['path']}: {info['size_bytes'] / 1e6:,.1f} MB, {info['epochs_complete']} of {info['epochs']} epochs complete")
@@ -370,13 +345,9 @@ def report(
     out: str = typer.Option("", help="where to write results.md/csv/png (default: the folder given, when one is)", **_metavar(str)),
 ):
     """Aggregate finished runs: mean, spread and the difference to the baseline, per setting."""
-    from kdcli import report as reporting
-
     if not out and len(runs) > 1:  # the first folder's own results.md (a sweep's) would be replaced by the combined one
         typer.echo(f"error: {len(runs)} folders given: pass --out FOLDER for their combined report", err=True)
         raise typer.Exit(2)
-    from kdcli.runs import LOCK
-
     if out and (Path(out) / LOCK).exists() and (len(runs) > 1 or Path(out).resolve() != Path(runs[0]).resolve()):
         typer.echo(f"error: --out {out} is the folder of a run or sweep, whose own report this would replace: pass --out a folder of its own", err=True)
         raise typer.Exit(2)
@@ -390,8 +361,6 @@ def report(
 @app.command()
 def models():
     """List the known architectures and their parameter counts."""
-    from kdcli.models import ALIASES, MODELS, parameter_count
-
     for name in sorted(set(MODELS) - set(ALIASES)):
         also = [alias for alias, target in ALIASES.items() if target == name]
         typer.echo(f"{name:<10} {parameter_count(name):>12,} parameters" + (f"  (also: {', '.join(also)})" if also else ""))

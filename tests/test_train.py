@@ -961,7 +961,7 @@ def test_a_teachers_views_are_drawn_from_its_own_seed(tmp_path, data_dir, monkey
 
 def test_quiet_prints_the_last_epoch_even_off_the_eval_every_grid(tmp_path, data_dir, capsys):
     train_teacher(config(tmp_path, "run", data_dir, epochs=3, eval_every=2, quiet=True), progress=True)
-    assert [line.split()[1] for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")] == ["2/3", "3/3"]
+    assert [line.split()[1] for line in capsys.readouterr().err.splitlines() if line.startswith("epoch ")] == ["2/3", "3/3"]
 
 
 def test_negative_momentum_is_refused_and_the_largest_temperature_accepted(tmp_path, data_dir):
