@@ -15,6 +15,7 @@ import functools
 import json
 import math
 import os
+import re
 import subprocess
 import warnings
 from contextlib import contextmanager
@@ -205,16 +206,25 @@ def check_run_folder(out: Path):
     _check_not_a_file(out)
     if (out / "config.json").is_file() and not holds_a_run(out) and not _kdcli_config(out):
         raise KdcliError(f"{out} holds a config.json that kdcli did not write, which a run would overwrite: give the run a folder of its own (--out)")
-    if inner := run_below(out):
+    if inner := next(runs_below(out), None):
         raise KdcliError(f"{out} holds other runs in its subfolders (e.g. {inner}): give this run a folder of its own (--out)")
     _check_not_inside_a_run(out, "this run")
 
 
 def check_sweep_folder(out: Path):
+    """A sweep's folder holds its students (T30/seed1, baseline/seed1: of any earlier sweep there too) and nothing
+    else that is a run: `--out .` or `--out runs` would mix other runs into its report, or nest in another sweep."""
     _check_not_a_file(out)
     if holds_a_run(out):
         raise KdcliError(f"{out} holds a run of its own (its {CHECKPOINT} or summary.json): give the sweep a folder of its own (--out)")
+    if stray := next((r for r in runs_below(out) if not _is_student_folder(r.relative_to(out))), None):
+        raise KdcliError(f"{out} holds runs that are not a sweep's students (e.g. {stray}): give the sweep a folder of its own (--out)")
     _check_not_inside_a_run(out, "the sweep")
+
+
+def _is_student_folder(relative: Path) -> bool:
+    """Whether a run's path inside a sweep's folder is one sweep.student_configs makes: T<t>/seed<n> or baseline/seed<n>."""
+    return len(relative.parts) == 2 and re.fullmatch(r"baseline|T[^/]+", relative.parts[0]) is not None and re.fullmatch(r"seed\d+", relative.parts[1]) is not None
 
 
 def _check_not_a_file(out: Path):
@@ -223,13 +233,14 @@ def _check_not_a_file(out: Path):
 
 
 def _check_not_inside_a_run(out: Path, what: str):
-    if outer := next((p for p in Path(out).resolve().parents[:3] if holds_a_run(p)), None):
-        raise KdcliError(f"{out} is inside the folder of another run ({outer}): give {what} a folder of its own (--out)")
+    # LOCK: a sweep's folder holds one, a folder of sweeps does not
+    if outer := next((p for p in Path(out).resolve().parents[:3] if holds_a_run(p) or (p / LOCK).exists()), None):
+        raise KdcliError(f"{out} is inside the folder of another run or sweep ({outer}): give {what} a folder of its own (--out)")
 
 
-def run_below(folder: Path, depth: int = 3) -> Path | None:
-    """A run folder strictly inside `folder`, up to `depth` levels down (a sweep's students are 2, a folder of
-    sweeps' 3), or None: breadth first, so a large --out (`.`) costs only its first levels."""
+def runs_below(folder: Path, depth: int = 3):
+    """The run folders strictly inside `folder`, up to `depth` levels down (a sweep's students are 2, a folder of
+    sweeps' 3), breadth first, so a large --out (`.`) whose first levels hold one costs only those."""
     level = [folder]
     for _ in range(depth):
         inside = []
@@ -239,10 +250,9 @@ def run_below(folder: Path, depth: int = 3) -> Path | None:
                     inside += [Path(e.path) for e in entries if e.is_dir(follow_symlinks=False)]
             except OSError:  # unreadable: nothing of ours in it
                 pass
-        if found := next((d for d in inside if holds_a_run(d) or (d / LOCK).exists()), None):  # LOCK: a sweep's student not started
-            return found
-        level = inside
-    return None
+        runs = {d for d in inside if holds_a_run(d) or (d / LOCK).exists()}  # LOCK: a sweep's student not started
+        yield from (d for d in inside if d in runs)
+        level = [d for d in inside if d not in runs]  # a run's folder holds files, not runs
 
 
 # Options that runs written by an earlier kdcli do not record, and the value those runs trained as: a

@@ -446,6 +446,27 @@ def test_a_run_is_not_trained_into_a_sweeps_folder_nor_a_sweep_into_a_runs(tmp_p
     assert snapshot(tmp_path / "run") == before
 
 
+@pytest.mark.parametrize("out, said", [
+    ("project", "holds runs that are not a sweep's students (e.g. {project}/teacher)"),  # `--out .` in a project
+    ("project/runs", "holds runs that are not a sweep's students (e.g. {project}/runs/other)"),  # a folder of sweeps
+    ("project/runs/other/T4", "holds runs that are not a sweep's students (e.g. {project}/runs/other/T4/seed1)"),
+    ("project/runs/other/new", "is inside the folder of another run or sweep ({project}/runs/other)"),
+])  # fmt: skip
+def test_a_sweep_is_not_run_into_a_folder_of_other_runs_nor_into_another_sweep(tmp_path, data_dir, cache, student, out, said):
+    """Its report would pool them with its students (or refuse them in puzzling words), and the other sweep's too."""
+    project = tmp_path / "project"
+    shutil.copytree(student, project / "teacher")  # any run will do
+    assert kdcli(*sweep_args(data_dir, cache, project / "runs" / "other")).exit_code == 0
+    before = snapshot(project)
+    assert_refused(kdcli(*sweep_args(data_dir, cache, tmp_path / out)), said.format(project=project), codes=(1,))
+    assert snapshot(project) == before
+
+
+def test_a_student_is_not_trained_into_a_new_folder_inside_a_sweeps(tmp_path, data_dir, cache):
+    assert kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep")).exit_code == 0
+    assert_refused(kdcli(*student_args(data_dir, cache, tmp_path / "sweep" / "mine")), "is inside the folder of another run or sweep", codes=(1,))
+
+
 @pytest.mark.parametrize("command", [student_args, sweep_args], ids=["train-student", "sweep"])
 def test_a_missing_cache_is_said_before_any_data_is_loaded_or_downloaded(tmp_path, monkeypatch, command):
     """A mistyped --cache must not cost a 170 MB download first."""
