@@ -147,8 +147,9 @@ class Group:
         order = [torch.randperm(self.num_images, generator=augment.epoch_generator(r.config.seed, self.epoch, "order")) for r in self.runs]
         return aug, soft, torch.stack(order).to(self.device)
 
-    def train_epoch(self, stop) -> float:
-        """Train from the current step to the end of the epoch; return its seconds."""
+    def train_epoch(self, stop, on_step=None) -> float:
+        """Train from the current step to the end of the epoch; return its seconds. on_step(b), if given, is called
+        after each step queued, with the images b it took of each run (a progress bar's count)."""
         if stop.requested and self.step == 0:  # it came while the group set up, or the last epoch evaluated or saved
             self._stop_between_epochs(stop)
         aug, soft, order = self.epoch_inputs()
@@ -168,6 +169,8 @@ class Group:
             else:  # CPU, or the smaller last batch of an epoch
                 loss, hits = self.train_step(idx, aug, soft)
             losses[i], correct[i] = loss, hits  # kept on the device: no host sync inside the step
+            if on_step is not None:
+                on_step(idx.shape[1])
             if stop.requested:
                 self.check_finite(losses[: i + 1])  # a checkpoint of non-finite weights would replace the last good one
                 self.step = i + 1

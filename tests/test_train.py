@@ -5,6 +5,7 @@ Every run is LeNet-5 on the 200-image session data on the CPU: 4 steps of 64 ima
 
 import errno
 import fcntl
+import io
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ import torch
 from conftest import write_cifar_folder
 
 import kdcli.group as group_module
+import kdcli.train as train_module
 from kdcli import KdcliError, StopOnSignal, __version__, augment
 from kdcli.checkpoint import CHECKPOINT, load_checkpoint, warn_cannot_lock
 from kdcli.config import ConfigError, StudentConfig, TeacherConfig
@@ -264,6 +266,30 @@ def test_a_run_whose_ctrl_c_is_ignored_keeps_ignoring_it(tmp_path, data_dir, mon
     finally:
         signal.signal(signal.SIGINT, previous)
     assert summary["epochs"] == 3 and (tmp_path / "run" / "summary.json").exists()
+
+
+def test_the_progress_bar_counts_images_step_by_step_and_a_resumed_run_starts_where_it_stopped(tmp_path, data_dir, monkeypatch):
+    """An epoch of ResNet18 takes half an hour on a CPU: a bar counting epochs would stand still that long."""
+    bars = []
+
+    class Recorded(train_module.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "file": io.StringIO()})
+            self.steps = []
+            bars.append(self)
+
+        def update(self, n=1):
+            self.steps.append(n)
+            return super().update(n)
+
+    monkeypatch.setattr(train_module, "tqdm", Recorded)
+    call_on_step(monkeypatch, STEPS + 2, press_ctrl_c)  # epoch 2, step 2
+    with pytest.raises(TrainingInterrupted):
+        train_teacher(config(tmp_path, "run", data_dir, epochs=2, quiet=False))
+    assert (bars[0].total, bars[0].steps) == (400, [64, 64, 64, 8, 64, 64])  # 200 images, batches of 64
+    train_teacher(config(tmp_path, "run", data_dir, epochs=2, quiet=False, resume=True))
+    assert (bars[1].n, bars[1].steps) == (400, [64, 8])  # from 200 + 2 x 64, its steps 3 and 4
+    assert bars[1].desc.startswith("epoch 2/2")
 
 
 @pytest.mark.parametrize("stop_at", [1, 4, 6], ids=["first-step", "end-of-epoch-1", "mid-epoch-2"])
