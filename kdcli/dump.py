@@ -73,15 +73,18 @@ def view_labeller(model, dtype: torch.dtype | None, compiled: bool):
 
 
 @torch.inference_mode()  # no autograd bookkeeping at all: the teacher is only read
-def teacher_logits(labeller, images, aug, batch_size: int, stop=None) -> torch.Tensor | None:
+def teacher_logits(labeller, images, aug, batch_size: int, stop=None, on_batch=None) -> torch.Tensor | None:
     """[N, C] float32: labeller (a view_labeller's) on images [N, 3, 32, 32] uint8 as augmented by aug [N, 3]
-    (None: as they are); None once `stop` (a StopOnSignal) is requested, checked before each batch."""
+    (None: as they are); None once `stop` (a StopOnSignal) is requested, checked before each batch.
+    on_batch(b), if given, is called with each batch's size as it is queued (a progress bar's count)."""
     aug = (augment.unaugmented(len(images)) if aug is None else aug).to(images.device)
     out = []
     for i in range(0, len(images), batch_size):  # views are built per batch: all 50,000 at once is 150 MB more
         if stop is not None and stop.requested:
             return None
         out.append(labeller(images[i : i + batch_size], aug[i : i + batch_size]))
+        if on_batch is not None:
+            on_batch(len(out[-1]))
     return torch.cat(out)
 
 
@@ -111,6 +114,8 @@ def dump_logits(config: DumpConfig, progress: bool = True) -> dict:
                 **identity, "teacher_model": teacher_model, "teacher_train_images": seen,
                 "teacher_test_accuracy": _teacher_test_accuracy(model, data, state, config.amp),
             }  # fmt: skip
+            if progress and not config.quiet:  # a CPU takes as long as an epoch of the dump for it, before any bar
+                print(f"{config.out}: labelling the un-augmented training and test images first", file=sys.stderr, flush=True)
             _create_cache(config, labeller, data, attrs, teacher_path)
         seconds = 0.0
         if start != config.epochs:  # else complete, and kept (--resume)
@@ -234,13 +239,12 @@ def _write_epochs(config: DumpConfig, labeller, data, writer, progress: bool, st
         if written is not None:
             written.result()  # one epoch waits for the disk at most; a write error is raised here
         written = disk.submit(writer.write_epoch, e, aug.numpy(), logits)
-        bar.update(n)
 
     with bar, ThreadPoolExecutor(1, thread_name_prefix="kdcli-disk") as disk:
         labelled = None  # the last epoch labelled in full, not yet handed to the disk thread
         for e in range(start, config.epochs):
             aug = augment.params(config.seed, e, n)  # [N, 3] int8, drawn on the CPU like every kdcli draw
-            logits = teacher_logits(labeller, data.train_images, aug, config.batch_size, stop)  # [N, C], queued on the device
+            logits = teacher_logits(labeller, data.train_images, aug, config.batch_size, stop, bar.update)  # [N, C], queued on the device
             if logits is None:
                 break
             previous, labelled = labelled, (e, aug, _start_copy_to_host(logits))
