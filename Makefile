@@ -15,6 +15,7 @@ CACHE_EPOCHS ?= $(EPOCHS)
 TEACHER ?= runs/teacher
 CACHE  ?= cache/logits.h5
 T      ?= 30
+STUDENT ?= runs/student-T$(T)
 TEMPERATURES ?= 1,10,30,50,100
 SEEDS  ?= 777,10,20,30
 SWEEP  ?= runs/sweep
@@ -22,7 +23,11 @@ VAL_SIZE ?= 0
 COMMON  = $(if $(DATA),--data-dir $(DATA)) --device $(DEVICE) $(if $(SUBSET),--subset $(SUBSET))
 ARGS   ?=
 
-.PHONY: install test teacher logits student sweep reproduce demo bench clean
+.PHONY: help install test teacher logits student sweep reproduce demo bench clean
+.DEFAULT_GOAL := help
+
+help:  ## list the targets (this)
+	@awk -F ':.*## ' '/^[a-z]+:.*## /{printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,9 +54,9 @@ $(CACHE).done: $(TEACHER)/summary.json
 		$(if $(shell test $(TEACHER)/summary.json -nt $(CACHE) && echo older),--force) $(COMMON) $(ARGS)
 	touch $@
 
-student: $(CACHE).done  ## one student from the cache at temperature T
+student: $(CACHE).done  ## one student from the cache at temperature T, into STUDENT (default runs/student-T<T>)
 	$(KDCLI) train-student --cache $(CACHE) --temperature $(T) --epochs $(EPOCHS) --scheduler $(SCHEDULER) --eval-every $(EVAL_EVERY) \
-		--out runs/student-T$(T) --val-size $(VAL_SIZE) --resume $(COMMON) $(ARGS)
+		--out $(STUDENT) --val-size $(VAL_SIZE) --resume $(COMMON) $(ARGS)
 
 sweep: $(CACHE).done  ## every temperature x seed, plus baselines, batched; then the report
 	$(KDCLI) sweep --cache $(CACHE) --temperatures $(TEMPERATURES) --seeds $(SEEDS) --epochs $(EPOCHS) --scheduler $(SCHEDULER) \

@@ -105,3 +105,18 @@ def test_demo_runs_the_pipelines_own_targets_shrunk(tmp_path, data_dir):
     assert f"kdcli train-teacher --model resnet8 --epochs 5 --scheduler onecycle --eval-every 5 --out {tmp_path / 'demo' / 'teacher'}" in commands
     assert "--subset 5000" in commands.split("kdcli dump-logits")[1].split("kdcli sweep")[0]
     assert f"kdcli sweep --cache {tmp_path / 'demo.h5'} --temperatures 1,30 --seeds 1,2 --epochs 5" in commands
+
+
+def test_make_alone_lists_the_targets():
+    result = subprocess.run(["make", "-C", str(ROOT)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    listed = [line.split()[1] for line in result.stdout.splitlines()]
+    assert {"demo", "teacher", "logits", "student", "sweep", "reproduce", "test"} <= set(listed)
+
+
+def test_make_student_writes_into_STUDENT(tmp_path):
+    """Two students of two caches need two folders: the second would be refused as another cache's run."""
+    result = subprocess.run(["make", "-n", "-C", str(ROOT), "student", f"STUDENT={tmp_path / 'mine'}", f"CACHE={tmp_path / 'c.h5'}"],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"--out {tmp_path / 'mine'} " in result.stdout
