@@ -77,6 +77,23 @@ def test_cuda_graph_steps_equal_eager_steps(tmp_path, data_dir, seeds):
         assert_close_weights(g, e, atol=1e-5)
 
 
+@pytest.mark.parametrize("cuda_graphs", [True, False], ids=["graphed", "eager"])
+def test_the_scheduled_lr_reaches_the_optimizer_on_cuda_also_after_a_resume(tmp_path, data_dir, cuda_graphs):
+    """On CUDA the lr is a device tensor that the fused optimizer and the graph read, re-linked after loading a
+    checkpoint: a schedule that missed it would train at 0.1 throughout. Here the lr drops to ~0 after epoch 1."""
+    options = dict(model="lenet5", batch_size=32, data_dir=data_dir, distillation_weight=0.0, amp="off", cuda_graphs=cuda_graphs,
+                   lr_milestones=(1,), lr_gamma=1e-12)  # fmt: skip
+    (one,) = train(tmp_path, "one", StudentConfig, (1,), epochs=1, **options)
+    (two,) = train(tmp_path, "two", StudentConfig, (1,), epochs=2, **options)
+    assert_close_weights(two, one, atol=1e-6)  # epoch 2 moved nothing
+    state = torch.load(tmp_path / "one1" / "checkpoint.pt", weights_only=True)
+    state["config"]["epochs"] = 2  # now the checkpoint of a 2-epoch run stopped after its first epoch
+    save_atomic(state, tmp_path / "one1" / "checkpoint.pt")
+    (tmp_path / "one1" / "summary.json").unlink()
+    (resumed,) = train(tmp_path, "one", StudentConfig, (1,), epochs=2, resume=True, **options)
+    assert_close_weights(resumed, one, atol=1e-6)
+
+
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_cuda_graph_teacher_with_batch_norm_equals_eager(tmp_path, data_dir, amp):
     """fp16 adds the loss scale: its overflow check and skipped steps must happen inside the graph too."""
