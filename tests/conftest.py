@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny CIFAR-10-format data folder made on the spot (tests never download)."""
 
 import hashlib
+import io
 import pickle
 import signal
 
@@ -72,3 +73,22 @@ def ctrl_c_as_in_a_terminal():
     yield
     signal.signal(signal.SIGINT, previous[0])
     signal.signal(signal.SIGTERM, previous[1])
+
+
+def record_progress_bars(monkeypatch, module) -> list:
+    """Make module.tqdm a bar that writes nowhere and records what each update counted (bar.counts); return the
+    list the bars made from now on are appended to."""
+    bars = []
+
+    class Recorded(module.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "file": io.StringIO()})
+            self.counts = []
+            bars.append(self)
+
+        def update(self, n=1):
+            self.counts.append(n)
+            return super().update(n)
+
+    monkeypatch.setattr(module, "tqdm", Recorded)
+    return bars

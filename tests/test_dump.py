@@ -3,7 +3,6 @@ the teacher on the views rebuilt from the cached parameters, and a dump killed w
 to the very arrays of a dump never stopped."""
 
 import errno
-import io
 import json
 import os
 import shutil
@@ -19,7 +18,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import sha256, write_lenet_teacher
+from conftest import record_progress_bars, sha256, write_lenet_teacher
 
 from kdcli import Interrupted, KdcliError, augment, cache, dump
 from kdcli.config import ConfigError
@@ -118,22 +117,10 @@ def test_cached_logits_are_the_teacher_on_the_rebuilt_views(reference, teacher, 
 
 def test_the_progress_bar_counts_each_batch_after_a_line_for_the_un_augmented_images(tmp_path, teacher, data_dir, monkeypatch, capsys):
     """On a CPU an epoch of the dump takes seconds, and the un-augmented images as long before it: neither silent."""
-    bars = []
-
-    class Recorded(dump.tqdm):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **{**kwargs, "file": io.StringIO()})
-            self.batches = []
-            bars.append(self)
-
-        def update(self, n=1):
-            self.batches.append(n)
-            return super().update(n)
-
-    monkeypatch.setattr(dump, "tqdm", Recorded)
+    bars = record_progress_bars(monkeypatch, dump)
     dump_logits(config(tmp_path, teacher, data_dir, epochs=2, quiet=False))
     (bar,) = bars
-    assert (bar.total, bar.batches) == (400, [64, 64, 64, 8] * 2)  # 200 images in batches of 64
+    assert (bar.total, bar.counts) == (400, [64, 64, 64, 8] * 2)  # 200 images in batches of 64
     assert f"{tmp_path / 'c.h5'}: labelling the un-augmented training and test images first" in capsys.readouterr().err
 
 

@@ -5,7 +5,6 @@ Every run is LeNet-5 on the 200-image session data on the CPU: 4 steps of 64 ima
 
 import errno
 import fcntl
-import io
 import json
 import os
 import shutil
@@ -18,7 +17,7 @@ from unittest.mock import ANY
 
 import pytest
 import torch
-from conftest import write_cifar_folder
+from conftest import record_progress_bars, write_cifar_folder
 
 import kdcli.group as group_module
 import kdcli.train as train_module
@@ -270,25 +269,13 @@ def test_a_run_whose_ctrl_c_is_ignored_keeps_ignoring_it(tmp_path, data_dir, mon
 
 def test_the_progress_bar_counts_images_step_by_step_and_a_resumed_run_starts_where_it_stopped(tmp_path, data_dir, monkeypatch):
     """An epoch of ResNet18 takes half an hour on a CPU: a bar counting epochs would stand still that long."""
-    bars = []
-
-    class Recorded(train_module.tqdm):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **{**kwargs, "file": io.StringIO()})
-            self.steps = []
-            bars.append(self)
-
-        def update(self, n=1):
-            self.steps.append(n)
-            return super().update(n)
-
-    monkeypatch.setattr(train_module, "tqdm", Recorded)
+    bars = record_progress_bars(monkeypatch, train_module)
     call_on_step(monkeypatch, STEPS + 2, press_ctrl_c)  # epoch 2, step 2
     with pytest.raises(TrainingInterrupted):
         train_teacher(config(tmp_path, "run", data_dir, epochs=2, quiet=False))
-    assert (bars[0].total, bars[0].steps) == (400, [64, 64, 64, 8, 64, 64])  # 200 images, batches of 64
+    assert (bars[0].total, bars[0].counts) == (400, [64, 64, 64, 8, 64, 64])  # 200 images, batches of 64
     train_teacher(config(tmp_path, "run", data_dir, epochs=2, quiet=False, resume=True))
-    assert (bars[1].n, bars[1].steps) == (400, [64, 8])  # from 200 + 2 x 64, its steps 3 and 4
+    assert (bars[1].n, bars[1].counts) == (400, [64, 8])  # from 200 + 2 x 64, its steps 3 and 4
     assert bars[1].desc.startswith("epoch 2/2")
 
 
