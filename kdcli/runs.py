@@ -233,9 +233,14 @@ def _check_not_a_file(out: Path):
 
 
 def _check_not_inside_a_run(out: Path, what: str):
-    # LOCK: a sweep's folder holds one, a folder of sweeps does not
-    if outer := next((p for p in Path(out).resolve().parents[:3] if holds_a_run(p) or (p / LOCK).exists()), None):
+    if outer := next((p for p in Path(out).resolve().parents[:3] if holds_a_run(p) or _is_sweep_folder(p)), None):
         raise KdcliError(f"{out} is inside the folder of another run or sweep ({outer}): give {what} a folder of its own (--out)")
+
+
+def _is_sweep_folder(folder: Path) -> bool:
+    """A sweep holds its LOCK and its students; a folder of sweeps holds no LOCK, nor does a project whose
+    stray LOCK (an old `--out .`) has no students beside it."""
+    return (folder / LOCK).exists() and any(_is_student_folder(r.relative_to(folder)) for r in runs_below(folder, depth=2))
 
 
 def runs_below(folder: Path, depth: int = 3):

@@ -467,6 +467,13 @@ def test_a_student_is_not_trained_into_a_new_folder_inside_a_sweeps(tmp_path, da
     assert_refused(kdcli(*student_args(data_dir, cache, tmp_path / "sweep" / "mine")), "is inside the folder of another run or sweep", codes=(1,))
 
 
+def test_a_stray_lock_file_without_students_beside_it_is_no_sweep(tmp_path, data_dir):
+    """An old `--out .` may have left one in a project: its runs must still train."""
+    (tmp_path / ".kdcli.lock").touch()
+    result = kdcli(*teacher_args(data_dir, tmp_path / "runs" / "teacher"))
+    assert result.exit_code == 0, result.output
+
+
 @pytest.mark.parametrize("command", [student_args, sweep_args], ids=["train-student", "sweep"])
 def test_a_missing_cache_is_said_before_any_data_is_loaded_or_downloaded(tmp_path, monkeypatch, command):
     """A mistyped --cache must not cost a 170 MB download first."""
