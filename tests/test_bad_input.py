@@ -18,6 +18,7 @@ Covered (tests/test_cli.py has train-teacher's bad option values and train-stude
 """
 
 import contextlib
+import errno
 import functools
 import json
 import os
@@ -36,6 +37,7 @@ import torch
 from conftest import write_cifar_folder
 from typer.testing import CliRunner
 
+from kdcli import KdcliError
 from kdcli.cli import app
 from kdcli.models import create_model
 from kdcli.runs import claim_folder
@@ -837,3 +839,40 @@ def test_ctrl_c_in_a_forced_sweep_resumes_with_the_printed_command(tmp_path, dat
     hint, resumed = run_printed_hint(result)
     assert "--force" not in hint and resumed.exit_code == 0, resumed.output
     assert "4 students (3 trained now)" in resumed.stdout  # the one finished under --force is kept
+
+def test_an_out_whose_lock_file_is_writable_but_not_the_folder_is_one_clear_error(tmp_path, monkeypatch):
+    """A run folder made read-only after a first run keeps a writable lock file, so taking the lock succeeds: the
+    new run must still be refused at once, in one line, not fail later with a traceback at its first write.
+    (Simulated: the tests may run as root, whom a chmod does not stop.)"""
+    with claim_folder(tmp_path / "run"):  # a first run: the folder and its lock file exist
+        pass
+    touch = Path.touch
+
+    def read_only_folder(self, *args, **kwargs):
+        if self.parent == tmp_path / "run":
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return touch(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "touch", read_only_folder)
+    with pytest.raises(KdcliError, match=r"cannot write to --out .*run: Permission denied"):
+        with claim_folder(tmp_path / "run"):
+            pass
+
+
+def test_a_run_of_the_other_kind_refused_without_force_is_not_said_to_be_replaced(tmp_path, data_dir, cache):
+    """Without --force a teacher's run is refused to a student and left as it is: a warning that '--force replaces
+    it with a new student's, of the options given and the defaults' would describe what did not happen."""
+    assert kdcli(*teacher_args(data_dir, tmp_path / "run")).exit_code == 0
+    refused = kdcli(*student_args(data_dir, cache, tmp_path / "run", "--resume"))
+    assert_refused(refused, "holds a teacher's run, not a student's", "--force", codes=(1,))
+    assert "replaces it" not in refused.stderr
+
+
+def test_a_sweep_students_checkpoint_that_cannot_resume_is_one_line(tmp_path, data_dir, cache):
+    """A student's checkpoint without its optimizer (saved by hand, say): the sweep names it, it does not crash on it."""
+    assert kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep")).exit_code == 0
+    student = tmp_path / "sweep" / "T4" / "seed1"
+    state = torch.load(student / "checkpoint.pt", weights_only=True)
+    torch.save({k: v for k, v in state.items() if k != "optimizer"}, student / "checkpoint.pt")
+    (student / "summary.json").unlink()
+    assert_refused(kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep")), f"{student / 'checkpoint.pt'} is not a checkpoint of a run to resume (it lacks optimizer)", codes=(1,))

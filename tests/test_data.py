@@ -221,3 +221,39 @@ def test_auto_picks_the_gpu_and_cuda_without_one_is_one_clear_error(monkeypatch)
     assert data_module.resolve_device("auto") == torch.device("cpu")
     with pytest.raises(KdcliError, match="--device cuda: no CUDA GPU is visible to PyTorch; use --device cpu"):
         data_module.resolve_device("cuda")
+
+def test_fingerprint_of_the_first_n_images(data_dir):
+    """fingerprint_of_first(n) is the fingerprint a run on --subset n recorded, which dump-logits, verify and evaluate
+    compare against: the first n images whatever a --val-size holds out after them, the load's own for every image,
+    and None where the folder holds fewer than n (not the fingerprint of the images it has)."""
+    every = load_cifar10(data_dir, download=False)
+    held_out = load_cifar10(data_dir, download=False, val_size=50)  # 150 training images + 50 held out
+    assert held_out.fingerprint_of_first(200) == held_out.fingerprint == every.fingerprint
+    for n in (150, 100):
+        assert held_out.fingerprint_of_first(n) == load_cifar10(data_dir, subset=n, download=False).fingerprint
+    assert every.fingerprint_of_first(201) is None
+
+
+def test_an_empty_batch_is_one_clear_error(data_dir, tmp_path):
+    """A batch that holds no images at all (a re-export that lost them) is refused in one line naming the file,
+    not with numpy's traceback from taking the smallest of no labels."""
+    folder = copy_folder(data_dir, tmp_path)
+    rewrite(folder / BATCH_FOLDER / "data_batch_4", data=lambda d: d[:0], labels=lambda y: np.asarray(y[:0], dtype=np.int64))
+    with pytest.raises(KdcliError, match=r"data_batch_4: labels must be integers 0..9, found int64 from none of them"):
+        load_cifar10(folder, download=False)
+
+
+def test_ctrl_c_during_a_download_stops_as_ctrl_c_and_leaves_no_folder(tmp_path, monkeypatch):
+    """Ctrl-C while CIFAR-10 downloads is the user stopping kdcli: it must stay a KeyboardInterrupt (exit status 130,
+    no 'could not download' error to debug), and the half-made folder must go all the same."""
+    import torchvision
+
+    def interrupted(root, download):
+        Path(root).mkdir(parents=True, exist_ok=True)
+        (Path(root) / "cifar-10-python.tar.gz").write_bytes(b"part")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        load_cifar10(tmp_path / "new" / "data")
+    assert list(tmp_path.iterdir()) == []

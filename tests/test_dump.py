@@ -577,3 +577,73 @@ def test_a_teacher_of_more_images_than_the_folder_holds_is_warned_of(tmp_path, d
         dump_logits(cfg, progress=False)
     path = cfg.out
     assert cache.cache_info(path)["attrs"]["teacher_train_images"] == 0
+
+def test_a_last_batch_of_a_single_image_is_labelled(tmp_path, reference, teacher, data_dir):
+    """200 training images in batches of 199 (and 60 test images in batches of 59) end in a batch of one image:
+    it must be labelled like every other, or the cache is one logit short of its labels (a student would then
+    learn image i from the logits of another)."""
+    cfg = config(tmp_path, teacher, data_dir, epochs=1, batch_size=199)
+    dump_logits(cfg, progress=False)
+    got, want = contents(cfg.out), contents(reference[0])
+    for name in ("clean_logits", "test_logits"):
+        assert got[name].shape == want[name].shape, name
+        np.testing.assert_allclose(got[name], want[name], atol=1e-4, err_msg=name)
+    np.testing.assert_allclose(got["logits"][0], want["logits"][0], atol=1e-4)  # epoch 0: the same views
+
+
+def test_compile_has_no_effect_off_cuda(tmp_path, teacher, data_dir, monkeypatch):
+    """--compile (on by default) compiles for CUDA only: a dump on the CPU runs eagerly, as --help says, without
+    torch.compile's start-up cost (tens of seconds) or its need of a working C compiler."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.compile called for a CPU dump")
+
+    monkeypatch.setattr(torch, "compile", refuse)
+    summary = dump_logits(config(tmp_path, teacher, data_dir, epochs=1, compile=True), progress=False)
+    assert summary["epochs_written"] == 1
+
+
+def test_a_relative_teacher_is_recorded_as_an_absolute_path(tmp_path, teacher, data_dir, monkeypatch):
+    """`--teacher runs/teacher` given relative to where dump-logits ran: the cache records it absolute, so that
+    `cache-info --verify` (and a student's report) finds the teacher from any other folder."""
+    monkeypatch.chdir(teacher.parent)
+    cfg = config(tmp_path, Path(teacher.name), data_dir, epochs=1)  # relative to the folder holding it
+    dump_logits(cfg, progress=False)
+    assert cache.cache_info(cfg.out)["attrs"]["config"]["teacher"] == str(teacher.resolve())
+    monkeypatch.chdir(tmp_path)  # elsewhere: the teacher is found all the same
+    assert dump.verify_cache(cfg.out, k=8, device="cpu", data_dir=data_dir, download=False)["entries"] == 8
+
+
+def test_a_dump_puts_the_signal_handlers_back(tmp_path, teacher, data_dir):
+    """A dump handles Ctrl-C and SIGTERM itself only while it labels: once dump_logits returns (a script or a
+    notebook calling it), Ctrl-C must interrupt again and SIGTERM end the process, not set a flag nobody reads."""
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    dump_logits(config(tmp_path, teacher, data_dir, epochs=1), progress=False)
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+def test_verify_reports_the_largest_difference_of_every_epoch_checked(tmp_path, teacher, data_dir):
+    """cache-info --verify prints max_difference as the worst entry checked: a small difference in epoch 0 (under
+    the tolerance, so the cache passes) must show even though epoch 1, checked last, matches exactly."""
+    cfg = config(tmp_path, teacher, data_dir, epochs=2)
+    dump_logits(cfg, progress=False)
+    with h5py.File(cfg.out, "r+") as f:
+        f["logits"][0, 0] = f["logits"][0, 0] + 0.01  # epoch 0, image 0: every class 0.01 off
+    result = dump.verify_cache(cfg.out, teacher, k=400, device="cpu", data_dir=data_dir, download=False)
+    assert result["entries"] == 400 and result["max_difference"] == pytest.approx(0.01, abs=1e-4)
+
+
+def test_verify_measures_a_small_logit_entry_against_at_least_1(tmp_path, teacher, data_dir):
+    """A difference is relative to an entry's largest |logit|, but never to less than 1: a barely trained teacher
+    (logits all near 0) recomputed on another device differs by a few hundredths, which must not fail a sound
+    cache as 'damaged' (while the same 0.015 on logits of ~5 would be far under the tolerance anyway)."""
+    state = torch.load(teacher / "checkpoint.pt")
+    state["model"]["fc3.weight"].zero_()
+    state["model"]["fc3.bias"][:] = 0.1  # every logit 0.1
+    torch.save(state, tmp_path / "flat.pt")
+    cfg = config(tmp_path, tmp_path / "flat.pt", data_dir, epochs=1)
+    dump_logits(cfg, progress=False)
+    with h5py.File(cfg.out, "r+") as f:
+        f["logits"][0, 0] = f["logits"][0, 0] + 0.015  # 1.5% of 1 (under float32's 2%), 15% of 0.1
+    result = dump.verify_cache(cfg.out, tmp_path / "flat.pt", k=200, device="cpu", data_dir=data_dir, download=False)
+    assert result["max_relative"] == pytest.approx(0.015, abs=1e-4)

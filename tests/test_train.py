@@ -1015,3 +1015,38 @@ def test_runs_stopped_at_other_steps_of_one_epoch_are_not_trained_together(tmp_p
         r.config.resume = True
     with pytest.raises(KdcliError, match="must all be at the same epoch and step"):
         train_runs(runs, data, cpu, progress=False)
+
+def test_resume_with_another_seed_is_refused(tmp_path, data_dir, finished, monkeypatch):
+    """--seed draws a run's initial weights, batch order and views: a run resumed under another seed would be half
+    one run and half another, and match neither a run of this seed nor of its own; refused like --lr."""
+    interrupt(tmp_path, data_dir, monkeypatch)
+    with pytest.raises(KdcliError, match=r"was trained with other options: --seed 1 \(run has 777\)"):
+        teach(config(tmp_path, "run", data_dir, resume=True, seed=1))
+
+
+def test_a_finished_run_without_its_checkpoint_is_kept_on_resume(tmp_path, data_dir, finished):
+    """A finished run whose checkpoint.pt was deleted (to save space: summary.json holds its results) is done:
+    --resume, which make always passes, must keep it, not train it again from scratch over its summary."""
+    shutil.copytree(finished[0], tmp_path / "run")
+    (tmp_path / "run" / "checkpoint.pt").unlink()
+    assert teach(config(tmp_path, "run", data_dir, resume=True)) == {**finished[1], "kept": True}
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()  # nothing was trained
+
+
+def test_a_finished_run_of_an_older_kdcli_is_kept_on_resume(tmp_path, data_dir, finished):
+    """A finished run whose checkpoint predates the keys a resume needs (kdcli before Ctrl-C mid-epoch recorded
+    no step, no partial epoch) has nothing left to resume: --resume (make passes it always) must keep it, not
+    refuse it as 'not a checkpoint of a run to resume'."""
+    shutil.copytree(finished[0], tmp_path / "run")
+    state = load_checkpoint(tmp_path / "run")
+    torch.save({k: v for k, v in state.items() if k not in ("step", "partial")}, tmp_path / "run" / "checkpoint.pt")
+    assert teach(config(tmp_path, "run", data_dir, resume=True)) == {**finished[1], "kept": True}
+
+
+def test_a_run_is_not_started_inside_a_finished_run_that_kept_only_its_summary(tmp_path, data_dir, finished):
+    """A finished run is its summary.json as much as its checkpoint (deleted to save space, the run is still there):
+    a run started inside its folder would mix its files into that run's, and the report would pool them."""
+    shutil.copytree(finished[0], tmp_path / "run")
+    (tmp_path / "run" / "checkpoint.pt").unlink()
+    with pytest.raises(KdcliError, match=r"inner is inside the folder of another run( or sweep)? \(.*run\)"):
+        teach(config(tmp_path / "run", "inner", data_dir))
