@@ -275,8 +275,8 @@ def _dump_logits(config):
 def _sweep(config):
     """Train every (temperature, seed) student and a baseline per seed, batched, then write the report."""
     result = sweep(config)
-    typer.echo(result["table"])
-    typer.echo(f"{count(result['students'], 'student')} ({result['trained_now']} trained now) -> {config.out}/results.md")
+    typer.echo(result["table"])  # stdout: the table alone (`kdcli sweep > table.md`); where it is written, on stderr
+    typer.echo(f"{count(result['students'], 'student')} ({result['trained_now']} trained now) -> {config.out}/results.md", err=True)
 
 
 command_from(TeacherConfig, "train-teacher", _train_teacher)
@@ -353,9 +353,9 @@ def report(
         raise typer.Exit(2)
     with errors_as_one_line():
         table = reporting.report(runs, out or runs[0])
-    typer.echo(table)
+    typer.echo(table)  # stdout: the table alone, as a sweep's
     folder = Path(out or runs[0])
-    typer.echo(f"-> {folder / 'results.md'} (and results.csv{', results.png' if (folder / 'results.png').exists() else ''} beside it)")
+    typer.echo(f"-> {folder / 'results.md'} (and results.csv{', results.png' if (folder / 'results.png').exists() else ''} beside it)", err=True)
 
 
 @app.command()

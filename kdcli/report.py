@@ -117,8 +117,8 @@ def collect(paths) -> Runs:
         finished |= {f.parent.resolve() for f in path.rglob("summary.json")}
         started |= {f.parent.resolve() for pattern in ("config.json", LOCK) for f in path.rglob(pattern)}
     # a folder that holds runs (one with a stray config.json) is a container, not an unfinished run
-    runs_below = finished | started
-    unfinished = sorted(d for d in started - finished if not any(d in r.parents for r in runs_below))
+    runs_found = finished | started
+    unfinished = sorted(d for d in started - finished if not any(d in r.parents for r in runs_found))
     if not finished:
         also = f" ({len(unfinished)} unfinished)" if unfinished else ""
         raise KdcliError(f"no finished run (summary.json) under {', '.join(map(str, paths))}{also}: train some first")
@@ -175,27 +175,28 @@ SAID_AS = {"train_fingerprint": "training images"}  # recipe fields whose name w
 
 
 def _recipe(config: dict) -> tuple:
-    """The RECIPE fields as JSON, None for those the run's schedule or optimizer never read: a cosine run given
+    """The RECIPE fields the run's schedule and optimizer read, as (name, JSON) pairs: a cosine run given
     --lr-milestones trained as one without, and Adam ignores --momentum."""
     unused = set()
-    if config.get("scheduler") != "multistep":
+    if config.get("scheduler", "multistep") != "multistep":
         unused |= {"lr_milestones", "lr_gamma"}
-    if config.get("optimizer") == "adam":
+    if config.get("optimizer", "sgd") == "adam":
         unused |= {"momentum", "nesterov"}
-    return tuple(json.dumps(None if k in unused else config.get(k)) for k in RECIPE)
+    return tuple((k, json.dumps(config.get(k))) for k in RECIPE if k not in unused)
 
 
 def check_comparable(runs):
     """Refuse runs whose accuracies are not samples of one experiment: runs of a model trained with other
     recipes or on other images (config.json), KD runs from caches of other lengths (a student replays cached epoch e mod E),
     or two runs of one setting with the same seed (one run reported twice)."""
-    by_recipe: dict[str, dict[tuple, str]] = {}  # model -> recipe (each field as JSON) -> a run with it
+    by_recipe: dict[str, dict[tuple, str]] = {}  # model -> recipe ((field, JSON) pairs) -> a run with it
     for r in runs:
         recipe = _recipe(as_recorded_now(r["config"]))
         by_recipe.setdefault(canonical_name(r["summary"]["model"]), {}).setdefault(recipe, r["run_dir"])
     for model, found in by_recipe.items():
         if len(found) > 1:
-            differ = [SAID_AS.get(k, k) for i, k in enumerate(RECIPE) if len({recipe[i] for recipe in found}) > 1]
+            recipes = [dict(recipe) for recipe in found]
+            differ = [SAID_AS.get(k, k) for k in RECIPE if len({r[k] for r in recipes if k in r}) > 1]  # of the fields both read
             a, b = list(found.values())[:2]
             raise KdcliError(f"the {model} runs were trained with other {', '.join(differ)} (e.g. {a} and {b}): report each recipe's runs separately")
     # Cached epoch e's views depend on (seed, e) alone: students of E >= their epochs replayed the same ones.

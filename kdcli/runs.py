@@ -198,9 +198,9 @@ def holds_a_run(folder) -> bool:
     return any(os.path.exists(os.path.join(folder, name)) for name in (CHECKPOINT, "summary.json"))
 
 
-# Checked before claim_folder makes --out: a run's folder neither holds other runs nor lies in one, and a sweep's
-# holds no run of its own. Their files would sit among each other's, the report would pool them, and an outer
-# run could no longer resume.
+# Checked before claim_folder makes --out: a run's folder neither holds other runs nor lies in a run's or a sweep's
+# (but for that sweep's own students), and a sweep's holds no runs but its students. Their files would sit among
+# each other's, the report would pool them, and an outer run could no longer resume.
 
 def check_run_folder(out: Path):
     _check_not_a_file(out)
@@ -208,7 +208,7 @@ def check_run_folder(out: Path):
         raise KdcliError(f"{out} holds a config.json that kdcli did not write, which a run would overwrite: give the run a folder of its own (--out)")
     if inner := next(runs_below(out), None):
         raise KdcliError(f"{out} holds other runs in its subfolders (e.g. {inner}): give this run a folder of its own (--out)")
-    _check_not_inside_a_run(out, "this run")
+    _check_not_inside_a_run_or_sweep(out, "this run")
 
 
 def check_sweep_folder(out: Path):
@@ -219,7 +219,7 @@ def check_sweep_folder(out: Path):
         raise KdcliError(f"{out} holds a run of its own (its {CHECKPOINT} or summary.json): give the sweep a folder of its own (--out)")
     if stray := next((r for r in runs_below(out) if not _is_student_folder(r.relative_to(out))), None):
         raise KdcliError(f"{out} holds runs that are not a sweep's students (e.g. {stray}): give the sweep a folder of its own (--out)")
-    _check_not_inside_a_run(out, "the sweep")
+    _check_not_inside_a_run_or_sweep(out, "the sweep")
 
 
 def _is_student_folder(relative: Path) -> bool:
@@ -232,9 +232,15 @@ def _check_not_a_file(out: Path):
         raise KdcliError(f"--out {out} is a file, not a folder: pass another --out")
 
 
-def _check_not_inside_a_run(out: Path, what: str):
-    if outer := next((p for p in Path(out).resolve().parents[:3] if holds_a_run(p) or _is_sweep_folder(p)), None):
+def _check_not_inside_a_run_or_sweep(out: Path, what: str):
+    here = Path(out).resolve()
+    if outer := next((p for p in here.parents[:3] if holds_a_run(p) or (_is_sweep_folder(p) and not _is_students_own(here, p))), None):
         raise KdcliError(f"{out} is inside the folder of another run or sweep ({outer}): give {what} a folder of its own (--out)")
+
+
+def _is_students_own(out: Path, sweep: Path) -> bool:
+    """Whether `out` is one of the sweep's students, started already: its own folder, to resume or keep (train-student)."""
+    return holds_a_run(out) and _is_student_folder(out.relative_to(sweep))
 
 
 def _is_sweep_folder(folder: Path) -> bool:

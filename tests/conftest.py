@@ -63,7 +63,6 @@ def data_dir(tmp_path_factory):
     return write_cifar_folder(tmp_path_factory.mktemp("cifar"))
 
 
-
 @pytest.fixture(autouse=True)
 def ctrl_c_as_in_a_terminal():
     """Tests press Ctrl-C (os.kill SIGINT) and expect kdcli to stop: also when pytest itself was started with

@@ -469,6 +469,15 @@ def test_a_student_is_not_trained_into_a_new_folder_inside_a_sweeps(tmp_path, da
     assert_refused(kdcli(*student_args(data_dir, cache, tmp_path / "sweep" / "mine")), "is inside the folder of another run or sweep", codes=(1,))
 
 
+def test_a_sweeps_own_student_is_still_resumed_and_kept_by_train_student(tmp_path, data_dir, cache):
+    """Its folder lies in the sweep's, as its own: `make student STUDENT=runs/sweep/T4/seed1` keeps it."""
+    assert kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep")).exit_code == 0
+    student = tmp_path / "sweep" / "T4" / "seed1"
+    result = kdcli(*student_args(data_dir, cache, student, "--temperature", 4, "--seed", 1, "--resume"))
+    assert result.exit_code == 0, result.output
+    assert "kept" in result.stdout
+
+
 def test_a_stray_lock_file_without_students_beside_it_is_no_sweep(tmp_path, data_dir):
     """An old `--out .` may have left one in a project: its runs must still train."""
     (tmp_path / ".kdcli.lock").touch()
@@ -551,7 +560,7 @@ def test_a_sweeps_stdout_is_its_table_alone_and_its_progress_goes_to_stderr(tmp_
     """`kdcli sweep > table.md` must catch the table, not the training log above it."""
     result = kdcli(*[a for a in sweep_args(data_dir, cache, tmp_path / "sweep") if a != "--quiet"])
     assert result.exit_code == 0, result.output
-    assert result.stdout.startswith("| model |"), result.stdout
+    assert result.stdout == (tmp_path / "sweep" / "results.md").read_text() + "\n", result.stdout  # typer.echo ends it with a newline
     assert "group 1/2, trained together: baseline/seed1" in result.stderr
 
 
@@ -624,8 +633,8 @@ def test_a_report_is_not_written_into_the_folder_of_a_run_or_sweep_it_does_not_r
 def test_report_prints_the_table_and_where_it_wrote(tmp_path, student):
     result = kdcli("report", student, "--out", tmp_path / "report")
     assert result.exit_code == 0, result.output
-    assert "| lenet5 | 30 | 0.1 | 1 |" in result.stdout and f"-> {tmp_path / 'report' / 'results.md'}" in result.stdout
-    assert (tmp_path / "report" / "results.md").read_text() in result.stdout and (tmp_path / "report" / "results.csv").exists()
+    assert "| lenet5 | 30 | 0.1 | 1 |" in result.stdout and f"-> {tmp_path / 'report' / 'results.md'}" in result.stderr
+    assert result.stdout == (tmp_path / "report" / "results.md").read_text() + "\n" and (tmp_path / "report" / "results.csv").exists()  # stdout: the table alone
 
 
 def test_report_of_several_folders_asks_where_to_write(tmp_path, student):
@@ -765,7 +774,7 @@ def test_ctrl_c_while_a_group_saves_its_last_epoch_stops_the_sweep_before_the_ne
     assert [p.parent.name for p in (tmp_path / "sweep").rglob("summary.json")] == ["seed1"]  # seeds 2 and 3 never started
     assert "2 runs unfinished, left out." in kdcli("report", tmp_path / "sweep", "--out", tmp_path / "report").stdout  # but is counted
     hint, resumed = run_printed_hint(result)
-    assert resumed.exit_code == 0 and "3 students (2 trained now)" in resumed.stdout, resumed.output
+    assert resumed.exit_code == 0 and "3 students (2 trained now)" in resumed.stderr, resumed.output
 
 
 def test_a_sweep_stopped_mid_epoch_resumes_under_a_larger_parallel(tmp_path, data_dir, cache, monkeypatch):
@@ -785,7 +794,7 @@ def test_a_sweep_stopped_mid_epoch_resumes_under_a_larger_parallel(tmp_path, dat
         patched.setattr(group_module, "distillation_loss", loss)
         assert kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep", "--seeds", "1,2", "--parallel", 3)).exit_code == 130
     resumed = kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep", "--seeds", "1,2", "--parallel", 4))
-    assert resumed.exit_code == 0 and "4 students (4 trained now)" in resumed.stdout, resumed.output
+    assert resumed.exit_code == 0 and "4 students (4 trained now)" in resumed.stderr, resumed.output
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
@@ -838,7 +847,8 @@ def test_ctrl_c_in_a_forced_sweep_resumes_with_the_printed_command(tmp_path, dat
     assert not (tmp_path / "sweep" / "results.md").exists()  # the old teacher's table must not pass for the new one's
     hint, resumed = run_printed_hint(result)
     assert "--force" not in hint and resumed.exit_code == 0, resumed.output
-    assert "4 students (3 trained now)" in resumed.stdout  # the one finished under --force is kept
+    assert "4 students (3 trained now)" in resumed.stderr  # the one finished under --force is kept
+
 
 def test_an_out_whose_lock_file_is_writable_but_not_the_folder_is_one_clear_error(tmp_path, monkeypatch):
     """A run folder made read-only after a first run keeps a writable lock file, so taking the lock succeeds: the

@@ -222,6 +222,7 @@ def test_auto_picks_the_gpu_and_cuda_without_one_is_one_clear_error(monkeypatch)
     with pytest.raises(KdcliError, match="--device cuda: no CUDA GPU is visible to PyTorch; use --device cpu"):
         data_module.resolve_device("cuda")
 
+
 def test_fingerprint_of_the_first_n_images(data_dir):
     """fingerprint_of_first(n) is the fingerprint a run on --subset n recorded, which dump-logits, verify and evaluate
     compare against: the first n images whatever a --val-size holds out after them, the load's own for every image,

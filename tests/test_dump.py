@@ -578,6 +578,7 @@ def test_a_teacher_of_more_images_than_the_folder_holds_is_warned_of(tmp_path, d
     path = cfg.out
     assert cache.cache_info(path)["attrs"]["teacher_train_images"] == 0
 
+
 def test_a_last_batch_of_a_single_image_is_labelled(tmp_path, reference, teacher, data_dir):
     """200 training images in batches of 199 (and 60 test images in batches of 59) end in a batch of one image:
     it must be labelled like every other, or the cache is one logit short of its labels (a student would then

@@ -232,8 +232,7 @@ def test_aggregate_refuses_runs_of_other_recipes(tmp_path):
 def test_every_recipe_field_splits_a_report(tmp_path, field):
     """Runs that differ in any of them are two experiments, not one setting's seeds."""
     for value in (1, 2):
-        make_run(tmp_path / f"{field}{value}" / "base", 70.0, seed=value, weight=0.0, temperature=1.0,
-                 config={"scheduler": "multistep", "optimizer": "sgd", field: value})  # fmt: skip
+        make_run(tmp_path / f"{field}{value}" / "base", 70.0, seed=value, weight=0.0, temperature=1.0, config={field: value})
     with pytest.raises(KdcliError, match=f"trained with other {field}"):
         aggregate(collect([tmp_path]))
 
@@ -250,6 +249,14 @@ def test_options_a_run_never_used_do_not_split_a_report(tmp_path, shared, unused
         make_run(tmp_path / f"run{i}", 70.0 + i, seed=i, weight=0.0, temperature=1.0, config=config)
     (row,) = aggregate(collect([tmp_path]))
     assert row["n"] == 2
+
+
+def test_a_recipe_refusal_names_only_the_fields_that_differ_where_both_runs_read_them(tmp_path):
+    """A cosine and a multistep run of the same --lr-milestones differ in their scheduler, not in their milestones."""
+    for i, scheduler in enumerate(["multistep", "cosine"]):
+        make_run(tmp_path / scheduler, 70.0, seed=i, weight=0.0, temperature=1.0, config={"scheduler": scheduler, "lr_milestones": [150, 225]})
+    with pytest.raises(KdcliError, match=r"trained with other scheduler \(e.g."):
+        aggregate(collect([tmp_path]))
 
 
 def test_aggregate_refuses_runs_that_held_out_other_images(tmp_path):

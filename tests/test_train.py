@@ -1016,6 +1016,7 @@ def test_runs_stopped_at_other_steps_of_one_epoch_are_not_trained_together(tmp_p
     with pytest.raises(KdcliError, match="must all be at the same epoch and step"):
         train_runs(runs, data, cpu, progress=False)
 
+
 def test_resume_with_another_seed_is_refused(tmp_path, data_dir, finished, monkeypatch):
     """--seed draws a run's initial weights, batch order and views: a run resumed under another seed would be half
     one run and half another, and match neither a run of this seed nor of its own; refused like --lr."""
