@@ -96,7 +96,6 @@ def _show_progress(bar, config, group, seconds, progress):
         known = [v for v in values if v is not None]
         return f"{sum(known) / len(known):.{digits}f}{unit}" if known else "-"
 
-    images_per_s = group.num_images * group.size / seconds
     if not config.quiet:
         val = {"val": mean(group.val_accuracy, 1)} if group.validating else {}
         bar.set_postfix(loss=mean(group.train_loss, 3, ""), train=mean(group.train_accuracy, 1), **val, test=mean(group.test_accuracy, 1))  # the bar itself shows img/s
@@ -105,7 +104,7 @@ def _show_progress(bar, config, group, seconds, progress):
         val = f"val {mean(group.val_accuracy, 2)}  " if group.validating else ""
         print(
             f"epoch {group.epoch}/{config.epochs}  loss {mean(group.train_loss, 4, '')}  train {mean(group.train_accuracy, 2)}  "
-            f"{val}test {mean(group.test_accuracy, 2)}  {seconds:.2f}s  {images_per_s:,.0f} img/s",
+            f"{val}test {mean(group.test_accuracy, 2)}  {seconds:.2f}s  {group.num_images * group.size / seconds:,.0f} img/s",
             file=sys.stderr,  # a log line, where the bar would be: stdout holds the result alone
             flush=True,
         )
