@@ -19,6 +19,7 @@ from tqdm import tqdm
 from kdcli import KdcliError, StopOnSignal, count
 from kdcli.config import StudentConfig, TeacherConfig
 from kdcli.data import load_cifar10, resolve_device
+from kdcli.evaluate import autocast_dtype
 from kdcli.group import Group
 from kdcli.runs import (
     CachedTargets,
@@ -116,6 +117,7 @@ def _show_progress(bar, config, group, seconds, progress):
 def device_and_data(config):
     """The device a training command's config asks for, and its training images there."""
     device = resolve_device(config.device)
+    autocast_dtype(config.amp, device)  # refuses bf16 on a GPU without it here, before --force deletes the old run
     return device, load_cifar10(config.data_dir, device, config.subset, config.download, config.val_size)
 
 

@@ -511,6 +511,23 @@ def test_force_starts_over(tmp_path, data_dir, finished):
     assert load_checkpoint(tmp_path / "run")["epoch"] == 1
 
 
+def test_force_keeps_the_old_run_when_the_new_one_is_refused_for_its_amp(tmp_path, data_dir, finished, monkeypatch):
+    """--force --amp bf16 on a GPU without bf16 (simulated: autocast_dtype refuses it as it would there) is refused
+    before the finished run in --out is deleted, not after."""
+    shutil.copytree(finished[0], tmp_path / "run")
+
+    def no_bf16(amp, device):
+        if amp == "bf16":
+            raise KdcliError("this GPU does not support bf16")
+        return autocast_dtype(amp, device)
+
+    for module in (train_module, group_module):
+        monkeypatch.setattr(module, "autocast_dtype", no_bf16)
+    with pytest.raises(KdcliError, match="does not support bf16"):
+        teach(config(tmp_path, "run", data_dir, epochs=1, force=True, amp="bf16"))
+    assert (tmp_path / "run" / "summary.json").exists() and load_checkpoint(tmp_path / "run")["epoch"] == 3
+
+
 def test_resume_with_other_options_is_refused(tmp_path, data_dir, finished, monkeypatch):
     interrupt(tmp_path, data_dir, monkeypatch)
     with pytest.raises(KdcliError, match="--lr 0.05"):
