@@ -1,6 +1,7 @@
 """Checkpoints: atomic save, safe load.
 
     save_atomic(state, run_dir / "checkpoint.pt")
+    write_atomic(path, lambda f: f.write(text.encode()))   # any file, the same way
     state = load_checkpoint(path)   # weights_only: a checkpoint cannot run code
     state, sha256 = read_checkpoint(path)   # and the hash of the very bytes loaded
     state = peek_checkpoint(path)   # its options and progress, weights left on disk
@@ -28,13 +29,18 @@ ZIP = b"PK\x03\x04"  # how torch.save's files begin
 
 
 def save_atomic(state: dict, path) -> None:
+    write_atomic(path, functools.partial(torch.save, state))
+
+
+def write_atomic(path, write) -> None:
+    """`write(f)` fills a binary file that then replaces `path` whole (a checkpoint, config.json, summary.json)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # hidden, and one per process: prepare_run_dir deletes a killed one's
     with temporary_file_for(path, tmp):
         with open(tmp, "wb") as f:
-            torch.save(state, f)
+            write(f)
             f.flush()
-            os.fsync(f.fileno())
+            os.fsync(f.fileno())  # else a power cut soon after the rename can leave an empty file on ext4
         os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kdcli import KdcliError, augment, count
-from kdcli.checkpoint import CHECKPOINT, is_locked, load_checkpoint, lock_or_refuse, peek_checkpoint, temporary_file_for
+from kdcli.checkpoint import CHECKPOINT, is_locked, load_checkpoint, lock_or_refuse, peek_checkpoint, write_atomic
 from kdcli.config import flag
 from kdcli.models import canonical_name
 
@@ -172,7 +172,7 @@ def prepare_run_dir(config):
     'done', or None."""
     out = Path(config.out)
     ckpt = out / CHECKPOINT
-    for stale in out.glob(f".{CHECKPOINT}.tmp-*"):  # left by a process killed in save_atomic
+    for stale in out.glob(".*.tmp-*"):  # left by a process killed in write_atomic
         stale.unlink(missing_ok=True)
     if config.force:
         forget_run(out)
@@ -452,13 +452,7 @@ def truncate_metrics(path: Path, epochs: int):
 
 
 def write_text_atomic(path: Path, text: str):
-    tmp = path.with_name(path.name + ".tmp")
-    with temporary_file_for(path, tmp):  # a full disk: one error line, and no .tmp left behind
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())  # else a power cut soon after the rename can leave an empty summary.json on ext4
-        tmp.replace(path)
+    write_atomic(path, lambda f: f.write(text.encode()))
 
 
 def append_line(path: Path, line: str):

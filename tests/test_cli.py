@@ -18,6 +18,7 @@ import typer
 from conftest import write_cifar_folder
 from typer.testing import CliRunner
 
+import kdcli.checkpoint as checkpoint_module
 import kdcli.group as group_module
 import kdcli.runs as runs_module
 from kdcli import __version__
@@ -339,23 +340,24 @@ def test_unwritable_out(tmp_path, data_dir, force):
     assert_clean_error(result, "cannot write", "--out", codes=(1,))
 
 
-@pytest.mark.parametrize("full", ["config.json.tmp", "metrics.jsonl", "summary.json.tmp"])
+@pytest.mark.parametrize("full", ["config.json", "metrics.jsonl", "summary.json"])
 def test_a_full_disk_while_writing_a_run_file_is_one_line(tmp_path, data_dir, monkeypatch, full):
     """Checkpoints and caches are not the only files a run writes: its logs fill a disk too."""
     def no_space_for(write):
         def written(path, *args, **kwargs):
-            if Path(path).name == full:
+            if Path(path).name == full or Path(path).name.startswith(f".{full}.tmp-"):  # appended to, or written whole
                 raise OSError(errno.ENOSPC, "No space left on device")
             return write(path, *args, **kwargs)
 
         return written
 
     monkeypatch.setattr(Path, "write_text", no_space_for(Path.write_text))
-    monkeypatch.setattr(runs_module, "open", no_space_for(open), raising=False)  # the open() runs.py calls
+    for module in (runs_module, checkpoint_module):  # the open() each calls
+        monkeypatch.setattr(module, "open", no_space_for(open), raising=False)
     result = kdcli(*teacher_args(data_dir, tmp_path / "out", "--lr-milestones", ""))
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
-    assert result.stderr.splitlines()[-1] == f"error: cannot write {tmp_path / 'out' / full.removesuffix('.tmp')}: No space left on device"  # epoch 1's log line may come before
-    assert not list((tmp_path / "out").glob("*.tmp"))
+    assert result.stderr.splitlines()[-1] == f"error: cannot write {tmp_path / 'out' / full}: No space left on device"  # epoch 1's log line may come before
+    assert not list((tmp_path / "out").glob(".*.tmp-*"))
 
 
 def test_finished_run_needs_force(teacher_run, data_dir):

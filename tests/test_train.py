@@ -389,7 +389,7 @@ def test_summary_and_config_are_on_disk_before_they_are_renamed_into_place(tmp_p
     (--resume keeps it) yet be unreadable, and only --force, a retraining, would get past it."""
     synced = files_synced(monkeypatch)
     teach(config(tmp_path, "run", data_dir, epochs=1))
-    assert "summary.json.tmp" in synced and "config.json.tmp" in synced, synced
+    assert {name.split(".tmp-")[0] for name in synced} >= {".summary.json", ".config.json"}, synced
 
 
 def test_train_loss_is_the_mean_over_images(tmp_path, data_dir, monkeypatch):
@@ -478,6 +478,17 @@ def test_a_run_holding_out_images_resumes_with_the_same_validation_accuracies(tm
     interrupt(tmp_path, data_dir, monkeypatch, step=5, val_size=50, eval_every=2)  # epoch 2 of 3 steps each, after a val-less epoch 1
     assert teach(config(tmp_path, "run", data_dir, val_size=50, eval_every=2, resume=True)) == {**summary, "train_seconds": ANY}
     assert without_timing(metrics(tmp_path / "run")) == without_timing(metrics(tmp_path / "reference"))
+
+
+def test_resume_deletes_the_temporary_files_of_a_run_killed_while_writing(tmp_path, data_dir, monkeypatch):
+    """A kill between writing a file's temporary copy and renaming it leaves `.<name>.tmp-<pid>`: its checkpoint's,
+    config.json's or summary.json's. The next kdcli in the folder deletes them."""
+    interrupt(tmp_path, data_dir, monkeypatch)
+    stale = [tmp_path / "run" / f".{name}.tmp-99999" for name in (CHECKPOINT, "config.json", "summary.json")]
+    for path in stale:
+        path.write_bytes(b"torn")
+    teach(config(tmp_path, "run", data_dir, resume=True))
+    assert not any(path.exists() for path in stale)
 
 
 def test_finished_run_is_refused_without_force(tmp_path, data_dir, finished):
