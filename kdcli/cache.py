@@ -220,7 +220,14 @@ class LogitCache(_OpenFile):
         """(aug [N, 3] int8, logits [N, C] in the storage dtype) of complete epoch e."""
         if not 0 <= e < self.epochs_complete:
             raise IndexError(f"{self.path}: epoch {e} is not among the {self.epochs_complete} complete epochs")
-        return torch.from_numpy(self._file["aug"][e]), torch.from_numpy(self._file["logits"][e])
+        logits = torch.from_numpy(self._file["logits"][e])
+        check_finite(self.path, f"epoch {e}", logits)  # else a student's first step ends in "loss is not finite"
+        return torch.from_numpy(self._file["aug"][e]), logits
+
+
+def check_finite(path, what: str, logits: torch.Tensor):
+    if not bool(torch.isfinite(logits).all()):  # a dump never writes one: the file was damaged since
+        raise KdcliError(f"{path}: {what} holds logits that are not finite (NaN or inf): the file is damaged; make it again (dump-logits --force)")
 
 
 def open_cache(path, fingerprint=None, num_classes=None, allow_partial=False, num_images=None) -> LogitCache:

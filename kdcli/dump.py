@@ -299,6 +299,8 @@ def verify_cache(path, teacher=None, k=256, device="auto", data_dir=None, downlo
         images = data.train_images[: c.num_images]  # --subset keeps the first N
         if data.fingerprint_of_first(c.num_images) != c.attrs["train_fingerprint"]:
             raise KdcliError(f"{path} was made on other training images than those in {data_dir}")
+        cache.check_finite(path, "clean_logits", c.clean_logits)  # read by no kdcli command, so checked here whole
+        cache.check_finite(path, "test_logits", c.test_logits)
         model = model_from(state, dev, teacher)
         total = c.epochs_complete * c.num_images
         entries = torch.tensor(random.Random(0).sample(range(total), min(k, total)), dtype=torch.long)  # distinct; no list of all

@@ -556,6 +556,17 @@ def test_verify_fails_a_cache_damaged_in_any_epoch_not_only_the_last_checked(tmp
         dump.verify_cache(path, teacher, k=400, device="cpu", data_dir=data_dir, download=False)
 
 
+@pytest.mark.parametrize("dataset", ["logits", "clean_logits", "test_logits"])
+def test_verify_fails_a_cache_holding_a_nan_logit(tmp_path, teacher, data_dir, dataset):
+    """NaN compares as no difference at all (max(0, nan) is 0): a NaN must fail, not pass as "0.000 off"."""
+    cfg = config(tmp_path, teacher, data_dir, epochs=2)
+    dump_logits(cfg, progress=False)
+    with h5py.File(cfg.out, "r+") as f:
+        f[dataset][-1, 3] = np.nan  # the last epoch's (or image's) row
+    with pytest.raises(KdcliError, match="not finite.*damaged"):
+        dump.verify_cache(cfg.out, teacher, k=400, device="cpu", data_dir=data_dir, download=False)
+
+
 def test_verify_reads_the_dumps_images_back_when_not_given(tmp_path, teacher, data_dir):
     cfg = config(tmp_path, teacher, data_dir, epochs=1)
     dump_logits(cfg, progress=False)

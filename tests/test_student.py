@@ -256,6 +256,15 @@ def test_a_sweep_lifts_the_soft_limit_on_open_files_for_its_lock_files():
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
+def test_a_student_of_a_cache_damaged_to_nan_is_told_so_not_to_lower_its_lr(tmp_path, data_dir, cache_path):
+    damaged = tmp_path / "damaged.h5"
+    damaged.write_bytes(cache_path.read_bytes())
+    with h5py.File(damaged, "r+") as f:
+        f["logits"][1, 5] = float("inf")
+    with pytest.raises(KdcliError, match=f"{damaged}: epoch 1 holds logits that are not finite .*dump-logits --force"):
+        train_student(student(tmp_path, data_dir, damaged, epochs=2), progress=False)
+
+
 def test_more_student_epochs_than_cached_warns(tmp_path, data_dir, cache_path):
     with pytest.warns(UserWarning, match="reuses cached epoch e mod 2"):
         train_student(student(tmp_path, data_dir, cache_path, epochs=3), progress=False)
