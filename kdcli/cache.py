@@ -257,6 +257,11 @@ def open_cache(path, fingerprint=None, num_classes=None, allow_partial=False, nu
     return cache
 
 
+def check_readable(path):
+    """Before the data loads: a --cache that is not a kdcli cache must not cost a download of CIFAR-10 first."""
+    _open(path).close()
+
+
 def cache_info(path) -> dict:
     """What is in a cache (finished or not): attributes, datasets, size on disk, progress."""
     with _open(path) as f:

@@ -135,7 +135,9 @@ def check_can_start(config):
     if config.resume and not config.force and (out / CHECKPOINT).is_file():  # a --subset other than the run's is then
         check_resumes(config, peek_checkpoint(out / CHECKPOINT), out)  # named as such, not as a cache of another length
     if getattr(config, "distillation_weight", 0) > 0:
-        check_cache_is_there(config.cache)
+        from kdcli.cache import check_readable  # h5py is only needed by students of a cache
+
+        check_readable(config.cache)
 
 
 def check_cache_is_there(path, recorded_by=None):

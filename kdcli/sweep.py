@@ -20,7 +20,7 @@ from pathlib import Path
 from kdcli import Interrupted, StopOnSignal, count
 from kdcli.checkpoint import CHECKPOINT, peek_checkpoint
 from kdcli.config import ConfigError, DistillOptions, StudentConfig, TrainOptions, check_no_repeats, check_seed, check_temperature
-from kdcli.runs import LOCK, check_cache_is_there, check_same_inputs, check_same_options, check_sweep_can_start, claim_folder, forget_run
+from kdcli.runs import LOCK, check_same_inputs, check_same_options, check_sweep_can_start, claim_folder, forget_run
 from kdcli.stack import stackable
 from kdcli.train import device_and_data, open_student_cache, student_runs, train_runs
 
@@ -178,7 +178,9 @@ def sweep(config: SweepConfig, progress=True) -> dict:
     progress = progress and not config.quiet
     check_sweep_can_start(Path(config.out))  # before the data and cache load: a refusal costs nothing
     if config.temperatures:  # else baselines alone, which read no cache
-        check_cache_is_there(config.cache)
+        from kdcli.cache import check_readable  # h5py is only needed by students of a cache
+
+        check_readable(config.cache)
     device, data = device_and_data(config)
     configs = student_configs(config)
     kd = [c for c in configs if c.distillation_weight > 0]

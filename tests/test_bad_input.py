@@ -496,6 +496,19 @@ def test_a_missing_cache_is_said_before_any_data_is_loaded_or_downloaded(tmp_pat
     assert not (tmp_path / "nodata").exists() and not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("command", [student_args, sweep_args], ids=["train-student", "sweep"])
+@pytest.mark.parametrize("cache_file", ["random.h5", "folder"])
+def test_a_cache_that_is_no_cache_is_said_before_any_data_is_loaded_or_downloaded(tmp_path, monkeypatch, command, cache_file):
+    from kdcli import data as data_module
+
+    monkeypatch.setattr(data_module, "_download", lambda *a, **kw: pytest.fail("CIFAR-10 was downloaded"))
+    path = tmp_path / cache_file
+    path.mkdir() if cache_file == "folder" else path.write_bytes(os.urandom(4096))
+    args = [a for a in command(tmp_path / "nodata", path, tmp_path / "out") if a != "--no-download"]
+    assert_refused(kdcli(*args), "is a folder; a cache is" if cache_file == "folder" else "not a readable HDF5 file", codes=(1,))
+    assert not (tmp_path / "nodata").exists() and not (tmp_path / "out").exists()
+
+
 def test_a_teachers_run_is_refused_to_a_student_unless_forced_even_with_resume(tmp_path, data_dir, cache):
     """make's targets always pass --resume: `--force` must still replace a run of the other kind, as it says."""
     assert kdcli(*teacher_args(data_dir, tmp_path / "run")).exit_code == 0
