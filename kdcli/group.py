@@ -262,10 +262,12 @@ class Group:
         finite = torch.isfinite(losses).all(1)
         if not bool(finite.all()):
             step = int((~finite).nonzero()[0]) + 1
-            bad = [str(r.dir) for r, ok in zip(self.runs, torch.isfinite(losses).all(0).tolist()) if not ok]
+            bad = [r for r, ok in zip(self.runs, torch.isfinite(losses).all(0).tolist()) if not ok]
+            kd = next((f", or the KD term's w * T^2 (now --distillation-weight {r.distillation_weight:g}, --temperature {r.temperature:g})"
+                       for r in bad if r.distillation_weight > 0), "")  # fmt: skip
             raise KdcliError(
-                f"loss is not finite at epoch {self.epoch + 1}, step {step} ({', '.join(bad)}): lower --lr "
-                f"(now {self.config.lr}) and start over with --force; "
+                f"loss is not finite at epoch {self.epoch + 1}, step {step} ({', '.join(str(r.dir) for r in bad)}): lower --lr "
+                f"(now {self.config.lr}){kd}, and start over with --force; "
                 + ("the last good checkpoint is kept" if (self.runs[0].dir / CHECKPOINT).exists() else "no checkpoint was written before it")
             )
 
