@@ -125,8 +125,8 @@ def collect(paths) -> Runs:
     runs = Runs(unfinished=unfinished)
     for d in sorted(finished):
         summary = read_json(d / "summary.json")
-        if "model" not in summary or not _is_number(summary.get("test_accuracy")):
-            raise KdcliError(f"{d / 'summary.json'} has no model or test_accuracy: is it a kdcli run?")
+        if "model" not in summary or not _is_number(summary.get("test_accuracy")):  # NaN too: JSON allows it, means do not
+            raise KdcliError(f"{d / 'summary.json'} has no model or test_accuracy (a finite number): is it a kdcli run?")
         if summary.get("distillation_weight") and not _is_number(summary.get("temperature")):
             raise KdcliError(f"{d / 'summary.json'} has a distillation weight but no temperature: is it a kdcli run?")
         if not (d / "config.json").is_file():
@@ -137,7 +137,7 @@ def collect(paths) -> Runs:
 
 
 def _is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def teacher_accuracy(runs) -> float | None:
