@@ -130,9 +130,10 @@ def command_from(cls, name: str, run):
                 recorded = recorded_back(cls, options, given)
                 options, given = {**options, **recorded}, given | set(recorded)  # a run's own images come before its inputs'
             options = with_images_of_inputs(options, given)
+            config = make_config(cls, options)  # a usage error first: a warning about a run that never starts misleads
             if "cache" in typed and options.get("distillation_weight") == 0:
                 warn_cache_not_read(options)
-            run(make_config(cls, options))
+            run(config)
 
     ctx = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
     params.insert(0, ctx)

@@ -609,6 +609,12 @@ def test_a_baseline_given_a_cache_is_told_it_does_not_read_it(tmp_path, data_dir
     assert "--cache" not in kdcli(*[a for a in student_args(data_dir, cache, tmp_path / "kd") if a != "--quiet"]).stderr
 
 
+def test_a_baseline_refused_for_its_options_is_not_warned_about_a_cache_it_would_not_read(tmp_path, data_dir, cache):
+    result = kdcli(*student_args(data_dir, cache, tmp_path / "out", "--distillation-weight", 0, "--hard-weight", 0, "--subset", 100))
+    assert_refused(result, "--hard-weight", codes=(2,))
+    assert "--cache is not read" not in result.stderr, result.stderr
+
+
 @pytest.mark.parametrize("command", TRAINING)
 def test_compile_where_it_does_nothing_says_so_once(tmp_path, data_dir, cache, command, monkeypatch):
     from kdcli import group
