@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import warnings
 from dataclasses import fields
 from types import SimpleNamespace
 from unittest.mock import ANY
@@ -635,9 +636,17 @@ def test_milestones_beyond_the_last_epoch_warn(tmp_path, data_dir):
         config(tmp_path, "run", data_dir, epochs=10, lr_milestones=(5, 10)).warn_ineffective()
 
 
-def test_nesterov_with_adam_warns(tmp_path, data_dir):
-    with pytest.warns(UserWarning, match="--nesterov does nothing with --optimizer adam"):
-        config(tmp_path, "run", data_dir, optimizer="adam", nesterov=True).warn_ineffective()
+@pytest.mark.parametrize("options, said", [(dict(nesterov=True), "--nesterov does"), (dict(momentum=0.5), "--momentum does"),
+                                           (dict(momentum=0.5, nesterov=True), "--momentum and --nesterov do")])  # fmt: skip
+def test_sgds_options_with_adam_warn(tmp_path, data_dir, options, said):
+    with pytest.warns(UserWarning, match=f"^{said} nothing with --optimizer adam"):
+        config(tmp_path, "run", data_dir, optimizer="adam", **options).warn_ineffective()
+
+
+def test_adam_with_the_default_momentum_is_not_warned(tmp_path, data_dir):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        config(tmp_path, "run", data_dir, optimizer="adam").warn_ineffective()
 
 
 # ---------------------------------------------------------------- students trained together
