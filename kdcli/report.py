@@ -140,7 +140,11 @@ def _is_number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def teacher_accuracy(runs) -> float | None:
+def _separately(what: str) -> str:  # a refusal's remedy in the report, where no caller says another
+    return f"report each {what}'s runs separately"
+
+
+def teacher_accuracy(runs, remedy=None) -> float | None:
     """The teacher's test accuracy recorded by the KD runs' caches; None if none records it."""
     teachers = {}  # the teacher's sha256 (its accuracy, for runs that record none) -> (its accuracy, a run distilled from it)
     for r in runs:
@@ -150,7 +154,7 @@ def teacher_accuracy(runs) -> float | None:
             teachers.setdefault(r["config"].get("cache_teacher_sha256") or accuracy, (accuracy, r["run_dir"]))
     if len(teachers) > 1:  # rows would average students of different teachers into one setting
         examples = ", ".join(run_dir for _, run_dir in teachers.values())
-        raise KdcliError(f"these runs were distilled from {len(teachers)} different teachers (e.g. {examples}): report each teacher's runs separately")
+        raise KdcliError(f"these runs were distilled from {len(teachers)} different teachers (e.g. {examples}): {remedy or _separately('teacher')}")
     return next(iter(teachers.values()))[0] if teachers else None
 
 
@@ -185,10 +189,10 @@ def _recipe(config: dict) -> tuple:
     return tuple((k, json.dumps(config.get(k))) for k in RECIPE if k not in unused)
 
 
-def check_comparable(runs):
+def check_comparable(runs, remedy=None):
     """Refuse runs whose accuracies are not samples of one experiment: runs of a model trained with other
     recipes or on other images (config.json), KD runs from caches of other lengths (a student replays cached epoch e mod E),
-    or two runs of one setting with the same seed (one run reported twice)."""
+    or two runs of one setting with the same seed (one run reported twice). `remedy`: what to do, said instead of the report's own."""
     by_recipe: dict[str, dict[tuple, str]] = {}  # model -> recipe ((field, JSON) pairs) -> a run with it
     for r in runs:
         recipe = _recipe(as_recorded_now(r["config"]))
@@ -198,17 +202,17 @@ def check_comparable(runs):
             recipes = [dict(recipe) for recipe in found]
             differ = [SAID_AS.get(k, k) for k in RECIPE if len({r[k] for r in recipes if k in r}) > 1]  # of the fields both read
             a, b = list(found.values())[:2]
-            raise KdcliError(f"the {model} runs were trained with other {', '.join(differ)} (e.g. {a} and {b}): report each recipe's runs separately")
+            raise KdcliError(f"the {model} runs were trained with other {', '.join(differ)} (e.g. {a} and {b}): {remedy or _separately('recipe')}")
     # Cached epoch e's views depend on (seed, e) alone: students of E >= their epochs replayed the same ones.
     replayed = {min(c["cache_epochs"], c.get("epochs", c["cache_epochs"])): r["run_dir"] for r in runs if "cache_epochs" in (c := r["config"])}
     if len(replayed) > 1:
         (e1, a), (e2, b) = list(replayed.items())[:2]
-        raise KdcliError(f"these runs replayed {e1} and {e2} cached epochs of views (e.g. {a} and {b}): report each cache's runs separately")
+        raise KdcliError(f"these runs replayed {e1} and {e2} cached epochs of views (e.g. {a} and {b}): {remedy or _separately('cache')}")
     seen = {}
     for r in runs:
         key = (_setting(r["summary"]), r["summary"].get("seed"))
         if key in seen:
-            raise KdcliError(f"{seen[key]} and {r['run_dir']} are the same setting and seed: report one of them")
+            raise KdcliError(f"{seen[key]} and {r['run_dir']} are the same setting and seed: {remedy or 'report one of them'}")
         seen[key] = r["run_dir"]
 
 

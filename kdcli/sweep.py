@@ -20,7 +20,7 @@ from pathlib import Path
 from kdcli import Interrupted, StopOnSignal, count
 from kdcli.checkpoint import CHECKPOINT, peek_checkpoint
 from kdcli.config import ConfigError, DistillOptions, StudentConfig, TrainOptions, check_no_repeats, check_seed, check_temperature
-from kdcli.runs import LOCK, check_same_inputs, check_same_options, check_sweep_can_start, claim_folder, forget_run
+from kdcli.runs import LOCK, check_same_inputs, check_same_options, check_sweep_can_start, claim_folder, forget_run, runs_below
 from kdcli.stack import stackable
 from kdcli.train import device_and_data, open_student_cache, student_runs, train_runs
 
@@ -157,6 +157,25 @@ def _claim_students(config: SweepConfig, configs: list, held: contextlib.ExitSta
             (Path(config.out) / name).unlink(missing_ok=True)
 
 
+def check_fits_the_folder(out, runs):
+    """The students an earlier sweep left in `out` with other temperatures or seeds, and these `runs`, make one
+    table: `kdcli report` on the folder would otherwise refuse it, once this sweep has spent its time."""
+    from kdcli import report
+
+    own = {r.dir.resolve() for r in runs}
+    others = [d for d in runs_below(Path(out), depth=2) if d.resolve() not in own and (d / "summary.json").exists()]
+    if not others:
+        return
+    planned = []
+    for r in runs:
+        record = {**asdict(r.config), **r.inputs}  # what start_folders records in its config.json
+        planned.append({"run_dir": str(r.dir), "summary": record, "config": record})
+    together = planned + report.collect(others)
+    remedy = f"{out} would hold both, and its report cannot put them in one table: pass another --out, the options those students were trained with, or delete them"
+    report.check_comparable(together, remedy)
+    report.teacher_accuracy(together, remedy)
+
+
 def _train_groups(todo: list, runs: dict, config: SweepConfig, data, device, stop, progress: bool):
     """Train the groups one after another; a stop that came while a group evaluated or saved ends it between two."""
     students = len(runs)
@@ -190,8 +209,9 @@ def sweep(config: SweepConfig, progress=True) -> dict:
         cache = open_student_cache(kd[0], data) if kd else None
         allow_open_files(len(configs) + 64)  # a lock file held open per student
         with claim_folder(config.out), contextlib.ExitStack() as students:  # a second sweep here is refused meanwhile
-            _claim_students(config, configs, students)
             runs = {c.out: r for c, r in zip(configs, student_runs(configs, data, cache))}
+            check_fits_the_folder(config.out, runs.values())  # before --force deletes anything
+            _claim_students(config, configs, students)
             for r in runs.values():
                 if (r.dir / "summary.json").exists():
                     check_same_inputs(r)  # a finished student is kept only if it read this cache

@@ -213,6 +213,28 @@ def test_a_refused_sweep_leaves_no_folders_for_students_it_never_started(tmp_pat
     assert collect([tmp_path / "sweep"]).unfinished == []
 
 
+def test_a_sweep_adding_students_of_another_recipe_or_teacher_to_a_folder_is_refused(tmp_path, data_dir, cache_path):
+    """An earlier sweep's students with other temperatures stay in the folder: students of another recipe or
+    teacher beside them would leave a folder that `kdcli report` refuses, found out only after training them."""
+    shared = dict(batch_size=64, lr_milestones=(), device="cpu", quiet=True, data_dir=str(data_dir), out=str(tmp_path / "sweep"))
+    sweep(SweepConfig(temperatures=(4.0,), seeds=(1,), epochs=1, cache=str(cache_path), **shared), progress=False)
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "sweep").rglob("*"))
+    state = torch.load(cache_path.parent / "checkpoint.pt")
+    (tmp_path / "teacher").mkdir()
+    torch.save({**state, "model": {k: v * 1.01 for k, v in state["model"].items()}}, tmp_path / "teacher" / "checkpoint.pt")
+    other_teacher = tmp_path / "other.h5"
+    dump_logits(DumpConfig(teacher=str(tmp_path / "teacher"), epochs=CACHE_EPOCHS, dtype="float32", out=str(other_teacher),
+                           data_dir=str(data_dir), device="cpu", quiet=True), progress=False)  # fmt: skip
+    for options, refusal in [(dict(epochs=2, cache=str(cache_path)), "trained with other epochs"),
+                             (dict(epochs=1, lr=0.05, cache=str(cache_path), force=True), "trained with other lr"),
+                             (dict(epochs=1, cache=str(other_teacher)), "distilled from 2 different teachers")]:  # fmt: skip
+        with pytest.raises(KdcliError, match=f"{refusal} .*: {tmp_path / 'sweep'} would hold both, .*pass another --out"):
+            sweep(SweepConfig(temperatures=(30.0,), seeds=(1,), baseline=False, **options, **shared), progress=False)
+        assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "sweep").rglob("*")) == before
+    sweep(SweepConfig(temperatures=(30.0,), seeds=(1,), baseline=False, epochs=1, cache=str(cache_path), **shared), progress=False)
+    assert [(r["temperature"], r["n"]) for r in aggregate(collect([tmp_path / "sweep"]))] == [(None, 1), (4.0, 1), (30.0, 1)]
+
+
 def test_a_grid_over_the_distillation_weight_is_one_sweep_per_weight_and_one_report(tmp_path, data_dir, cache_path):
     """README's recipe: the later sweeps without baselines, the first one's serving them all."""
     shared = dict(temperatures=(4.0,), seeds=(1, 2), epochs=1, batch_size=64, lr_milestones=(), device="cpu", quiet=True,
