@@ -311,6 +311,7 @@ BAD_OPTIONS = [
     ("sweep", ["--hard-weight", 0], ["--hard-weight", "must be > 0 with --baseline"]),
     ("sweep", ["--resume"], ["No such option: --resume"]),
     ("sweep", ["--seeds", "1,2,1"], ["--seeds", "values must not repeat (1 does)"]),
+    ("sweep", ["--temperatures", "4,10,4"], ["--temperatures", "values must not repeat (4 does)"]),
     ("sweep", ["--temperatures", "1.0000001,1.0000002,2.0000001,2.0000002"], ["--temperatures", "1.0000001 and 1.0000002 would share the folder T1:"]),
     ("sweep", ["--seeds", ""], ["--seeds", "give at least one seed"]),
     ("sweep", ["--temperatures", "", "--no-baseline"], ["--temperatures", "nothing to train"]),
@@ -575,6 +576,14 @@ def test_a_sweeps_stdout_is_its_table_alone_and_its_progress_goes_to_stderr(tmp_
     assert result.exit_code == 0, result.output
     assert result.stdout == (tmp_path / "sweep" / "results.md").read_text() + "\n", result.stdout  # typer.echo ends it with a newline
     assert "group 1/2, trained together: baseline/seed1" in result.stderr
+    assert re.search(r"^epoch 1/1  loss ", result.stderr, re.M), result.stderr  # each student's one log line per evaluation, not a bar
+
+
+def test_a_quiet_sweep_says_nothing_but_its_table(tmp_path, data_dir, cache):
+    result = kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep"))  # --quiet
+    assert result.exit_code == 0, result.output
+    assert result.stdout == (tmp_path / "sweep" / "results.md").read_text() + "\n"
+    assert result.stderr.splitlines() == [f"2 students (2 trained now) -> {tmp_path / 'sweep'}/results.md"], result.stderr
 
 
 def test_sweep_reports_its_own_students_only(tmp_path, data_dir, cache):
@@ -905,3 +914,16 @@ def test_a_sweep_students_checkpoint_that_cannot_resume_is_one_line(tmp_path, da
     torch.save({k: v for k, v in state.items() if k != "optimizer"}, student / "checkpoint.pt")
     (student / "summary.json").unlink()
     assert_refused(kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep")), f"{student / 'checkpoint.pt'} is not a checkpoint of a run to resume (it lacks optimizer)", codes=(1,))
+
+
+def test_a_sweep_of_baselines_alone_reads_no_cache_and_run_again_warns_of_nothing(tmp_path, data_dir):
+    """--temperatures "": no cache needed; run again, nothing trains, so nothing (its --lr-milestones) is warned about."""
+    args = [a for a in sweep_args(data_dir, tmp_path / "no-cache.h5", tmp_path / "sweep", "--temperatures", "", "--lr-milestones", 5) if a != "--quiet"]
+    args[args.index("--lr-milestones") + 1] = 5  # the last one given wins; set the first as well
+    first = kdcli(*args)
+    assert first.exit_code == 0, first.output
+    assert sorted(str(p.relative_to(tmp_path / "sweep")) for p in (tmp_path / "sweep").glob("*/seed*")) == ["baseline/seed1"]
+    assert "warning: --lr-milestones" in first.stderr
+    again = kdcli(*args)
+    assert again.exit_code == 0, again.output
+    assert "1 student: 1 finished before, 0 to train" in again.stderr and "warning" not in again.stderr, again.stderr

@@ -691,3 +691,27 @@ def test_a_bug_is_not_dressed_as_a_user_error(tmp_path, data_dir, monkeypatch):
     monkeypatch.setattr(group_module, "distillation_loss", fail)
     result = kdcli(*teacher_args(data_dir, tmp_path / "out"))
     assert isinstance(result.exception, RuntimeError) and "a bug" in str(result.exception)
+
+
+def test_a_sweep_without_options_is_the_reference_table(monkeypatch):
+    """Its defaults, as the command line passes them on: T = 1, 10, 30, 50, 100 at w = 0.1 and a baseline, each for
+    seeds 777, 10, 20, 30, every student in a folder of its own under runs/sweep."""
+    import kdcli.cli as cli_module
+    from kdcli.sweep import student_configs
+
+    given = []
+
+    def recorded(config):
+        given.append(config)
+        return {"table": "", "students": 0, "trained_now": 0}
+
+    monkeypatch.setattr(cli_module, "sweep", recorded)
+    result = kdcli("sweep")
+    assert result.exit_code == 0, result.output
+    (config,) = given
+    assert (config.distillation_weight, config.hard_weight, config.parallel, config.force, config.quiet) == (0.1, 1.0, 0, False, False)
+    folders = [(c.out, c.temperature, c.distillation_weight) for c in student_configs(config)]
+    assert len(folders) == 24
+    assert folders[:6] == [("runs/sweep/baseline/seed777", 1.0, 0.0), ("runs/sweep/T1/seed777", 1.0, 0.1), ("runs/sweep/T10/seed777", 10.0, 0.1),
+                           ("runs/sweep/T30/seed777", 30.0, 0.1), ("runs/sweep/T50/seed777", 50.0, 0.1), ("runs/sweep/T100/seed777", 100.0, 0.1)]  # fmt: skip
+    assert [c.seed for c in student_configs(config)[::6]] == [777, 10, 20, 30]

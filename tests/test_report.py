@@ -473,3 +473,52 @@ def test_the_csv_rounds_the_teachers_accuracy_as_the_table_does(tmp_path):
     assert "Teacher: 95.21%." in (tmp_path / "report" / "results.md").read_text()
     with open(tmp_path / "report" / "results.csv", newline="") as f:
         assert {r["teacher_test_accuracy"] for r in csv.DictReader(f)} == {"95.21"}
+
+
+# ---------------------------------------------------------------- from mutation testing report.py
+
+
+def test_a_kd_row_shows_its_difference_and_interval_low_then_high(tmp_path):
+    text = write_report(aggregate(collect([make_sweep(tmp_path / "sweep")])), tmp_path / "report")
+    # welch_ci([74.62, 75.02], [73.26, 75.12, 73.91, 75.64]) = (-1.3355, +2.0105); delta 74.82 - 74.4825
+    assert "| lenet5 | 10 | 0.1 | 2 | 74.82 ± 0.28 | 74.62 | 75.02 | +0.34 [-1.34, +2.01] |" in text
+
+
+@pytest.mark.parametrize("val", [None, 71.0], ids=["test-only", "with-val"])
+def test_every_line_of_the_table_has_as_many_cells_as_its_header(tmp_path, val):
+    """A separator line with a column too few or too many makes a markdown viewer drop the table."""
+    for seed in (1, 2):
+        make_run(tmp_path / f"base{seed}", 70.0 + seed, seed=seed, temperature=1.0, weight=0.0, val=val)
+        make_run(tmp_path / f"kd{seed}", 71.0 + seed, seed=seed, temperature=4.0, weight=0.1, val=val)
+    text = write_report(aggregate(collect([tmp_path])), tmp_path / "report")
+    table = [line for line in text.splitlines() if line.startswith("|")]
+    assert len(table) == 4 and table[1].startswith("| --- | ---: |")
+    assert {line.count("|") for line in table} == {table[0].count("|")}, table
+
+
+def test_the_csv_columns_are_the_setting_then_the_accuracies_then_the_teacher(tmp_path):
+    write_report(aggregate(collect([make_sweep(tmp_path / "sweep")])), tmp_path / "report", teacher_accuracy=95.21)
+    header = (tmp_path / "report" / "results.csv").read_text().splitlines()[0]
+    assert header == "model,temperature,distillation_weight,hard_weight,n,mean,std,min,max,delta,ci_low,ci_high,teacher_test_accuracy"
+
+
+def test_a_folder_holding_only_unfinished_runs_is_a_container_not_one_more_unfinished_run(tmp_path):
+    """A sweep's folder with a stray config.json (an old --out .) whose students have all only started."""
+    make_run(tmp_path / "done", 70.0, weight=0.0, temperature=1.0)
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "config.json").write_text("{}")
+    make_run(tmp_path / "sweep" / "T4" / "seed1", 0.0, seed=1, temperature=4.0, weight=0.1, finished=False)
+    (tmp_path / "sweep" / "T4" / "seed2").mkdir()
+    (tmp_path / "sweep" / "T4" / "seed2" / ".kdcli.lock").write_text("")
+    runs = collect([tmp_path])
+    assert len(runs) == 1
+    assert [d.name for d in runs.unfinished] == ["seed1", "seed2"]
+
+
+def test_a_folder_given_twice_by_a_relative_and_an_absolute_path_is_collected_once(tmp_path, monkeypatch):
+    """`kdcli report runs/sweep $PWD/runs/sweep --out r`: one sweep, not each run twice (then refused as a repeated seed)."""
+    make_sweep(tmp_path / "sweep")
+    monkeypatch.chdir(tmp_path)
+    runs = collect(["sweep", tmp_path / "sweep"])
+    assert len(runs) == 7
+    assert [r["n"] for r in aggregate(runs)] == [4, 2, 1]

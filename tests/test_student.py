@@ -260,9 +260,12 @@ def test_a_sweep_holds_every_students_folder_from_its_start(tmp_path, data_dir, 
         return train(runs, *args, **kwargs)
 
     monkeypatch.setattr(sweep_module, "train_runs", first_checking)
+    lifted = []
+    monkeypatch.setattr(sweep_module, "allow_open_files", lifted.append)  # a lock file held open per student
     sweep(SweepConfig(temperatures=(4.0,), seeds=(1, 2), epochs=1, batch_size=64, lr_milestones=(), parallel=1, device="cpu", quiet=True,
                       data_dir=str(data_dir), cache=str(cache_path), out=str(tmp_path / "sweep")), progress=False)  # fmt: skip
     assert checked == ["T4/seed1", "T4/seed2", "baseline/seed1", "baseline/seed2"]
+    assert lifted == [4 + 64]
 
 
 def test_a_sweep_lifts_the_soft_limit_on_open_files_for_its_lock_files():
