@@ -72,12 +72,13 @@ def load_cifar10(data_dir=DATA_DIR, device="cpu", subset=None, download=True, va
     """Load CIFAR-10 from `data_dir` (downloading it if missing and allowed); the first `subset` training
     images, of which the last `val_size` are held out as a validation set."""
     folder = Path(data_dir) / BATCH_FOLDER
-    if any(not (folder / name).is_file() for name in OFFICIAL_MD5):
+    if missing := [name for name in OFFICIAL_MD5 if not (folder / name).is_file()]:
         if (Path(data_dir) / TEST_FILE).is_file():  # --data-dir data/cifar-10-batches-py: a download would go inside it
             raise KdcliError(f"{data_dir} is the {BATCH_FOLDER} folder itself: pass --data-dir {Path(data_dir).parent}, the folder holding it")
         if not download:
+            lacks = f" (it lacks {', '.join(missing)})" if folder.is_dir() and len(missing) < len(OFFICIAL_MD5) else ""
             raise KdcliError(
-                f"no CIFAR-10 at {folder}: drop the --no-download flag to fetch it, "
+                f"no CIFAR-10 at {folder}{lacks}: drop the --no-download flag to fetch it, "
                 f"or point --data-dir at a folder holding {BATCH_FOLDER}/"
             )
         _download(Path(data_dir))
@@ -171,6 +172,8 @@ def _check_batch(path, pixels: np.ndarray, labels: np.ndarray):
             f"{path}: 'data' is {pixels.dtype} {list(pixels.shape)}; a CIFAR-10 batch holds uint8 [N, 3072] "
             "(each row the red, green, then blue 32x32 plane)"
         )
+    if len(pixels) == 0:
+        raise KdcliError(f"{path} holds no images; the file is corrupt")
     if labels.ndim != 1 or len(labels) != len(pixels):
         raise KdcliError(f"{path}: {len(pixels)} images but labels of shape {list(labels.shape)}; the file is corrupt")
     if not np.issubdtype(labels.dtype, np.integer) or len(labels) == 0 or labels.min() < 0 or labels.max() >= len(CLASSES):

@@ -240,7 +240,14 @@ def test_an_empty_batch_is_one_clear_error(data_dir, tmp_path):
     not with numpy's traceback from taking the smallest of no labels."""
     folder = copy_folder(data_dir, tmp_path)
     rewrite(folder / BATCH_FOLDER / "data_batch_4", data=lambda d: d[:0], labels=lambda y: np.asarray(y[:0], dtype=np.int64))
-    with pytest.raises(KdcliError, match=r"data_batch_4: labels must be integers 0..9, found int64 from none of them"):
+    with pytest.raises(KdcliError, match=r"data_batch_4 holds no images; the file is corrupt$"):
+        load_cifar10(folder, download=False)
+
+
+def test_a_folder_lacking_one_batch_names_it(data_dir, tmp_path):
+    folder = copy_folder(data_dir, tmp_path)
+    (folder / BATCH_FOLDER / "test_batch").unlink()
+    with pytest.raises(KdcliError, match=r"no CIFAR-10 at .*cifar-10-batches-py \(it lacks test_batch\): drop the --no-download flag"):
         load_cifar10(folder, download=False)
 
 
