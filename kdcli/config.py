@@ -69,6 +69,7 @@ class TrainOptions:
         """Raise ConfigError on a bad value; the commands' configs extend it."""
         require_at_least_one(self, "epochs", "batch_size", "eval_every", "save_every", "subset")
         check_choices(self)
+        check_paths(self)
         if self.model not in MODELS:  # checked before any data is loaded or downloaded
             raise ConfigError("--model", unknown_model(self.model))
         self.model = canonical_name(self.model)
@@ -151,6 +152,14 @@ def check_choices(config):
         choices = typing.get_args(annotation) if typing.get_origin(annotation) is Literal else ()
         if choices and getattr(config, name) not in choices:
             raise ConfigError(flag(name), f"must be one of {', '.join(choices)}, got {getattr(config, name)!r}")
+
+
+def check_paths(config):
+    """No path option is empty: "" is the current folder to Path, so `--out "$OUT"` with OUT unset would
+    otherwise be refused as a folder holding other runs, or read a cache named '.'."""
+    for name in ("out", "data_dir", "cache", "teacher"):
+        if getattr(config, name, None) == "":
+            raise ConfigError(flag(name), "must not be empty")
 
 
 def require_at_least_one(config, *names):

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from kdcli import DATA_DIR, Device, Interrupted, KdcliError, Precision, StopOnSignal, augment, cache
 from kdcli.checkpoint import read_checkpoint, resolve, training_reached
-from kdcli.config import check_choices, check_seed, require_at_least_one
+from kdcli.config import check_choices, check_paths, check_seed, require_at_least_one
 from kdcli.data import load_cifar10, recorded_data_dir, resolve_device
 from kdcli.evaluate import autocast_dtype, autocast_to, model_from, predict, recorded_precision, top1
 from kdcli.models import canonical_name
@@ -56,6 +56,7 @@ class DumpConfig:
     def __post_init__(self):
         require_at_least_one(self, "epochs", "batch_size", "subset")
         check_choices(self)
+        check_paths(self)
         check_seed(self.seed)
 
 

@@ -317,11 +317,15 @@ BAD_OPTIONS = [
     ("sweep", ["--temperatures", "", "--no-baseline"], ["--temperatures", "nothing to train"]),
     ("sweep", ["--parallel", -1], ["--parallel", "must be >= 0, got -1"]),
     ("train-student", ["--lr-milestones", "0,5"], ["--lr-milestones", "must be epochs >= 1, got 0"]),
+    *[(c, [option, ""], [option, "must not be empty"]) for c in [*TRAINING, "dump-logits"] for option in ("--out", "--data-dir")],  # `--out "$OUT"`, OUT unset
+    *[(c, ["--cache", ""], ["--cache", "must not be empty"]) for c in TRAINING],
+    ("dump-logits", ["--teacher", ""], ["--teacher", "must not be empty"]),
 ]
 
 
 @pytest.mark.parametrize("command,option,words", BAD_OPTIONS, ids=lambda v: "_".join(map(str, v)) if isinstance(v, list) else v)
-def test_bad_option_values(tmp_path, data_dir, teacher, cache, command, option, words):
+def test_bad_option_values(tmp_path, data_dir, teacher, cache, command, option, words, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where an empty path would point
     out = tmp_path / "out"
     args = {"train-student": student_args, "sweep": sweep_args}.get(command)
     args = args(data_dir, cache, out, *option) if args else dump_args(data_dir, teacher, out, *option)
