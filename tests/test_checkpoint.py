@@ -191,3 +191,35 @@ def test_read_checkpoint_gives_the_sha256_of_the_bytes_it_loaded(tmp_path, monke
     monkeypatch.setattr(checkpoint_module.torch, "load", load_while_the_next_checkpoint_is_saved)
     state, sha256 = read_checkpoint(tmp_path)
     assert sha256 == loaded_from and state["epoch"] == 1
+
+
+# ---------------------------------------------------------------- found by mutation testing of train, group and checkpoint (2026-11-27, second round)
+
+
+def test_ctrl_c_mid_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+    save_atomic(kdcli_state(), tmp_path / CHECKPOINT)
+    monkeypatch.setattr(checkpoint_module.torch, "save", crash_after_writing(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        save_atomic(kdcli_state(seed=1, epoch=2), tmp_path / CHECKPOINT)
+    assert folder_listing(tmp_path) == [CHECKPOINT] and load_checkpoint(tmp_path)["epoch"] == 1
+
+
+def test_a_refusal_by_safe_loading_names_its_reason_not_torchs_advice_to_load_unsafely(tmp_path):
+    write_exploit_in_torch_file(tmp_path / CHECKPOINT, tmp_path / "pwned")
+    with pytest.raises(KdcliError) as error:
+        load_checkpoint(tmp_path)
+    assert "GLOBAL posix.system" in str(error.value) and "weights_only` set to `False`" not in str(error.value)
+
+
+def test_a_lock_file_on_a_filesystem_without_locks_reads_as_not_held(tmp_path, monkeypatch):
+    """Nothing can be told there: "a dump-logits is writing it now" would send the user waiting for nothing."""
+    import fcntl
+
+    (tmp_path / "c.h5.lock").write_text("")
+    assert not checkpoint_module.is_locked(tmp_path / "c.h5.lock") and not checkpoint_module.is_locked(tmp_path / "missing.lock")
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    assert not checkpoint_module.is_locked(tmp_path / "c.h5.lock")

@@ -362,3 +362,19 @@ def test_a_student_holding_out_fewer_images_than_its_teacher_did_is_not_warned(t
         train_student(student(tmp_path, data_dir, path, val_size=20), progress=False)
     assert warned(record, "--val-size holds out") == []
     assert json.loads((tmp_path / "s" / "config.json").read_text())["teacher_saw_val_images"] == 0
+
+
+# ---------------------------------------------------------------- found by mutation testing of train, group and checkpoint (2026-11-27, second round)
+
+
+def test_a_student_closes_its_cache_when_done_and_when_it_crashes(tmp_path, data_dir, cache_path, monkeypatch):
+    """An open HDF5 file per student would pile up in a process that trains many (a sweep, a notebook)."""
+    import kdcli.cache as cache_module
+
+    opened, open_cache_ = [], cache_module.open_cache
+    monkeypatch.setattr(cache_module, "open_cache", lambda *a, **kw: opened.append(open_cache_(*a, **kw)) or opened[-1])
+    train_student(student(tmp_path, data_dir, cache_path), progress=False)
+    monkeypatch.setattr(group_module, "distillation_loss", lambda *a, **kw: 1 / 0)  # a crash while it trains
+    with pytest.raises(ZeroDivisionError):
+        train_student(student(tmp_path, data_dir, cache_path, name="other"), progress=False)
+    assert len(opened) == 2 and not any(c._file.id.valid for c in opened)

@@ -276,7 +276,7 @@ def test_the_progress_bar_counts_images_step_by_step_and_a_resumed_run_starts_wh
         train_teacher(config(tmp_path, "run", data_dir, epochs=2, quiet=False))
     assert (bars[0].total, bars[0].counts) == (400, [64, 64, 64, 8, 64, 64])  # 200 images, batches of 64
     train_teacher(config(tmp_path, "run", data_dir, epochs=2, quiet=False, resume=True))
-    assert (bars[1].n, bars[1].counts) == (400, [64, 8])  # from 200 + 2 x 64, its steps 3 and 4
+    assert (bars[1].total, bars[1].n, bars[1].counts) == (400, 400, [64, 8])  # from 200 + 2 x 64, its steps 3 and 4
     assert bars[1].desc.startswith("epoch 2/2")
 
 
@@ -1088,3 +1088,114 @@ def test_a_run_is_not_started_inside_a_finished_run_that_kept_only_its_summary(t
     (tmp_path / "run" / "checkpoint.pt").unlink()
     with pytest.raises(KdcliError, match=r"inner is inside the folder of another run( or sweep)? \(.*run\)"):
         teach(config(tmp_path / "run", "inner", data_dir))
+
+
+# ---------------------------------------------------------------- found by mutation testing of train, group and checkpoint (2026-11-27, second round)
+
+
+def test_a_finished_run_and_an_unfinished_one_are_not_trained_together(tmp_path, data_dir):
+    """One run of the group finished (--resume keeps it), the other not started: one clear refusal, not a crash."""
+    data, cpu = load_cifar10(data_dir), torch.device("cpu")
+    train_runs([baseline_run(tmp_path, data_dir, 1, len(data.train_labels))], data, cpu, progress=False)
+    runs = [baseline_run(tmp_path, data_dir, s, len(data.train_labels)) for s in (1, 2)]
+    for r in runs:
+        r.config.resume = True
+    with pytest.raises(KdcliError, match="must all be at the same epoch and step"):
+        train_runs(runs, data, cpu, progress=False)
+    assert not (tmp_path / "seed2" / CHECKPOINT).exists()
+
+
+def test_training_leaves_the_global_rng_as_it_was(tmp_path, data_dir):
+    """Each model is initialised from its run's seed inside a forked RNG: a caller's own draws do not depend on training."""
+    torch.manual_seed(1234)
+    expected = torch.rand(4)
+    torch.manual_seed(1234)
+    teach(config(tmp_path, "run", data_dir, epochs=1, seed=5))
+    assert torch.equal(torch.rand(4), expected)
+
+
+def test_a_diverging_run_of_a_group_is_named_alone(tmp_path, data_dir, monkeypatch):
+    data, cpu = load_cifar10(data_dir), torch.device("cpu")
+
+    def second_run_diverges(loss):  # loss [S]: the second run's turns nan at step 2
+        return loss * torch.tensor([1.0, float("nan")])
+
+    call_on_step(monkeypatch, 2, second_run_diverges)
+    with pytest.raises(KdcliError, match=r"not finite at epoch 1, step 2 \(\S*seed2\)"):
+        train_runs([baseline_run(tmp_path, data_dir, s, len(data.train_labels)) for s in (1, 2)], data, cpu, progress=False)
+
+
+def test_stacked_runs_log_each_runs_own_images_per_second(tmp_path, data_dir):
+    """images_per_s is one run's throughput (its 200 images in its epoch's seconds), whatever the group's size."""
+    data, cpu = load_cifar10(data_dir), torch.device("cpu")
+    train_runs([baseline_run(tmp_path, data_dir, s, len(data.train_labels)) for s in (1, 2)], data, cpu, progress=False)
+    for row in metrics(tmp_path / "seed1") + metrics(tmp_path / "seed2"):
+        assert row["images_per_s"] == pytest.approx(200 / row["seconds"], rel=0.01)
+
+
+def test_a_stopped_epochs_checkpoint_holds_its_own_runs_sums_alone(tmp_path, data_dir, monkeypatch):
+    """A column of the group's [steps, S] table is saved as its own tensor, not as a view of the whole table."""
+    data, cpu = load_cifar10(data_dir), torch.device("cpu")
+    call_on_step(monkeypatch, 2, press_ctrl_c)
+    with pytest.raises(TrainingInterrupted):
+        train_runs([baseline_run(tmp_path, data_dir, s, len(data.train_labels)) for s in (1, 2, 3)], data, cpu, progress=False)
+    for seed in (1, 2, 3):
+        partial = load_checkpoint(tmp_path / f"seed{seed}")["partial"]
+        for key in ("losses", "correct"):
+            assert partial[key].shape == (STEPS,) and partial[key].untyped_storage().nbytes() == STEPS * partial[key].element_size()
+
+
+def test_a_sweep_speaks_for_its_students(tmp_path, data_dir, monkeypatch, capsys):
+    """in_sweep: the sweep warns about the options once (not once per group) and says itself how a Ctrl-C during
+    a group's last evaluation ends (it stops between groups: "nothing to resume" would be wrong for the sweep)."""
+    data, evaluate = load_cifar10(data_dir), group_module.evaluate_stack
+
+    def evaluate_and_press_ctrl_c(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(group_module, "evaluate_stack", evaluate_and_press_ctrl_c)
+    run = baseline_run(tmp_path, data_dir, 1, len(data.train_labels))
+    run.config.epochs, run.config.scheduler, run.config.lr_milestones = 1, "multistep", (5,)  # a milestone that never applies
+    stop = StopOnSignal()
+    try:
+        with claim_folder(run.dir), warnings.catch_warnings():  # a sweep holds its students' folders
+            warnings.simplefilter("error")
+            train_runs([run], data, torch.device("cpu"), progress=True, in_sweep=True, stop=stop)
+    finally:
+        stop.restore()
+    assert stop.requested and "nothing to resume" not in capsys.readouterr().err
+
+
+def test_ctrl_c_while_a_run_stopped_mid_epoch_resumes_stops_it_again_mid_epoch(tmp_path, data_dir, monkeypatch):
+    """A run stopped at epoch 1, step 2 has trained: a Ctrl-C while its resume sets up is not "before the first
+    step"; it stops at the next step boundary, saved as such."""
+    interrupt(tmp_path, data_dir, monkeypatch, step=2)
+    create = group_module.create_model
+
+    def create_and_press_ctrl_c(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return create(*args, **kwargs)
+
+    monkeypatch.setattr(group_module, "create_model", create_and_press_ctrl_c)
+    with pytest.raises(TrainingInterrupted, match=f"interrupted at epoch 1, step 3 of {STEPS}"):
+        teach(config(tmp_path, "run", data_dir, resume=True))
+    state = load_checkpoint(tmp_path / "run")
+    assert (state["epoch"], state["step"]) == (0, 3)
+
+
+def test_the_quiet_log_line_of_a_group_counts_the_images_of_all_its_runs(tmp_path, data_dir, monkeypatch, capsys):
+    """A fake clock: 10 s a step. Two runs stacked train 2 x 200 images in an epoch of 40 s: 10 img/s."""
+    clock, step = [0.0], group_module.Group.train_step
+    monkeypatch.setattr(group_module, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(group_module.Group, "train_step", lambda *a, **kw: clock.__setitem__(0, clock[0] + 10.0) or step(*a, **kw))
+    data = load_cifar10(data_dir)
+    train_runs([baseline_run(tmp_path, data_dir, s, len(data.train_labels)) for s in (1, 2)], data, torch.device("cpu"), progress=True)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch ")]
+    assert len(lines) == 2 and all(line.endswith(f"{10.0 * STEPS:.2f}s  10 img/s") for line in lines), lines
+
+
+def test_an_epoch_off_the_eval_every_grid_logs_no_accuracy_not_the_last_evaluations(tmp_path, data_dir):
+    teach(config(tmp_path, "run", data_dir, epochs=4, eval_every=2, val_size=50))
+    rows = metrics(tmp_path / "run")
+    assert [(r["test_accuracy"] is None, r["val_accuracy"] is None) for r in rows] == [(True, True), (False, False), (True, True), (False, False)]
