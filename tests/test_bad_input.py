@@ -931,3 +931,65 @@ def test_a_sweep_of_baselines_alone_reads_no_cache_and_run_again_warns_of_nothin
     again = kdcli(*args)
     assert again.exit_code == 0, again.output
     assert "1 student: 1 finished before, 0 to train" in again.stderr and "warning" not in again.stderr, again.stderr
+
+
+# ---------------------------------------------------------------- from mutation testing cli.py
+
+
+def test_a_baseline_resumed_is_not_refused_for_a_recorded_cache_it_does_not_read(tmp_path, data_dir):
+    """A baseline (--distillation-weight 0) records --cache too, but reads none: resumed where that path is no cache, it goes on."""
+    out = tmp_path / "baseline"
+    assert kdcli(*student_args(data_dir, tmp_path / "no-cache.h5", out, "--distillation-weight", 0)).exit_code == 0
+    resumed = kdcli("train-student", "--out", out, "--resume", "--no-download")
+    assert resumed.exit_code == 0 and "finished already, kept" in resumed.stdout, resumed.output
+    assert "cache" not in resumed.stderr
+
+
+def test_a_student_given_the_caches_own_images_is_told_nothing_read_back(tmp_path, data_dir, cache, monkeypatch):
+    """Only an option that differs from the one it would have is said to be read from the cache (here: none)."""
+    import kdcli.cli as cli_module
+
+    configs = []
+    monkeypatch.setattr(cli_module, "train_student", lambda config: configs.append(config) or {"model": config.model, "test_accuracy": 10.0, "epochs": 1})
+    result = kdcli(*student_args(data_dir, cache, tmp_path / "out"))  # the cache's --data-dir given, its --subset (all) the default
+    assert result.exit_code == 0 and result.stderr == "", result.output
+    assert [(c.data_dir, c.subset) for c in configs] == [(str(data_dir), None)]
+
+
+def test_a_baseline_student_says_it_is_one(tmp_path, data_dir, cache):
+    result = kdcli(*student_args(data_dir, cache, tmp_path / "out", "--distillation-weight", 0))
+    assert result.exit_code == 0, result.output
+    assert re.fullmatch(rf"student lenet5 baseline \(no teacher\): [\d.]+% test accuracy after 1 epoch -> {re.escape(str(tmp_path / 'out'))}\n", result.stdout)
+
+
+def test_a_dump_of_a_complete_cache_with_resume_keeps_it_and_says_so(tmp_path, data_dir, teacher, cache):
+    shutil.copy(cache, tmp_path / "c.h5")
+    before = snapshot(tmp_path / "c.h5")
+    result = kdcli(*dump_args(data_dir, teacher, tmp_path / "c.h5", "--resume"))
+    assert result.exit_code == 0, result.output
+    assert re.fullmatch(rf"{re.escape(str(tmp_path / 'c.h5'))}: complete already \(2 epochs x 200 images, this teacher and these settings\), kept; "
+                        r"teacher test accuracy [\d.]+%\n", result.stdout), result.stdout  # fmt: skip
+    assert snapshot(tmp_path / "c.h5") == before
+
+
+def test_report_names_the_plot_only_where_it_wrote_one(tmp_path, student, monkeypatch):
+    pytest.importorskip("matplotlib")
+    plotted = kdcli("report", student, "--out", tmp_path / "with")
+    assert plotted.exit_code == 0 and f"-> {tmp_path / 'with' / 'results.md'} (and results.csv, results.png beside it)" in plotted.stderr
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # not installed
+    table_only = kdcli("report", student, "--out", tmp_path / "without")
+    assert table_only.exit_code == 0 and f"-> {tmp_path / 'without' / 'results.md'} (and results.csv beside it)" in table_only.stderr
+    assert not (tmp_path / "without" / "results.png").exists()
+
+
+def test_a_resumed_student_keeps_its_own_data_dir_over_the_one_its_cache_recorded(tmp_path, data_dir, cache):
+    """Given --data-dir (the same images elsewhere) when it started, the run keeps it on --resume: what the run
+    recorded is given, and the cache's own --data-dir is not read back over it."""
+    (tmp_path / "images").symlink_to(data_dir)
+    out = tmp_path / "student"
+    assert kdcli(*student_args(tmp_path / "images", cache, out)).exit_code == 0
+    resumed = kdcli("train-student", "--out", out, "--resume", "--no-download")
+    assert resumed.exit_code == 0 and "finished already, kept" in resumed.stdout, resumed.output
+    assert "recorded" not in resumed.stderr and json.loads((out / "config.json").read_text())["data_dir"] == str(tmp_path / "images")

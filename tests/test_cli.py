@@ -715,3 +715,69 @@ def test_a_sweep_without_options_is_the_reference_table(monkeypatch):
     assert folders[:6] == [("runs/sweep/baseline/seed777", 1.0, 0.0), ("runs/sweep/T1/seed777", 1.0, 0.1), ("runs/sweep/T10/seed777", 10.0, 0.1),
                            ("runs/sweep/T30/seed777", 30.0, 0.1), ("runs/sweep/T50/seed777", 50.0, 0.1), ("runs/sweep/T100/seed777", 100.0, 0.1)]  # fmt: skip
     assert [c.seed for c in student_configs(config)[::6]] == [777, 10, 20, 30]
+
+
+# ---------------------------------------------------------------- from mutation testing cli.py
+
+
+def recorded_teacher_configs(monkeypatch) -> list:
+    """Make `kdcli train-teacher` record the config it would train, and train nothing."""
+    import kdcli.cli as cli_module
+
+    configs = []
+
+    def recorded(config):
+        configs.append(config)
+        return {"model": config.model, "test_accuracy": 10.0, "epochs": config.epochs}
+
+    monkeypatch.setattr(cli_module, "train_teacher", recorded)
+    return configs
+
+
+@pytest.mark.parametrize("value", ["1.5", "2,1e3", "2.0"])
+def test_a_list_of_ints_takes_no_fraction_nor_exponent(tmp_path, data_dir, value):
+    """--lr-milestones 1.5 is a typo to name, not epoch 1; 1e3 is no int either."""
+    result = kdcli(*teacher_args(data_dir, tmp_path / "out", "--lr-milestones", value))
+    assert_clean_error(result, "--lr-milestones", "expected comma-separated ints", repr(value), codes=(2,))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("value, milestones", [(" ", ()), ("", ()), (" 3, 5 ", (3, 5))])
+def test_a_list_option_of_blanks_is_empty_and_items_may_be_spaced(tmp_path, data_dir, monkeypatch, value, milestones):
+    """`--lr-milestones " "` (a variable set to a blank) is no milestones, as "" is; blanks around an item are no typo."""
+    configs = recorded_teacher_configs(monkeypatch)
+    result = kdcli(*teacher_args(data_dir, tmp_path / "out", "--lr-milestones", value))
+    assert result.exit_code == 0, result.output
+    assert [c.lr_milestones for c in configs] == [milestones]
+
+
+def test_a_run_started_with_resume_and_stopped_prints_resume_once(tmp_path, data_dir, monkeypatch):
+    """make passes --resume to every run: the printed command keeps it, and does not add a second one."""
+    def loss(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return distillation_loss(*args, **kwargs)
+
+    args = [str(a) for a in teacher_args(data_dir, tmp_path / "out", "--epochs", 2, "--resume")]
+    with monkeypatch.context() as patched:
+        patched.setattr(group_module, "distillation_loss", loss)
+        patched.setattr(sys, "argv", ["kdcli", *args])
+        result = kdcli(*args)
+    assert result.exit_code == 130, result.output
+    hint = shlex.split(result.stderr.split("resume with: ")[1].strip())
+    assert hint == ["kdcli", *args]  # as it was given: --resume once, in its place
+    resumed = kdcli(*hint[1:])
+    assert resumed.exit_code == 0 and "resuming" in resumed.stderr and "after 2 epochs" in resumed.stdout, resumed.output
+
+
+def test_a_run_on_the_default_data_folder_is_not_said_to_be_read_back(tmp_path, data_dir, monkeypatch):
+    """`data`, the default, recorded by a teacher trained in this folder: the dump, evaluate and cache-info --verify
+    that read it back from here read what they would by default, so there is nothing to say."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").symlink_to(data_dir)
+    assert kdcli(*teacher_args("data", "teacher")).exit_code == 0
+    dumped = kdcli("dump-logits", "--teacher", "teacher", "--epochs", 1, "--out", "c.h5", "--device", "cpu", "--no-download", "--quiet")
+    assert dumped.exit_code == 0 and "recorded" not in dumped.stderr, dumped.output
+    evaluated = kdcli("evaluate", "teacher", "--device", "cpu", "--no-download")
+    assert evaluated.exit_code == 0 and "recorded" not in evaluated.stderr, evaluated.output
+    verified = kdcli("cache-info", "c.h5", "--verify", 4, "--device", "cpu", "--no-download")
+    assert verified.exit_code == 0 and "verify" in verified.stdout and "recorded" not in verified.stderr, verified.output
