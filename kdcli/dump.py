@@ -199,10 +199,22 @@ def _create_cache(config: DumpConfig, labeller, data, attrs: dict, teacher_path)
     test = teacher_logits(labeller, data.test_images, None, config.batch_size)  # [M, C]
     if test.shape[1] != data.num_classes:
         raise KdcliError(f"{teacher_path} has {test.shape[1]} outputs; CIFAR-10 has {data.num_classes} classes")
-    test = test.cpu().numpy().astype(storage)
+    test = stored(test.cpu().numpy(), storage)
     # The teacher's absolute path: `cache-info --verify` finds it from any folder.
     attrs = {**attrs, "config": {**asdict(config), "teacher": str(Path(config.teacher).resolve())}}
-    cache.create(config.out, attrs, data.train_labels.cpu().numpy(), clean.cpu().numpy().astype(storage), test, config.epochs)
+    cache.create(config.out, attrs, data.train_labels.cpu().numpy(), stored(clean.cpu().numpy(), storage), test, config.epochs)
+
+
+def stored(logits: np.ndarray, storage) -> np.ndarray:
+    """`logits` (float32) in the storage dtype, refused where they are not finite there: every reader of the cache
+    takes an inf or NaN for damage since, and making it again would store the same."""
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused below, in words
+        out = logits.astype(storage)
+        if np.isfinite(out.sum(dtype=np.float64)):  # a sum carries any NaN or inf, 20x faster than checking each
+            return out
+    if np.isfinite(logits).all():
+        raise KdcliError(f"the teacher's logits exceed {storage}'s range (up to {np.abs(logits).max():.3g}; {storage} holds ±{np.finfo(storage).max:,.0f}): dump with --dtype float32")
+    raise KdcliError("the teacher's logits are not finite (NaN or inf): it diverged in training; train it again, or pass another --teacher")
 
 
 def _finish_cache(config: DumpConfig, labeller, data, progress: bool) -> tuple[int, float]:
@@ -236,7 +248,7 @@ def _write_epochs(config: DumpConfig, labeller, data, writer, progress: bool, st
 
     def hand_to_disk(e, aug, collect_logits):
         nonlocal written
-        logits = collect_logits().astype(config.dtype)
+        logits = stored(collect_logits(), np.dtype(config.dtype))
         if written is not None:
             written.result()  # one epoch waits for the disk at most; a write error is raised here
         written = disk.submit(writer.write_epoch, e, aug.numpy(), logits)

@@ -567,6 +567,33 @@ def test_verify_fails_a_cache_holding_a_nan_logit(tmp_path, teacher, data_dir, d
         dump.verify_cache(cfg.out, teacher, k=400, device="cpu", data_dir=data_dir, download=False)
 
 
+@pytest.mark.parametrize("scale, refusal", [(1e7, "exceed float16's range .*: dump with --dtype float32"), (float("nan"), "not finite .*diverged")])
+def test_a_teacher_whose_logits_float16_cannot_hold_is_refused_not_stored_as_inf(tmp_path, teacher, data_dir, scale, refusal):
+    """Its students would read inf and be told the file was damaged; making it again would store the same."""
+    state = torch.load(teacher / "checkpoint.pt")
+    state["model"] = {k: v * scale if k.startswith("fc3") else v for k, v in state["model"].items()}
+    (tmp_path / "big").mkdir()
+    torch.save(state, tmp_path / "big" / "checkpoint.pt")
+    with pytest.raises(KdcliError, match=refusal):
+        dump_logits(config(tmp_path, tmp_path / "big", data_dir, dtype="float16", epochs=1), progress=False)
+    if scale == 1e7:  # float32 holds them
+        dump_logits(config(tmp_path / "f32", tmp_path / "big", data_dir, dtype="float32", epochs=1), progress=False)
+
+
+def test_an_epoch_whose_logits_float16_cannot_hold_is_refused(tmp_path, teacher, data_dir, monkeypatch):
+    """The clean images' logits fit, an augmented epoch's do not: refused as it is labelled, not written."""
+    labels = dump.teacher_logits
+
+    def overflowing_views(labeller, images, aug, *args, **kwargs):
+        logits = labels(labeller, images, aug, *args, **kwargs)
+        return logits if aug is None else logits * 1e5
+
+    monkeypatch.setattr(dump, "teacher_logits", overflowing_views)
+    with pytest.raises(KdcliError, match="exceed float16's range"):
+        dump_logits(config(tmp_path, teacher, data_dir, dtype="float16", epochs=2), progress=False)
+    assert cache.cache_info(tmp_path / "c.h5")["epochs_complete"] == 0
+
+
 def test_verify_reads_the_dumps_images_back_when_not_given(tmp_path, teacher, data_dir):
     cfg = config(tmp_path, teacher, data_dir, epochs=1)
     dump_logits(cfg, progress=False)
