@@ -135,7 +135,7 @@ class DistillOptions:
 class StudentConfig(DistillOptions, TrainOptions):
     model: str = "lenet5"  # architecture name (see `kdcli models`)
     seed: int = 777  # initialisation and batch order (views come from the cache)
-    temperature: float = 30.0  # softmax temperature T of the soft targets (> 0, at most 10,000); 30: the best of the reference table
+    temperature: float = 30.0  # softmax temperature T of the soft targets (0.001 to 10,000); 30: the best of the reference table
     out: str = "runs/student"  # run folder: config.json, metrics.jsonl, checkpoint.pt, summary.json
 
     def check(self):
@@ -176,13 +176,14 @@ def check_seed(seed: int, option="--seed"):
 
 
 # At T = 10,000 float32 still gives the KD gradients to 3e-5 (the logged loss is ~7% off already); beyond, the soft
-# targets' small differences from uniform drown in rounding. The reference's largest T is 100.
-MAX_TEMPERATURE = 10_000
+# targets' small differences from uniform drown in rounding. The reference's largest T is 100. Below T = 0.001 the
+# soft targets are one-hot wherever two logits differ by 0.1 (e^-100), and logits / T heads for float32's overflow.
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.001, 10_000
 
 
 def check_temperature(t: float, option="--temperature"):
-    if not 0 < t <= MAX_TEMPERATURE:  # also catches nan
-        raise ConfigError(option, f"must be > 0 and at most {MAX_TEMPERATURE:,}, got {t:g}")
+    if not MIN_TEMPERATURE <= t <= MAX_TEMPERATURE:  # also catches nan
+        raise ConfigError(option, f"must be between {MIN_TEMPERATURE:g} and {MAX_TEMPERATURE:,}, got {t:g}")
 
 
 def check_no_repeats(values, option: str):

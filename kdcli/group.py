@@ -263,7 +263,7 @@ class Group:
         if not bool(finite.all()):
             step = int((~finite).nonzero()[0]) + 1
             bad = [r for r, ok in zip(self.runs, torch.isfinite(losses).all(0).tolist()) if not ok]
-            kd = next((f", or the KD term's w * T^2 (now --distillation-weight {r.distillation_weight:g}, --temperature {r.temperature:g})"
+            kd = next((f", or the KD term's weight w * T^2 (now {r.distillation_weight * r.temperature**2:g}: --distillation-weight {r.distillation_weight:g}, --temperature {r.temperature:g})"
                        for r in bad if r.distillation_weight > 0), "")  # fmt: skip
             raise KdcliError(
                 f"loss is not finite at epoch {self.epoch + 1}, step {step} ({', '.join(str(r.dir) for r in bad)}): lower --lr "

@@ -283,10 +283,10 @@ def test_dump_out_under_a_regular_file_says_why(tmp_path, data_dir, teacher):
 # ---------------------------------------------------------------- option values
 
 
-@pytest.mark.parametrize("value", ["1,0", "1,-1", "1,nan", "1,inf", "1,1e30"])
+@pytest.mark.parametrize("value", ["1,0", "1,-1", "1,nan", "1,inf", "1,1e30", "1,1e-40", "1,0.0009"])
 def test_sweep_refuses_a_bad_temperature(tmp_path, data_dir, cache, value):
     result = kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep", "--temperatures", value))
-    assert_refused(result, "must be > 0 and at most 10,000, got ", codes=(2,))
+    assert_refused(result, "must be between 0.001 and 10,000, got ", codes=(2,))
     assert not (tmp_path / "sweep").exists()
 
 
