@@ -143,8 +143,8 @@ def _load(path, mmap=False) -> tuple[dict, bytes]:
             f"objects that would run code when unpickled" + (f" ({reason})" if reason else "")
         ) from None
     except Exception as e:
-        cause = " ".join(str(e).split()).split(". ")[0]  # torch's first sentence says what; the rest is a paragraph of advice
-        raise KdcliError(f"{path} is not a readable checkpoint ({type(e).__name__}: {cause}): it is damaged or cut short; copy or make it again") from None
+        cause = " ".join(str(e).split()).split(". ")[0] or "no reason given"  # torch's first sentence says what; the rest is advice
+        raise KdcliError(f"{path} is not a readable checkpoint ({type(e).__name__}: {cause}); if it is damaged or cut short, copy or make it again") from None
     if not isinstance(state, dict) or "model" not in state or "model_name" not in state:
         raise KdcliError(f"{path} is a torch file but not a kdcli checkpoint (no model weights and name in it)")
     return state, data

@@ -22,7 +22,7 @@ import typer
 from kdcli import DATA_DIR, Device, Interrupted, KdcliError, __version__, count
 from kdcli import report as reporting
 from kdcli.cache import cache_info as read_info
-from kdcli.config import ConfigError, StudentConfig, TeacherConfig, TrainOptions, flag
+from kdcli.config import ConfigError, StudentConfig, TeacherConfig, TrainOptions, check_paths, flag
 from kdcli.data import CLASSES, recorded_data_dir
 from kdcli.dump import DumpConfig, dump_logits, verify_cache
 from kdcli.evaluate import evaluate as evaluate_checkpoint
@@ -121,6 +121,8 @@ def command_from(cls, name: str, run):
         for f in shown:
             if typing.get_origin(hints[f.name]) is tuple:
                 options[f.name] = _parse_list(options[f.name], typing.get_args(hints[f.name])[0], flag(f.name))
+        with bad_values_as_usage_errors():
+            check_paths(options)  # before --resume reads a run back from --out "" (the current folder)
         with errors_as_one_line(resume_flag=any(f.name == "resume" for f in shown)):
             typed = {name for name in options if ctx.get_parameter_source(name).name != "DEFAULT"}
             given = typed
@@ -184,8 +186,14 @@ def recorded_back(cls, options: dict, given: set) -> dict:
 
 def make_config(cls, options):
     """The command's config; a bad value is a usage error (exit status 2) naming its flag."""
-    try:
+    with bad_values_as_usage_errors():
         return cls(**options)
+
+
+@contextlib.contextmanager
+def bad_values_as_usage_errors():
+    try:
+        yield
     except ConfigError as e:
         raise typer.BadParameter(str(e).split(": ", 1)[1], param_hint=e.option) from None
     except KdcliError as e:

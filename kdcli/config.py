@@ -69,7 +69,7 @@ class TrainOptions:
         """Raise ConfigError on a bad value; the commands' configs extend it."""
         require_at_least_one(self, "epochs", "batch_size", "eval_every", "save_every", "subset")
         check_choices(self)
-        check_paths(self)
+        check_paths(vars(self))
         if self.model not in MODELS:  # checked before any data is loaded or downloaded
             raise ConfigError("--model", unknown_model(self.model))
         self.model = canonical_name(self.model)
@@ -154,11 +154,11 @@ def check_choices(config):
             raise ConfigError(flag(name), f"must be one of {', '.join(choices)}, got {getattr(config, name)!r}")
 
 
-def check_paths(config):
+def check_paths(options: dict):
     """No path option is empty: "" is the current folder to Path, so `--out "$OUT"` with OUT unset would
-    otherwise be refused as a folder holding other runs, or read a cache named '.'."""
+    otherwise train there, or read a cache named '.'. `options`: a config's fields (vars), or the command line's."""
     for name in ("out", "data_dir", "cache", "teacher"):
-        if getattr(config, name, None) == "":
+        if options.get(name) == "":
             raise ConfigError(flag(name), "must not be empty")
 
 

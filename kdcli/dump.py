@@ -56,7 +56,7 @@ class DumpConfig:
     def __post_init__(self):
         require_at_least_one(self, "epochs", "batch_size", "subset")
         check_choices(self)
-        check_paths(self)
+        check_paths(vars(self))
         check_seed(self.seed)
 
 

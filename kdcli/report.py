@@ -127,6 +127,8 @@ def collect(paths) -> Runs:
         summary = read_json(d / "summary.json")
         if "model" not in summary or not _is_number(summary.get("test_accuracy")):  # NaN too: JSON allows it, means do not
             raise KdcliError(f"{d / 'summary.json'} has no model or test_accuracy (a finite number): is it a kdcli run?")
+        if summary.get("val_accuracy") is not None and not _is_number(summary["val_accuracy"]):  # else its val cells would go blank unsaid
+            raise KdcliError(f"{d / 'summary.json'} has a val_accuracy that is not a finite number: is it a kdcli run?")
         if summary.get("distillation_weight") and not _is_number(summary.get("temperature")):
             raise KdcliError(f"{d / 'summary.json'} has a distillation weight but no temperature: is it a kdcli run?")
         if not (d / "config.json").is_file():

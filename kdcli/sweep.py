@@ -163,7 +163,7 @@ def check_fits_the_folder(out, runs):
     from kdcli import report
 
     own = {r.dir.resolve() for r in runs}
-    others = [d for d in runs_below(Path(out), depth=2) if d.resolve() not in own and (d / "summary.json").exists()]
+    others = sorted(d for d in runs_below(Path(out), depth=2) if d.resolve() not in own and (d / "summary.json").exists())
     if not others:
         return
     planned = []
@@ -171,7 +171,8 @@ def check_fits_the_folder(out, runs):
         record = {**asdict(r.config), **r.inputs}  # what start_folders records in its config.json
         planned.append({"run_dir": str(r.dir), "summary": record, "config": record})
     together = planned + report.collect(others)
-    remedy = f"{out} would hold both, and its report cannot put them in one table: pass another --out, the options those students were trained with, or delete them"
+    named = ", ".join(str(d.relative_to(out)) for d in others[:3]) + (", ..." if len(others) > 3 else "")
+    remedy = f"{out} holds an earlier sweep's students ({named}), which its report could not put in one table with these: pass another --out, or delete them"
     report.check_comparable(together, remedy)
     report.teacher_accuracy(together, remedy)
 

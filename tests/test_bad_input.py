@@ -622,6 +622,12 @@ def test_a_baseline_given_a_cache_is_told_it_does_not_read_it(tmp_path, data_dir
     assert "--cache" not in kdcli(*[a for a in student_args(data_dir, cache, tmp_path / "kd") if a != "--quiet"]).stderr
 
 
+def test_an_empty_out_with_resume_is_a_usage_error_before_any_run_is_read_back(tmp_path, student, monkeypatch):
+    """`--out "$OUT" --resume` with OUT unset, in a run's folder: not "  holds a student's run", with a blank name."""
+    monkeypatch.chdir(student)
+    assert_refused(kdcli("train-teacher", "--out", "", "--resume"), "--out", "must not be empty", codes=(2,))
+
+
 def test_a_baseline_refused_for_its_options_is_not_warned_about_a_cache_it_would_not_read(tmp_path, data_dir, cache):
     result = kdcli(*student_args(data_dir, cache, tmp_path / "out", "--distillation-weight", 0, "--hard-weight", 0, "--subset", 100))
     assert_refused(result, "--hard-weight", codes=(2,))

@@ -120,7 +120,7 @@ def test_truncated_checkpoint_is_refused(tmp_path):
     path = tmp_path / CHECKPOINT
     save_atomic(kdcli_state(), path)
     path.write_bytes(path.read_bytes()[:5000])
-    with pytest.raises(KdcliError, match=r"is not a readable checkpoint \(\w+Error: [^.]*\): it is damaged or cut short; copy or make it again$"):
+    with pytest.raises(KdcliError, match=r"is not a readable checkpoint \(\w+Error: [^.]*\); if it is damaged or cut short, copy or make it again$"):
         load_checkpoint(path)  # torch's first sentence, not its paragraph of advice
 
 

@@ -146,6 +146,7 @@ def test_collect_errors_on_unreadable_summary(tmp_path):
         ('{"model": "lenet5"}', "no model or test_accuracy"),
         ('{"model": "lenet5", "test_accuracy": "n/a"}', "no model or test_accuracy"),
         ('{"model": "lenet5", "test_accuracy": NaN}', "no model or test_accuracy"),  # json reads it; statistics.stdev would raise
+        ('{"model": "lenet5", "test_accuracy": 75.0, "val_accuracy": NaN}', "a val_accuracy that is not a finite number"),
         ('{"model": "lenet5", "test_accuracy": 75.0, "distillation_weight": 0.1, "temperature": Infinity}', "a distillation weight but no temperature"),
         ('{"model": "lenet5", "test_accuracy": 75.0, "distillation_weight": 0.1}', "a distillation weight but no temperature"),
     ]:

@@ -228,7 +228,7 @@ def test_a_sweep_adding_students_of_another_recipe_or_teacher_to_a_folder_is_ref
     for options, refusal in [(dict(epochs=2, cache=str(cache_path)), "trained with other epochs"),
                              (dict(epochs=1, lr=0.05, cache=str(cache_path), force=True), "trained with other lr"),
                              (dict(epochs=1, cache=str(other_teacher)), "distilled from 2 different teachers")]:  # fmt: skip
-        with pytest.raises(KdcliError, match=f"{refusal} .*: {tmp_path / 'sweep'} would hold both, .*pass another --out"):
+        with pytest.raises(KdcliError, match=f"{refusal} .*: {tmp_path / 'sweep'} holds an earlier sweep's students \\(T4/seed1, baseline/seed1\\), .*pass another --out, or delete them"):
             sweep(SweepConfig(temperatures=(30.0,), seeds=(1,), baseline=False, **options, **shared), progress=False)
         assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "sweep").rglob("*")) == before
     sweep(SweepConfig(temperatures=(30.0,), seeds=(1,), baseline=False, epochs=1, cache=str(cache_path), **shared), progress=False)
