@@ -226,7 +226,8 @@ class LogitCache(_OpenFile):
 
 
 def check_finite(path, what: str, logits: torch.Tensor):
-    if not bool(logits.float().sum().isfinite()):  # a dump never writes one (dump.stored): the file was damaged since. A sum carries any NaN or inf, 15x faster than checking each
+    # A dump never writes one (dump.stored): the file was damaged since. A sum carries any NaN or inf, 15x faster than testing each.
+    if not bool(logits.float().sum().isfinite()):
         raise KdcliError(f"{path}: {what} holds logits that are not finite (NaN or inf): the file is damaged; make it again (dump-logits --force)")
 
 
