@@ -88,8 +88,7 @@ class Group:
 
     def start_folders(self):
         for r in self.runs:
-            record = {**asdict(r.config), **r.inputs, "kdcli_version": __version__, "git_commit": git_commit()}
-            write_json(r.dir / "config.json", record)
+            write_json(r.dir / "config.json", {**r.record, "kdcli_version": __version__, "git_commit": git_commit()})
             (r.dir / "metrics.jsonl").unlink(missing_ok=True)
 
     def load(self, states):

@@ -19,7 +19,7 @@ import re
 import subprocess
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from kdcli import KdcliError, augment, count
@@ -62,6 +62,11 @@ class Run:
     @property
     def dir(self) -> Path:
         return Path(self.config.out)
+
+    @property
+    def record(self) -> dict:
+        """Its options and inputs, as its config.json records them (with kdcli's version and commit)."""
+        return {**asdict(self.config), **self.inputs}
 
     @property
     def temperature(self):
@@ -135,9 +140,13 @@ def check_can_start(config):
     if config.resume and not config.force and (out / CHECKPOINT).is_file():  # a --subset other than the run's is then
         check_resumes(config, peek_checkpoint(out / CHECKPOINT), out)  # named as such, not as a cache of another length
     if getattr(config, "distillation_weight", 0) > 0:
-        from kdcli.cache import check_readable  # h5py is only needed by students of a cache
+        check_cache_readable(config.cache)
 
-        check_readable(config.cache)
+
+def check_cache_readable(path):
+    from kdcli.cache import check_readable  # h5py is only needed by students of a cache
+
+    check_readable(path)
 
 
 def check_cache_is_there(path, recorded_by=None):
@@ -151,11 +160,14 @@ def check_cache_is_there(path, recorded_by=None):
         raise KdcliError(f"no cache at {path}: run `kdcli dump-logits` first (its --out is the file to read)")
 
 
-def check_sweep_can_start(out: Path):
-    """check_can_start for a sweep's own folder (its students' are checked as they are claimed)."""
+def check_sweep_can_start(out: Path, cache=None):
+    """check_can_start for a sweep's own folder (its students' are checked as they are claimed) and the `cache`
+    its KD students read (None: baselines alone, which read none)."""
     check_sweep_folder(out)
     if in_use(out):
         raise KdcliError(_busy(out))
+    if cache is not None:
+        check_cache_readable(cache)
 
 
 def check_not_overwriting(config):

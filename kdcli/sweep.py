@@ -166,10 +166,7 @@ def check_fits_the_folder(out, runs):
     others = sorted(d for d in runs_below(Path(out), depth=2) if d.resolve() not in own and (d / "summary.json").exists())
     if not others:
         return
-    planned = []
-    for r in runs:
-        record = {**asdict(r.config), **r.inputs}  # what start_folders records in its config.json
-        planned.append({"run_dir": str(r.dir), "summary": record, "config": record})
+    planned = [{"run_dir": str(r.dir), "summary": r.record, "config": r.record} for r in runs]
     together = planned + report.collect(others)
     named = ", ".join(str(d.relative_to(out)) for d in others[:3]) + (", ..." if len(others) > 3 else "")
     remedy = f"{out} holds an earlier sweep's students ({named}), which its report could not put in one table with these: pass another --out, or delete them"
@@ -196,11 +193,8 @@ def sweep(config: SweepConfig, progress=True) -> dict:
     from kdcli import report
 
     progress = progress and not config.quiet
-    check_sweep_can_start(Path(config.out))  # before the data and cache load: a refusal costs nothing
-    if config.temperatures:  # else baselines alone, which read no cache
-        from kdcli.cache import check_readable  # h5py is only needed by students of a cache
-
-        check_readable(config.cache)
+    # Before the data and cache load, a refusal costs nothing; baselines alone (no temperatures) read no cache.
+    check_sweep_can_start(Path(config.out), config.cache if config.temperatures else None)
     device, data = device_and_data(config)
     configs = student_configs(config)
     kd = [c for c in configs if c.distillation_weight > 0]
