@@ -235,7 +235,7 @@ def ready_views(images, p, batch: int) -> torch.Tensor:
 
 def bench_dump(data, data_dir, teacher_path, device, args, tmp) -> tuple:
     """The real dump_logits into a temp HDF5 file vs bare inference. Its summary times only its epoch loop,
-    which follows a warm-up (its un-augmented pass over the same images) and ends synchronised (.cpu())."""
+    which follows a warm-up (its un-augmented pass over the same images) and ends with its last epoch written."""
     n = len(data.train_labels)
     config = DumpConfig(
         teacher=str(teacher_path), epochs=args.dump_epochs, out=str(tmp / "logits.h5"), data_dir=str(data_dir),

@@ -125,7 +125,7 @@ def command_from(cls, name: str, run):
             check_paths(options)  # before --resume reads a run back from --out "" (the current folder)
         with errors_as_one_line(resume_flag=any(f.name == "resume" for f in shown)):
             typed = {name for name in options if ctx.get_parameter_source(name).name != "DEFAULT"}
-            given = typed
+            given = typed  # and, below, what --resume reads back: options with_images_of_inputs leaves alone
             # A training run's --resume reads its options back (--force too: `--resume --force` trains the run again
             # with its own options); a dump's --resume only keeps its complete cache.
             if options.get("resume") and issubclass(cls, TrainOptions):
@@ -305,7 +305,7 @@ def evaluate(
     """Top-1 accuracy of a checkpoint on the CIFAR-10 test set."""
     with errors_as_one_line():
         result = evaluate_checkpoint(checkpoint, data_dir or None, device, download)
-    _said_read_back(data_dir, result["data_dir"], f"the run of {checkpoint}")
+    _say_data_dir_read_back(data_dir, result["data_dir"], f"the run of {checkpoint}")
     trained = result["trained"]
     typer.echo(f"{result['model']} ({trained}): {result['test_accuracy']:.2f}% top-1 on the test set")
     if "val_accuracy" in result:
@@ -315,7 +315,7 @@ def evaluate(
             typer.echo(f"  {name:<11} {acc:6.2f}%")
 
 
-def _said_read_back(given: str, data_dir: str, source: str):
+def _say_data_dir_read_back(given: str, data_dir: str, source: str):
     if not given and data_dir != DATA_DIR:  # what with_images_of_inputs says for the stages
         typer.echo(f"--data-dir {data_dir}: as {source} recorded (pass another to override)", err=True)
 
@@ -340,7 +340,7 @@ def cache_info(
             typer.echo(f"  {key:<22} {value}")
         if verify:
             images = data_dir or recorded_data_dir(info["attrs"]["config"], f"the cache {path}")
-            _said_read_back(data_dir, images, f"the cache {path}")  # before the verdict, which may be a failure
+            _say_data_dir_read_back(data_dir, images, f"the cache {path}")  # before the verdict, which may be a failure
             v = verify_cache(path, teacher, verify, device, images, download)
             typer.echo(
                 f"{'verify':<24} ok: largest |logit difference| over {v['entries']:,} entries {v['max_difference']:.3g} "

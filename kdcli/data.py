@@ -61,8 +61,8 @@ class Cifar10:
         return len(CLASSES)
 
     def fingerprint_of_first(self, n: int) -> str | None:
-        """The fingerprint of the first n training images, what a run on --subset n trained on; None where there
-        are fewer (before any held out). Of all, the one made as they loaded (hashing 50,000 takes 0.14 s)."""
+        """The fingerprint of the first n training images, what a run on --subset n trained on; None where the
+        training split holds fewer. All of them before the split: the one made as they loaded (hashing 50,000 takes 0.14 s)."""
         if n == self.num_before_split:
             return self.fingerprint
         return fingerprint(self.train_images[:n], self.train_labels[:n]) if n <= len(self.train_labels) else None

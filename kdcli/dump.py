@@ -139,6 +139,32 @@ def dump_logits(config: DumpConfig, progress: bool = True) -> dict:
     }
 
 
+def _teacher_path(teacher) -> Path:
+    """The checkpoint file of --teacher (a run folder or the file itself), or the one line that says why there is none."""
+    path = resolve(teacher)
+    if not path.is_file():
+        if in_use(teacher):
+            raise KdcliError(f"the teacher in {teacher} is still training, and has no checkpoint yet: wait for it to finish")
+        raise KdcliError(f"no teacher at {teacher}: run `kdcli train-teacher` first, or pass --teacher")
+    return path
+
+
+def _check_finished(teacher, path, state):
+    """A run folder whose training has not ended is refused: its checkpoint is a teacher half trained
+    (stopped by Ctrl-C, or still training), and every student of the cache would learn from it."""
+    epochs = (state.get("config") or {}).get("epochs")
+    if not epochs or "epoch" not in state or (state["epoch"] >= epochs and not state.get("step")):
+        return  # finished, or a checkpoint that does not say
+    where = training_reached(state)
+    if Path(teacher).is_dir():
+        if in_use(teacher):
+            raise KdcliError(f"the teacher in {teacher} is still training (its checkpoint: {where}): wait for it to finish, or pass --teacher {path} to label with it as it is now")
+        kind = run_kind(state.get("config") or {})  # a student may teach too
+        raise KdcliError(f"the teacher in {teacher} has not finished training ({where}): resume it (kdcli train-{kind} "
+                         f"--out {teacher} --resume), or pass --teacher {path} to label with it as it is")  # fmt: skip
+    warnings.warn(f"{path} is the checkpoint of a teacher that has not finished training ({where})", stacklevel=2)
+
+
 def _teacher_test_accuracy(model, data, state, amp) -> float:
     """In the precision the teacher evaluated itself, so the number train-teacher and evaluate print, where this
     device has that precision; else in the dump's own `amp`."""
@@ -274,7 +300,7 @@ def _start_copy_to_host(logits: torch.Tensor):
     """Start copying logits to the host; return a function that waits for the copy and gives it as numpy.
     On CUDA the copy is queued behind the epoch's work, so the host can queue the next epoch first."""
     if logits.device.type != "cuda":
-        return lambda: logits.cpu().numpy()  # (MPS: synchronous, as before)
+        return lambda: logits.cpu().numpy()  # CPU or MPS: copied when collected, synchronously
     host = torch.empty(logits.shape, dtype=logits.dtype, pin_memory=True)  # pinned: the copy cannot be asynchronous otherwise
     host.copy_(logits, non_blocking=True)
     copied = torch.cuda.Event()
@@ -331,7 +357,7 @@ def verify_cache(path, teacher=None, k=256, device="auto", data_dir=None, downlo
             difference = (fresh - old).abs().amax(1)
             worst = max(worst, difference.max().item())
             worst_relative = max(worst_relative, (difference / old.abs().amax(1).clamp(min=1)).max().item())
-    tolerance = VERIFY_TOLERANCE["float32" if amp == "off" else "reduced"]  # the recomputation is in the dump's precision
+    tolerance = VERIFY_TOLERANCE["float32" if amp == "off" else "reduced"]  # the rounding the dump's precision left in the cache
     if worst_relative > tolerance:
         raise KdcliError(
             f"{path} fails verification: over {len(entries):,} entries, cached logits differ from the teacher's by up to "
@@ -339,28 +365,3 @@ def verify_cache(path, teacher=None, k=256, device="auto", data_dir=None, downlo
             "the file is damaged, or was not made by this kdcli from these images; make it again (dump-logits --force)"
         )
     return {"entries": len(entries), "max_difference": worst, "max_relative": worst_relative, "tolerance": tolerance, "data_dir": data_dir}
-
-
-def _check_finished(teacher, path, state):
-    """A run folder whose training has not ended is refused: its checkpoint is a teacher half trained
-    (stopped by Ctrl-C, or still training), and every student of the cache would learn from it."""
-    epochs = (state.get("config") or {}).get("epochs")
-    if not epochs or "epoch" not in state or (state["epoch"] >= epochs and not state.get("step")):
-        return  # finished, or a checkpoint that does not say
-    where = training_reached(state)
-    if Path(teacher).is_dir():
-        if in_use(teacher):
-            raise KdcliError(f"the teacher in {teacher} is still training (its checkpoint: {where}): wait for it to finish, or pass --teacher {path} to label with it as it is now")
-        kind = run_kind(state.get("config") or {})  # a student may teach too
-        raise KdcliError(f"the teacher in {teacher} has not finished training ({where}): resume it (kdcli train-{kind} "
-                         f"--out {teacher} --resume), or pass --teacher {path} to label with it as it is")  # fmt: skip
-    warnings.warn(f"{path} is the checkpoint of a teacher that has not finished training ({where})", stacklevel=2)
-
-
-def _teacher_path(teacher) -> Path:
-    path = resolve(teacher)
-    if not path.is_file():
-        if in_use(teacher):
-            raise KdcliError(f"the teacher in {teacher} is still training, and has no checkpoint yet: wait for it to finish")
-        raise KdcliError(f"no teacher at {teacher}: run `kdcli train-teacher` first, or pass --teacher")
-    return path

@@ -19,7 +19,7 @@ from kdcli.runs import as_recorded_now
 
 @torch.no_grad()
 def evaluate_stack(stack, images, labels, autocast, batch_size=1000) -> list:
-    """Top-1 test accuracy in percent for each of the S models."""
+    """Top-1 accuracy in percent on `images` (the test set, or the held-out ones) for each of the S models."""
     stack.eval()
     correct = torch.zeros(stack.size, device=images.device)
     for i in range(0, len(labels), batch_size):
@@ -102,7 +102,6 @@ def evaluate(checkpoint_path, data_dir=None, device="auto", download=True) -> di
         data_dir = recorded_data_dir(config, f"the run of {checkpoint_path}")
     data = load_cifar10(data_dir, dev, download=download)  # every image: the test set does not depend on the run's --subset
     n, held_out = config.get("subset") or len(data.train_labels), config.get("val_size", 0)  # it trained on the first n, less the last held_out
-    images, labels = data.train_images[:n], data.train_labels[:n]
     if n > len(data.train_labels) or not _trained_on(data.fingerprint_of_first(n), state, checkpoint_path):
         warnings.warn(
             f"{checkpoint_path} was trained on other images than those now in {data_dir}, so its test set may be another too"
@@ -115,5 +114,6 @@ def evaluate(checkpoint_path, data_dir=None, device="auto", download=True) -> di
     accuracy = top1(logits, data.test_labels)
     result = {"model": canonical_name(state["model_name"]), "epoch": state.get("epoch"), "trained": training_reached(state), "test_accuracy": accuracy, "per_class": per_class, "data_dir": data_dir}
     if held_out:
-        result.update(val_accuracy=top1(predict(model, images[n - held_out :], amp), labels[n - held_out :]), val_size=held_out)
+        held = slice(n - held_out, n)
+        result.update(val_accuracy=top1(predict(model, data.train_images[held], amp), data.train_labels[held]), val_size=held_out)
     return result

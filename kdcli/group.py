@@ -258,10 +258,10 @@ class Group:
 
     def check_finite(self, losses):
         """losses [steps so far, S]: all finite, or the error naming the first bad step and its runs."""
-        finite = torch.isfinite(losses).all(1)
+        finite = torch.isfinite(losses)
         if not bool(finite.all()):
-            step = int((~finite).nonzero()[0]) + 1
-            bad = [r for r, ok in zip(self.runs, torch.isfinite(losses).all(0).tolist()) if not ok]
+            step = int((~finite.all(1)).nonzero()[0]) + 1
+            bad = [r for r, ok in zip(self.runs, finite.all(0).tolist()) if not ok]
             kd = next((f", or the KD term's weight w * T^2 (now {r.distillation_weight * r.temperature**2:g}: --distillation-weight {r.distillation_weight:g}, --temperature {r.temperature:g})"
                        for r in bad if r.distillation_weight > 0), "")  # fmt: skip
             raise KdcliError(

@@ -8,13 +8,15 @@
 
 A setting is (model, temperature, distillation weight, hard weight); its runs
 differ only by seed (runs of one model trained with other recipes, or a seed
-repeated within a setting, or runs on other images, are refused: a row would mix experiments). All baselines (distillation weight 0) of a model are one
+repeated within a setting, or runs on other images, are refused: a row would
+mix experiments). All baselines (distillation weight 0) of a model are one
 setting whatever their temperature, which they never use. Each KD setting is
 compared with its model's baseline: the difference of the means with a 95%
 confidence interval from Welch's t-test, because seed noise alone spans about
-two points on CIFAR-10 (the reference's baseline: 73.26 to 75.64 over four seeds), more than most KD gains. Runs trained with
---val-size also get their mean accuracy on the held-out training images: the
-column to choose a setting by without selecting on the test set.
+two points on CIFAR-10 (the reference's baseline: 73.26 to 75.64 over four
+seeds), more than most KD gains. Runs trained with --val-size also get their
+mean accuracy on the held-out training images: the column to choose a setting
+by without selecting on the test set.
 """
 
 import csv
@@ -24,7 +26,7 @@ import math
 import statistics
 from pathlib import Path
 
-from kdcli import KdcliError
+from kdcli import KdcliError, count
 from kdcli.models import canonical_name
 from kdcli.runs import LOCK, as_recorded_now, read_json
 
@@ -234,7 +236,8 @@ def aggregate(runs) -> list[dict]:
     # a baseline has the same hard weight as the KD runs it is compared with (it scales the CE loss)
     baselines = {(model, hard): accs for (model, temperature, w, hard), accs in groups.items() if w == 0}
     rows = []
-    for (model, temperature, w, hard), accs in sorted(groups.items(), key=lambda kv: _order(kv[0])):
+    for setting, accs in sorted(groups.items(), key=lambda kv: _order(kv[0])):
+        model, temperature, w, hard = setting
         base = baselines.get((model, hard)) if w != 0 else None
         ci = welch_ci(accs, base) if base else None
         rows.append({
@@ -245,10 +248,10 @@ def aggregate(runs) -> list[dict]:
             "delta": statistics.mean(accs) - statistics.mean(base) if base else None,
             "ci_low": ci[0] if ci else None, "ci_high": ci[1] if ci else None,
         })
-        vals = val.get((model, temperature, w, hard), [])
+        vals = val.get(setting, [])
         validated = len(vals) == len(accs)  # every run of the setting held out images, or the row has no val
         rows[-1].update(val_mean=statistics.mean(vals) if validated else None, val_std=statistics.stdev(vals) if validated and len(vals) > 1 else None,
-                        teacher_saw_val=(model, temperature, w, hard) in teacher_saw_val)  # fmt: skip
+                        teacher_saw_val=setting in teacher_saw_val)  # fmt: skip
     return rows
 
 
@@ -274,8 +277,8 @@ def _weights(r) -> str:
 
 def _markdown(rows, teacher_accuracy, unfinished) -> str:
     validated = _validated(rows)
-    val = " val ± std | test ± std |" if validated else " mean ± std |"
-    lines = [f"| model | T | w | n |{val} min | max | Δ vs baseline [95% CI] |", "| --- | ---: | ---: | ---: |" + " ---: |" * validated + " ---: | ---: | ---: | --- |"]
+    accuracy_header = " val ± std | test ± std |" if validated else " mean ± std |"
+    lines = [f"| model | T | w | n |{accuracy_header} min | max | Δ vs baseline [95% CI] |", "| --- | ---: | ---: | ---: |" + " ---: |" * validated + " ---: | ---: | ---: | --- |"]
     for r in rows:
         w = _weights(r)
         if r["temperature"] is None:
@@ -300,7 +303,7 @@ def _markdown(rows, teacher_accuracy, unfinished) -> str:
     if teacher_accuracy is not None:
         notes.append(f"Teacher: {teacher_accuracy:.2f}%.")
     if unfinished:
-        notes.append(f"{unfinished} run{'s' if unfinished != 1 else ''} unfinished, left out.")
+        notes.append(f"{count(unfinished, 'run')} unfinished, left out.")
     return "\n".join(lines) + "\n\n" + " ".join(notes) + "\n"
 
 
@@ -320,7 +323,7 @@ def _write_csv(rows, path: Path, teacher_accuracy=None):
 
 def _plot(rows, path: Path, teacher_accuracy) -> bool:
     """Accuracy vs temperature into path; False if matplotlib (the optional `plot` extra) is missing."""
-    try:  # imported here: the report's table and csv must work without it
+    try:
         fig = _figure(rows, teacher_accuracy)
     except ImportError:
         return False
@@ -330,6 +333,7 @@ def _plot(rows, path: Path, teacher_accuracy) -> bool:
 
 def _figure(rows, teacher_accuracy):
     """The plot as a matplotlib Figure; ImportError without matplotlib."""
+    # Imported here: the report's table and csv must work without it.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -65,7 +65,7 @@ class Run:
 
     @property
     def record(self) -> dict:
-        """Its options and inputs, as its config.json records them (with kdcli's version and commit)."""
+        """Its options and inputs, as its config.json records them (Group.start_folders adds kdcli's version and commit)."""
         return {**asdict(self.config), **self.inputs}
 
     @property
@@ -79,16 +79,6 @@ class Run:
     @property
     def hard_weight(self):
         return getattr(self.config, "hard_weight", 1.0)
-
-
-# --resume and the options a run recorded. The run's own (model, recipe, seed, --subset, ...) are read back where
-# not given and refused where given otherwise (check_same_options). The others may change:
-# - not read back: where the run is and what to do with it, and how this machine runs it (its defaults fit it);
-NOT_READ_BACK = {"out", "resume", "force", "quiet", "device", "compile", "cuda_graphs"}
-# - read back, yet free to differ: how a run computes, and where its inputs are (check_same_inputs checks the inputs
-#   themselves). A resumed run may move to another device, which changes its precision anyway; --amp too (a bf16
-#   run resumed under fp16 starts a fresh loss scale).
-MAY_DIFFER = NOT_READ_BACK | {"amp", "eval_every", "save_every", "cache", "data_dir", "download", "allow_partial"}
 
 
 LOCK = ".kdcli.lock"
@@ -280,6 +270,16 @@ def runs_below(folder: Path, depth: int = 3):
         level = [d for d in inside if d not in runs]  # a run's folder holds files, not runs
 
 
+# --resume and the options a run recorded. The run's own (model, recipe, seed, --subset, ...) are read back where
+# not given and refused where given otherwise (check_same_options). The others may change:
+# - not read back: where the run is and what to do with it, and how this machine runs it (its defaults fit it);
+NOT_READ_BACK = {"out", "resume", "force", "quiet", "device", "compile", "cuda_graphs"}
+# - read back, yet free to differ: how a run computes, and where its inputs are (check_same_inputs checks the inputs
+#   themselves). A resumed run may move to another device, which changes its precision anyway; --amp too (a bf16
+#   run resumed under fp16 starts a fresh loss scale).
+MAY_DIFFER = NOT_READ_BACK | {"amp", "eval_every", "save_every", "cache", "data_dir", "download", "allow_partial"}
+
+
 # Options that runs written by an earlier kdcli do not record, and the value those runs trained as: a
 # resumed or reported old run compares as this value, not as a different option.
 OPTIONS_ADDED_LATER = {"val_size": 0}
@@ -413,6 +413,7 @@ def short(value):
 
 
 def plain(value):
+    """An option's value as JSON records it (a tuple as a list), so that a given value and a recorded one compare."""
     return list(value) if isinstance(value, tuple) else value
 
 

@@ -1,6 +1,6 @@
 """Many students from one cache: every (temperature, seed), plus a baseline per seed.
 
-    summaries = sweep(SweepConfig(temperatures=(1, 10, 30), seeds=(777, 10)))
+    result = sweep(SweepConfig(temperatures=(1, 10, 30), seeds=(777, 10)))   # {"table": the report's markdown, "students": n, "trained_now": k}
 
 Each student gets the usual run folder under --out (`T30/seed777/`,
 `baseline/seed777/`). Students are trained S at a time as one batched
@@ -14,10 +14,10 @@ import functools
 import resource
 import sys
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
-from kdcli import Interrupted, StopOnSignal, count
+from kdcli import Interrupted, StopOnSignal, count, report
 from kdcli.checkpoint import CHECKPOINT, peek_checkpoint
 from kdcli.config import ConfigError, DistillOptions, StudentConfig, TrainOptions, check_no_repeats, check_seed, check_temperature
 from kdcli.runs import LOCK, check_same_inputs, check_same_options, check_sweep_can_start, claim_folder, forget_run, runs_below
@@ -94,7 +94,7 @@ def groups(configs: list, parallel: int) -> list:
         folder = Path(c.out)
         ckpt = folder / CHECKPOINT
         state = peek_checkpoint(ckpt) if ckpt.exists() else None  # its options and progress, not its tensors
-        if state is not None:  # kept, or resumed, only if trained with the options asked for now
+        if state is not None:
             check_same_options(c, state, folder, "run the sweep with the options it started with, --force to train it again, or another --out")
         if (folder / "summary.json").exists():
             continue
@@ -160,8 +160,6 @@ def _claim_students(config: SweepConfig, configs: list, held: contextlib.ExitSta
 def check_fits_the_folder(out, runs):
     """The students an earlier sweep left in `out` with other temperatures or seeds, and these `runs`, make one
     table: `kdcli report` on the folder would otherwise refuse it, once this sweep has spent its time."""
-    from kdcli import report
-
     own = {r.dir.resolve() for r in runs}
     others = sorted(d for d in runs_below(Path(out), depth=2) if d.resolve() not in own and (d / "summary.json").exists())
     if not others:
@@ -190,8 +188,6 @@ def _train_groups(todo: list, runs: dict, config: SweepConfig, data, device, sto
 
 def sweep(config: SweepConfig, progress=True) -> dict:
     """Train every student of the sweep that is not finished yet, then write the report."""
-    from kdcli import report
-
     progress = progress and not config.quiet
     # Before the data and cache load, a refusal costs nothing; baselines alone (no temperatures) read no cache.
     check_sweep_can_start(Path(config.out), config.cache if config.temperatures else None)
@@ -211,14 +207,15 @@ def sweep(config: SweepConfig, progress=True) -> dict:
                 if (r.dir / "summary.json").exists():
                     check_same_inputs(r)  # a finished student is kept only if it read this cache
             todo = groups(configs, parallel)
+            to_train = sum(map(len, todo))
             if todo:
                 config.warn_ineffective()
             if progress:
-                print(f"{count(len(configs), 'student')}: {len(configs) - sum(map(len, todo))} finished before, {sum(map(len, todo))} to train", file=sys.stderr, flush=True)
+                print(f"{count(len(configs), 'student')}: {len(configs) - to_train} finished before, {to_train} to train", file=sys.stderr, flush=True)
             _train_groups(todo, runs, config, data, device, stop, progress)
             table = report.report([c.out for c in configs], config.out)  # this sweep's students only, not whatever else --out holds
     finally:
         stop.restore()
         if cache is not None:
             cache.close()
-    return {"table": table, "students": len(configs), "trained_now": sum(len(g) for g in todo), "out": config.out, "settings": asdict(config)}
+    return {"table": table, "students": len(configs), "trained_now": to_train}
