@@ -107,6 +107,12 @@ def test_missing_folder_without_download(tmp_path, monkeypatch):
         load_cifar10(tmp_path / "nowhere", download=False)
 
 
+def test_an_empty_batches_folder_is_missing_not_lacking_every_file(tmp_path):
+    (tmp_path / BATCH_FOLDER).mkdir()
+    with pytest.raises(KdcliError, match=rf"no CIFAR-10 at \S*{BATCH_FOLDER}: drop the --no-download flag"):
+        load_cifar10(tmp_path, download=False)
+
+
 def test_the_inner_folder_as_data_dir_names_its_parent(data_dir):
     with pytest.raises(KdcliError, match=rf"is the {BATCH_FOLDER} folder itself: pass --data-dir {data_dir}, the folder holding it"):
         load_cifar10(data_dir / BATCH_FOLDER, download=True)  # (no download is tried)
@@ -168,8 +174,11 @@ def rewrite(path, **changes):
         ({"labels": lambda y: [-1] + y[1:]}, r"labels must be integers 0..9, found int64 from -1 to 9"),
         ({"labels": lambda y: [float(label) for label in y]}, r"labels must be integers 0..9, found float64"),
         ({"labels": lambda y: [str(label) for label in y]}, r"labels must be integers 0..9, found <U1 from none of them"),
+        ({"data": lambda d: d[:, :1024]}, r"'data' is uint8 \[40, 1024\]; a CIFAR-10 batch holds uint8 \[N, 3072\]"),
+        ({"data": lambda d: d.reshape(-1)}, r"'data' is uint8 \[122880\]"),
+        ({"labels": lambda y: [[label] for label in y]}, r"40 images but labels of shape \[40, 1\]; the file is corrupt"),
     ],
-    ids=["hwc images", "float images", "1-based labels", "negative label", "float labels", "text labels"],
+    ids=["hwc images", "float images", "1-based labels", "negative label", "float labels", "text labels", "one channel", "flat images", "column labels"],
 )
 def test_other_layouts_refused_naming_the_file(data_dir, tmp_path, changes, expected):
     """A re-encoded copy in another layout would load as scrambled images or shifted classes: refused."""

@@ -77,3 +77,23 @@ def test_lenet5_is_the_tutorials_network():
     h = pool(F.relu(m.conv2(h)))
     h = F.relu(m.fc2(F.relu(m.fc1(torch.flatten(h, 1)))))
     assert torch.equal(m(x), m.fc3(h))
+
+
+def test_resnet8_is_the_cifar_resnet_written_out():
+    """Where the ReLUs and the strides are, and the average-pooled head, change neither the parameter count nor a
+    shape: the forward pass written out with the model's own weights pins them."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    m, x = create_model("resnet8").eval(), torch.randn(2, 3, 32, 32)
+
+    def block(b, x, stride):
+        out = F.relu(b.bn1(F.conv2d(x, b.conv1.weight, stride=stride, padding=1)))
+        out = b.bn2(F.conv2d(out, b.conv2.weight, padding=1))
+        shortcut = b.shortcut[1](F.conv2d(x, b.shortcut[0].weight, stride=stride)) if len(b.shortcut) else x
+        return F.relu(out + shortcut)
+
+    h = F.relu(m.stem[1](F.conv2d(x, m.stem[0].weight, padding=1)))
+    for b, stride in zip(m.layers, (1, 2, 2), strict=True):
+        h = block(b, h, stride)
+    torch.testing.assert_close(m(x), m.fc(h.mean((2, 3))))

@@ -3,6 +3,7 @@
 Every run is LeNet-5 on the 200-image session data on the CPU: 4 steps of 64 images per epoch.
 """
 
+import copy
 import errno
 import fcntl
 import json
@@ -32,7 +33,7 @@ from kdcli.losses import distillation_loss
 from kdcli.models import create_model
 from kdcli.optimizer import learning_rate
 from kdcli.runs import LOCK, DrawnAugmentation, Run, as_recorded_now, claim_folder, git_commit
-from kdcli.stack import ModelStack
+from kdcli.stack import ModelStack, split_optimizer_state, stack_optimizer_states
 from kdcli.train import train_runs, train_student, train_teacher
 
 STEPS = 4  # ceil(200 / 64)
@@ -808,6 +809,35 @@ def test_model_stack_forward_and_member_state():
         assert_same_weights(stack.member_state(s), model.state_dict())
     stack.load_member_state(1, models[0].state_dict())
     torch.testing.assert_close(stack(x)[1], models[0](x[1]))
+
+
+def test_a_stacked_students_share_of_adam_steps_it_as_its_own_optimizer_would():
+    """A stacked student's checkpoint holds its own rows of the optimizer state and Adam's step count (a 0-dim
+    tensor, every member's): loaded alone, it takes the step it would have taken in the stack, and the shares
+    stacked again are the stack's state."""
+    torch.manual_seed(0)
+    stack = ModelStack([create_model("lenet5") for _ in range(3)])
+    optimizer = torch.optim.Adam(stack.parameters(), lr=0.01)
+    x = torch.randn(3, 4, 3, 32, 32)
+    for _ in range(2):
+        optimizer.zero_grad()
+        stack(x).square().sum().backward()
+        optimizer.step()
+    state = optimizer.state_dict()
+    shares = [split_optimizer_state(state, 3, s) for s in range(3)]
+    for i, per_param in stack_optimizer_states(shares)["state"].items():
+        for k, v in per_param.items():
+            assert torch.equal(v, state["state"][i][k]), (i, k)
+    alone = create_model("lenet5")
+    alone.load_state_dict(stack.member_state(1))
+    alone_optimizer = torch.optim.Adam(alone.parameters(), lr=0.01)
+    alone_optimizer.load_state_dict(copy.deepcopy(shares[1]))  # as its checkpoint holds it: Adam's step tensor is the stack's own
+    optimizer.zero_grad()
+    stack(x).square().sum().backward()
+    optimizer.step()
+    alone(x[1]).square().sum().backward()
+    alone_optimizer.step()
+    assert_same_weights(alone.state_dict(), stack.member_state(1), atol=1e-5)  # stacked or alone: float sums in another order
 
 
 def test_models_with_batch_norm_cannot_be_stacked():
