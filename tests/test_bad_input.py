@@ -999,3 +999,16 @@ def test_a_resumed_student_keeps_its_own_data_dir_over_the_one_its_cache_recorde
     resumed = kdcli("train-student", "--out", out, "--resume", "--no-download")
     assert resumed.exit_code == 0 and "finished already, kept" in resumed.stdout, resumed.output
     assert "recorded" not in resumed.stderr and json.loads((out / "config.json").read_text())["data_dir"] == str(tmp_path / "images")
+
+
+# ---------------------------------------------------------------- from mutation testing runs.py
+
+
+@pytest.mark.parametrize("command", ["train-teacher", "sweep"])
+def test_a_folder_in_use_is_refused_before_any_data_is_loaded(tmp_path, cache, command):
+    """A job started twice is told "in use" at once: not after loading (or downloading) CIFAR-10, nor by an error of its data."""
+    no_data, out = tmp_path / "no-data", tmp_path / "out"
+    args = teacher_args(no_data, out) if command == "train-teacher" else sweep_args(no_data, cache, out)
+    with claim_folder(out):
+        assert_refused(kdcli(*args), f"{out} is in use by another kdcli", codes=(1,))
+    assert not no_data.exists()

@@ -1,6 +1,7 @@
 """kdcli.cli: the commands end to end on tiny data, and bad input as a short message, never a traceback."""
 
 import errno
+import functools
 import json
 import os
 import re
@@ -781,3 +782,56 @@ def test_a_run_on_the_default_data_folder_is_not_said_to_be_read_back(tmp_path, 
     assert evaluated.exit_code == 0 and "recorded" not in evaluated.stderr, evaluated.output
     verified = kdcli("cache-info", "c.h5", "--verify", 4, "--device", "cpu", "--no-download")
     assert verified.exit_code == 0 and "verify" in verified.stdout and "recorded" not in verified.stderr, verified.output
+
+
+# ---------------------------------------------------------------- from mutation testing runs.py and config.py
+
+
+def test_a_run_started_with_force_resumes_and_is_not_started_over_again(tmp_path, data_dir, monkeypatch):
+    """--force says what to do with the folder once, like --out: `--out X --resume` (make's) continues a run that
+    --force started, where reading --force back would delete its checkpoint and train it from scratch."""
+    out = tmp_path / "out"
+    stopped_run(tmp_path, monkeypatch, teacher_args(data_dir, out, "--epochs", 2, "--force"))
+    resumed = kdcli("train-teacher", "--out", out, "--resume")
+    assert resumed.exit_code == 0 and "resuming" in resumed.stderr and "after 2 epochs" in resumed.stdout, resumed.output
+
+
+def test_a_quiet_run_resumed_without_quiet_shows_its_progress_bar(tmp_path, data_dir, monkeypatch):
+    """--quiet is how this terminal shows a run (README: not read back, with --device and --compile), and may differ."""
+    out = tmp_path / "out"
+    stopped_run(tmp_path, monkeypatch, teacher_args(data_dir, out, "--epochs", 2))  # --quiet
+    resumed = kdcli("train-teacher", "--out", out, "--resume")
+    assert resumed.exit_code == 0 and "img/s" in resumed.stderr and not re.search(r"^epoch 2/2  loss", resumed.stderr, re.M), resumed.output
+    again = kdcli("train-teacher", "--out", out, "--resume", "--no-quiet")
+    assert again.exit_code == 0 and "finished already, kept" in again.stdout, again.output
+
+
+def test_a_gpu_runs_compile_is_not_read_back_on_a_cpu(tmp_path, data_dir, monkeypatch):
+    """A run that compiled on a GPU resumes on a CPU under this machine's defaults: no warning that --compile
+    does nothing here, which the user never gave; and --compile given anew is no other option either."""
+    from kdcli import group
+
+    monkeypatch.setattr(group, "warn_compile_does_nothing", functools.cache(group.warn_compile_does_nothing.__wrapped__))  # a process of its own
+    out = tmp_path / "out"
+    stopped_run(tmp_path, monkeypatch, teacher_args(data_dir, out, "--epochs", 2))
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    state["config"].update(compile=True)
+    torch.save(state, out / "checkpoint.pt")
+    resumed = kdcli("train-teacher", "--out", out, "--resume", "--quiet")
+    assert resumed.exit_code == 0 and "--compile" not in resumed.stderr, resumed.output
+
+
+def test_the_training_commands_default_to_the_reference_recipe(tmp_path, monkeypatch):
+    """The teacher's defaults are the reference's ResNet18 recipe (README: SGD lr 0.1, momentum 0.9, weight decay 5e-4,
+    batch 128, 300 epochs, lr x0.1 at 150 and 225, seed 777), in fp16; a student's are LeNet-5's, at T = 30, w = 0.1, in bf16."""
+    import kdcli.cli as cli_module
+
+    monkeypatch.chdir(tmp_path)
+    configs = recorded_teacher_configs(monkeypatch)
+    monkeypatch.setattr(cli_module, "train_student", lambda c: configs.append(c) or {"model": c.model, "test_accuracy": 10.0, "epochs": c.epochs})
+    assert kdcli("train-teacher").exit_code == 0 and kdcli("train-student").exit_code == 0
+    recipe = [(c.model, c.epochs, c.batch_size, c.optimizer, c.lr, c.momentum, c.nesterov, c.weight_decay, c.scheduler, c.lr_milestones,
+               c.lr_gamma, c.seed, c.amp) for c in configs]  # fmt: skip
+    assert recipe == [("resnet18", 300, 128, "sgd", 0.1, 0.9, False, 5e-4, "multistep", (150, 225), 0.1, 777, "fp16"),
+                      ("lenet5", 300, 128, "sgd", 0.1, 0.9, False, 5e-4, "multistep", (150, 225), 0.1, 777, "bf16")]  # fmt: skip
+    assert (configs[1].temperature, configs[1].distillation_weight, configs[1].hard_weight) == (30.0, 0.1, 1.0)

@@ -27,7 +27,7 @@ from kdcli import KdcliError, StopOnSignal, __version__, augment
 from kdcli.checkpoint import CHECKPOINT, load_checkpoint, warn_cannot_lock
 from kdcli.config import ConfigError, StudentConfig, TeacherConfig
 from kdcli.data import DATA_DIR, load_cifar10, recorded_data_dir
-from kdcli.evaluate import autocast_dtype, evaluate, load_model, predict
+from kdcli.evaluate import autocast_dtype, evaluate, load_model, predict, recorded_precision
 from kdcli.group import TrainingInterrupted
 from kdcli.losses import distillation_loss
 from kdcli.models import create_model
@@ -592,6 +592,9 @@ def test_resume_without_a_checkpoint_starts_fresh(tmp_path, data_dir, finished):
         (TeacherConfig, "lr", -1.0),
         (TeacherConfig, "lr", float("nan")),
         (TeacherConfig, "subset", 0),
+        (TeacherConfig, "eval_every", 0),  # else a ZeroDivisionError (epoch % eval_every) after the first of several epochs
+        (TeacherConfig, "model", "nope"),  # before any data is loaded, not when the model is made
+        (StudentConfig, "save_every", 0),
         (TeacherConfig, "val_size", -1),
         (TeacherConfig, "amp", True),  # bf16 before --amp took a precision: not silently float32 now
         (StudentConfig, "amp", "FP16"),
@@ -1229,3 +1232,119 @@ def test_an_epoch_off_the_eval_every_grid_logs_no_accuracy_not_the_last_evaluati
     teach(config(tmp_path, "run", data_dir, epochs=4, eval_every=2, val_size=50))
     rows = metrics(tmp_path / "run")
     assert [(r["test_accuracy"] is None, r["val_accuracy"] is None) for r in rows] == [(True, True), (False, False), (True, True), (False, False)]
+
+
+# ---------------------------------------------------------------- found by mutation testing of runs, config, optimizer and evaluate
+
+
+def test_a_baseline_student_trains_as_a_teacher_of_its_model_does(tmp_path, data_dir):
+    """Without soft targets the loss is the cross-entropy of weight 1, for a teacher as for a baseline student
+    (--hard-weight 1): the same seed and options train the same weights."""
+    teach(config(tmp_path, "teacher", data_dir, epochs=2))
+    train_student(config(tmp_path, "student", data_dir, cls=StudentConfig, epochs=2, distillation_weight=0.0), progress=False)
+    assert_same_weights(weights(tmp_path / "teacher"), weights(tmp_path / "student"))
+
+
+def test_a_diverging_teacher_is_not_told_of_a_kd_term_it_does_not_have(tmp_path, data_dir):
+    """A diverging student is pointed at --distillation-weight and --temperature too; a teacher has neither."""
+    with pytest.raises(KdcliError, match="not finite") as error:
+        teach(config(tmp_path, "run", data_dir, epochs=1, lr=1e30))
+    assert "--lr" in str(error.value) and "--distillation-weight" not in str(error.value) and "--temperature" not in str(error.value)
+
+
+def test_a_run_resumes_from_its_images_in_another_folder(tmp_path, data_dir, finished, monkeypatch):
+    """--data-dir says where the images are (check_same_inputs compares the images themselves): a copy, or the
+    folder moved, resumes the run."""
+    interrupt(tmp_path, data_dir, monkeypatch)
+    moved = shutil.copytree(data_dir, tmp_path / "moved")
+    teach(config(tmp_path, "run", moved, resume=True))
+    assert_same_weights(weights(tmp_path / "run"), weights(finished[0]))
+
+
+def test_milestones_are_not_warned_of_under_a_schedule_that_does_not_read_them(tmp_path, data_dir):
+    """Only multistep reads --lr-milestones: a short cosine run is not told that the default ones never apply."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        config(tmp_path, "run", data_dir, epochs=10, scheduler="cosine", lr_milestones=(150, 225)).warn_ineffective()
+
+
+def test_the_ends_of_each_options_range_are_accepted(tmp_path, data_dir):
+    """No weight decay, no momentum, milestone 1, the largest seed and the smallest temperature are settings, not typos."""
+    teacher = config(tmp_path, "run", data_dir, weight_decay=0.0, momentum=0.0, lr_milestones=(1,), seed=2**63 - 1)
+    student = config(tmp_path, "run", data_dir, cls=StudentConfig, temperature=0.001, distillation_weight=0.0, seed=0)
+    assert (teacher.weight_decay, teacher.momentum, teacher.lr_milestones, teacher.seed, student.temperature) == (0.0, 0.0, (1,), 2**63 - 1, 0.001)
+
+
+def test_a_checkpoint_of_weights_alone_evaluates_without_a_warning(tmp_path, data_dir):
+    """A checkpoint that records neither its class count nor its images (made by hand, or by another program) is
+    one of CIFAR-10's 10 classes, and gives nothing to warn of."""
+    (tmp_path / "hand").mkdir()
+    torch.save({"model": create_model("lenet5").state_dict(), "model_name": "lenet5"}, tmp_path / "hand" / CHECKPOINT)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = evaluate(tmp_path / "hand", data_dir, device="cpu", download=False)
+    assert result["model"] == "lenet5" and len(result["per_class"]) == 10
+    assert not [w for w in caught if "trained on other images" in str(w.message)]
+
+
+def test_a_run_is_evaluated_in_the_precision_it_recorded_even_as_an_old_flag():
+    """What evaluate and dump-logits reproduce a run's accuracy in: --amp as recorded, true (before 2026-11-27) being bf16."""
+    assert [recorded_precision({"config": {"amp": amp}}) for amp in (True, False, "fp16")] == ["bf16", "off", "fp16"]
+    assert recorded_precision({"config": {}}) == "bf16"  # kdcli before --amp autocast in bf16
+
+
+def test_runs_trained_together_are_kept_or_resumed_only_with_their_own_options(tmp_path, data_dir):
+    """train_runs checks each run in its folder under the lock, whoever calls it (not only train-teacher's and
+    train-student's early check): a finished run asked for with another --lr is refused, not kept as if it were that run."""
+    data, cpu = load_cifar10(data_dir), torch.device("cpu")
+    train_runs([baseline_run(tmp_path, data_dir, 1, len(data.train_labels))], data, cpu, progress=False)
+    other = config(tmp_path, "seed1", data_dir, cls=StudentConfig, epochs=2, seed=1, distillation_weight=0.0, lr=0.05, resume=True)
+    with pytest.raises(KdcliError, match=r"--lr 0.05 \(run has 0.1\)"):
+        train_runs([Run(other, DrawnAugmentation(1, len(data.train_labels)))], data, cpu, progress=False)
+
+
+def test_runs_in_folders_named_like_a_sweeps_students_are_no_sweep(tmp_path, data_dir):
+    """Only a folder holding a sweep's lock is a sweep: runs trained one by one into T4/seed1 and the like leave
+    their parent a folder of runs, where another run may go."""
+    teach(config(tmp_path / "runs" / "T4", "seed1", data_dir, epochs=1))
+    teach(config(tmp_path / "runs", "other", data_dir, epochs=1))
+    assert (tmp_path / "runs" / "other" / "summary.json").exists()
+
+
+def test_per_class_accuracy_is_each_classs_own(tmp_path, data_dir):
+    """A model that answers "truck" to every image: 100% on the trucks, 0% on every other class, the trucks' share overall."""
+    model = create_model("lenet5")
+    with torch.no_grad():
+        model.fc3.weight.zero_()
+        model.fc3.bias.copy_(torch.arange(10.0))  # the largest logit: class 9's
+    (tmp_path / "truck").mkdir()
+    torch.save({"model": model.state_dict(), "model_name": "lenet5", "num_classes": 10}, tmp_path / "truck" / CHECKPOINT)
+    result = evaluate(tmp_path / "truck", data_dir, device="cpu", download=False)
+    assert result["per_class"] == [0.0] * 9 + [100.0]
+    assert result["test_accuracy"] == pytest.approx(100 * (load_cifar10(data_dir).test_labels == 9).float().mean().item(), abs=1e-4)
+
+
+def test_a_run_of_more_images_than_the_folder_holds_is_warned_of_without_its_record_of_them(tmp_path, data_dir):
+    """A checkpoint of a kdcli from before 2026-11-27 (it recorded its images beside it, in config.json) copied alone:
+    a --subset larger than the folder's is enough to say so, and no held-out accuracy is made of images not there."""
+    (tmp_path / "old").mkdir()
+    state = {"model": create_model("lenet5").state_dict(), "model_name": "lenet5", "config": {"subset": 300, "val_size": 50}}
+    torch.save(state, tmp_path / "old" / CHECKPOINT)
+    with pytest.warns(UserWarning, match="was trained on other images than those now in"):
+        assert "val_accuracy" not in evaluate(tmp_path / "old", data_dir, device="cpu", download=False)
+
+
+def test_predict_gives_the_logits_of_the_images_normalized_as_in_training(finished, data_dir):
+    """In batches (7 does not divide the 60 test images) of the images normalized as the training loop does."""
+    model, _ = load_model(finished[0], torch.device("cpu"))
+    images = load_cifar10(data_dir).test_images
+    with torch.no_grad():
+        expected = model(augment.normalize(images))
+    torch.testing.assert_close(predict(model, images, batch_size=7), expected)
+
+
+def test_a_loaded_model_is_in_eval_mode(tmp_path):
+    """Batch norm with its running statistics: a resumed dump-logits labels with the model as loaded, before any predict."""
+    torch.save({"model": create_model("resnet8").state_dict(), "model_name": "resnet8"}, tmp_path / CHECKPOINT)
+    model, _ = load_model(tmp_path, torch.device("cpu"))
+    assert not any(m.training for m in model.modules())
