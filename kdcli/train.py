@@ -65,6 +65,15 @@ def _train_claimed(runs, data, device, teacher, progress, stop, in_sweep) -> lis
         raise KdcliError("runs trained together must all be at the same epoch and step; train them separately")
     if not in_sweep:
         runs[0].config.warn_ineffective()
+    group = _start_or_resume(runs, states, data, device, teacher, progress, in_sweep)
+    _train_epochs(group, runs[0].config, stop, progress)
+    if stop.requested and not in_sweep:  # it came during the last epoch's evaluation: the run is complete, not stopped
+        print(f"{runs[0].dir}: finished before the next safe point; nothing to resume", file=sys.stderr, flush=True)
+    return group.write_summaries()
+
+
+def _start_or_resume(runs, states, data, device, teacher, progress, in_sweep) -> Group:
+    """The runs' group, fresh (its folders started) or at the epoch and step of their checkpoints."""
     group = Group(runs, data, device, teacher)
     if states[0] is None:
         group.start_folders()
@@ -75,7 +84,11 @@ def _train_claimed(runs, data, device, teacher, progress, stop, in_sweep) -> lis
         if progress:
             where = f"epoch {group.epoch + 1}" + (f", step {group.step + 1}" if group.step else "")
             print(f"resuming {', '.join(str(r.dir) for r in runs)} at {where}", file=sys.stderr, flush=True)
-    config = runs[0].config
+    return group
+
+
+def _train_epochs(group, config, stop, progress):
+    """Epoch after epoch to the last; a stop asked for ends it at the next step (TrainingInterrupted, checkpoint saved)."""
     # Counted in images, step by step: an epoch of ResNet18 on a CPU takes half an hour.
     n = group.num_images
     bar = tqdm(total=config.epochs * n, initial=group.epoch * n + group.step * config.batch_size, unit="img", unit_scale=True,
@@ -87,9 +100,6 @@ def _train_claimed(runs, data, device, teacher, progress, stop, in_sweep) -> lis
             _show_progress(bar, config, group, seconds, progress)
     finally:
         bar.close()
-    if stop.requested and not in_sweep:  # it came during the last epoch's evaluation: the run is complete, not stopped
-        print(f"{runs[0].dir}: finished before the next safe point; nothing to resume", file=sys.stderr, flush=True)
-    return group.write_summaries()
 
 
 def _show_progress(bar, config, group, seconds, progress):
