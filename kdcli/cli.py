@@ -116,22 +116,13 @@ def command_from(cls, name: str, run):
         )
 
     def command(ctx: typer.Context, **options):
-        # An option not given comes from the run's own (--resume), else from the images its teacher or cache
-        # recorded (--data-dir, --subset), else from the default; a given one always wins.
         for f in shown:
             if typing.get_origin(hints[f.name]) is tuple:
                 options[f.name] = _parse_list(options[f.name], typing.get_args(hints[f.name])[0], flag(f.name))
         with bad_values_as_usage_errors():
             check_paths(options)  # before --resume reads a run back from --out "" (the current folder)
         with errors_as_one_line(resume_flag=any(f.name == "resume" for f in shown)):
-            typed = {name for name in options if ctx.get_parameter_source(name).name != "DEFAULT"}
-            given = typed  # and, below, what --resume reads back: options with_images_of_inputs leaves alone
-            # A training run's --resume reads its options back (--force too: `--resume --force` trains the run again
-            # with its own options); a dump's --resume only keeps its complete cache.
-            if options.get("resume") and issubclass(cls, TrainOptions):
-                recorded = recorded_back(cls, options, given)
-                options, given = {**options, **recorded}, given | set(recorded)  # a run's own images come before its inputs'
-            options = with_images_of_inputs(options, given)
+            options, typed = options_as_run(cls, ctx, options)
             config = make_config(cls, options)  # a usage error first: a warning about a run that never starts misleads
             if "cache" in typed and options.get("distillation_weight") == 0:
                 warn_cache_not_read(options)
@@ -143,6 +134,20 @@ def command_from(cls, name: str, run):
     command.__annotations__ = {p.name: p.annotation for p in params}
     command.__doc__ = run.__doc__
     app.command(name)(command)
+
+
+def options_as_run(cls, ctx, options: dict) -> tuple[dict, set]:
+    """The options a command runs with, and the names of those typed on its command line. A typed one always
+    wins; else a training run's --resume reads the run's own back; else --data-dir and --subset are those the
+    teacher or cache recorded; else the default."""
+    typed = {name for name in options if ctx.get_parameter_source(name).name != "DEFAULT"}
+    given = typed  # and what --resume reads back: options with_images_of_inputs leaves alone
+    # With --force too: `--resume --force` trains the run again with its own options. A dump's --resume only keeps
+    # its complete cache.
+    if options.get("resume") and issubclass(cls, TrainOptions):
+        recorded = recorded_back(cls, options, given)
+        options, given = {**options, **recorded}, given | set(recorded)  # a run's own images come before its inputs'
+    return with_images_of_inputs(options, given), typed
 
 
 def with_images_of_inputs(options: dict, given: set) -> dict:
