@@ -170,6 +170,8 @@ def test_cache_info(tmp_path):
     assert (info["epochs_complete"], info["epochs"], info["dtype"], info["teacher_test_accuracy"]) == (1, E, "float16", 12.5)
     assert info["datasets"]["logits"] == {"shape": [E, N, C], "dtype": "float16"}
     assert info["datasets"]["aug"] == {"shape": [E, N, 3], "dtype": "int8"}
+    assert info["datasets"]["labels"] == {"shape": [N], "dtype": "int64"}  # the layout cache.py's docstring gives
+    assert info["datasets"]["epochs_complete"] == {"shape": [], "dtype": "int64"}
     assert info["size_bytes"] > E * N * (3 + 2 * C)
     assert info["attrs"]["teacher_sha256"] == "a" * 64
 
@@ -307,3 +309,20 @@ def test_a_refused_cache_is_closed(tmp_path):
     with cache.CacheWriter(path) as w:
         w.write_epoch(2, *epoch_arrays(2))
     assert cache.cache_info(path)["epochs_complete"] == 3 and refused.value
+
+
+# ---------------------------------------------------------------- found by mutation testing (2026-11-27, second round)
+
+
+def test_other_data_of_as_many_images_is_not_told_to_pass_subset(tmp_path):
+    """--subset cannot make N images into the cache's N: the hint would send the user the wrong way."""
+    with pytest.raises(KdcliError, match=r"this data has 20 images \(cccccccc…\): run dump-logits on it$"):
+        cache.open_cache(make_cache(tmp_path / "c.h5"), fingerprint="c" * 64, num_images=N)
+
+
+def test_a_cache_lacking_an_attribute_is_refused_in_one_line(tmp_path):
+    path = make_cache(tmp_path / "c.h5")
+    with h5py.File(path, "r+") as f:
+        del f.attrs["train_fingerprint"]
+    with pytest.raises(KdcliError, match=r"c.h5 is an HDF5 file but not a kdcli logit cache \(it lacks train_fingerprint\)"):
+        cache.open_cache(path, fingerprint="b" * 64)

@@ -18,10 +18,10 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import record_progress_bars, sha256, write_lenet_teacher
+from conftest import TEST_IMAGES, record_progress_bars, sha256, write_lenet_teacher
 
 from kdcli import Interrupted, KdcliError, augment, cache, dump
-from kdcli.config import ConfigError
+from kdcli.config import ConfigError, StudentConfig
 from kdcli.data import load_cifar10
 from kdcli.dump import DumpConfig, dump_logits
 from kdcli.models import create_model
@@ -210,11 +210,12 @@ def test_a_teacher_checkpoint_replaced_during_the_dump_is_not_the_one_recorded(t
         dump.verify_cache(cfg.out, folder, k=8, device="cpu", data_dir=data_dir)
 
 
-def test_verify_checks_distinct_entries_and_every_one_when_asked_for_more(tmp_path, teacher, data_dir):
+@pytest.mark.parametrize("epoch, image", [(1, 123), (0, 1)])
+def test_verify_checks_distinct_entries_and_every_one_when_asked_for_more(tmp_path, teacher, data_dir, epoch, image):
     cfg = config(tmp_path, teacher, data_dir, epochs=2)
     dump_logits(cfg, progress=False)
     with h5py.File(cfg.out, "r+") as f:  # one damaged entry of the 400: only a check of every entry is sure to find it
-        f["logits"][1, 123] = f["logits"][1, 123] + 1
+        f["logits"][epoch, image] = f["logits"][epoch, image] + 1
     with pytest.raises(KdcliError, match="fails verification: over 400 entries"):
         dump.verify_cache(cfg.out, teacher, k=10**6, device="cpu", data_dir=data_dir)
 
@@ -382,26 +383,28 @@ def assert_resumes_to(reference, cfg, done):
     assert_same_cache(cfg.out, reference[0])
 
 
-def test_ctrl_c_keeps_every_epoch_labelled_before_it(tmp_path, reference, teacher, data_dir, monkeypatch):
+@pytest.mark.parametrize("at", [2, E - 1], ids=["epoch 2", "last epoch"])
+def test_ctrl_c_keeps_every_epoch_labelled_before_it(tmp_path, reference, teacher, data_dir, monkeypatch, at):
     """Ctrl-C while the teacher labels epoch 2 (epoch 1 still being fsynced on the disk thread): the dump
-    stops only once epoch 1 is on disk, and a resumed dump gives the cache of one never stopped."""
+    stops only once epoch 1 is on disk, and a resumed dump gives the cache of one never stopped. At the last
+    epoch too: a cache one epoch short is no finished one."""
     cfg = config(tmp_path, teacher, data_dir)
     label, epochs_labelled = dump.teacher_logits, []
 
-    def interrupted_at_epoch_2(model, images, aug, *args):
+    def interrupted_at_epoch(model, images, aug, *args):
         if aug is not None:  # (None: the un-augmented train and test sets, labelled first)
-            if len(epochs_labelled) == 2:
-                os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, handled while epoch 2 is being labelled
+            if len(epochs_labelled) == at:
+                os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, handled while epoch `at` is being labelled
             epochs_labelled.append(aug)
         return label(model, images, aug, *args)
 
     fsync = os.fsync
-    monkeypatch.setattr(dump, "teacher_logits", lambda *args: interrupted_at_epoch_2(*args))
-    monkeypatch.setattr(os, "fsync", lambda fd: (time.sleep(0.2), fsync(fd)))  # the write of epoch 1 is still going on
-    with pytest.raises(Interrupted, match=r"interrupted: .*c\.h5 holds 2 of 4 epochs"):
+    monkeypatch.setattr(dump, "teacher_logits", lambda *args: interrupted_at_epoch(*args))
+    monkeypatch.setattr(os, "fsync", lambda fd: (time.sleep(0.2), fsync(fd)))  # the write of epoch at-1 is still going on
+    with pytest.raises(Interrupted, match=rf"interrupted: .*c\.h5 holds {at} of 4 epochs"):
         dump_logits(cfg, progress=False)
     monkeypatch.undo()
-    assert_resumes_to(reference, cfg, done=2)
+    assert_resumes_to(reference, cfg, done=at)
 
 
 def test_ctrl_c_while_an_epoch_is_written_keeps_a_cache_that_resumes(tmp_path, reference, teacher, data_dir, monkeypatch):
@@ -446,7 +449,9 @@ def test_an_unfinished_cache_of_an_older_kdcli_resumes(tmp_path, reference, teac
     with h5py.File(cfg.out, "r+") as f:
         del f.attrs["teacher_precision"]
         f["epochs_complete"][()] = 2
-    assert dump_logits(cfg, progress=False)["resumed_from"] == 2
+    resumed = dump_logits(cfg, progress=False)
+    assert (resumed["resumed_from"], resumed["epochs_written"]) == (2, E - 2)
+    assert resumed["images_per_s"] == pytest.approx(200 * 2 / resumed["seconds"], rel=0.25)  # of the epochs it wrote, not all 4
     assert_same_cache(cfg.out, reference[0], ignore=("teacher_precision",))
 
 
@@ -686,3 +691,79 @@ def test_verify_measures_a_small_logit_entry_against_at_least_1(tmp_path, teache
         f["logits"][0, 0] = f["logits"][0, 0] + 0.015  # 1.5% of 1 (under float32's 2%), 15% of 0.1
     result = dump.verify_cache(cfg.out, tmp_path / "flat.pt", k=200, device="cpu", data_dir=data_dir, download=False)
     assert result["max_relative"] == pytest.approx(0.015, abs=1e-4)
+
+
+# ---------------------------------------------------------------- found by mutation testing (2026-11-27, second round)
+
+
+def test_logits_float16_holds_are_stored_and_read_even_where_their_sum_is_beyond_it(tmp_path, teacher, data_dir):
+    """Logits of 1,000 fit float16 (up to 65,504); an epoch's sum of them does not: neither the dump's check nor a
+    reader's may take that sum for an inf logit."""
+    state = torch.load(teacher / "checkpoint.pt")
+    state["model"]["fc3.weight"].zero_()
+    state["model"]["fc3.bias"][:] = 1000.0
+    torch.save(state, tmp_path / "large.pt")
+    cfg = config(tmp_path, tmp_path / "large.pt", data_dir, epochs=1, dtype="float16")
+    dump_logits(cfg, progress=False)
+    with cache.open_cache(cfg.out) as c:
+        assert (c.epoch(0)[1] == 1000).all() and (c.test_logits == 1000).all()
+
+
+def test_test_set_logits_float16_cannot_hold_are_refused(tmp_path, teacher, data_dir, monkeypatch):
+    """The training images' logits fit, the test images' do not: refused, not stored as inf."""
+    labels = dump.teacher_logits
+
+    def overflowing_test_set(labeller, images, aug, *args, **kwargs):
+        logits = labels(labeller, images, aug, *args, **kwargs)
+        return logits * 1e5 if len(images) == TEST_IMAGES else logits
+
+    monkeypatch.setattr(dump, "teacher_logits", overflowing_test_set)
+    with pytest.raises(KdcliError, match="exceed float16's range"):
+        dump_logits(config(tmp_path, teacher, data_dir, dtype="float16", epochs=1), progress=False)
+
+
+def test_a_quiet_dump_writes_nothing_to_stderr(tmp_path, teacher, data_dir, capsys):
+    """No progress bar, no line before it, and no word of a Ctrl-C that never came."""
+    dump_logits(config(tmp_path, teacher, data_dir, epochs=1))  # quiet, and not interrupted
+    assert capsys.readouterr().err == ""
+
+
+def test_a_teacher_of_before_val_size_is_said_to_have_seen_its_subset(tmp_path, teacher, data_dir):
+    """Its checkpoint records no train_images: its --subset says how many of the first images it trained on."""
+    state = torch.load(teacher / "checkpoint.pt")
+    torch.save({**state, "config": {"subset": 50}}, tmp_path / "old.pt")
+    dump_logits(config(tmp_path, tmp_path / "old.pt", data_dir, epochs=1), progress=False)
+    assert cache.cache_info(tmp_path / "c.h5")["attrs"]["teacher_train_images"] == 50
+
+
+def test_a_dump_into_folders_that_do_not_exist_yet_makes_them(tmp_path, teacher, data_dir):
+    cfg = config(tmp_path / "new" / "nested", teacher, data_dir, epochs=1)
+    dump_logits(cfg, progress=False)
+    assert cache.cache_info(cfg.out)["epochs_complete"] == 1
+
+
+def test_verify_without_the_teacher_says_to_pass_one(tmp_path, teacher, data_dir):
+    folder = tmp_path / "teacher"
+    shutil.copytree(teacher, folder)
+    cfg = config(tmp_path, folder, data_dir, epochs=1)
+    dump_logits(cfg, progress=False)
+    shutil.rmtree(folder)
+    with pytest.raises(KdcliError, match=r"no teacher at .*teacher to verify .*c.h5 with: pass --teacher"):
+        dump.verify_cache(cfg.out, k=8, device="cpu", data_dir=data_dir, download=False)
+
+
+def test_a_student_of_the_defaults_reads_the_cache_a_dump_of_the_defaults_writes():
+    """`kdcli dump-logits`, then `kdcli train-student`, neither given --out, --cache or --epochs: the student reads the
+    cache the dump wrote, each cached epoch once (a shorter cache is read again from its start, with a warning)."""
+    assert (DumpConfig().out, DumpConfig().epochs) == (StudentConfig().cache, StudentConfig().epochs)
+
+
+def test_verify_run_again_checks_the_same_entries(tmp_path, teacher, data_dir):
+    """`cache-info --verify K` on the same cache answers the same each time: a bf16 cache near its tolerance must
+    not pass once and fail the next time."""
+    cfg = config(tmp_path, teacher, data_dir, epochs=2)
+    dump_logits(cfg, progress=False)
+    with h5py.File(cfg.out, "r+") as f:  # each image off by its own amount, under the tolerance: the largest says which were checked
+        f["logits"][:] = f["logits"][:] + np.linspace(0, 0.01, 200, dtype=np.float32)[None, :, None]
+    verified = [dump.verify_cache(cfg.out, teacher, k=8, device="cpu", data_dir=data_dir, download=False)["max_difference"] for _ in range(3)]
+    assert verified[0] == verified[1] == verified[2]
