@@ -92,7 +92,7 @@ def warn_cannot_lock(reason: str):
     warnings.warn(f"cannot lock files on this filesystem ({reason}): a second kdcli writing into the same --out would not be refused", stacklevel=2)
 
 
-def resolve(path) -> Path:
+def checkpoint_file(path) -> Path:
     """A run folder or a checkpoint file -> the checkpoint file."""
     path = Path(path)
     return path / CHECKPOINT if path.is_dir() else path
@@ -117,7 +117,7 @@ def read_checkpoint(path) -> tuple[dict, str]:
 
 
 def _load(path, mmap=False) -> tuple[dict, bytes]:
-    given, path = Path(path), resolve(path)
+    given, path = Path(path), checkpoint_file(path)
     if not path.is_file():
         below = next(given.rglob(CHECKPOINT), None) if given.is_dir() else None  # a sweep folder holds runs
         raise KdcliError(f"no checkpoint at {path}" + (f": {given} holds run folders; pass one, e.g. {below.parent}" if below else ""))

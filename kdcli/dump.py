@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from kdcli import DATA_DIR, Device, Interrupted, KdcliError, Precision, StopOnSignal, augment, cache
-from kdcli.checkpoint import read_checkpoint, resolve, training_reached
+from kdcli.checkpoint import checkpoint_file, read_checkpoint, training_reached
 from kdcli.config import check_choices, check_paths, check_seed, require_at_least_one
 from kdcli.data import load_cifar10, recorded_data_dir, resolve_device
 from kdcli.evaluate import autocast_dtype, autocast_to, model_from, predict, recorded_precision, top1
@@ -141,7 +141,7 @@ def dump_logits(config: DumpConfig, progress: bool = True) -> dict:
 
 def _teacher_path(teacher) -> Path:
     """The checkpoint file of --teacher (a run folder or the file itself), or the one line that says why there is none."""
-    path = resolve(teacher)
+    path = checkpoint_file(teacher)
     if not path.is_file():
         if in_use(teacher):
             raise KdcliError(f"the teacher in {teacher} is still training, and has no checkpoint yet: wait for it to finish")
@@ -328,7 +328,7 @@ def verify_cache(path, teacher=None, k=256, device="auto", data_dir=None, downlo
     dev = resolve_device(device)
     with cache.open_cache(path, allow_partial=True) as c:
         teacher = teacher or c.attrs["config"].get("teacher", "runs/teacher")
-        if not resolve(teacher).is_file():
+        if not checkpoint_file(teacher).is_file():
             raise KdcliError(f"no teacher at {teacher} to verify {path} with: pass --teacher")
         state, sha256 = read_checkpoint(teacher)
         if sha256 != c.attrs["teacher_sha256"]:

@@ -11,7 +11,7 @@ import warnings
 import torch
 
 from kdcli import KdcliError, augment
-from kdcli.checkpoint import load_checkpoint, resolve, training_reached
+from kdcli.checkpoint import checkpoint_file, load_checkpoint, training_reached
 from kdcli.data import load_cifar10, recorded_data_dir, resolve_device
 from kdcli.models import canonical_name, create_model
 from kdcli.runs import as_recorded_now
@@ -86,7 +86,7 @@ def _trained_on(images_fingerprint: str, state, checkpoint_path) -> bool:
     was = state.get("train_fingerprint")
     if was is None:
         try:
-            was = json.loads((resolve(checkpoint_path).parent / "config.json").read_text()).get("train_fingerprint")
+            was = json.loads((checkpoint_file(checkpoint_path).parent / "config.json").read_text()).get("train_fingerprint")
         except (OSError, ValueError, AttributeError):  # no, or no readable, config.json beside it: nothing to check
             pass
     return was is None or was == images_fingerprint

@@ -10,7 +10,7 @@ import torch
 
 from kdcli import KdcliError
 from kdcli import checkpoint as checkpoint_module
-from kdcli.checkpoint import CHECKPOINT, load_checkpoint, peek_checkpoint, read_checkpoint, resolve, save_atomic
+from kdcli.checkpoint import CHECKPOINT, checkpoint_file, load_checkpoint, peek_checkpoint, read_checkpoint, save_atomic
 from kdcli.models import create_model
 
 
@@ -56,7 +56,7 @@ def test_roundtrip(tmp_path):
         momentum = loaded["optimizer"]["state"][0]["momentum_buffer"]
         assert torch.equal(momentum, state["optimizer"]["state"][0]["momentum_buffer"])
     assert folder_listing(tmp_path) == [CHECKPOINT]  # no temporary file left behind
-    assert resolve(tmp_path) == tmp_path / CHECKPOINT
+    assert checkpoint_file(tmp_path) == tmp_path / CHECKPOINT
 
 
 @pytest.mark.parametrize("zipped", [True, False], ids=["zip", "legacy"])
