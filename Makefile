@@ -26,8 +26,10 @@ ARGS   ?=
 .PHONY: help install test teacher logits student sweep reproduce demo bench clean
 .DEFAULT_GOAL := help
 
-help:  ## list the targets (this)
+help:  ## list the targets and the variables that change them (this)
 	@awk -F ':.*## ' '/^[a-z]+:.*## /{printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo "variables, with their defaults (make TARGET NAME=value):"
+	@awk '/^[A-Z_]+ *\?=/{sub(/ *\?= */, "="); row = row "  " $$0; if (++n % 5 == 0) {print row; row = ""}} END {if (row) print row}' $(MAKEFILE_LIST)
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -75,7 +77,7 @@ demo: install  ## the whole pipeline on a subset, a minute on a CPU; prints the 
 		SUBSET=$(DEMO_SUBSET) EPOCHS=$(DEMO_EPOCHS) CACHE_EPOCHS=$(DEMO_EPOCHS) SCHEDULER=onecycle EVAL_EVERY=$(DEMO_EPOCHS) \
 		TEMPERATURES=1,30 SEEDS=1,2 VAL_SIZE=0
 
-bench: install  ## the benchmark table (BENCH_ARGS=--smoke for a quick run)
+bench: install  ## the benchmark table (BENCH_ARGS=--smoke: a quick check that it runs, not timings)
 	$(VENV)/bin/python bench/bench.py $(BENCH_ARGS)
 
 clean:  ## remove the virtual environment

@@ -10,6 +10,7 @@ import contextlib
 import inspect
 import re
 import shlex
+import shutil
 import sys
 import typing
 import warnings
@@ -234,8 +235,19 @@ def errors_as_one_line(resume_flag=False):
 def _resume_command(resume_flag: bool) -> str:
     """The command that was run, as it was started, with --resume where the command has it."""
     kept = [arg for arg in sys.argv[1:] if arg != "--force"]  # --force would delete what was just saved
-    program = [sys.executable, "-m", "kdcli"] if sys.argv[0].endswith("__main__.py") else ["kdcli"]
+    program = [sys.executable, "-m", "kdcli"] if sys.argv[0].endswith("__main__.py") else [_kdcli_as_called()]
     return shlex.join([*program, *kept] + (["--resume"] if resume_flag and "--resume" not in kept else []))
+
+
+def _kdcli_as_called() -> str:
+    """`kdcli` where that name runs this very program, else the path it was run by: make calls .venv/bin/kdcli,
+    which is on no PATH until the venv is activated."""
+    on_path = shutil.which("kdcli")
+    try:
+        same = on_path is not None and Path(on_path).samefile(sys.argv[0])
+    except OSError:  # argv[0] a bare name (kdcli found on PATH), or no file at all
+        same = True
+    return "kdcli" if same else sys.argv[0]
 
 
 def _compile_failed(e: Exception) -> bool:

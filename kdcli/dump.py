@@ -111,12 +111,13 @@ def dump_logits(config: DumpConfig, progress: bool = True) -> dict:
         start = cache.resume_point(config.out, identity, config.force, keep_complete=config.resume)
         if start is None:
             seen = _images_seen(state, len(data.train_labels)) if _trained_on_these(state, data, config) else 0
+            # Said before the teacher's test accuracy too: on a CPU that pass and these take longer than an epoch of the dump.
+            if progress and not config.quiet:
+                print(f"{config.out}: labelling the un-augmented training and test images first", file=sys.stderr, flush=True)
             attrs = {
                 **identity, "teacher_model": teacher_model, "teacher_train_images": seen,
                 "teacher_test_accuracy": _teacher_test_accuracy(model, data, state, config.amp),
             }  # fmt: skip
-            if progress and not config.quiet:  # a CPU takes as long as an epoch of the dump for it, before any bar
-                print(f"{config.out}: labelling the un-augmented training and test images first", file=sys.stderr, flush=True)
             _create_cache(config, labeller, data, attrs, teacher_path)
         seconds = 0.0
         if start != config.epochs:  # else complete, and kept (--resume)

@@ -24,6 +24,7 @@ def test_smoke_benchmark_writes_every_measurement(tmp_path):
             assert m[field] > 0, (m["key"], field, m[field])
     assert result["command"] and result["device"] and result["torch"] and result["date"]
     assert "ratio" in proc.stdout and "teacher epoch ResNet18" in proc.stdout  # the table was printed
+    assert "--smoke: sizes so small that these numbers only show the benchmark runs" in proc.stdout
 
 
 def test_smoke_variants_print_every_section():

@@ -267,7 +267,8 @@ def test_bad_lr_milestones_is_a_usage_error(tmp_path, data_dir):
 
 
 @pytest.mark.parametrize("temperature", ["0", "-1", "nan", "inf"])
-def test_bad_temperature(tmp_path, data_dir, temperature):
+def test_bad_temperature(tmp_path, data_dir, temperature, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # not a checkout's own cache/logits.h5 (make logits), whose images would be said first
     result = kdcli("train-student", "--temperature", temperature, "--device", "cpu", "--data-dir", data_dir,
                    "--out", tmp_path / "student", "--epochs", 1)
     assert_clean_error(result, "--temperature", codes=(2,))
@@ -650,6 +651,23 @@ def test_a_ctrl_c_outside_a_safe_point_says_how_to_go_on_unless_forced(monkeypat
     with pytest.raises(typer.Exit) as exit, errors_as_one_line(resume_flag=True):
         raise KeyboardInterrupt
     assert exit.value.exit_code == 130 and capsys.readouterr().err == said
+
+
+@pytest.mark.parametrize("on_path", [False, True], ids=["venv-not-activated", "on-PATH"])
+def test_the_command_to_go_on_names_kdcli_as_it_can_be_run(tmp_path, monkeypatch, capsys, on_path):
+    """make runs .venv/bin/kdcli, which is on no PATH until the venv is activated: a bare `kdcli` would not run."""
+    from kdcli.cli import errors_as_one_line
+
+    program = tmp_path / "venv" / "bin" / "kdcli"
+    program.parent.mkdir(parents=True)
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o755)
+    monkeypatch.setenv("PATH", str(program.parent if on_path else tmp_path))
+    monkeypatch.setattr(sys, "argv", [str(program), "train-teacher"])
+    with pytest.raises(typer.Exit), errors_as_one_line(resume_flag=True):
+        raise KeyboardInterrupt
+    said = "kdcli" if on_path else str(program)
+    assert capsys.readouterr().err == f"interrupted; to go on, run: {said} train-teacher --resume\n"
 
 
 def test_a_student_resumed_with_another_subset_is_told_that_first(tmp_path, data_dir, monkeypatch):

@@ -110,8 +110,10 @@ def test_demo_runs_the_pipelines_own_targets_shrunk(tmp_path, data_dir):
 def test_make_alone_lists_the_targets():
     result = subprocess.run(["make", "-C", str(ROOT)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    listed = [line.split()[1] for line in result.stdout.splitlines()]
+    listed = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("  make ")]
     assert {"demo", "teacher", "logits", "student", "sweep", "reproduce", "test"} <= set(listed)
+    variables = result.stdout.split("variables, with their defaults")[1].split()  # README sends users to `make` for them
+    assert {"EPOCHS=300", "TEACHER_MODEL=resnet18", "SUBSET=", "DATA=", "T=30", "ARGS=", "DEMO_EPOCHS=5"} <= set(variables)
 
 
 def test_make_student_writes_into_STUDENT(tmp_path):
