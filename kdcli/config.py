@@ -94,7 +94,7 @@ class TrainOptions:
         of data and folders: a warning just before an error is noise."""
         late = [m for m in self.lr_milestones if m >= self.epochs]
         if self.scheduler == "multistep" and late:
-            warnings.warn(f"--lr-milestones {late} are at or beyond --epochs {self.epochs}: they never apply", stacklevel=3)
+            warnings.warn(f"--lr-milestones {','.join(map(str, late))} are at or beyond --epochs {self.epochs}: they never apply", stacklevel=3)
         sgd_only = [flag(f) for f in ("momentum", "nesterov") if getattr(self, f) != TrainOptions.__dataclass_fields__[f].default]
         if self.optimizer == "adam" and sgd_only:  # the default --momentum is no one's choice: not said
             warnings.warn(f"{' and '.join(sgd_only)} {'does' if len(sgd_only) == 1 else 'do'} nothing with --optimizer adam: Adam keeps its own averages", stacklevel=3)

@@ -606,7 +606,7 @@ def test_milestones_beyond_epochs_warn_once_and_run(tmp_path, data_dir, cache, c
     result = kdcli(*args)
     assert result.exit_code == 0, result.output
     warned = [line for line in result.stderr.splitlines() if "--lr-milestones" in line]
-    assert len(warned) == 1 and warned[0].startswith("warning: --lr-milestones [5]"), result.stderr
+    assert len(warned) == 1 and warned[0].startswith("warning: --lr-milestones 5 "), result.stderr
     assert list((tmp_path / "out").rglob("summary.json"))
 
 
