@@ -8,6 +8,7 @@ as one line and exits 1.
 import contextlib
 import os
 import signal
+import sys
 from typing import Literal
 
 __version__ = "0.1.0"
@@ -15,6 +16,12 @@ __version__ = "0.1.0"
 Device = Literal["auto", "cuda", "mps", "cpu"]  # --device; auto: cuda, then mps, then cpu
 Precision = Literal["bf16", "fp16", "off"]  # --amp: the autocast dtype on CUDA, or none
 DATA_DIR = "data"  # --data-dir's default: relative, so each project has its own copy
+
+def redraw_seconds() -> float:
+    """A progress bar's least time between redraws: a terminal redraws its one line, but in a log file (nohup,
+    a batch job) every redraw stays, ten a second for hours; there, a minute."""
+    return 0.1 if sys.stderr.isatty() else 60.0
+
 
 def count(n: int, noun: str) -> str:
     """"1 epoch", "3 epochs": for messages."""

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from kdcli import KdcliError, StopOnSignal, count
+from kdcli import KdcliError, StopOnSignal, count, redraw_seconds
 from kdcli.config import StudentConfig, TeacherConfig
 from kdcli.data import load_cifar10, resolve_device
 from kdcli.evaluate import autocast_dtype
@@ -92,7 +92,7 @@ def _train_epochs(group, config, stop, progress):
     # Counted in images, step by step: an epoch of ResNet18 on a CPU takes half an hour.
     n = group.num_images
     bar = tqdm(total=config.epochs * n, initial=group.epoch * n + group.step * config.batch_size, unit="img", unit_scale=True,
-               desc=f"epoch {group.epoch + 1}/{config.epochs}", disable=not progress or config.quiet, dynamic_ncols=True)  # fmt: skip
+               desc=f"epoch {group.epoch + 1}/{config.epochs}", disable=not progress or config.quiet, dynamic_ncols=True, mininterval=redraw_seconds())  # fmt: skip
     try:
         while group.epoch < config.epochs:
             seconds = group.train_epoch(stop, on_step=bar.update)
@@ -109,7 +109,7 @@ def _show_progress(bar, config, group, seconds, progress):
 
     if not config.quiet:
         val = {"val": mean(group.val_accuracy, 1)} if group.validating else {}
-        bar.set_postfix(loss=mean(group.train_loss, 3, ""), train=mean(group.train_accuracy, 1), **val, test=mean(group.test_accuracy, 1))  # the bar itself shows img/s
+        bar.set_postfix(loss=mean(group.train_loss, 3, ""), train=mean(group.train_accuracy, 1), **val, test=mean(group.test_accuracy, 1), refresh=False)  # the bar itself shows img/s; redrawn by the next line
         bar.set_description(f"epoch {min(group.epoch + 1, config.epochs)}/{config.epochs}")
     elif progress and (group.epoch % config.eval_every == 0 or group.epoch == config.epochs):
         val = f"val {mean(group.val_accuracy, 2)}  " if group.validating else ""

@@ -853,3 +853,14 @@ def test_the_training_commands_default_to_the_reference_recipe(tmp_path, monkeyp
     assert recipe == [("resnet18", 300, 128, "sgd", 0.1, 0.9, False, 5e-4, "multistep", (150, 225), 0.1, 777, "fp16"),
                       ("lenet5", 300, 128, "sgd", 0.1, 0.9, False, 5e-4, "multistep", (150, 225), 0.1, 777, "bf16")]  # fmt: skip
     assert (configs[1].temperature, configs[1].distillation_weight, configs[1].hard_weight) == (30.0, 0.1, 1.0)
+
+
+def test_a_progress_bar_written_to_a_log_redraws_by_the_minute_not_by_the_step(tmp_path, data_dir, monkeypatch):
+    """stderr not a terminal (nohup, a batch job): each redraw stays in the file, so not ten a second for hours;
+    the epoch's line is still written as each epoch ends."""
+    step = group_module.Group.train_step
+    monkeypatch.setattr(group_module.Group, "train_step", lambda self, *args: (time.sleep(0.15), step(self, *args))[1])  # 4 steps an epoch
+    result = kdcli(*teacher_args(data_dir, tmp_path / "out", "--epochs", 2, "--eval-every", 2), "--no-quiet")
+    assert result.exit_code == 0, result.output
+    redraws = result.stderr.split("\r")
+    assert len(redraws) <= 8 and "epoch 2/2" in redraws[-1] and "test=" in redraws[-1], redraws
