@@ -119,7 +119,7 @@ class DistillOptions:
     distillation_weight: float = 0.1  # weight of T^2 * KL; 0 trains without the teacher (the baseline)
     hard_weight: float = 1.0  # weight of the cross-entropy with the true labels
     allow_partial: bool = False  # train from an unfinished cache, using its complete epochs
-    data_dir: str = DATA_DIR  # folder holding cifar-10-batches-py/ (not given: the cache's, with distillation)
+    data_dir: str = DATA_DIR  # folder holding cifar-10-batches-py/ (not given: the cache's, with distillation; the default where it recorded none)
     subset: int | None = None  # use only the first N training images (not given: the cache's, with distillation)
 
     def check(self):

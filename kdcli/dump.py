@@ -43,7 +43,7 @@ class DumpConfig:
     batch_size: int = 1024  # images per teacher forward pass (4096 was no faster over 300 epochs on an H100)
     dtype: Literal["float16", "float32"] = "float16"  # logits storage: float16 halves the file (~350 MB for 300 epochs)
     out: str = "cache/logits.h5"  # cache file; an unfinished one with the same settings is resumed
-    data_dir: str = DATA_DIR  # folder holding cifar-10-batches-py/ (not given: the teacher's)
+    data_dir: str = DATA_DIR  # folder holding cifar-10-batches-py/ (not given: the teacher's; the default where it recorded none)
     download: bool = True  # fetch CIFAR-10 when it is missing
     subset: int | None = None  # use only the first N training images (not given: the teacher's)
     device: Device = "auto"  # auto: cuda, then mps, then cpu
