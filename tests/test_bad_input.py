@@ -236,15 +236,15 @@ def test_unloadable_teacher_message_gives_the_reason(tmp_path, data_dir, kind, r
 
 @pytest.mark.parametrize("command", ["train-teacher", "train-student", "dump-logits"])
 def test_finished_output_needs_force(tmp_path, data_dir, teacher, cache, student, teacher_run, command):
-    finished, args = {
-        "train-teacher": (teacher_run, lambda out: teacher_args(data_dir, out)),
-        "train-student": (student, lambda out: student_args(data_dir, cache, out)),
-        "dump-logits": (cache, lambda out: dump_args(data_dir, teacher, out)),
+    finished, args, said = {
+        "train-teacher": (teacher_run, lambda out: teacher_args(data_dir, out), "holds a finished run: pass --force"),
+        "train-student": (student, lambda out: student_args(data_dir, cache, out), "holds a finished run: pass --force"),
+        "dump-logits": (cache, lambda out: dump_args(data_dir, teacher, out), "is complete (2 epochs); pass --force"),
     }[command]
     out = tmp_path / finished.name
     (shutil.copytree if finished.is_dir() else shutil.copy)(finished, out)
     before = snapshot(tmp_path)
-    assert_refused(kdcli(*args(out)), "--force", codes=(1,))
+    assert_refused(kdcli(*args(out)), said, codes=(1,))  # not any refusal that names --force (an unfinished run's, another cache's)
     after = snapshot(tmp_path)
     after.pop(Path(f"{out}.lock"), None)
     assert after == before

@@ -322,7 +322,8 @@ def test_an_error_is_not_preceded_by_a_milestones_warning(tmp_path, data_dir, ba
 def test_a_refused_or_kept_run_is_not_warned_about_its_milestones(teacher_run, data_dir):
     """Its milestones (150, 225) are beyond its 1 epoch, but nothing trains."""
     out, _ = teacher_run
-    assert "warning: --lr-milestones" not in kdcli(*teacher_args(data_dir, out)).stderr  # finished: refused
+    refused = kdcli(*teacher_args(data_dir, out))
+    assert refused.exit_code == 1 and "holds a finished run" in refused.stderr and "warning: --lr-milestones" not in refused.stderr, refused.output
     kept = kdcli(*teacher_args(data_dir, out, "--resume"))
     assert kept.exit_code == 0 and "warning: --lr-milestones" not in kept.stderr
     assert kept.stdout.endswith(f"-> {out} (finished already, kept: --force trains it again)\n")
@@ -712,12 +713,13 @@ def test_a_bug_is_not_dressed_as_a_user_error(tmp_path, data_dir, monkeypatch):
     assert isinstance(result.exception, RuntimeError) and "a bug" in str(result.exception)
 
 
-def test_a_sweep_without_options_is_the_reference_table(monkeypatch):
+def test_a_sweep_without_options_is_the_reference_table(tmp_path, monkeypatch):
     """Its defaults, as the command line passes them on: T = 1, 10, 30, 50, 100 at w = 0.1 and a baseline, each for
     seeds 777, 10, 20, 30, every student in a folder of its own under runs/sweep."""
     import kdcli.cli as cli_module
     from kdcli.sweep import student_configs
 
+    monkeypatch.chdir(tmp_path)  # not a checkout's own cache/logits.h5 (make logits), whose recorded --data-dir is read back first
     given = []
 
     def recorded(config):
