@@ -34,7 +34,7 @@ later open until `h5clear` is run.
 
 import json
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -90,6 +90,8 @@ def resume_point(path, identity: dict, force: bool, keep_complete: bool = False)
     try:
         with _open(path) as f:
             attrs, done = _attrs(f), int(f["epochs_complete"][()])
+    except OpenInThisProcess:
+        raise  # the file is sound: --force would replace it for nothing
     except KdcliError as e:
         raise KdcliError(f"{e}; pass --force to overwrite it") from None
     # A key the file lacks was not recorded by the kdcli that made it (teacher_precision before 2026-11-26): no check.
@@ -291,6 +293,9 @@ def _open(path) -> h5py.File:
     try:
         f = h5py.File(path, "r", locking=False)
     except OSError as e:
+        if _open_in_this_process(path):  # HDF5 refuses to open one file with and without its lock in one process
+            raise OpenInThisProcess(f"{path} is open in this program with HDF5's file locking on (h5py.File's default): "
+                                    "close it, or open it with h5py.File(path, 'r', locking=False)") from None  # fmt: skip
         raise KdcliError(f"{path} is not a readable HDF5 file (truncated, corrupt or not a cache): {e}") from None
     missing = [n for n in DATASETS if n not in f] + [a for a in REQUIRED_ATTRS if a not in f.attrs]
     version = f.attrs.get("format_version")
@@ -305,6 +310,18 @@ def _open(path) -> h5py.File:
         return f
     f.close()
     raise KdcliError(problem)
+
+
+class OpenInThisProcess(KdcliError):
+    """The cache is open through h5py elsewhere in this process, in a way HDF5 will not open it again here."""
+
+
+def _open_in_this_process(path) -> bool:
+    for file_id in h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE):
+        with suppress(OSError):  # a file since deleted or replaced
+            if os.path.samefile(os.fsdecode(file_id.name), path):
+                return True
+    return False
 
 
 def _attrs(f: h5py.File) -> dict:

@@ -10,9 +10,14 @@ before anything is loaded, downloaded or written. sweep.py's SweepConfig and dum
 on the same parts.
 """
 
+import contextlib
 import math
+import numbers
+import os
+import types
 import typing
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -67,6 +72,7 @@ class TrainOptions:
 
     def check(self):
         """Raise ConfigError on a bad value; the commands' configs extend it."""
+        check_types(self)
         require_at_least_one(self, "epochs", "batch_size", "eval_every", "save_every", "subset")
         check_choices(self)
         check_paths(vars(self))
@@ -142,6 +148,45 @@ class StudentConfig(DistillOptions, TrainOptions):
         super().check()
         check_seed(self.seed)
         check_temperature(self.temperature)
+
+
+def check_types(config):
+    """Every field holds a value of its type, stored as JSON records it: a Path as str, a list as a tuple, numpy
+    numbers as Python's. The CLI parses to these types; a library caller's epochs="3" or temperatures=30 would
+    otherwise fail mid-run as a TypeError, and data_dir=Path(...) as config.json is written."""
+    for name, annotation in typing.get_type_hints(type(config)).items():
+        try:
+            setattr(config, name, _as_type(annotation, getattr(config, name)))
+        except TypeError:
+            raise ConfigError(flag(name), f"must be {_described(annotation)}, got {getattr(config, name)!r}") from None
+
+
+def _as_type(annotation, value):
+    """`value` as a field of type `annotation` stores it; TypeError where it is not of that type."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Literal:
+        return value  # check_choices names the values
+    if origin in (types.UnionType, typing.Union):  # int | None
+        for option in args:
+            with contextlib.suppress(TypeError):
+                return _as_type(option, value)
+    elif origin is tuple and isinstance(value, Iterable) and not isinstance(value, str):  # a list, a numpy array
+        return tuple(_as_type(args[0], v) for v in value)
+    elif annotation is type(None) and value is None or annotation is bool and isinstance(value, bool):
+        return value
+    elif annotation in (int, float) and isinstance(value, numbers.Integral if annotation is int else numbers.Real) and not isinstance(value, bool):
+        return annotation(value)
+    elif annotation is str and isinstance(value, (str, os.PathLike)):
+        return os.fspath(value)
+    raise TypeError
+
+
+def _described(annotation) -> str:
+    if typing.get_origin(annotation) in (types.UnionType, typing.Union):
+        return " or ".join(map(_described, typing.get_args(annotation)))
+    if typing.get_origin(annotation) is tuple:
+        return f"a tuple or list of {_described(typing.get_args(annotation)[0]).split(' ', 1)[1]}s"
+    return {bool: "a bool", int: "an integer", float: "a number", str: "a string", type(None): "None"}[annotation]
 
 
 def check_choices(config):

@@ -13,6 +13,7 @@ re-encoded copy such as the JPEG proxy still loads, with a warning.
 import hashlib
 import pickle
 import shutil
+import typing
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kdcli import DATA_DIR, KdcliError
+from kdcli import DATA_DIR, Device, KdcliError
 
 BATCH_FOLDER = "cifar-10-batches-py"
 TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
@@ -133,7 +134,10 @@ def resolve_device(name: str) -> torch.device:
         raise KdcliError("--device mps: MPS is not available on this machine; use --device cpu")
     if name == "cuda" and not torch.backends.cudnn.deterministic:  # shapes never change: time cuDNN's algorithms once, keep the fastest
         torch.backends.cudnn.benchmark = True
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:  # a library caller's "gpu": torch's own error lists 20 device types
+        raise KdcliError(f"--device {name}: must be one of {', '.join(typing.get_args(Device))}") from None
 
 
 def fingerprint(images: torch.Tensor, labels: torch.Tensor) -> str:

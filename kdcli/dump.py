@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from kdcli import DATA_DIR, Device, Interrupted, KdcliError, Precision, StopOnSignal, augment, cache, redraw_seconds
 from kdcli.checkpoint import checkpoint_file, read_checkpoint, training_reached
-from kdcli.config import check_choices, check_paths, check_seed, require_at_least_one
+from kdcli.config import check_choices, check_paths, check_seed, check_types, require_at_least_one
 from kdcli.data import load_cifar10, recorded_data_dir, resolve_device
 from kdcli.evaluate import autocast_dtype, autocast_to, model_from, predict, recorded_precision, top1
 from kdcli.models import canonical_name
@@ -54,6 +54,7 @@ class DumpConfig:
     quiet: bool = False  # no progress bar
 
     def __post_init__(self):
+        check_types(self)
         require_at_least_one(self, "epochs", "batch_size", "subset")
         check_choices(self)
         check_paths(vars(self))

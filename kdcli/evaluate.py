@@ -71,7 +71,8 @@ def load_model(checkpoint_path, device) -> tuple:
 
 def model_from(state: dict, device, checkpoint_path):
     """The model in eval mode on `device` of a loaded checkpoint (`checkpoint_path` names it in errors)."""
-    model = create_model(state["model_name"], state.get("num_classes", 10))
+    with torch.random.fork_rng(devices=[]):  # the weights are loaded over its initialisation: the caller's RNG stays where it was
+        model = create_model(state["model_name"], state.get("num_classes", 10))
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:

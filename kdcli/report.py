@@ -23,6 +23,7 @@ import csv
 import itertools
 import json
 import math
+import os
 import statistics
 from pathlib import Path
 
@@ -111,7 +112,9 @@ class Runs(list):
 
 def collect(paths) -> Runs:
     """Every run folder (one with summary.json) at or below each path; folders with only config.json, or only the
-    lock a sweep takes on each student's folder before it starts it, are unfinished."""
+    lock a sweep takes on each student's folder before it starts it, are unfinished. One path may be given alone."""
+    if isinstance(paths, (str, os.PathLike)):  # else a str would be read as one path per character
+        paths = [paths]
     finished, started = set(), set()
     for path in map(Path, paths):
         if not path.is_dir():

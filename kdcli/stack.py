@@ -77,7 +77,8 @@ def unstackable(model: nn.Module) -> str | None:
 
 def stackable(model_name: str) -> bool:
     """Whether students of this architecture can train stacked."""
-    return unstackable(create_model(model_name)) is None
+    with torch.random.fork_rng(devices=[]):  # a model made only to be looked at: the caller's RNG stays where it was
+        return unstackable(create_model(model_name)) is None
 
 
 def split_optimizer_state(state: dict, size: int, s: int) -> dict:

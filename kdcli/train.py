@@ -67,7 +67,7 @@ def _train_claimed(runs, data, device, teacher, progress, stop, in_sweep) -> lis
         runs[0].config.warn_ineffective()
     group = _start_or_resume(runs, states, data, device, teacher, progress, in_sweep)
     _train_epochs(group, runs[0].config, stop, progress)
-    if stop.requested and not in_sweep:  # it came during the last epoch's evaluation: the run is complete, not stopped
+    if stop.requested and not in_sweep and progress:  # it came during the last epoch's evaluation: the run is complete, not stopped
         print(f"{runs[0].dir}: finished before the next safe point; nothing to resume", file=sys.stderr, flush=True)
     return group.write_summaries()
 
@@ -132,6 +132,9 @@ def device_and_data(config):
 
 
 def train_teacher(config: TeacherConfig, progress=True) -> dict:
+    """Train the teacher run in config.out (resumed, or kept when finished, as config.resume says); return its
+    summary.json as a dict, with "kept": True where nothing trained now. progress: a bar (config.quiet: a line per
+    evaluation) and notes on stderr; False: nothing printed. Raises KdcliError, TrainingInterrupted on Ctrl-C."""
     check_can_start(config)
     device, data = device_and_data(config)
     run = Run(config, DrawnAugmentation(config.seed, len(data.train_labels)), {"train_fingerprint": data.fingerprint})
@@ -183,6 +186,8 @@ def open_student_cache(config: StudentConfig, data):
 
 
 def train_student(config: StudentConfig, progress=True) -> dict:
+    """Train the student run in config.out from config.cache (a baseline with distillation_weight 0); return and
+    print as train_teacher does."""
     check_can_start(config)
     device, data = device_and_data(config)
     cache = open_student_cache(config, data)

@@ -195,6 +195,20 @@ def test_resume_point(tmp_path):
     assert cache.resume_point(path, IDENTITY, force=True) is None
 
 
+def test_a_cache_open_in_h5py_beside_kdcli_is_said_to_be_so_not_damaged(tmp_path):
+    """HDF5 refuses to open one file with and without its file lock in one process: a notebook holding the cache
+    in h5py.File(path) must not be told the cache is corrupt and to overwrite it."""
+    path = make_cache(tmp_path / "c.h5")
+    with h5py.File(path, "r"):
+        with pytest.raises(KdcliError, match=r"c.h5 is open in this program .*locking=False\)$"):
+            cache.open_cache(path)
+        with pytest.raises(KdcliError, match="is open in this program") as refused:
+            cache.resume_point(path, IDENTITY, force=False, keep_complete=True)
+        assert "--force" not in str(refused.value)
+    with h5py.File(path, "r", locking=False), cache.open_cache(path) as c:  # as the message says
+        assert c.epochs_complete == E
+
+
 def test_a_cache_of_other_augmentation_is_not_resumed(tmp_path):
     """Its new epochs would be views of this kdcli's augmentation under attributes that say another."""
     path = make_cache(tmp_path / "c.h5", complete=1)

@@ -382,6 +382,8 @@ def test_a_choice_that_is_not_one_is_refused(tmp_path, teacher, data_dir):
         config(tmp_path, teacher, data_dir, amp=True)  # bf16 before --amp took a precision: not silently float32 now
     with pytest.raises(ConfigError, match="--dtype: must be one of float16, float32, got 'bfloat16'"):
         config(tmp_path, teacher, data_dir, dtype="bfloat16")
+    with pytest.raises(ConfigError, match="--epochs: must be an integer, got '3'"):  # a library caller's, not a TypeError
+        config(tmp_path, teacher, data_dir, epochs="3")
 
 
 def assert_resumes_to(reference, cfg, done):

@@ -108,6 +108,13 @@ def test_collect_accepts_a_run_folder_and_does_not_count_a_run_twice(tmp_path):
     assert len(collect([sweep, sweep / "kd"])) == 7
 
 
+def test_report_takes_one_folder_given_alone(tmp_path):
+    """A library caller's report("runs/sweep") is that folder, not one path per character."""
+    sweep = make_sweep(tmp_path / "sweep")
+    assert report(str(sweep), tmp_path) == report([sweep], tmp_path)
+    assert len(collect(sweep)) == 7
+
+
 def test_collect_errors_on_nothing_found(tmp_path):
     make_run(tmp_path / "run", 0.0, finished=False)
     with pytest.raises(KdcliError, match=r"no finished run.*\(1 unfinished\)"):

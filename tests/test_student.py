@@ -16,7 +16,7 @@ import kdcli.group as group_module
 import kdcli.sweep as sweep_module
 from kdcli import KdcliError
 from kdcli.cache import open_cache
-from kdcli.config import StudentConfig, TeacherConfig
+from kdcli.config import ConfigError, StudentConfig, TeacherConfig
 from kdcli.data import load_cifar10
 from kdcli.dump import DumpConfig, dump_logits
 from kdcli.evaluate import load_model
@@ -201,6 +201,23 @@ def test_all_unfinished_students_at_one_resume_point_train_as_one_group_when_par
     configs = sweep_module.student_configs(SweepConfig(temperatures=(4.0, 30.0), seeds=(1, 2), out=str(tmp_path / "sweep")))
     assert [len(g) for g in sweep_module.groups(configs, 0)] == [6]
     assert [len(g) for g in sweep_module.groups(configs, 4)] == [4, 2]
+
+
+@pytest.mark.parametrize("options, said", [(dict(temperatures=30), "--temperatures: must be a tuple or list of numbers, got 30"),
+                                           (dict(seeds=[1.5]), r"--seeds: must be a tuple or list of integers, got \[1.5\]")])  # fmt: skip
+def test_a_sweep_of_values_of_the_wrong_type_is_refused_as_it_is_built(options, said):
+    """A library caller's temperatures=30 would fail as "'int' object is not iterable"; seed 1.5 would train in seed1.5/."""
+    with pytest.raises(ConfigError, match=said):
+        SweepConfig(**options)
+
+
+def test_a_sweep_leaves_the_callers_random_numbers_alone(tmp_path, data_dir, cache_path):
+    torch.manual_seed(0)
+    sweep(SweepConfig(temperatures=(4.0,), seeds=(1,), epochs=1, batch_size=64, lr_milestones=(), device="cpu", quiet=True,
+                      data_dir=str(data_dir), cache=str(cache_path), out=str(tmp_path / "sweep")), progress=False)  # fmt: skip
+    drawn = torch.rand(3)
+    torch.manual_seed(0)
+    assert torch.equal(drawn, torch.rand(3))
 
 
 def test_a_refused_sweep_leaves_no_folders_for_students_it_never_started(tmp_path, data_dir, cache_path):

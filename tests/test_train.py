@@ -17,6 +17,7 @@ from dataclasses import fields
 from types import SimpleNamespace
 from unittest.mock import ANY
 
+import numpy as np
 import pytest
 import torch
 from conftest import record_progress_bars, write_cifar_folder
@@ -366,6 +367,18 @@ def test_ctrl_c_while_the_last_epoch_evaluates_lets_the_run_finish_and_says_so(t
     assert "run: finished before the next safe point; nothing to resume" in capsys.readouterr().err
 
 
+def test_a_run_trained_without_progress_prints_nothing_even_when_ctrl_c_came_too_late(tmp_path, data_dir, monkeypatch, capsys):
+    evaluate = group_module.evaluate_stack
+
+    def evaluate_and_press_ctrl_c(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(group_module, "evaluate_stack", evaluate_and_press_ctrl_c)
+    assert train_teacher(config(tmp_path, "run", data_dir, epochs=1), progress=False)["epochs"] == 1
+    assert capsys.readouterr() == ("", "")  # the "stopping at the next safe point" line is a raw write to fd 2
+
+
 def files_synced(monkeypatch) -> list:
     """The names of the files os.fsync is called on from now on, in order."""
     synced, fsync = [], os.fsync
@@ -614,12 +627,32 @@ def test_resume_without_a_checkpoint_starts_fresh(tmp_path, data_dir, finished):
         (TeacherConfig, "lr_milestones", (2, 2)),  # the lr would drop by gamma^2 there
         (TeacherConfig, "lr_gamma", 0.0),
         (TeacherConfig, "lr_gamma", float("nan")),
+        # A library caller's wrong type, refused as the config is built, not as a TypeError mid-run:
+        (TeacherConfig, "epochs", "3"),
+        (TeacherConfig, "epochs", 1.5),  # would train 2 epochs and record 1.5
+        (TeacherConfig, "batch_size", 64.0),  # a TypeError in the first step, after the run folder is made
+        (TeacherConfig, "lr", "0.1"),
+        (TeacherConfig, "lr_milestones", 150),
+        (TeacherConfig, "seed", None),
+        (TeacherConfig, "quiet", "no"),  # truthy: would be quiet
+        (StudentConfig, "out", None),
+        (StudentConfig, "temperature", "30"),
+        (StudentConfig, "subset", 2.5),
     ],
 )
 def test_bad_options_name_their_flag(tmp_path, data_dir, cls, option, value):
     with pytest.raises(ConfigError) as error:
         config(tmp_path, "run", data_dir, cls=cls, **{option: value})
     assert error.value.option == "--" + option.replace("_", "-")
+
+
+def test_paths_lists_and_numpy_numbers_are_taken_as_the_command_line_gives_them(tmp_path, data_dir):
+    """A script's Path, list or numpy integer is stored as str, tuple and int: config.json records them as JSON."""
+    cfg = TeacherConfig(model="lenet5", epochs=1, device="cpu", download=False, quiet=True, data_dir=data_dir, out=tmp_path / "run", scheduler="none",
+                        lr_milestones=[1], batch_size=np.int64(64))  # fmt: skip
+    assert (cfg.data_dir, cfg.out, cfg.lr_milestones, type(cfg.batch_size)) == (str(data_dir), str(tmp_path / "run"), (1,), int)
+    assert teach(cfg)["epochs"] == 1
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["data_dir"] == str(data_dir)
 
 
 @pytest.mark.parametrize(
@@ -883,6 +916,20 @@ def test_evaluate(finished, data_dir):
 def test_evaluate_refuses_a_missing_checkpoint(tmp_path, data_dir):
     with pytest.raises(KdcliError, match="no checkpoint"):
         evaluate(tmp_path / "nothing", data_dir, device="cpu", download=False)
+
+
+def test_evaluate_refuses_an_unknown_device_in_one_line(finished, data_dir):
+    with pytest.raises(KdcliError, match="^--device gpu: must be one of auto, cuda, mps, cpu$"):
+        evaluate(finished[0], data_dir, device="gpu", download=False)
+
+
+def test_evaluate_leaves_the_callers_random_numbers_alone(finished, data_dir):
+    """The model it loads weights into is initialised first: a script seeding torch must draw what it would without it."""
+    torch.manual_seed(0)
+    evaluate(finished[0], data_dir, device="cpu", download=False)
+    drawn = torch.rand(3)
+    torch.manual_seed(0)
+    assert torch.equal(drawn, torch.rand(3))
 
 
 # ---------------------------------------------------------------- a loss that is not finite
