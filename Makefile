@@ -22,6 +22,7 @@ SWEEP  ?= runs/sweep
 VAL_SIZE ?= 0
 COMMON  = $(if $(DATA),--data-dir $(DATA)) --device $(DEVICE) $(if $(SUBSET),--subset $(SUBSET))
 ARGS   ?=
+BENCH_ARGS ?=
 
 .PHONY: help install test teacher logits student sweep reproduce demo bench clean
 .DEFAULT_GOAL := help

@@ -17,10 +17,13 @@ Device = Literal["auto", "cuda", "mps", "cpu"]  # --device; auto: cuda, then mps
 Precision = Literal["bf16", "fp16", "off"]  # --amp: the autocast dtype on CUDA, or none
 DATA_DIR = "data"  # --data-dir's default: relative, so each project has its own copy
 
-def redraw_seconds() -> float:
-    """A progress bar's least time between redraws: a terminal redraws its one line, but in a log file (nohup,
-    a batch job) every redraw stays, ten a second for hours; there, a minute."""
-    return 0.1 if sys.stderr.isatty() else 60.0
+
+def redraw_intervals() -> dict:
+    """tqdm's least and most time between a progress bar's redraws: a terminal redraws its one line, but in a log
+    file (nohup, a batch job) every redraw stays, ten a second for hours; there, a minute. maxinterval too: tqdm's
+    monitor thread redraws a bar not redrawn for maxinterval (default 10 s), a second line a minute."""
+    seconds = 0.1 if sys.stderr.isatty() else 60.0
+    return {"mininterval": seconds, "maxinterval": max(seconds, 10.0)}
 
 
 def count(n: int, noun: str) -> str:

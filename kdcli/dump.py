@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from kdcli import DATA_DIR, Device, Interrupted, KdcliError, Precision, StopOnSignal, augment, cache, redraw_seconds
+from kdcli import DATA_DIR, Device, Interrupted, KdcliError, Precision, StopOnSignal, augment, cache, redraw_intervals
 from kdcli.checkpoint import checkpoint_file, read_checkpoint, training_reached
 from kdcli.config import check_choices, check_paths, check_seed, check_types, require_at_least_one
 from kdcli.data import load_cifar10, recorded_data_dir, resolve_device
@@ -270,7 +270,7 @@ def _write_epochs(config: DumpConfig, labeller, data, writer, progress: bool, st
     checked between batches: the epoch being labelled is dropped, every earlier one is written."""
     n, start = len(data.train_labels), writer.epochs_complete
     bar = tqdm(total=n * (config.epochs - start), unit="img", unit_scale=True, desc="dump-logits",
-               disable=not progress or config.quiet, dynamic_ncols=True, mininterval=redraw_seconds())  # fmt: skip
+               disable=not progress or config.quiet, dynamic_ncols=True, **redraw_intervals())  # fmt: skip
     t0 = time.perf_counter()
     written = None  # the disk thread's write in progress
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from kdcli import KdcliError, StopOnSignal, count, redraw_seconds
+from kdcli import KdcliError, StopOnSignal, count, redraw_intervals
 from kdcli.config import StudentConfig, TeacherConfig
 from kdcli.data import load_cifar10, resolve_device
 from kdcli.evaluate import autocast_dtype
@@ -92,7 +92,7 @@ def _train_epochs(group, config, stop, progress):
     # Counted in images, step by step: an epoch of ResNet18 on a CPU takes half an hour.
     n = group.num_images
     bar = tqdm(total=config.epochs * n, initial=group.epoch * n + group.step * config.batch_size, unit="img", unit_scale=True,
-               desc=f"epoch {group.epoch + 1}/{config.epochs}", disable=not progress or config.quiet, dynamic_ncols=True, mininterval=redraw_seconds())  # fmt: skip
+               desc=f"epoch {group.epoch + 1}/{config.epochs}", disable=not progress or config.quiet, dynamic_ncols=True, **redraw_intervals())  # fmt: skip
     try:
         while group.epoch < config.epochs:
             seconds = group.train_epoch(stop, on_step=bar.update)

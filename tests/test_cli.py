@@ -16,12 +16,14 @@ from pathlib import Path
 import pytest
 import torch
 import typer
-from conftest import write_cifar_folder
+from conftest import record_progress_bars, write_cifar_folder
 from typer.testing import CliRunner
 
 import kdcli.checkpoint as checkpoint_module
+import kdcli.dump as dump_module
 import kdcli.group as group_module
 import kdcli.runs as runs_module
+import kdcli.train as train_module
 from kdcli import __version__
 from kdcli.cli import app
 from kdcli.data import CLASSES
@@ -866,3 +868,13 @@ def test_a_progress_bar_written_to_a_log_redraws_by_the_minute_not_by_the_step(t
     assert result.exit_code == 0, result.output
     redraws = result.stderr.split("\r")
     assert len(redraws) <= 8 and "epoch 2/2" in redraws[-1] and "test=" in redraws[-1], redraws
+
+
+def test_a_progress_bar_written_to_a_log_is_not_redrawn_by_tqdms_monitor_either(tmp_path, data_dir, monkeypatch):
+    """tqdm's monitor thread redraws a bar not redrawn for maxinterval seconds (default 10): in a log file, a second
+    line a minute besides the one mininterval allows. Read off each bar: the test cannot wait a minute."""
+    teacher, dump = record_progress_bars(monkeypatch, train_module), record_progress_bars(monkeypatch, dump_module)
+    assert kdcli(*teacher_args(data_dir, tmp_path / "t"), "--no-quiet").exit_code == 0
+    dumped = kdcli("dump-logits", "--teacher", tmp_path / "t", "--epochs", 1, "--device", "cpu", "--data-dir", data_dir, "--out", tmp_path / "c.h5")
+    assert dumped.exit_code == 0, dumped.output
+    assert [(bar.mininterval, bar.maxinterval) for bar in teacher + dump] == [(60.0, 60.0)] * 2
