@@ -172,7 +172,7 @@ def _as_type(annotation, value):
                 return _as_type(option, value)
     elif origin is tuple and isinstance(value, Iterable) and not isinstance(value, str):  # a list, a numpy array
         return tuple(_as_type(args[0], v) for v in value)
-    elif annotation is type(None) and value is None or annotation is bool and isinstance(value, bool):
+    elif (annotation is type(None) and value is None) or (annotation is bool and isinstance(value, bool)):  # a bool, not whatever is truthy (quiet="no")
         return value
     elif annotation in (int, float) and isinstance(value, numbers.Integral if annotation is int else numbers.Real) and not isinstance(value, bool):
         return annotation(value)
