@@ -327,6 +327,8 @@ def verify_cache(path, teacher=None, k=256, device="auto", data_dir=None, downlo
     from their stored parameters, run the teacher (None: the one the dump was given) on them again, and compare.
     data_dir None: the one the dump was given. Raises KdcliError where the difference is more than rounding
     (VERIFY_TOLERANCE); else returns {entries, max_difference, max_relative, tolerance, data_dir}."""
+    if k < 1:  # else a pass over no entries
+        raise KdcliError(f"--verify {k}: must be at least 1 entry")
     dev = resolve_device(device)
     with cache.open_cache(path, allow_partial=True) as c:
         teacher = teacher or c.attrs["config"].get("teacher", "runs/teacher")

@@ -115,6 +115,8 @@ def collect(paths) -> Runs:
     lock a sweep takes on each student's folder before it starts it, are unfinished. One path may be given alone."""
     if isinstance(paths, (str, os.PathLike)):  # else a str would be read as one path per character
         paths = [paths]
+    if not paths:  # a library caller's empty list (the CLI requires one)
+        raise KdcliError("no folders given: pass run folders or a folder holding them (a sweep)")
     finished, started = set(), set()
     for path in map(Path, paths):
         if not path.is_dir():

@@ -770,6 +770,15 @@ def test_a_student_of_the_defaults_reads_the_cache_a_dump_of_the_defaults_writes
     assert (DumpConfig().out, DumpConfig().epochs) == (StudentConfig().cache, StudentConfig().epochs)
 
 
+@pytest.mark.parametrize("k", [0, -1])
+def test_verify_of_no_entries_is_refused_not_passed(tmp_path, teacher, data_dir, k):
+    """A library caller's verify_cache(k=0) would say the cache is sound having compared nothing."""
+    cfg = config(tmp_path, teacher, data_dir, epochs=1)
+    dump_logits(cfg, progress=False)
+    with pytest.raises(KdcliError, match=f"--verify {k}: must be at least 1 entry"):
+        dump.verify_cache(cfg.out, teacher, k=k, device="cpu", data_dir=data_dir, download=False)
+
+
 def test_verify_run_again_checks_the_same_entries(tmp_path, teacher, data_dir):
     """`cache-info --verify K` on the same cache answers the same each time: a bf16 cache near its tolerance must
     not pass once and fail the next time."""

@@ -108,6 +108,12 @@ def test_collect_accepts_a_run_folder_and_does_not_count_a_run_twice(tmp_path):
     assert len(collect([sweep, sweep / "kd"])) == 7
 
 
+def test_a_report_of_no_folders_says_so(tmp_path):
+    """A library caller's report([], out): not "no finished run under : ..." naming nothing."""
+    with pytest.raises(KdcliError, match="^no folders given: pass run folders"):
+        report([], tmp_path)
+
+
 def test_report_takes_one_folder_given_alone(tmp_path):
     """A library caller's report("runs/sweep") is that folder, not one path per character."""
     sweep = make_sweep(tmp_path / "sweep")
