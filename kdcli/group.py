@@ -261,16 +261,28 @@ class Group:
         finite = torch.isfinite(losses)
         if not bool(finite.all()):
             step = int((~finite.all(1)).nonzero()[0]) + 1
-            bad = [r for r, ok in zip(self.runs, finite.all(0).tolist()) if not ok]
-            kd = next((f", or the KD term's weight w * T^2 (now {r.distillation_weight * r.temperature**2:g}: --distillation-weight {r.distillation_weight:g}, --temperature {r.temperature:g})"
-                       for r in bad if r.distillation_weight > 0), "")  # fmt: skip
-            raise KdcliError(
-                f"loss is not finite at epoch {self.epoch + 1}, step {step} ({', '.join(str(r.dir) for r in bad)}): lower --lr "
-                f"(now {self.config.lr}){kd}, and start over with --force; "
-                + ("the last good checkpoint is kept" if (self.runs[0].dir / CHECKPOINT).exists() else "no checkpoint was written before it")
-            )
+            self._diverged(finite.all(0).tolist(), f"loss is not finite at epoch {self.epoch + 1}, step {step}")
+
+    def check_finite_weights(self):
+        """The weights after the last step, whose loss came before it: an lr that blows up there leaves a finite loss."""
+        finite = self.stack.finite()
+        if not all(finite):
+            where = f"epoch {self.epoch + 1}, step {self.step}" if self.step else f"epoch {self.epoch}"
+            self._diverged(finite, f"weights are not finite after {where}")
+
+    def _diverged(self, finite: list, what: str):
+        """The error for the runs not `finite`: what went wrong, where, and the options that set the step size."""
+        bad = [r for r, ok in zip(self.runs, finite) if not ok]
+        kd = next((f", or the KD term's weight w * T^2 (now {r.distillation_weight * r.temperature**2:g}: --distillation-weight {r.distillation_weight:g}, --temperature {r.temperature:g})"
+                   for r in bad if r.distillation_weight > 0), "")  # fmt: skip
+        raise KdcliError(
+            f"{what} ({', '.join(str(r.dir) for r in bad)}): lower --lr "
+            f"(now {self.config.lr}){kd}, and start over with --force; "
+            + ("the last good checkpoint is kept" if (self.runs[0].dir / CHECKPOINT).exists() else "no checkpoint was written before it")
+        )
 
     def save_all(self):
+        self.check_finite_weights()  # a checkpoint of non-finite weights would replace the last good one
         optimizer_state, scaler_state = self.optimizer.state_dict(), self.scaler.state_dict()
         for group in optimizer_state["param_groups"]:
             group["lr"] = float(group["lr"])  # a number, so that the checkpoint resumes on any device

@@ -56,6 +56,13 @@ class ModelStack(nn.Module):
             return {k: v.detach().clone() for k, v in self.single.state_dict().items()}
         return {n: p[s].detach().clone() for n, p in zip(self.names, self.stacked)}
 
+    @torch.no_grad()
+    def finite(self) -> list[bool]:
+        """Whether each member's weights (and batch-norm statistics) are all finite."""
+        if self.size == 1:
+            return [all(bool(v.isfinite().all()) for v in self.single.state_dict().values())]
+        return torch.stack([p.flatten(1).isfinite().all(1) for p in self.stacked]).all(0).tolist()
+
     def load_member_state(self, s: int, state: dict):
         if self.size == 1:
             self.single.load_state_dict(state)

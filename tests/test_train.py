@@ -941,6 +941,41 @@ def test_diverging_run_stops_with_its_epoch_and_step(tmp_path, data_dir):
     assert not (tmp_path / "run" / "summary.json").exists()
 
 
+def blow_up_on_step(monkeypatch, step, member=None):
+    """After global training step `step` (1-based), set a weight of the stack (of its member `member`) to inf."""
+    train_step, calls = group_module.Group.train_step, [0]
+
+    def train_step_then_blow_up(self, *args):
+        result = train_step(self, *args)
+        calls[0] += 1
+        if calls[0] == step:
+            with torch.no_grad():
+                weight = next(self.stack.parameters())
+                (weight if member is None else weight[member]).fill_(float("inf"))
+        return result
+
+    monkeypatch.setattr(group_module.Group, "train_step", train_step_then_blow_up)
+
+
+def test_weights_blown_up_by_the_last_step_are_refused_not_saved(tmp_path, data_dir, monkeypatch):
+    """A step's loss comes before its update: an lr that blows up the weights in the very last step leaves every
+    loss finite, and would end with rc 0, a summary and a checkpoint of inf weights."""
+    blow_up_on_step(monkeypatch, STEPS)
+    with pytest.raises(KdcliError, match=r"^weights are not finite after epoch 1 \(\S*run\): lower --lr .*no checkpoint was written before it$"):
+        teach(config(tmp_path, "run", data_dir, epochs=1))
+    assert not (tmp_path / "run" / "summary.json").exists() and not (tmp_path / "run" / CHECKPOINT).exists()
+
+
+def test_a_stacked_run_whose_weights_blow_up_is_named_alone_and_the_last_good_checkpoint_kept(tmp_path, data_dir, monkeypatch):
+    data, cpu = load_cifar10(data_dir), torch.device("cpu")
+    blow_up_on_step(monkeypatch, 2 * STEPS, member=1)  # the second epoch's last step
+    with pytest.raises(KdcliError, match=r"weights are not finite after epoch 2 \(\S*seed2\).*the last good checkpoint is kept$"):
+        train_runs([baseline_run(tmp_path, data_dir, s, len(data.train_labels)) for s in (1, 2)], data, cpu, progress=False)
+    for seed in (1, 2):
+        state = load_checkpoint(tmp_path / f"seed{seed}")
+        assert state["epoch"] == 1 and all(torch.isfinite(w).all() for w in state["model"].values())
+
+
 def test_ctrl_c_after_a_non_finite_loss_keeps_the_last_good_checkpoint(tmp_path, data_dir, monkeypatch):
     """Ctrl-C one step after the loss went nan: saving then would replace the last good weights with nan ones."""
     call_on_step(monkeypatch, STEPS + 2, lambda value: value * float("nan"), STEPS + 3, press_ctrl_c)
