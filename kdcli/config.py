@@ -18,7 +18,7 @@ import types
 import typing
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Literal
 
 from kdcli import DATA_DIR, Device, KdcliError, Precision
@@ -154,7 +154,8 @@ def check_types(config):
     """Every field holds a value of its type, stored as JSON records it: a Path as str, a list as a tuple, numpy
     numbers as Python's. The CLI parses to these types; a library caller's epochs="3" or temperatures=30 would
     otherwise fail mid-run as a TypeError, and data_dir=Path(...) as config.json is written."""
-    for name, annotation in typing.get_type_hints(type(config)).items():
+    hints = typing.get_type_hints(type(config))
+    for name, annotation in ((f.name, hints[f.name]) for f in fields(config)):  # fields only: not a ClassVar
         try:
             setattr(config, name, _as_type(annotation, getattr(config, name)))
         except TypeError:
