@@ -60,7 +60,7 @@ class ModelStack(nn.Module):
     def finite(self) -> list[bool]:
         """Whether each member's weights (and batch-norm statistics) are all finite."""
         if self.size == 1:
-            return [all(bool(v.isfinite().all()) for v in self.single.state_dict().values())]
+            return [bool(torch.stack([v.isfinite().all() for v in self.single.state_dict().values()]).all())]  # one wait for the device, not one a tensor
         return torch.stack([p.flatten(1).isfinite().all(1) for p in self.stacked]).all(0).tolist()
 
     def load_member_state(self, s: int, state: dict):
