@@ -304,18 +304,23 @@ def test_resume_after_ctrl_c_equals_an_uninterrupted_run(tmp_path, data_dir, fin
     assert resumed["test_accuracy"] == summary["test_accuracy"]
 
 
-def test_ctrl_c_while_an_epoch_evaluates_stops_before_another_step(tmp_path, data_dir, finished, monkeypatch):
-    """A step of ResNet18 costs seconds on a CPU: after the evaluation it waited for, the run stops at once, and
-    saves the epoch even where --save-every would not have."""
-    run_dir, _ = finished
-    steps, loss, evaluate = [], group_module.distillation_loss, group_module.evaluate_stack
+def press_ctrl_c_while_evaluating(monkeypatch):
+    evaluate = group_module.evaluate_stack
 
     def evaluate_and_press_ctrl_c(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGINT)
         return evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(group_module, "distillation_loss", lambda *a, **kw: steps.append(1) or loss(*a, **kw))
     monkeypatch.setattr(group_module, "evaluate_stack", evaluate_and_press_ctrl_c)
+
+
+def test_ctrl_c_while_an_epoch_evaluates_stops_before_another_step(tmp_path, data_dir, finished, monkeypatch):
+    """A step of ResNet18 costs seconds on a CPU: after the evaluation it waited for, the run stops at once, and
+    saves the epoch even where --save-every would not have."""
+    run_dir, _ = finished
+    steps, loss = [], group_module.distillation_loss
+    monkeypatch.setattr(group_module, "distillation_loss", lambda *a, **kw: steps.append(1) or loss(*a, **kw))
+    press_ctrl_c_while_evaluating(monkeypatch)
     with pytest.raises(TrainingInterrupted, match="interrupted after epoch 1 of 3; checkpoint saved in "):
         teach(config(tmp_path, "run", data_dir, save_every=2))
     assert len(steps) == STEPS  # epoch 1's, and not one of epoch 2
@@ -355,26 +360,14 @@ def test_the_first_signal_is_taken_even_when_stderr_is_a_broken_pipe(monkeypatch
 
 
 def test_ctrl_c_while_the_last_epoch_evaluates_lets_the_run_finish_and_says_so(tmp_path, data_dir, monkeypatch, capsys):
-    evaluate = group_module.evaluate_stack
-
-    def evaluate_and_press_ctrl_c(*args, **kwargs):
-        os.kill(os.getpid(), signal.SIGINT)
-        return evaluate(*args, **kwargs)
-
-    monkeypatch.setattr(group_module, "evaluate_stack", evaluate_and_press_ctrl_c)
+    press_ctrl_c_while_evaluating(monkeypatch)
     summary = train_teacher(config(tmp_path, "run", data_dir, epochs=1), progress=True)
     assert summary["epochs"] == 1 and (tmp_path / "run" / "summary.json").exists()
     assert "run: finished before the next safe point; nothing to resume" in capsys.readouterr().err
 
 
 def test_a_run_trained_without_progress_prints_nothing_even_when_ctrl_c_came_too_late(tmp_path, data_dir, monkeypatch, capsys):
-    evaluate = group_module.evaluate_stack
-
-    def evaluate_and_press_ctrl_c(*args, **kwargs):
-        os.kill(os.getpid(), signal.SIGINT)
-        return evaluate(*args, **kwargs)
-
-    monkeypatch.setattr(group_module, "evaluate_stack", evaluate_and_press_ctrl_c)
+    press_ctrl_c_while_evaluating(monkeypatch)
     assert train_teacher(config(tmp_path, "run", data_dir, epochs=1), progress=False)["epochs"] == 1
     assert capsys.readouterr() == ("", "")  # the "stopping at the next safe point" line is a raw write to fd 2
 
@@ -1264,13 +1257,8 @@ def test_a_stopped_epochs_checkpoint_holds_its_own_runs_sums_alone(tmp_path, dat
 def test_a_sweep_speaks_for_its_students(tmp_path, data_dir, monkeypatch, capsys):
     """in_sweep: the sweep warns about the options once (not once per group) and says itself how a Ctrl-C during
     a group's last evaluation ends (it stops between groups: "nothing to resume" would be wrong for the sweep)."""
-    data, evaluate = load_cifar10(data_dir), group_module.evaluate_stack
-
-    def evaluate_and_press_ctrl_c(*args, **kwargs):
-        os.kill(os.getpid(), signal.SIGINT)
-        return evaluate(*args, **kwargs)
-
-    monkeypatch.setattr(group_module, "evaluate_stack", evaluate_and_press_ctrl_c)
+    data = load_cifar10(data_dir)
+    press_ctrl_c_while_evaluating(monkeypatch)
     run = baseline_run(tmp_path, data_dir, 1, len(data.train_labels))
     run.config.epochs, run.config.scheduler, run.config.lr_milestones = 1, "multistep", (5,)  # a milestone that never applies
     stop = StopOnSignal()
