@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from typing import Literal
 
-from kdcli import DATA_DIR, Device, KdcliError, Precision
+from kdcli import DATA_DIR, Device, KdcliError, Precision, count
 from kdcli.models import MODELS, canonical_name, unknown_model
 
 
@@ -94,6 +94,7 @@ class TrainOptions:
         check_no_repeats(self.lr_milestones, "--lr-milestones")  # a repeated one multiplies by lr-gamma twice, unremarked
         if any(m < 1 for m in self.lr_milestones):  # epoch 0 is before the first: the lr would start at lr * gamma
             raise ConfigError("--lr-milestones", f"must be epochs >= 1, got {min(self.lr_milestones)} (to start lower, give a lower --lr)")
+        check_lr_fits_float32(self)
 
     def warn_ineffective(self):
         """Options that are valid but will do nothing; called as training is about to start, after every check
@@ -214,6 +215,20 @@ def require_at_least_one(config, *names):
         value = getattr(config, name)
         if value is not None and value < 1:
             raise ConfigError(flag(name), f"must be at least 1, got {value}")
+
+
+# An optimizer on the CPU takes the lr as a float32 factor: past this it fails with a traceback, not a diverged loss.
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def check_lr_fits_float32(config):
+    """The highest lr the schedule reaches (lr * gamma^k after the k milestones before --epochs, where --lr-gamma > 1)
+    fits a float32. Compared in logarithms: gamma^k alone may overflow a Python float."""
+    rises = sum(m < config.epochs for m in config.lr_milestones) if config.scheduler == "multistep" and config.lr_gamma > 1 else 0
+    if config.lr > FLOAT32_MAX:
+        raise ConfigError("--lr", f"must be at most {FLOAT32_MAX:.2g} (float32's largest number), got {config.lr:g}")
+    if math.log(config.lr) + rises * math.log(config.lr_gamma) > math.log(FLOAT32_MAX):
+        raise ConfigError("--lr-gamma", f"{config.lr_gamma:g} at {count(rises, 'milestone')} takes --lr {config.lr:g} past {FLOAT32_MAX:.2g}, float32's largest number")
 
 
 def check_seed(seed: int, option="--seed"):

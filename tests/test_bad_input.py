@@ -37,6 +37,7 @@ import torch
 from conftest import write_cifar_folder
 from typer.testing import CliRunner
 
+import kdcli.train as train_module
 from kdcli import KdcliError
 from kdcli.cli import app
 from kdcli.models import create_model
@@ -299,6 +300,8 @@ BAD_OPTIONS = [
     *[(c, ["--epochs", 0], ["--epochs"]) for c in [*TRAINING, "dump-logits"]],
     *[(c, ["--batch-size", 0], ["--batch-size"]) for c in [*TRAINING, "dump-logits"]],
     *[(c, ["--lr", -0.1], ["--lr"]) for c in TRAINING],
+    *[(c, ["--lr", 1e39], ["--lr", "float32's largest number"]) for c in TRAINING],  # a CPU optimizer's traceback in the first step
+    ("train-student", ["--lr-gamma", 1e40, "--lr-milestones", 1, "--epochs", 2], ["--lr-gamma", "1e+40 at 1 milestone takes --lr 0.1 past"]),
     *[(c, ["--val-size", -1], ["--val-size", "must be >= 0"]) for c in TRAINING],
     *[(c, ["--model", "nope"], ["nope", "lenet5", "resnet18"]) for c in TRAINING],
     *[(c, ["--scheduler", "nope"], ["--scheduler", "multistep"]) for c in TRAINING],
@@ -648,6 +651,18 @@ def test_compile_where_it_does_nothing_says_so_once(tmp_path, data_dir, cache, c
         result = kdcli(*args)
     assert result.exit_code == 0, result.output
     assert result.stderr.count("warning: --compile does nothing on cpu: it compiles a run trained alone on CUDA") == 1, result.stderr
+
+
+def test_compile_without_triton_is_refused_before_force_deletes_the_run(tmp_path, data_dir, monkeypatch):
+    """torch.compile looks for Triton at the first step, after --force has deleted the finished run: a CUDA machine
+    without it (or with a GPU older than it supports) is refused first, and the run is left as it was."""
+    out = tmp_path / "out"
+    assert kdcli(*teacher_args(data_dir, out)).exit_code == 0
+    before = snapshot(out)
+    monkeypatch.setattr(train_module, "resolve_device", lambda name: torch.device("cuda"))  # refused before anything reaches it
+    monkeypatch.setattr("torch.utils._triton.has_triton", lambda: False)
+    assert_refused(kdcli(*teacher_args(data_dir, out, "--force", "--compile")), "--compile needs Triton", "--no-compile", codes=(1,))
+    assert snapshot(out) == before
 
 
 # ---------------------------------------------------------------- report and cache-info
