@@ -112,14 +112,15 @@ def dump_logits(config: DumpConfig, progress: bool = True) -> dict:
         start = cache.resume_point(config.out, identity, config.force, keep_complete=config.resume)
         if start is None:
             seen = _images_seen(state, len(data.train_labels)) if _trained_on_these(state, data, config) else 0
-            # Said before the teacher's test accuracy too: on a CPU that pass and these take longer than an epoch of the dump.
+            # On a CPU these passes take longer than an epoch of the dump: said before them.
             if progress and not config.quiet:
                 print(f"{config.out}: labelling the un-augmented training and test images first", file=sys.stderr, flush=True)
+            test = teacher_logits(labeller, data.test_images, None, config.batch_size)  # [M, C]
             attrs = {
                 **identity, "teacher_model": teacher_model, "teacher_train_images": seen,
-                "teacher_test_accuracy": _teacher_test_accuracy(model, data, state, config.amp),
+                "teacher_test_accuracy": _teacher_test_accuracy(model, data, state, config.amp, test),
             }  # fmt: skip
-            _create_cache(config, labeller, data, attrs, teacher_path)
+            _create_cache(config, labeller, data, attrs, teacher_path, test)
         seconds = 0.0
         if start != config.epochs:  # else complete, and kept (--resume)
             start, seconds = _finish_cache(config, labeller, data, progress)
@@ -167,9 +168,13 @@ def _check_finished(teacher, path, state):
     warnings.warn(f"{path} is the checkpoint of a teacher that has not finished training ({where})", stacklevel=2)
 
 
-def _teacher_test_accuracy(model, data, state, amp) -> float:
+def _teacher_test_accuracy(model, data, state, amp, labelled) -> float:
     """In the precision the teacher evaluated itself, so the number train-teacher and evaluate print, where this
-    device has that precision; else in the dump's own `amp`."""
+    device has that precision; else in the dump's own `amp`. `labelled`: the dump's own logits on the test set."""
+    if labelled.device.type == "cpu":
+        # No second pass (ResNet18: a minute on 2 cores): a CPU has no autocast or compile, so these are predict's logits.
+        # A GPU's dump may label in another precision, compiled: its accuracy takes a pass of its own.
+        return top1(labelled, data.test_labels)
     try:
         logits = predict(model, data.test_images, recorded_precision(state))
     except KdcliError:  # e.g. a teacher trained in bf16, dumped on a GPU without bf16 (--amp fp16)
@@ -220,13 +225,13 @@ def _fingerprint_in_folder(data_dir, n: int) -> str | None:
             return None
 
 
-def _create_cache(config: DumpConfig, labeller, data, attrs: dict, teacher_path):
-    """A new cache holding the teacher's logits on the un-augmented train and test sets, and no epoch yet."""
+def _create_cache(config: DumpConfig, labeller, data, attrs: dict, teacher_path, test):
+    """A new cache holding the teacher's logits on the un-augmented train and test sets (`test`, [M, C] float32,
+    labelled already), and no epoch yet."""
     storage = np.dtype(config.dtype)
-    clean = teacher_logits(labeller, data.train_images, None, config.batch_size)  # [N, C]
-    test = teacher_logits(labeller, data.test_images, None, config.batch_size)  # [M, C]
-    if test.shape[1] != data.num_classes:
+    if test.shape[1] != data.num_classes:  # before the training images are labelled for nothing
         raise KdcliError(f"{teacher_path} has {test.shape[1]} outputs; CIFAR-10 has {data.num_classes} classes")
+    clean = teacher_logits(labeller, data.train_images, None, config.batch_size)  # [N, C]
     test = stored(test.cpu().numpy(), storage)
     # The teacher's absolute path: `cache-info --verify` finds it from any folder.
     attrs = {**attrs, "config": {**asdict(config), "teacher": str(Path(config.teacher).resolve())}}

@@ -12,6 +12,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from conftest import write_lenet_teacher
 
 import kdcli.group as group_module
 from kdcli import KdcliError
@@ -19,7 +20,7 @@ from kdcli.checkpoint import save_atomic
 from kdcli.config import StudentConfig, TeacherConfig
 from kdcli.data import load_cifar10
 from kdcli.dump import DumpConfig, dump_logits, verify_cache
-from kdcli.evaluate import load_model, predict
+from kdcli.evaluate import load_model, predict, top1
 from kdcli.group import TrainingInterrupted
 from kdcli.losses import distillation_loss
 from kdcli.models import create_model
@@ -165,6 +166,32 @@ def test_cuda_graph_cached_kd_student_equals_eager(tmp_path, data_dir):
                                     cuda_graphs=graphs, out=str(out), data_dir=str(data_dir), device=DEVICE, download=False), progress=False)  # fmt: skip
         weights.append(torch.load(out / "checkpoint.pt", weights_only=True)["model"])
     assert_close_weights(*weights, atol=1e-5)
+
+
+@pytest.mark.parametrize("teacher_amp, dump_amp", [("fp16", "bf16"), ("bf16", "fp16")], ids=["its own", "one this GPU lacks"])
+def test_the_teachers_accuracy_takes_a_pass_of_its_own_in_its_precision(tmp_path, data_dir, monkeypatch, teacher_amp, dump_amp):
+    """The number train-teacher and evaluate print: on a GPU, not counted on the dump's own pass over the test set (in its
+    --amp, and compiled by default) but taken in the teacher's --amp; where this GPU lacks it (a bf16 teacher dumped with
+    --amp fp16 on a GPU without bf16), in the dump's, and the dump goes on."""
+    from kdcli import dump as dump_module
+
+    state = torch.load(write_lenet_teacher(tmp_path) / "checkpoint.pt", weights_only=True)
+    torch.save({**state, "config": {"amp": teacher_amp}}, tmp_path / "teacher.pt")
+    measured_in = []
+
+    def without_bf16_where_the_dump_has_fp16(model, images, amp, **kw):
+        if amp == "bf16" and dump_amp == "fp16":
+            raise KdcliError("this GPU does not support bf16")
+        return measured_in.append(amp) or predict(model, images, amp, **kw)
+
+    monkeypatch.setattr(dump_module, "predict", without_bf16_where_the_dump_has_fp16)
+    config = DumpConfig(teacher=str(tmp_path / "teacher.pt"), epochs=1, amp=dump_amp, compile=False, out=str(tmp_path / "c.h5"),
+                        data_dir=str(data_dir), download=False, device=DEVICE, quiet=True)  # fmt: skip
+    summary = dump_logits(config, progress=False)
+    assert measured_in == ["fp16"]
+    model, _ = load_model(tmp_path / "teacher.pt", torch.device(DEVICE))
+    data = load_cifar10(data_dir, DEVICE)
+    assert summary["teacher_test_accuracy"] == top1(predict(model, data.test_images, "fp16"), data.test_labels)  # evaluate's, for the fp16 teacher
 
 
 def test_resume_refuses_another_precision(tmp_path, data_dir):

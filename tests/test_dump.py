@@ -64,36 +64,30 @@ def assert_same_cache(path, reference_path, ignore=()):
     assert a == b
 
 
-def test_the_teachers_accuracy_is_recorded_in_its_own_precision(tmp_path, teacher, data_dir, monkeypatch):
-    """The number train-teacher and evaluate print: taken at the teacher's --amp (fp16 by default), not the dump's (bf16)."""
-    from kdcli.evaluate import evaluate
+@pytest.mark.parametrize("precision", ["fp16", "bf16", "off"])
+def test_on_a_cpu_the_teacher_labels_the_test_set_once(tmp_path, teacher, data_dir, monkeypatch, precision):
+    """Its accuracy, the number train-teacher and evaluate print, is counted on the logits the cache stores, which are
+    evaluate's there whatever the teacher's --amp (a CPU computes in float32): a second pass over the 10,000 test
+    images would take as long again (ResNet18: a minute on 2 cores). tests/test_cuda.py checks the GPU's pass of its own."""
+    from kdcli.evaluate import evaluate, load_model, predict
 
     state = torch.load(teacher / "checkpoint.pt", weights_only=True)
-    torch.save({**state, "config": {"amp": "fp16"}}, tmp_path / "teacher.pt")
-    precisions, predict = [], dump.predict
-    monkeypatch.setattr(dump, "predict", lambda model, images, amp, **kw: precisions.append(amp) or predict(model, images, amp, **kw))
-    summary = dump_logits(config(tmp_path, tmp_path / "teacher.pt", data_dir, amp="bf16"), progress=False)
-    assert precisions == ["fp16"]
+    torch.save({**state, "config": {"amp": precision}}, tmp_path / "teacher.pt")
+    images, model_from = [], dump.model_from
+
+    def counted(*args):
+        model = model_from(*args)
+        model.register_forward_pre_hook(lambda module, inputs: images.append(len(inputs[0])))
+        return model
+
+    monkeypatch.setattr(dump, "model_from", counted)
+    cfg = config(tmp_path, tmp_path / "teacher.pt", data_dir, epochs=2)
+    summary = dump_logits(cfg, progress=False)
+    assert sum(images) == 200 * (1 + 2) + TEST_IMAGES  # the training images un-augmented and in 2 epochs, the test images once
     assert summary["teacher_test_accuracy"] == evaluate(tmp_path / "teacher.pt", data_dir, "cpu", download=False)["test_accuracy"]
-
-
-def test_a_teacher_precision_this_device_lacks_is_measured_in_the_dumps(tmp_path, teacher, data_dir, monkeypatch):
-    """A teacher trained in bf16 and dumped with --amp fp16 on a GPU without bf16: the dump goes on."""
-    from kdcli.evaluate import evaluate
-
-    state = torch.load(teacher / "checkpoint.pt", weights_only=True)
-    torch.save({**state, "config": {"amp": "bf16"}}, tmp_path / "teacher.pt")
-    predict, measured_in = dump.predict, []
-
-    def no_bf16(model, images, amp, **kw):
-        if amp == "bf16":
-            raise KdcliError("this GPU does not support bf16")
-        return measured_in.append(amp) or predict(model, images, amp, **kw)
-
-    monkeypatch.setattr(dump, "predict", no_bf16)
-    summary = dump_logits(config(tmp_path, tmp_path / "teacher.pt", data_dir, amp="fp16"), progress=False)
-    assert measured_in == ["fp16"]
-    assert summary["teacher_test_accuracy"] == evaluate(tmp_path / "teacher.pt", data_dir, "cpu", download=False)["test_accuracy"]  # (a CPU: both float32)
+    model, _ = load_model(tmp_path / "teacher.pt", torch.device("cpu"))
+    with cache.open_cache(cfg.out) as c:
+        assert torch.allclose(c.test_logits, predict(model, load_cifar10(data_dir).test_images), atol=1e-5)  # batches of 64 here, 1,000 there
 
 
 def test_cached_logits_are_the_teacher_on_the_rebuilt_views(reference, teacher, data_dir):
@@ -119,13 +113,13 @@ def test_the_progress_bar_counts_each_batch_after_a_line_for_the_un_augmented_im
     """On a CPU an epoch of the dump takes seconds, and the un-augmented images as long before it: neither silent."""
     bars = record_progress_bars(monkeypatch, dump)
     said_before_the_test_pass = []
-    test_accuracy = dump._teacher_test_accuracy
+    label = dump.teacher_logits
 
-    def said_then_test_accuracy(*args):  # a pass over the test set, as long as the line's own on a CPU
+    def said_then_labelled(*args):  # the first pass: over the test set, as long as the line's own on a CPU
         said_before_the_test_pass.append(capsys.readouterr().err)
-        return test_accuracy(*args)
+        return label(*args)
 
-    monkeypatch.setattr(dump, "_teacher_test_accuracy", said_then_test_accuracy)
+    monkeypatch.setattr(dump, "teacher_logits", said_then_labelled)
     dump_logits(config(tmp_path, teacher, data_dir, epochs=2, quiet=False))
     (bar,) = bars
     assert (bar.total, bar.counts) == (400, [64, 64, 64, 8] * 2)  # 200 images in batches of 64
