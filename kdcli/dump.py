@@ -30,7 +30,7 @@ from kdcli import DATA_DIR, Device, Interrupted, KdcliError, Precision, StopOnSi
 from kdcli.checkpoint import checkpoint_file, read_checkpoint, training_reached
 from kdcli.config import check_choices, check_paths, check_seed, check_types, require_at_least_one
 from kdcli.data import load_cifar10, recorded_data_dir, resolve_device
-from kdcli.evaluate import autocast_dtype, autocast_to, model_from, predict, recorded_precision, top1
+from kdcli.evaluate import autocast_dtype, autocast_to, model_from, predict, recorded_precision, top1, triton_found
 from kdcli.models import canonical_name
 from kdcli.runs import as_recorded_now, in_use, run_kind
 
@@ -74,6 +74,17 @@ def view_labeller(model, dtype: torch.dtype | None, compiled: bool):
     return torch.compile(label, dynamic=False) if compiled else label
 
 
+def compiles(config: DumpConfig, device) -> bool:
+    """Whether the dump compiles its labeller: on CUDA, by default. Where torch.compile cannot work (no Triton, or a
+    GPU older than it supports, such as a P100) the dump labels eagerly rather than fail at its first batch."""
+    if not (config.compile and device.type == "cuda"):
+        return False
+    if not triton_found():
+        warnings.warn("torch.compile finds no Triton for this GPU: the teacher labels eagerly, about 1.5x slower (--no-compile: without this warning)", stacklevel=3)
+        return False
+    return True
+
+
 @torch.inference_mode()  # no autograd bookkeeping at all: the teacher is only read
 def teacher_logits(labeller, images, aug, batch_size: int, stop=None, on_batch=None) -> torch.Tensor | None:
     """[N, C] float32: labeller (a view_labeller's) on images [N, 3, 32, 32] uint8 as augmented by aug [N, 3]
@@ -99,10 +110,9 @@ def dump_logits(config: DumpConfig, progress: bool = True) -> dict:
     _check_finished(config.teacher, teacher_path, state)  # before the lock: a refused teacher leaves no file behind
     cache.check_may_write(config.out)
     with cache.write_lock(config.out):  # a second dump is refused before it reads the data
-        cuda = device.type == "cuda"
         dtype = autocast_dtype(config.amp, device)
         # Compiled on CUDA only, once per batch shape: three in a dump (full, last train, last test).
-        labeller = view_labeller(model, dtype, compiled=config.compile and cuda)
+        labeller = view_labeller(model, dtype, compiled=compiles(config, device))
         data = load_cifar10(config.data_dir, device, config.subset, config.download)
         identity = {
             "teacher_sha256": teacher_sha256, "train_fingerprint": data.fingerprint,

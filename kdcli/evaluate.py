@@ -43,6 +43,17 @@ def autocast_to(dtype: torch.dtype | None) -> torch.autocast:
 
 
 @torch.no_grad()
+def triton_found() -> bool:
+    """Whether torch.compile can build kernels for this machine's GPU: Triton installed, and a GPU it supports (compute
+    capability 7.0 or newer; not a P100), by inductor's own test. Where that private test moved, True: compile's own
+    error at its first call then says why."""
+    try:
+        from torch.utils._triton import has_triton
+    except ImportError:
+        return True
+    return has_triton()
+
+
 def predict(model, images, amp="bf16", batch_size=1000) -> torch.Tensor:
     """Logits [M, C] of one model on un-augmented images, under --amp `amp`."""
     model.eval()

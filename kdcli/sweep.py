@@ -191,7 +191,7 @@ def sweep(config: SweepConfig, progress=True) -> dict:
     progress = progress and not config.quiet
     # Before the data and cache load, a refusal costs nothing; baselines alone (no temperatures) read no cache.
     check_sweep_can_start(Path(config.out), config.cache if config.temperatures else None)
-    device, data = device_and_data(config, alone=False)  # --compile compiles only its groups of one: not checked here
+    device, data = device_and_data(config)
     configs = student_configs(config)
     kd = [c for c in configs if c.distillation_weight > 0]
     parallel = students_at_once(config, device)

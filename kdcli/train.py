@@ -19,7 +19,7 @@ from tqdm import tqdm
 from kdcli import KdcliError, StopOnSignal, count, redraw_intervals
 from kdcli.config import StudentConfig, TeacherConfig
 from kdcli.data import load_cifar10, resolve_device
-from kdcli.evaluate import autocast_dtype
+from kdcli.evaluate import autocast_dtype, triton_found
 from kdcli.group import Group
 from kdcli.runs import (
     CachedTargets,
@@ -124,25 +124,13 @@ def _show_progress(bar, config, group, seconds, progress):
 # ---------------------------------------------------------------- the two commands
 
 
-def device_and_data(config, alone=True):
-    """The device a training command's config asks for, and its training images there. `alone`: it trains one run
-    by itself, which --compile compiles on CUDA (a sweep's stacked students it does not)."""
+def device_and_data(config):
+    """The device a training command's config asks for, and its training images there."""
     device = resolve_device(config.device)
     autocast_dtype(config.amp, device)  # refuses bf16 on a GPU without it here, before --force deletes the old run
-    if alone:
-        check_compile_can_work(config, device)
-    return device, load_cifar10(config.data_dir, device, config.subset, config.download, config.val_size)
-
-
-def check_compile_can_work(config, device):
-    """torch.compile compiles at the first step, after --force has deleted the old run: where it cannot work for
-    want of Triton (missing, or a GPU older than it supports: inductor's own test), refuse before that."""
-    try:
-        from torch.utils._triton import has_triton  # private: where it moved, compile's own error at the first step says it
-    except ImportError:
-        return
-    if config.compile and device.type == "cuda" and not has_triton():
+    if config.compile and device.type == "cuda" and not triton_found():  # compile would fail at the first step: too late
         raise KdcliError("--compile needs Triton and a GPU it supports (compute capability 7.0 or newer), which torch.compile does not find here: run again with --no-compile")
+    return device, load_cifar10(config.data_dir, device, config.subset, config.download, config.val_size)
 
 
 def train_teacher(config: TeacherConfig, progress=True) -> dict:

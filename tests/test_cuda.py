@@ -157,6 +157,20 @@ def test_compiled_dump_equals_eager(tmp_path, data_dir):
             np.testing.assert_allclose(a[key][()], b[key][()], atol=1e-3, err_msg=key)  # fused kernels add in another order
 
 
+def test_a_dump_where_torch_compile_finds_no_triton_labels_eagerly(tmp_path, data_dir, monkeypatch):
+    """A GPU torch.compile cannot serve (Windows, a P100): the default --compile gives way to eager labels, not an error."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.compile called without Triton")
+
+    monkeypatch.setattr("torch.utils._triton.has_triton", lambda: False)
+    monkeypatch.setattr(torch, "compile", refuse)
+    with pytest.warns(UserWarning, match="no Triton"):
+        out = dump(tmp_path, data_dir, "fallback", compile=True)
+    with h5py.File(out) as f:
+        assert f["epochs_complete"][()] == 2
+
+
 def test_cuda_graph_cached_kd_student_equals_eager(tmp_path, data_dir):
     cache = dump(tmp_path, data_dir, "c")
     weights = []

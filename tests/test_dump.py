@@ -653,6 +653,19 @@ def test_compile_has_no_effect_off_cuda(tmp_path, teacher, data_dir, monkeypatch
     assert summary["epochs_written"] == 1
 
 
+@pytest.mark.parametrize("triton", [True, False], ids=["triton", "no triton"])
+def test_where_torch_compile_cannot_serve_the_gpu_the_dump_labels_eagerly_and_says_so(tmp_path, teacher, data_dir, monkeypatch, triton):
+    """On CUDA the dump compiles by default. Without Triton for the GPU (Windows, a P100) compiling would fail at the
+    first batch: a default must not, so the dump labels eagerly with a warning (tests/test_cuda.py runs such a dump)."""
+    monkeypatch.setattr("torch.utils._triton.has_triton", lambda: triton)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        assert dump.compiles(config(tmp_path, teacher, data_dir), torch.device("cuda")) is triton
+        assert not dump.compiles(config(tmp_path, teacher, data_dir, compile=False), torch.device("cuda"))
+        assert not dump.compiles(config(tmp_path, teacher, data_dir), torch.device("cpu"))
+    assert [str(w.message).split(":")[0] for w in said] == ([] if triton else ["torch.compile finds no Triton for this GPU"])
+
+
 def test_a_relative_teacher_is_recorded_as_an_absolute_path(tmp_path, teacher, data_dir, monkeypatch):
     """`--teacher runs/teacher` given relative to where dump-logits ran: the cache records it absolute, so that
     `cache-info --verify` (and a student's report) finds the teacher from any other folder."""
