@@ -275,9 +275,11 @@ class Group:
         bad = [r for r, ok in zip(self.runs, finite) if not ok]
         kd = next((f", or the KD term's weight w * T^2 (now {r.distillation_weight * r.temperature**2:g}: --distillation-weight {r.distillation_weight:g}, --temperature {r.temperature:g})"
                    for r in bad if r.distillation_weight > 0), "")  # fmt: skip
+        c = self.config
+        rising = f" or --lr-gamma (now {c.lr_gamma:g}: it raises the lr at each milestone)" if c.scheduler == "multistep" and c.lr_gamma > 1 else ""
         raise KdcliError(
             f"{what} ({', '.join(str(r.dir) for r in bad)}): lower --lr "
-            f"(now {self.config.lr}){kd}, and start over with --force; "
+            f"(now {c.lr}){rising}{kd}, and start over with --force; "
             + ("the last good checkpoint is kept" if (self.runs[0].dir / CHECKPOINT).exists() else "no checkpoint was written before it")
         )
 

@@ -1323,6 +1323,15 @@ def test_a_diverging_teacher_is_not_told_of_a_kd_term_it_does_not_have(tmp_path,
     assert "--lr" in str(error.value) and "--distillation-weight" not in str(error.value) and "--temperature" not in str(error.value)
 
 
+@pytest.mark.parametrize("gamma", [0.1, 1e30])
+def test_a_run_diverging_after_a_milestone_that_raised_its_lr_is_pointed_at_lr_gamma(tmp_path, data_dir, gamma):
+    """--lr-gamma above 1 raises the lr at each milestone: where that blows the run up, lowering --lr is not the only
+    way out. A gamma below 1 is not blamed (a divergence under it comes from --lr)."""
+    with pytest.raises(KdcliError, match="not finite") as error:
+        teach(config(tmp_path, "run", data_dir, epochs=2, lr=1e30 if gamma < 1 else 0.01, lr_gamma=gamma, lr_milestones=(1,)))
+    assert ("--lr-gamma (now 1e+30: it raises the lr at each milestone)" in str(error.value)) == (gamma > 1), error.value
+
+
 def test_a_run_resumes_from_its_images_in_another_folder(tmp_path, data_dir, finished, monkeypatch):
     """--data-dir says where the images are (check_same_inputs compares the images themselves): a copy, or the
     folder moved, resumes the run."""
