@@ -42,7 +42,6 @@ def autocast_to(dtype: torch.dtype | None) -> torch.autocast:
     return torch.autocast("cuda", dtype or torch.bfloat16, enabled=dtype is not None, cache_enabled=False)
 
 
-@torch.no_grad()
 def triton_found() -> bool:
     """Whether torch.compile can build kernels for this machine's GPU: Triton installed, and a GPU it supports (compute
     capability 7.0 or newer; not a P100), by inductor's own test. Where that private test moved, True: compile's own
@@ -54,6 +53,7 @@ def triton_found() -> bool:
     return has_triton()
 
 
+@torch.no_grad()
 def predict(model, images, amp="bf16", batch_size=1000) -> torch.Tensor:
     """Logits [M, C] of one model on un-augmented images, under --amp `amp`."""
     model.eval()

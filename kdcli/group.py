@@ -261,22 +261,24 @@ class Group:
         finite = torch.isfinite(losses)
         if not bool(finite.all()):
             step = int((~finite.all(1)).nonzero()[0]) + 1
-            self._diverged(finite.all(0).tolist(), f"loss is not finite at epoch {self.epoch + 1}, step {step}")
+            self._diverged(finite.all(0).tolist(), f"loss is not finite at epoch {self.epoch + 1}, step {step}", self.epoch)
 
     def check_finite_weights(self):
         """The weights after the last step, whose loss came before it: an lr that blows up there leaves a finite loss."""
         finite = self.stack.finite()
         if not all(finite):
             where = f"epoch {self.epoch + 1}, step {self.step}" if self.step else f"epoch {self.epoch}"
-            self._diverged(finite, f"weights are not finite after {where}")
+            self._diverged(finite, f"weights are not finite after {where}", self.epoch if self.step else self.epoch - 1)
 
-    def _diverged(self, finite: list, what: str):
-        """The error for the runs not `finite`: what went wrong, where, and the options that set the step size."""
+    def _diverged(self, finite: list, what: str, epoch: int):
+        """The error for the runs not `finite`: what went wrong, where, and the options that set the step size.
+        epoch: the one (from 0) whose steps went wrong."""
         bad = [r for r, ok in zip(self.runs, finite) if not ok]
         kd = next((f", or the KD term's weight w * T^2 (now {r.distillation_weight * r.temperature**2:g}: --distillation-weight {r.distillation_weight:g}, --temperature {r.temperature:g})"
                    for r in bad if r.distillation_weight > 0), "")  # fmt: skip
         c = self.config
-        rising = f" or --lr-gamma (now {c.lr_gamma:g}: it raises the lr at each milestone)" if c.scheduler == "multistep" and c.lr_gamma > 1 else ""
+        # Only past a milestone: before it, a lower --lr-gamma would diverge the same way.
+        rising = f" or --lr-gamma (now {c.lr_gamma:g}: it raises the lr at each milestone)" if c.scheduler == "multistep" and learning_rate(c, epoch) > c.lr else ""
         raise KdcliError(
             f"{what} ({', '.join(str(r.dir) for r in bad)}): lower --lr "
             f"(now {c.lr}){rising}{kd}, and start over with --force; "

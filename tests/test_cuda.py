@@ -205,7 +205,7 @@ def test_the_teachers_accuracy_takes_a_pass_of_its_own_in_its_precision(tmp_path
     assert measured_in == ["fp16"]
     model, _ = load_model(tmp_path / "teacher.pt", torch.device(DEVICE))
     data = load_cifar10(data_dir, DEVICE)
-    assert summary["teacher_test_accuracy"] == top1(predict(model, data.test_images, "fp16"), data.test_labels)  # evaluate's, for the fp16 teacher
+    assert summary["teacher_test_accuracy"] == top1(predict(model, data.test_images, "fp16"), data.test_labels)  # fp16: the teacher's own, or the dump's where bf16 is missing
 
 
 def test_resume_refuses_another_precision(tmp_path, data_dir):
