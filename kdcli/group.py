@@ -204,8 +204,10 @@ class Group:
         views = augment.apply(self.data.train_images[idx].flatten(0, 1), _rows(aug, idx).flatten(0, 1))
         x = augment.normalize(views).unflatten(0, idx.shape)  # [S, b, 3, 32, 32]
         y = self.data.train_labels[idx]  # [S, b]
+        # The smaller last batch runs eager: compiled, its new shape would cost a second compile (fwd + bwd) for one step an epoch.
+        forward = self.forward if idx.shape[1] == self.config.batch_size else self.stack
         with self.autocast:
-            logits = self.forward(x)  # [S, b, C]
+            logits = forward(x)  # [S, b, C]
             if self.teacher is not None:
                 with torch.no_grad():
                     teacher = self.teacher(x.flatten(0, 1)).view(logits.shape)

@@ -827,6 +827,23 @@ def test_optimizer_state_takes_the_layout_of_this_devices_weights(tmp_path, data
     assert not conv.is_contiguous() and conv.is_contiguous(memory_format=torch.channels_last)
 
 
+def test_the_compiled_forward_meets_only_full_batches(tmp_path, data_dir):
+    """--compile on CUDA: the smaller last batch (200 images = 3 x 64 + 8) is a new shape, which would cost a second
+    compile of forward and backward for one step an epoch; it runs eagerly instead (the same weights)."""
+    data = load_cifar10(data_dir)
+    run = Run(config(tmp_path, "run", data_dir), DrawnAugmentation(777, len(data.train_labels)))
+    group = group_module.Group([run], data, torch.device("cpu"))
+    seen = []
+
+    def compiled(x):  # stands in for torch.compile(group.stack), which Group makes on CUDA only
+        seen.append(x.shape[1])
+        return group.stack(x)
+
+    group.forward = compiled
+    group.train_epoch(StopOnSignal())
+    assert seen == [64, 64, 64]
+
+
 def test_model_stack_forward_and_member_state():
     torch.manual_seed(0)
     models = [create_model("lenet5") for _ in range(3)]
