@@ -20,7 +20,7 @@ from pathlib import Path
 from kdcli import Interrupted, StopOnSignal, count, report
 from kdcli.checkpoint import CHECKPOINT, peek_checkpoint
 from kdcli.config import ConfigError, DistillOptions, StudentConfig, TrainOptions, check_no_repeats, check_seed, check_temperature
-from kdcli.runs import LOCK, check_same_inputs, check_same_options, check_sweep_can_start, claim_folder, forget_run, runs_below
+from kdcli.runs import LOCK, check_same_inputs, check_same_options, check_sweep_can_start, claim_folder, forget_run, read_json, runs_below
 from kdcli.stack import stackable
 from kdcli.train import device_and_data, open_student_cache, student_runs, train_runs
 
@@ -88,15 +88,18 @@ def student_configs(config: SweepConfig) -> list:
 
 def groups(configs: list, parallel: int) -> list:
     """Unfinished students in groups that can train together: same resume point, at most `parallel` each.
-    A student with a checkpoint, finished or not, is kept only if it trained with the options asked for now."""
+    A student, finished or not, is kept only if it trained with the options asked for now."""
     by_start = {}
     for c in configs:
         folder = Path(c.out)
         ckpt = folder / CHECKPOINT
         state = peek_checkpoint(ckpt) if ckpt.exists() else None  # its options and progress, not its tensors
+        finished = (folder / "summary.json").exists()
+        if state is None and finished:  # its checkpoint deleted (to save space): its config.json records its options
+            state = {"config": read_json(folder / "config.json")}
         if state is not None:
             check_same_options(c, state, folder, "run the sweep with the options it started with, --force to train it again, or another --out")
-        if (folder / "summary.json").exists():
+        if finished:
             continue
         start = (0, 0)
         if state is not None:
@@ -204,8 +207,10 @@ def sweep(config: SweepConfig, progress=True) -> dict:
             check_fits_the_folder(config.out, runs.values())  # before --force deletes anything
             _claim_students(config, configs, students)
             for r in runs.values():
-                if (r.dir / "summary.json").exists():
-                    check_same_inputs(r)  # a finished student is kept only if it read this cache
+                # A finished student is kept, and a stopped one resumed, only if it read this cache: checked before any
+                # group trains, since a student trained now from another cache would be refused with the sweep's own.
+                if (r.dir / "summary.json").exists() or (r.dir / CHECKPOINT).exists():
+                    check_same_inputs(r)
             todo = groups(configs, parallel)
             to_train = sum(map(len, todo))
             if todo:

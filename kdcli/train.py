@@ -82,7 +82,10 @@ def _start_or_resume(runs, states, data, device, teacher, progress, in_sweep) ->
     else:
         group.load(states)
         if progress:
-            where = f"epoch {group.epoch + 1}" + (f", step {group.step + 1}" if group.step else "")
+            if group.step == group.steps:  # stopped after the epoch's last step: its evaluation and checkpoint are left
+                where = f"the end of epoch {group.epoch + 1} (its steps done)"
+            else:
+                where = f"epoch {group.epoch + 1}" + (f", step {group.step + 1}" if group.step else "")
             print(f"resuming {', '.join(str(r.dir) for r in runs)} at {where}", file=sys.stderr, flush=True)
     return group
 
@@ -91,7 +94,7 @@ def _train_epochs(group, config, stop, progress):
     """Epoch after epoch to the last; a stop asked for ends it at the next step (TrainingInterrupted, checkpoint saved)."""
     # Counted in images, step by step: an epoch of ResNet18 on a CPU takes half an hour.
     n = group.num_images
-    bar = tqdm(total=config.epochs * n, initial=group.epoch * n + group.step * config.batch_size, unit="img", unit_scale=True,
+    bar = tqdm(total=config.epochs * n, initial=group.epoch * n + min(group.step * config.batch_size, n), unit="img", unit_scale=True,
                desc=f"epoch {group.epoch + 1}/{config.epochs}", disable=not progress or config.quiet, dynamic_ncols=True, **redraw_intervals())  # fmt: skip
     try:
         while group.epoch < config.epochs:

@@ -344,9 +344,14 @@ def test_holding_out_every_training_image_is_refused(tmp_path, data_dir, cache, 
     assert not out.exists()
 
 
-def test_sweep_run_again_with_other_options_is_refused(tmp_path, data_dir, cache):
-    """Its finished students were trained otherwise: reporting them as the new sweep's would be wrong."""
+@pytest.mark.parametrize("checkpoints", ["kept", "deleted"])
+def test_sweep_run_again_with_other_options_is_refused(tmp_path, data_dir, cache, checkpoints):
+    """Its finished students were trained otherwise: reporting them as the new sweep's would be wrong. Also where
+    their checkpoints were deleted to save space: their config.json says how they were trained."""
     assert kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep")).exit_code == 0
+    if checkpoints == "deleted":
+        for checkpoint in (tmp_path / "sweep").glob("*/seed1/checkpoint.pt"):
+            checkpoint.unlink()
     before = snapshot(tmp_path / "sweep")
     result = kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep", "--lr", 0.05))
     assert_refused(result, "was trained with other options: --lr 0.05 (run has 0.1)", "--force", codes=(1,))
@@ -901,6 +906,29 @@ def test_ctrl_c_in_a_forced_sweep_resumes_with_the_printed_command(tmp_path, dat
     hint, resumed = run_printed_hint(result)
     assert "--force" not in hint and resumed.exit_code == 0, resumed.output
     assert "4 students (3 trained now)" in resumed.stderr  # the one finished under --force is kept
+
+
+def test_a_stopped_sweep_run_again_with_another_cache_is_refused_before_any_student_trains(tmp_path, data_dir, cache, other_cache, monkeypatch):
+    """Its stopped student reads the cache it started with or none: a student added meanwhile (T2), trained first from
+    the other cache, would in turn be refused once the sweep is given back its own, and only --force would be left."""
+    import kdcli.group as group_module
+    from kdcli.losses import distillation_loss
+
+    calls = [0]
+
+    def loss(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 6:  # T4/seed1's second step of 4: baseline/seed1 took the first 4
+            os.kill(os.getpid(), signal.SIGINT)
+        return distillation_loss(*args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(group_module, "distillation_loss", loss)
+        assert kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep", "--parallel", 1)).exit_code == 130
+    before = snapshot(tmp_path / "sweep")
+    result = kdcli(*sweep_args(data_dir, other_cache, tmp_path / "sweep", "--temperatures", "2,4", "--parallel", 1))
+    assert_refused(result, f"{tmp_path / 'sweep' / 'T4' / 'seed1'} was trained from another cache than", codes=(1,))
+    assert snapshot(tmp_path / "sweep") == before  # T2/seed1 neither trained nor left behind
 
 
 def test_an_out_whose_lock_file_is_writable_but_not_the_folder_is_one_clear_error(tmp_path, monkeypatch):

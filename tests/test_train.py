@@ -282,6 +282,19 @@ def test_the_progress_bar_counts_images_step_by_step_and_a_resumed_run_starts_wh
     assert bars[1].desc.startswith("epoch 2/2")
 
 
+def test_a_run_stopped_after_an_epochs_last_step_resumes_at_that_epochs_end(tmp_path, data_dir, monkeypatch, capsys):
+    """Its steps are all done, its evaluation is not: there is no step STEPS + 1 to resume at, nor images past the epoch's.
+    A stop lands there often where the last, smaller batch is the slow step (a CPU sizing its kernels for it)."""
+    bars = record_progress_bars(monkeypatch, train_module)
+    call_on_step(monkeypatch, STEPS, press_ctrl_c)
+    with pytest.raises(TrainingInterrupted, match=f"interrupted at epoch 1, step {STEPS} of {STEPS}"):
+        train_teacher(config(tmp_path, "run", data_dir, epochs=2, quiet=False))
+    capsys.readouterr()
+    train_teacher(config(tmp_path, "run", data_dir, epochs=2, quiet=False, resume=True))
+    assert f"resuming {tmp_path / 'run'} at the end of epoch 1 (its steps done)\n" in capsys.readouterr().err
+    assert (bars[1].total, bars[1].n, bars[1].counts) == (400, 400, [64, 64, 64, 8])  # from 200: epoch 2's steps alone
+
+
 @pytest.mark.parametrize("stop_at", [1, 4, 6], ids=["first-step", "end-of-epoch-1", "mid-epoch-2"])
 def test_resume_after_ctrl_c_equals_an_uninterrupted_run(tmp_path, data_dir, finished, monkeypatch, stop_at):
     run_dir, summary = finished
