@@ -95,11 +95,23 @@ def _parse_list(value: str, item_type, option: str) -> tuple:
         raise typer.BadParameter(f"expected comma-separated {item_type.__name__}s, got {value!r}", param_hint=option) from None
 
 
+def _refused_flag(name: str, why: str) -> inspect.Parameter:
+    """A flag a command lacks but a user may type by analogy with the others: said why, not click's "No such option"."""
+
+    def refuse(value):
+        if value:
+            raise typer.BadParameter(why, param_hint=flag(name))
+        return value
+
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=typer.Option(False, flag(name), hidden=True, help=why, callback=refuse), annotation=bool)
+
+
 def command_from(cls, name: str, run):
     """Register `kdcli NAME` with one option per field of dataclass `cls`; `run(config)` does the work."""
     hints = typing.get_type_hints(cls)
     helps = _field_help(cls)
-    shown = [f for f in fields(cls) if f.name not in getattr(cls, "cli_hidden", ())]  # hidden fields keep their defaults
+    hidden = getattr(cls, "cli_hidden", {})  # field -> why a command lacks it: hidden fields keep their defaults
+    shown = [f for f in fields(cls) if f.name not in hidden]
     params = []
     for f in shown:
         default = f.default if f.default is not MISSING else f.default_factory()
@@ -116,7 +128,11 @@ def command_from(cls, name: str, run):
             )
         )
 
+    params += [_refused_flag(name, why) for name, why in hidden.items()]
+
     def command(ctx: typer.Context, **options):
+        for name in hidden:
+            options.pop(name)
         for f in shown:
             if typing.get_origin(hints[f.name]) is tuple:
                 options[f.name] = _parse_list(options[f.name], typing.get_args(hints[f.name])[0], flag(f.name))

@@ -37,7 +37,8 @@ class SweepConfig(DistillOptions, TrainOptions):
     quiet: bool = False  # no progress lines, only the final table
     out: str = "runs/sweep"  # sweep folder: one run folder per student, results.md/csv/png
 
-    cli_hidden = frozenset({"resume"})  # not options of `kdcli sweep`: a sweep always resumes (--force starts it over)
+    # Not options of `kdcli sweep`, which always resumes: typed anyway (as for the other commands), refused with why.
+    cli_hidden = {"resume": "a sweep has none: run again with the same options, it goes on where it stopped (--force starts it over)"}
 
     def check(self):
         super().check()
