@@ -199,5 +199,9 @@ def _download(root: Path):
         if made is not None:  # a mistyped --data-dir must not stay behind, nor a cut download in it
             shutil.rmtree(made, ignore_errors=True)
         if isinstance(e, Exception):
-            raise KdcliError(f"could not download CIFAR-10 into {root}: {e}") from None
+            # Offline machines are common (compute nodes), and a mistyped --data-dir lands here too: say where a copy goes
+            raise KdcliError(
+                f"could not download CIFAR-10 into {root} ({e}): point --data-dir at a folder holding {BATCH_FOLDER}/ "
+                "if you have a copy, or run again where the download works"
+            ) from None
         raise

@@ -220,6 +220,18 @@ def test_a_failed_download_leaves_no_folder_behind(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_failed_download_says_where_a_local_copy_goes(tmp_path, monkeypatch):
+    """Offline (a compute node), or with a mistyped --data-dir, the way out is --data-dir: the error says so."""
+    import torchvision
+
+    def no_network(root, download):
+        raise RuntimeError("<urlopen error [Errno -2] Name or service not known>")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", no_network)
+    with pytest.raises(KdcliError, match=rf"not known>\): point --data-dir at a folder holding {BATCH_FOLDER}/"):
+        load_cifar10(tmp_path / "typo")
+
+
 def test_auto_picks_the_gpu_and_cuda_without_one_is_one_clear_error(monkeypatch):
     """Both run on a CPU-only machine too: `auto` must not quietly train a GPU user's runs on the CPU."""
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)  # restored after
