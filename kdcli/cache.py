@@ -99,7 +99,7 @@ def resume_point(path, identity: dict, force: bool, keep_complete: bool = False)
     if differ:
         raise KdcliError(f"{path} was made with other settings: {', '.join(differ)}; pass --force to overwrite it, or pass another --out")
     if done >= attrs["epochs"] and not keep_complete:
-        raise KdcliError(f"{path} is complete ({done} epochs); pass --force to recompute it, or --resume to keep it")
+        raise KdcliError(f"{path} is complete ({count(done, 'epoch')}); pass --force to recompute it, or --resume to keep it")
     return done
 
 
