@@ -305,7 +305,7 @@ def test_missing_teacher_refused(tmp_path, data_dir):
 def test_complete_cache_refused_unless_forced(tmp_path, teacher, data_dir):
     cfg = config(tmp_path, teacher, data_dir, epochs=1)
     dump_logits(cfg, progress=False)
-    with pytest.raises(KdcliError, match=r"c.h5 is complete \(1 epochs\); pass --force to recompute it, or --resume to keep it"):
+    with pytest.raises(KdcliError, match=r"c.h5 is complete \(1 epoch\); pass --force to recompute it, or --resume to keep it"):
         dump_logits(cfg, progress=False)
     before = contents(cfg.out)
     cfg.resume = True  # what make passes: the same settings, complete: kept as it is
