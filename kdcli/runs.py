@@ -183,10 +183,19 @@ def prepare_run_dir(config):
     check_not_overwriting(config)  # so what is left in --out is a run to --resume
     finished = (out / "summary.json").exists()  # --resume keeps it, but only for the options it was trained with
     if not ckpt.exists():
+        if finished and (state := state_of_config_json(out)):
+            check_same_options(config, state, out)
         return "done" if finished else None
     state = peek_checkpoint(ckpt) if finished else load_checkpoint(ckpt)
     check_resumes(config, state, out)
     return "done" if finished else state
+
+
+def state_of_config_json(out: Path) -> dict | None:
+    """For a finished run whose checkpoint was deleted (to save space): its options, as a checkpoint's state holds
+    them, from the config.json it started with; None where kdcli wrote none there."""
+    record = _kdcli_config(out)
+    return {"config": record} if record else None
 
 
 def check_resumes(config, state: dict, out: Path):

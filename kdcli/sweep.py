@@ -20,7 +20,7 @@ from pathlib import Path
 from kdcli import Interrupted, StopOnSignal, count, report
 from kdcli.checkpoint import CHECKPOINT, peek_checkpoint
 from kdcli.config import ConfigError, DistillOptions, StudentConfig, TrainOptions, check_no_repeats, check_seed, check_temperature
-from kdcli.runs import LOCK, check_same_inputs, check_same_options, check_sweep_can_start, claim_folder, forget_run, read_json, runs_below
+from kdcli.runs import LOCK, check_same_inputs, check_same_options, check_sweep_can_start, claim_folder, forget_run, runs_below, state_of_config_json
 from kdcli.stack import stackable
 from kdcli.train import device_and_data, open_student_cache, student_runs, train_runs
 
@@ -96,8 +96,8 @@ def groups(configs: list, parallel: int) -> list:
         ckpt = folder / CHECKPOINT
         state = peek_checkpoint(ckpt) if ckpt.exists() else None  # its options and progress, not its tensors
         finished = (folder / "summary.json").exists()
-        if state is None and finished:  # its checkpoint deleted (to save space): its config.json records its options
-            state = {"config": read_json(folder / "config.json")}
+        if state is None and finished:
+            state = state_of_config_json(folder)
         if state is not None:
             check_same_options(c, state, folder, "run the sweep with the options it started with, --force to train it again, or another --out")
         if finished:

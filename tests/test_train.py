@@ -1210,6 +1210,15 @@ def test_a_finished_run_without_its_checkpoint_is_kept_on_resume(tmp_path, data_
     assert not (tmp_path / "run" / "checkpoint.pt").exists()  # nothing was trained
 
 
+def test_a_finished_run_without_its_checkpoint_is_kept_only_for_its_own_options(tmp_path, data_dir, finished):
+    """Its config.json still says how it was trained: --resume with other options must not pass its old results
+    off as theirs (a sweep checks its students so too)."""
+    shutil.copytree(finished[0], tmp_path / "run")
+    (tmp_path / "run" / "checkpoint.pt").unlink()
+    with pytest.raises(KdcliError, match=r"was trained with other options: --lr 0.05 \(run has 0.1\)"):
+        teach(config(tmp_path, "run", data_dir, resume=True, lr=0.05))
+
+
 def test_a_finished_run_of_an_older_kdcli_is_kept_on_resume(tmp_path, data_dir, finished):
     """A finished run whose checkpoint predates the keys a resume needs (kdcli before Ctrl-C mid-epoch recorded
     no step, no partial epoch) has nothing left to resume: --resume (make passes it always) must keep it, not
