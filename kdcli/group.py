@@ -204,7 +204,7 @@ class Group:
         views = augment.apply(self.data.train_images[idx].flatten(0, 1), _rows(aug, idx).flatten(0, 1))
         x = augment.normalize(views).unflatten(0, idx.shape)  # [S, b, 3, 32, 32]
         y = self.data.train_labels[idx]  # [S, b]
-        # The smaller last batch runs eager: compiled, its new shape would cost a second compile (fwd + bwd) for one step an epoch.
+        # The smaller last batch runs eagerly: compiled, its new shape would cost a second compile (fwd + bwd) for one step an epoch.
         forward = self.forward if idx.shape[1] == self.config.batch_size else self.stack
         with self.autocast:
             logits = forward(x)  # [S, b, C]
