@@ -286,3 +286,27 @@ def test_ctrl_c_during_a_download_stops_as_ctrl_c_and_leaves_no_folder(tmp_path,
     with pytest.raises(KeyboardInterrupt):
         load_cifar10(tmp_path / "new" / "data")
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- found by mutation testing (2026-11-27, night)
+
+
+def test_the_fingerprint_of_given_images_never_changes():
+    """Caches and checkpoints on disk record fingerprints, and dump-logits, verify and evaluate compare against them:
+    a kdcli that hashed the same images otherwise (another order, label width or layout) would call every older
+    cache and run other data. sha256 of the pixels in C order, then of the labels as little-endian int64."""
+    images = (torch.arange(2 * 3 * 32 * 32) % 251).to(torch.uint8).view(2, 3, 32, 32)
+    pinned = "54a0b40310db573e14983b9fe4f0ce2c4f4718c3846bf47433f25ce5c4418d02"
+    assert fingerprint(images, torch.tensor([3, 7])) == pinned
+    assert fingerprint(images.contiguous(memory_format=torch.channels_last), torch.tensor([3, 7], dtype=torch.int32)) == pinned
+
+
+def test_labels_stored_as_a_small_integer_array_load_as_int64(data_dir, tmp_path):
+    """A re-export may store the labels as a uint8 array rather than the official list: they must load as the
+    int64 class indices training needs (cross-entropy and one_hot refuse uint8), and hash as the same data."""
+    folder = copy_folder(data_dir, tmp_path)
+    for name in OFFICIAL_MD5:  # every file: one int64 batch among them would promote the others as they are joined
+        rewrite(folder / BATCH_FOLDER / name, labels=lambda y: np.asarray(y, dtype=np.uint8))
+    data, official_layout = load_cifar10(folder, download=False), load_cifar10(data_dir, download=False)
+    assert data.train_labels.dtype == data.test_labels.dtype == torch.int64
+    assert_same_data(data, official_layout)

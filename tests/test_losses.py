@@ -112,3 +112,18 @@ def test_gradient_reaches_only_the_student():
     distillation_loss(s, y, soft_targets(t, y, 4.0, 0.5)).backward()
     assert s.grad is not None and torch.isfinite(s.grad).all() and s.grad.abs().sum() > 0
     assert t.grad is None  # a teacher that requires gradients (trained alongside, say) is still only a target
+
+
+# ---------------------------------------------------------------- found by mutation testing (2026-11-27, night)
+
+
+def test_students_sharing_labels_with_weights_as_numbers():
+    """One set of labels [N] for teachers [S, N, C], with T and the weights plain numbers: each student's targets
+    are those of a call of its own (the labels are broadcast to every student, not left [N, C])."""
+    t, y = logits(3, B, C, seed=2), labels(B)
+    targets = soft_targets(t, y, 4.0, 0.1, hard_weight=0.5)
+    assert targets.weights.shape == (3, B, 2, C)
+    for i in range(3):
+        one = soft_targets(t[i], y, 4.0, 0.1, hard_weight=0.5)
+        torch.testing.assert_close(targets.weights[i], one.weights)
+        torch.testing.assert_close(targets.constant[i], one.constant)
