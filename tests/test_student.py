@@ -395,3 +395,28 @@ def test_a_student_closes_its_cache_when_done_and_when_it_crashes(tmp_path, data
     with pytest.raises(ZeroDivisionError):
         train_student(student(tmp_path, data_dir, cache_path, name="other"), progress=False)
     assert len(opened) == 2 and not any(c._file.id.valid for c in opened)
+
+
+# ---------------------------------------------------------------- found by mutation testing (2026-11-27, night)
+
+
+def test_a_sweep_without_baselines_may_learn_from_the_teacher_alone():
+    """--hard-weight 0 is refused only with --baseline (a baseline would learn from nothing): README's later sweeps of
+    a grid are --no-baseline, and one of pure distillation is a valid one."""
+    configs = sweep_module.student_configs(SweepConfig(temperatures=(4.0,), seeds=(1,), baseline=False, hard_weight=0.0))
+    assert [(c.temperature, c.hard_weight) for c in configs] == [(4.0, 0.0)]
+
+
+def test_a_sweep_of_more_students_than_the_hard_limit_on_open_files_lifts_the_soft_one_to_it():
+    """setrlimit refuses a soft limit above the hard one (ValueError): as far as the hard limit allows, not a traceback."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        pytest.skip("no hard limit on open files here")
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
+        sweep_module.allow_open_files(hard + 100)
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -1475,3 +1475,38 @@ def test_a_loaded_model_is_in_eval_mode(tmp_path):
     torch.save({"model": create_model("resnet8").state_dict(), "model_name": "resnet8"}, tmp_path / CHECKPOINT)
     model, _ = load_model(tmp_path, torch.device("cpu"))
     assert not any(m.training for m in model.modules())
+
+
+# ---------------------------------------------------------------- found by mutation testing (2026-11-27, night)
+
+
+def test_a_checkpoint_beside_a_config_json_of_no_object_evaluates_unchecked(tmp_path, data_dir):
+    """A checkpoint that records no images, beside a config.json that is JSON but not an object (another program's):
+    nothing to check its images by, as with no config.json at all, not an AttributeError."""
+    (tmp_path / "hand").mkdir()
+    torch.save({"model": create_model("lenet5").state_dict(), "model_name": "lenet5"}, tmp_path / "hand" / CHECKPOINT)
+    (tmp_path / "hand" / "config.json").write_text("[1, 2]")
+    assert evaluate(tmp_path / "hand", data_dir, device="cpu", download=False)["model"] == "lenet5"
+
+
+def test_predict_uses_a_model_in_training_mode_as_evaluated_and_leaves_its_statistics_alone(data_dir):
+    """A library caller's model fresh from create_model (training mode): batch norm with its running statistics,
+    not the batch's, and no update of them, as evaluate's own loaded model gets."""
+    torch.manual_seed(0)
+    model, images = create_model("resnet8"), load_cifar10(data_dir).test_images[:8]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    logits = predict(model, images)
+    assert_same_weights(model.state_dict(), before)
+    with torch.no_grad():
+        torch.testing.assert_close(logits, model.eval()(augment.normalize(images)))
+
+
+def test_a_stacked_students_checkpoint_holds_its_own_tensors_not_the_whole_stacks(tmp_path, data_dir):
+    """torch.save of a view writes the storage under it: a student's slice of the stacked weights and momentum
+    buffers saved as they are would make each checkpoint hold every stack-mate's tensors too (S times the size)."""
+    data = load_cifar10(data_dir)
+    train_runs([baseline_run(tmp_path, data_dir, s, len(data.train_labels)) for s in (1, 2, 3)], data, torch.device("cpu"), progress=False)
+    state = load_checkpoint(tmp_path / "seed2")
+    tensors = [*state["model"].values(), *(v for per_param in state["optimizer"]["state"].values() for v in per_param.values())]
+    assert len(tensors) > len(state["model"])  # the momentum buffers are there
+    assert all(t.untyped_storage().nbytes() == t.numel() * t.element_size() for t in tensors)
