@@ -132,7 +132,7 @@ def _forget_on_refusal(folders, exc_type, exc, tb):
     if exc_type is None or issubclass(exc_type, (Interrupted, KeyboardInterrupt)):
         return
     for folder in folders:
-        if {p.name for p in folder.iterdir()} <= {LOCK}:
+        if folder.is_dir() and {p.name for p in folder.iterdir()} <= {LOCK}:  # not made: its claim never came
             (folder / LOCK).unlink(missing_ok=True)
             folder.rmdir()
             with contextlib.suppress(OSError):  # its T30/ or baseline/ parent too, if nothing else is in it
@@ -151,9 +151,9 @@ def _claim_students(config: SweepConfig, configs: list, held: contextlib.ExitSta
     deletes another kdcli's files; with --force, forget every student and the old report at once (a --force
     sweep stopped part-way then resumes without --force)."""
     new = [Path(c.out) for c in configs if not Path(c.out).exists()]
+    held.push(functools.partial(_forget_on_refusal, new))  # first: a claim refused part-way (EMFILE) leaves none made
     for c in configs:
         held.enter_context(claim_folder(c.out))
-    held.push(functools.partial(_forget_on_refusal, new))
     if config.force:
         for c in configs:
             forget_run(c.out)

@@ -931,6 +931,25 @@ def test_a_stopped_sweep_run_again_with_another_cache_is_refused_before_any_stud
     assert snapshot(tmp_path / "sweep") == before  # T2/seed1 neither trained nor left behind
 
 
+def test_a_sweep_refused_while_claiming_its_students_leaves_no_folder_of_theirs(tmp_path, data_dir, cache, monkeypatch):
+    """Too many open files at the third student's lock: the two folders made before it must not stay behind as
+    lock-only folders, which the report would count as unfinished students."""
+    import kdcli.sweep as sweep_module
+
+    claims = []
+
+    def claim_or_run_out_of_files(out):
+        claims.append(out)
+        if len(claims) == 3:
+            raise KdcliError(f"too many open files to hold the lock of {out}")
+        return claim_folder(out)
+
+    monkeypatch.setattr(sweep_module, "claim_folder", claim_or_run_out_of_files)
+    result = kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep", "--temperatures", "4,8", "--seeds", "1,2"))
+    assert_refused(result, "too many open files", codes=(1,))
+    assert [p for p in (tmp_path / "sweep").rglob("*") if p.is_dir()] == []  # the sweep's own folder keeps only its lock
+
+
 def test_an_out_whose_lock_file_is_writable_but_not_the_folder_is_one_clear_error(tmp_path, monkeypatch):
     """A run folder made read-only after a first run keeps a writable lock file, so taking the lock succeeds: the
     new run must still be refused at once, in one line, not fail later with a traceback at its first write.
