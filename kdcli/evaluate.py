@@ -5,7 +5,6 @@
     logits = predict(model, images_uint8)      # [M, C] on un-augmented images
 """
 
-import json
 import warnings
 
 import torch
@@ -14,7 +13,7 @@ from kdcli import KdcliError, augment
 from kdcli.checkpoint import checkpoint_file, load_checkpoint, training_reached
 from kdcli.data import load_cifar10, recorded_data_dir, resolve_device
 from kdcli.models import canonical_name, create_model
-from kdcli.runs import as_recorded_now
+from kdcli.runs import as_recorded_now, read_json
 
 
 @torch.no_grad()
@@ -98,8 +97,8 @@ def _trained_on(images_fingerprint: str, state, checkpoint_path) -> bool:
     was = state.get("train_fingerprint")
     if was is None:
         try:
-            was = json.loads((checkpoint_file(checkpoint_path).parent / "config.json").read_text()).get("train_fingerprint")
-        except (OSError, ValueError, AttributeError):  # no, or no readable, config.json beside it: nothing to check
+            was = read_json(checkpoint_file(checkpoint_path).parent / "config.json").get("train_fingerprint")
+        except KdcliError:  # no, or no readable, config.json beside it: nothing to check
             pass
     return was is None or was == images_fingerprint
 
