@@ -245,7 +245,7 @@ def bench_dump(data, data_dir, teacher_path, device, args, tmp) -> tuple:
     model, _ = load_model(teacher_path, device)  # eval mode, channels_last on CUDA, as in the dump
     cuda, b = device.type == "cuda", config.batch_size
     dtype = autocast_dtype(config.amp, device)
-    label = view_labeller(model, dtype, cuda)  # as the dump labels views (its --amp, --compile): augmentation compiled with the teacher
+    label = view_labeller(model, dtype, cuda, b)  # as the dump labels views (its --amp, --compile): augmentation compiled with the teacher
     model = torch.compile(model, dynamic=False) if cuda else model  # the same compiled teacher: the ratio is the dump's own overhead
     autocast = autocast_to(dtype)  # as the dump's --amp
     x = ready_views(data.train_images, augment.params(0, 0, n), b)

@@ -173,7 +173,7 @@ def dump_variants(data, data_dir, device, args, tmp):
         print(f"dump     {'kdcli dump-logits':36s} batch {b:5d} {dump_logits(config)['images_per_s']:12,.0f} img/s", flush=True)
     model, _ = load_model(teacher, device)
     dtype = autocast_dtype(config.amp, device)
-    label = view_labeller(model, dtype, cuda)  # as the dump labels views (its --amp, --compile): augmentation compiled with the teacher
+    label = view_labeller(model, dtype, cuda, config.batch_size)  # as the dump labels views (its --amp, --compile): augmentation compiled with the teacher
     compiled = torch.compile(model, dynamic=False) if cuda else model
     b, path = config.batch_size, Path(config.out)  # the largest batch; its cache is rewritten in place
     autocast = autocast_to(dtype)
@@ -191,7 +191,7 @@ def dump_variants(data, data_dir, device, args, tmp):
         for e in range(args.repeat):
             teacher_logits(label, data.train_images, augment.params(0, e, n), b).cpu()
 
-    label_eager_views = view_labeller(compiled, dtype, compiled=False)  # kdcli before: only the teacher compiled
+    label_eager_views = view_labeller(compiled, dtype, False, b)  # kdcli before: only the teacher compiled
 
     def views_built_eagerly():
         for e in range(args.repeat):

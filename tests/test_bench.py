@@ -2,9 +2,12 @@
 about speed: only that every measurement is there, with positive numbers, in the JSON it writes."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,3 +41,16 @@ def test_smoke_variants_print_every_section():
     assert sum(line.startswith("infer ") and "img/s" in line for line in lines) == 4, proc.stdout  # eager and folded, 2 batch sizes
     assert sum(line.startswith("dump ") and "img/s" in line for line in lines) == 6, proc.stdout  # 2 batch sizes, 4 variants
     assert "Self CPU" in proc.stdout  # the profile table
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="Inductor's CPU backend compiles C++")
+def test_compile_start_compiles_the_dumps_labeller_once():
+    """bench/compile_start.py with Inductor on the CPU: a dump's passes (200 = 3 x 64 + 8 training images, 60 test
+    images) compile the labeller once, from an empty cache."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "compile_start.py"), "--device", "cpu", "--model", "lenet5",
+         "--images", "200", "--test-images", "60", "--batch-size", "64"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "unique_graphs 1;" in proc.stdout, proc.stdout

@@ -526,7 +526,7 @@ def test_the_view_labeller_traces_as_one_graph_without_warnings():
     """On CUDA the dump compiles augmentation, normalisation and teacher together: a graph break would
     split the fused kernels, and a dynamo warning would reach every user's terminal."""
     model = create_model("resnet8").eval()
-    label = dump.view_labeller(model, dtype=None, compiled=False)  # as a dump on a CPU
+    label = dump.view_labeller(model, None, False, 4)  # as a dump on a CPU
     images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
     torch._dynamo.reset()
     with warnings.catch_warnings():
@@ -651,6 +651,25 @@ def test_compile_has_no_effect_off_cuda(tmp_path, teacher, data_dir, monkeypatch
     monkeypatch.setattr(torch, "compile", refuse)
     summary = dump_logits(config(tmp_path, teacher, data_dir, epochs=1, compile=True), progress=False)
     assert summary["epochs_written"] == 1
+
+
+def test_a_compiled_labeller_compiles_once_and_labels_as_the_eager_one(tmp_path, teacher, data_dir, monkeypatch, reference):
+    """On CUDA the dump compiles its labeller, once: the smaller last batches (here 200 = 3 x 64 + 8 training images,
+    and the 60 test images) are padded to the full batch, and every batch meets the guards the first one set."""
+    from torch._dynamo.utils import counters
+
+    compile = torch.compile
+    # Dynamo's tracing and guards as on CUDA; the "eager" backend runs the traced graph instead of generating kernels.
+    monkeypatch.setattr(torch, "compile", lambda label, dynamic: compile(label, dynamic=dynamic, backend="eager"))
+    monkeypatch.setattr(dump, "compiles", lambda config, device: True)
+    torch._dynamo.reset()
+    counters.clear()
+    cfg = config(tmp_path, teacher, data_dir)
+    dump_logits(cfg, progress=False)
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+    got, want = contents(cfg.out), contents(reference[0])
+    for name in cache.DATASETS:  # a convolution may add in another order for another batch size
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5, err_msg=name)
 
 
 @pytest.mark.parametrize("triton", [True, False], ids=["triton", "no triton"])
