@@ -68,7 +68,7 @@ sweep: $(CACHE).done  ## every temperature x seed, plus baselines, batched; then
 reproduce: sweep  ## the reference table: teacher 300 epochs -> cache 300 epochs -> 24 students; rerun to resume
 
 # The same pipeline, through the same targets, shrunk to a minute on a 2-core CPU: the first thing to run.
-# The teacher is resnet8, 50x cheaper than resnet18 (which trains at ~30 images/s on 2 CPU cores).
+# The teacher is resnet8, 44x fewer FLOPs than resnet18 (which trains at ~94 images/s on 2 CPU cores: bench/README run 5).
 DEMO_SUBSET ?= 5000
 DEMO_EPOCHS ?= 5
 DEMO ?= runs/demo

@@ -18,7 +18,7 @@ kd       a cached-KD LeNet-5 epoch against no KD, in interleaved rounds (their s
          its loss compiled, which kdcli does not do;
 profile  the GPU kernels of eager teacher steps, most time first (where a step's time goes).
 
-The README's "Tried and measured, not kept" cites these numbers. Seconds are per 50,000-image epoch,
+The README's "Tried and not kept" cites these numbers. Seconds are per 50,000-image epoch,
 as in bench.py, whose helpers this uses.
 """
 

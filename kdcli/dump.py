@@ -48,7 +48,7 @@ class DumpConfig:
     subset: int | None = None  # use only the first N training images (not given: the teacher's)
     device: Device = "auto"  # auto: cuda, then mps, then cpu
     amp: Precision = "bf16"  # autocast on CUDA: bf16 (1.4x the images/s of off on an H100; logits within bf16 rounding), fp16 or off; no effect elsewhere
-    compile: bool = True  # torch.compile augmentation + teacher as one graph on CUDA (H100: ~20 s to start, then 290k img/s); no effect elsewhere
+    compile: bool = True  # torch.compile augmentation + teacher as one graph on CUDA (H100: under ~20 s to start, then 290k img/s); no effect elsewhere
     resume: bool = False  # keep a complete cache with the same settings instead of refusing it (make passes it); an unfinished one resumes either way
     force: bool = False  # overwrite a finished cache, or one made with other settings (even with --resume)
     quiet: bool = False  # no progress bar
@@ -382,20 +382,8 @@ def verify_cache(path, teacher=None, k=256, device="auto", data_dir=None, downlo
         model = model_from(state, dev, teacher)
         total = c.epochs_complete * c.num_images
         entries = torch.tensor(random.Random(0).sample(range(total), min(k, total)), dtype=torch.long)  # distinct; no list of all
-        epochs, index = entries // c.num_images, entries % c.num_images
-        # Recompute as the dump computed: its teacher_precision says what it did on its device (float32 on a CPU).
-        amp = {"bfloat16": "bf16", "float16": "fp16", "float32": "off"}.get(c.attrs.get("teacher_precision"))
-        amp = amp or as_recorded_now(c.attrs["config"]).get("amp", "bf16")  # caches of before 2026-11-26 lack it
-        worst = worst_relative = 0.0
-        for e in epochs.unique().tolist():
-            aug, cached = c.epoch(e)  # [N, 3], [N, C]
-            if not torch.equal(aug, augment.params(c.attrs["seed"], e, c.num_images)):
-                raise KdcliError(f"{path}: the stored augmentation of epoch {e} is not augment.params(seed, {e}): the file is damaged")
-            i = index[epochs == e]
-            fresh, old = predict(model, augment.apply(images[i.to(dev)], aug[i]), amp).cpu(), cached[i].float()  # [len(i), C]
-            difference = (fresh - old).abs().amax(1)
-            worst = max(worst, difference.max().item())
-            worst_relative = max(worst_relative, (difference / old.abs().amax(1).clamp(min=1)).max().item())
+        amp = _dump_precision(c.attrs)
+        worst, worst_relative = _largest_differences(path, c, model, images, entries, amp)
     tolerance = VERIFY_TOLERANCE["float32" if amp == "off" else "reduced"]  # the rounding the dump's precision left in the cache
     if worst_relative > tolerance:
         raise KdcliError(
@@ -404,3 +392,28 @@ def verify_cache(path, teacher=None, k=256, device="auto", data_dir=None, downlo
             "the file is damaged, or was not made by this kdcli from these images; make it again (dump-logits --force)"
         )
     return {"entries": len(entries), "max_difference": worst, "max_relative": worst_relative, "tolerance": tolerance, "data_dir": data_dir}
+
+
+def _dump_precision(attrs: dict) -> str:
+    """The --amp a cache's dump labelled in, so that verification recomputes as it computed: its teacher_precision
+    says what it did on its device (float32 on a CPU)."""
+    amp = {"bfloat16": "bf16", "float16": "fp16", "float32": "off"}.get(attrs.get("teacher_precision"))
+    return amp or as_recorded_now(attrs["config"]).get("amp", "bf16")  # caches of before 2026-11-26 lack it
+
+
+def _largest_differences(path, c, model, images, entries, amp: str) -> tuple[float, float]:
+    """The teacher run again on the entries (epoch * N + image) of cache c at `path`, on views rebuilt from `images`
+    and the stored parameters -> the largest |logit difference| to the cached logits, and the largest relative to an
+    entry's largest |logit|."""
+    epochs, index = entries // c.num_images, entries % c.num_images
+    worst = worst_relative = 0.0
+    for e in epochs.unique().tolist():
+        aug, cached = c.epoch(e)  # [N, 3], [N, C]
+        if not torch.equal(aug, augment.params(c.attrs["seed"], e, c.num_images)):
+            raise KdcliError(f"{path}: the stored augmentation of epoch {e} is not augment.params(seed, {e}): the file is damaged")
+        i = index[epochs == e]
+        fresh, old = predict(model, augment.apply(images[i.to(images.device)], aug[i]), amp).cpu(), cached[i].float()  # [len(i), C]
+        difference = (fresh - old).abs().amax(1)
+        worst = max(worst, difference.max().item())
+        worst_relative = max(worst_relative, (difference / old.abs().amax(1).clamp(min=1)).max().item())
+    return worst, worst_relative

@@ -127,8 +127,10 @@ def check_can_start(config):
     if in_use(out):
         raise KdcliError(_busy(out))
     check_not_overwriting(config)
-    if config.resume and not config.force and (out / CHECKPOINT).is_file():  # a --subset other than the run's is then
-        check_resumes(config, peek_checkpoint(out / CHECKPOINT), out)  # named as such, not as a cache of another length
+    # Before the cache opens: a --resume given another --subset than the run's is refused as that, not as a
+    # cache of another length.
+    if config.resume and not config.force and (out / CHECKPOINT).is_file():
+        check_resumes(config, peek_checkpoint(out / CHECKPOINT), out)
     if getattr(config, "distillation_weight", 0) > 0:
         check_cache_readable(config.cache)
 
@@ -172,8 +174,8 @@ def check_not_overwriting(config):
 
 
 def prepare_run_dir(config):
-    """Check --out (claimed: claim_folder) against --resume/--force; return the checkpoint to resume from,
-    'done', or None."""
+    """Ready --out (claimed: claim_folder) for the run: a killed write's temporary files and, with --force, the old
+    run deleted, what is left checked against --resume; return the checkpoint to resume from, 'done', or None."""
     out = Path(config.out)
     ckpt = out / CHECKPOINT
     for stale in out.glob(".*.tmp-*"):  # left by a process killed in write_atomic

@@ -168,6 +168,7 @@ def check_fits_the_folder(out, runs):
     others = sorted(d for d in runs_below(Path(out), depth=2) if d.resolve() not in own and (d / "summary.json").exists())
     if not others:
         return
+    # Most of these have no summary.json yet: their record holds what the report reads from one (model, seed, temperature, weights).
     planned = [{"run_dir": str(r.dir), "summary": r.record, "config": r.record} for r in runs]
     together = planned + report.collect(others)
     named = ", ".join(str(d.relative_to(out)) for d in others[:3]) + (", ..." if len(others) > 3 else "")

@@ -66,7 +66,7 @@ def _train_claimed(runs, data, device, teacher, progress, stop, in_sweep) -> lis
     if not in_sweep:
         runs[0].config.warn_ineffective()
     group = _start_or_resume(runs, states, data, device, teacher, progress, in_sweep)
-    _train_epochs(group, runs[0].config, stop, progress)
+    _train_epochs(group, stop, progress)
     if stop.requested and not in_sweep and progress:  # it came during the last epoch's evaluation: the run is complete, not stopped
         print(f"{runs[0].dir}: finished before the next safe point; nothing to resume", file=sys.stderr, flush=True)
     return group.write_summaries()
@@ -90,22 +90,24 @@ def _start_or_resume(runs, states, data, device, teacher, progress, in_sweep) ->
     return group
 
 
-def _train_epochs(group, config, stop, progress):
+def _train_epochs(group, stop, progress):
     """Epoch after epoch to the last; a stop asked for ends it at the next step (TrainingInterrupted, checkpoint saved)."""
     # Counted in images, step by step: an epoch of ResNet18 on a CPU takes half an hour.
-    n = group.num_images
+    config, n = group.config, group.num_images
     bar = tqdm(total=config.epochs * n, initial=group.epoch * n + min(group.step * config.batch_size, n), unit="img", unit_scale=True,
                desc=f"epoch {group.epoch + 1}/{config.epochs}", disable=not progress or config.quiet, dynamic_ncols=True, **redraw_intervals())  # fmt: skip
     try:
         while group.epoch < config.epochs:
             seconds = group.train_epoch(stop, on_step=bar.update)
             group.end_epoch(seconds)
-            _show_progress(bar, config, group, seconds, progress)
+            _show_progress(bar, group, seconds, progress)
     finally:
         bar.close()
 
 
-def _show_progress(bar, config, group, seconds, progress):
+def _show_progress(bar, group, seconds, progress):
+    config = group.config
+
     def mean(values, digits, unit="%"):  # a group shows the mean of its runs; "-" before the first evaluation
         known = [v for v in values if v is not None]
         return f"{sum(known) / len(known):.{digits}f}{unit}" if known else "-"
@@ -151,11 +153,11 @@ def student_runs(configs: list, data, cache=None) -> list:
     runs, images = [], {"train_fingerprint": data.fingerprint}
     for c in configs:
         if c.distillation_weight > 0:
-            teacher = {
+            from_cache = {
                 "cache_teacher_sha256": cache.attrs["teacher_sha256"], "cache_teacher_test_accuracy": cache.attrs["teacher_test_accuracy"],
                 "cache_epochs": cache.epochs_complete, "cache_seed": cache.attrs["seed"], "teacher_saw_val_images": teacher_saw_val_images(cache, data),
             }  # fmt: skip
-            runs.append(Run(c, CachedTargets(cache, len(data.train_labels)), {**images, **teacher}))
+            runs.append(Run(c, CachedTargets(cache, len(data.train_labels)), {**images, **from_cache}))
         else:
             runs.append(Run(c, DrawnAugmentation(c.seed, len(data.train_labels)), images))
     return runs
