@@ -1,6 +1,8 @@
 """The logit cache file on its own: layout, refusals, locking, and the crash-safety invariant
 (after creation, writing an epoch changes raw data bytes only). Synthetic arrays, no teacher."""
 
+import os
+
 import h5py
 import numpy as np
 import pytest
@@ -340,3 +342,37 @@ def test_a_cache_lacking_an_attribute_is_refused_in_one_line(tmp_path):
         del f.attrs["train_fingerprint"]
     with pytest.raises(KdcliError, match=r"c.h5 is an HDF5 file but not a kdcli logit cache \(it lacks train_fingerprint\)"):
         cache.open_cache(path, fingerprint="b" * 64)
+
+
+# ---------------------------------------------------------------- found by mutation testing (third round)
+
+
+def test_an_epoch_is_fsynced_before_the_count_that_says_it_is_complete(tmp_path, monkeypatch):
+    """A power cut keeps only what was fsynced, in no particular order: epoch e's bytes must reach the disk while
+    epochs_complete still says e, or a cut could keep the new count and lose the epoch it counts."""
+    path = make_cache(tmp_path / "c.h5", complete=0)
+    with h5py.File(path, "r") as f:
+        count_at, chunk = f["epochs_complete"].id.get_offset(), f["logits"].id.get_chunk_info(0)
+    aug, logits = epoch_arrays(0)
+    synced, fsync = [], os.fsync  # at each fsync: (the count in the file, whether epoch 0's logits are in it)
+
+    def recording(fd):
+        count = int(np.frombuffer(os.pread(fd, 8, count_at), np.int64)[0])
+        synced.append((count, os.pread(fd, chunk.size, chunk.byte_offset) == logits.tobytes()))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording)
+    with cache.CacheWriter(path) as w:
+        w.write_epoch(0, aug, logits)
+    assert synced == [(0, True), (1, True)]
+
+
+def test_a_cache_of_another_format_refused_is_closed(tmp_path):
+    """As an unfinished cache (test_a_refused_cache_is_closed): a file refused for its format version is not held open
+    while its error is, so the program that was told can mend it, here with h5py.File(path, "r+")."""
+    path = make_cache(tmp_path / "c.h5")
+    set_attr(path, "format_version", 2)
+    with pytest.raises(KdcliError, match="cache format version 2") as refused:
+        cache.cache_info(path)
+    set_attr(path, "format_version", cache.FORMAT_VERSION)
+    assert cache.cache_info(path)["epochs_complete"] == E and refused.value

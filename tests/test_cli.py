@@ -526,6 +526,14 @@ def test_resume_where_there_is_nothing_to_resume_says_so(tmp_path, data_dir):
     assert result.exit_code == 0 and f"{tmp_path / 'typo'}: nothing to resume, a new run starts" in result.stderr, result.output
 
 
+def test_resume_with_force_over_a_run_does_not_say_there_was_nothing_to_resume(tmp_path, data_dir):
+    """--resume --force trains the run in --out again: the note for a mistyped --out would be false there."""
+    out = tmp_path / "run"
+    assert kdcli(*teacher_args(data_dir, out)).exit_code == 0
+    again = kdcli(*teacher_args(data_dir, out, "--resume", "--force"))
+    assert again.exit_code == 0 and "nothing to resume" not in again.stderr, again.output
+
+
 def test_a_student_resumed_into_a_teachers_folder_is_told_so_first(tmp_path, data_dir, monkeypatch):
     """Before the student's cache is looked for, or warned about with the teacher's epochs."""
     out = tmp_path / "out"

@@ -814,3 +814,21 @@ def test_verify_run_again_checks_the_same_entries(tmp_path, teacher, data_dir):
         f["logits"][:] = f["logits"][:] + np.linspace(0, 0.01, 200, dtype=np.float32)[None, :, None]
     verified = [dump.verify_cache(cfg.out, teacher, k=8, device="cpu", data_dir=data_dir, download=False)["max_difference"] for _ in range(3)]
     assert verified[0] == verified[1] == verified[2]
+
+
+# ---------------------------------------------------------------- found by mutation testing (third round)
+
+
+def test_a_dump_without_progress_prints_nothing_even_when_ctrl_c_came_too_late(tmp_path, teacher, data_dir, monkeypatch, capsys):
+    """dump_logits(progress=False), a library caller's: no word on stdout or stderr, as train_teacher(progress=False)
+    (the "stopping at the next safe point" line is the signal handler's raw write to fd 2)."""
+    write = cache.CacheWriter.write_epoch
+
+    def ctrl_c_at_the_last_epoch(writer, e, *args):
+        if e == E - 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        write(writer, e, *args)
+
+    monkeypatch.setattr(cache.CacheWriter, "write_epoch", ctrl_c_at_the_last_epoch)
+    assert dump_logits(config(tmp_path, teacher, data_dir, quiet=False), progress=False)["epochs_complete"] == E
+    assert capsys.readouterr() == ("", "")

@@ -1375,6 +1375,26 @@ def test_a_run_diverging_after_a_milestone_that_raised_its_lr_is_pointed_at_lr_g
     assert (f"--lr-gamma (now {gamma:g}: it raises the lr at each milestone)" in str(error.value)) == blamed, error.value
 
 
+def test_a_sweep_resumed_says_nothing_of_each_student_it_starts_afresh(tmp_path, data_dir, capsys):
+    """A sweep run again with --resume (as make runs it) starts the students it never started: that is no mistyped
+    --out, and a "nothing to resume" line per student would bury the sweep's own lines."""
+    data = load_cifar10(data_dir)
+    run = baseline_run(tmp_path, data_dir, 1, len(data.train_labels))
+    run.config.epochs, run.config.resume = 1, True
+    with claim_folder(run.dir):  # a sweep holds its students' folders
+        train_runs([run], data, torch.device("cpu"), progress=True, in_sweep=True)
+    assert "nothing to resume" not in capsys.readouterr().err
+
+
+def test_weights_blown_up_in_the_epoch_before_a_milestone_do_not_blame_lr_gamma(tmp_path, data_dir, monkeypatch):
+    """Checked when epoch 1 is saved, at the milestone (1): the step that blew them up was epoch 1's, before the lr
+    rose, so a lower --lr-gamma would not have helped."""
+    blow_up_on_step(monkeypatch, STEPS)  # epoch 1's last step
+    with pytest.raises(KdcliError, match=r"^weights are not finite after epoch 1 ") as error:
+        teach(config(tmp_path, "run", data_dir, epochs=2, lr_gamma=10.0, lr_milestones=(1,)))
+    assert "--lr-gamma" not in str(error.value), error.value
+
+
 def test_a_run_resumes_from_its_images_in_another_folder(tmp_path, data_dir, finished, monkeypatch):
     """--data-dir says where the images are (check_same_inputs compares the images themselves): a copy, or the
     folder moved, resumes the run."""
