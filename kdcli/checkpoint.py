@@ -134,10 +134,9 @@ def _load(path, mmap=False) -> tuple[dict, bytes]:
     try:
         state = torch.load(path if mmap else io.BytesIO(data), map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
-        # torch's message advises weights_only=False, exactly what must not be done with an untrusted file.
-        # Its reason is the paragraph after that advice (and after its "Please file an issue" line).
-        paragraphs = [" ".join(p.split()) for p in str(e).split("\n\n") if p.strip()]
-        reason = next((p for p in paragraphs[1:] if not p.startswith("Check the documentation")), "")
+        # torch's message advises weights_only=False, exactly what must not be done with an untrusted file, and
+        # its layout differs between releases. It wraps the unpickler's own error, whose first sentence is the reason.
+        reason = " ".join(str(e.__context__ or "").split()).split(". ")[0]
         raise KdcliError(
             f"{path} was refused by safe loading (weights_only=True): it is not a kdcli checkpoint, or it holds "
             f"objects that would run code when unpickled" + (f" ({reason})" if reason else "")

@@ -211,6 +211,14 @@ def test_a_refusal_by_safe_loading_names_its_reason_not_torchs_advice_to_load_un
     assert "GLOBAL posix.system" in str(error.value) and "weights_only` set to `False`" not in str(error.value)
 
 
+def test_a_refused_class_is_named_without_torchs_advice_to_allow_it(tmp_path):
+    """torch's reason goes on to suggest add_safe_globals: that would let the file build objects of that class."""
+    write_custom_class(tmp_path / CHECKPOINT, tmp_path / "pwned")
+    with pytest.raises(KdcliError) as error:
+        load_checkpoint(tmp_path)
+    assert f"GLOBAL {Custom.__module__}.Custom" in str(error.value) and "safe_globals" not in str(error.value)
+
+
 def test_a_lock_file_on_a_filesystem_without_locks_reads_as_not_held(tmp_path, monkeypatch):
     """Nothing can be told there: "a dump-logits is writing it now" would send the user waiting for nothing."""
     import fcntl
