@@ -431,6 +431,17 @@ def test_a_student_of_a_partial_cache_that_grew_is_told_so(tmp_path, data_dir, c
     assert "another cache" not in result.stderr
 
 
+def test_a_student_of_a_partial_cache_replaced_by_another_teachers_longer_one_is_sent_back_to_its_cache(tmp_path, data_dir, cache, other_cache):
+    """More epochs now, but of another teacher: not the message above, which would pass the new file for the old one finished."""
+    edit(epochs_complete=1)(tmp_path / "c.h5", cache)
+    run = tmp_path / "run"
+    assert kdcli(*student_args(data_dir, tmp_path / "c.h5", run, "--allow-partial")).exit_code == 0
+    shutil.copy(other_cache, tmp_path / "c.h5")  # 2 complete epochs, of other weights
+    result = kdcli(*student_args(data_dir, tmp_path / "c.h5", run, "--resume"))
+    assert_refused(result, "was trained from another cache than", "teacher_sha256", codes=(1,))
+    assert "--allow-partial" not in result.stderr
+
+
 def test_allow_partial_given_to_a_run_of_a_complete_cache_changes_nothing(tmp_path, data_dir, cache, student):
     """It only permits an unfinished cache: not an option of the run that a resume would call changed."""
     shutil.copytree(student, tmp_path / "run")
@@ -480,6 +491,18 @@ def test_a_sweep_is_not_run_into_a_folder_of_other_runs_nor_into_another_sweep(t
 def test_a_student_is_not_trained_into_a_new_folder_inside_a_sweeps(tmp_path, data_dir, cache):
     assert kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep")).exit_code == 0
     assert_refused(kdcli(*student_args(data_dir, cache, tmp_path / "sweep" / "mine")), "is inside the folder of another run or sweep", codes=(1,))
+    # named like a student of it, but not one it started: only a started student's folder is its own
+    assert_refused(kdcli(*student_args(data_dir, cache, tmp_path / "sweep" / "T4" / "seed2")), "is inside the folder of another run or sweep", codes=(1,))
+    assert not (tmp_path / "sweep" / "T4" / "seed2").exists()
+
+
+def test_a_sweep_is_not_run_into_a_folder_holding_a_run_below_one_named_like_its_student(tmp_path, cache, student):
+    """Only T<t>/seed<n> itself is a student's folder: a run further down is another's, which the student's report would pool."""
+    shutil.copytree(student, tmp_path / "sweep" / "T4" / "seed1" / "old")
+    before = snapshot(tmp_path / "sweep")
+    result = kdcli(*sweep_args(tmp_path / "no-data", cache, tmp_path / "sweep"))
+    assert_refused(result, "holds runs that are not a sweep's students", f"{tmp_path / 'sweep' / 'T4' / 'seed1' / 'old'}", codes=(1,))
+    assert snapshot(tmp_path / "sweep") == before
 
 
 def test_a_sweeps_own_student_is_still_resumed_and_kept_by_train_student(tmp_path, data_dir, cache):
@@ -628,6 +651,15 @@ def test_a_baseline_given_a_cache_is_told_it_does_not_read_it(tmp_path, data_dir
     resumed = kdcli("train-student", "--out", tmp_path / "out", "--resume", "--force", "--quiet")  # --cache read back, not typed
     assert resumed.exit_code == 0 and "--cache" not in resumed.stderr, resumed.output
     assert "--cache" not in kdcli(*[a for a in student_args(data_dir, cache, tmp_path / "kd") if a != "--quiet"]).stderr
+
+
+def test_a_baseline_given_a_cache_of_a_subset_does_not_take_the_caches_subset(tmp_path, data_dir, teacher):
+    """The other way round: a cache of --subset 100 does not lend its subset to a baseline that reads no cache."""
+    assert kdcli(*dump_args(data_dir, teacher, tmp_path / "c.h5", "--subset", 100)).exit_code == 0
+    result = kdcli(*student_args(data_dir, tmp_path / "c.h5", tmp_path / "out", "--distillation-weight", 0))
+    assert result.exit_code == 0, result.output
+    assert "this student trains on --subset all, not the cache's --subset 100" in result.stderr
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["subset"] is None
 
 
 def test_an_empty_out_with_resume_is_a_usage_error_before_any_run_is_read_back(tmp_path, student, monkeypatch):

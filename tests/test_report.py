@@ -536,3 +536,21 @@ def test_a_folder_given_twice_by_a_relative_and_an_absolute_path_is_collected_on
     runs = collect(["sweep", tmp_path / "sweep"])
     assert len(runs) == 7
     assert [r["n"] for r in aggregate(runs)] == [4, 2, 1]
+
+
+def test_a_kd_setting_no_better_than_its_baseline_shows_a_difference_of_zero(tmp_path):
+    """A delta of exactly 0 (and, with no spread, an interval of [0, 0]) is a result, not a missing baseline."""
+    for seed in (1, 2):
+        make_run(tmp_path / f"base{seed}", 70.0, seed=seed, temperature=1.0, weight=0.0)
+        make_run(tmp_path / f"kd{seed}", 70.0, seed=seed, temperature=4.0, weight=0.1)
+    text = write_report(aggregate(collect([tmp_path])), tmp_path / "report")
+    assert "| lenet5 | 4 | 0.1 | 2 | 70.00 ± 0.00 | 70.00 | 70.00 | +0.00 [+0.00, +0.00] |" in text
+
+
+def test_a_report_written_again_replaces_its_files(tmp_path):
+    """A sweep run again writes its report into the same folder: the csv must hold the new rows only, once."""
+    runs = collect([make_sweep(tmp_path / "sweep")])
+    write_report(aggregate(runs), tmp_path / "a" / "b" / "report")  # folders that do not exist yet are made
+    write_report(aggregate(runs), tmp_path / "a" / "b" / "report")
+    with open(tmp_path / "a" / "b" / "report" / "results.csv", newline="") as f:
+        assert [r["n"] for r in csv.DictReader(f)] == ["4", "2", "1"]

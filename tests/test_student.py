@@ -186,6 +186,8 @@ def test_a_sweep_in_fp16_on_a_gpu_trains_its_students_one_at_a_time():
     assert (students_at_once(config, cuda), students_at_once(config, cpu)) == (0, 1)  # bf16: all at once on a GPU
     with pytest.warns(UserWarning, match="--amp fp16 trains students one at a time"):
         assert students_at_once(SweepConfig(parallel=4, amp="fp16"), cuda) == 1
+    with pytest.warns(UserWarning, match="--amp fp16 trains students one at a time"):  # the default, all at once, too
+        assert students_at_once(SweepConfig(parallel=0, amp="fp16"), cuda) == 1
     assert students_at_once(SweepConfig(parallel=1, amp="fp16"), cuda) == 1
 
 
