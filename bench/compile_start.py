@@ -29,7 +29,7 @@ from torch._dynamo.utils import counters  # noqa: E402
 
 from kdcli import augment  # noqa: E402
 from kdcli.dump import teacher_logits, view_labeller  # noqa: E402
-from kdcli.evaluate import autocast_dtype  # noqa: E402
+from kdcli.evaluate import autocast_dtype, model_from  # noqa: E402
 from kdcli.models import create_model  # noqa: E402
 
 
@@ -44,9 +44,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     torch.manual_seed(0)
-    model = create_model(args.model).to(device).eval()
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)  # as the dump's model_from
+    model = model_from({"model_name": args.model, "model": create_model(args.model).state_dict()}, device, args.model)  # as the dump loads it
     label = view_labeller(model, autocast_dtype(args.amp, device), True, args.batch_size)
     train = torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8, device=device)  # speed does not depend on pixels
     test = torch.randint(0, 256, (args.test_images, 3, 32, 32), dtype=torch.uint8, device=device)

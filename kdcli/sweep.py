@@ -94,10 +94,9 @@ def groups(configs: list, parallel: int) -> list:
     for c in configs:
         folder = Path(c.out)
         ckpt = folder / CHECKPOINT
-        state = peek_checkpoint(ckpt) if ckpt.exists() else None  # its options and progress, not its tensors
         finished = (folder / "summary.json").exists()
-        if state is None and finished:
-            state = state_of_config_json(folder)
+        # Its options and progress, not its tensors; a finished student's checkpoint may be deleted, its config.json not.
+        state = peek_checkpoint(ckpt) if ckpt.exists() else state_of_config_json(folder) if finished else None
         if state is not None:
             check_same_options(c, state, folder, "run the sweep with the options it started with, --force to train it again, or another --out")
         if finished:
