@@ -141,7 +141,7 @@ class DistillOptions:
 @dataclass
 class StudentConfig(DistillOptions, TrainOptions):
     model: str = "lenet5"  # architecture name (see `kdcli models`)
-    seed: int = 777  # initialisation and batch order (views come from the cache)
+    seed: int = 777  # initialisation and batch order; a baseline's augmentation too (a KD student's views come from the cache)
     temperature: float = 30.0  # softmax temperature T of the soft targets (0.001 to 10,000); 30: the best of the reference table
     out: str = "runs/student"  # run folder: config.json, metrics.jsonl, checkpoint.pt, summary.json
 

@@ -89,7 +89,7 @@ class Group:
     def start_folders(self):
         for r in self.runs:
             write_json(r.dir / "config.json", {**r.record, "kdcli_version": __version__, "git_commit": git_commit()})
-            (r.dir / "metrics.jsonl").unlink(missing_ok=True)
+            (r.dir / "metrics.jsonl").unlink(missing_ok=True)  # left by a run killed before its first checkpoint: epochs trained again
 
     def load(self, states):
         """Continue from the runs' checkpoints (one per run, all at the same epoch and step)."""
@@ -165,7 +165,7 @@ class Group:
             idx = order[:, i * B : (i + 1) * B]  # [S, b]
             if self.graph is not None and idx.shape[1] == B:
                 loss, hits = self.graph.step(idx)
-            else:  # CPU, or the smaller last batch of an epoch
+            else:  # no graph (not CUDA, or --no-cuda-graphs), or the smaller last batch of an epoch
                 loss, hits = self.train_step(idx, aug, soft)
             losses[i], correct[i] = loss, hits  # kept on the device: no host sync inside the step
             if on_step is not None:

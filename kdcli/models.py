@@ -15,10 +15,9 @@ from kdcli import KdcliError
 MODELS = {}  # name -> constructor(num_classes), aliases included
 
 
-def register(*names):
+def register(name):  # one name: an alias goes in ALIASES, so that canonical_name maps it back
     def add(constructor):
-        for name in names:
-            MODELS[name] = constructor
+        MODELS[name] = constructor
         return constructor
 
     return add
@@ -97,7 +96,8 @@ def resnet18(num_classes=10):
 
 @register("resnet8")
 def resnet8(num_classes=10):
-    """A small teacher (78,042 parameters) for CPU demos and smoke runs: 50x cheaper than resnet18."""
+    """A small teacher (78,042 parameters) for CPU demos and smoke runs: 1/44 of resnet18's FLOPs (25 M an image
+    against 1.1 G), a training step 21x faster on one CPU thread (batch 32, measured)."""
     return ResNet((16, 32, 64), (1, 1, 1), num_classes)
 
 

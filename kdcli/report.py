@@ -228,20 +228,20 @@ def check_comparable(runs, remedy=None):
 def aggregate(runs) -> list[dict]:
     """One row per setting, baseline first within each model, then by temperature."""
     check_comparable(runs)
-    groups: dict[tuple, list[float]] = {}
+    test: dict[tuple, list[float]] = {}  # setting -> its runs' test accuracies (val: held-out ones)
     val: dict[tuple, list[float]] = {}
     teacher_saw_val = set()  # settings with a run whose teacher trained on its held-out images
     for r in runs:
         setting = _setting(r["summary"])
-        groups.setdefault(setting, []).append(float(r["summary"]["test_accuracy"]))
+        test.setdefault(setting, []).append(float(r["summary"]["test_accuracy"]))
         if _is_number(r["summary"].get("val_accuracy")):
             val.setdefault(setting, []).append(float(r["summary"]["val_accuracy"]))
         if r["config"].get("teacher_saw_val_images"):
             teacher_saw_val.add(setting)
     # a baseline has the same hard weight as the KD runs it is compared with (it scales the CE loss)
-    baselines = {(model, hard): accs for (model, temperature, w, hard), accs in groups.items() if w == 0}
+    baselines = {(model, hard): accs for (model, temperature, w, hard), accs in test.items() if w == 0}
     rows = []
-    for setting, accs in sorted(groups.items(), key=lambda kv: _order(kv[0])):
+    for setting, accs in sorted(test.items(), key=lambda kv: _order(kv[0])):
         model, temperature, w, hard = setting
         base = baselines.get((model, hard)) if w != 0 else None
         ci = welch_ci(accs, base) if base else None
@@ -294,8 +294,13 @@ def _markdown(rows, teacher_accuracy, unfinished) -> str:
             delta = "no baseline" if r["delta"] is None else f"{_f(r['delta'], True)} [{ci}]"
         val = f" {_f(r['val_mean'])} ± {_f(r['val_std'])}{'*' * r['teacher_saw_val']} |" if validated else ""
         lines.append(f"| {r['model']} | {temperature} | {w} | {r['n']} |{val} {_f(r['mean'])} ± {_f(r['std'])} | {_f(r['min'])} | {_f(r['max'])} | {delta} |")
+    return "\n".join(lines) + "\n\n" + " ".join(_notes(rows, teacher_accuracy, unfinished)) + "\n"
+
+
+def _notes(rows, teacher_accuracy, unfinished) -> list[str]:
+    """The sentences under the table: what its numbers are, the setting validation picks, the teacher, what was left out."""
     notes = ["Test accuracy in %, final epoch, over seeds."]
-    if validated:
+    if _validated(rows):
         notes.append("val: accuracy on the training images held out by --val-size; choose a setting by it, and the test columns report that choice without selecting on the test set.")
         if any(r["teacher_saw_val"] for r in rows):
             notes.append("*: distilled from a teacher that trained on the held-out images, so this val accuracy favours KD.")
@@ -309,7 +314,7 @@ def _markdown(rows, teacher_accuracy, unfinished) -> str:
         notes.append(f"Teacher: {teacher_accuracy:.2f}%.")
     if unfinished:
         notes.append(f"{count(unfinished, 'run')} unfinished, left out.")
-    return "\n".join(lines) + "\n\n" + " ".join(notes) + "\n"
+    return notes
 
 
 def _setting_name(r) -> str:

@@ -411,9 +411,9 @@ def check_same_inputs(run):
             f"{run.dir} was trained with --allow-partial while {run.config.cache} had {count(was['cache_epochs'], 'complete epoch')}; it now "
             f"has {run.inputs['cache_epochs']}, and a student replays cached epoch e mod E: --force to train it again on all of them"
         )
-    if teacher := changed(CACHE_IDENTITY):
+    if cache := changed(CACHE_IDENTITY):
         raise KdcliError(
-            f"{run.dir} was trained from another cache than {run.config.cache} ({', '.join(teacher)}); "
+            f"{run.dir} was trained from another cache than {run.config.cache} ({', '.join(cache)}); "
             "pass that cache, or --force to train it again"
         )
 

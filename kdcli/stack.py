@@ -6,7 +6,7 @@
 LeNet-5 is so small that one student leaves a GPU idle between kernel launches.
 Stacking S students' weights and calling them through `torch.func.vmap` makes S
 small computations one batched one; capturing a whole step (views, forward, loss,
-backward, optimizer) as a CUDA graph makes ~100 launches one (group.Group uses both).
+backward, optimizer) as a CUDA graph makes ~120 launches one (group.Group uses both).
 """
 
 import copy
@@ -111,7 +111,7 @@ def stack_optimizer_states(states: list) -> dict:
 
 
 class GraphedStep:
-    """A training step captured once as a CUDA graph and replayed: one launch instead of ~100.
+    """A training step captured once as a CUDA graph and replayed: one launch instead of ~120.
 
     LeNet-5 steps are so small that a GPU spends them waiting for Python to launch
     kernels; replaying a graph removes that wait. The graph reads its inputs from

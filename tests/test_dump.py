@@ -591,6 +591,20 @@ def test_a_teacher_whose_logits_float16_cannot_hold_is_refused_not_stored_as_inf
         dump_logits(config(tmp_path / "f32", tmp_path / "big", data_dir, dtype="float32", epochs=1), progress=False)
 
 
+def test_a_float32_cache_of_large_finite_logits_is_read_not_called_damaged(tmp_path, teacher, data_dir):
+    """The dump stores them (its check sums in float64); 200 x 10 logits of 1e36 sum past float32's 3.4e38, so a
+    reader that took a float32 sum for its check would call the file damaged, and making it again would store the same."""
+    state = torch.load(teacher / "checkpoint.pt")
+    state["model"]["fc3.bias"] = torch.full((10,), 1e36)
+    (tmp_path / "big").mkdir()
+    torch.save(state, tmp_path / "big" / "checkpoint.pt")
+    cfg = config(tmp_path, tmp_path / "big", data_dir, dtype="float32", epochs=1)
+    dump_logits(cfg, progress=False)
+    with cache.open_cache(cfg.out) as c:
+        assert c.epoch(0)[1].min() > 1e35
+    dump.verify_cache(cfg.out, tmp_path / "big", k=50, device="cpu", data_dir=data_dir, download=False)  # its whole clean and test logits too
+
+
 def test_an_epoch_whose_logits_float16_cannot_hold_is_refused(tmp_path, teacher, data_dir, monkeypatch):
     """The clean images' logits fit, an augmented epoch's do not: refused as it is labelled, not written."""
     labels = dump.teacher_logits
