@@ -8,18 +8,19 @@
    pipeline (PIL transforms in DataLoader workers, fp32, plain loop);
 2. dump-logits images/s (the real `dump_logits`: augmentation + inference + HDF5 writing) vs bare
    inference of the same (compiled, on CUDA) teacher on views already augmented and normalised on the device;
-   and the dump's loop without its HDF5 writes, which splits the gap into HDF5's share and everything
-   else's (augmentation, the copy to the host, the parameter draws);
+   and the dump's own epoch loop with a writer that writes nothing, which splits the gap into HDF5's share
+   and everything else's (augmentation, the copy to the host, the parameter draws);
 3. student epoch (LeNet-5, batch 128): KD from the cache vs no KD (epochs of each in turn, 10 x repeat + 1
-   rounds, the median of each: their difference is as small as an epoch's noise), and vs the (eager)
-   teacher run online inside the student's step;
+   rounds, the median of each: their difference is as small as an epoch's noise), and vs the teacher run
+   online inside the student's step (not compiled; on CUDA replayed in the student's CUDA graph);
 4. S students trained batched (one Group, vmap) vs the same S one after another (S=1 is the same work
    on both sides: its ratio shows the noise of the others).
+The KD student's epoch in 3 and 4 is that median; the dump's images/s are of its --dump-epochs epochs, once.
 
 Data is synthetic uint8 of CIFAR-10's shape unless --data-dir is given (speed does not depend on
 pixel values); it is written as a CIFAR-10 folder so every stage reads it through its real loader.
-Each epoch is timed after one untimed warm-up epoch, with CUDA synchronised around it; seconds are
-per 50,000-image epoch, scaled when fewer images are timed (the table says from how many).
+Each measurement is the mean of --repeat epochs after one untimed warm-up epoch, with CUDA synchronised
+around them; seconds are per 50,000-image epoch, scaled when fewer images are timed (the table says from how many).
 --smoke (CI) proves that the script runs, not how fast anything is. Prints a table and writes it,
 with the command line, as JSON to --out.
 """
@@ -52,7 +53,7 @@ from kdcli.cache import open_cache
 from kdcli.checkpoint import save_atomic
 from kdcli.config import StudentConfig, TeacherConfig
 from kdcli.data import BATCH_FOLDER, TEST_FILE, TRAIN_FILES, NotOfficialDataWarning, load_cifar10, resolve_device
-from kdcli.dump import DumpConfig, dump_logits, teacher_logits, view_labeller
+from kdcli.dump import DumpConfig, _write_epochs, compiles, dump_logits, view_labeller
 from kdcli.evaluate import autocast_dtype, autocast_to, load_model
 from kdcli.group import Group
 from kdcli.models import create_model
@@ -60,11 +61,18 @@ from kdcli.runs import CachedTargets, DrawnAugmentation, Run
 
 FULL = 50_000  # images in a CIFAR-10 training epoch: every s/epoch is scaled to it
 BATCH = 128  # the reference recipe's batch, for teacher and students
-NO_STOP = SimpleNamespace(requested=False)  # Group.train_epoch's Ctrl-C flag, never set here
+NO_STOP = SimpleNamespace(requested=False)  # the Ctrl-C flag of Group.train_epoch and of the dump's loop, never set here
 # Smoke: ResNet18 trains at ~10 images/s on 2 CPU cores, so one small step per epoch; no worker processes.
 SMOKE = dict(images=64, teacher_images=16, students="1,2", dump_epochs=1, workers=0)
 # dump_epochs 5: a dump waits for its last epoch's write with nothing to overlap it, 1 epoch in 300 in real use.
 DEFAULT = dict(images=FULL, teacher_images=None, students="1,6,24", dump_epochs=5, workers=min(4, os.cpu_count() or 1))
+
+
+def at_least_one(text: str) -> int:
+    """A count flag's value: a whole number >= 1 (--repeat 0 would divide by zero after the first warm-up)."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return int(text)
 
 
 def parse_args(argv=None):
@@ -72,19 +80,22 @@ def parse_args(argv=None):
     p.add_argument("--smoke", action="store_true", help="tiny sizes: checks that the benchmark runs (CI)")
     p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     p.add_argument("--data-dir", help="folder holding cifar-10-batches-py/ (default: synthetic data)")
-    p.add_argument("--images", type=int, help=f"training images (default {FULL:,}; smoke {SMOKE['images']})")
-    p.add_argument("--teacher-images", type=int, help="images of the teacher-training row (default: --images)")
+    p.add_argument("--images", type=at_least_one, help=f"training images (default {FULL:,}; smoke {SMOKE['images']})")
+    p.add_argument("--teacher-images", type=at_least_one, help="images of the teacher-training row (default: --images)")
     p.add_argument("--students", help="S values of the batched-students rows (default 1,6,24; smoke 1,2)")
-    p.add_argument("--dump-epochs", type=int, help="augmented epochs dump-logits writes (default 5)")
+    p.add_argument("--dump-epochs", type=at_least_one, help="augmented epochs dump-logits writes (default 5)")
     p.add_argument("--workers", type=int, help="DataLoader workers of the classic pipeline (default 4)")
-    p.add_argument("--repeat", type=int, default=1, help="timed epochs per measurement, their mean reported (KD vs no KD: 10 x repeat + 1 rounds, their median)")
+    p.add_argument("--repeat", type=at_least_one, default=1, help="timed epochs per measurement, their mean reported (KD vs no KD: 10 x repeat + 1 rounds, their median)")
     p.add_argument("--out", default="bench/results/bench.json", help="JSON results file")
     args = p.parse_args(argv)
     for k, v in (SMOKE if args.smoke else DEFAULT).items():  # an explicit flag wins over the preset
         if getattr(args, k) is None:
             setattr(args, k, v)
     args.teacher_images = min(args.teacher_images or args.images, args.images)
-    args.students = [int(s) for s in args.students.split(",")]
+    try:
+        args.students = [at_least_one(s) for s in args.students.split(",")]
+    except argparse.ArgumentTypeError as e:
+        p.error(f"argument --students: {e}")
     return args
 
 
@@ -189,7 +200,8 @@ class ClassicCifar(torch.utils.data.Dataset):
 
 
 def classic_teacher_epoch(data, device, workers):
-    """The usual pipeline: CPU transforms in workers (restarted every epoch, the default), fp32, plain loop."""
+    """The usual pipeline: CPU transforms in workers (restarted every epoch, the default), fp32, plain loop.
+    cuDNN autotunes its convolutions too (resolve_device turns that on for the process), as usual scripts do."""
     transform = transforms.Compose([
         transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
         transforms.ToTensor(), transforms.Normalize(augment.MEAN, augment.STD),
@@ -221,7 +233,8 @@ def bench_teacher(data, device, args, tmp) -> dict:
     del group
     free_unreferenced()  # its weights, optimizer state and graph memory, before the baseline allocates its own
     classic = timed(classic_teacher_epoch(sub, device, args.workers), device, args.repeat, m)
-    return row("teacher", "teacher epoch ResNet18 [s]: kdcli loop vs classic DataLoader fp32", kdcli, classic, m)
+    what = f"teacher epoch ResNet18, batch {BATCH} [s]: kdcli vs classic torchvision DataLoader ({args.workers} workers, fp32)"
+    return row("teacher", what, kdcli, classic, m)
 
 
 # ---------------------------------------------------------------- 2. dump-logits
@@ -233,6 +246,35 @@ def ready_views(images, p, batch: int) -> torch.Tensor:
     return torch.cat([augment.normalize(augment.apply(images[i : i + batch], p[i : i + batch])) for i in range(0, len(images), batch)])
 
 
+def dump_labellers(teacher_path, config: DumpConfig, device) -> tuple:
+    """(labeller, teacher, autocast dtype) as dump_logits makes them: the labeller of views (its --amp, compiled with
+    the augmentation where the dump compiles), and the same teacher compiled alone there, for bare inference: the
+    ratio of the two is then the dump's own overhead."""
+    model, _ = load_model(teacher_path, device)  # eval mode, channels_last on CUDA, as in the dump
+    dtype, compiled = autocast_dtype(config.amp, device), compiles(config, device)
+    label = view_labeller(model, dtype, compiled, config.batch_size)
+    return label, torch.compile(model, dynamic=False) if compiled else model, dtype
+
+
+def bare_inference(model, views, batch: int, dtype):
+    """One call = one pass of model over ready views, batch by batch, under autocast to dtype: inference alone."""
+
+    @torch.no_grad()  # as the dump labels (teacher_logits)
+    def infer():
+        for i in range(0, len(views), batch):
+            with autocast_to(dtype):
+                model(views[i : i + batch])
+
+    return infer
+
+
+def dump_without_writes(config: DumpConfig, labeller, data):
+    """One call = the dump's own epoch loop over config.epochs epochs (epoch e+1 queued on the device before
+    epoch e is copied to the host and converted to its storage dtype), handed to a writer that writes nothing."""
+    writer = SimpleNamespace(epochs_complete=0, write_epoch=lambda e, aug, logits: None)
+    return lambda: _write_epochs(config, labeller, data, writer, False, NO_STOP)
+
+
 def bench_dump(data, data_dir, teacher_path, device, args, tmp) -> tuple:
     """The real dump_logits into a temp HDF5 file vs bare inference. Its summary times only its epoch loop,
     which follows a warm-up (its un-augmented pass over the same images) and ends with its last epoch written."""
@@ -242,30 +284,14 @@ def bench_dump(data, data_dir, teacher_path, device, args, tmp) -> tuple:
         subset=n, device=device.type, download=False, quiet=True,
     )  # fmt: skip
     dump = dump_logits(config, progress=False)["images_per_s"]
-    model, _ = load_model(teacher_path, device)  # eval mode, channels_last on CUDA, as in the dump
-    cuda, b = device.type == "cuda", config.batch_size
-    dtype = autocast_dtype(config.amp, device)
-    label = view_labeller(model, dtype, cuda, b)  # as the dump labels views (its --amp, --compile): augmentation compiled with the teacher
-    model = torch.compile(model, dynamic=False) if cuda else model  # the same compiled teacher: the ratio is the dump's own overhead
-    autocast = autocast_to(dtype)  # as the dump's --amp
-    x = ready_views(data.train_images, augment.params(0, 0, n), b)
-
-    @torch.no_grad()
-    def bare():
-        for i in range(0, n, b):
-            with autocast:
-                model(x[i : i + b])
-
-    bare_per_s = FULL / timed(bare, device, args.repeat, n)
-
-    def without_io():  # the dump's epoch loop minus the HDF5 writes: splits its overhead into augmentation and I/O
-        for e in range(args.dump_epochs):
-            teacher_logits(label, data.train_images, augment.params(0, e, n), b).cpu()
-
-    no_io_per_s = FULL / timed(without_io, device, args.repeat, n * args.dump_epochs)
+    label, teacher, dtype = dump_labellers(teacher_path, config, device)
+    views = ready_views(data.train_images, augment.params(0, 0, n), config.batch_size)
+    bare = FULL / timed(bare_inference(teacher, views, config.batch_size, dtype), device, args.repeat, n)
+    no_io = FULL / timed(dump_without_writes(config, label, data), device, args.repeat, n * args.dump_epochs)
+    same = "the same compiled teacher" if compiles(config, device) else "the same teacher"
     rows = [
-        row("dump", "dump-logits [img/s]: augment + infer + HDF5 vs bare inference", dump, bare_per_s, n * args.dump_epochs, "img/s"),
-        row("dump_no_io", "dump-logits without HDF5 [img/s]: all but HDF5 vs bare", no_io_per_s, bare_per_s, n * args.dump_epochs, "img/s"),
+        row("dump", f"dump-logits [img/s]: augment + infer + HDF5 vs bare inference of {same} on ready views", dump, bare, n * args.dump_epochs, "img/s"),
+        row("dump_no_io", "dump-logits without HDF5 [img/s]: all but HDF5 vs bare", no_io, bare, n * args.dump_epochs, "img/s"),
     ]
     return rows, Path(config.out)
 
@@ -295,8 +321,8 @@ def bench_students(data, cache_path, teacher_path, device, args, tmp) -> list:
         teacher, _ = load_model(teacher_path, device)  # eval mode, channels_last on CUDA: as a real teacher
         online = epoch([student(tmp)], [DrawnAugmentation(0, n)], teacher)
         rows = [
-            {**row("student_vs_no_kd", "student epoch LeNet-5 [s]: KD from cache vs no KD (median of rounds)", one, no_kd, n), "rounds": rounds},
-            row("student_vs_online", "student epoch LeNet-5 [s]: KD from cache vs eager teacher online", one, online, n),
+            {**row("student_vs_no_kd", f"student epoch LeNet-5 [s]: KD from the cache vs no KD (median of {len(rounds['kd'])} rounds)", one, no_kd, n), "rounds": rounds},
+            row("student_vs_online", "student epoch LeNet-5 [s]: KD from the cache vs the teacher run online (not compiled)", one, online, n),
         ]
         for s in args.students:  # one after another = S x one student's epoch: each run is the same work
             batched = epoch([student(tmp, seed) for seed in range(s)], [cached] * s)

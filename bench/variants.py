@@ -42,14 +42,14 @@ import torch
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from bench import FULL, free_unreferenced, group_epoch, ready_views, save_teacher, student, timed, timed_rounds, write_synthetic_cifar
+from bench import FULL, bare_inference, dump_labellers, dump_without_writes, free_unreferenced, group_epoch, ready_views, save_teacher, student, timed, timed_rounds, write_synthetic_cifar
 from kdcli import augment, cache, losses
 from kdcli import group as group_module
 from kdcli.cache import open_cache
 from kdcli.config import TeacherConfig
 from kdcli.data import NotOfficialDataWarning, load_cifar10, resolve_device
 from kdcli.dump import DumpConfig, dump_logits, teacher_logits, view_labeller
-from kdcli.evaluate import autocast_dtype, autocast_to, load_model
+from kdcli.evaluate import autocast_dtype, model_from
 from kdcli.group import Group
 from kdcli.models import create_model
 from kdcli.optimizer import make_optimizer
@@ -141,42 +141,31 @@ def infer_variants(data, device, args):
     n = len(data.train_labels) // max(args.batches) * max(args.batches)  # no ragged last batch at any size
     x = ready_views(data.train_images[:n], augment.params(0, 0, n), 1024)  # the views of a dump epoch, ready on the device
     torch.manual_seed(0)
-    plain = create_model(args.model).to(device, memory_format=torch.channels_last if device.type == "cuda" else torch.preserve_format).eval()
+    plain = model_from({"model_name": args.model, "model": create_model(args.model).state_dict()}, device, args.model)  # as the dump loads it
     for bn in (m for m in plain.modules() if isinstance(m, torch.nn.BatchNorm2d)):
         bn.running_var.uniform_(0.5, 2.0)  # statistics of a trained net, so that folding has something to fold
     models = {"eager": plain, "batch norm folded": fold_batchnorm(copy.deepcopy(plain))}
     if device.type == "cuda":  # kdcli compiles on CUDA only
         models["compiled"] = torch.compile(plain, dynamic=False)
-    autocast = torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda")
+    dtype = autocast_dtype("bf16", device)  # the dump's default --amp
     for b in args.batches:
         for name, model in models.items():
-
-            @torch.inference_mode()
-            def infer():
-                for i in range(0, n, b):
-                    with autocast:
-                        model(x[i : i + b])
-
+            infer = bare_inference(model, x, b, dtype)
             print(f"infer    {name:20s} batch {b:5d} {FULL / timed(infer, device, args.repeat, n):12,.0f} img/s", flush=True)
 
 
 def dump_variants(data, data_dir, device, args, tmp):
     """dump-logits' epoch loop as kdcli runs it, at each batch size, against: its HDF5 writes done in the
-    main thread (before the disk thread), no writes at all, no writes with the views built by eager kernels
-    around the compiled teacher (before the augmentation was compiled with it), and bare inference on ready
-    views. Epochs are compiled, warm, and written to a real cache."""
+    main thread (before the disk thread), no writes at all (the dump's own loop, writing nothing), no writes
+    with the views built by eager kernels around the compiled teacher (before the augmentation was compiled
+    with it), and bare inference on ready views. Epochs are compiled, warm, and written to a real cache."""
     n, teacher = len(data.train_labels), save_teacher(tmp / "teacher.pt", args.model)
-    cuda = device.type == "cuda"
     for b in args.batches:
         config = DumpConfig(teacher=str(teacher), epochs=args.repeat, batch_size=b, out=str(tmp / f"dump{b}.h5"),
                             data_dir=str(data_dir), subset=n, device=device.type, download=False, quiet=True)  # fmt: skip
         print(f"dump     {'kdcli dump-logits':36s} batch {b:5d} {dump_logits(config)['images_per_s']:12,.0f} img/s", flush=True)
-    model, _ = load_model(teacher, device)
-    dtype = autocast_dtype(config.amp, device)
-    label = view_labeller(model, dtype, cuda, config.batch_size)  # as the dump labels views (its --amp, --compile): augmentation compiled with the teacher
-    compiled = torch.compile(model, dynamic=False) if cuda else model
-    b, path = config.batch_size, Path(config.out)  # the largest batch; its cache is rewritten in place
-    autocast = autocast_to(dtype)
+    label, compiled, dtype = dump_labellers(teacher, config, device)  # at the largest batch
+    b, path = config.batch_size, Path(config.out)  # its cache is rewritten in place
 
     def writes_in_main_thread():
         with h5py.File(path, "r+") as f:
@@ -187,28 +176,12 @@ def dump_variants(data, data_dir, device, args, tmp):
                 logits = teacher_logits(label, data.train_images, aug, b).cpu().numpy().astype(np.float16)
                 writer.write_epoch(e, aug.numpy(), logits)
 
-    def no_writes():
-        for e in range(args.repeat):
-            teacher_logits(label, data.train_images, augment.params(0, e, n), b).cpu()
-
     label_eager_views = view_labeller(compiled, dtype, False, b)  # kdcli before: only the teacher compiled
-
-    def views_built_eagerly():
-        for e in range(args.repeat):
-            teacher_logits(label_eager_views, data.train_images, augment.params(0, e, n), b).cpu()
-
-    x = ready_views(data.train_images, augment.params(0, 0, n), b)
-
-    @torch.inference_mode()
-    def bare():
-        for _ in range(args.repeat):
-            for i in range(0, n, b):
-                with autocast:
-                    compiled(x[i : i + b])
-
-    for name, loop in {"HDF5 writes in the main thread": writes_in_main_thread, "no HDF5 writes": no_writes,
-                       "no HDF5 writes, views built eagerly": views_built_eagerly, "bare inference, views ready": bare}.items():  # fmt: skip
+    for name, loop in {"HDF5 writes in the main thread": writes_in_main_thread, "no HDF5 writes": dump_without_writes(config, label, data),
+                       "no HDF5 writes, views built eagerly": dump_without_writes(config, label_eager_views, data)}.items():  # fmt: skip
         print(f"dump     {name:36s} batch {b:5d} {FULL / timed(loop, device, 1, n * args.repeat):12,.0f} img/s", flush=True)
+    bare = bare_inference(compiled, ready_views(data.train_images, augment.params(0, 0, n), b), b, dtype)
+    print(f"dump     {'bare inference, views ready':36s} batch {b:5d} {FULL / timed(bare, device, args.repeat, n):12,.0f} img/s", flush=True)
 
 
 def kd_variants(data, data_dir, device, args, tmp):

@@ -30,6 +30,18 @@ def test_smoke_benchmark_writes_every_measurement(tmp_path):
     assert "--smoke: sizes so small that these numbers only show the benchmark runs" in proc.stdout
 
 
+def test_a_count_below_one_is_refused_before_any_measurement(tmp_path):
+    """--repeat 0 divided by zero after the teacher's warm-up, in a traceback; now a usage error, at once."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench.py"), "--smoke", "--device", "cpu", "--repeat", "0", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "argument --repeat: must be a whole number >= 1, got '0'" in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
 def test_smoke_variants_print_every_section():
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "variants.py"), "--smoke", "--device", "cpu"],
