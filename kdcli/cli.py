@@ -387,6 +387,9 @@ def report(
     out: str = typer.Option("", help="where to write results.md/csv/png (default: the folder given, when one is)", **_metavar(str)),
 ):
     """Aggregate finished runs: mean, spread and the difference to the baseline, per setting."""
+    if "" in runs:  # "" is the current folder to Path: `kdcli report "$SWEEP"` with SWEEP unset would write its results.md there
+        typer.echo("error: FOLDER must not be empty: pass run folders or a folder holding them (a sweep)", err=True)
+        raise typer.Exit(2)
     if not out and len(runs) > 1:  # the first folder's own results.md (a sweep's) would be replaced by the combined one
         typer.echo(f"error: {len(runs)} folders given: pass --out FOLDER for their combined report", err=True)
         raise typer.Exit(2)

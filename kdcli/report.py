@@ -25,6 +25,7 @@ import json
 import math
 import os
 import statistics
+import warnings
 from pathlib import Path
 
 from kdcli import KdcliError, count
@@ -397,6 +398,6 @@ def write_report(rows, out_dir, teacher_accuracy=None, unfinished: int = 0) -> s
             (out / "results.png").unlink(missing_ok=True)
     except OSError as e:
         raise KdcliError(f"cannot write the report into {out}: {e.strerror or e}; pass --out a folder you can write") from None
-    if not plotted:
-        text += "results.png skipped: matplotlib is not installed (pip install 'kdcli[plot]' for the plot)\n"
+    if not plotted:  # a warning, not a line of the returned table: `kdcli sweep > table.md` keeps the table alone
+        warnings.warn("results.png skipped: matplotlib is not installed (pip install 'kdcli[plot]' for the plot)", stacklevel=2)
     return text

@@ -747,6 +747,16 @@ def test_report_on_a_missing_folder(tmp_path):
     assert not (tmp_path / "nowhere").exists()
 
 
+def test_report_of_an_empty_folder_name_is_refused(tmp_path, student, monkeypatch):
+    """`kdcli report "$SWEEP"` with SWEEP unset: "" is the current folder, whose runs it would report and whose
+    results.md (a project's own, say) it would replace."""
+    shutil.copytree(student, tmp_path / "run")
+    (tmp_path / "results.md").write_text("the project's notes")
+    monkeypatch.chdir(tmp_path)
+    assert_refused(kdcli("report", ""), "FOLDER must not be empty", codes=(2,))
+    assert (tmp_path / "results.md").read_text() == "the project's notes" and not (tmp_path / "results.csv").exists()
+
+
 def test_cache_info_on_a_missing_file(tmp_path):
     assert_refused(kdcli("cache-info", tmp_path / "nope.h5"), "no cache at", codes=(1,))
 
@@ -1082,6 +1092,9 @@ def test_report_names_the_plot_only_where_it_wrote_one(tmp_path, student, monkey
     table_only = kdcli("report", student, "--out", tmp_path / "without")
     assert table_only.exit_code == 0 and f"-> {tmp_path / 'without' / 'results.md'} (and results.csv beside it)" in table_only.stderr
     assert not (tmp_path / "without" / "results.png").exists()
+    # the missing plot is said on stderr: stdout (`kdcli report ... > table.md`) holds the table alone
+    assert table_only.stdout.strip() == (tmp_path / "without" / "results.md").read_text().strip()
+    assert "warning: results.png skipped: matplotlib is not installed (pip install 'kdcli[plot]' for the plot)" in table_only.stderr
 
 
 def test_a_resumed_student_keeps_its_own_data_dir_over_the_one_its_cache_recorded(tmp_path, data_dir, cache):
