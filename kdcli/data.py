@@ -82,6 +82,7 @@ def load_cifar10(data_dir=DATA_DIR, device="cpu", subset=None, download=True, va
                 f"no CIFAR-10 at {folder}{lacks}: drop the --no-download flag to fetch it, "
                 f"or point --data-dir at a folder holding {BATCH_FOLDER}/"
             )
+        _check_download_overwrites_no_copy(folder, missing)
         _download(Path(data_dir))
     mismatched = [name for name in OFFICIAL_MD5 if _md5(folder / name) != OFFICIAL_MD5[name]]
     if mismatched:
@@ -187,6 +188,17 @@ def _check_batch(path, pixels: np.ndarray, labels: np.ndarray):
 
 def _md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def _check_download_overwrites_no_copy(folder: Path, missing: list):
+    """A download unpacks every official file into the folder: where the files it has are another copy's (a re-encoded
+    one lacking a batch), it would replace them, so it is refused. Official files (a cut download) are replaced by the same."""
+    other = [name for name in OFFICIAL_MD5 if name not in missing and _md5(folder / name) != OFFICIAL_MD5[name]]
+    if other:
+        raise KdcliError(
+            f"{folder} lacks {', '.join(missing)}, and a download would replace its {', '.join(other)}, which are not the "
+            f"official files: complete that copy, or point --data-dir at another folder to download CIFAR-10 there"
+        )
 
 
 def _download(root: Path):

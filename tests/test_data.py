@@ -132,6 +132,27 @@ def test_missing_folder_downloads_when_allowed(tmp_path, monkeypatch):
     assert calls == [tmp_path] and len(data.train_labels) == TRAIN_IMAGES
 
 
+def test_a_copy_lacking_a_batch_is_not_downloaded_over(data_dir, tmp_path, monkeypatch):
+    """A re-encoded copy lacking one batch: the download would unpack the official files over the others."""
+    monkeypatch.setattr(data_module, "_download", lambda root: pytest.fail("must not download"))
+    folder = copy_folder(data_dir, tmp_path)
+    (folder / BATCH_FOLDER / "data_batch_5").unlink()
+    before = (folder / BATCH_FOLDER / "data_batch_1").read_bytes()
+    with pytest.raises(KdcliError, match=r"lacks data_batch_5, and a download would replace its data_batch_1, .*test_batch, which are not the official"):
+        load_cifar10(folder, download=True)
+    assert (folder / BATCH_FOLDER / "data_batch_1").read_bytes() == before
+
+
+def test_official_files_lacking_a_batch_are_downloaded_again(data_dir, tmp_path, monkeypatch):
+    """A cut download: what is there is official, so unpacking the release again replaces nothing but with itself."""
+    monkeypatch.setattr(data_module, "OFFICIAL_MD5", {name: data_module._md5(data_dir / BATCH_FOLDER / name) for name in OFFICIAL_MD5})
+    folder = copy_folder(data_dir, tmp_path)
+    (folder / BATCH_FOLDER / "data_batch_5").unlink()
+    calls = []
+    monkeypatch.setattr(data_module, "_download", lambda root: calls.append(root) or write_cifar_folder(root))
+    assert len(load_cifar10(folder, download=True).train_labels) == TRAIN_IMAGES and calls == [folder]
+
+
 def truncate(path):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
