@@ -191,6 +191,22 @@ def test_a_sweep_in_fp16_on_a_gpu_trains_its_students_one_at_a_time():
     assert students_at_once(SweepConfig(parallel=1, amp="fp16"), cuda) == 1
 
 
+def test_kd_students_stacked_with_a_baseline_train_as_each_would_alone(tmp_path, data_dir, cache_path):
+    """A sweep's group mixes temperatures and a baseline in one vmapped step: each student's loss, gradient and
+    weights are its own, equal to a sweep that trains it alone up to the rounding of vmapped convolutions."""
+    shared = dict(temperatures=(2.0, 30.0), seeds=(1,), epochs=2, batch_size=64, lr_milestones=(), device="cpu", quiet=True,
+                  data_dir=str(data_dir), cache=str(cache_path))  # fmt: skip
+    sweep(SweepConfig(parallel=3, out=str(tmp_path / "stacked"), **shared), progress=False)
+    sweep(SweepConfig(parallel=1, out=str(tmp_path / "alone"), **shared), progress=False)
+    for student in ("T2/seed1", "T30/seed1", "baseline/seed1"):
+        stacked, alone = tmp_path / "stacked" / student, tmp_path / "alone" / student
+        assert json.loads((stacked / "summary.json").read_text())["trained_together"] == 3
+        for name, w in weights(stacked).items():
+            torch.testing.assert_close(w, weights(alone)[name], atol=1e-5, rtol=0, msg=f"{student} {name}")
+        losses = [json.loads(line)["train_loss"] for line in (stacked / "metrics.jsonl").read_text().splitlines()]
+        assert losses == pytest.approx([json.loads(line)["train_loss"] for line in (alone / "metrics.jsonl").read_text().splitlines()], rel=1e-4)
+
+
 def test_fp16_stacks_students_where_it_does_not_run():
     """fp16's loss scale is a CUDA matter: on a CPU (autocast off) --parallel is honoured, without a warning."""
     with warnings.catch_warnings():
