@@ -144,7 +144,7 @@ def test_a_copy_lacking_a_batch_is_not_downloaded_over(data_dir, tmp_path, monke
 
 
 def test_official_files_lacking_a_batch_are_downloaded_again(data_dir, tmp_path, monkeypatch):
-    """A cut download: what is there is official, so unpacking the release again replaces nothing but with itself."""
+    """A cut download: the files there are official, so unpacking the release again replaces each with itself."""
     monkeypatch.setattr(data_module, "OFFICIAL_MD5", {name: data_module._md5(data_dir / BATCH_FOLDER / name) for name in OFFICIAL_MD5})
     folder = copy_folder(data_dir, tmp_path)
     (folder / BATCH_FOLDER / "data_batch_5").unlink()
