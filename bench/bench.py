@@ -246,12 +246,12 @@ def ready_views(images, p, batch: int) -> torch.Tensor:
     return torch.cat([augment.normalize(augment.apply(images[i : i + batch], p[i : i + batch])) for i in range(0, len(images), batch)])
 
 
-def dump_labellers(teacher_path, config: DumpConfig, device) -> tuple:
+def dump_labellers(teacher_path, config: DumpConfig, device, compiled: bool) -> tuple:
     """(labeller, teacher, autocast dtype) as dump_logits makes them: the labeller of views (its --amp, compiled with
-    the augmentation where the dump compiles), and the same teacher compiled alone there, for bare inference: the
-    ratio of the two is then the dump's own overhead."""
+    the augmentation where the dump compiles: `compiled`, dump.compiles's answer), and the same teacher compiled alone
+    there, for bare inference: the ratio of the two is then the dump's own overhead."""
     model, _ = load_model(teacher_path, device)  # eval mode, channels_last on CUDA, as in the dump
-    dtype, compiled = autocast_dtype(config.amp, device), compiles(config, device)
+    dtype = autocast_dtype(config.amp, device)
     label = view_labeller(model, dtype, compiled, config.batch_size)
     return label, torch.compile(model, dynamic=False) if compiled else model, dtype
 
@@ -284,11 +284,12 @@ def bench_dump(data, data_dir, teacher_path, device, args, tmp) -> tuple:
         subset=n, device=device.type, download=False, quiet=True,
     )  # fmt: skip
     dump = dump_logits(config, progress=False)["images_per_s"]
-    label, teacher, dtype = dump_labellers(teacher_path, config, device)
+    compiled = compiles(config, device)  # once: without Triton it warns
+    label, teacher, dtype = dump_labellers(teacher_path, config, device, compiled)
     views = ready_views(data.train_images, augment.params(0, 0, n), config.batch_size)
     bare = FULL / timed(bare_inference(teacher, views, config.batch_size, dtype), device, args.repeat, n)
     no_io = FULL / timed(dump_without_writes(config, label, data), device, args.repeat, n * args.dump_epochs)
-    same = "the same compiled teacher" if compiles(config, device) else "the same teacher"
+    same = "the same compiled teacher" if compiled else "the same teacher"
     rows = [
         row("dump", f"dump-logits [img/s]: augment + infer + HDF5 vs bare inference of {same} on ready views", dump, bare, n * args.dump_epochs, "img/s"),
         row("dump_no_io", "dump-logits without HDF5 [img/s]: all but HDF5 vs bare", no_io, bare, n * args.dump_epochs, "img/s"),

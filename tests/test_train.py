@@ -860,6 +860,7 @@ def test_a_compiled_run_compiles_once_also_across_a_resume(tmp_path, data_dir, m
     teach(config(tmp_path, "run", data_dir, model="resnet8", epochs=2, resume=True))
     assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
 
+
 def test_model_stack_forward_and_member_state():
     torch.manual_seed(0)
     models = [create_model("lenet5") for _ in range(3)]
