@@ -64,7 +64,7 @@ def write_lock(path):
     truncating the file under the first. HDF5's own lock is off here (see _open), and would not cover
     the temporary file anyway."""
     if Path(path).is_dir():  # refused before a lock file is left beside it
-        raise KdcliError(f"cannot write {path}: it is a folder; pass --out a file path such as {Path(path) / 'logits.h5'}")
+        raise _a_folder(path)
     lock_path = Path(f"{path}.lock")
     try:
         lock_path.parent.mkdir(parents=True, exist_ok=True)
@@ -74,10 +74,18 @@ def write_lock(path):
     except OSError as e:
         raise KdcliError(f"cannot write {path}: {e.strerror or e}") from None
     try:
-        lock_or_refuse(fd, f"{path} is being written by another dump-logits (it holds {lock_path}): wait for it, or pass another --out")
+        lock_or_refuse(fd, _busy(path))
         yield
     finally:
         os.close(fd)
+
+
+def _a_folder(path) -> KdcliError:
+    return KdcliError(f"cannot write {path}: it is a folder; pass --out a file path such as {Path(path) / 'logits.h5'}")
+
+
+def _busy(path) -> str:
+    return f"{path} is being written by another dump-logits (it holds {path}.lock): wait for it, or pass another --out"
 
 
 def resume_point(path, identity: dict, force: bool, keep_complete: bool = False) -> int | None:
@@ -106,8 +114,13 @@ def resume_point(path, identity: dict, force: bool, keep_complete: bool = False)
 def check_may_write(path):
     """Refuse an `--out` naming a file that is not a cache kdcli wrote (of any format version, or one too damaged
     to read), --force or not: a mistyped --out naming a checkpoint, a notebook or someone's dataset must not be
-    overwritten, nor get a .lock file beside it."""
+    overwritten, nor get a .lock file beside it. A folder, and a cache another dump is writing, are refused too:
+    write_lock refuses them again, as it takes the lock."""
     path = Path(path)
+    if path.is_dir():
+        raise _a_folder(path)
+    if is_locked(f"{path}.lock"):
+        raise KdcliError(_busy(path))
     if not path.is_file():
         return
     with open(path, "rb") as f:

@@ -26,10 +26,12 @@ from kdcli.cache import cache_info as read_info
 from kdcli.config import ConfigError, StudentConfig, TeacherConfig, TrainOptions, check_paths, flag
 from kdcli.data import CLASSES, recorded_data_dir
 from kdcli.dump import DumpConfig, dump_logits, verify_cache
+from kdcli.dump import check_can_start as dump_can_start
 from kdcli.evaluate import evaluate as evaluate_checkpoint
 from kdcli.models import ALIASES, MODELS, parameter_count
-from kdcli.runs import LOCK, check_cache_is_there, options_of_inputs, recorded_options
+from kdcli.runs import LOCK, check_cache_is_there, check_can_start, options_of_inputs, recorded_options
 from kdcli.sweep import SweepConfig, sweep
+from kdcli.sweep import check_can_start as sweep_can_start
 from kdcli.train import train_student, train_teacher
 
 app = typer.Typer(
@@ -106,8 +108,9 @@ def _refused_flag(name: str, why: str) -> inspect.Parameter:
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=typer.Option(False, flag(name), hidden=True, help=why, callback=refuse), annotation=bool)
 
 
-def command_from(cls, name: str, run):
-    """Register `kdcli NAME` with one option per field of dataclass `cls`; `run(config)` does the work."""
+def command_from(cls, name: str, run, can_start):
+    """Register `kdcli NAME` with one option per field of dataclass `cls`; `run(config)` does the work, after
+    `can_start(config)`, the library's refusals that need no data, has let it."""
     hints = typing.get_type_hints(cls)
     helps = _field_help(cls)
     hidden = getattr(cls, "cli_hidden", {})  # field -> why a command lacks it: hidden fields keep their defaults
@@ -139,8 +142,16 @@ def command_from(cls, name: str, run):
         with bad_values_as_usage_errors():
             check_paths(options)  # before --resume reads a run back from --out "" (the current folder)
         with errors_as_one_line(resume_flag=any(f.name == "resume" for f in shown)):
-            options, typed = options_as_run(cls, ctx, options)
-            config = make_config(cls, options)  # a usage error first: a warning about a run that never starts misleads
+            # What reading options back says is said once the command can run: before a usage error or a refusal, a
+            # note or warning about a run that never starts misleads, and the error is to be the one line printed.
+            with warnings.catch_warnings(record=True) as held:
+                options, typed, read_back = options_as_run(cls, ctx, options)
+                config = make_config(cls, options)
+                can_start(config)
+            for w in held:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+            if read_back:
+                typer.echo(read_back, err=True)
             if "cache" in typed and options.get("distillation_weight") == 0:
                 warn_cache_not_read(options)
             run(config)
@@ -153,10 +164,10 @@ def command_from(cls, name: str, run):
     app.command(name)(command)
 
 
-def options_as_run(cls, ctx, options: dict) -> tuple[dict, set]:
-    """The options a command runs with, and the names of those typed on its command line. A typed one always
-    wins; else a training run's --resume reads the run's own back; else --data-dir and --subset are those the
-    teacher or cache recorded; else the default."""
+def options_as_run(cls, ctx, options: dict) -> tuple[dict, set, str]:
+    """The options a command runs with, the names of those typed on its command line, and the line that says
+    what was read from its input (with_images_of_inputs). A typed one always wins; else a training run's --resume
+    reads the run's own back; else --data-dir and --subset are those the teacher or cache recorded; else the default."""
     typed = {name for name in options if ctx.get_parameter_source(name).name != "DEFAULT"}
     given = typed  # and what --resume reads back: options with_images_of_inputs leaves alone
     # With --force too: `--resume --force` trains the run again with its own options. A dump's --resume only keeps
@@ -164,20 +175,21 @@ def options_as_run(cls, ctx, options: dict) -> tuple[dict, set]:
     if options.get("resume") and issubclass(cls, TrainOptions):
         recorded = recorded_back(cls, options, given)
         options, given = {**options, **recorded}, given | set(recorded)  # a run's own images come before its inputs'
-    return with_images_of_inputs(options, given), typed
+    options, read_back = with_images_of_inputs(options, given)
+    return options, typed, read_back
 
 
-def with_images_of_inputs(options: dict, given: set) -> dict:
+def with_images_of_inputs(options: dict, given: set) -> tuple[dict, str]:
     """--data-dir and --subset, where not given, are those the teacher's run or the cache recorded: a dump labels,
-    and a student learns, the images its teacher was trained on. Said even with --quiet: nothing else shows it."""
+    and a student learns, the images its teacher was trained on. The line that says so ("" where none) is to be
+    said even with --quiet: nothing else shows it."""
     recorded = options_of_inputs(options)  # {} for a teacher, which reads no earlier stage
     read = {k: v for k, v in recorded.items() if k not in given and v != options[k]}
     source = f"the teacher's run {options.get('teacher')}" if "teacher" in options else f"the cache {options.get('cache')}"
     if "data_dir" in recorded and "data_dir" not in given:  # the default `data` too: from another folder, it is another one
         recorded_data_dir(recorded, source)
-    if read:
-        typer.echo(f"{' '.join(f'{flag(k)} {v}' for k, v in read.items())}: as {source} recorded (pass others to override)", err=True)
-    return {**options, **read}
+    said = f"{' '.join(f'{flag(k)} {v}' for k, v in read.items())}: as {source} recorded (pass others to override)" if read else ""
+    return {**options, **read}, said
 
 
 def warn_cache_not_read(options: dict):
@@ -321,10 +333,10 @@ def _sweep(config):
     typer.echo(f"{count(result['students'], 'student')} ({result['trained_now']} trained now) -> {config.out}/results.md", err=True)
 
 
-command_from(TeacherConfig, "train-teacher", _train_teacher)
-command_from(DumpConfig, "dump-logits", _dump_logits)
-command_from(StudentConfig, "train-student", _train_student)
-command_from(SweepConfig, "sweep", _sweep)
+command_from(TeacherConfig, "train-teacher", _train_teacher, check_can_start)
+command_from(DumpConfig, "dump-logits", _dump_logits, dump_can_start)
+command_from(StudentConfig, "train-student", _train_student, check_can_start)
+command_from(SweepConfig, "sweep", _sweep, sweep_can_start)
 
 
 @app.command()

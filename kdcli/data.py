@@ -84,14 +84,6 @@ def load_cifar10(data_dir=DATA_DIR, device="cpu", subset=None, download=True, va
             )
         _check_download_overwrites_no_copy(folder, missing)
         _download(Path(data_dir))
-    mismatched = [name for name in OFFICIAL_MD5 if _md5(folder / name) != OFFICIAL_MD5[name]]
-    if mismatched:
-        warnings.warn(
-            f"{folder}: {', '.join(mismatched)} differ from the official files: not the official "
-            "CIFAR-10 release, so accuracy is not comparable to published numbers",
-            NotOfficialDataWarning,
-            stacklevel=2,
-        )
     train_images, train_labels = _read_batches([folder / name for name in TRAIN_FILES])
     test_images, test_labels = _read_batches([folder / TEST_FILE])
     if subset is not None:
@@ -100,6 +92,14 @@ def load_cifar10(data_dir=DATA_DIR, device="cpu", subset=None, download=True, va
         train_images, train_labels = train_images[:subset], train_labels[:subset]
     if not 0 <= val_size < len(train_labels):
         raise KdcliError(f"--val-size must be between 0 and {len(train_labels) - 1} (the training images less one), got {val_size}")
+    mismatched = [name for name in OFFICIAL_MD5 if _md5(folder / name) != OFFICIAL_MD5[name]]
+    if mismatched:  # after the errors of --subset and --val-size: a warning just before an error is noise
+        warnings.warn(
+            f"{folder}: {', '.join(mismatched)} differ from the official files: not the official "
+            "CIFAR-10 release, so accuracy is not comparable to published numbers",
+            NotOfficialDataWarning,
+            stacklevel=2,
+        )
     keep = len(train_labels) - val_size
     return Cifar10(
         train_images=train_images[:keep].to(device),

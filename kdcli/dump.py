@@ -128,11 +128,10 @@ def dump_logits(config: DumpConfig, progress: bool = True) -> dict:
     device = resolve_device(config.device)
     state, teacher_sha256 = read_checkpoint(teacher_path)  # the hash of the weights labelled with, even if the file is replaced since
     model, teacher_model = model_from(state, device, teacher_path), canonical_name(state["model_name"])
-    _check_finished(config.teacher, teacher_path, state)  # before the lock: a refused teacher leaves no file behind
-    cache.check_may_write(config.out)
+    unfinished = _check_finished(config.teacher, teacher_path, state)  # before the lock: a refused teacher leaves no file behind
+    check_can_start(config)
     with cache.write_lock(config.out):  # a second dump is refused before it reads the data
         dtype = autocast_dtype(config.amp, device)
-        labeller = view_labeller(model, dtype, compiles(config, device), config.batch_size)  # compiled on CUDA only
         data = load_cifar10(config.data_dir, device, config.subset, config.download)
         identity = {
             "teacher_sha256": teacher_sha256, "train_fingerprint": data.fingerprint,
@@ -140,6 +139,10 @@ def dump_logits(config: DumpConfig, progress: bool = True) -> dict:
             "teacher_precision": str(dtype or torch.float32).removeprefix("torch."),
         }  # fmt: skip
         start = cache.resume_point(config.out, identity, config.force, keep_complete=config.resume)
+        # Warnings once the dump is checked to go on (or to keep its cache): just before a refusal they are noise.
+        if unfinished:
+            warnings.warn(f"{teacher_path} is the checkpoint of a teacher that has not finished training ({unfinished})", stacklevel=2)
+        labeller = view_labeller(model, dtype, compiles(config, device), config.batch_size)  # compiled on CUDA only
         if start is None:
             seen = _images_seen(state, len(data.train_labels)) if _trained_on_these(state, data, config) else 0
             # On a CPU these passes take longer than an epoch of the dump: said before them.
@@ -172,6 +175,12 @@ def dump_logits(config: DumpConfig, progress: bool = True) -> dict:
     }
 
 
+def check_can_start(config: DumpConfig):
+    """What of --out can be refused before the teacher and the data load: the CLI checks it before it says what it
+    read back from the teacher."""
+    cache.check_may_write(config.out)
+
+
 def _teacher_path(teacher) -> Path:
     """The checkpoint file of --teacher (a run folder or the file itself), or the one line that says why there is none."""
     path = checkpoint_file(teacher)
@@ -182,12 +191,13 @@ def _teacher_path(teacher) -> Path:
     return path
 
 
-def _check_finished(teacher, path, state):
+def _check_finished(teacher, path, state) -> str | None:
     """A run folder whose training has not ended is refused: its checkpoint is a teacher half trained
-    (stopped by Ctrl-C, or still training), and every student of the cache would learn from it."""
+    (stopped by Ctrl-C, or still training), and every student of the cache would learn from it. The checkpoint
+    file given itself is the user's choice: how far it trained is returned, for a warning."""
     epochs = (state.get("config") or {}).get("epochs")
     if not epochs or "epoch" not in state or (state["epoch"] >= epochs and not state.get("step")):
-        return  # finished, or a checkpoint that does not say
+        return None  # finished, or a checkpoint that does not say
     where = training_reached(state)
     if Path(teacher).is_dir():
         if in_use(teacher):
@@ -195,7 +205,7 @@ def _check_finished(teacher, path, state):
         kind = run_kind(state.get("config") or {})  # a student may teach too
         raise KdcliError(f"the teacher in {teacher} has not finished training ({where}): resume it (kdcli train-{kind} "
                          f"--out {teacher} --resume), or pass --teacher {path} to label with it as it is")  # fmt: skip
-    warnings.warn(f"{path} is the checkpoint of a teacher that has not finished training ({where})", stacklevel=2)
+    return where
 
 
 def _teacher_test_accuracy(model, data, state, amp, labelled) -> float:

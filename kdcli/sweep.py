@@ -22,7 +22,7 @@ from kdcli.checkpoint import CHECKPOINT, peek_checkpoint
 from kdcli.config import ConfigError, DistillOptions, StudentConfig, TrainOptions, check_no_repeats, check_seed, check_temperature
 from kdcli.runs import LOCK, check_same_inputs, check_same_options, check_sweep_can_start, claim_folder, forget_run, runs_below, state_of_config_json
 from kdcli.stack import stackable
-from kdcli.train import device_and_data, open_student_cache, student_runs, train_runs
+from kdcli.train import device_and_data, open_student_cache, student_runs, train_runs, warn_of_cache
 
 
 @dataclass
@@ -87,19 +87,25 @@ def student_configs(config: SweepConfig) -> list:
     return configs
 
 
+def started(c: StudentConfig) -> dict | None:
+    """A student's options and progress where it started already (None where not), checked to be the options asked
+    for now: a student, finished or not, is kept only if it trained with them."""
+    folder = Path(c.out)
+    ckpt = folder / CHECKPOINT
+    # Its options and progress, not its tensors; a finished student's checkpoint may be deleted, its config.json not.
+    state = peek_checkpoint(ckpt) if ckpt.exists() else state_of_config_json(folder) if (folder / "summary.json").exists() else None
+    if state is not None:
+        check_same_options(c, state, folder, "run the sweep with the options it started with, --force to train it again, or another --out")
+    return state
+
+
 def groups(configs: list, parallel: int) -> list:
     """Unfinished students in groups that can train together: same resume point, at most `parallel` each.
-    A student, finished or not, is kept only if it trained with the options asked for now."""
+    A student, finished or not, is kept only if it trained with the options asked for now (started)."""
     by_start = {}
     for c in configs:
-        folder = Path(c.out)
-        ckpt = folder / CHECKPOINT
-        finished = (folder / "summary.json").exists()
-        # Its options and progress, not its tensors; a finished student's checkpoint may be deleted, its config.json not.
-        state = peek_checkpoint(ckpt) if ckpt.exists() else state_of_config_json(folder) if finished else None
-        if state is not None:
-            check_same_options(c, state, folder, "run the sweep with the options it started with, --force to train it again, or another --out")
-        if finished:
+        state = started(c)
+        if (Path(c.out) / "summary.json").exists():
             continue
         start = (0, 0)
         if state is not None:
@@ -113,16 +119,20 @@ def students_at_once(config: SweepConfig, device) -> int:
     """--parallel as it can be honoured on `device` (0: all)."""
     if not stackable(config.model):  # e.g. batch norm: vmap keeps no running statistics per student
         return 1
-    if config.amp == "fp16" and device.type == "cuda":
-        if config.parallel != 1:  # one loss scale per stack: a student's overflow would skip its stack-mates' steps
-            warnings.warn("--amp fp16 trains students one at a time (each needs its own loss scale); --amp bf16 stacks them", stacklevel=3)
-        return 1
+    if config.amp == "fp16" and device.type == "cuda":  # one loss scale per stack: a student's overflow would skip its stack-mates' steps
+        return 1  # said by warn_unstacked, once the sweep is checked
     if config.parallel == 0 and device.type == "cpu":
         # A vmapped convolution runs as a grouped one, which on CPUs made 6 LeNet-5 students slower than 6
         # trained one after another (2 cores: 50x in a first probe, 1.4x in bench/README's run 5);
         # stacking pays where kernels launch, on GPUs.
         return 1
     return config.parallel
+
+
+def warn_unstacked(config: SweepConfig, device):
+    """Where students_at_once trains one at a time for --amp fp16, not as --parallel asked."""
+    if stackable(config.model) and config.amp == "fp16" and device.type == "cuda" and config.parallel != 1:
+        warnings.warn("--amp fp16 trains students one at a time (each needs its own loss scale); --amp bf16 stacks them", stacklevel=2)
 
 
 def _forget_on_refusal(folders, exc_type, exc, tb):
@@ -190,11 +200,20 @@ def _train_groups(todo: list, runs: dict, config: SweepConfig, data, device, sto
         train_runs([runs[c.out] for c in members], data, device, progress=progress, in_sweep=True, stop=stop)
 
 
+def check_can_start(config: SweepConfig):
+    """What can be refused before the data and cache load (a refusal then costs nothing): the sweep's folder, the
+    cache its KD students read (baselines alone, with no temperatures, read none), and the options of the students
+    it started already, but with --force, which trains them again. groups() checks these again, under their locks."""
+    check_sweep_can_start(Path(config.out), config.cache if config.temperatures else None)
+    if not config.force:
+        for c in student_configs(config):
+            started(c)
+
+
 def sweep(config: SweepConfig, progress=True) -> dict:
     """Train every student of the sweep that is not finished yet, then write the report."""
     progress = progress and not config.quiet
-    # Before the data and cache load, a refusal costs nothing; baselines alone (no temperatures) read no cache.
-    check_sweep_can_start(Path(config.out), config.cache if config.temperatures else None)
+    check_can_start(config)
     device, data = device_and_data(config)
     configs = student_configs(config)
     kd = [c for c in configs if c.distillation_weight > 0]
@@ -214,8 +233,12 @@ def sweep(config: SweepConfig, progress=True) -> dict:
                     check_same_inputs(r)
             todo = groups(configs, parallel)
             to_train = sum(map(len, todo))
+            # Warnings once every student is checked: just before a refusal they are noise.
+            if kd:
+                warn_of_cache(runs[kd[0].out])
             if todo:
                 config.warn_ineffective()
+                warn_unstacked(config, device)
             if progress:
                 print(f"{count(len(configs), 'student')}: {len(configs) - to_train} finished before, {to_train} to train", file=sys.stderr, flush=True)
             _train_groups(todo, runs, config, data, device, stop, progress)

@@ -59,6 +59,8 @@ def _train_claimed(runs, data, device, teacher, progress, stop, in_sweep) -> lis
     for r, state in zip(runs, states):
         if state is not None:  # resumed, or finished and kept: the same images and soft targets as before
             check_same_inputs(r)
+    if not in_sweep:
+        warn_of_cache(runs[0])
     if all(s == "done" for s in states):  # kept (--resume): "kept" tells the caller nothing trained now
         return [{**read_json(r.dir / "summary.json"), "kept": True} for r in runs]
     if any(s == "done" for s in states) or len({((s or {}).get("epoch", 0), (s or {}).get("step", 0)) for s in states}) > 1:
@@ -175,21 +177,26 @@ def open_student_cache(config: StudentConfig, data):
 
     if config.distillation_weight == 0:
         return None
-    cache = open_cache(config.cache, data.fingerprint, data.num_classes, config.allow_partial, data.num_before_split)  # it labels the held-out images too
-    if seen := teacher_saw_val_images(cache, data):
+    return open_cache(config.cache, data.fingerprint, data.num_classes, config.allow_partial, data.num_before_split)  # it labels the held-out images too
+
+
+def warn_of_cache(run):
+    """What a student should know of the cache it reads, from its inputs (student_runs): said once its folder and
+    inputs are checked, as it trains or is kept, since a warning just before a refusal is noise."""
+    config, inputs = run.config, run.inputs
+    if seen := inputs.get("teacher_saw_val_images"):
         warnings.warn(
-            f"the teacher of {config.cache} trained on {seen} of the {len(data.val_labels)} images --val-size holds out: "
+            f"the teacher of {config.cache} trained on {seen} of the {config.val_size} images --val-size holds out: "
             "its soft targets carry what it learned from them, so validation accuracy favours KD; "
             "train the teacher with the same --subset and --val-size for a fair choice",
             stacklevel=2,
         )
-    if cache.epochs_complete < config.epochs:
+    if inputs.get("cache_epochs", config.epochs) < config.epochs:
         warnings.warn(
-            f"{config.cache} has {count(cache.epochs_complete, 'epoch')} for a {config.epochs}-epoch student: "
-            f"student epoch e reuses cached epoch e mod {cache.epochs_complete}",
+            f"{config.cache} has {count(inputs['cache_epochs'], 'epoch')} for a {config.epochs}-epoch student: "
+            f"student epoch e reuses cached epoch e mod {inputs['cache_epochs']}",
             stacklevel=2,
         )
-    return cache
 
 
 def train_student(config: StudentConfig, progress=True) -> dict:

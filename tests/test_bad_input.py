@@ -1119,3 +1119,140 @@ def test_a_folder_in_use_is_refused_before_any_data_is_loaded(tmp_path, cache, c
     with claim_folder(out):
         assert_refused(kdcli(*args), f"{out} is in use by another kdcli", codes=(1,))
     assert not no_data.exists()
+
+
+# ---------------------------------------------------------------- nothing said before a refusal
+
+
+def assert_one_error(result, *words, codes=(1, 2)):
+    """Refused, and the error is all that is printed: no warning or note first about a command that never runs
+    (a usage error keeps click's Usage and Try lines around it)."""
+    assert result.exit_code in codes, result.output
+    said = [line for line in (result.stdout + result.stderr).splitlines() if line.strip() and not line.startswith(("Usage:", "Try "))]
+    assert len(said) == 1 and said[0].startswith(("error: ", "Error: ")), result.output
+    for word in words:
+        assert word in said[0], (word, result.output)
+
+
+READ_BACK = {  # a command given no --data-dir, whose input recorded one: "--data-dir ...: as ... recorded" were it to run
+    "train-student": lambda cache, teacher_run, out: ["train-student", "--epochs", 1, "--lr-milestones", "", "--cache", cache, "--out", out, *CPU],
+    "dump-logits": lambda cache, teacher_run, out: ["dump-logits", "--teacher", teacher_run, "--epochs", 2, "--out", out, *CPU],
+    "sweep": lambda cache, teacher_run, out: ["sweep", "--epochs", 1, "--lr-milestones", "", "--seeds", 1, "--cache", cache, "--out", out, *CPU],
+}
+
+
+@pytest.mark.parametrize("command", READ_BACK)
+def test_options_read_back_are_not_said_before_a_usage_error(tmp_path, cache, teacher_run, command):
+    assert_one_error(kdcli(*READ_BACK[command](cache, teacher_run, tmp_path / "out"), "--epochs", 0), "--epochs", codes=(2,))
+
+
+OUT_REFUSED = {  # what --out holds -> the words of its refusal, which needs no data
+    "finished run": "holds a finished run",
+    "folder": "it is a folder",
+    "cache being written": "is being written by another dump-logits",
+    "file": "is a file, not a folder",
+}
+
+
+@pytest.mark.parametrize("command,out_holds", [("train-student", "finished run"), ("dump-logits", "folder"), ("dump-logits", "cache being written"), ("sweep", "file")])
+def test_options_read_back_are_not_said_before_out_is_refused(tmp_path, cache, teacher_run, command, out_holds):
+    from kdcli.cache import write_lock
+
+    out = tmp_path / "out"
+    args = READ_BACK[command](cache, teacher_run, out)
+    if out_holds == "finished run":
+        assert kdcli(*args).exit_code == 0
+    elif out_holds == "folder":
+        out.mkdir()
+    elif out_holds == "file":
+        out.write_text("")
+    with write_lock(out) if out_holds == "cache being written" else contextlib.nullcontext():  # another dump-logits
+        assert_one_error(kdcli(*args), OUT_REFUSED[out_holds], codes=(1,))
+
+
+@pytest.mark.parametrize("refused", [["--epochs", 0], ["--cache", "no-cache.h5"]], ids=["bad value", "no cache"])
+def test_a_run_of_the_other_kind_forced_over_is_said_to_be_replaced_only_once_the_command_can_start(tmp_path, teacher_run, refused, monkeypatch):
+    """`--resume --force` over a teacher's run warns that a student's replaces it: not where the student is refused."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(teacher_run, tmp_path / "run")
+    result = kdcli("train-student", "--out", tmp_path / "run", "--resume", "--force", *CPU, *refused)
+    assert_one_error(result, refused[0] if refused[0] == "--epochs" else "no cache at no-cache.h5")
+
+
+def test_a_baseline_refused_for_its_folder_is_not_warned_about_the_cache_it_would_not_read(tmp_path, data_dir, cache, student):
+    """Its --subset differs from the cache's: a warning, were it to train, but --out holds a finished run."""
+    result = kdcli(*student_args(data_dir, cache, student, "--distillation-weight", 0, "--subset", 100))
+    assert_one_error(result, "holds a finished run", codes=(1,))
+
+
+def test_a_student_refused_is_not_warned_about_its_cache_first(tmp_path, data_dir, cache, other_cache):
+    """Its cache has 2 epochs for a 3-epoch student, whose teacher saw the images --val-size holds out: said as the
+    student trains, and as it is kept, but not where it is refused (here: resumed from another cache)."""
+    out, options = tmp_path / "run", ["--epochs", 3, "--val-size", 50]
+    warned = ("--val-size holds out", "has 2 epochs for a 3-epoch student")
+    trained = kdcli(*student_args(data_dir, cache, out, *options))
+    assert trained.exit_code == 0 and all(w in trained.stderr for w in warned), trained.output
+    kept = kdcli(*student_args(data_dir, cache, out, *options, "--resume"))
+    assert kept.exit_code == 0 and "kept" in kept.stdout and all(w in kept.stderr for w in warned), kept.output
+    assert_one_error(kdcli(*student_args(data_dir, other_cache, out, *options, "--resume")), "was trained from another cache than", codes=(1,))
+
+
+@pytest.mark.parametrize("refused", ["other options", "other cache"])
+def test_a_sweep_refused_is_not_warned_about_its_cache_first(tmp_path, data_dir, cache, other_cache, refused):
+    """As above, for the students of a sweep run again otherwise: with another --lr, or from another cache."""
+    out, options = tmp_path / "sweep", ["--epochs", 3, "--val-size", 50]
+    trained = kdcli(*sweep_args(data_dir, cache, out, *options))
+    assert trained.exit_code == 0 and "has 2 epochs for a 3-epoch student" in trained.stderr, trained.output
+    again = sweep_args(data_dir, cache, out, *options, "--lr", 0.05) if refused == "other options" else sweep_args(data_dir, other_cache, out, *options)
+    assert_one_error(kdcli(*again), "was trained with other options" if refused == "other options" else "was trained from another cache", codes=(1,))
+
+
+def test_a_sweep_in_fp16_on_a_gpu_refused_is_not_warned_that_it_trains_its_students_one_at_a_time(tmp_path, data_dir, cache, other_cache, monkeypatch):
+    """Said as its students are about to train (here on a GPU pretended: nothing reaches it), not where it is refused."""
+    import kdcli.sweep as sweep_module
+
+    assert kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep", "--amp", "fp16")).exit_code == 0
+    on_cpu = sweep_module.device_and_data
+    monkeypatch.setattr(sweep_module, "device_and_data", lambda config: (torch.device("cuda"), on_cpu(config)[1]))
+    assert_one_error(kdcli(*sweep_args(data_dir, other_cache, tmp_path / "sweep", "--amp", "fp16")), "was trained from another cache", codes=(1,))
+
+    def train_groups(*args):  # in place of training on the pretended GPU
+        raise KdcliError("the students train now")
+
+    monkeypatch.setattr(sweep_module, "_train_groups", train_groups)
+    trains = kdcli(*sweep_args(data_dir, cache, tmp_path / "new", "--amp", "fp16"))
+    assert trains.stderr.splitlines()[-2:] == ["warning: --amp fp16 trains students one at a time (each needs its own loss scale); --amp bf16 stacks them",
+                                               "error: the students train now"], trains.output  # fmt: skip
+
+
+@pytest.mark.parametrize("other,words", [(["--lr", 0.05], "trained with other options"), (["--model", "resnet8"], "holds a lenet5, not a resnet8")], ids=["lr", "model"])
+def test_a_sweep_run_again_with_other_options_is_refused_before_its_data_loads(tmp_path, data_dir, cache, other, words):
+    """As a single run's --resume is (runs.check_can_start): at once, not after the data (and any warning about it)."""
+    assert kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep")).exit_code == 0
+    assert_one_error(kdcli(*sweep_args(tmp_path / "no-data", cache, tmp_path / "sweep", *other)), words, codes=(1,))
+    assert not (tmp_path / "no-data").exists()
+    forced = kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep", *other, "--force", "--parallel", 1))
+    assert forced.exit_code == 0, forced.output  # --force trains them again
+
+
+@pytest.mark.filterwarnings("default::kdcli.data.NotOfficialDataWarning")
+@pytest.mark.parametrize("option", [["--subset", 201], ["--val-size", 200]])
+def test_a_subset_or_val_size_beyond_the_images_is_refused_without_a_warning_about_them_first(tmp_path, data_dir, option):
+    """The tiny data is not the official release: a warning where it trains, not where its options are refused."""
+    assert "differ from the official files" in kdcli(*teacher_args(data_dir, tmp_path / "ok")).stderr
+    assert_one_error(kdcli(*teacher_args(data_dir, tmp_path / "out", *option)), option[0], codes=(1,))
+
+
+def test_a_dump_refused_is_not_warned_first_that_its_teacher_is_unfinished_or_labels_uncompiled(tmp_path, data_dir, teacher, cache, monkeypatch):
+    """The checkpoint file of a teacher stopped part-way (the user's choice), on a GPU without Triton: two warnings
+    where the dump goes on, none where its --out is refused (a cache of another teacher, without --force)."""
+    from kdcli import dump
+
+    monkeypatch.setattr(dump, "triton_found", lambda: False)
+    real = dump.compiles
+    monkeypatch.setattr(dump, "compiles", lambda config, device: real(config, torch.device("cuda")))  # as on a GPU without Triton
+    torch.save({**torch.load(teacher), "epoch": 1, "config": {"epochs": 3}}, tmp_path / "half.pt")
+    shutil.copy(cache, tmp_path / "c.h5")
+    assert_one_error(kdcli(*dump_args(data_dir, tmp_path / "half.pt", tmp_path / "c.h5")), "was made with other settings", codes=(1,))
+    forced = kdcli(*dump_args(data_dir, tmp_path / "half.pt", tmp_path / "c.h5", "--force"))
+    assert forced.exit_code == 0 and "has not finished training (epoch 1 of 3)" in forced.stderr and "finds no Triton" in forced.stderr, forced.output

@@ -184,10 +184,10 @@ def test_a_sweep_in_fp16_on_a_gpu_trains_its_students_one_at_a_time():
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     config = SweepConfig(parallel=0, device="cpu")
     assert (students_at_once(config, cuda), students_at_once(config, cpu)) == (0, 1)  # bf16: all at once on a GPU
-    with pytest.warns(UserWarning, match="--amp fp16 trains students one at a time"):
-        assert students_at_once(SweepConfig(parallel=4, amp="fp16"), cuda) == 1
-    with pytest.warns(UserWarning, match="--amp fp16 trains students one at a time"):  # the default, all at once, too
-        assert students_at_once(SweepConfig(parallel=0, amp="fp16"), cuda) == 1
+    for parallel in (4, 0):  # 0, the default, all at once, too
+        assert students_at_once(SweepConfig(parallel=parallel, amp="fp16"), cuda) == 1
+        with pytest.warns(UserWarning, match="--amp fp16 trains students one at a time"):  # said as the sweep starts training
+            sweep_module.warn_unstacked(SweepConfig(parallel=parallel, amp="fp16"), cuda)
     assert students_at_once(SweepConfig(parallel=1, amp="fp16"), cuda) == 1
 
 
@@ -212,6 +212,7 @@ def test_fp16_stacks_students_where_it_does_not_run():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert students_at_once(SweepConfig(parallel=4, amp="fp16"), torch.device("cpu")) == 4
+        sweep_module.warn_unstacked(SweepConfig(parallel=4, amp="fp16"), torch.device("cpu"))
 
 
 def test_all_unfinished_students_at_one_resume_point_train_as_one_group_when_parallel_is_0(tmp_path):
