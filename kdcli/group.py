@@ -247,6 +247,8 @@ class Group:
                 **({"val_accuracy": self.val_accuracy[s] if evaluated else None} if self.validating else {}),
                 "seconds": round(seconds, 4),
                 "images_per_s": round(self.num_images / seconds, 1),
+                # Per epoch, not only in summary.json: a resumed sweep may regroup a student, and the group sets its rounding.
+                "trained_together": self.size,
             }
             # On disk before any checkpoint counts this epoch (this one's, or a stop's before the next): a power cut
             # must not lose the line. One small fsync an epoch.

@@ -325,11 +325,13 @@ def _setting_name(r) -> str:
 def _write_csv(rows, path: Path, teacher_accuracy=None):
     with open(path, "w", newline="") as f:
         accuracies = ACCURACY_COLUMNS + (VAL_COLUMNS if _validated(rows) else [])
-        writer = csv.DictWriter(f, fieldnames=SETTING_COLUMNS + accuracies + ["teacher_test_accuracy"])  # the teacher: a paper table's first row
+        starred = ["teacher_saw_val"] if _validated(rows) else []  # the table's star: a val accuracy that favours KD
+        writer = csv.DictWriter(f, fieldnames=SETTING_COLUMNS + accuracies + starred + ["teacher_test_accuracy"])  # the teacher: a paper table's first row
         writer.writeheader()
         teacher = "" if teacher_accuracy is None else round(teacher_accuracy, 2)
         for r in rows:  # plain numbers, empty for n/a; accuracies rounded as in the table
-            writer.writerow({**{k: r[k] for k in SETTING_COLUMNS}, **{k: "" if r[k] is None else round(r[k], 2) for k in accuracies}, "teacher_test_accuracy": teacher})
+            writer.writerow({**{k: r[k] for k in SETTING_COLUMNS}, **{k: "" if r[k] is None else round(r[k], 2) for k in accuracies},
+                             **{k: r[k] for k in starred}, "teacher_test_accuracy": teacher})  # fmt: skip
 
 
 def _plot(rows, path: Path, teacher_accuracy) -> bool:

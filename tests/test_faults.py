@@ -141,15 +141,19 @@ def metrics(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def assert_same_run(run_dir, reference, loss_rel=0.0):
+def assert_same_run(run_dir, reference, loss_rel=0.0, groups=None):
     """Same final weights, bit for bit, and the same metrics.jsonl (timing aside), one line per epoch.
-    `loss_rel`: students that resumed in a stack of another size log a train_loss whose last digit may differ."""
+    `loss_rel`: students that resumed in a stack of another size log a train_loss whose last digit may differ;
+    `groups`: the size of the stack that ended each of their epochs."""
     a, b = load_checkpoint(run_dir)["model"], load_checkpoint(reference)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), run_dir
     rows, expected = ([{k: v for k, v in r.items() if k not in TIMING} for r in metrics(d)] for d in (run_dir, reference))
     assert [r["epoch"] for r in rows] == list(range(1, EPOCHS + 1))
     if loss_rel:
         assert [r.pop("train_loss") for r in rows] == pytest.approx([r.pop("train_loss") for r in expected], rel=loss_rel)
+    if groups:
+        assert [r.pop("trained_together") for r in rows] == groups, run_dir
+        assert {r.pop("trained_together") for r in expected} == {len(SWEEP_RUNS)}
     assert rows == expected
     assert (run_dir / "summary.json").exists()
 
@@ -298,8 +302,9 @@ def test_sweep_killed_mid_checkpoint_resumes_each_student_from_its_own(tmp_path,
     assert status == -signal.SIGKILL
     assert [load_checkpoint(tmp_path / "sweep" / run)["epoch"] for run in SWEEP_RUNS] == [2, 2, 1, 1, 1, 1]
     ok(hooks, *args)
-    for run in SWEEP_RUNS:
-        assert_same_run(tmp_path / "sweep" / run, stacked_sweep_reference / run, loss_rel=1e-5)
+    for i, run in enumerate(SWEEP_RUNS):
+        groups = [6, 6, 2] if i < 2 else [6, 4, 4]
+        assert_same_run(tmp_path / "sweep" / run, stacked_sweep_reference / run, loss_rel=1e-5, groups=groups)
 
 
 def test_resume_after_a_torn_metrics_line(tmp_path, hooks, data_dir, root, torn_teacher, teacher_reference):

@@ -459,6 +459,8 @@ def test_a_val_accuracy_of_students_whose_teacher_saw_the_held_out_images_is_sta
     assert "| lenet5 | baseline | 0 | 2 | 71.00 ± 0.00 | 70.00 ± 0.00 |" in text  # its own runs trained without a teacher
     assert "| lenet5 | 4 | 0.1 | 2 | 74.00 ± 0.00* | 71.00 ± 0.00 |" in text
     assert "*: distilled from a teacher that trained on the held-out images, so this val accuracy favours KD." in text
+    with open(tmp_path / "report" / "results.csv", newline="") as f:  # the star in the csv too, where a paper's table is made from
+        assert [(r["val_mean"], r["teacher_saw_val"]) for r in csv.DictReader(f)] == [("71.0", "False"), ("74.0", "True")]
 
 
 def test_the_best_by_validation_is_chosen_within_each_model(tmp_path):

@@ -5,6 +5,8 @@ the steps it would take with its teacher run online on the same views.
 """
 
 import json
+import os
+import signal
 import warnings
 
 import h5py
@@ -14,7 +16,7 @@ from conftest import write_lenet_teacher
 
 import kdcli.group as group_module
 import kdcli.sweep as sweep_module
-from kdcli import KdcliError
+from kdcli import Interrupted, KdcliError
 from kdcli.cache import open_cache
 from kdcli.config import ConfigError, StudentConfig, TeacherConfig
 from kdcli.data import load_cifar10
@@ -269,6 +271,29 @@ def test_a_sweep_adding_students_of_another_recipe_or_teacher_to_a_folder_is_ref
         assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "sweep").rglob("*")) == before
     sweep(SweepConfig(temperatures=(30.0,), seeds=(1,), baseline=False, epochs=1, cache=str(cache_path), **shared), progress=False)
     assert [(r["temperature"], r["n"]) for r in aggregate(collect([tmp_path / "sweep"]))] == [(None, 1), (4.0, 1), (30.0, 1)]
+
+
+def test_a_student_regrouped_when_its_sweep_resumes_records_the_group_of_each_epoch(tmp_path, data_dir, cache_path, monkeypatch):
+    """A sweep stopped after epoch 1 of students stacked in pairs, resumed one at a time: each student's digits
+    depend on its groups (README, Reproducibility), so its folder must say it was in both, not only the last."""
+    config = dict(temperatures=(4.0,), seeds=(1,), epochs=2, batch_size=64, lr_milestones=(), device="cpu", quiet=True,
+                  data_dir=str(data_dir), cache=str(cache_path), out=str(tmp_path / "sweep"))  # fmt: skip
+    end_epoch = group_module.Group.end_epoch
+
+    def ctrl_c_after_epoch_1(group, seconds):
+        end_epoch(group, seconds)
+        if group.epoch == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(group_module.Group, "end_epoch", ctrl_c_after_epoch_1)
+        with pytest.raises(Interrupted, match="interrupted after epoch 1 of 2"):
+            sweep(SweepConfig(parallel=2, **config), progress=False)
+    sweep(SweepConfig(parallel=1, **config), progress=False)
+    for student in ("baseline/seed1", "T4/seed1"):
+        lines = (tmp_path / "sweep" / student / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(line)["trained_together"] for line in lines] == [2, 1], student
+        assert json.loads((tmp_path / "sweep" / student / "summary.json").read_text())["trained_together"] == 1  # the group it finished in
 
 
 def test_a_grid_over_the_distillation_weight_is_one_sweep_per_weight_and_one_report(tmp_path, data_dir, cache_path):

@@ -38,7 +38,7 @@ from kdcli.stack import ModelStack, split_optimizer_state, stack_optimizer_state
 from kdcli.train import train_runs, train_student, train_teacher
 
 STEPS = 4  # ceil(200 / 64)
-METRICS = {"epoch", "lr", "train_loss", "train_accuracy", "test_accuracy", "seconds", "images_per_s"}
+METRICS = {"epoch", "lr", "train_loss", "train_accuracy", "test_accuracy", "seconds", "images_per_s", "trained_together"}
 TIMING = {"seconds", "images_per_s"}  # the only metrics that may differ between identical runs
 
 
