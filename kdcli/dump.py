@@ -32,7 +32,7 @@ from kdcli.config import check_choices, check_paths, check_seed, check_types, re
 from kdcli.data import load_cifar10, recorded_data_dir, resolve_device
 from kdcli.evaluate import autocast_dtype, autocast_to, model_from, predict, recorded_precision, top1, triton_found
 from kdcli.models import canonical_name
-from kdcli.runs import as_recorded_now, in_use, run_kind
+from kdcli.runs import as_recorded_now, in_use, machine, run_kind
 
 
 @dataclass
@@ -152,6 +152,7 @@ def dump_logits(config: DumpConfig, progress: bool = True) -> dict:
             attrs = {
                 **identity, "teacher_model": teacher_model, "teacher_train_images": seen,
                 "teacher_test_accuracy": _teacher_test_accuracy(model, data, state, config.amp, test),
+                **machine(device),  # where it started: the file's attributes never change after creation (cache.py)
             }  # fmt: skip
             _create_cache(config, labeller, data, attrs, teacher_path, test)
         seconds = 0.0

@@ -33,7 +33,7 @@ from kdcli.evaluate import autocast_dtype, autocast_to, evaluate_stack
 from kdcli.losses import distillation_loss, soft_targets
 from kdcli.models import create_model
 from kdcli.optimizer import learning_rate, make_optimizer
-from kdcli.runs import append_line, git_commit, plain, truncate_metrics, write_json
+from kdcli.runs import append_line, git_commit, machine, plain, truncate_metrics, write_json
 from kdcli.stack import GraphedStep, ModelStack, split_optimizer_state, stack_optimizer_states
 
 
@@ -72,6 +72,7 @@ class Group:
         self.forward = torch.compile(self.stack) if compiled else self.stack
         dtype = autocast_dtype(config.amp, device)
         self.autocast = autocast_to(dtype)
+        self.precision = str(dtype or torch.float32).removeprefix("torch.")  # what --amp came to here: float32 on a CPU
         # fp16 gradients underflow without a loss scale (bf16 has float32's range). With a fused optimizer the
         # scaler's skip of an overflowed step happens on the device, so a CUDA graph captures it.
         fp16 = dtype == torch.float16
@@ -86,9 +87,13 @@ class Group:
         self.test_accuracy = self.val_accuracy = [None] * self.size
         self.train_loss = self.train_accuracy = [None] * self.size
 
+    def ran_with(self) -> dict:
+        """The code and machine computing the runs now (their options say what was asked: --device auto, --amp on a CPU)."""
+        return {"kdcli_version": __version__, "git_commit": git_commit(), **machine(self.device), "precision": self.precision}
+
     def start_folders(self):
         for r in self.runs:
-            write_json(r.dir / "config.json", {**r.record, "kdcli_version": __version__, "git_commit": git_commit()})
+            write_json(r.dir / "config.json", {**r.record, **self.ran_with()})
             (r.dir / "metrics.jsonl").unlink(missing_ok=True)  # left by a run killed before its first checkpoint: epochs trained again
 
     def load(self, states):
@@ -336,7 +341,7 @@ class Group:
                 "train_accuracy": logged[-1]["train_accuracy"],  # also after a resume at the last epoch
                 "train_seconds": round(sum(m["seconds"] for m in logged), 2),
                 "trained_together": self.size,
-                "git_commit": git_commit(),  # the code that finished it; config.json's started it (a resume may run other code)
+                **self.ran_with(),  # what finished it; config.json's started it (a resume may run other code, on another machine)
             }
             if hasattr(r.config, "temperature"):
                 summary.update(temperature=r.temperature, distillation_weight=r.distillation_weight, hard_weight=r.hard_weight)

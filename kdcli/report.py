@@ -201,8 +201,9 @@ def _recipe(config: dict) -> tuple:
 
 def check_comparable(runs, remedy=None):
     """Refuse runs whose accuracies are not samples of one experiment: runs of a model trained with other
-    recipes or on other images (config.json), KD runs from caches of other lengths (a student replays cached epoch e mod E),
-    or two runs of one setting with the same seed (one run reported twice). `remedy`: what to do, said instead of the report's own."""
+    recipes or on other images (config.json), KD runs from caches of other lengths (a student replays cached epoch e mod E)
+    or of other teachers, or two runs of one setting with the same seed (one run reported twice). `remedy`: what to do, said
+    instead of the report's own."""
     by_recipe: dict[str, dict[tuple, str]] = {}  # model -> recipe ((field, JSON) pairs) -> a run with it
     for r in runs:
         recipe = _recipe(as_recorded_now(r["config"]))
@@ -218,6 +219,7 @@ def check_comparable(runs, remedy=None):
     if len(replayed) > 1:
         (e1, a), (e2, b) = list(replayed.items())[:2]
         raise KdcliError(f"these runs replayed {e1} and {e2} cached epochs of views (e.g. {a} and {b}): {remedy or _separately('cache')}")
+    teacher_accuracy(runs, remedy)  # before the seeds: two teachers' sweeps of the same seeds differ by their teacher, not by a run counted twice
     seen = {}
     for r in runs:
         key = (_setting(r["summary"]), r["summary"].get("seed"))

@@ -22,6 +22,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
+
 from kdcli import KdcliError, augment, count
 from kdcli.checkpoint import CHECKPOINT, is_locked, load_checkpoint, lock_or_refuse, peek_checkpoint, write_atomic
 from kdcli.config import flag
@@ -65,7 +67,7 @@ class Run:
 
     @property
     def record(self) -> dict:
-        """Its options and inputs, as its config.json records them (Group.start_folders adds kdcli's version and commit)."""
+        """Its options and inputs, as its config.json records them (Group.start_folders adds what computed it: Group.ran_with)."""
         return {**asdict(self.config), **self.inputs}
 
     @property
@@ -439,6 +441,15 @@ def git_commit(package: Path = Path(__file__).resolve().parent) -> str | None:
     commit = _git(package, "rev-parse", "HEAD")
     changed = _git(package, "status", "--porcelain", "--untracked-files=no", "--", ".")
     return None if commit is None else commit + ("-dirty" if changed else "")
+
+
+def machine(device: torch.device) -> dict:
+    """What computed a run or a dump, recorded beside kdcli's version and commit: the device (`--device auto` names
+    none), torch's version and, on a CPU, torch's threads, which change the digits (README: Reproducibility).
+    Recorded, never compared: a run or a dump may resume on another machine."""
+    name = f"cuda: {torch.cuda.get_device_name(device)}" if device.type == "cuda" else device.type
+    threads = {"torch_threads": torch.get_num_threads()} if device.type == "cpu" else {}
+    return {"resolved_device": name, "torch_version": str(torch.__version__), **threads}  # str: torch's is a subclass h5py cannot store
 
 
 def _git(folder: Path, *args) -> str | None:

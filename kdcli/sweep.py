@@ -182,8 +182,7 @@ def check_fits_the_folder(out, runs):
     together = planned + report.collect(others)
     named = ", ".join(str(d.relative_to(out)) for d in others[:3]) + (", ..." if len(others) > 3 else "")
     remedy = f"{out} holds an earlier sweep's students ({named}), which its report could not put in one table with these: pass another --out, or delete them"
-    report.check_comparable(together, remedy)
-    report.teacher_accuracy(together, remedy)
+    report.check_comparable(together, remedy)  # its teachers too
 
 
 def _train_groups(todo: list, runs: dict, config: SweepConfig, data, device, stop, progress: bool):

@@ -5,6 +5,7 @@ Run on a GPU machine with `python -m pytest tests/test_cuda.py`.
 
 import contextlib
 import functools
+import json
 import os
 import signal
 
@@ -131,6 +132,8 @@ def test_fp16_loss_scale_is_checkpointed_and_resumed(tmp_path, data_dir, monkeyp
     train(tmp_path, "run", TeacherConfig, (7,), resume=True, **options)
     resumed = torch.load(path, weights_only=True)["loss_scale"]
     assert (resumed["scale"], resumed["_growth_tracker"]) == (1024.0, 105)  # 5 more steps, none overflowing at 1024
+    recorded = json.loads((tmp_path / "run7" / "config.json").read_text())
+    assert (recorded["resolved_device"], recorded["precision"]) == (f"cuda: {torch.cuda.get_device_name()}", "float16") and "torch_threads" not in recorded
 
 
 def test_an_fp16_step_skipped_for_overflow_leaves_weights_and_momentum_as_they_were(tmp_path, data_dir, monkeypatch):
@@ -263,6 +266,6 @@ def test_val_accuracy_is_the_checkpoints_accuracy_on_the_held_out_images(tmp_pat
 def test_an_fp16_dump_records_its_precision_and_verifies(tmp_path, data_dir):
     out = dump(tmp_path, data_dir, "fp16", amp="fp16")
     with h5py.File(out) as f:
-        assert f.attrs["teacher_precision"] == "float16"
+        assert f.attrs["teacher_precision"] == "float16" and f.attrs["resolved_device"] == f"cuda: {torch.cuda.get_device_name()}"
     verified = verify_cache(out, device=DEVICE, data_dir=str(data_dir), download=False)
     assert verified["entries"] == 256 and verified["max_difference"] < 0.05  # recomputed eagerly under fp16: its rounding, not bf16's

@@ -135,6 +135,7 @@ def test_metadata_and_summary(reference, teacher, data_dir):
     assert a["train_fingerprint"] == data.fingerprint and a["num_images"] == 200 and a["num_classes"] == 10
     assert (a["seed"], a["epochs"], a["dtype"], a["format_version"]) == (0, E, "float32", cache.FORMAT_VERSION)
     assert a["teacher_precision"] == "float32"  # on a CPU: no autocast (test_cuda.py checks the bf16 side)
+    assert (a["resolved_device"], a["torch_version"], a["torch_threads"]) == ("cpu", torch.__version__, torch.get_num_threads())
     assert (a["augment_pad"], a["augment_crop"], a["augment_fill"], a["augment_flip"]) == (4, 32, 0, 0.5)
     assert a["augment_std"] == list(augment.STD) and a["config"]["batch_size"] == 64
     assert a["config"]["teacher"] == str(teacher.resolve())  # absolute: cache-info --verify finds it from anywhere
@@ -447,18 +448,32 @@ def test_ctrl_c_while_the_last_epoch_is_written_lets_the_dump_finish_and_says_so
 
 
 def test_an_unfinished_cache_of_an_older_kdcli_resumes(tmp_path, reference, teacher, data_dir, monkeypatch):
-    """Caches made before teacher_precision was recorded lack it: resuming them must not be refused for it."""
+    """Caches made before teacher_precision, and what computed them, were recorded lack those: resuming them must not be refused for it."""
     cfg = config(tmp_path, teacher, data_dir, epochs=E)
     dump_logits(cfg, progress=False)
+    recorded_later = ("teacher_precision", "resolved_device", "torch_version", "torch_threads")
     with h5py.File(cfg.out, "r+") as f:
-        del f.attrs["teacher_precision"]
+        for name in recorded_later:
+            del f.attrs[name]
         f["epochs_complete"][()] = 2
     fsync = os.fsync  # 4 fsyncs of 0.05 s: the summary's seconds, rounded to 0.01, are then off by 2.5% at most, not 25% (a 0.02 s dump)
     monkeypatch.setattr(os, "fsync", lambda fd: (time.sleep(0.05), fsync(fd)))
     resumed = dump_logits(cfg, progress=False)
     assert (resumed["resumed_from"], resumed["epochs_written"]) == (2, E - 2)
     assert resumed["images_per_s"] == pytest.approx(200 * 2 / resumed["seconds"], rel=0.25)  # of the epochs it wrote, not all 4
-    assert_same_cache(cfg.out, reference[0], ignore=("teacher_precision",))
+    assert_same_cache(cfg.out, reference[0], ignore=recorded_later)
+
+
+def test_a_cache_started_on_another_machine_resumes_here(tmp_path, reference, teacher, data_dir):
+    """What computed a dump is recorded, not compared: a dump started on a GPU, or under another torch, finishes here."""
+    cfg = config(tmp_path, teacher, data_dir, epochs=E)
+    dump_logits(cfg, progress=False)
+    with h5py.File(cfg.out, "r+") as f:
+        f.attrs.update(resolved_device="cuda: NVIDIA H100 80GB HBM3", torch_version="2.6.0")
+        del f.attrs["torch_threads"]  # recorded on a CPU only
+        f["epochs_complete"][()] = 2
+    assert dump_logits(cfg, progress=False)["resumed_from"] == 2
+    assert_same_cache(cfg.out, reference[0], ignore=("resolved_device", "torch_version", "torch_threads"))
 
 
 @pytest.mark.parametrize("full_at", [2, E - 1], ids=["mid-dump", "last epoch"])

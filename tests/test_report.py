@@ -557,3 +557,11 @@ def test_a_report_written_again_replaces_its_files(tmp_path):
     write_report(aggregate(runs), tmp_path / "a" / "b" / "report")
     with open(tmp_path / "a" / "b" / "report" / "results.csv", newline="") as f:
         assert [r["n"] for r in csv.DictReader(f)] == ["4", "2", "1"]
+
+
+def test_sweeps_of_two_teachers_over_the_same_seeds_are_refused_for_their_teachers(tmp_path):
+    """Their students share settings and seeds too: the report must name what makes them two experiments."""
+    for sweep, sha in (("sweep-a", "ab"), ("sweep-b", "cd")):
+        make_run(tmp_path / sweep / "T4" / "seed1", 74.0, seed=1, temperature=4.0, weight=0.1, config={**TEACHER, "cache_teacher_sha256": sha * 32})
+    with pytest.raises(KdcliError, match=r"distilled from 2 different teachers \(e.g. .*sweep-a/T4/seed1, .*sweep-b/T4/seed1\): report each teacher's runs separately"):
+        report([tmp_path / "sweep-a", tmp_path / "sweep-b"], tmp_path / "report")

@@ -147,6 +147,10 @@ def test_run_folder(tmp_path, data_dir):
     assert summary["test_accuracy"] == rows[-1]["test_accuracy"] == state["test_accuracy"]
     assert summary["epochs"] == 2 and summary["trained_together"] == 1 and summary["git_commit"] == recorded["git_commit"]
 
+    # What computed it, beside what was asked: its --amp says fp16, which a CPU ran in float32.
+    ran = {"resolved_device": "cpu", "torch_version": torch.__version__, "torch_threads": torch.get_num_threads(), "precision": "float32"}
+    assert recorded["amp"] == "fp16" and {k: recorded.get(k) for k in ran} == ran == {k: summary.get(k) for k in ran}
+
 
 def test_a_folder_another_kdcli_trains_in_is_left_alone(tmp_path, data_dir, finished):
     shutil.copytree(finished[0], tmp_path / "run")
@@ -799,6 +803,28 @@ def test_a_run_resumes_under_another_precision_and_old_runs_record_amp_as_a_flag
     teach(config(tmp_path, "run", data_dir, resume=True))  # TeacherConfig's default: fp16
     assert_same_weights(weights(tmp_path / "run"), weights(finished[0]))  # on a CPU autocast is off either way
     assert [as_recorded_now({"amp": amp})["amp"] for amp in (True, False, "fp16")] == ["bf16", "off", "fp16"]
+
+
+def test_a_run_started_on_another_machine_resumes_and_reports_with_runs_that_record_no_machine(tmp_path, data_dir, monkeypatch):
+    """What computed a run is recorded, never compared: a run begun on a GPU, under another torch, resumes here (and is
+    kept by --resume once its checkpoint is deleted), and shares a report row with a run of a kdcli that recorded none."""
+    from kdcli.report import report
+
+    interrupt(tmp_path, data_dir, monkeypatch)
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())
+    del recorded["torch_threads"]  # recorded on a CPU only
+    recorded.update(resolved_device="cuda: NVIDIA H100 80GB HBM3", torch_version="2.6.0", precision="bfloat16")
+    (tmp_path / "run" / "config.json").write_text(json.dumps(recorded))
+    summary = teach(config(tmp_path, "run", data_dir, resume=True))
+    assert (summary["resolved_device"], summary["torch_version"]) == ("cpu", torch.__version__)  # what finished it
+    (tmp_path / "run" / CHECKPOINT).unlink()  # to save space: --resume then compares its config.json
+    assert teach(config(tmp_path, "run", data_dir, resume=True))["kept"]
+
+    teach(config(tmp_path, "old", data_dir, seed=1))
+    for name in ("config.json", "summary.json"):  # as kdcli wrote them before it recorded the machine
+        old = json.loads((tmp_path / "old" / name).read_text())
+        (tmp_path / "old" / name).write_text(json.dumps({k: v for k, v in old.items() if k not in ("resolved_device", "torch_version", "torch_threads", "precision")}))
+    assert "| lenet5 | baseline | 0 | 2 |" in report([tmp_path / "run", tmp_path / "old"], tmp_path / "report")
 
 
 def test_bf16_on_a_gpu_without_it_is_a_clear_error(monkeypatch):
