@@ -330,7 +330,8 @@ def _sweep(config):
     """Train every (temperature, seed) student and a baseline per seed, batched, then write the report."""
     result = sweep(config)
     typer.echo(result["table"])  # stdout: the table alone (`kdcli sweep > table.md`); where it is written, on stderr
-    typer.echo(f"{count(result['students'], 'student')} ({result['trained_now']} trained now) -> {config.out}/results.md", err=True)
+    earlier = f" and {count(result['earlier'], 'student')} of earlier sweeps" if result["earlier"] else ""  # in the table too: it reports the folder
+    typer.echo(f"{count(result['students'], 'student')} ({result['trained_now']} trained now){earlier} -> {config.out}/results.md", err=True)
 
 
 command_from(TeacherConfig, "train-teacher", _train_teacher, check_can_start)

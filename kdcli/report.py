@@ -382,7 +382,11 @@ def _figure(rows, teacher_accuracy):
 
 def report(paths, out_dir) -> str:
     """The report of every run at or below `paths`, written into out_dir; return the markdown for the terminal."""
-    found = collect(paths)
+    return report_of(collect(paths), out_dir)
+
+
+def report_of(found: Runs, out_dir) -> str:
+    """report() of runs collected already."""
     return write_report(aggregate(found), out_dir, teacher_accuracy(found), unfinished=len(found.unfinished))
 
 

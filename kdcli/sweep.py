@@ -1,12 +1,14 @@
 """Many students from one cache: every (temperature, seed), plus a baseline per seed.
 
-    result = sweep(SweepConfig(temperatures=(1, 10, 30), seeds=(777, 10)))   # {"table": the report's markdown, "students": n, "trained_now": k}
+    result = sweep(SweepConfig(temperatures=(1, 10, 30), seeds=(777, 10)))
+    # {"table": the report's markdown, "students": n, "trained_now": k, "earlier": students of earlier sweeps in the table}
 
 Each student gets the usual run folder under --out (`T30/seed777/`,
 `baseline/seed777/`). Students are trained S at a time as one batched
 computation (stack.ModelStack). A killed sweep resumes when run again: finished
 students are kept, unfinished ones continue from their checkpoints. The report
-(report.py) is written at the end.
+(report.py) of the whole folder is written at the end: these students and those
+an earlier sweep with other seeds or temperatures left there.
 """
 
 import contextlib
@@ -241,9 +243,19 @@ def sweep(config: SweepConfig, progress=True) -> dict:
             if progress:
                 print(f"{count(len(configs), 'student')}: {len(configs) - to_train} finished before, {to_train} to train", file=sys.stderr, flush=True)
             _train_groups(todo, runs, config, data, device, stop, progress)
-            table = report.report([c.out for c in configs], config.out)  # this sweep's students only, not whatever else --out holds
+            table, earlier = _report_the_folder(config.out, configs)
     finally:
         stop.restore()
         if cache is not None:
             cache.close()
-    return {"table": table, "students": len(configs), "trained_now": to_train}
+    return {"table": table, "students": len(configs), "trained_now": to_train, "earlier": earlier}
+
+
+def _report_the_folder(out, configs) -> tuple[str, int]:
+    """The report of every run in the sweep's folder, as `kdcli report` on it writes it: its results.md describes
+    the folder, earlier sweeps' students included (check_fits_the_folder found them comparable). Returns the
+    table and how many finished students of earlier sweeps it holds besides these."""
+    found = report.collect(out)
+    table = report.report_of(found, out)
+    own = {Path(c.out).resolve() for c in configs}
+    return table, sum(Path(r["run_dir"]) not in own for r in found)

@@ -621,14 +621,45 @@ def test_a_quiet_sweep_says_nothing_but_its_table(tmp_path, data_dir, cache):
     assert result.stderr.splitlines() == [f"2 students (2 trained now) -> {tmp_path / 'sweep'}/results.md"], result.stderr
 
 
-def test_sweep_reports_its_own_students_only(tmp_path, data_dir, cache):
-    """A sweep's folder may hold students of an earlier sweep with more seeds: the table counts this sweep's."""
-    assert kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep", "--seeds", "1,2")).exit_code == 0
-    result = kdcli(*[a for a in sweep_args(data_dir, cache, tmp_path / "sweep", "--seeds", "1") if a != "--quiet"])
+def table_rows(text):
+    """The table's rows as (T, n, Δ cell), one per setting."""
+    cells = [[c.strip() for c in line.split("|")[1:-1]] for line in text.splitlines() if line.startswith("| lenet5")]
+    return [(c[1], c[3], c[-1]) for c in cells]
+
+
+def test_a_sweep_into_an_earlier_sweeps_folder_reports_the_folder(tmp_path, data_dir, cache):
+    """More seeds added to a folder: its results.md, and the table on stdout, are the folder's, as `kdcli report` on it
+    writes them, not the added seed's alone; --force trains its own students again and reports the earlier ones too."""
+    out = tmp_path / "sweep"
+    assert kdcli(*sweep_args(data_dir, cache, out, "--seeds", "1,2")).exit_code == 0
+    before = snapshot(*out.glob("*/seed[12]"))
+    for again in ([], ["--force"]):
+        result = kdcli(*sweep_args(data_dir, cache, out, "--seeds", 3, *again))
+        assert result.exit_code == 0, result.output
+        assert [(t, n) for t, n, _ in table_rows(result.stdout)] == [("baseline", "3"), ("4", "3")], result.stdout  # seeds 1, 2 and 3
+        assert result.stderr.splitlines() == [f"2 students (2 trained now) and 4 students of earlier sweeps -> {out}/results.md"], result.stderr
+        assert result.stdout == (out / "results.md").read_text() + "\n"
+        written = snapshot(out / "results.md", out / "results.csv")
+        assert kdcli("report", out).stdout == result.stdout and snapshot(out / "results.md", out / "results.csv") == written
+        assert snapshot(*out.glob("*/seed[12]")) == before  # the earlier students are reported, never trained again
+    resumed = kdcli(*sweep_args(data_dir, cache, out, "--seeds", 1))  # a subset of the folder's seeds: still the folder's table
+    assert resumed.stderr.splitlines() == [f"2 students (0 trained now) and 4 students of earlier sweeps -> {out}/results.md"], resumed.stderr
+    assert [n for _, n, _ in table_rows(resumed.stdout)] == ["3", "3"]
+
+
+def test_a_sweep_without_baselines_into_a_folder_holding_them_is_compared_with_them(tmp_path, data_dir, cache):
+    """A --no-baseline sweep of another temperature: the folder's baselines are its table's, and its Δ column is filled."""
+    out = tmp_path / "sweep"
+    assert kdcli(*sweep_args(data_dir, cache, out, "--seeds", "1,2")).exit_code == 0
+    (out / "T4" / "seed3").mkdir()  # an earlier sweep's student it stopped before starting: counted, as `kdcli report` counts it
+    (out / "T4" / "seed3" / ".kdcli.lock").touch()
+    result = kdcli(*sweep_args(data_dir, cache, out, "--seeds", "1,2", "--temperatures", 8, "--no-baseline"))
     assert result.exit_code == 0, result.output
-    assert "2 students: 2 finished before, 0 to train" in result.stderr
-    rows = [line for line in (tmp_path / "sweep" / "results.md").read_text().splitlines() if line.startswith("| lenet5")]
-    assert len(rows) == 2 and all(row.split("|")[4].strip() == "1" for row in rows), rows  # n = 1: seed 1 only
+    rows = table_rows((out / "results.md").read_text())
+    assert [(t, n) for t, n, _ in rows] == [("baseline", "2"), ("4", "2"), ("8", "2")], rows
+    assert re.fullmatch(r"[+-]\d+\.\d\d \[[+-]\d+\.\d\d, [+-]\d+\.\d\d\]", rows[2][2]), rows  # against the folder's baselines, not "no baseline"
+    assert "1 run unfinished, left out." in result.stdout
+    assert result.stdout == kdcli("report", out).stdout
 
 
 @pytest.mark.parametrize("command", TRAINING)
