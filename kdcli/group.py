@@ -18,6 +18,7 @@ as one never stopped (bit for bit on a CPU; on a GPU up to the run-to-run noise
 of cuDNN's kernels, which add in no fixed order).
 """
 
+import contextlib
 import functools
 import json
 import math
@@ -33,7 +34,7 @@ from kdcli.evaluate import autocast_dtype, autocast_to, evaluate_stack
 from kdcli.losses import distillation_loss, soft_targets
 from kdcli.models import create_model
 from kdcli.optimizer import learning_rate, make_optimizer
-from kdcli.runs import append_line, git_commit, machine, plain, truncate_metrics, write_json
+from kdcli.runs import DIVERGED, append_line, git_commit, machine, plain, truncate_metrics, write_json
 from kdcli.stack import GraphedStep, ModelStack, split_optimizer_state, stack_optimizer_states
 
 
@@ -95,6 +96,7 @@ class Group:
         for r in self.runs:
             write_json(r.dir / "config.json", {**r.record, **self.ran_with()})
             (r.dir / "metrics.jsonl").unlink(missing_ok=True)  # left by a run killed before its first checkpoint: epochs trained again
+            (r.dir / DIVERGED).unlink(missing_ok=True)  # of a run that diverged before its first checkpoint: trained again now
 
     def load(self, states):
         """Continue from the runs' checkpoints (one per run, all at the same epoch and step)."""
@@ -110,6 +112,7 @@ class Group:
         self.val_accuracy = [st.get("val_accuracy") for st in states]  # absent from checkpoints of before --val-size
         for r in self.runs:  # epochs logged after the checkpoint will be trained again
             truncate_metrics(r.dir / "metrics.jsonl", self.epoch)
+            (r.dir / DIVERGED).unlink(missing_ok=True)  # resumed from its last good checkpoint: it may diverge again, or finish
 
     def _load_optimizer(self, saved: dict):
         """A saved optimizer state, fitted to the optimizer made here: its kernel choice, lr tensor and memory layout."""
@@ -270,29 +273,36 @@ class Group:
         finite = torch.isfinite(losses)
         if not bool(finite.all()):
             step = int((~finite.all(1)).nonzero()[0]) + 1
-            self._diverged(finite.all(0).tolist(), f"loss is not finite at epoch {self.epoch + 1}, step {step}", self.epoch)
+            self._diverged(finite.all(0).tolist(), f"loss is not finite at epoch {self.epoch + 1}, step {step}", self.epoch, step)
 
     def check_finite_weights(self):
         """The weights after the last step, whose loss came before it: an lr that blows up there leaves a finite loss."""
         finite = self.stack.finite()
         if not all(finite):
             where = f"epoch {self.epoch + 1}, step {self.step}" if self.step else f"epoch {self.epoch}"
-            self._diverged(finite, f"weights are not finite after {where}", self.epoch if self.step else self.epoch - 1)
+            # The step: the last one taken, after which they were checked (an earlier one's blow-up would have made a later loss not finite).
+            self._diverged(finite, f"weights are not finite after {where}", self.epoch if self.step else self.epoch - 1, self.step or self.steps)
 
-    def _diverged(self, finite: list, what: str, epoch: int):
-        """The error for the runs not `finite`: what went wrong, where, and the options that set the step size.
-        epoch: the one (from 0) whose steps went wrong."""
+    def _diverged(self, finite: list, what: str, epoch: int, step: int):
+        """The error for the runs not `finite`: what went wrong, where, and the options that set the step size; each
+        of those runs' folders records it (DIVERGED), which the report reads. epoch: the one (from 0) whose steps
+        went wrong; step: in it (from 1), the one found to have gone wrong."""
         bad = [r for r, ok in zip(self.runs, finite) if not ok]
         kd = next((f", or the KD term's weight w * T^2 (now {r.distillation_weight * r.temperature**2:g}: --distillation-weight {r.distillation_weight:g}, --temperature {r.temperature:g})"
                    for r in bad if r.distillation_weight > 0), "")  # fmt: skip
         c = self.config
         # Only past a milestone: before it, a lower --lr-gamma would diverge the same way.
         rising = f" or --lr-gamma (now {c.lr_gamma:g}: it raises the lr at each milestone)" if c.scheduler == "multistep" and learning_rate(c, epoch) > c.lr else ""
-        raise KdcliError(
+        error = KdcliError(
             f"{what} ({', '.join(str(r.dir) for r in bad)}): lower --lr "
             f"(now {c.lr}){rising}{kd}, and start over with --force; "
             + ("the last good checkpoint is kept" if (self.runs[0].dir / CHECKPOINT).exists() else "no checkpoint was written before it")
         )
+        # Only the runs that diverged: the others of the group stop with them, unfinished, and resume as such.
+        for r in bad:
+            with contextlib.suppress(KdcliError):  # a full disk: the divergence is still the error to tell
+                write_json(r.dir / DIVERGED, {"error": str(error), "epoch": epoch + 1, "step": step})
+        raise error
 
     def save_all(self):
         self.check_finite_weights()  # a checkpoint of non-finite weights would replace the last good one

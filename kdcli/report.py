@@ -4,7 +4,7 @@
 
     runs = collect(["runs/sweep", "runs/baseline"])      # the steps: every summary.json below
     rows = aggregate(runs)                                # one row per setting
-    text = write_report(rows, "runs/report", teacher_accuracy(runs), len(runs.unfinished))
+    text = write_report(rows, "runs/report", teacher_accuracy(runs), len(runs.unfinished), runs.diverged)
 
 A setting is (model, temperature, distillation weight, hard weight); its runs
 differ only by seed (runs of one model trained with other recipes, or a seed
@@ -30,7 +30,7 @@ from pathlib import Path
 
 from kdcli import KdcliError, count
 from kdcli.models import canonical_name
-from kdcli.runs import LOCK, as_recorded_now, read_json
+from kdcli.runs import DIVERGED, LOCK, as_recorded_now, read_json
 
 SETTING_COLUMNS = ["model", "temperature", "distillation_weight", "hard_weight", "n"]
 ACCURACY_COLUMNS = ["mean", "std", "min", "max", "delta", "ci_low", "ci_high"]  # percent; delta and CI vs the baseline
@@ -104,16 +104,18 @@ def welch_ci(a: list, b: list, level: float = 0.95):
 
 
 class Runs(list):
-    """The runs found (a list of {"run_dir", "summary", "config"}), plus the unfinished run folders left out."""
+    """The runs found (a list of {"run_dir", "summary", "config"}), plus the run folders left out: unfinished, and
+    diverged (stopped by a loss or weights not finite: runs.DIVERGED)."""
 
-    def __init__(self, runs=(), unfinished=()):
+    def __init__(self, runs=(), unfinished=(), diverged=()):
         super().__init__(runs)
-        self.unfinished = list(unfinished)
+        self.unfinished, self.diverged = list(unfinished), list(diverged)
 
 
 def collect(paths) -> Runs:
     """Every run folder (one with summary.json) at or below each path; folders with only config.json, or only the
-    lock a sweep takes on each student's folder before it starts it, are unfinished. One path may be given alone."""
+    lock a sweep takes on each student's folder before it starts it, are unfinished, and those that record their
+    divergence diverged. One path may be given alone."""
     if isinstance(paths, (str, os.PathLike)):  # else a str would be read as one path per character
         paths = [paths]
     if not paths:  # a library caller's empty list (the CLI requires one)
@@ -123,14 +125,17 @@ def collect(paths) -> Runs:
         if not path.is_dir():
             raise KdcliError(f"{path} {'is not a folder' if path.exists() else 'does not exist'}: pass run folders or a folder holding them (a sweep)")
         finished |= {f.parent.resolve() for f in path.rglob("summary.json")}
-        started |= {f.parent.resolve() for pattern in ("config.json", LOCK) for f in path.rglob(pattern)}
+        started |= {f.parent.resolve() for pattern in ("config.json", LOCK, DIVERGED) for f in path.rglob(pattern)}
     # a folder that holds runs (one with a stray config.json) is a container, not an unfinished run
     runs_found = finished | started
-    unfinished = sorted(d for d in started - finished if not any(d in r.parents for r in runs_found))
+    left_out = sorted(d for d in started - finished if not any(d in r.parents for r in runs_found))
+    # Told apart: a seed that blew up is a result of its setting, which a table must not drop as merely not done yet.
+    diverged = [d for d in left_out if (d / DIVERGED).is_file()]
+    unfinished = [d for d in left_out if d not in diverged]
     if not finished:
-        also = f" ({len(unfinished)} unfinished)" if unfinished else ""
-        raise KdcliError(f"no finished run (summary.json) under {', '.join(map(str, paths))}{also}: train some first")
-    runs = Runs(unfinished=unfinished)
+        also = ", ".join(f"{len(found)} {what}" for found, what in ((diverged, "diverged"), (unfinished, "unfinished")) if found)
+        raise KdcliError(f"no finished run (summary.json) under {', '.join(map(str, paths))}{f' ({also})' if also else ''}: train some first")
+    runs = Runs(unfinished=unfinished, diverged=diverged)
     for d in sorted(finished):
         summary = read_json(d / "summary.json")
         if "model" not in summary or not _is_number(summary.get("test_accuracy")):  # NaN too: JSON allows it, means do not
@@ -283,7 +288,13 @@ def _weights(r) -> str:
     return f"{r['distillation_weight']:g}{_hard(r)}"
 
 
-def _markdown(rows, teacher_accuracy, unfinished) -> str:
+def _name_from(out: Path, folder) -> str:
+    """A run's folder as results.md in `out` names it: relative where inside it (a sweep's T30/seed1), else whole."""
+    folder = Path(folder).resolve()
+    return str(folder.relative_to(out.resolve())) if folder.is_relative_to(out.resolve()) else str(folder)
+
+
+def _markdown(rows, teacher_accuracy, unfinished, diverged) -> str:
     validated = _validated(rows)
     accuracy_header = " val ± std | test ± std |" if validated else " mean ± std |"
     lines = [f"| model | T | w | n |{accuracy_header} min | max | Δ vs baseline [95% CI] |", "| --- | ---: | ---: | ---: |" + " ---: |" * validated + " ---: | ---: | ---: | --- |"]
@@ -297,10 +308,10 @@ def _markdown(rows, teacher_accuracy, unfinished) -> str:
             delta = "no baseline" if r["delta"] is None else f"{_f(r['delta'], True)} [{ci}]"
         val = f" {_f(r['val_mean'])} ± {_f(r['val_std'])}{'*' * r['teacher_saw_val']} |" if validated else ""
         lines.append(f"| {r['model']} | {temperature} | {w} | {r['n']} |{val} {_f(r['mean'])} ± {_f(r['std'])} | {_f(r['min'])} | {_f(r['max'])} | {delta} |")
-    return "\n".join(lines) + "\n\n" + " ".join(_notes(rows, teacher_accuracy, unfinished)) + "\n"
+    return "\n".join(lines) + "\n\n" + " ".join(_notes(rows, teacher_accuracy, unfinished, diverged)) + "\n"
 
 
-def _notes(rows, teacher_accuracy, unfinished) -> list[str]:
+def _notes(rows, teacher_accuracy, unfinished, diverged) -> list[str]:
     """The sentences under the table: what its numbers are, the setting validation picks, the teacher, what was left out."""
     notes = ["Test accuracy in %, final epoch, over seeds."]
     if _validated(rows):
@@ -315,6 +326,8 @@ def _notes(rows, teacher_accuracy, unfinished) -> list[str]:
             notes.append(f"Best {model} by validation: {settings}." if len(best) == 1 else f"Tied best {model} by validation: {settings}.")
     if teacher_accuracy is not None:
         notes.append(f"Teacher: {teacher_accuracy:.2f}%.")
+    if diverged:
+        notes.append(f"{count(len(diverged), 'run')} diverged, left out: {', '.join(diverged)}.")
     if unfinished:
         notes.append(f"{count(unfinished, 'run')} unfinished, left out.")
     return notes
@@ -387,17 +400,18 @@ def report(paths, out_dir) -> str:
 
 def report_of(found: Runs, out_dir) -> str:
     """report() of runs collected already."""
-    return write_report(aggregate(found), out_dir, teacher_accuracy(found), unfinished=len(found.unfinished))
+    return write_report(aggregate(found), out_dir, teacher_accuracy(found), unfinished=len(found.unfinished), diverged=found.diverged)
 
 
-def write_report(rows, out_dir, teacher_accuracy=None, unfinished: int = 0) -> str:
-    """Write results.md, results.csv and results.png into out_dir; return the markdown for the terminal."""
+def write_report(rows, out_dir, teacher_accuracy=None, unfinished: int = 0, diverged=()) -> str:
+    """Write results.md, results.csv and results.png into out_dir; return the markdown for the terminal.
+    `diverged`: the folders of the runs that diverged, named under the table."""
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise KdcliError(f"cannot create {out}: {e.strerror or e}") from None
-    text = _markdown(rows, teacher_accuracy, unfinished)
+    text = _markdown(rows, teacher_accuracy, unfinished, [_name_from(out, d) for d in diverged])
     try:
         (out / "results.md").write_text(text)
         _write_csv(rows, out / "results.csv", teacher_accuracy)

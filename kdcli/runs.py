@@ -6,7 +6,8 @@
         state = prepare_run_dir(config)                # None (new), a checkpoint to resume, or "done"
 
 A run folder holds config.json, metrics.jsonl (one line per epoch), checkpoint.pt
-and, once finished, summary.json. --resume continues it, --force starts it over,
+and, once finished, summary.json; a run stopped by a loss or weights not finite also
+holds diverged.json (DIVERGED). --resume continues it, --force starts it over,
 and anything else refuses to touch a run that is there.
 """
 
@@ -84,6 +85,9 @@ class Run:
 
 
 LOCK = ".kdcli.lock"
+# Written by a run stopped because its loss or weights were not finite (Group._diverged), and deleted once it trains
+# again: the report leaves such a run out as diverged, not as unfinished (a seed that blew up is a result).
+DIVERGED = "diverged.json"
 
 
 @contextmanager
@@ -359,7 +363,7 @@ def _kdcli_config(out: Path) -> dict:
 
 def forget_run(out):
     """--force: the run in `out` is to be trained anew (its config.json is rewritten when it starts)."""
-    for name in ("summary.json", "metrics.jsonl", CHECKPOINT):
+    for name in ("summary.json", "metrics.jsonl", CHECKPOINT, DIVERGED):
         (Path(out) / name).unlink(missing_ok=True)
 
 

@@ -886,6 +886,38 @@ def test_ctrl_c_in_a_sweep_prints_the_same_command_to_resume(tmp_path, data_dir,
     assert resumed.exit_code == 0, resumed.output
 
 
+def test_a_student_that_diverges_in_a_stacked_group_is_the_one_recorded_and_reported_as_diverged(tmp_path, data_dir, cache):
+    """A KD weight far too large blows up the KD student; the baseline stacked with it stops with it, unfinished,
+    not diverged: it would train on, and `kdcli report` counts it apart."""
+    result = kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep", "--distillation-weight", "1e6", "--parallel", 2))
+    assert_refused(result, "not finite at epoch 1", "T4/seed1", "--distillation-weight", codes=(1,))
+    assert "baseline" not in result.stderr.splitlines()[-1]
+    assert (tmp_path / "sweep" / "T4" / "seed1" / "diverged.json").exists()
+    assert (tmp_path / "sweep" / "baseline" / "seed1" / "config.json").exists() and not (tmp_path / "sweep" / "baseline" / "seed1" / "diverged.json").exists()
+    assert_refused(kdcli("report", tmp_path / "sweep"), "no finished run", "(1 diverged, 1 unfinished)", codes=(1,))
+
+
+def test_a_sweep_started_over_stops_calling_its_students_diverged_before_it_trains_them(tmp_path, data_dir, cache, monkeypatch):
+    """--force starts every student over: one that diverged before, not trained again yet (the sweep was stopped in
+    the group before its own), is a student yet to train, not a diverged one."""
+    import kdcli.group as group_module
+    from kdcli.losses import distillation_loss
+
+    assert kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep", "--distillation-weight", "1e6", "--parallel", 2)).exit_code == 1
+    assert (tmp_path / "sweep" / "T4" / "seed1" / "diverged.json").exists()
+
+    def ctrl_c(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return distillation_loss(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(group_module, "distillation_loss", ctrl_c)  # in the first group's first step: the baseline's
+        stopped = kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep", "--distillation-weight", "0.5", "--parallel", 1, "--force"))
+    assert stopped.exit_code == 130, stopped.output
+    assert not (tmp_path / "sweep" / "T4" / "seed1" / "diverged.json").exists()
+    assert_refused(kdcli("report", tmp_path / "sweep"), "no finished run", "(2 unfinished)", codes=(1,))
+
+
 def test_ctrl_c_while_a_group_saves_its_last_epoch_stops_the_sweep_before_the_next(tmp_path, data_dir, cache, monkeypatch):
     """The step loop has ended, so only the sweep can still see that Ctrl-C: it must not carry on for hours."""
     import kdcli.group as group_module

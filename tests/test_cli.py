@@ -888,3 +888,28 @@ def test_a_progress_bar_written_to_a_log_is_not_redrawn_by_tqdms_monitor_either(
     dumped = kdcli("dump-logits", "--teacher", tmp_path / "t", "--epochs", 1, "--device", "cpu", "--data-dir", data_dir, "--out", tmp_path / "c.h5")
     assert dumped.exit_code == 0, dumped.output
     assert [(bar.mininterval, bar.maxinterval) for bar in teacher + dump] == [(60.0, 60.0)] * 2
+
+
+@pytest.mark.parametrize("again", [["--force"], []], ids=["force", "before-its-first-checkpoint"])
+def test_a_diverged_run_records_it_the_report_names_it_and_training_it_again_clears_it(tmp_path, data_dir, again):
+    """A run stopped by a loss that is not finite is a result of its setting, not a run yet to finish: its folder
+    says so, and the report names it apart from unfinished runs (a paper table would drop the seed unsaid). Trained
+    again (--force; or, with no checkpoint to keep, run again), it finishes as any run does, with no such record.
+    Seed 2: the default 777 of `good` would be one seed counted twice once `bad` finishes."""
+    runs = tmp_path / "runs"
+    assert kdcli(*teacher_args(data_dir, runs / "good")).exit_code == 0
+    assert not (runs / "good" / "diverged.json").exists()
+    diverged = kdcli(*teacher_args(data_dir, runs / "bad", "--seed", 2, "--lr", "1e30"))
+    assert_clean_error(diverged, "not finite at epoch 1, step", "--force", codes=(1,))
+    record = json.loads((runs / "bad" / "diverged.json").read_text())
+    assert f"error: {record['error']}" == diverged.stderr.splitlines()[-1]
+    assert (record["epoch"], record["step"]) == (1, int(re.search(r"step (\d+)", record["error"])[1]))
+    reported = kdcli("report", runs)
+    assert reported.exit_code == 0, reported.output
+    assert "1 run diverged, left out: bad." in reported.stdout and "unfinished" not in reported.stdout
+    assert "1 run diverged, left out: bad." in (runs / "results.md").read_text()
+    retrained = kdcli(*teacher_args(data_dir, runs / "bad", "--seed", 2, *again))
+    assert retrained.exit_code == 0, retrained.output
+    assert not (runs / "bad" / "diverged.json").exists()
+    reported = kdcli("report", runs)
+    assert reported.exit_code == 0 and "diverged" not in reported.stdout and "| lenet5 | baseline | 0 | 2 |" in reported.stdout, reported.output

@@ -485,6 +485,23 @@ def test_report_notes_the_teacher_and_a_single_unfinished_run(tmp_path, monkeypa
     assert text.startswith((tmp_path / "report" / "results.md").read_text())
 
 
+def test_a_run_that_diverged_is_named_apart_from_the_unfinished_ones(tmp_path, monkeypatch):
+    """A diverged seed is a result of its setting: a table that drops it must say which, where "unfinished" would
+    pass for runs still to come. Named from the report's folder where inside it, else whole."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # no plot: not what this test is about
+    sweep = make_sweep(tmp_path / "sweep")
+    waiting = make_run(sweep / "kd" / "T50-s777", 0.0, temperature=50.0, weight=0.1, finished=False)
+    diverged = make_run(sweep / "kd" / "T50-s10", 0.0, seed=10, temperature=50.0, weight=0.1, finished=False)
+    (diverged / "diverged.json").write_text(json.dumps({"error": "loss is not finite at epoch 3, step 7 (...)", "epoch": 3, "step": 7}))
+    runs = collect([sweep])
+    assert (runs.unfinished, runs.diverged) == ([waiting.resolve()], [diverged.resolve()])
+    with pytest.warns(UserWarning, match="results.png skipped"):
+        assert "Teacher: 95.21%. 1 run diverged, left out: kd/T50-s10. 1 run unfinished, left out." in report([sweep], sweep)
+        assert f"1 run diverged, left out: {diverged.resolve()}. 1 run unfinished" in report([sweep], tmp_path / "elsewhere")
+    with pytest.raises(KdcliError, match=r"no finished run .*\(1 diverged, 1 unfinished\)"):
+        collect([sweep / "kd" / "T50-s10", sweep / "kd" / "T50-s777"])
+
+
 def test_the_csv_rounds_the_teachers_accuracy_as_the_table_does(tmp_path):
     write_report(aggregate(collect([make_sweep(tmp_path / "sweep")])), tmp_path / "report", teacher_accuracy=95.2137)
     assert "Teacher: 95.21%." in (tmp_path / "report" / "results.md").read_text()

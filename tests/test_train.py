@@ -1027,6 +1027,19 @@ def test_a_stacked_run_whose_weights_blow_up_is_named_alone_and_the_last_good_ch
     for seed in (1, 2):
         state = load_checkpoint(tmp_path / f"seed{seed}")
         assert state["epoch"] == 1 and all(torch.isfinite(w).all() for w in state["model"].values())
+    record = json.loads((tmp_path / "seed2" / "diverged.json").read_text())
+    assert (record["epoch"], record["step"]) == (2, STEPS) and not (tmp_path / "seed1" / "diverged.json").exists()  # the step that blew them up
+
+
+def test_a_run_resumed_from_its_last_good_checkpoint_no_longer_records_that_it_diverged(tmp_path, data_dir, monkeypatch):
+    """--resume trains it again (a GPU's transient, say): it ends finished, which the report must not call diverged."""
+    with monkeypatch.context() as patch:
+        blow_up_on_step(patch, 2 * STEPS)  # epoch 2's last step: epoch 1's checkpoint is kept
+        with pytest.raises(KdcliError, match="weights are not finite after epoch 2"):
+            teach(config(tmp_path, "run", data_dir))
+    assert (tmp_path / "run" / "diverged.json").exists()
+    teach(config(tmp_path, "run", data_dir, resume=True))
+    assert not (tmp_path / "run" / "diverged.json").exists() and (tmp_path / "run" / "summary.json").exists()
 
 
 def test_ctrl_c_after_a_non_finite_loss_keeps_the_last_good_checkpoint(tmp_path, data_dir, monkeypatch):
@@ -1299,8 +1312,11 @@ def test_a_diverging_run_of_a_group_is_named_alone(tmp_path, data_dir, monkeypat
         return loss * torch.tensor([1.0, float("nan")])
 
     call_on_step(monkeypatch, 2, second_run_diverges)
-    with pytest.raises(KdcliError, match=r"not finite at epoch 1, step 2 \(\S*seed2\)"):
+    with pytest.raises(KdcliError, match=r"not finite at epoch 1, step 2 \(\S*seed2\)") as error:
         train_runs([baseline_run(tmp_path, data_dir, s, len(data.train_labels)) for s in (1, 2)], data, cpu, progress=False)
+    # Its folder alone records it: the first run stopped with it, unfinished, and resumes as such.
+    assert json.loads((tmp_path / "seed2" / "diverged.json").read_text()) == {"error": str(error.value), "epoch": 1, "step": 2}
+    assert not (tmp_path / "seed1" / "diverged.json").exists() and (tmp_path / "seed1" / "config.json").exists()
 
 
 def test_stacked_runs_log_each_runs_own_images_per_second(tmp_path, data_dir):
