@@ -35,6 +35,10 @@ class KdcliError(Exception):
     """An error the user can fix; its message says how."""
 
 
+class Diverged(KdcliError):
+    """A run's loss or weights became non-finite: it stopped, and its folder records it (runs.DIVERGED)."""
+
+
 class Interrupted(KdcliError):
     """Ctrl-C or SIGTERM: the command stopped at a safe point and kept what it can resume from; its message
     says what. `signum`: the signal that stopped it (the CLI exits 128 + it, as a shell reports a kill)."""

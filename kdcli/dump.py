@@ -32,7 +32,7 @@ from kdcli.config import check_choices, check_paths, check_seed, check_types, re
 from kdcli.data import load_cifar10, recorded_data_dir, resolve_device
 from kdcli.evaluate import autocast_dtype, autocast_to, model_from, predict, recorded_precision, top1, triton_found
 from kdcli.models import canonical_name
-from kdcli.runs import as_recorded_now, in_use, machine, run_kind
+from kdcli.runs import DIVERGED, as_recorded_now, in_use, machine, read_json, run_kind
 
 
 @dataclass
@@ -185,11 +185,21 @@ def check_can_start(config: DumpConfig):
 def _teacher_path(teacher) -> Path:
     """The checkpoint file of --teacher (a run folder or the file itself), or the one line that says why there is none."""
     path = checkpoint_file(teacher)
+    _check_not_diverged(teacher)
     if not path.is_file():
         if in_use(teacher):
             raise KdcliError(f"the teacher in {teacher} is still training, and has no checkpoint yet: wait for it to finish")
         raise KdcliError(f"no teacher at {teacher}: run `kdcli train-teacher` first, or pass --teacher")
     return path
+
+
+def _check_not_diverged(teacher):
+    """A run folder that recorded its divergence is refused with it: resuming would diverge again (the record says
+    what to lower), and its checkpoint, if any, is a teacher half trained."""
+    record = Path(teacher) / DIVERGED
+    if record.is_file():
+        error = read_json(record).get("error", "its loss or weights were not finite")
+        raise KdcliError(f"the teacher in {teacher} diverged and has not finished training: {error}")
 
 
 def _check_finished(teacher, path, state) -> str | None:

@@ -28,7 +28,7 @@ from dataclasses import asdict
 
 import torch
 
-from kdcli import Interrupted, KdcliError, __version__, augment
+from kdcli import Diverged, Interrupted, KdcliError, __version__, augment
 from kdcli.checkpoint import CHECKPOINT, save_atomic
 from kdcli.evaluate import autocast_dtype, autocast_to, evaluate_stack
 from kdcli.losses import distillation_loss, soft_targets
@@ -293,7 +293,7 @@ class Group:
         c = self.config
         # Only past a milestone: before it, a lower --lr-gamma would diverge the same way.
         rising = f" or --lr-gamma (now {c.lr_gamma:g}: it raises the lr at each milestone)" if c.scheduler == "multistep" and learning_rate(c, epoch) > c.lr else ""
-        error = KdcliError(
+        error = Diverged(
             f"{what} ({', '.join(str(r.dir) for r in bad)}): lower --lr "
             f"(now {c.lr}){rising}{kd}, and start over with --force; "
             + ("the last good checkpoint is kept" if (self.runs[0].dir / CHECKPOINT).exists() else "no checkpoint was written before it")

@@ -19,7 +19,7 @@ import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from kdcli import Interrupted, StopOnSignal, count, report
+from kdcli import Diverged, Interrupted, StopOnSignal, count, report
 from kdcli.checkpoint import CHECKPOINT, peek_checkpoint
 from kdcli.config import ConfigError, DistillOptions, StudentConfig, TrainOptions, check_no_repeats, check_seed, check_temperature
 from kdcli.runs import LOCK, check_same_inputs, check_same_options, check_sweep_can_start, claim_folder, forget_run, runs_below, state_of_config_json
@@ -138,9 +138,9 @@ def warn_unstacked(config: SweepConfig, device):
 
 
 def _forget_on_refusal(folders, exc_type, exc, tb):
-    """A sweep refused (not stopped: a stopped sweep's report counts its students not started yet) leaves the
-    student folders it made as if never made, where they still hold only its lock."""
-    if exc_type is None or issubclass(exc_type, (Interrupted, KeyboardInterrupt)):
+    """A sweep refused (not stopped, nor ended by a student that diverged: its report counts the students not
+    started yet) leaves the student folders it made as if never made, where they still hold only its lock."""
+    if exc_type is None or issubclass(exc_type, (Interrupted, Diverged, KeyboardInterrupt)):
         return
     for folder in folders:
         if folder.is_dir() and {p.name for p in folder.iterdir()} <= {LOCK}:  # not made: its claim never came

@@ -897,6 +897,14 @@ def test_a_student_that_diverges_in_a_stacked_group_is_the_one_recorded_and_repo
     assert_refused(kdcli("report", tmp_path / "sweep"), "no finished run", "(1 diverged, 1 unfinished)", codes=(1,))
 
 
+def test_a_sweep_ended_by_a_diverged_student_keeps_the_students_it_had_not_started_as_unfinished(tmp_path, data_dir, cache):
+    """Divergence stops a sweep as Ctrl-C does, not as a refusal: the folders of the group not reached stay, and the
+    report counts them, where a refusal leaves no folder of a student it never trained."""
+    result = kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep", "--seeds", "1,2", "--distillation-weight", "1e6", "--parallel", 2))
+    assert_refused(result, "not finite at epoch 1", "--distillation-weight", codes=(1,))
+    assert_refused(kdcli("report", tmp_path / "sweep"), "no finished run", "(1 diverged, 3 unfinished)", codes=(1,))
+
+
 def test_a_sweep_started_over_stops_calling_its_students_diverged_before_it_trains_them(tmp_path, data_dir, cache, monkeypatch):
     """--force starts every student over: one that diverged before, not trained again yet (the sweep was stopped in
     the group before its own), is a student yet to train, not a diverged one."""

@@ -277,6 +277,21 @@ def test_a_teacher_that_has_not_finished_training_is_refused(tmp_path, teacher, 
     dump_logits(config(tmp_path, run, data_dir, epochs=1, force=True))  # a checkpoint that does not say how far it trained
 
 
+@pytest.mark.parametrize("checkpoint", [True, False], ids=["after-a-checkpoint", "before-any"])
+def test_a_teacher_that_diverged_is_refused_with_what_to_lower_not_told_to_resume(tmp_path, teacher, data_dir, checkpoint):
+    """Resumed, it would diverge again: the refusal is its run's own error, which says what to lower and to use --force."""
+    run = tmp_path / "run"
+    shutil.copytree(teacher, run)
+    torch.save({**torch.load(teacher / "checkpoint.pt"), "epoch": 1, "step": 0, "config": {"epochs": 3}}, run / "checkpoint.pt")
+    if not checkpoint:
+        (run / "checkpoint.pt").unlink()
+    error = f"loss is not finite at epoch 2, step 5 ({run}): lower --lr (now 0.1), and start over with --force; the last good checkpoint is kept"
+    (run / "diverged.json").write_text(json.dumps({"error": error, "epoch": 2, "step": 5}))
+    with pytest.raises(KdcliError, match="the teacher in .*run diverged and has not finished training: loss is not finite at epoch 2.*lower --lr") as refused:
+        dump_logits(config(tmp_path, run, data_dir, epochs=1))
+    assert "--resume" not in str(refused.value) and list(tmp_path.glob("c.h5*")) == []
+
+
 def test_an_unfinished_student_as_teacher_is_resumed_as_a_student(tmp_path, teacher, data_dir):
     run = tmp_path / "student"
     run.mkdir()
