@@ -582,3 +582,48 @@ def test_sweeps_of_two_teachers_over_the_same_seeds_are_refused_for_their_teache
         make_run(tmp_path / sweep / "T4" / "seed1", 74.0, seed=1, temperature=4.0, weight=0.1, config={**TEACHER, "cache_teacher_sha256": sha * 32})
     with pytest.raises(KdcliError, match=r"distilled from 2 different teachers \(e.g. .*sweep-a/T4/seed1, .*sweep-b/T4/seed1\): report each teacher's runs separately"):
         report([tmp_path / "sweep-a", tmp_path / "sweep-b"], tmp_path / "report")
+
+
+# ---------------------------------------------------------------- found by mutation testing (fourth round: stack, group, losses, augment, report, cache)
+
+
+def test_the_val_spread_is_that_of_the_val_accuracies_not_the_test_ones(tmp_path):
+    """Seeds whose held-out accuracies spread wider than their test ones: each ± is its own column's."""
+    for seed, (val, test) in {1: (70.0, 69.0), 2: (74.0, 71.0)}.items():
+        make_run(tmp_path / f"base{seed}", test, seed=seed, temperature=1.0, weight=0.0, val=val)
+    (row,) = aggregate(collect([tmp_path]))
+    assert (row["val_std"], row["std"]) == pytest.approx((2 * math.sqrt(2), math.sqrt(2)))
+    assert "| lenet5 | baseline | 0 | 2 | 72.00 ± 2.83 | 70.00 ± 1.41 |" in write_report([row], tmp_path / "report")
+
+
+def test_t_cdf_and_quantile_agree_with_mpmath_to_many_digits():
+    """Reference values from mpmath (betainc at 30 digits): the continued fraction runs to convergence, not to a
+    first few digits that the round trip of test_t_quantile_inverts_the_cdf_and_is_symmetric would not notice."""
+    for df, x, cdf in [(3, 2.0, 0.930337015720578), (30, 2.0, 0.972687477518508), (1000, 2.0, 0.977114826753374), (2.5, -0.7, 0.271702471594774)]:
+        assert t_cdf(x, df) == pytest.approx(cdf, abs=1e-12)
+    for df, t in [(1, 12.7062047361747), (2.882, 3.25744564216765), (10, 2.22813885198627), (1000, 1.96233908082641)]:
+        assert t_quantile(0.975, df) == pytest.approx(t, abs=1e-8)
+
+
+def test_students_whose_teacher_saw_none_of_the_held_out_images_are_not_starred(tmp_path):
+    """Every KD student records how many of its held-out images its teacher trained on: 0 is the clean case."""
+    for seed in (1, 2):
+        make_run(tmp_path / f"base{seed}", 70.0, seed=seed, temperature=1.0, weight=0.0, val=71.0)
+        make_run(tmp_path / f"kd{seed}", 71.0, seed=seed, temperature=4.0, weight=0.1, val=74.0, config={"teacher_saw_val_images": 0})
+    text = write_report(aggregate(collect([tmp_path])), tmp_path / "report")
+    assert "| lenet5 | 4 | 0.1 | 2 | 74.00 ± 0.00 | 71.00 ± 0.00 |" in text
+    assert "*" not in text
+
+
+def test_the_csv_writes_a_zero_as_0_and_only_a_missing_number_blank(tmp_path):
+    """A spread or difference of exactly 0 is a result; an empty cell means n/a (one run, no baseline)."""
+    for seed in (1, 2):
+        make_run(tmp_path / f"base{seed}", 70.0, seed=seed, temperature=1.0, weight=0.0)
+        make_run(tmp_path / f"kd{seed}", 70.0, seed=seed, temperature=4.0, weight=0.1)
+    make_run(tmp_path / "kd30", 72.0, seed=1, temperature=30.0, weight=0.1)
+    write_report(aggregate(collect([tmp_path])), tmp_path / "report")
+    with open(tmp_path / "report" / "results.csv", newline="") as f:
+        base, kd, alone = csv.DictReader(f)
+    assert (base["std"], base["delta"]) == ("0.0", "")
+    assert (kd["std"], kd["delta"], kd["ci_low"], kd["ci_high"]) == ("0.0", "0.0", "0.0", "0.0")
+    assert (alone["std"], alone["delta"], alone["ci_low"]) == ("", "2.0", "")

@@ -1576,3 +1576,37 @@ def test_a_stacked_students_checkpoint_holds_its_own_tensors_not_the_whole_stack
     tensors = [*state["model"].values(), *(v for per_param in state["optimizer"]["state"].values() for v in per_param.values())]
     assert len(tensors) > len(state["model"])  # the momentum buffers are there
     assert all(t.untyped_storage().nbytes() == t.numel() * t.element_size() for t in tensors)
+
+
+# ---------------------------------------------------------------- found by mutation testing (fourth round: stack, group, losses, augment, report, cache)
+
+
+def test_a_stacked_or_lone_model_with_one_weight_not_finite_is_not_finite():
+    """A diverging step may blow up a few entries only: one inf or nan in one member's weights marks that member alone."""
+    torch.manual_seed(0)
+    models = [create_model("lenet5") for _ in range(3)]
+    stack, alone = ModelStack(models), ModelStack(models[:1])
+    assert stack.finite() == [True, True, True] and alone.finite() == [True]
+    state = copy.deepcopy(models[1].state_dict())
+    state["conv1.weight"][0, 0, 0, 0] = float("nan")
+    stack.load_member_state(1, state)
+    assert stack.finite() == [True, False, True]
+    state["conv1.weight"][0, 0, 0, 0] = 0.0
+    state["fc3.bias"][3] = float("inf")
+    alone.load_member_state(0, state)
+    assert alone.finite() == [False]
+
+
+def test_an_epoch_of_full_batches_only_has_no_empty_last_step_and_counts_every_step(tmp_path, data_dir, monkeypatch):
+    """200 images in batches of 100: two full steps, each weighing half of the epoch's loss (no last batch of 0 images)."""
+    step_losses = []
+
+    def recorded(*args, **kwargs):
+        loss = distillation_loss(*args, **kwargs)
+        step_losses.append(loss.item())
+        return loss
+
+    monkeypatch.setattr(group_module, "distillation_loss", recorded)
+    teach(config(tmp_path, "run", data_dir, epochs=1, batch_size=100))
+    assert len(step_losses) == 2
+    assert metrics(tmp_path / "run")[0]["train_loss"] == pytest.approx(sum(step_losses) / 2, abs=1e-5)
