@@ -417,8 +417,8 @@ def test_summary_and_config_are_on_disk_before_they_are_renamed_into_place(tmp_p
     assert {name.split(".tmp-")[0] for name in synced} >= {".summary.json", ".config.json"}, synced
 
 
-def test_train_loss_is_the_mean_over_images(tmp_path, data_dir, monkeypatch):
-    """Steps of 64, 64, 64 and 8 images: the last step's loss weighs 8/200, not 1/4."""
+def recorded_step_losses(monkeypatch) -> list:
+    """The loss of each training step, appended as the steps run."""
     step_losses = []
 
     def recorded(*args, **kwargs):
@@ -427,6 +427,12 @@ def test_train_loss_is_the_mean_over_images(tmp_path, data_dir, monkeypatch):
         return loss
 
     monkeypatch.setattr(group_module, "distillation_loss", recorded)
+    return step_losses
+
+
+def test_train_loss_is_the_mean_over_images(tmp_path, data_dir, monkeypatch):
+    """Steps of 64, 64, 64 and 8 images: the last step's loss weighs 8/200, not 1/4."""
+    step_losses = recorded_step_losses(monkeypatch)
     teach(config(tmp_path, "run", data_dir, epochs=1))
     expected = sum(loss * n for loss, n in zip(step_losses, (64, 64, 64, 8))) / 200
     assert metrics(tmp_path / "run")[0]["train_loss"] == pytest.approx(expected, abs=1e-5)
@@ -1599,14 +1605,7 @@ def test_a_stacked_or_lone_model_with_one_weight_not_finite_is_not_finite():
 
 def test_an_epoch_of_full_batches_only_has_no_empty_last_step_and_counts_every_step(tmp_path, data_dir, monkeypatch):
     """200 images in batches of 100: two full steps, each weighing half of the epoch's loss (no last batch of 0 images)."""
-    step_losses = []
-
-    def recorded(*args, **kwargs):
-        loss = distillation_loss(*args, **kwargs)
-        step_losses.append(loss.item())
-        return loss
-
-    monkeypatch.setattr(group_module, "distillation_loss", recorded)
+    step_losses = recorded_step_losses(monkeypatch)
     teach(config(tmp_path, "run", data_dir, epochs=1, batch_size=100))
     assert len(step_losses) == 2
     assert metrics(tmp_path / "run")[0]["train_loss"] == pytest.approx(sum(step_losses) / 2, abs=1e-5)
