@@ -397,7 +397,7 @@ def cache_info(
 @app.command()
 def report(
     runs: list[str] = typer.Argument(..., help="run folders, or folders holding run folders (a sweep)", metavar="FOLDER"),
-    out: str = typer.Option("", help="where to write results.md/csv/png (default: the folder given, when one is)", **_metavar(str)),
+    out: str = typer.Option("", help="where to write results.md/csv/png and runs.csv (default: the folder given, when one is)", **_metavar(str)),
 ):
     """Aggregate finished runs: mean, spread and the difference to the baseline, per setting."""
     if "" in runs:  # "" is the current folder to Path: `kdcli report "$SWEEP"` with SWEEP unset would write its results.md there
@@ -413,7 +413,7 @@ def report(
         table = reporting.report(runs, out or runs[0])
     typer.echo(table)  # stdout: the table alone, as a sweep's
     folder = Path(out or runs[0])
-    typer.echo(f"-> {folder / 'results.md'} (and results.csv{', results.png' if (folder / 'results.png').exists() else ''} beside it)", err=True)
+    typer.echo(f"-> {folder / 'results.md'} (and results.csv{', results.png' if (folder / 'results.png').exists() else ''}, runs.csv beside it)", err=True)
 
 
 @app.command()

@@ -1,10 +1,10 @@
 """Report: many finished runs -> one table of mean and spread per setting.
 
-    text = report(["runs/sweep", "runs/baseline"], "runs/report")   # results.md, .csv, .png; the table
+    text = report(["runs/sweep", "runs/baseline"], "runs/report")   # results.md, .csv, .png, runs.csv; the table
 
     runs = collect(["runs/sweep", "runs/baseline"])      # the steps: every summary.json below
     rows = aggregate(runs)                                # one row per setting
-    text = write_report(rows, "runs/report", teacher_accuracy(runs), len(runs.unfinished), runs.diverged)
+    text = write_report(rows, "runs/report", teacher_accuracy(runs), len(runs.unfinished), runs.diverged, runs)
 
 A setting is (model, temperature, distillation weight, hard weight); its runs
 differ only by seed (runs of one model trained with other recipes, or a seed
@@ -35,6 +35,8 @@ from kdcli.runs import DIVERGED, LOCK, as_recorded_now, read_json
 SETTING_COLUMNS = ["model", "temperature", "distillation_weight", "hard_weight", "n"]
 ACCURACY_COLUMNS = ["mean", "std", "min", "max", "delta", "ci_low", "ci_high"]  # percent; delta and CI vs the baseline
 VAL_COLUMNS = ["val_mean", "val_std"]  # percent, on the held-out training images (--val-size); only when a row has them
+# runs.csv: one line per run, the numbers each row of results.csv summarises, for analyses of one's own (paired by seed, ...)
+RUN_COLUMNS = ["run", "model", "temperature", "distillation_weight", "hard_weight", "seed", "test_accuracy", "val_accuracy", "train_accuracy", "epochs", "train_seconds"]
 
 
 # ---------------------------------------------------------------- Student t quantile (no scipy)
@@ -349,6 +351,18 @@ def _write_csv(rows, path: Path, teacher_accuracy=None):
                              **{k: r[k] for k in starred}, "teacher_test_accuracy": teacher})  # fmt: skip
 
 
+def _write_runs_csv(runs, path: Path, out: Path):
+    """One line per run, in the table's order and then by seed; `run` is its folder as results.md names it."""
+    with open(path, "w", newline="") as f:
+        validated = any(r["summary"].get("val_accuracy") is not None for r in runs)
+        writer = csv.DictWriter(f, fieldnames=[c for c in RUN_COLUMNS if validated or c != "val_accuracy"], extrasaction="ignore")
+        writer.writeheader()
+        for r in sorted(runs, key=lambda r: (_order(_setting(r["summary"])), r["summary"].get("seed", 0))):
+            model, temperature, w, hard = _setting(r["summary"])
+            setting = {"model": model, "temperature": temperature, "distillation_weight": w, "hard_weight": hard}
+            writer.writerow({k: "" if v is None else v for k, v in {**r["summary"], **setting, "run": _name_from(out, r["run_dir"])}.items()})
+
+
 def _plot(rows, path: Path, teacher_accuracy) -> bool:
     """Accuracy vs temperature into path; False if matplotlib (the optional `plot` extra) is missing."""
     try:
@@ -400,12 +414,12 @@ def report(paths, out_dir) -> str:
 
 def report_of(found: Runs, out_dir) -> str:
     """report() of runs collected already."""
-    return write_report(aggregate(found), out_dir, teacher_accuracy(found), unfinished=len(found.unfinished), diverged=found.diverged)
+    return write_report(aggregate(found), out_dir, teacher_accuracy(found), unfinished=len(found.unfinished), diverged=found.diverged, runs=found)
 
 
-def write_report(rows, out_dir, teacher_accuracy=None, unfinished: int = 0, diverged=()) -> str:
-    """Write results.md, results.csv and results.png into out_dir; return the markdown for the terminal.
-    `diverged`: the folders of the runs that diverged, named under the table."""
+def write_report(rows, out_dir, teacher_accuracy=None, unfinished: int = 0, diverged=(), runs=()) -> str:
+    """Write results.md, results.csv, results.png and, given the `runs` the rows aggregate, runs.csv into out_dir;
+    return the markdown for the terminal. `diverged`: the folders of the runs that diverged, named under the table."""
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -415,6 +429,10 @@ def write_report(rows, out_dir, teacher_accuracy=None, unfinished: int = 0, dive
     try:
         (out / "results.md").write_text(text)
         _write_csv(rows, out / "results.csv", teacher_accuracy)
+        if runs:
+            _write_runs_csv(runs, out / "runs.csv", out)
+        else:  # an older one beside the new table would list other runs
+            (out / "runs.csv").unlink(missing_ok=True)
         plotted = _plot(rows, out / "results.png", teacher_accuracy)
         if not plotted:  # an older plot beside the new table would show other runs
             (out / "results.png").unlink(missing_ok=True)

@@ -1015,7 +1015,7 @@ def test_ctrl_c_in_a_forced_sweep_resumes_with_the_printed_command(tmp_path, dat
     monkeypatch.setattr(group_module, "distillation_loss", loss)
     result = kdcli(*args)
     monkeypatch.setattr(group_module, "distillation_loss", distillation_loss)
-    assert not (tmp_path / "sweep" / "results.md").exists()  # the old teacher's table must not pass for the new one's
+    assert not any((tmp_path / "sweep" / name).exists() for name in ("results.md", "results.csv", "runs.csv"))  # the old teacher's table must not pass for the new one's
     hint, resumed = run_printed_hint(result)
     assert "--force" not in hint and resumed.exit_code == 0, resumed.output
     assert "4 students (3 trained now)" in resumed.stderr  # the one finished under --force is kept
@@ -1156,12 +1156,12 @@ def test_a_dump_of_a_complete_cache_with_resume_keeps_it_and_says_so(tmp_path, d
 def test_report_names_the_plot_only_where_it_wrote_one(tmp_path, student, monkeypatch):
     pytest.importorskip("matplotlib")
     plotted = kdcli("report", student, "--out", tmp_path / "with")
-    assert plotted.exit_code == 0 and f"-> {tmp_path / 'with' / 'results.md'} (and results.csv, results.png beside it)" in plotted.stderr
+    assert plotted.exit_code == 0 and f"-> {tmp_path / 'with' / 'results.md'} (and results.csv, results.png, runs.csv beside it)" in plotted.stderr
     for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # not installed
     table_only = kdcli("report", student, "--out", tmp_path / "without")
-    assert table_only.exit_code == 0 and f"-> {tmp_path / 'without' / 'results.md'} (and results.csv beside it)" in table_only.stderr
+    assert table_only.exit_code == 0 and f"-> {tmp_path / 'without' / 'results.md'} (and results.csv, runs.csv beside it)" in table_only.stderr
     assert not (tmp_path / "without" / "results.png").exists()
     # the missing plot is said on stderr: stdout (`kdcli report ... > table.md`) holds the table alone
     assert table_only.stdout.strip() == (tmp_path / "without" / "results.md").read_text().strip()

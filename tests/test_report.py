@@ -365,6 +365,30 @@ def test_write_report_writes_table_csv_and_png(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_runs_csv_lists_every_run_of_the_table_by_its_folder_in_the_tables_order(tmp_path):
+    """The numbers each results.csv row summarises, one line per run: a baseline's logged temperature is not its setting's."""
+    report(make_sweep(tmp_path / "sweep"), tmp_path / "sweep")
+    with open(tmp_path / "sweep" / "runs.csv", newline="") as f:
+        runs = list(csv.DictReader(f))
+    assert list(runs[0]) == ["run", "model", "temperature", "distillation_weight", "hard_weight", "seed", "test_accuracy", "train_accuracy", "epochs", "train_seconds"]
+    assert [(r["run"], r["temperature"], r["seed"], r["test_accuracy"]) for r in runs] == [
+        ("base-s10", "", "10", "75.12"), ("base-s20", "", "20", "73.91"), ("base-s30", "", "30", "75.64"), ("base-s777", "", "777", "73.26"),
+        ("kd/T10-s10", "10.0", "10", "75.02"), ("kd/T10-s777", "10.0", "777", "74.62"), ("kd/T30-s777", "30.0", "777", "75.81"),
+    ]  # fmt: skip
+    assert {(r["model"], r["distillation_weight"], r["hard_weight"]) for r in runs[4:]} == {("lenet5", "0.1", "1.0")}
+
+
+def test_runs_csv_has_the_val_column_where_runs_held_out_images_and_no_stale_file_stays(tmp_path):
+    make_run(tmp_path / "runs" / "a", 69.0, seed=1, temperature=1.0, weight=0.0, val=70.0)
+    make_run(tmp_path / "runs" / "b", 71.0, seed=2, temperature=1.0, weight=0.0, val=72.0)
+    report(tmp_path / "runs", tmp_path / "report")
+    with open(tmp_path / "report" / "runs.csv", newline="") as f:
+        runs = [(r["run"], r["val_accuracy"], r["test_accuracy"]) for r in csv.DictReader(f)]
+    assert runs == [(str((tmp_path / "runs" / name).resolve()), val, test) for name, val, test in [("a", "70.0", "69.0"), ("b", "72.0", "71.0")]]  # outside --out: whole
+    write_report(aggregate(collect(tmp_path / "runs")), tmp_path / "report")  # rows alone: the runs of the old file may not be these
+    assert not (tmp_path / "report" / "runs.csv").exists()
+
+
 def test_the_plot_legend_is_beside_the_axes_not_over_the_teacher_line(tmp_path):
     """Inside the axes, matplotlib's "best" place for it was the top right: over the teacher's line, the highest."""
     pytest.importorskip("matplotlib")
