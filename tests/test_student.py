@@ -172,6 +172,14 @@ def test_a_students_temperature_and_weights_reach_its_loss(tmp_path, data_dir, c
     assert {tuple(settings_of(*call)) for call in recorded_targets} == {((7.0, 0.3 * 49, 0.6),)}
 
 
+def test_a_baselines_hard_weight_reaches_its_loss(tmp_path, data_dir, cache_path, recorded_targets):
+    """A student without the teacher learns from the labels alone, scaled by --hard-weight, and reads no soft targets."""
+    train_student(student(tmp_path, data_dir, cache_path, distillation_weight=0.0, hard_weight=0.6), progress=False)
+    assert len(recorded_targets) == 7 and all(targets is None for targets, _ in recorded_targets)
+    for _, hard in recorded_targets:
+        torch.testing.assert_close(hard, torch.tensor([0.6]))  # one student: [S] = [1]
+
+
 def test_stacked_students_each_get_their_own_temperature_and_weights(tmp_path, data_dir, cache_path, recorded_targets):
     config = SweepConfig(temperatures=(2.0, 7.0), seeds=(1,), epochs=1, batch_size=64, lr_milestones=(), distillation_weight=0.3, hard_weight=0.6,
                          parallel=3, device="cpu", quiet=True, data_dir=str(data_dir), cache=str(cache_path), out=str(tmp_path / "sweep"))  # fmt: skip
