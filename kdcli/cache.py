@@ -43,7 +43,8 @@ import numpy as np
 import torch
 
 from kdcli import KdcliError, __version__, augment, count
-from kdcli.checkpoint import is_locked, lock_or_refuse, temporary_file_for
+from kdcli.checkpoint import temporary_file_for
+from kdcli.locks import is_locked, lock_or_refuse
 from kdcli.runs import check_cache_is_there, short
 
 FORMAT_VERSION = 1
@@ -248,8 +249,9 @@ def check_finite(path, what: str, logits: torch.Tensor):
 
 
 def open_cache(path, fingerprint=None, num_classes=None, allow_partial=False, num_images=None) -> LogitCache:
-    """Open the cache at `path` for reading, refusing (one KdcliError line) one that does not fit the
-    data (`fingerprint`, `num_images`: of the training set) or the model (`num_classes`), or is unfinished."""
+    """Open the cache at `path` for reading, refusing (one KdcliError line) one that does not fit the data
+    (`fingerprint`, `num_images`: of the training set), the model (`num_classes`) or this kdcli's augmentation,
+    or is unfinished (with `allow_partial`, only one without a complete epoch)."""
     cache = LogitCache(path, _open(path))
     a, done = cache.attrs, cache.epochs_complete
     problem = None
@@ -311,19 +313,25 @@ def _open(path) -> h5py.File:
             raise OpenInThisProcess(f"{path} is open in this program with HDF5's file locking on (h5py.File's default): "
                                     "close it, or open it with h5py.File(path, 'r', locking=False)") from None  # fmt: skip
         raise KdcliError(f"{path} is not a readable HDF5 file (truncated, corrupt or not a cache): {e}") from None
-    missing = [n for n in DATASETS if n not in f] + [a for a in REQUIRED_ATTRS if a not in f.attrs]
+    problem = _not_a_cache_of_this_format(f, path)
+    if problem:
+        f.close()
+        raise KdcliError(problem)
+    return f
+
+
+def _not_a_cache_of_this_format(f: h5py.File, path) -> str | None:
+    """Why the open file `f` is not a cache this kdcli reads; None where it is one."""
     version = f.attrs.get("format_version")
     if version is not None and version != FORMAT_VERSION:
-        problem = (
+        return (
             f"{path} has cache format version {version}; this kdcli (version {__version__}) reads version "
             f"{FORMAT_VERSION}: run dump-logits again, or read it with the kdcli that wrote it"
         )
-    elif missing:
-        problem = f"{path} is an HDF5 file but not a kdcli logit cache (it lacks {', '.join(missing)})"
-    else:
-        return f
-    f.close()
-    raise KdcliError(problem)
+    missing = [n for n in DATASETS if n not in f] + [a for a in REQUIRED_ATTRS if a not in f.attrs]
+    if missing:
+        return f"{path} is an HDF5 file but not a kdcli logit cache (it lacks {', '.join(missing)})"
+    return None
 
 
 class OpenInThisProcess(KdcliError):

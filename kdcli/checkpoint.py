@@ -11,13 +11,11 @@ the old one, so a process killed mid-write leaves the previous checkpoint intact
 """
 
 import contextlib
-import fcntl
 import functools
 import hashlib
 import io
 import os
 import pickle
-import warnings
 from pathlib import Path
 
 import torch
@@ -58,40 +56,6 @@ def temporary_file_for(path: Path, tmp: Path):
         raise
 
 
-def lock_or_refuse(fd: int, busy: str):
-    """Take an exclusive flock on the open file `fd`, or raise KdcliError(busy) while another process holds
-    it. The kernel drops the lock when its holder dies, however it dies; on NFS, a flock on a regular file
-    is seen by every client. Where the filesystem cannot lock at all, a warning says so and work goes on."""
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise KdcliError(busy) from None
-    except OSError as e:  # e.g. ENOLCK, or ENOSYS on a filesystem without locks
-        warn_cannot_lock(e.strerror or str(e))
-
-
-def is_locked(lock_path) -> bool:
-    """Whether a process holds the lock lock_or_refuse takes on the file `lock_path` now."""
-    try:
-        fd = os.open(lock_path, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # conflicts with a writer's exclusive lock only
-        return False
-    except BlockingIOError:
-        return True
-    except OSError:  # a filesystem without locks: nothing can be told
-        return False
-    finally:
-        os.close(fd)
-
-
-@functools.cache  # once per process, not once per folder of a sweep
-def warn_cannot_lock(reason: str):
-    warnings.warn(f"cannot lock files on this filesystem ({reason}): a second kdcli writing into the same --out would not be refused", stacklevel=2)
-
-
 def checkpoint_file(path) -> Path:
     """A run folder or a checkpoint file -> the checkpoint file."""
     path = Path(path)
@@ -117,6 +81,7 @@ def read_checkpoint(path) -> tuple[dict, str]:
 
 
 def _load(path, mmap=False) -> tuple[dict, bytes]:
+    """(the checkpoint, the bytes read: the whole file, or only its first 4 where `mmap` maps the rest)."""
     given, path = Path(path), checkpoint_file(path)
     if not path.is_file():
         below = next(given.rglob(CHECKPOINT), None) if given.is_dir() else None  # a sweep folder holds runs
@@ -131,8 +96,16 @@ def _load(path, mmap=False) -> tuple[dict, bytes]:
         raise KdcliError(f"cannot read {path}: {e.strerror or e}") from None
     if data[:4] != ZIP and data[:1] != b"\x80":  # neither torch.save's zip nor its older pickle format
         raise KdcliError(f"{path} is not a checkpoint (not a file torch.save writes): pass a run folder or its checkpoint.pt")
+    state = _load_weights_only(path, data, mmap)
+    if not isinstance(state, dict) or "model" not in state or "model_name" not in state:
+        raise KdcliError(f"{path} is a torch file but not a kdcli checkpoint (no model weights and name in it)")
+    return state, data
+
+
+def _load_weights_only(path, data: bytes, mmap: bool):
+    """torch.load of `data` (mapped from `path` instead, with `mmap`) that runs no code; its refusal or failure is one line."""
     try:
-        state = torch.load(path if mmap else io.BytesIO(data), map_location="cpu", weights_only=True, mmap=mmap)
+        return torch.load(path if mmap else io.BytesIO(data), map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         # torch's message advises weights_only=False, exactly what must not be done with an untrusted file, and
         # its layout differs between releases. It wraps the unpickler's own error, whose first sentence is the reason.
@@ -144,9 +117,6 @@ def _load(path, mmap=False) -> tuple[dict, bytes]:
     except Exception as e:
         cause = " ".join(str(e).split()).split(". ")[0] or "no reason given"  # torch's first sentence says what; the rest is advice
         raise KdcliError(f"{path} is not a readable checkpoint ({type(e).__name__}: {cause}); if it is damaged or cut short, copy or make it again") from None
-    if not isinstance(state, dict) or "model" not in state or "model_name" not in state:
-        raise KdcliError(f"{path} is a torch file but not a kdcli checkpoint (no model weights and name in it)")
-    return state, data
 
 
 def training_reached(state: dict) -> str:

@@ -115,53 +115,54 @@ def command_from(cls, name: str, run, can_start):
     helps = _field_help(cls)
     hidden = getattr(cls, "cli_hidden", {})  # field -> why a command lacks it: hidden fields keep their defaults
     shown = [f for f in fields(cls) if f.name not in hidden]
-    params = []
-    for f in shown:
-        default = f.default if f.default is not MISSING else f.default_factory()
-        annotation = hints[f.name]
-        decls = [f"{flag(f.name)}/--no-{flag(f.name)[2:]}"] if annotation is bool else [flag(f.name)]
-        if typing.get_origin(annotation) is tuple:
-            default = ",".join(str(v) for v in default)
-        params.append(
-            inspect.Parameter(
-                f.name,
-                inspect.Parameter.KEYWORD_ONLY,
-                default=typer.Option(default, *decls, help=helps.get(f.name, ""), **_metavar(annotation), **_choice(annotation)),
-                annotation=_option_type(annotation),
-            )
-        )
-
-    params += [_refused_flag(name, why) for name, why in hidden.items()]
+    lists = {f.name: typing.get_args(hints[f.name])[0] for f in shown if typing.get_origin(hints[f.name]) is tuple}
 
     def command(ctx: typer.Context, **options):
-        for name in hidden:
-            options.pop(name)
-        for f in shown:
-            if typing.get_origin(hints[f.name]) is tuple:
-                options[f.name] = _parse_list(options[f.name], typing.get_args(hints[f.name])[0], flag(f.name))
-        with bad_values_as_usage_errors():
-            check_paths(options)  # before --resume reads a run back from --out "" (the current folder)
-        with errors_as_one_line(resume_flag=any(f.name == "resume" for f in shown)):
-            # What reading options back says is said once the command can run: before a usage error or a refusal, a
-            # note or warning about a run that never starts misleads, and the error is to be the one line printed.
-            with warnings.catch_warnings(record=True) as held:
-                options, typed, read_back = options_as_run(cls, ctx, options)
-                config = make_config(cls, options)
-                can_start(config)
-            for w in held:
-                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-            if read_back:
-                typer.echo(read_back, err=True)
-            if "cache" in typed and options.get("distillation_weight") == 0:
-                warn_cache_not_read(options)
-            run(config)
+        options = {k: v for k, v in options.items() if k not in hidden}
+        for field_name, item_type in lists.items():
+            options[field_name] = _parse_list(options[field_name], item_type, flag(field_name))
+        _run_command(cls, ctx, options, run, can_start, resume_flag=any(f.name == "resume" for f in shown))
 
-    ctx = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
-    params.insert(0, ctx)
+    params = [
+        inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
+        *(_option(f, hints[f.name], helps.get(f.name, "")) for f in shown),
+        *(_refused_flag(field_name, why) for field_name, why in hidden.items()),
+    ]
     command.__signature__ = inspect.Signature(params)
     command.__annotations__ = {p.name: p.annotation for p in params}
     command.__doc__ = run.__doc__
     app.command(name)(command)
+
+
+def _option(field, annotation, help_text: str) -> inspect.Parameter:
+    """A dataclass field as the keyword parameter Typer reads its option into: --name (--name/--no-name for a
+    bool), a tuple's default shown as it is typed, comma-separated."""
+    default = field.default if field.default is not MISSING else field.default_factory()
+    decls = [f"{flag(field.name)}/--no-{flag(field.name)[2:]}"] if annotation is bool else [flag(field.name)]
+    if typing.get_origin(annotation) is tuple:
+        default = ",".join(str(v) for v in default)
+    option = typer.Option(default, *decls, help=help_text, **_metavar(annotation), **_choice(annotation))
+    return inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=_option_type(annotation))
+
+
+def _run_command(cls, ctx, options: dict, run, can_start, resume_flag: bool):
+    """The body of every command made by command_from: its config from the parsed `options`, checked, then run."""
+    with bad_values_as_usage_errors():
+        check_paths(options)  # before --resume reads a run back from --out "" (the current folder)
+    with errors_as_one_line(resume_flag=resume_flag):
+        # What reading options back says is said once the command can run: before a usage error or a refusal, a
+        # note or warning about a run that never starts misleads, and the error is to be the one line printed.
+        with warnings.catch_warnings(record=True) as held:
+            options, typed, read_back = options_as_run(cls, ctx, options)
+            config = make_config(cls, options)
+            can_start(config)
+        for w in held:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        if read_back:
+            typer.echo(read_back, err=True)
+        if "cache" in typed and options.get("distillation_weight") == 0:
+            warn_cache_not_read(options)
+        run(config)
 
 
 def options_as_run(cls, ctx, options: dict) -> tuple[dict, set, str]:
@@ -226,6 +227,8 @@ def make_config(cls, options):
 
 @contextlib.contextmanager
 def bad_values_as_usage_errors():
+    """Library refusals of an option's value as click's usage errors (exit status 2): a ConfigError's message
+    without its "--flag: ", which click's "Invalid value for '--flag'" says already."""
     try:
         yield
     except ConfigError as e:

@@ -73,17 +73,7 @@ def load_cifar10(data_dir=DATA_DIR, device="cpu", subset=None, download=True, va
     """Load CIFAR-10 from `data_dir` (downloading it if missing and allowed); the first `subset` training
     images, of which the last `val_size` are held out as a validation set."""
     folder = Path(data_dir) / BATCH_FOLDER
-    if missing := [name for name in OFFICIAL_MD5 if not (folder / name).is_file()]:
-        if (Path(data_dir) / TEST_FILE).is_file():  # --data-dir data/cifar-10-batches-py: a download would go inside it
-            raise KdcliError(f"{data_dir} is the {BATCH_FOLDER} folder itself: pass --data-dir {Path(data_dir).parent}, the folder holding it")
-        if not download:
-            lacks = f" (it lacks {', '.join(missing)})" if folder.is_dir() and len(missing) < len(OFFICIAL_MD5) else ""
-            raise KdcliError(
-                f"no CIFAR-10 at {folder}{lacks}: drop the --no-download flag to fetch it, "
-                f"or point --data-dir at a folder holding {BATCH_FOLDER}/"
-            )
-        _check_download_overwrites_no_copy(folder, missing)
-        _download(Path(data_dir))
+    _download_if_missing(data_dir, folder, download)
     train_images, train_labels = _read_batches([folder / name for name in TRAIN_FILES])
     test_images, test_labels = _read_batches([folder / TEST_FILE])
     if subset is not None:
@@ -181,13 +171,30 @@ def _check_batch(path, pixels: np.ndarray, labels: np.ndarray):
         raise KdcliError(f"{path} holds no images; the file is corrupt")
     if labels.ndim != 1 or len(labels) != len(pixels):
         raise KdcliError(f"{path}: {len(pixels)} images but labels of shape {list(labels.shape)}; the file is corrupt")
-    if not np.issubdtype(labels.dtype, np.integer) or len(labels) == 0 or labels.min() < 0 or labels.max() >= len(CLASSES):
-        found = f"{labels.min()} to {labels.max()}" if np.issubdtype(labels.dtype, np.number) and len(labels) else "none of them"
+    if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= len(CLASSES):
+        found = f"{labels.min()} to {labels.max()}" if np.issubdtype(labels.dtype, np.number) else "none of them"
         raise KdcliError(f"{path}: labels must be integers 0..{len(CLASSES) - 1}, found {labels.dtype} from {found}")
 
 
 def _md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def _download_if_missing(data_dir, folder: Path, download: bool):
+    """Download CIFAR-10 where a file of it is missing from `folder`, or say in one line why that cannot be done."""
+    missing = [name for name in OFFICIAL_MD5 if not (folder / name).is_file()]
+    if not missing:
+        return
+    if (Path(data_dir) / TEST_FILE).is_file():  # --data-dir data/cifar-10-batches-py: a download would go inside it
+        raise KdcliError(f"{data_dir} is the {BATCH_FOLDER} folder itself: pass --data-dir {Path(data_dir).parent}, the folder holding it")
+    if not download:
+        lacks = f" (it lacks {', '.join(missing)})" if folder.is_dir() and len(missing) < len(OFFICIAL_MD5) else ""
+        raise KdcliError(
+            f"no CIFAR-10 at {folder}{lacks}: drop the --no-download flag to fetch it, "
+            f"or point --data-dir at a folder holding {BATCH_FOLDER}/"
+        )
+    _check_download_overwrites_no_copy(folder, missing)
+    _download(Path(data_dir))
 
 
 def _check_download_overwrites_no_copy(folder: Path, missing: list):

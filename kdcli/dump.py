@@ -183,7 +183,8 @@ def check_can_start(config: DumpConfig):
 
 
 def _teacher_path(teacher) -> Path:
-    """The checkpoint file of --teacher (a run folder or the file itself), or the one line that says why there is none."""
+    """The checkpoint file of --teacher (a run folder or the file itself), or the one line that says why it cannot
+    teach: its run diverged, or has no checkpoint yet, or there is none."""
     path = checkpoint_file(teacher)
     _check_not_diverged(teacher)
     if not path.is_file():
@@ -387,17 +388,9 @@ def verify_cache(path, teacher=None, k=256, device="auto", data_dir=None, downlo
         raise KdcliError(f"--verify {k}: must be at least 1 entry")
     dev = resolve_device(device)
     with cache.open_cache(path, allow_partial=True) as c:
-        teacher = teacher or c.attrs["config"].get("teacher", "runs/teacher")
-        if not checkpoint_file(teacher).is_file():
-            raise KdcliError(f"no teacher at {teacher} to verify {path} with: pass --teacher")
-        state, sha256 = read_checkpoint(teacher)
-        if sha256 != c.attrs["teacher_sha256"]:
-            raise KdcliError(f"{path} was made by another teacher (sha256 {c.attrs['teacher_sha256'][:8]}…), not {teacher}")
+        teacher, state = _teacher_that_made(c, path, teacher)
         data_dir = data_dir or recorded_data_dir(c.attrs["config"], f"the cache {path}")
-        data = load_cifar10(data_dir, dev, download=download)
-        images = data.train_images[: c.num_images]  # --subset keeps the first N
-        if data.fingerprint_of_first(c.num_images) != c.attrs["train_fingerprint"]:
-            raise KdcliError(f"{path} was made on other training images than those in {data_dir}")
+        images = _images_labelled_in(c, path, data_dir, dev, download)
         cache.check_finite(path, "clean_logits", c.clean_logits)  # read by no kdcli command, so checked here whole
         cache.check_finite(path, "test_logits", c.test_logits)
         model = model_from(state, dev, teacher)
@@ -413,6 +406,26 @@ def verify_cache(path, teacher=None, k=256, device="auto", data_dir=None, downlo
             "the file is damaged, or was not made by this kdcli from these images; make it again (dump-logits --force)"
         )
     return {"entries": len(entries), "max_difference": worst, "max_relative": worst_relative, "tolerance": tolerance, "data_dir": data_dir}
+
+
+def _teacher_that_made(c, path, teacher) -> tuple[str, dict]:
+    """(teacher, its checkpoint): `teacher` (None: the one the dump of cache c at `path` was given), refused where
+    its weights are not those the cache was made with."""
+    teacher = teacher or c.attrs["config"].get("teacher", "runs/teacher")
+    if not checkpoint_file(teacher).is_file():
+        raise KdcliError(f"no teacher at {teacher} to verify {path} with: pass --teacher")
+    state, sha256 = read_checkpoint(teacher)
+    if sha256 != c.attrs["teacher_sha256"]:
+        raise KdcliError(f"{path} was made by another teacher (sha256 {c.attrs['teacher_sha256'][:8]}…), not {teacher}")
+    return teacher, state
+
+
+def _images_labelled_in(c, path, data_dir, device, download: bool) -> torch.Tensor:
+    """The training images of cache c at `path`, loaded from data_dir onto `device`; refused where they are others."""
+    data = load_cifar10(data_dir, device, download=download)
+    if data.fingerprint_of_first(c.num_images) != c.attrs["train_fingerprint"]:
+        raise KdcliError(f"{path} was made on other training images than those in {data_dir}")
+    return data.train_images[: c.num_images]  # --subset keeps the first N
 
 
 def _dump_precision(attrs: dict) -> str:

@@ -26,8 +26,9 @@ from pathlib import Path
 import torch
 
 from kdcli import KdcliError, augment, count
-from kdcli.checkpoint import CHECKPOINT, is_locked, load_checkpoint, lock_or_refuse, peek_checkpoint, write_atomic
+from kdcli.checkpoint import CHECKPOINT, load_checkpoint, peek_checkpoint, write_atomic
 from kdcli.config import flag
+from kdcli.locks import is_locked, lock_or_refuse
 from kdcli.models import canonical_name
 
 

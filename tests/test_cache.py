@@ -1,6 +1,7 @@
 """The logit cache file on its own: layout, refusals, locking, and the crash-safety invariant
 (after creation, writing an epoch changes raw data bytes only). Synthetic arrays, no teacher."""
 
+import errno
 import os
 
 import h5py
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 
 from kdcli import KdcliError, augment, cache
+from kdcli.locks import is_locked
 
 N, C, M, E = 20, 10, 8, 3
 IDENTITY = {"teacher_sha256": "a" * 64, "train_fingerprint": "b" * 64, "seed": 0, "epochs": E, "dtype": "float16"}
@@ -244,6 +246,20 @@ def test_second_writer_refused(tmp_path):
                 pass
     with cache.write_lock(path):  # released on exit
         pass
+
+
+def test_a_lock_file_on_a_filesystem_without_locks_reads_as_not_held(tmp_path, monkeypatch):
+    """Nothing can be told there: "a dump-logits is writing it now" would send the user waiting for nothing."""
+    import fcntl
+
+    (tmp_path / "c.h5.lock").write_text("")
+    assert not is_locked(tmp_path / "c.h5.lock") and not is_locked(tmp_path / "missing.lock")
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    assert not is_locked(tmp_path / "c.h5.lock")
 
 
 def test_unwritable_path_is_one_clear_error(tmp_path):

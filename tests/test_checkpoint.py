@@ -217,17 +217,3 @@ def test_a_refused_class_is_named_without_torchs_advice_to_allow_it(tmp_path):
     with pytest.raises(KdcliError) as error:
         load_checkpoint(tmp_path)
     assert f"GLOBAL {Custom.__module__}.Custom" in str(error.value) and "safe_globals" not in str(error.value)
-
-
-def test_a_lock_file_on_a_filesystem_without_locks_reads_as_not_held(tmp_path, monkeypatch):
-    """Nothing can be told there: "a dump-logits is writing it now" would send the user waiting for nothing."""
-    import fcntl
-
-    (tmp_path / "c.h5.lock").write_text("")
-    assert not checkpoint_module.is_locked(tmp_path / "c.h5.lock") and not checkpoint_module.is_locked(tmp_path / "missing.lock")
-
-    def no_locks(fd, operation):
-        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
-
-    monkeypatch.setattr(fcntl, "flock", no_locks)
-    assert not checkpoint_module.is_locked(tmp_path / "c.h5.lock")

@@ -25,11 +25,12 @@ from conftest import record_progress_bars, write_cifar_folder
 import kdcli.group as group_module
 import kdcli.train as train_module
 from kdcli import KdcliError, StopOnSignal, __version__, augment
-from kdcli.checkpoint import CHECKPOINT, load_checkpoint, warn_cannot_lock
+from kdcli.checkpoint import CHECKPOINT, load_checkpoint
 from kdcli.config import ConfigError, StudentConfig, TeacherConfig
 from kdcli.data import DATA_DIR, load_cifar10, recorded_data_dir
 from kdcli.evaluate import autocast_dtype, evaluate, load_model, predict, recorded_precision
 from kdcli.group import TrainingInterrupted
+from kdcli.locks import warn_cannot_lock
 from kdcli.losses import distillation_loss
 from kdcli.models import create_model
 from kdcli.optimizer import learning_rate
