@@ -45,7 +45,7 @@ import torch
 from kdcli import KdcliError, __version__, augment, count
 from kdcli.checkpoint import temporary_file_for
 from kdcli.locks import is_locked, lock_or_refuse
-from kdcli.runs import check_cache_is_there, short
+from kdcli.resume import check_cache_is_there, short
 
 FORMAT_VERSION = 1
 DATASETS = ("aug", "logits", "labels", "clean_logits", "test_logits", "epochs_complete")

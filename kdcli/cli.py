@@ -29,7 +29,8 @@ from kdcli.dump import DumpConfig, dump_logits, verify_cache
 from kdcli.dump import check_can_start as dump_can_start
 from kdcli.evaluate import evaluate as evaluate_checkpoint
 from kdcli.models import ALIASES, MODELS, parameter_count
-from kdcli.runs import LOCK, check_cache_is_there, check_can_start, options_of_inputs, recorded_options
+from kdcli.resume import check_cache_is_there, check_can_start, options_of_inputs, recorded_options
+from kdcli.runs import LOCK
 from kdcli.sweep import SweepConfig, sweep
 from kdcli.sweep import check_can_start as sweep_can_start
 from kdcli.train import train_student, train_teacher

@@ -32,7 +32,8 @@ from kdcli.config import check_choices, check_paths, check_seed, check_types, re
 from kdcli.data import load_cifar10, recorded_data_dir, resolve_device
 from kdcli.evaluate import autocast_dtype, autocast_to, model_from, predict, recorded_precision, top1, triton_found
 from kdcli.models import canonical_name
-from kdcli.runs import DIVERGED, as_recorded_now, in_use, machine, read_json, run_kind
+from kdcli.resume import as_recorded_now, run_kind
+from kdcli.runs import DIVERGED, in_use, machine, read_json
 
 
 @dataclass

@@ -30,7 +30,8 @@ from pathlib import Path
 
 from kdcli import KdcliError, count
 from kdcli.models import canonical_name
-from kdcli.runs import DIVERGED, LOCK, as_recorded_now, read_json
+from kdcli.resume import as_recorded_now
+from kdcli.runs import DIVERGED, LOCK, read_json
 
 SETTING_COLUMNS = ["model", "temperature", "distillation_weight", "hard_weight", "n"]
 ACCURACY_COLUMNS = ["mean", "std", "min", "max", "delta", "ci_low", "ci_high"]  # percent; delta and CI vs the baseline

@@ -22,7 +22,8 @@ from pathlib import Path
 from kdcli import Diverged, Interrupted, StopOnSignal, count, report
 from kdcli.checkpoint import CHECKPOINT, peek_checkpoint
 from kdcli.config import ConfigError, DistillOptions, StudentConfig, TrainOptions, check_no_repeats, check_seed, check_temperature
-from kdcli.runs import LOCK, check_same_inputs, check_same_options, check_sweep_can_start, claim_folder, forget_run, runs_below, state_of_config_json
+from kdcli.resume import check_same_inputs, check_same_options, check_sweep_can_start, forget_run, state_of_config_json
+from kdcli.runs import LOCK, claim_folder, runs_below
 from kdcli.stack import stackable
 from kdcli.train import device_and_data, open_student_cache, student_runs, train_runs, warn_of_cache
 

@@ -21,17 +21,8 @@ from kdcli.config import StudentConfig, TeacherConfig
 from kdcli.data import load_cifar10, resolve_device
 from kdcli.evaluate import autocast_dtype, triton_found
 from kdcli.group import Group
-from kdcli.runs import (
-    CachedTargets,
-    DrawnAugmentation,
-    Run,
-    check_can_start,
-    check_run_folder,
-    check_same_inputs,
-    claim_folder,
-    prepare_run_dir,
-    read_json,
-)
+from kdcli.resume import check_can_start, check_same_inputs, prepare_run_dir
+from kdcli.runs import CachedTargets, DrawnAugmentation, Run, check_run_folder, claim_folder, read_json
 
 
 def train_runs(runs: list, data, device: torch.device, teacher: nn.Module | None = None, progress=True, in_sweep=False, stop=None) -> list:

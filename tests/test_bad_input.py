@@ -1298,7 +1298,7 @@ def test_a_sweep_in_fp16_on_a_gpu_refused_is_not_warned_that_it_trains_its_stude
 
 @pytest.mark.parametrize("other,words", [(["--lr", 0.05], "trained with other options"), (["--model", "resnet8"], "holds a lenet5, not a resnet8")], ids=["lr", "model"])
 def test_a_sweep_run_again_with_other_options_is_refused_before_its_data_loads(tmp_path, data_dir, cache, other, words):
-    """As a single run's --resume is (runs.check_can_start): at once, not after the data (and any warning about it)."""
+    """As a single run's --resume is (resume.check_can_start): at once, not after the data (and any warning about it)."""
     assert kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep")).exit_code == 0
     assert_one_error(kdcli(*sweep_args(tmp_path / "no-data", cache, tmp_path / "sweep", *other)), words, codes=(1,))
     assert not (tmp_path / "no-data").exists()

@@ -86,7 +86,7 @@ def test_incomplete_refused_unless_allow_partial(tmp_path):
 
 def test_a_cache_a_dump_is_writing_is_said_to_be_so(tmp_path):
     """Not "run dump-logits" or "finish it with dump-logits": a second dump into it would be refused."""
-    from kdcli.runs import check_cache_is_there
+    from kdcli.resume import check_cache_is_there
 
     path = tmp_path / "c.h5"
     with cache.write_lock(path):  # what dump-logits holds from before the file exists to its end

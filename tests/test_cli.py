@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 import kdcli.checkpoint as checkpoint_module
 import kdcli.dump as dump_module
 import kdcli.group as group_module
+import kdcli.resume as resume_module
 import kdcli.runs as runs_module
 import kdcli.train as train_module
 from kdcli import __version__
@@ -737,7 +738,7 @@ def test_a_sweep_without_options_is_the_reference_table(tmp_path, monkeypatch):
         return {"table": "", "students": 0, "trained_now": 0, "earlier": 0}
 
     monkeypatch.setattr(cli_module, "sweep", recorded)
-    monkeypatch.setattr(runs_module, "check_cache_readable", lambda path: None)  # checked before the sweep runs: none here
+    monkeypatch.setattr(resume_module, "check_cache_readable", lambda path: None)  # checked before the sweep runs: none here
     result = kdcli("sweep")
     assert result.exit_code == 0, result.output
     (config,) = given
@@ -860,7 +861,7 @@ def test_the_training_commands_default_to_the_reference_recipe(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     configs = recorded_teacher_configs(monkeypatch)
     monkeypatch.setattr(cli_module, "train_student", lambda c: configs.append(c) or {"model": c.model, "test_accuracy": 10.0, "epochs": c.epochs})
-    monkeypatch.setattr(runs_module, "check_cache_readable", lambda path: None)  # checked before the student trains: none here
+    monkeypatch.setattr(resume_module, "check_cache_readable", lambda path: None)  # checked before the student trains: none here
     assert kdcli("train-teacher").exit_code == 0 and kdcli("train-student").exit_code == 0
     recipe = [(c.model, c.epochs, c.batch_size, c.optimizer, c.lr, c.momentum, c.nesterov, c.weight_decay, c.scheduler, c.lr_milestones,
                c.lr_gamma, c.seed, c.amp) for c in configs]  # fmt: skip
