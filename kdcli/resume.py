@@ -18,7 +18,7 @@ from kdcli.checkpoint import CHECKPOINT, load_checkpoint, peek_checkpoint
 from kdcli.config import flag
 from kdcli.locks import is_locked
 from kdcli.models import canonical_name
-from kdcli.runs import DIVERGED, busy, check_run_folder, check_sweep_folder, in_use, kdcli_config, read_json
+from kdcli.runs import DIVERGED, busy_message, check_run_folder, check_sweep_folder, in_use, kdcli_config, read_json
 
 
 def check_can_start(config):
@@ -28,7 +28,7 @@ def check_can_start(config):
     out = Path(config.out)
     check_run_folder(out)
     if in_use(out):
-        raise KdcliError(busy(out))
+        raise KdcliError(busy_message(out))
     check_not_overwriting(config)
     # Before the cache opens: a --resume given another --subset than the run's is refused as that, not as a
     # cache of another length.
@@ -60,7 +60,7 @@ def check_sweep_can_start(out: Path, cache=None):
     its KD students read (None: baselines alone, which read none)."""
     check_sweep_folder(out)
     if in_use(out):
-        raise KdcliError(busy(out))
+        raise KdcliError(busy_message(out))
     if cache is not None:
         check_cache_readable(cache)
 

@@ -102,7 +102,7 @@ def claim_folder(out):
             raise KdcliError(f"too many open files to hold the lock of {out}: raise the limit (ulimit -n), or sweep fewer students at once") from None
         raise KdcliError(f"cannot write to --out {out}: {e.strerror or e}") from None
     try:
-        lock_or_refuse(fd, busy(out))
+        lock_or_refuse(fd, busy_message(out))
         try:  # the lock file may be older than the folder's permissions
             (out / ".write-test").touch()  # a fixed name, now that the folder is ours
             (out / ".write-test").unlink(missing_ok=True)  # another kdcli's, where the filesystem cannot lock
@@ -113,7 +113,7 @@ def claim_folder(out):
         os.close(fd)
 
 
-def busy(out: Path) -> str:
+def busy_message(out: Path) -> str:
     return f"{out} is in use by another kdcli training there (it holds {out / LOCK}): wait for it to end, or pass another --out"
 
 
