@@ -176,16 +176,21 @@ def test_unwritable_folder(tmp_path):
         save_atomic(kdcli_state(), tmp_path / "file" / CHECKPOINT)
 
 
-def test_read_checkpoint_gives_the_sha256_of_the_bytes_it_loaded(tmp_path, monkeypatch):
+@pytest.mark.parametrize("saved", ["before torch.load", "after torch.load"])
+def test_read_checkpoint_gives_the_sha256_of_the_bytes_it_loaded(tmp_path, monkeypatch, saved):
     """A teacher still training saves its next checkpoint while a dump reads this one: the hash must name
-    the weights loaded, not the file's new content (cache-info --verify would call the cache another teacher's)."""
+    the weights loaded, not the file's new content (cache-info --verify would call the cache another teacher's).
+    Saved before torch.load runs: the weights must be those of the bytes hashed, not the file read again."""
     save_atomic(kdcli_state(), tmp_path / CHECKPOINT)
     loaded_from = hashlib.sha256((tmp_path / CHECKPOINT).read_bytes()).hexdigest()
     load = torch.load
 
     def load_while_the_next_checkpoint_is_saved(*args, **kwargs):
+        if saved == "before torch.load":
+            save_atomic({**kdcli_state(), "epoch": 2}, tmp_path / CHECKPOINT)
         state = load(*args, **kwargs)
-        save_atomic({**kdcli_state(), "epoch": 2}, tmp_path / CHECKPOINT)
+        if saved == "after torch.load":
+            save_atomic({**kdcli_state(), "epoch": 2}, tmp_path / CHECKPOINT)
         return state
 
     monkeypatch.setattr(checkpoint_module.torch, "load", load_while_the_next_checkpoint_is_saved)

@@ -876,3 +876,18 @@ def test_a_dump_without_progress_prints_nothing_even_when_ctrl_c_came_too_late(t
     monkeypatch.setattr(cache.CacheWriter, "write_epoch", ctrl_c_at_the_last_epoch)
     assert dump_logits(config(tmp_path, teacher, data_dir, quiet=False), progress=False)["epochs_complete"] == E
     assert capsys.readouterr() == ("", "")
+
+
+def test_verify_measures_each_entry_against_its_own_largest_logit(tmp_path, teacher, data_dir):
+    """3% off on the entry of the smallest logits fails a float32 cache (tolerance 2%), though it is under 2% of the
+    largest logit of its epoch: measured against the epoch's, damage to small-logit entries would hide behind large ones."""
+    cfg = config(tmp_path, teacher, data_dir, epochs=1)
+    dump_logits(cfg, progress=False)
+    with h5py.File(cfg.out, "r+") as f:
+        logits = f["logits"][0]  # [N, C]
+        largest = np.abs(logits).max(1)
+        i = int(largest.argmin())
+        assert largest[i] * 0.03 < 0.02 * largest.max()  # the premise: under the tolerance relative to the epoch's largest
+        f["logits"][0, i] = logits[i] * 1.03
+    with pytest.raises(KdcliError, match="fails verification"):
+        dump.verify_cache(cfg.out, teacher, k=200, device="cpu", data_dir=data_dir, download=False)

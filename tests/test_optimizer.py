@@ -5,7 +5,7 @@ import typing
 
 import pytest
 
-from kdcli.config import TeacherConfig
+from kdcli.config import ConfigError, TeacherConfig
 from kdcli.optimizer import SCHEDULES, learning_rate
 
 
@@ -47,3 +47,12 @@ def test_onecycle_warms_up_linearly_to_the_peak():
     cfg = TeacherConfig(epochs=10, lr=0.1, scheduler="onecycle")
     assert learning_rate(cfg, 1.5) == pytest.approx(0.1 * (0.04 + 0.96 * 0.5))
     assert learning_rate(cfg, 3 - 1e-9) == pytest.approx(0.1)  # no jump where the decay starts
+
+
+def test_the_float32_bound_on_the_lr_counts_only_the_milestones_before_the_last_epoch():
+    """A rising lr (--lr-gamma > 1) is refused where it would pass float32's largest number, counting the milestones it
+    reaches: one at --epochs or beyond never applies (its warning says so), so it cannot refuse a run."""
+    unreached = TeacherConfig(epochs=5, lr=1e30, lr_gamma=1e10, lr_milestones=(5,))
+    assert max(learning_rate(unreached, t / 10) for t in range(50)) == pytest.approx(1e30)
+    with pytest.raises(ConfigError, match=r"--lr-gamma: 1e\+10 at 1 milestone takes --lr 1e\+30 past"):
+        TeacherConfig(epochs=6, lr=1e30, lr_gamma=1e10, lr_milestones=(5,))

@@ -28,13 +28,13 @@ from kdcli import KdcliError, StopOnSignal, __version__, augment
 from kdcli.checkpoint import CHECKPOINT, load_checkpoint
 from kdcli.config import ConfigError, StudentConfig, TeacherConfig
 from kdcli.data import DATA_DIR, load_cifar10, recorded_data_dir
-from kdcli.evaluate import autocast_dtype, evaluate, load_model, predict, recorded_precision
+from kdcli.evaluate import autocast_dtype, autocast_to, evaluate, evaluate_stack, load_model, predict, recorded_precision, top1
 from kdcli.group import TrainingInterrupted
 from kdcli.locks import warn_cannot_lock
 from kdcli.losses import distillation_loss
 from kdcli.models import create_model
 from kdcli.optimizer import learning_rate
-from kdcli.resume import as_recorded_now
+from kdcli.resume import MAY_DIFFER, as_recorded_now
 from kdcli.runs import LOCK, DrawnAugmentation, Run, claim_folder, git_commit
 from kdcli.stack import ModelStack, split_optimizer_state, stack_optimizer_states
 from kdcli.train import train_runs, train_student, train_teacher
@@ -1252,6 +1252,24 @@ def test_resume_with_another_seed_is_refused(tmp_path, data_dir, finished, monke
         teach(config(tmp_path, "run", data_dir, resume=True, seed=1))
 
 
+# Another value of each option that changes what a teacher's run computes (the run's: model lenet5, epochs 3, ...).
+OTHER_RECIPE = {"model": "resnet8", "epochs": 4, "batch_size": 32, "lr": 0.05, "optimizer": "adam", "momentum": 0.8, "nesterov": True,
+                "weight_decay": 1e-3, "scheduler": "cosine", "lr_milestones": (2,), "lr_gamma": 0.5, "subset": 100, "val_size": 10, "seed": 1}  # fmt: skip
+
+
+def test_resume_refuses_another_value_of_every_option_that_changes_the_run(tmp_path, data_dir, monkeypatch):
+    """Each option outside MAY_DIFFER is the run's own: resumed with another value, the run would be half one recipe and
+    half another. Every such option of TeacherConfig is tried here, so that a new one must be classed."""
+    assert set(OTHER_RECIPE) | MAY_DIFFER >= {f.name for f in fields(TeacherConfig)}
+    interrupt(tmp_path, data_dir, monkeypatch)
+    before = {f.name: f.read_bytes() for f in (tmp_path / "run").iterdir() if f.is_file()}
+    for option, value in OTHER_RECIPE.items():
+        said = "holds a lenet5, not a resnet8" if option == "model" else f"other options: --{option.replace('_', '-')} "
+        with pytest.raises(KdcliError, match=said):
+            teach(config(tmp_path, "run", data_dir, resume=True, **{option: value}))
+    assert {f.name: f.read_bytes() for f in (tmp_path / "run").iterdir() if f.is_file()} == before
+
+
 def test_a_finished_run_without_its_checkpoint_is_kept_on_resume(tmp_path, data_dir, finished):
     """A finished run whose checkpoint.pt was deleted (to save space: summary.json holds its results) is done:
     --resume, which make always passes, must keep it, not train it again from scratch over its summary."""
@@ -1535,6 +1553,20 @@ def test_predict_gives_the_logits_of_the_images_normalized_as_in_training(finish
     with torch.no_grad():
         expected = model(augment.normalize(images))
     torch.testing.assert_close(predict(model, images, batch_size=7), expected)
+
+
+def test_a_group_evaluated_in_batches_counts_each_image_against_its_own_label(data_dir):
+    """A group's test accuracy comes in batches of 1,000 (the 10,000 test images are 10): each batch's predictions
+    are compared with that batch's labels. Batches of 7 (not dividing the 60 test images) against labels that model 0
+    predicts itself: 100% for it, and model 1 as predict and top1 score it."""
+    torch.manual_seed(0)
+    models = [create_model("lenet5") for _ in range(2)]
+    stack, images = ModelStack(models), load_cifar10(data_dir).test_images
+    labels = predict(models[0], images).argmax(1)
+    assert len(labels.unique()) > 1  # else any batch's labels would do
+    accuracy = evaluate_stack(stack, images, labels, autocast_to(None), batch_size=7)
+    assert accuracy == pytest.approx([100.0, top1(predict(models[1], images), labels)], abs=1e-3)
+    assert accuracy[1] < 50  # model 1 is another model: its column is not model 0's
 
 
 def test_predict_keeps_no_autograd_graph(finished, data_dir):
