@@ -73,6 +73,12 @@ def check_not_overwriting(config):
     if (out / "summary.json").exists():
         raise KdcliError(f"{out} holds a finished run: pass --force to overwrite it, or choose another --out")
     if (out / CHECKPOINT).exists():
+        try:  # an unreadable one keeps this refusal: --force still starts over
+            recorded = peek_checkpoint(out / CHECKPOINT).get("config")
+        except KdcliError:
+            recorded = None
+        if recorded:  # a teacher's run, to a student: --resume would only be refused in turn
+            check_same_kind(as_recorded_now(recorded), vars(config), out)
         raise KdcliError(f"{out} holds an unfinished run: pass --resume to continue it, or --force to start over")
 
 

@@ -1082,6 +1082,16 @@ def test_an_out_whose_lock_file_is_writable_but_not_the_folder_is_one_clear_erro
             pass
 
 
+def test_an_unfinished_run_of_the_other_kind_is_not_said_to_resume(tmp_path, data_dir, cache):
+    """A teacher's unfinished run given to a student without --resume: "pass --resume to continue it" would only
+    lead to the next refusal (a student never resumes a teacher's run); the refusal says so at once."""
+    assert kdcli(*teacher_args(data_dir, tmp_path / "run")).exit_code == 0
+    (tmp_path / "run" / "summary.json").unlink()  # its checkpoint stays: stopped before it finished
+    refused = kdcli(*student_args(data_dir, cache, tmp_path / "run"))
+    assert_refused(refused, "holds a teacher's run, not a student's", "--force", codes=(1,))
+    assert "--resume" not in refused.stderr
+
+
 def test_a_run_of_the_other_kind_refused_without_force_is_not_said_to_be_replaced(tmp_path, data_dir, cache):
     """Without --force a teacher's run is refused to a student and left as it is: a warning that '--force replaces
     it with a new student's, of the options given and the defaults' would describe what did not happen."""
