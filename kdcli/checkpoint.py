@@ -85,7 +85,8 @@ def _load(path, mmap=False) -> tuple[dict, bytes]:
     given, path = Path(path), checkpoint_file(path)
     if not path.is_file():
         below = next(given.rglob(CHECKPOINT), None) if given.is_dir() else None  # a sweep folder holds runs
-        raise KdcliError(f"no checkpoint at {path}" + (f": {given} holds run folders; pass one, e.g. {below.parent}" if below else ""))
+        remedy = f"{given} holds run folders; pass one, e.g. {below.parent}" if below else "pass a run folder that holds checkpoint.pt, or the file itself"
+        raise KdcliError(f"no checkpoint at {path}: {remedy}")
     try:
         with open(path, "rb") as f:
             data = f.read(4)

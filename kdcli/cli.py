@@ -8,6 +8,7 @@ stderr and exit status 1; bad option values are usage errors (exit status 2).
 
 import contextlib
 import inspect
+import json
 import re
 import shlex
 import shutil
@@ -387,7 +388,7 @@ def cache_info(
         for name, d in info["datasets"].items():
             typer.echo(f"  {name:<22} {d['dtype']:<8} {d['shape']}")
         for key, value in sorted(info["attrs"].items()):
-            typer.echo(f"  {key:<22} {value}")
+            typer.echo(f"  {key:<22} {json.dumps(value) if isinstance(value, (dict, list)) else value}")  # JSON: what the file holds, and what tools read
         if verify:
             images = data_dir or recorded_data_dir(info["attrs"]["config"], f"the cache {path}")
             _say_data_dir_read_back(data_dir, images, f"the cache {path}")  # before the verdict, which may be a failure

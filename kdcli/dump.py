@@ -417,7 +417,9 @@ def _teacher_that_made(c, path, teacher) -> tuple[str, dict]:
         raise KdcliError(f"no teacher at {teacher} to verify {path} with: pass --teacher")
     state, sha256 = read_checkpoint(teacher)
     if sha256 != c.attrs["teacher_sha256"]:
-        raise KdcliError(f"{path} was made by another teacher (sha256 {c.attrs['teacher_sha256'][:8]}…), not {teacher}")
+        recorded = c.attrs["config"].get("teacher")
+        remedy = f": pass the one it was made with (--teacher; its dump recorded {recorded})" if recorded and recorded != str(teacher) else ""
+        raise KdcliError(f"{path} was made by another teacher (sha256 {c.attrs['teacher_sha256'][:8]}…), not {teacher}{remedy}")
     return teacher, state
 
 

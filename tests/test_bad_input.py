@@ -812,6 +812,14 @@ def test_cache_info_verifies_against_the_teacher_on_the_given_data(tmp_path, dat
     assert everything.exit_code == 0 and "largest |logit difference| over 400 entries " in everything.stdout  # 2 epochs x 200 images
 
 
+def test_cache_info_shows_the_dumps_options_as_json(cache):
+    """Its config attribute as the file holds it (JSON), not as a Python dict: a user copies it into jq or json.loads."""
+    result = kdcli("cache-info", cache)
+    assert result.exit_code == 0, result.output
+    (line,) = [line for line in result.stdout.splitlines() if line.split()[0] == "config"]
+    assert json.loads(line.split(None, 1)[1])["teacher"]
+
+
 def test_cache_info_verify_reads_the_dumps_images_back_and_fails_a_damaged_cache(tmp_path, data_dir, teacher, cache):
     damaged = tmp_path / "damaged.h5"
     shutil.copy(cache, damaged)

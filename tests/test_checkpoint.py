@@ -127,7 +127,7 @@ def test_truncated_checkpoint_is_refused(tmp_path):
 @pytest.mark.parametrize("where", ["missing.pt", "empty-run-folder"])
 def test_missing_checkpoint_is_refused(tmp_path, where):
     (tmp_path / "empty-run-folder").mkdir()
-    with pytest.raises(KdcliError, match="no checkpoint at"):
+    with pytest.raises(KdcliError, match="no checkpoint at .*: pass a run folder that holds checkpoint.pt, or the file itself$"):
         load_checkpoint(tmp_path / where)
 
 

@@ -5,6 +5,7 @@ to the very arrays of a dump never stopped."""
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -250,7 +251,7 @@ def test_verify_refuses_another_teacher(tmp_path, reference, teacher, data_dir):
     state = torch.load(teacher / "checkpoint.pt")
     state["model"] = {k: v + 0.01 for k, v in state["model"].items()}
     torch.save(state, other / "checkpoint.pt")
-    with pytest.raises(KdcliError, match=r"was made by another teacher \(sha256 .{8}…\), not .*other"):
+    with pytest.raises(KdcliError, match=rf"was made by another teacher \(sha256 .{{8}}…\), not .*other: pass the one it was made with \(--teacher; its dump recorded {re.escape(str(teacher.resolve()))}\)$"):
         dump.verify_cache(reference[0], other, k=64, device="cpu", data_dir=data_dir)
 
 
