@@ -81,6 +81,8 @@ class TrainOptions:
         self.model = canonical_name(self.model)
         if self.val_size < 0:
             raise ConfigError("--val-size", f"must be >= 0, got {self.val_size}")
+        if self.subset is not None and self.val_size >= self.subset:  # else refused only once the data has loaded
+            raise ConfigError("--val-size", f"must be between 0 and {self.subset - 1} (the --subset images less one), got {self.val_size}")
         if not 0 < self.lr < math.inf:  # also catches nan
             raise ConfigError("--lr", f"must be a finite number > 0, got {self.lr}")
         if not 0 <= self.weight_decay < math.inf:

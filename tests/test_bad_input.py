@@ -303,6 +303,7 @@ BAD_OPTIONS = [
     *[(c, ["--lr", 1e39], ["--lr", "float32's largest number"]) for c in TRAINING],  # a CPU optimizer's traceback in the first step
     ("train-student", ["--lr-gamma", 1e40, "--lr-milestones", 1, "--epochs", 2], ["--lr-gamma", "1e+40 at 1 milestone takes --lr 0.1 past"]),
     *[(c, ["--val-size", -1], ["--val-size", "must be >= 0"]) for c in TRAINING],
+    *[(c, ["--subset", 100, "--val-size", 100], ["--val-size", "must be between 0 and 99 (the --subset images less one), got 100"]) for c in TRAINING],
     *[(c, ["--model", "nope"], ["nope", "lenet5", "resnet18"]) for c in TRAINING],
     *[(c, ["--scheduler", "nope"], ["--scheduler", "multistep"]) for c in TRAINING],
     *[(c, ["--optimizer", "nope"], ["--optimizer", "sgd"]) for c in TRAINING],
