@@ -181,7 +181,7 @@ def check_fits_the_folder(out, runs):
     if not others:
         return
     # Most of these have no summary.json yet: their record holds what the report reads from one (model, seed, temperature, weights).
-    planned = [{"run_dir": str(r.dir), "summary": r.record, "config": r.record} for r in runs]
+    planned = [{"run_dir": str(r.dir.resolve()), "summary": r.record, "config": r.record} for r in runs]  # resolved, as collect's are
     together = planned + report.collect(others)
     named = ", ".join(str(d.relative_to(out)) for d in others[:3]) + (", ..." if len(others) > 3 else "")
     remedy = f"{out} holds an earlier sweep's students ({named}), which its report could not put in one table with these: pass another --out, or delete them"

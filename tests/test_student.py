@@ -6,6 +6,7 @@ the steps it would take with its teacher run online on the same views.
 
 import json
 import os
+import re
 import signal
 import warnings
 
@@ -279,6 +280,18 @@ def test_a_sweep_adding_students_of_another_recipe_or_teacher_to_a_folder_is_ref
         assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "sweep").rglob("*")) == before
     sweep(SweepConfig(temperatures=(30.0,), seeds=(1,), baseline=False, epochs=1, cache=str(cache_path), **shared), progress=False)
     assert [(r["temperature"], r["n"]) for r in aggregate(collect([tmp_path / "sweep"]))] == [(None, 1), (4.0, 1), (30.0, 1)]
+
+
+def test_a_sweep_refused_beside_an_earlier_one_names_both_students_the_same_way(tmp_path, data_dir, cache_path, monkeypatch):
+    """--out given relative: the new student and the earlier one are both named by their whole path, not one each way."""
+    monkeypatch.chdir(tmp_path)
+    shared = dict(temperatures=(4.0,), seeds=(1,), baseline=False, batch_size=64, lr_milestones=(), device="cpu", quiet=True,
+                  data_dir=str(data_dir), cache=str(cache_path), out="sweep")  # fmt: skip
+    sweep(SweepConfig(epochs=1, **shared), progress=False)
+    with pytest.raises(KdcliError) as refused:
+        sweep(SweepConfig(**{**shared, "temperatures": (30.0,)}, epochs=2), progress=False)
+    named = re.search(r"\(e\.g\. (\S+) and (\S+)\)", str(refused.value)).groups()
+    assert sorted(named) == [str(tmp_path / "sweep" / "T30" / "seed1"), str(tmp_path / "sweep" / "T4" / "seed1")], str(refused.value)
 
 
 def test_a_student_regrouped_when_its_sweep_resumes_records_the_group_of_each_epoch(tmp_path, data_dir, cache_path, monkeypatch):
