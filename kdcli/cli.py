@@ -91,12 +91,17 @@ def _choice(annotation) -> dict:
     return {"callback": one_of, "metavar": "[" + "|".join(choices) + "]"}
 
 
+def _quoted(option: str) -> str:
+    """An option as click names it in its own usage errors ("Invalid value for '--epochs'"), so that ours read the same."""
+    return f"'{option}'"
+
+
 def _parse_list(value: str, item_type, option: str) -> tuple:
     """"150,225" -> (150, 225); "" -> () (--lr-milestones "": none). An empty item ("1,,2") is a typo, not a skip."""
     try:
         return tuple(item_type(v) for v in value.split(",")) if value.strip() else ()
     except ValueError:
-        raise typer.BadParameter(f"expected comma-separated {item_type.__name__}s, got {value!r}", param_hint=option) from None
+        raise typer.BadParameter(f"expected comma-separated {item_type.__name__}s, got {value!r}", param_hint=_quoted(option)) from None
 
 
 def _refused_flag(name: str, why: str) -> inspect.Parameter:
@@ -104,7 +109,7 @@ def _refused_flag(name: str, why: str) -> inspect.Parameter:
 
     def refuse(value):
         if value:
-            raise typer.BadParameter(why, param_hint=flag(name))
+            raise typer.BadParameter(why, param_hint=_quoted(flag(name)))
         return value
 
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=typer.Option(False, flag(name), hidden=True, help=why, callback=refuse), annotation=bool)
@@ -234,7 +239,7 @@ def bad_values_as_usage_errors():
     try:
         yield
     except ConfigError as e:
-        raise typer.BadParameter(str(e).split(": ", 1)[1], param_hint=e.option) from None
+        raise typer.BadParameter(str(e).split(": ", 1)[1], param_hint=_quoted(e.option)) from None
     except KdcliError as e:
         raise typer.BadParameter(str(e)) from None
 

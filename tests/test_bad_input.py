@@ -313,7 +313,7 @@ BAD_OPTIONS = [
     *[(c, ["--amp", "fp8"], ["--amp", "bf16", "fp16", "off"]) for c in [*TRAINING, "dump-logits"]],
     ("sweep", ["--distillation-weight", 0], ["--distillation-weight", "must be > 0 in a sweep", "--baseline"]),
     ("sweep", ["--hard-weight", 0], ["--hard-weight", "must be > 0 with --baseline"]),
-    ("sweep", ["--resume"], ["Invalid value for --resume: a sweep has none: run again with the same options, it goes on where it stopped"]),
+    ("sweep", ["--resume"], ["Invalid value for '--resume': a sweep has none: run again with the same options, it goes on where it stopped"]),
     ("sweep", ["--seeds", "1,2,1"], ["--seeds", "values must not repeat (1 does)"]),
     ("sweep", ["--temperatures", "4,10,4"], ["--temperatures", "values must not repeat (4 does)"]),
     ("sweep", ["--temperatures", "1.0000001,1.0000002,2.0000001,2.0000002"], ["--temperatures", "1.0000001 and 1.0000002 would share the folder T1:"]),

@@ -263,6 +263,12 @@ def test_a_value_outside_a_choice_is_named_plainly(args):
     assert "Value error" not in result.stderr
 
 
+@pytest.mark.parametrize("option, value", [("--scheduler", "step"), ("--epochs", "x"), ("--epochs", "0"), ("--lr-milestones", "1,,2"), ("--model", "nope")])
+def test_every_usage_error_names_its_option_as_click_does(option, value):
+    """click's own errors (a choice, a type) and kdcli's (a range, a list, a name) name the option alike: 'Invalid value for '--epochs''."""
+    assert_clean_error(kdcli("train-teacher", option, value), f"Invalid value for '{option}': ", codes=(2,))
+
+
 def test_bad_lr_milestones_is_a_usage_error(tmp_path, data_dir):
     result = kdcli(*teacher_args(data_dir, tmp_path / "out", "--lr-milestones", "abc"))
     assert_clean_error(result, "--lr-milestones", "abc", codes=(2,))
