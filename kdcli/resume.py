@@ -121,8 +121,6 @@ def check_resumes(config, state: dict, out: Path):
 # not given and refused where given otherwise (check_same_options). The others may change:
 # - not read back: where the run is and what to do with it, and how this machine runs it (its defaults fit it);
 NOT_READ_BACK = {"out", "resume", "force", "quiet", "device", "compile", "cuda_graphs"}
-
-
 # - read back, yet free to differ: how a run computes, and where its inputs are (check_same_inputs checks the inputs
 #   themselves). A resumed run may move to another device, which changes its precision anyway; --amp too (a bf16
 #   run resumed under fp16 starts a fresh loss scale).
