@@ -123,12 +123,13 @@ def command_from(cls, name: str, run, can_start):
     hidden = getattr(cls, "cli_hidden", {})  # field -> why a command lacks it: hidden fields keep their defaults
     shown = [f for f in fields(cls) if f.name not in hidden]
     lists = {f.name: typing.get_args(hints[f.name])[0] for f in shown if typing.get_origin(hints[f.name]) is tuple}
+    resumable = any(f.name == "resume" for f in shown)
 
     def command(ctx: typer.Context, **options):
         options = {k: v for k, v in options.items() if k not in hidden}
         for field_name, item_type in lists.items():
             options[field_name] = _parse_list(options[field_name], item_type, flag(field_name))
-        _run_command(cls, ctx, options, run, can_start, resume_flag=any(f.name == "resume" for f in shown))
+        _run_command(cls, ctx, options, run, can_start, resume_flag=resumable)
 
     params = [
         inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),

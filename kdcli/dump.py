@@ -412,12 +412,12 @@ def verify_cache(path, teacher=None, k=256, device="auto", data_dir=None, downlo
 def _teacher_that_made(c, path, teacher) -> tuple[str, dict]:
     """(teacher, its checkpoint): `teacher` (None: the one the dump of cache c at `path` was given), refused where
     its weights are not those the cache was made with."""
-    teacher = teacher or c.attrs["config"].get("teacher", "runs/teacher")
+    recorded = c.attrs["config"].get("teacher")
+    teacher = teacher or recorded or "runs/teacher"
     if not checkpoint_file(teacher).is_file():
         raise KdcliError(f"no teacher at {teacher} to verify {path} with: pass --teacher")
     state, sha256 = read_checkpoint(teacher)
     if sha256 != c.attrs["teacher_sha256"]:
-        recorded = c.attrs["config"].get("teacher")
         remedy = f": pass the one it was made with (--teacher; its dump recorded {recorded})" if recorded and recorded != str(teacher) else ""
         raise KdcliError(f"{path} was made by another teacher (sha256 {c.attrs['teacher_sha256'][:8]}…), not {teacher}{remedy}")
     return teacher, state
