@@ -343,6 +343,8 @@ def _sweep(config):
     typer.echo(result["table"])  # stdout: the table alone (`kdcli sweep > table.md`); where it is written, on stderr
     earlier = f" and {count(result['earlier'], 'student')} of earlier sweeps" if result["earlier"] else ""  # in the table too: it reports the folder
     typer.echo(f"{count(result['students'], 'student')} ({result['trained_now']} trained now){earlier} -> {config.out}/results.md", err=True)
+    if result["divergence"]:  # exit 1: the table is written, but lacks them
+        raise KdcliError(result["divergence"])
 
 
 command_from(TeacherConfig, "train-teacher", _train_teacher, check_can_start)

@@ -1,12 +1,15 @@
 """Many students from one cache: every (temperature, seed), plus a baseline per seed.
 
     result = sweep(SweepConfig(temperatures=(1, 10, 30), seeds=(777, 10)))
-    # {"table": the report's markdown, "students": n, "trained_now": k, "earlier": students of earlier sweeps in the table}
+    # {"table": the report's markdown, "students": n, "trained_now": k, "earlier": students of earlier sweeps in the table,
+    #  "diverged": its students that diverged (folders under --out), "divergence": what the first of them recorded, or None}
 
 Each student gets the usual run folder under --out (`T30/seed777/`,
 `baseline/seed777/`). Students are trained S at a time as one batched
 computation (stack.ModelStack). A killed sweep resumes when run again: finished
-students are kept, unfinished ones continue from their checkpoints. The report
+students are kept, unfinished ones continue from their checkpoints. A student
+that diverges is left (its folder records it) and the sweep goes on without it;
+run again, it is kept as diverged, a result of its setting. The report
 (report.py) of the whole folder is written at the end: these students and those
 an earlier sweep with other seeds or temperatures left there.
 """
@@ -23,7 +26,7 @@ from kdcli import Diverged, Interrupted, StopOnSignal, count, report
 from kdcli.checkpoint import CHECKPOINT, peek_checkpoint
 from kdcli.config import ConfigError, DistillOptions, StudentConfig, TrainOptions, check_no_repeats, check_seed, check_temperature
 from kdcli.resume import check_same_inputs, check_same_options, check_sweep_can_start, forget_run, state_of_config_json
-from kdcli.runs import LOCK, claim_folder, runs_below
+from kdcli.runs import DIVERGED, LOCK, claim_folder, read_json, runs_below
 from kdcli.stack import stackable
 from kdcli.train import device_and_data, open_student_cache, student_runs, train_runs, warn_of_cache
 
@@ -102,13 +105,18 @@ def started(c: StudentConfig) -> dict | None:
     return state
 
 
+def diverged(c: StudentConfig) -> bool:
+    return (Path(c.out) / DIVERGED).is_file()
+
+
 def groups(configs: list, parallel: int) -> list:
     """Unfinished students in groups that can train together: same resume point, at most `parallel` each.
-    A student, finished or not, is kept only if it trained with the options asked for now (started)."""
+    A student, finished or not, is kept only if it trained with the options asked for now (started); one that
+    diverged is kept as such: trained again on the same options, it would diverge again (--force starts it over)."""
     by_start = {}
     for c in configs:
         state = started(c)
-        if (Path(c.out) / "summary.json").exists():
+        if (Path(c.out) / "summary.json").exists() or diverged(c):
             continue
         start = (0, 0)
         if state is not None:
@@ -188,18 +196,43 @@ def check_fits_the_folder(out, runs):
     report.check_comparable(together, remedy)  # its teachers too
 
 
-def _train_groups(todo: list, runs: dict, config: SweepConfig, data, device, stop, progress: bool):
-    """Train the groups one after another; a stop that came while a group evaluated or saved ends it between two."""
-    students = len(runs)
-    for i, members in enumerate(todo):
+def _train_groups(configs: list, runs: dict, config: SweepConfig, data, device, parallel: int, stop, progress: bool):
+    """Train the groups one after another; a stop that came while a group evaluated or saved ends it between two.
+    A group in which students diverge leaves them (their folders record it) and the sweep goes on: the groups are
+    made again, so that the students stopped with them resume from their checkpoints without them."""
+    todo, trained = groups(configs, parallel), 0
+    while todo:
+        members = todo[0]
         if stop.requested:
-            left = sum(map(len, todo[i:]))
-            raise Interrupted(f"interrupted between groups of students: {students - left} of {students} finished, each in its folder under {config.out}", stop.signum)
+            finished = sum((Path(c.out) / "summary.json").exists() for c in configs)
+            raise Interrupted(f"interrupted between groups of students: {finished} of {len(configs)} finished, each in its folder under {config.out}", stop.signum)
         if progress:
             names = ", ".join(str(Path(c.out).relative_to(config.out)) for c in members)
             mean = " (the progress shows their mean)" if len(members) > 1 else ""
-            print(f"group {i + 1}/{len(todo)}, trained together{mean}: {names}", file=sys.stderr, flush=True)  # stdout: the table alone
-        train_runs([runs[c.out] for c in members], data, device, progress=progress, in_sweep=True, stop=stop)
+            print(f"group {trained + 1}/{trained + len(todo)}, trained together{mean}: {names}", file=sys.stderr, flush=True)  # stdout: the table alone
+        try:
+            train_runs([runs[c.out] for c in members], data, device, progress=progress, in_sweep=True, stop=stop)
+        except Diverged as e:
+            if not any(map(diverged, members)):  # its record could not be written (a full disk): made again, its group would diverge again
+                raise
+            warnings.warn(f"{e}; the sweep goes on without it", stacklevel=2)
+        trained += 1
+        todo = groups(configs, parallel)
+
+
+def divergence(config: SweepConfig, configs: list) -> tuple[list, str | None]:
+    """The students that diverged (their folders under --out), and what to tell of them: which, and what the first
+    one's diverged.json recorded, which says what to lower."""
+    gone = [c for c in configs if diverged(c)]
+    if not gone:
+        return [], None
+    names = [str(Path(c.out).relative_to(config.out)) for c in gone]
+    first = read_json(Path(gone[0].out) / DIVERGED).get("error", "see its diverged.json")
+    if len(gone) == len(configs):  # no table to leave them out of
+        told = f"every student diverged ({', '.join(names)})" if len(gone) > 1 else "the sweep's only student diverged"
+    else:
+        told = f"{len(gone)} of {len(configs)} students diverged and {'is' if len(gone) == 1 else 'are'} left out of the table ({', '.join(names)})"
+    return names, f"{told}; the first: {first}" if len(gone) > 1 else f"{told}: {first}"
 
 
 def check_can_start(config: SweepConfig):
@@ -242,14 +275,19 @@ def sweep(config: SweepConfig, progress=True) -> dict:
                 config.warn_ineffective()
                 warn_unstacked(config, device)
             if progress:
-                print(f"{count(len(configs), 'student')}: {len(configs) - to_train} finished before, {to_train} to train", file=sys.stderr, flush=True)
-            _train_groups(todo, runs, config, data, device, stop, progress)
+                before = sum(map(diverged, configs))
+                kept = f", {before} diverged before (kept: --force trains every student again)" if before else ""
+                print(f"{count(len(configs), 'student')}: {len(configs) - to_train - before} finished before{kept}, {to_train} to train", file=sys.stderr, flush=True)
+            _train_groups(configs, runs, config, data, device, parallel, stop, progress)
+            gone, told = divergence(config, configs)
+            if len(gone) == len(configs):  # nothing of this sweep to report: the divergence is the news
+                raise Diverged(told)
             table, earlier = _report_the_folder(config.out, configs)
     finally:
         stop.restore()
         if cache is not None:
             cache.close()
-    return {"table": table, "students": len(configs), "trained_now": to_train, "earlier": earlier}
+    return {"table": table, "students": len(configs), "trained_now": to_train, "earlier": earlier, "diverged": gone, "divergence": told}
 
 
 def _report_the_folder(out, configs) -> tuple[str, int]:

@@ -895,23 +895,67 @@ def test_ctrl_c_in_a_sweep_prints_the_same_command_to_resume(tmp_path, data_dir,
     assert resumed.exit_code == 0, resumed.output
 
 
-def test_a_student_that_diverges_in_a_stacked_group_is_the_one_recorded_and_reported_as_diverged(tmp_path, data_dir, cache):
-    """A KD weight far too large blows up the KD student; the baseline stacked with it stops with it, unfinished,
-    not diverged: it would train on, and `kdcli report` counts it apart."""
-    result = kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep", "--distillation-weight", "1e6", "--parallel", 2))
-    assert_refused(result, "not finite at epoch 1", "T4/seed1", "--distillation-weight", codes=(1,))
+def test_a_student_that_diverges_in_a_stacked_group_is_left_and_its_stack_mate_finishes_without_it(tmp_path, data_dir, cache):
+    """A KD weight far too large blows up the KD student; the baseline stacked with it stops with it, not diverged,
+    and trains on alone: the sweep writes its table, names the diverged student under it, and exits 1 saying why."""
+    result = kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep", "--distillation-weight", "1e6", "--parallel", 2, "--quiet"))
+    assert_refused(result, "1 of 2 students diverged and is left out of the table", "not finite at epoch 1", "T4/seed1", "--distillation-weight", codes=(1,))
+    assert "the sweep goes on without it" in result.stderr
     assert "baseline" not in result.stderr.splitlines()[-1]
     assert (tmp_path / "sweep" / "T4" / "seed1" / "diverged.json").exists()
-    assert (tmp_path / "sweep" / "baseline" / "seed1" / "config.json").exists() and not (tmp_path / "sweep" / "baseline" / "seed1" / "diverged.json").exists()
-    assert_refused(kdcli("report", tmp_path / "sweep"), "no finished run", "(1 diverged, 1 unfinished)", codes=(1,))
+    assert (tmp_path / "sweep" / "baseline" / "seed1" / "summary.json").exists() and not (tmp_path / "sweep" / "baseline" / "seed1" / "diverged.json").exists()
+    assert "| lenet5 | baseline |" in result.stdout and "1 run diverged, left out: T4/seed1." in result.stdout
+    assert (tmp_path / "sweep" / "results.md").read_text() in result.stdout  # the report of the folder, as kdcli report writes it
 
 
-def test_a_sweep_ended_by_a_diverged_student_keeps_the_students_it_had_not_started_as_unfinished(tmp_path, data_dir, cache):
-    """Divergence stops a sweep as Ctrl-C does, not as a refusal: the folders of the group not reached stay, and the
-    report counts them, where a refusal leaves no folder of a student it never trained."""
+def test_a_sweep_goes_on_past_a_diverged_group_and_run_again_keeps_its_diverged_students(tmp_path, data_dir, cache):
+    """Divergence leaves a student, not the sweep: the groups after it train. Run again, the sweep trains nothing:
+    a diverged student is a result of its setting, which the same options would only diverge into again."""
+    args = sweep_args(data_dir, cache, tmp_path / "sweep", "--seeds", "1,2", "--distillation-weight", "1e6", "--parallel", 2)
+    first = kdcli(*args)
+    told = "2 of 4 students diverged and are left out of the table (T4/seed1, T4/seed2); the first: loss is not finite at epoch 1"
+    assert first.exit_code == 1 and message(first.stderr)[-1].startswith(f"error: {told}"), first.stderr
+    for seed in (1, 2):
+        assert (tmp_path / "sweep" / "baseline" / f"seed{seed}" / "summary.json").exists()
+        assert (tmp_path / "sweep" / "T4" / f"seed{seed}" / "diverged.json").exists()
+    before = snapshot(tmp_path / "sweep" / "T4")
+    again = kdcli(*[a for a in args if a != "--quiet"])
+    assert again.exit_code == 1 and message(again.stderr)[-1] == message(first.stderr)[-1], again.stderr
+    assert "4 students: 2 finished before, 2 diverged before (kept: --force trains every student again), 0 to train" in again.stderr
+    assert snapshot(tmp_path / "sweep" / "T4") == before
+    assert again.stdout == first.stdout  # the same table, the same two left out under it
+    assert "2 runs diverged, left out: T4/seed1, T4/seed2." in again.stdout
+
+
+def test_a_sweep_whose_every_student_diverged_ends_with_the_divergence_not_an_empty_report(tmp_path, data_dir, cache):
+    result = kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep", "--distillation-weight", "1e6", "--no-baseline", "--quiet"))
+    assert_refused(result, "the sweep's only student diverged: loss is not finite at epoch 1", "--distillation-weight", codes=(1,))
+    assert "no finished run" not in result.stderr and not (tmp_path / "sweep" / "results.md").exists()
+
+
+def test_a_divergence_a_full_disk_kept_from_being_recorded_ends_the_sweep_not_trains_it_again(tmp_path, data_dir, cache, monkeypatch):
+    """Made again, the groups would hold the student whose diverged.json could not be written: it would diverge
+    again, for ever. The sweep ends with the divergence instead, as it did before it went on past one."""
+    import kdcli.group as group_module
+    import kdcli.sweep as sweep_module
+
+    def write_json(path, data):
+        if path.name == "diverged.json":
+            raise KdcliError(f"cannot write {path}: No space left on device")
+        return real_write_json(path, data)
+
+    def train_runs(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 3:
+            raise RuntimeError("trained the same group again and again")
+        return real_train_runs(*args, **kwargs)
+
+    real_write_json, real_train_runs, calls = group_module.write_json, sweep_module.train_runs, []
+    monkeypatch.setattr(group_module, "write_json", write_json)
+    monkeypatch.setattr(sweep_module, "train_runs", train_runs)
     result = kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep", "--seeds", "1,2", "--distillation-weight", "1e6", "--parallel", 2))
-    assert_refused(result, "not finite at epoch 1", "--distillation-weight", codes=(1,))
-    assert_refused(kdcli("report", tmp_path / "sweep"), "no finished run", "(1 diverged, 3 unfinished)", codes=(1,))
+    assert_refused(result, "not finite at epoch 1", "T4/seed1", codes=(1,))
+    assert len(calls) == 1
 
 
 def test_a_sweep_started_over_stops_calling_its_students_diverged_before_it_trains_them(tmp_path, data_dir, cache, monkeypatch):

@@ -741,7 +741,7 @@ def test_a_sweep_without_options_is_the_reference_table(tmp_path, monkeypatch):
 
     def recorded(config):
         given.append(config)
-        return {"table": "", "students": 0, "trained_now": 0, "earlier": 0}
+        return {"table": "", "students": 0, "trained_now": 0, "earlier": 0, "diverged": [], "divergence": None}
 
     monkeypatch.setattr(cli_module, "sweep", recorded)
     monkeypatch.setattr(resume_module, "check_cache_readable", lambda path: None)  # checked before the sweep runs: none here
