@@ -280,8 +280,8 @@ def sweep(config: SweepConfig, progress=True) -> dict:
                 print(f"{count(len(configs), 'student')}: {len(configs) - to_train - before} finished before{kept}, {to_train} to train", file=sys.stderr, flush=True)
             _train_groups(configs, runs, config, data, device, parallel, stop, progress)
             gone, told = divergence(config, configs)
-            if len(gone) == len(configs):  # nothing of this sweep to report: the divergence is the news
-                raise Diverged(told)
+            if len(gone) == len(configs) and not any((d / "summary.json").exists() for d in runs_below(Path(config.out), depth=2)):
+                raise Diverged(told)  # no finished run in the folder to report: the divergence is the news
             table, earlier = _report_the_folder(config.out, configs)
     finally:
         stop.restore()

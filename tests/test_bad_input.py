@@ -933,6 +933,13 @@ def test_a_sweep_whose_every_student_diverged_ends_with_the_divergence_not_an_em
     assert "no finished run" not in result.stderr and not (tmp_path / "sweep" / "results.md").exists()
 
 
+def test_a_sweep_whose_every_student_diverged_still_reports_an_earlier_sweeps_students_in_its_folder(tmp_path, data_dir, cache):
+    assert kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep", "--temperatures", "")).exit_code == 0  # baselines alone
+    result = kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep", "--distillation-weight", "1e6", "--no-baseline"))
+    assert_refused(result, "the sweep's only student diverged: loss is not finite at epoch 1", codes=(1,))
+    assert "| lenet5 | baseline |" in result.stdout and "1 run diverged, left out: T4/seed1." in (tmp_path / "sweep" / "results.md").read_text()
+
+
 def test_a_divergence_a_full_disk_kept_from_being_recorded_ends_the_sweep_not_trains_it_again(tmp_path, data_dir, cache, monkeypatch):
     """Made again, the groups would hold the student whose diverged.json could not be written: it would diverge
     again, for ever. The sweep ends with the divergence instead, as it did before it went on past one."""
