@@ -19,6 +19,7 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Literal
 
+import torch
 import typer
 
 from kdcli import DATA_DIR, Device, Interrupted, KdcliError, __version__, count
@@ -129,7 +130,7 @@ def command_from(cls, name: str, run, can_start):
         options = {k: v for k, v in options.items() if k not in hidden}
         for field_name, item_type in lists.items():
             options[field_name] = _parse_list(options[field_name], item_type, flag(field_name))
-        _run_command(cls, ctx, options, run, can_start, resume_flag=resumable)
+        _run_command(cls, ctx, options, run, can_start, resume_flag=resumable, out_of_memory=OUT_OF_MEMORY.get(name, OUT_OF_MEMORY[None]))
 
     params = [
         inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
@@ -153,11 +154,11 @@ def _option(field, annotation, help_text: str) -> inspect.Parameter:
     return inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=_option_type(annotation))
 
 
-def _run_command(cls, ctx, options: dict, run, can_start, resume_flag: bool):
+def _run_command(cls, ctx, options: dict, run, can_start, resume_flag: bool, out_of_memory: str):
     """The body of every command made by command_from: its config from the parsed `options`, checked, then run."""
     with bad_values_as_usage_errors():
         check_paths(options)  # before --resume reads a run back from --out "" (the current folder)
-    with errors_as_one_line(resume_flag=resume_flag):
+    with errors_as_one_line(resume_flag=resume_flag, out_of_memory=out_of_memory):
         # What reading options back says is said once the command can run: before a usage error or a refusal, a
         # note or warning about a run that never starts misleads, and the error is to be the one line printed.
         with warnings.catch_warnings(record=True) as held:
@@ -245,10 +246,22 @@ def bad_values_as_usage_errors():
         raise typer.BadParameter(str(e)) from None
 
 
+# What to do when the GPU runs out of memory, by command (None: the others). What was saved stays: a run's last
+# checkpoint, a dump's epochs written, a sweep's finished students.
+OUT_OF_MEMORY = {
+    "train-teacher": "free the GPU of other processes and run again with --resume (the last checkpoint is kept), or train anew with a smaller --batch-size",
+    "dump-logits": "run again with a smaller --batch-size (the epochs written are kept), or free the GPU of other processes",
+    "sweep": "run again with a smaller --parallel (students trained at once), or with the GPU freed of other processes: finished students are kept, the others resume",
+    None: "free the GPU of other processes, or pass --device cpu",
+}
+OUT_OF_MEMORY["train-student"] = OUT_OF_MEMORY["train-teacher"]
+
+
 @contextlib.contextmanager
-def errors_as_one_line(resume_flag=False):
+def errors_as_one_line(resume_flag=False, out_of_memory=OUT_OF_MEMORY[None]):
     """Library errors end as one line on stderr and exit status 1; warnings print as one line too.
-    A clean stop (Interrupted: Ctrl-C, SIGTERM) prints the command that resumes: with --resume where the command has it."""
+    A clean stop (Interrupted: Ctrl-C, SIGTERM) prints the command that resumes: with --resume where the command has it.
+    `out_of_memory`: what to do when the GPU runs out of memory, which the user can fix but kdcli cannot foresee."""
     with warnings.catch_warnings():
         warnings.showwarning = lambda message, *args, **kwargs: typer.echo(f"warning: {message}", err=True)
         try:
@@ -263,6 +276,9 @@ def errors_as_one_line(resume_flag=False):
             forced = "--force" in sys.argv  # it may or may not have deleted the old run yet: the user knows which
             typer.echo("interrupted" + ("" if forced else f"; to go on, run: {_resume_command(resume_flag)}"), err=True)
             raise typer.Exit(130) from None
+        except torch.OutOfMemoryError as e:
+            typer.echo(f"error: {_memory_left(e)}: {out_of_memory}", err=True)
+            raise typer.Exit(1) from None
         except Exception as e:
             if not _compile_failed(e):
                 raise
@@ -293,6 +309,14 @@ def _compile_failed(e: Exception) -> bool:
     """torch.compile's own failure (e.g. no working Triton or C compiler on this machine), not a bug of kdcli's."""
     dynamo = sys.modules.get("torch._dynamo.exc")  # imported only once something was compiled
     return dynamo is not None and isinstance(e, dynamo.BackendCompilerFailed)
+
+
+def _memory_left(e: torch.OutOfMemoryError) -> str:
+    """Torch's message cut to what a user acts on: its hints on allocator settings and the docs would bury the remedy."""
+    asked, free = re.search(r"Tried to allocate ([\d.]+ \w+)", str(e)), re.search(r"total capacity of ([\d.]+ \w+) of which ([\d.]+ \w+) is free", str(e))
+    if asked and free:
+        return f"out of GPU memory (it tried to allocate {asked[1]}; {free[2]} of {free[1]} was free)"
+    return f"out of GPU memory ({_first_line(e)})"
 
 
 def _first_line(e: Exception) -> str:

@@ -1184,6 +1184,81 @@ def test_a_sweep_of_baselines_alone_reads_no_cache_and_run_again_warns_of_nothin
     assert "1 student: 1 finished before, 0 to train" in again.stderr and "warning" not in again.stderr, again.stderr
 
 
+# ---------------------------------------------------------------- a GPU out of memory: one line, and what was saved stays
+
+OUT_OF_MEMORY = ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB of which 1.20 GiB is free. "
+                 "Process 77 has 77.98 GiB memory in use. If reserved but unallocated memory is large try setting "
+                 "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation.")  # fmt: skip
+SAID = "out of GPU memory (it tried to allocate 2.00 GiB; 1.20 GiB of 79.19 GiB was free)"
+
+
+def test_a_run_out_of_gpu_memory_ends_in_one_line_and_resumes_from_its_last_checkpoint(tmp_path, data_dir, cache, monkeypatch):
+    import kdcli.group as group_module
+    from kdcli.losses import distillation_loss
+
+    def out_of_memory_in_epoch_2(*args, **kwargs):
+        if (tmp_path / "run" / "checkpoint.pt").exists():
+            raise torch.OutOfMemoryError(OUT_OF_MEMORY)
+        return distillation_loss(*args, **kwargs)
+
+    args = student_args(data_dir, cache, tmp_path / "run", "--temperature", 4, "--epochs", 2)
+    with monkeypatch.context() as patch:
+        patch.setattr(group_module, "distillation_loss", out_of_memory_in_epoch_2)
+        result = kdcli(*args)
+    assert_refused(result, f"error: {SAID}: free the GPU of other processes and run again with --resume (the last checkpoint is kept)", codes=(1,))
+    assert "expandable_segments" not in result.stderr
+    resumed = kdcli(*args, "--resume")
+    assert resumed.exit_code == 0 and (tmp_path / "run" / "summary.json").exists(), resumed.output
+
+
+def test_a_sweep_out_of_gpu_memory_is_told_to_train_fewer_students_at_once_and_keeps_those_finished(tmp_path, data_dir, cache, monkeypatch):
+    import kdcli.sweep as sweep_module
+
+    def out_of_memory_in_group_2(runs, *args, **kwargs):
+        if (tmp_path / "sweep" / "baseline" / "seed1" / "summary.json").exists():
+            raise torch.OutOfMemoryError(OUT_OF_MEMORY)
+        return train_runs(runs, *args, **kwargs)
+
+    train_runs = sweep_module.train_runs
+    with monkeypatch.context() as patch:
+        patch.setattr(sweep_module, "train_runs", out_of_memory_in_group_2)
+        result = kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep", "--parallel", 1))
+    assert_refused(result, f"error: {SAID}: run again with a smaller --parallel", "finished students are kept", codes=(1,))
+    again = kdcli(*[a for a in sweep_args(data_dir, cache, tmp_path / "sweep", "--parallel", 1) if a != "--quiet"])
+    assert again.exit_code == 0 and "2 students: 1 finished before, 1 to train" in again.stderr, again.output
+
+
+def test_a_dump_out_of_gpu_memory_is_told_to_label_smaller_batches_and_resumes_with_them(tmp_path, data_dir, teacher, monkeypatch):
+    from kdcli import dump
+
+    def out_of_memory_in_epoch_3(model, images, aug, *args):
+        if aug is not None:  # (None: the un-augmented train and test sets, labelled first)
+            if len(labelled) == 2:
+                raise torch.OutOfMemoryError(OUT_OF_MEMORY)
+            labelled.append(aug)
+        return label(model, images, aug, *args)
+
+    label, labelled = dump.teacher_logits, []
+    with monkeypatch.context() as patch:
+        patch.setattr(dump, "teacher_logits", out_of_memory_in_epoch_3)
+        result = kdcli(*dump_args(data_dir, teacher, tmp_path / "c.h5", "--epochs", 3))
+    assert_refused(result, f"error: {SAID}: run again with a smaller --batch-size (the epochs written are kept)", codes=(1,))
+    # Epoch 2, labelled but on its way to the disk when epoch 3 failed, is lost with it.
+    resumed = kdcli(*dump_args(data_dir, teacher, tmp_path / "c.h5", "--epochs", 3, "--batch-size", 32))
+    assert resumed.exit_code == 0 and "resumed at epoch 2" in resumed.stdout, resumed.output
+
+
+def test_an_evaluation_out_of_gpu_memory_is_told_to_free_the_gpu_or_use_the_cpu(tmp_path, data_dir, monkeypatch):
+    import kdcli.cli as cli_module
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("MPS backend out of memory")  # no CUDA numbers to quote: its first line is said
+
+    monkeypatch.setattr(cli_module, "evaluate_checkpoint", out_of_memory)
+    result = kdcli("evaluate", save_teacher(tmp_path / "t.pt"), "--data-dir", data_dir, "--device", "cpu")
+    assert_refused(result, "error: out of GPU memory (MPS backend out of memory): free the GPU of other processes, or pass --device cpu", codes=(1,))
+
+
 # ---------------------------------------------------------------- from mutation testing cli.py
 
 
