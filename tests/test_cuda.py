@@ -269,3 +269,21 @@ def test_an_fp16_dump_records_its_precision_and_verifies(tmp_path, data_dir):
         assert f.attrs["teacher_precision"] == "float16" and f.attrs["resolved_device"] == f"cuda: {torch.cuda.get_device_name()}"
     verified = verify_cache(out, device=DEVICE, data_dir=str(data_dir), download=False)
     assert verified["entries"] == 256 and verified["max_difference"] < 0.05  # recomputed eagerly under fp16: its rounding, not bf16's
+
+
+def test_a_real_cuda_out_of_memory_is_said_in_one_line_with_what_was_asked_and_free(tmp_path, data_dir, monkeypatch):
+    """The CLI cuts torch's message to its numbers: its wording is the allocator's, checked here on a real one."""
+    import re
+
+    from typer.testing import CliRunner
+
+    import kdcli.cli as cli_module
+
+    def a_terabyte(*args, **kwargs):
+        return torch.empty(2**40, dtype=torch.uint8, device=DEVICE)
+
+    monkeypatch.setattr(cli_module, "evaluate_checkpoint", a_terabyte)
+    result = CliRunner().invoke(cli_module.app, ["evaluate", str(write_lenet_teacher(tmp_path)), "--data-dir", str(data_dir)])
+    assert result.exit_code == 1, result.output
+    said = r"error: out of GPU memory \(it tried to allocate 1024\.00 GiB; [\d.]+ \w+ of [\d.]+ \w+ was free\): free the GPU of other processes, or pass --device cpu"
+    assert re.fullmatch(said, result.stderr.strip()), result.stderr
