@@ -154,7 +154,7 @@ def _option(field, annotation, help_text: str) -> inspect.Parameter:
     return inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=_option_type(annotation))
 
 
-def _run_command(cls, ctx, options: dict, run, can_start, resume_flag: bool, out_of_memory: str):
+def _run_command(cls, ctx, options: dict, run, can_start, resume_flag: bool, out_of_memory):
     """The body of every command made by command_from: its config from the parsed `options`, checked, then run."""
     with bad_values_as_usage_errors():
         check_paths(options)  # before --resume reads a run back from --out "" (the current folder)
@@ -246,12 +246,23 @@ def bad_values_as_usage_errors():
         raise typer.BadParameter(str(e)) from None
 
 
-# What to do when the GPU runs out of memory, by command (None: the others). What was saved stays: a run's last
-# checkpoint, a dump's epochs written, a sweep's finished students.
+def _sweep_out_of_memory(e: torch.OutOfMemoryError) -> str:
+    """Fewer students at once where the sweep trained several (sweep._train_groups records how many); where it trained
+    one at a time already (--parallel 1, a model that cannot stack, --amp fp16), or none yet, no --parallel helps."""
+    kept = "finished students are kept, the others resume"
+    at_once = getattr(e, "students_at_once", 1)
+    if at_once > 1:
+        return f"run again with --parallel below {at_once} (students trained at once), or with the GPU freed of other processes: {kept}"
+    # A smaller --batch-size is another recipe: the students finished with the old one would be refused, hence --force.
+    return f"run again with the GPU freed of other processes ({kept}), or start over with a smaller --batch-size and --force"
+
+
+# What to do when the GPU runs out of memory, by command (None: the others), or a function of the error that says
+# it. What was saved stays: a run's last checkpoint, a dump's epochs written, a sweep's finished students.
 OUT_OF_MEMORY = {
-    "train-teacher": "free the GPU of other processes and run again with --resume (the last checkpoint is kept), or train anew with a smaller --batch-size",
+    "train-teacher": "free the GPU of other processes and run again with --resume (the last checkpoint is kept), or start over with a smaller --batch-size and --force",
     "dump-logits": "run again with a smaller --batch-size (the epochs written are kept), or free the GPU of other processes",
-    "sweep": "run again with a smaller --parallel (students trained at once), or with the GPU freed of other processes: finished students are kept, the others resume",
+    "sweep": _sweep_out_of_memory,
     None: "free the GPU of other processes, or pass --device cpu",
 }
 OUT_OF_MEMORY["train-student"] = OUT_OF_MEMORY["train-teacher"]
@@ -277,7 +288,8 @@ def errors_as_one_line(resume_flag=False, out_of_memory=OUT_OF_MEMORY[None]):
             typer.echo("interrupted" + ("" if forced else f"; to go on, run: {_resume_command(resume_flag)}"), err=True)
             raise typer.Exit(130) from None
         except torch.OutOfMemoryError as e:
-            typer.echo(f"error: {_memory_left(e)}: {out_of_memory}", err=True)
+            remedy = out_of_memory(e) if callable(out_of_memory) else out_of_memory
+            typer.echo(f"error: {_memory_left(e)}: {remedy}", err=True)
             raise typer.Exit(1) from None
         except Exception as e:
             if not _compile_failed(e):

@@ -22,11 +22,13 @@ import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+import torch
+
 from kdcli import Diverged, Interrupted, StopOnSignal, count, report
 from kdcli.checkpoint import CHECKPOINT, peek_checkpoint
 from kdcli.config import ConfigError, DistillOptions, StudentConfig, TrainOptions, check_no_repeats, check_seed, check_temperature
 from kdcli.resume import check_same_inputs, check_same_options, check_sweep_can_start, forget_run, state_of_config_json
-from kdcli.runs import DIVERGED, LOCK, claim_folder, read_json, runs_below
+from kdcli.runs import DIVERGED, LOCK, claim_folder, kdcli_config, read_json, runs_below
 from kdcli.stack import stackable
 from kdcli.train import device_and_data, open_student_cache, student_runs, train_runs, warn_of_cache
 
@@ -99,7 +101,9 @@ def started(c: StudentConfig) -> dict | None:
     folder = Path(c.out)
     ckpt = folder / CHECKPOINT
     # Its options and progress, not its tensors; a finished student's checkpoint may be deleted, its config.json not.
-    state = peek_checkpoint(ckpt) if ckpt.exists() else state_of_config_json(folder) if (folder / "summary.json").exists() else None
+    # One that diverged before its first checkpoint has only its config.json: kept as diverged, it must be checked too.
+    kept = (folder / "summary.json").exists() or diverged(c)
+    state = peek_checkpoint(ckpt) if ckpt.exists() else state_of_config_json(folder) if kept else None
     if state is not None:
         check_same_options(c, state, folder, "run the sweep with the options it started with, --force to train it again, or another --out")
     return state
@@ -183,15 +187,20 @@ def _claim_students(config: SweepConfig, configs: list, held: contextlib.ExitSta
 
 def check_fits_the_folder(out, runs):
     """The students an earlier sweep left in `out` with other temperatures or seeds, and these `runs`, make one
-    table: `kdcli report` on the folder would otherwise refuse it, once this sweep has spent its time."""
+    table: `kdcli report` on the folder would otherwise refuse it, once this sweep has spent its time. Those that
+    diverged too: the table names them under it, as a result of its recipe and teacher."""
     own = {r.dir.resolve() for r in runs}
-    others = sorted(d for d in runs_below(Path(out), depth=2) if d.resolve() not in own and (d / "summary.json").exists())
-    if not others:
+    below = [d for d in runs_below(Path(out), depth=2) if d.resolve() not in own]
+    others = sorted(d for d in below if (d / "summary.json").exists())
+    records = {d: kdcli_config(d) for d in below if (d / DIVERGED).is_file() and not (d / "summary.json").exists()}
+    gone = sorted(d for d, record in records.items() if record)
+    if not others and not gone:
         return
     # Most of these have no summary.json yet: their record holds what the report reads from one (model, seed, temperature, weights).
     planned = [{"run_dir": str(r.dir.resolve()), "summary": r.record, "config": r.record} for r in runs]  # resolved, as collect's are
-    together = planned + report.collect(others)
-    named = ", ".join(str(d.relative_to(out)) for d in others[:3]) + (", ..." if len(others) > 3 else "")
+    diverged_before = [{"run_dir": str(d.resolve()), "summary": records[d], "config": records[d]} for d in gone]  # as planned ones
+    together = planned + (report.collect(others) if others else []) + diverged_before
+    named = ", ".join(str(d.relative_to(out)) for d in (others + gone)[:3]) + (", ..." if len(others + gone) > 3 else "")
     remedy = f"{out} holds an earlier sweep's students ({named}), which its report could not put in one table with these: pass another --out, or delete them"
     report.check_comparable(together, remedy)  # its teachers too
 
@@ -205,7 +214,9 @@ def _train_groups(configs: list, runs: dict, config: SweepConfig, data, device, 
         members = todo[0]
         if stop.requested:
             finished = sum((Path(c.out) / "summary.json").exists() for c in configs)
-            raise Interrupted(f"interrupted between groups of students: {finished} of {len(configs)} finished, each in its folder under {config.out}", stop.signum)
+            gone = sum(map(diverged, configs))  # not to train either: the run that resumes counts them apart as well
+            also = f", {gone} diverged" if gone else ""
+            raise Interrupted(f"interrupted between groups of students: {finished} of {len(configs)} finished{also}, each in its folder under {config.out}", stop.signum)
         if progress:
             names = ", ".join(str(Path(c.out).relative_to(config.out)) for c in members)
             mean = " (the progress shows their mean)" if len(members) > 1 else ""
@@ -216,6 +227,9 @@ def _train_groups(configs: list, runs: dict, config: SweepConfig, data, device, 
             if not any(map(diverged, members)):  # its record could not be written (a full disk): made again, its group would diverge again
                 raise
             warnings.warn(f"{e}; the sweep goes on without it", stacklevel=2)
+        except torch.OutOfMemoryError as e:
+            e.students_at_once = len(members)  # what the remedy (cli.OUT_OF_MEMORY) says to go below: one cannot be
+            raise
         trained += 1
         todo = groups(configs, parallel)
 
@@ -262,9 +276,9 @@ def sweep(config: SweepConfig, progress=True) -> dict:
             check_fits_the_folder(config.out, runs.values())  # before --force deletes anything
             _claim_students(config, configs, students)
             for r in runs.values():
-                # A finished student is kept, and a stopped one resumed, only if it read this cache: checked before any
-                # group trains, since a student trained now from another cache would be refused with the sweep's own.
-                if (r.dir / "summary.json").exists() or (r.dir / CHECKPOINT).exists():
+                # A finished or diverged student is kept, and a stopped one resumed, only if it read this cache: checked
+                # before any group trains, since a student trained now from another cache would be refused with the sweep's own.
+                if any((r.dir / name).exists() for name in ("summary.json", CHECKPOINT, DIVERGED)):
                     check_same_inputs(r)
             todo = groups(configs, parallel)
             to_train = sum(map(len, todo))

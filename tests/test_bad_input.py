@@ -927,6 +927,56 @@ def test_a_sweep_goes_on_past_a_diverged_group_and_run_again_keeps_its_diverged_
     assert "2 runs diverged, left out: T4/seed1, T4/seed2." in again.stdout
 
 
+def test_a_student_that_diverged_before_its_first_checkpoint_is_kept_only_for_the_options_and_cache_it_diverged_with(tmp_path, data_dir, cache, other_cache):
+    """It holds no checkpoint, only its config.json: run again with the --distillation-weight its error said to lower,
+    or from another teacher's cache, it must be refused as a finished student is, not kept as diverged under options
+    it never trained with (the error it repeated then said "now 1e+06" to a user who had just passed 0.5)."""
+    args = sweep_args(data_dir, cache, tmp_path / "sweep", "--distillation-weight", "1e6", "--no-baseline")
+    assert kdcli(*args).exit_code == 1 and not (tmp_path / "sweep" / "T4" / "seed1" / "checkpoint.pt").exists()
+    before = snapshot(tmp_path / "sweep")
+    lowered = kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep", "--distillation-weight", "0.5", "--no-baseline"))
+    assert_refused(lowered, "T4/seed1 was trained with other options: --distillation-weight 0.5", "--force", codes=(1,))
+    other = kdcli(*sweep_args(data_dir, other_cache, tmp_path / "sweep", "--distillation-weight", "1e6", "--no-baseline"))
+    assert_refused(other, "T4/seed1 was trained from another cache", codes=(1,))
+    assert snapshot(tmp_path / "sweep") == before
+
+
+def test_ctrl_c_in_the_step_a_student_diverges_stops_the_sweep_counting_it_diverged_and_the_sweep_resumes(tmp_path, data_dir, cache, monkeypatch):
+    """The stop finds the loss not finite before it saves: the student is left as diverged, its stack-mate unsaved,
+    and the sweep stops between groups. Its line counts the diverged student, as the run that resumes does."""
+    import kdcli.group as group_module
+    from kdcli.losses import distillation_loss
+
+    def ctrl_c_when_it_diverges(*args, **kwargs):
+        loss = distillation_loss(*args, **kwargs)
+        if not pressed and not bool(torch.isfinite(loss).all()):
+            pressed.append(os.kill(os.getpid(), signal.SIGINT))
+        return loss
+
+    pressed = []
+    args = [str(a) for a in sweep_args(data_dir, cache, tmp_path / "sweep", "--seeds", "1,2", "--distillation-weight", "1e6", "--parallel", 2)]
+    monkeypatch.setattr(sys, "argv", ["kdcli", *args])
+    with monkeypatch.context() as patch:
+        patch.setattr(group_module, "distillation_loss", ctrl_c_when_it_diverges)
+        stopped = kdcli(*args)
+    assert "interrupted between groups of students: 0 of 4 finished, 1 diverged, each in its folder" in stopped.stderr, stopped.output
+    assert (tmp_path / "sweep" / "T4" / "seed1" / "diverged.json").exists()
+    hint, resumed = run_printed_hint(stopped)
+    assert resumed.exit_code == 1 and "2 of 4 students diverged and are left out of the table (T4/seed1, T4/seed2)" in resumed.stderr, resumed.output
+    assert "4 students (3 trained now)" in resumed.stderr  # the diverged one was kept, not trained again
+
+
+def test_a_sweep_into_a_folder_whose_earlier_sweep_diverged_under_another_recipe_is_refused(tmp_path, data_dir, cache):
+    """The folder's table names the earlier sweep's diverged students under it, as a result of its recipe: students
+    that diverged at --lr 1e4 must not be told as a setting that diverged at the default lr. Finished students of
+    another recipe are refused already; diverged ones, too."""
+    assert kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep", "--lr", "1e4", "--no-baseline")).exit_code == 1
+    assert (tmp_path / "sweep" / "T4" / "seed1" / "diverged.json").exists()
+    result = kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep", "--temperatures", 8))
+    assert_refused(result, "other lr", "holds an earlier sweep's students (T4/seed1)", "pass another --out", codes=(1,))
+    assert not (tmp_path / "sweep" / "results.md").exists() and not (tmp_path / "sweep" / "T8").exists()
+
+
 def test_a_sweep_whose_every_student_diverged_ends_with_the_divergence_not_an_empty_report(tmp_path, data_dir, cache):
     result = kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep", "--distillation-weight", "1e6", "--no-baseline", "--quiet"))
     assert_refused(result, "the sweep's only student diverged: loss is not finite at epoch 1", "--distillation-weight", codes=(1,))
@@ -1207,6 +1257,9 @@ def test_a_run_out_of_gpu_memory_ends_in_one_line_and_resumes_from_its_last_chec
         result = kdcli(*args)
     assert_refused(result, f"error: {SAID}: free the GPU of other processes and run again with --resume (the last checkpoint is kept)", codes=(1,))
     assert "expandable_segments" not in result.stderr
+    # The other way out, a smaller --batch-size, is another recipe: without --force the folder's run refuses it.
+    assert "start over with a smaller --batch-size and --force" in result.stderr
+    assert_refused(kdcli(*student_args(data_dir, cache, tmp_path / "run", "--temperature", 4, "--epochs", 2, "--batch-size", 32)), "--force", codes=(1,))
     resumed = kdcli(*args, "--resume")
     assert resumed.exit_code == 0 and (tmp_path / "run" / "summary.json").exists(), resumed.output
 
@@ -1222,9 +1275,30 @@ def test_a_sweep_out_of_gpu_memory_is_told_to_train_fewer_students_at_once_and_k
     train_runs = sweep_module.train_runs
     with monkeypatch.context() as patch:
         patch.setattr(sweep_module, "train_runs", out_of_memory_in_group_2)
-        result = kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep", "--parallel", 1))
-    assert_refused(result, f"error: {SAID}: run again with a smaller --parallel", "finished students are kept", codes=(1,))
-    again = kdcli(*[a for a in sweep_args(data_dir, cache, tmp_path / "sweep", "--parallel", 1) if a != "--quiet"])
+        result = kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep", "--seeds", "1,2", "--parallel", 2))
+    assert_refused(result, f"error: {SAID}: run again with --parallel below 2 (students trained at once)", "finished students are kept", codes=(1,))
+    again = kdcli(*[a for a in sweep_args(data_dir, cache, tmp_path / "sweep", "--seeds", "1,2", "--parallel", 1) if a != "--quiet"])
+    assert again.exit_code == 0 and "4 students: 2 finished before, 2 to train" in again.stderr, again.output
+
+
+def test_a_sweep_out_of_gpu_memory_one_student_at_a_time_is_not_told_to_lower_parallel(tmp_path, data_dir, cache, monkeypatch):
+    """--parallel 1 (or a model that cannot stack, or --amp fp16) trains one at a time already: no smaller --parallel
+    exists (0 is all of them on a GPU), so the line must not send the user there."""
+    import kdcli.sweep as sweep_module
+
+    def out_of_memory_in_group_2(runs, *args, **kwargs):
+        if (tmp_path / "sweep" / "baseline" / "seed1" / "summary.json").exists():
+            raise torch.OutOfMemoryError(OUT_OF_MEMORY)
+        return train_runs(runs, *args, **kwargs)
+
+    train_runs = sweep_module.train_runs
+    args = sweep_args(data_dir, cache, tmp_path / "sweep", "--parallel", 1)
+    with monkeypatch.context() as patch:
+        patch.setattr(sweep_module, "train_runs", out_of_memory_in_group_2)
+        result = kdcli(*args)
+    assert_refused(result, f"error: {SAID}: run again with the GPU freed of other processes (finished students are kept", codes=(1,))
+    assert "--parallel" not in result.stderr
+    again = kdcli(*[a for a in args if a != "--quiet"])  # the GPU freed
     assert again.exit_code == 0 and "2 students: 1 finished before, 1 to train" in again.stderr, again.output
 
 
