@@ -269,6 +269,14 @@ def test_every_usage_error_names_its_option_as_click_does(option, value):
     assert_clean_error(kdcli("train-teacher", option, value), f"Invalid value for '{option}': ", codes=(2,))
 
 
+@pytest.mark.parametrize("option, value", [("--epochs", "0"), ("--momentum", "1"), ("--model", "nope"), ("--lr-milestones", "0")])
+def test_a_value_kdcli_refuses_names_its_option_once_as_click_does(option, value):
+    """As click's own say it, "Invalid value for '--epochs': must be at least 1, got 0": not the ConfigError's "--epochs: " again."""
+    result = kdcli("train-teacher", option, value)
+    assert_clean_error(result, f"Invalid value for '{option}': ", codes=(2,))
+    assert result.stderr.count(option) == 1, result.stderr
+
+
 def test_bad_lr_milestones_is_a_usage_error(tmp_path, data_dir):
     result = kdcli(*teacher_args(data_dir, tmp_path / "out", "--lr-milestones", "abc"))
     assert_clean_error(result, "--lr-milestones", "abc", codes=(2,))

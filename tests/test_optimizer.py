@@ -56,3 +56,10 @@ def test_the_float32_bound_on_the_lr_counts_only_the_milestones_before_the_last_
     assert max(learning_rate(unreached, t / 10) for t in range(50)) == pytest.approx(1e30)
     with pytest.raises(ConfigError, match=r"--lr-gamma: 1e\+10 at 1 milestone takes --lr 1e\+30 past"):
         TeacherConfig(epochs=6, lr=1e30, lr_gamma=1e10, lr_milestones=(5,))
+
+
+@pytest.mark.parametrize("scheduler", ["cosine", "onecycle", "none"])
+def test_the_float32_bound_on_the_lr_counts_no_milestone_under_a_schedule_that_does_not_read_them(scheduler):
+    """--lr-gamma and --lr-milestones do nothing there (the warning of milestones is multistep's too): the lr never passes --lr."""
+    config = TeacherConfig(epochs=6, lr=1e30, lr_gamma=1e10, lr_milestones=(5,), scheduler=scheduler)
+    assert max(learning_rate(config, t / 10) for t in range(60)) == pytest.approx(1e30)

@@ -485,3 +485,17 @@ def test_a_sweep_of_more_students_than_the_hard_limit_on_open_files_lifts_the_so
         assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+# ---------------------------------------------------------------- found by mutation testing (2026-11-28: locks, runs, resume, config, train, cli)
+
+
+def test_a_student_of_a_partial_cache_replays_its_complete_epochs_alone(tmp_path, data_dir, cache_path):
+    """Epoch e reads cached epoch e mod the epochs complete, not mod those the cache is to hold: they are not written yet."""
+    partial = tmp_path / "partial.h5"
+    partial.write_bytes(cache_path.read_bytes())
+    with h5py.File(partial, "r+") as f:
+        f["epochs_complete"][()] = 1  # as a dump stopped after its first epoch leaves it
+    with pytest.warns(UserWarning, match="reuses cached epoch e mod 1"):
+        summary = train_student(student(tmp_path, data_dir, partial, epochs=2, allow_partial=True), progress=False)
+    assert summary["epochs"] == 2

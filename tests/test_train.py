@@ -177,6 +177,19 @@ def test_a_filesystem_without_locks_trains_with_one_warning(tmp_path, data_dir, 
     assert (tmp_path / "run" / "summary.json").exists() and (tmp_path / "other" / "summary.json").exists()
 
 
+def test_a_run_on_a_filesystem_without_locks_is_not_taken_for_one_in_use_when_run_again(tmp_path, data_dir, finished, monkeypatch):
+    """Its lock file is there now: a lock that cannot be asked about is no lock held."""
+    shutil.copytree(finished[0], tmp_path / "run")
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the one line about the filesystem: the test above
+        assert teach(config(tmp_path, "run", data_dir, resume=True))["kept"]
+
+
 def test_running_out_of_file_descriptors_while_claiming_says_so(tmp_path, monkeypatch):
     def no_more_files(*args, **kwargs):
         raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
@@ -656,6 +669,8 @@ def test_resume_without_a_checkpoint_starts_fresh(tmp_path, data_dir, finished):
         (StudentConfig, "out", None),
         (StudentConfig, "temperature", "30"),
         (StudentConfig, "subset", 2.5),
+        (TeacherConfig, "subset", True),  # a bool is an int to Python: would train on 1 image
+        (StudentConfig, "temperature", True),
     ],
 )
 def test_bad_options_name_their_flag(tmp_path, data_dir, cls, option, value):
@@ -1643,3 +1658,30 @@ def test_an_epoch_of_full_batches_only_has_no_empty_last_step_and_counts_every_s
     teach(config(tmp_path, "run", data_dir, epochs=1, batch_size=100))
     assert len(step_losses) == 2
     assert metrics(tmp_path / "run")[0]["train_loss"] == pytest.approx(sum(step_losses) / 2, abs=1e-5)
+
+
+# ---------------------------------------------------------------- found by mutation testing (2026-11-28: locks, runs, resume, config, train, cli)
+
+
+def test_a_run_resumed_mid_epoch_says_the_epoch_and_step_it_goes_on_at(tmp_path, data_dir, monkeypatch, capsys):
+    interrupt(tmp_path, data_dir, monkeypatch, step=STEPS + 2)  # stopped after epoch 2's second step
+    capsys.readouterr()
+    train_teacher(config(tmp_path, "run", data_dir, resume=True))
+    assert f"resuming {tmp_path / 'run'} at epoch 2, step 3\n" in capsys.readouterr().err
+
+
+def test_a_finished_run_is_refused_by_the_library_before_any_data_is_loaded(tmp_path, finished):
+    """train_teacher itself, not only the CLI: a missing --data-dir must not hide that the run is finished already."""
+    shutil.copytree(finished[0], tmp_path / "run")
+    with pytest.raises(KdcliError, match="holds a finished run: pass --force"):
+        teach(config(tmp_path, "run", tmp_path / "no-data-here"))
+
+
+def test_train_runs_refuses_a_folder_inside_another_run_as_the_commands_do(tmp_path, data_dir, finished):
+    """Its callers (the benchmark, a script) skip check_can_start: the folder is checked again once claimed."""
+    shutil.copytree(finished[0], tmp_path / "run")
+    cfg = config(tmp_path / "run", "inner", data_dir, epochs=1)
+    data = load_cifar10(data_dir)
+    with pytest.raises(KdcliError, match=r"inner is inside the folder of another run or sweep \(.*run\)"):
+        train_runs([Run(cfg, DrawnAugmentation(cfg.seed, len(data.train_labels)))], data, torch.device("cpu"), progress=False)
+    assert not (tmp_path / "run" / "inner").exists()
