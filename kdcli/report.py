@@ -31,7 +31,7 @@ from pathlib import Path
 from kdcli import KdcliError, count
 from kdcli.models import canonical_name
 from kdcli.resume import as_recorded_now
-from kdcli.runs import DIVERGED, LOCK, read_json
+from kdcli.runs import DIVERGED, LOCK, kdcli_config, read_json
 
 SETTING_COLUMNS = ["model", "temperature", "distillation_weight", "hard_weight", "n"]
 ACCURACY_COLUMNS = ["mean", "std", "min", "max", "delta", "ci_low", "ci_high"]  # percent; delta and CI vs the baseline
@@ -352,11 +352,28 @@ def _write_csv(rows, path: Path, teacher_accuracy=None):
                              **{k: r[k] for k in starred}, "teacher_test_accuracy": teacher})  # fmt: skip
 
 
-def _write_runs_csv(runs, path: Path, out: Path):
-    """One line per run, in the table's order and then by seed; `run` is its folder as results.md names it."""
+def _diverged_runs(diverged) -> list:
+    """The runs that diverged as runs.csv lists them: their setting and seed from their config.json (its options:
+    nothing of it is a number they reached), where they stopped from their diverged.json. A folder kdcli did not
+    write has no setting to list it by."""
+    found = []
+    for d in diverged:
+        record = kdcli_config(Path(d))
+        if record:
+            stopped = read_json(Path(d) / DIVERGED)
+            setting = {k: record[k] for k in ("model", "seed", "temperature", "distillation_weight", "hard_weight") if k in record}
+            found.append({"run_dir": str(d), "summary": {**setting, "diverged_epoch": stopped.get("epoch"), "diverged_step": stopped.get("step")}})
+    return found
+
+
+def _write_runs_csv(runs, path: Path, out: Path, diverged=()):
+    """One line per run, in the table's order and then by seed; `run` is its folder as results.md names it. Runs
+    that diverged are lines too, with where they did (a seed that blew up is a result of its setting)."""
+    runs = list(runs) + _diverged_runs(diverged)
+    validated = any(r["summary"].get("val_accuracy") is not None for r in runs)
+    columns = [c for c in RUN_COLUMNS if validated or c != "val_accuracy"] + (["diverged_epoch", "diverged_step"] if diverged else [])
     with open(path, "w", newline="") as f:
-        validated = any(r["summary"].get("val_accuracy") is not None for r in runs)
-        writer = csv.DictWriter(f, fieldnames=[c for c in RUN_COLUMNS if validated or c != "val_accuracy"], extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         for r in sorted(runs, key=lambda r: (_order(_setting(r["summary"])), r["summary"].get("seed", 0))):
             model, temperature, w, hard = _setting(r["summary"])
@@ -431,7 +448,7 @@ def write_report(rows, out_dir, teacher_accuracy=None, unfinished: int = 0, dive
         (out / "results.md").write_text(text)
         _write_csv(rows, out / "results.csv", teacher_accuracy)
         if runs:
-            _write_runs_csv(runs, out / "runs.csv", out)
+            _write_runs_csv(runs, out / "runs.csv", out, diverged)
         else:  # an older one beside the new table would list other runs
             (out / "runs.csv").unlink(missing_ok=True)
         plotted = _plot(rows, out / "results.png", teacher_accuracy)

@@ -925,6 +925,9 @@ def test_a_sweep_goes_on_past_a_diverged_group_and_run_again_keeps_its_diverged_
     assert snapshot(tmp_path / "sweep" / "T4") == before
     assert again.stdout == first.stdout  # the same table, the same two left out under it
     assert "2 runs diverged, left out: T4/seed1, T4/seed2." in again.stdout
+    runs = (tmp_path / "sweep" / "runs.csv").read_text().splitlines()
+    for line, seed in zip(runs[-2:], (1, 2)):  # where each did: epoch 1, at a step of it
+        assert re.fullmatch(rf"T4/seed{seed},lenet5,4.0,1000000.0,1.0,{seed},,,,,1,[1-4]", line), runs
 
 
 def test_a_student_that_diverged_before_its_first_checkpoint_is_kept_only_for_the_options_and_cache_it_diverged_with(tmp_path, data_dir, cache, other_cache):

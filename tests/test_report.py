@@ -526,6 +526,25 @@ def test_a_run_that_diverged_is_named_apart_from_the_unfinished_ones(tmp_path, m
         collect([sweep / "kd" / "T50-s10", sweep / "kd" / "T50-s777"])
 
 
+def test_runs_csv_lists_a_run_that_diverged_with_where_it_did_and_no_accuracy(tmp_path, monkeypatch):
+    """A seed that blew up is a line of the analysis too, by its setting and seed (its config.json), not a gap."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    sweep = make_sweep(tmp_path / "sweep")
+    options = {"kdcli_version": "0.1.0", "temperature": 50.0, "distillation_weight": 0.1, "hard_weight": 1.0, "epochs": 300, **TEACHER}
+    diverged = make_run(sweep / "kd" / "T50-s10", 0.0, seed=10, config=options, finished=False)
+    (diverged / "diverged.json").write_text(json.dumps({"error": "loss is not finite at epoch 3, step 7 (...)", "epoch": 3, "step": 7}))
+    make_run(sweep / "kd" / "T50-s20", 0.0, seed=20, config={k: v for k, v in options.items() if k != "kdcli_version"}, finished=False)
+    (sweep / "kd" / "T50-s20" / "diverged.json").write_text("{}")  # not a kdcli run's folder: no setting to list it by
+    with pytest.warns(UserWarning, match="results.png skipped"):
+        report([sweep], sweep)
+    with open(sweep / "runs.csv", newline="") as f:
+        runs = list(csv.DictReader(f))
+    assert list(runs[0])[-2:] == ["diverged_epoch", "diverged_step"]
+    assert runs[-1] == {"run": "kd/T50-s10", "model": "lenet5", "temperature": "50.0", "distillation_weight": "0.1", "hard_weight": "1.0", "seed": "10",
+                        "test_accuracy": "", "train_accuracy": "", "epochs": "", "train_seconds": "", "diverged_epoch": "3", "diverged_step": "7"}  # fmt: skip
+    assert len(runs) == 8 and all(r["diverged_epoch"] == "" for r in runs[:-1])
+
+
 def test_the_csv_rounds_the_teachers_accuracy_as_the_table_does(tmp_path):
     write_report(aggregate(collect([make_sweep(tmp_path / "sweep")])), tmp_path / "report", teacher_accuracy=95.2137)
     assert "Teacher: 95.21%." in (tmp_path / "report" / "results.md").read_text()
