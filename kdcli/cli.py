@@ -125,12 +125,13 @@ def command_from(cls, name: str, run, can_start):
     shown = [f for f in fields(cls) if f.name not in hidden]
     lists = {f.name: typing.get_args(hints[f.name])[0] for f in shown if typing.get_origin(hints[f.name]) is tuple}
     resumable = any(f.name == "resume" for f in shown)
+    out_of_memory = OUT_OF_MEMORY.get(name, OUT_OF_MEMORY[None])
 
     def command(ctx: typer.Context, **options):
         options = {k: v for k, v in options.items() if k not in hidden}
         for field_name, item_type in lists.items():
             options[field_name] = _parse_list(options[field_name], item_type, flag(field_name))
-        _run_command(cls, ctx, options, run, can_start, resume_flag=resumable, out_of_memory=OUT_OF_MEMORY.get(name, OUT_OF_MEMORY[None]))
+        _run_command(cls, ctx, options, run, can_start, resume_flag=resumable, out_of_memory=out_of_memory)
 
     params = [
         inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),

@@ -352,24 +352,22 @@ def _write_csv(rows, path: Path, teacher_accuracy=None):
                              **{k: r[k] for k in starred}, "teacher_test_accuracy": teacher})  # fmt: skip
 
 
-def _diverged_runs(diverged) -> list:
-    """The runs that diverged as runs.csv lists them: their setting and seed from their config.json (its options:
-    nothing of it is a number they reached), where they stopped from their diverged.json. A folder kdcli did not
-    write has no setting to list it by."""
-    found = []
-    for d in diverged:
-        record = kdcli_config(Path(d))
-        if record:
-            stopped = read_json(Path(d) / DIVERGED)
-            setting = {k: record[k] for k in ("model", "seed", "temperature", "distillation_weight", "hard_weight") if k in record}
-            found.append({"run_dir": str(d), "summary": {**setting, "diverged_epoch": stopped.get("epoch"), "diverged_step": stopped.get("step")}})
-    return found
+def diverged_run(folder) -> dict | None:
+    """The run that diverged in `folder` as collect gives a finished one: its setting and seed from its config.json
+    (its options: no number in it was reached), where it stopped from its diverged.json, and that config. None for a
+    folder kdcli did not write: it has no setting to be told by."""
+    record = kdcli_config(Path(folder))
+    if not record:
+        return None
+    stopped = read_json(Path(folder) / DIVERGED)
+    setting = {k: record[k] for k in ("model", "seed", "temperature", "distillation_weight", "hard_weight") if k in record}
+    return {"run_dir": str(folder), "summary": {**setting, "diverged_epoch": stopped.get("epoch"), "diverged_step": stopped.get("step")}, "config": record}
 
 
 def _write_runs_csv(runs, path: Path, out: Path, diverged=()):
     """One line per run, in the table's order and then by seed; `run` is its folder as results.md names it. Runs
     that diverged are lines too, with where they did (a seed that blew up is a result of its setting)."""
-    runs = list(runs) + _diverged_runs(diverged)
+    runs = list(runs) + [r for d in diverged if (r := diverged_run(d))]
     validated = any(r["summary"].get("val_accuracy") is not None for r in runs)
     columns = [c for c in RUN_COLUMNS if validated or c != "val_accuracy"] + (["diverged_epoch", "diverged_step"] if diverged else [])
     with open(path, "w", newline="") as f:

@@ -28,7 +28,7 @@ from kdcli import Diverged, Interrupted, StopOnSignal, count, report
 from kdcli.checkpoint import CHECKPOINT, peek_checkpoint
 from kdcli.config import ConfigError, DistillOptions, StudentConfig, TrainOptions, check_no_repeats, check_seed, check_temperature
 from kdcli.resume import check_same_inputs, check_same_options, check_sweep_can_start, forget_run, state_of_config_json
-from kdcli.runs import DIVERGED, LOCK, claim_folder, kdcli_config, read_json, runs_below
+from kdcli.runs import DIVERGED, LOCK, claim_folder, read_json, runs_below
 from kdcli.stack import stackable
 from kdcli.train import device_and_data, open_student_cache, student_runs, train_runs, warn_of_cache
 
@@ -102,11 +102,15 @@ def started(c: StudentConfig) -> dict | None:
     ckpt = folder / CHECKPOINT
     # Its options and progress, not its tensors; a finished student's checkpoint may be deleted, its config.json not.
     # One that diverged before its first checkpoint has only its config.json: kept as diverged, it must be checked too.
-    kept = (folder / "summary.json").exists() or diverged(c)
+    kept = finished(c) or diverged(c)
     state = peek_checkpoint(ckpt) if ckpt.exists() else state_of_config_json(folder) if kept else None
     if state is not None:
         check_same_options(c, state, folder, "run the sweep with the options it started with, --force to train it again, or another --out")
     return state
+
+
+def finished(c: StudentConfig) -> bool:
+    return (Path(c.out) / "summary.json").exists()
 
 
 def diverged(c: StudentConfig) -> bool:
@@ -120,7 +124,7 @@ def groups(configs: list, parallel: int) -> list:
     by_start = {}
     for c in configs:
         state = started(c)
-        if (Path(c.out) / "summary.json").exists() or diverged(c):
+        if finished(c) or diverged(c):
             continue
         start = (0, 0)
         if state is not None:
@@ -192,17 +196,16 @@ def check_fits_the_folder(out, runs):
     own = {r.dir.resolve() for r in runs}
     below = [d for d in runs_below(Path(out), depth=2) if d.resolve() not in own]
     others = sorted(d for d in below if (d / "summary.json").exists())
-    records = {d: kdcli_config(d) for d in below if (d / DIVERGED).is_file() and not (d / "summary.json").exists()}
-    gone = sorted(d for d, record in records.items() if record)
-    if not others and not gone:
+    gone = sorted(d for d in below if (d / DIVERGED).is_file() and not (d / "summary.json").exists())
+    earlier = (report.collect(others) if others else []) + [r for d in gone if (r := report.diverged_run(d.resolve()))]
+    if not earlier:
         return
     # Most of these have no summary.json yet: their record holds what the report reads from one (model, seed, temperature, weights).
     planned = [{"run_dir": str(r.dir.resolve()), "summary": r.record, "config": r.record} for r in runs]  # resolved, as collect's are
-    diverged_before = [{"run_dir": str(d.resolve()), "summary": records[d], "config": records[d]} for d in gone]  # as planned ones
-    together = planned + (report.collect(others) if others else []) + diverged_before
-    named = ", ".join(str(d.relative_to(out)) for d in (others + gone)[:3]) + (", ..." if len(others + gone) > 3 else "")
+    names = [str(Path(r["run_dir"]).relative_to(Path(out).resolve())) for r in earlier]
+    named = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
     remedy = f"{out} holds an earlier sweep's students ({named}), which its report could not put in one table with these: pass another --out, or delete them"
-    report.check_comparable(together, remedy)  # its teachers too
+    report.check_comparable(planned + earlier, remedy)  # its teachers too
 
 
 def _train_groups(configs: list, runs: dict, config: SweepConfig, data, device, parallel: int, stop, progress: bool):
@@ -213,10 +216,9 @@ def _train_groups(configs: list, runs: dict, config: SweepConfig, data, device, 
     while todo:
         members = todo[0]
         if stop.requested:
-            finished = sum((Path(c.out) / "summary.json").exists() for c in configs)
             gone = sum(map(diverged, configs))  # not to train either: the run that resumes counts them apart as well
             also = f", {gone} diverged" if gone else ""
-            raise Interrupted(f"interrupted between groups of students: {finished} of {len(configs)} finished{also}, each in its folder under {config.out}", stop.signum)
+            raise Interrupted(f"interrupted between groups of students: {sum(map(finished, configs))} of {len(configs)} finished{also}, each in its folder under {config.out}", stop.signum)
         if progress:
             names = ", ".join(str(Path(c.out).relative_to(config.out)) for c in members)
             mean = " (the progress shows their mean)" if len(members) > 1 else ""
