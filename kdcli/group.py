@@ -231,10 +231,13 @@ class Group:
         return loss.detach(), (logits.argmax(-1) == y).sum(-1).float()
 
     def end_epoch(self, seconds: float):
-        """Check the losses, evaluate, log and checkpoint the epoch just trained."""
+        """Check the losses and weights, evaluate, log and checkpoint the epoch just trained."""
         losses, correct = self.partial["losses"], self.partial["correct"]
         self.check_finite(losses)  # the epoch's first wait for the device: its steps never wait
         self.epoch, self.step, self.partial = self.epoch + 1, 0, None
+        # Before its line is logged: weights blown up by the epoch's last step (its loss came before the update) would
+        # log an epoch evaluated with them, and a diverged epoch is not logged (as one whose loss was not finite).
+        self.check_finite_weights()
         sizes = torch.full((self.steps, 1), self.config.batch_size, dtype=losses.dtype, device=losses.device)
         sizes[-1] = self.num_images - self.config.batch_size * (self.steps - 1)  # the smaller last batch counts for its images
         self.train_loss = ((losses * sizes).sum(0) / self.num_images).tolist()  # the mean over images, like train_accuracy

@@ -1054,6 +1054,19 @@ def test_a_stacked_run_whose_weights_blow_up_is_named_alone_and_the_last_good_ch
     assert (record["epoch"], record["step"]) == (2, STEPS) and not (tmp_path / "seed1" / "diverged.json").exists()  # the step that blew them up
 
 
+@pytest.mark.parametrize("save_every", [1, 3], ids=["saved", "not-saved"])
+def test_an_epoch_whose_weights_blew_up_is_not_logged(tmp_path, data_dir, monkeypatch, save_every):
+    """Its line would hold the accuracy of inf weights, a guess, as an epoch trained: like one whose loss was not
+    finite, it is left out, and diverged.json says where the run stopped. Also an epoch not saved: found only by
+    the next epoch's loss, its line would stay, and the divergence be put an epoch late."""
+    blow_up_on_step(monkeypatch, 2 * STEPS)  # epoch 2's last step
+    with pytest.raises(KdcliError, match=r"^weights are not finite after epoch 2 "):
+        teach(config(tmp_path, "run", data_dir, save_every=save_every))
+    logged = [json.loads(line)["epoch"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    record = json.loads((tmp_path / "run" / "diverged.json").read_text())
+    assert logged == [1] and (record["epoch"], record["step"]) == (2, STEPS)
+
+
 def test_a_run_resumed_from_its_last_good_checkpoint_no_longer_records_that_it_diverged(tmp_path, data_dir, monkeypatch):
     """--resume trains it again (a GPU's transient, say): it ends finished, which the report must not call diverged."""
     with monkeypatch.context() as patch:
