@@ -379,7 +379,9 @@ def _sweep(config):
     result = sweep(config)
     typer.echo(result["table"])  # stdout: the table alone (`kdcli sweep > table.md`); where it is written, on stderr
     earlier = f" and {count(result['earlier'], 'student')} of earlier sweeps" if result["earlier"] else ""  # in the table too: it reports the folder
-    typer.echo(f"{count(result['students'], 'student')} ({result['trained_now']} trained now){earlier} -> {config.out}/results.md", err=True)
+    now, gone = result["trained_now"], result["diverged_now"]
+    trained = f"{now} trained now: {now - gone} finished, {gone} diverged" if gone else f"{now} trained now"  # the error below counts every diverged one
+    typer.echo(f"{count(result['students'], 'student')} ({trained}){earlier} -> {config.out}/results.md", err=True)
     if result["divergence"]:  # exit 1: the table is written, but lacks them
         raise KdcliError(result["divergence"])
 

@@ -51,8 +51,9 @@ def warn_compile_does_nothing(where: str):
 class Group:
     """The state of S runs trained together: the stacked models, their optimizer, the epoch and step reached."""
 
-    def __init__(self, runs, data, device, teacher=None):
+    def __init__(self, runs, data, device, teacher=None, in_sweep=False):
         self.runs, self.data, self.device, self.teacher = runs, data, device, teacher
+        self.in_sweep = in_sweep  # its errors name a sweep's options (--temperatures), not train-student's
         self.config = config = runs[0].config  # architecture and schedule are shared; seeds and targets are not
         self.size, self.num_images = len(runs), len(data.train_labels)
         self.steps = math.ceil(self.num_images / config.batch_size)  # the last batch is smaller (drop_last=False)
@@ -292,7 +293,7 @@ class Group:
         of those runs' folders records it (DIVERGED), which the report reads. epoch: the one (from 0) whose steps
         went wrong; step: in it (from 1), the one found to have gone wrong."""
         bad = [r for r, ok in zip(self.runs, finite) if not ok]
-        kd = next((f", or the KD term's weight w * T^2 (now {r.distillation_weight * r.temperature**2:g}: --distillation-weight {r.distillation_weight:g}, --temperature {r.temperature:g})"
+        kd = next((f", or the KD term's weight w * T^2 (now {r.distillation_weight * r.temperature**2:g}: --distillation-weight {r.distillation_weight:g}, {self._temperature(r)})"
                    for r in bad if r.distillation_weight > 0), "")  # fmt: skip
         c = self.config
         # Only past a milestone: before it, a lower --lr-gamma would diverge the same way.
@@ -307,6 +308,10 @@ class Group:
             with contextlib.suppress(KdcliError):  # a full disk: the divergence is still the error to tell
                 write_json(r.dir / DIVERGED, {"error": str(error), "epoch": epoch + 1, "step": step})
         raise error
+
+    def _temperature(self, run) -> str:
+        """The option that set the run's temperature, as the user gave it: one of a sweep's --temperatures."""
+        return f"T {run.temperature:g} of --temperatures" if self.in_sweep else f"--temperature {run.temperature:g}"
 
     def save_all(self):
         self.check_finite_weights()  # a checkpoint of non-finite weights would replace the last good one

@@ -429,7 +429,9 @@ def report(paths, out_dir) -> str:
 
 
 def report_of(found: Runs, out_dir) -> str:
-    """report() of runs collected already."""
+    """report() of runs collected already. The runs that diverged are checked with them: named under the table as a
+    result of its setting, one of another recipe, teacher or cache would be told as this experiment's."""
+    check_comparable(list(found) + [r for d in found.diverged if (r := diverged_run(d))])
     return write_report(aggregate(found), out_dir, teacher_accuracy(found), unfinished=len(found.unfinished), diverged=found.diverged, runs=found)
 
 

@@ -1,7 +1,8 @@
 """Many students from one cache: every (temperature, seed), plus a baseline per seed.
 
     result = sweep(SweepConfig(temperatures=(1, 10, 30), seeds=(777, 10)))
-    # {"table": the report's markdown, "students": n, "trained_now": k, "earlier": students of earlier sweeps in the table,
+    # {"table": the report's markdown, "students": n, "trained_now": k (finished or diverged now), "diverged_now": those of
+    #  the k that diverged, "earlier": students of earlier sweeps in the table,
     #  "diverged": its students that diverged (folders under --out), "divergence": what the first of them recorded, or None}
 
 Each student gets the usual run folder under --out (`T30/seed777/`,
@@ -211,8 +212,10 @@ def check_fits_the_folder(out, runs):
 def _train_groups(configs: list, runs: dict, config: SweepConfig, data, device, parallel: int, stop, progress: bool):
     """Train the groups one after another; a stop that came while a group evaluated or saved ends it between two.
     A group in which students diverge leaves them (their folders record it) and the sweep goes on: the groups are
-    made again, so that the students stopped with them resume from their checkpoints without them."""
+    made again, so that the students stopped with them resume from their checkpoints without them. Progress is
+    counted in students, whose number is known from the start; that of groups is not (made again, there are more)."""
     todo, trained = groups(configs, parallel), 0
+    total = sum(map(len, todo))
     while todo:
         members = todo[0]
         if stop.requested:
@@ -222,7 +225,8 @@ def _train_groups(configs: list, runs: dict, config: SweepConfig, data, device, 
         if progress:
             names = ", ".join(str(Path(c.out).relative_to(config.out)) for c in members)
             mean = " (the progress shows their mean)" if len(members) > 1 else ""
-            print(f"group {trained + 1}/{trained + len(todo)}, trained together{mean}: {names}", file=sys.stderr, flush=True)  # stdout: the table alone
+            done = total - sum(map(len, todo))  # finished or diverged
+            print(f"group {trained + 1} ({done} of {total} students done), trained together{mean}: {names}", file=sys.stderr, flush=True)  # stdout: the table alone
         try:
             train_runs([runs[c.out] for c in members], data, device, progress=progress, in_sweep=True, stop=stop)
         except Diverged as e:
@@ -290,8 +294,8 @@ def sweep(config: SweepConfig, progress=True) -> dict:
             if todo:
                 config.warn_ineffective()
                 warn_unstacked(config, device)
+            before = sum(map(diverged, configs))
             if progress:
-                before = sum(map(diverged, configs))
                 kept = f", {before} diverged before (kept: --force trains every student again)" if before else ""
                 print(f"{count(len(configs), 'student')}: {len(configs) - to_train - before} finished before{kept}, {to_train} to train", file=sys.stderr, flush=True)
             _train_groups(configs, runs, config, data, device, parallel, stop, progress)
@@ -303,7 +307,8 @@ def sweep(config: SweepConfig, progress=True) -> dict:
         stop.restore()
         if cache is not None:
             cache.close()
-    return {"table": table, "students": len(configs), "trained_now": to_train, "earlier": earlier, "diverged": gone, "divergence": told}
+    diverged_now = len(gone) - before  # those kept as diverged are not in to_train
+    return {"table": table, "students": len(configs), "trained_now": to_train, "diverged_now": diverged_now, "earlier": earlier, "diverged": gone, "divergence": told}
 
 
 def _report_the_folder(out, configs) -> tuple[str, int]:

@@ -67,7 +67,7 @@ def _train_claimed(runs, data, device, teacher, progress, stop, in_sweep) -> lis
 
 def _start_or_resume(runs, states, data, device, teacher, progress, in_sweep) -> Group:
     """The runs' group, fresh (its folders started) or at the epoch and step of their checkpoints."""
-    group = Group(runs, data, device, teacher)
+    group = Group(runs, data, device, teacher, in_sweep)
     if states[0] is None:
         group.start_folders()
         if progress and not in_sweep and runs[0].config.resume and not runs[0].config.force:  # a mistyped --out would otherwise start a run of defaults unremarked

@@ -611,7 +611,7 @@ def test_a_sweeps_stdout_is_its_table_alone_and_its_progress_goes_to_stderr(tmp_
     result = kdcli(*[a for a in sweep_args(data_dir, cache, tmp_path / "sweep") if a != "--quiet"])
     assert result.exit_code == 0, result.output
     assert result.stdout == (tmp_path / "sweep" / "results.md").read_text() + "\n", result.stdout  # typer.echo ends it with a newline
-    assert "group 1/2, trained together: baseline/seed1" in result.stderr
+    assert "group 1 (0 of 2 students done), trained together: baseline/seed1" in result.stderr
     assert re.search(r"^epoch 1/1  loss ", result.stderr, re.M), result.stderr  # each student's one log line per evaluation, not a bar
 
 
@@ -897,9 +897,12 @@ def test_ctrl_c_in_a_sweep_prints_the_same_command_to_resume(tmp_path, data_dir,
 
 def test_a_student_that_diverges_in_a_stacked_group_is_left_and_its_stack_mate_finishes_without_it(tmp_path, data_dir, cache):
     """A KD weight far too large blows up the KD student; the baseline stacked with it stops with it, not diverged,
-    and trains on alone: the sweep writes its table, names the diverged student under it, and exits 1 saying why."""
+    and trains on alone: the sweep writes its table, names the diverged student under it, and exits 1 saying why,
+    in the sweep's own options (its --temperatures, not train-student's --temperature)."""
     result = kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep", "--distillation-weight", "1e6", "--parallel", 2, "--quiet"))
-    assert_refused(result, "1 of 2 students diverged and is left out of the table", "not finite at epoch 1", "T4/seed1", "--distillation-weight", codes=(1,))
+    told = "(now 1.6e+07: --distillation-weight 1e+06, T 4 of --temperatures)"
+    assert_refused(result, "1 of 2 students diverged and is left out of the table", "not finite at epoch 1", "T4/seed1", told, codes=(1,))
+    assert "--temperature " not in result.stderr, result.stderr  # the warning as it went on, too
     assert "the sweep goes on without it" in result.stderr
     assert "baseline" not in result.stderr.splitlines()[-1]
     assert (tmp_path / "sweep" / "T4" / "seed1" / "diverged.json").exists()
@@ -910,11 +913,16 @@ def test_a_student_that_diverges_in_a_stacked_group_is_left_and_its_stack_mate_f
 
 def test_a_sweep_goes_on_past_a_diverged_group_and_run_again_keeps_its_diverged_students(tmp_path, data_dir, cache):
     """Divergence leaves a student, not the sweep: the groups after it train. Run again, the sweep trains nothing:
-    a diverged student is a result of its setting, which the same options would only diverge into again."""
+    a diverged student is a result of its setting, which the same options would only diverge into again. Its progress
+    counts students, not the groups made again without the diverged ones, and its closing line tells them apart."""
     args = sweep_args(data_dir, cache, tmp_path / "sweep", "--seeds", "1,2", "--distillation-weight", "1e6", "--parallel", 2)
-    first = kdcli(*args)
+    first = kdcli(*[a for a in args if a != "--quiet"])
     told = "2 of 4 students diverged and are left out of the table (T4/seed1, T4/seed2); the first: loss is not finite at epoch 1"
     assert first.exit_code == 1 and message(first.stderr)[-1].startswith(f"error: {told}"), first.stderr
+    # The baseline stacked with T4/seed1 starts over with the other seed's: three groups where two were made first.
+    assert [line.split(", trained")[0] for line in first.stderr.splitlines() if line.startswith("group ")] == [
+        "group 1 (0 of 4 students done)", "group 2 (1 of 4 students done)", "group 3 (3 of 4 students done)"], first.stderr
+    assert f"4 students (4 trained now: 2 finished, 2 diverged) -> {tmp_path / 'sweep'}/results.md" in first.stderr.splitlines()
     for seed in (1, 2):
         assert (tmp_path / "sweep" / "baseline" / f"seed{seed}" / "summary.json").exists()
         assert (tmp_path / "sweep" / "T4" / f"seed{seed}" / "diverged.json").exists()
@@ -966,7 +974,7 @@ def test_ctrl_c_in_the_step_a_student_diverges_stops_the_sweep_counting_it_diver
     assert (tmp_path / "sweep" / "T4" / "seed1" / "diverged.json").exists()
     hint, resumed = run_printed_hint(stopped)
     assert resumed.exit_code == 1 and "2 of 4 students diverged and are left out of the table (T4/seed1, T4/seed2)" in resumed.stderr, resumed.output
-    assert "4 students (3 trained now)" in resumed.stderr  # the diverged one was kept, not trained again
+    assert "4 students (3 trained now: 2 finished, 1 diverged)" in resumed.stderr  # the diverged one was kept, not trained again
 
 
 def test_a_sweep_into_a_folder_whose_earlier_sweep_diverged_under_another_recipe_is_refused(tmp_path, data_dir, cache):

@@ -530,7 +530,7 @@ def test_runs_csv_lists_a_run_that_diverged_with_where_it_did_and_no_accuracy(tm
     """A seed that blew up is a line of the analysis too, by its setting and seed (its config.json), not a gap."""
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     sweep = make_sweep(tmp_path / "sweep")
-    options = {"kdcli_version": "0.1.0", "temperature": 50.0, "distillation_weight": 0.1, "hard_weight": 1.0, "epochs": 300, **TEACHER}
+    options = {"kdcli_version": "0.1.0", "temperature": 50.0, "distillation_weight": 0.1, "hard_weight": 1.0, **TEACHER}  # the recipe of make_sweep's runs
     diverged = make_run(sweep / "kd" / "T50-s10", 0.0, seed=10, config=options, finished=False)
     (diverged / "diverged.json").write_text(json.dumps({"error": "loss is not finite at epoch 3, step 7 (...)", "epoch": 3, "step": 7}))
     make_run(sweep / "kd" / "T50-s20", 0.0, seed=20, config={k: v for k, v in options.items() if k != "kdcli_version"}, finished=False)
@@ -543,6 +543,23 @@ def test_runs_csv_lists_a_run_that_diverged_with_where_it_did_and_no_accuracy(tm
     assert runs[-1] == {"run": "kd/T50-s10", "model": "lenet5", "temperature": "50.0", "distillation_weight": "0.1", "hard_weight": "1.0", "seed": "10",
                         "test_accuracy": "", "train_accuracy": "", "epochs": "", "train_seconds": "", "diverged_epoch": "3", "diverged_step": "7"}  # fmt: skip
     assert len(runs) == 8 and all(r["diverged_epoch"] == "" for r in runs[:-1])
+
+
+@pytest.mark.parametrize("other, refusal", [({"lr": 1e4}, r"the lenet5 runs were trained with other lr \(e.g. \S+ and \S+T50-s10\): report each recipe's runs separately"),
+                                             ({"cache_teacher_sha256": "cd" * 32}, r"distilled from 2 different teachers \(e.g. \S+, \S+T50-s10\): report each teacher's runs separately")], ids=["lr", "teacher"])
+def test_a_run_that_diverged_under_another_recipe_or_teacher_is_refused_as_a_finished_one_is(tmp_path, other, refusal):
+    """Named under the table, a diverged seed is told as a result of the table's setting; one that diverged at --lr 1e4,
+    or from another teacher, is not one: it is refused as a finished run of it is (and as a sweep into its folder is)."""
+    sweep = make_sweep(tmp_path / "sweep")
+    options = {"kdcli_version": "0.1.0", "temperature": 50.0, "distillation_weight": 0.1, "hard_weight": 1.0, **TEACHER}
+    diverged = make_run(sweep / "kd" / "T50-s10", 0.0, seed=10, config={**options, **other}, finished=False)
+    (diverged / "diverged.json").write_text(json.dumps({"error": "loss is not finite at epoch 1, step 3 (...)", "epoch": 1, "step": 3}))
+    with pytest.raises(KdcliError, match=refusal):
+        report([sweep], tmp_path / "report")
+    assert not (tmp_path / "report").exists()
+    (diverged / "summary.json").write_text(json.dumps({"model": "lenet5", "seed": 10, "test_accuracy": 10.0, "temperature": 50.0, "distillation_weight": 0.1}))
+    with pytest.raises(KdcliError, match=refusal):  # as it is finished: the same refusal
+        report([sweep], tmp_path / "report")
 
 
 def test_the_csv_rounds_the_teachers_accuracy_as_the_table_does(tmp_path):
