@@ -284,17 +284,22 @@ class Group:
         """The weights after the last step, whose loss came before it: an lr that blows up there leaves a finite loss."""
         finite = self.stack.finite()
         if not all(finite):
-            where = f"epoch {self.epoch + 1}, step {self.step}" if self.step else f"epoch {self.epoch}"
             # The step: the last one taken, after which they were checked (an earlier one's blow-up would have made a later loss not finite).
-            self._diverged(finite, f"weights are not finite after {where}", self.epoch if self.step else self.epoch - 1, self.step or self.steps)
+            if self.step:  # mid-epoch, saving for a stop: the epoch in progress
+                where, epoch, step = f"epoch {self.epoch + 1}, step {self.step}", self.epoch, self.step
+            else:  # between epochs: the last step of the epoch just ended
+                where, epoch, step = f"epoch {self.epoch}", self.epoch - 1, self.steps
+            self._diverged(finite, f"weights are not finite after {where}", epoch, step)
 
     def _diverged(self, finite: list, what: str, epoch: int, step: int):
         """The error for the runs not `finite`: what went wrong, where, and the options that set the step size; each
         of those runs' folders records it (DIVERGED), which the report reads. epoch: the one (from 0) whose steps
         went wrong; step: in it (from 1), the one found to have gone wrong."""
         bad = [r for r, ok in zip(self.runs, finite) if not ok]
-        kd = next((f", or the KD term's weight w * T^2 (now {r.distillation_weight * r.temperature**2:g}: --distillation-weight {r.distillation_weight:g}, {self._temperature(r)})"
-                   for r in bad if r.distillation_weight > 0), "")  # fmt: skip
+        kd = ""
+        if kd_run := next((r for r in bad if r.distillation_weight > 0), None):  # the first names the options: a baseline has no KD term
+            w, t = kd_run.distillation_weight, kd_run.temperature
+            kd = f", or the KD term's weight w * T^2 (now {w * t**2:g}: --distillation-weight {w:g}, {self._temperature_option(kd_run)})"
         c = self.config
         # Only past a milestone: before it, a lower --lr-gamma would diverge the same way.
         rising = f" or --lr-gamma (now {c.lr_gamma:g}: it raises the lr at each milestone)" if c.scheduler == "multistep" and learning_rate(c, epoch) > c.lr else ""
@@ -309,7 +314,7 @@ class Group:
                 write_json(r.dir / DIVERGED, {"error": str(error), "epoch": epoch + 1, "step": step})
         raise error
 
-    def _temperature(self, run) -> str:
+    def _temperature_option(self, run) -> str:
         """The option that set the run's temperature, as the user gave it: one of a sweep's --temperatures."""
         return f"T {run.temperature:g} of --temperatures" if self.in_sweep else f"--temperature {run.temperature:g}"
 

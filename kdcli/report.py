@@ -138,20 +138,21 @@ def collect(paths) -> Runs:
     if not finished:
         also = ", ".join(f"{len(found)} {what}" for found, what in ((diverged, "diverged"), (unfinished, "unfinished")) if found)
         raise KdcliError(f"no finished run (summary.json) under {', '.join(map(str, paths))}{f' ({also})' if also else ''}: train some first")
-    runs = Runs(unfinished=unfinished, diverged=diverged)
-    for d in sorted(finished):
-        summary = read_json(d / "summary.json")
-        if "model" not in summary or not _is_number(summary.get("test_accuracy")):  # NaN too: JSON allows it, means do not
-            raise KdcliError(f"{d / 'summary.json'} has no model or test_accuracy (a finite number): is it a kdcli run?")
-        if summary.get("val_accuracy") is not None and not _is_number(summary["val_accuracy"]):  # else its val cells would go blank unsaid
-            raise KdcliError(f"{d / 'summary.json'} has a val_accuracy that is not a finite number: is it a kdcli run?")
-        if summary.get("distillation_weight") and not _is_number(summary.get("temperature")):
-            raise KdcliError(f"{d / 'summary.json'} has a distillation weight but no temperature: is it a kdcli run?")
-        if not (d / "config.json").is_file():
-            raise KdcliError(f"{d / 'config.json'} is missing: kdcli writes it beside summary.json, and the report compares runs by it")
-        config = read_json(d / "config.json")
-        runs.append({"run_dir": str(d), "summary": summary, "config": config})
-    return runs
+    return Runs(map(_finished_run, sorted(finished)), unfinished=unfinished, diverged=diverged)
+
+
+def _finished_run(d: Path) -> dict:
+    """The finished run in folder d as the report reads it, refused where its summary.json or config.json is not kdcli's."""
+    summary = read_json(d / "summary.json")
+    if "model" not in summary or not _is_number(summary.get("test_accuracy")):  # NaN too: JSON allows it, means do not
+        raise KdcliError(f"{d / 'summary.json'} has no model or test_accuracy (a finite number): is it a kdcli run?")
+    if summary.get("val_accuracy") is not None and not _is_number(summary["val_accuracy"]):  # else its val cells would go blank unsaid
+        raise KdcliError(f"{d / 'summary.json'} has a val_accuracy that is not a finite number: is it a kdcli run?")
+    if summary.get("distillation_weight") and not _is_number(summary.get("temperature")):
+        raise KdcliError(f"{d / 'summary.json'} has a distillation weight but no temperature: is it a kdcli run?")
+    if not (d / "config.json").is_file():
+        raise KdcliError(f"{d / 'config.json'} is missing: kdcli writes it beside summary.json, and the report compares runs by it")
+    return {"run_dir": str(d), "summary": summary, "config": read_json(d / "config.json")}
 
 
 def _is_number(x) -> bool:
@@ -256,6 +257,8 @@ def aggregate(runs) -> list[dict]:
         model, temperature, w, hard = setting
         base = baselines.get((model, hard)) if w != 0 else None
         ci = welch_ci(accs, base) if base else None
+        vals = val.get(setting, [])
+        validated = len(vals) == len(accs)  # every run of the setting held out images, or the row has no val
         rows.append({
             "model": model, "temperature": temperature, "distillation_weight": w, "hard_weight": hard,
             "n": len(accs), "mean": statistics.mean(accs),
@@ -263,11 +266,10 @@ def aggregate(runs) -> list[dict]:
             "min": min(accs), "max": max(accs),
             "delta": statistics.mean(accs) - statistics.mean(base) if base else None,
             "ci_low": ci[0] if ci else None, "ci_high": ci[1] if ci else None,
+            "val_mean": statistics.mean(vals) if validated else None,
+            "val_std": statistics.stdev(vals) if validated and len(vals) > 1 else None,
+            "teacher_saw_val": setting in teacher_saw_val,
         })
-        vals = val.get(setting, [])
-        validated = len(vals) == len(accs)  # every run of the setting held out images, or the row has no val
-        rows[-1].update(val_mean=statistics.mean(vals) if validated else None, val_std=statistics.stdev(vals) if validated and len(vals) > 1 else None,
-                        teacher_saw_val=setting in teacher_saw_val)  # fmt: skip
     return rows
 
 
@@ -364,10 +366,15 @@ def diverged_run(folder) -> dict | None:
     return {"run_dir": str(folder), "summary": {**setting, "diverged_epoch": stopped.get("epoch"), "diverged_step": stopped.get("step")}, "config": record}
 
 
+def diverged_runs(folders) -> list[dict]:
+    """diverged_run of each folder, leaving out those kdcli did not write."""
+    return [r for r in map(diverged_run, folders) if r is not None]
+
+
 def _write_runs_csv(runs, path: Path, out: Path, diverged=()):
     """One line per run, in the table's order and then by seed; `run` is its folder as results.md names it. Runs
     that diverged are lines too, with where they did (a seed that blew up is a result of its setting)."""
-    runs = list(runs) + [r for d in diverged if (r := diverged_run(d))]
+    runs = list(runs) + diverged_runs(diverged)
     validated = any(r["summary"].get("val_accuracy") is not None for r in runs)
     columns = [c for c in RUN_COLUMNS if validated or c != "val_accuracy"] + (["diverged_epoch", "diverged_step"] if diverged else [])
     with open(path, "w", newline="") as f:
@@ -431,7 +438,7 @@ def report(paths, out_dir) -> str:
 def report_of(found: Runs, out_dir) -> str:
     """report() of runs collected already. The runs that diverged are checked with them: named under the table as a
     result of its setting, one of another recipe, teacher or cache would be told as this experiment's."""
-    check_comparable(list(found) + [r for d in found.diverged if (r := diverged_run(d))])
+    check_comparable(list(found) + diverged_runs(found.diverged))
     return write_report(aggregate(found), out_dir, teacher_accuracy(found), unfinished=len(found.unfinished), diverged=found.diverged, runs=found)
 
 

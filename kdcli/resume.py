@@ -103,8 +103,8 @@ def prepare_run_dir(config):
 
 
 def state_of_config_json(out: Path) -> dict | None:
-    """For a finished run whose checkpoint was deleted (to save space): its options, as a checkpoint's state holds
-    them, from the config.json it started with; None where kdcli wrote none there."""
+    """For a finished run whose checkpoint was deleted (to save space), or one that diverged before its first: its
+    options, as a checkpoint's state holds them, from the config.json it started with; None where kdcli wrote none there."""
     record = kdcli_config(out)
     return {"config": record} if record else None
 

@@ -31,7 +31,7 @@ from kdcli.config import ConfigError, DistillOptions, StudentConfig, TrainOption
 from kdcli.resume import check_same_inputs, check_same_options, check_sweep_can_start, forget_run, state_of_config_json
 from kdcli.runs import DIVERGED, LOCK, claim_folder, read_json, runs_below
 from kdcli.stack import stackable
-from kdcli.train import device_and_data, open_student_cache, student_runs, train_runs, warn_of_cache
+from kdcli.train import device_and_data, epoch_and_step, open_student_cache, student_runs, train_runs, warn_of_cache
 
 
 @dataclass
@@ -63,11 +63,12 @@ class SweepConfig(DistillOptions, TrainOptions):
             raise ConfigError("--seeds", "give at least one seed")
         check_no_repeats(self.seeds, "--seeds")
         check_no_repeats(self.temperatures, "--temperatures")
-        folders = {}
+        folders = {}  # folder -> the temperatures trained in it
         for t in self.temperatures:
             folders.setdefault(temperature_folder(t), []).append(t)
-        if clash := next(((name, ts) for name, ts in folders.items() if len(ts) > 1), None):
-            raise ConfigError("--temperatures", f"{' and '.join(map(repr, clash[1]))} would share the folder {clash[0]}: give values that differ in their first 6 digits")
+        for name, ts in folders.items():
+            if len(ts) > 1:
+                raise ConfigError("--temperatures", f"{' and '.join(map(repr, ts))} would share the folder {name}: give values that differ in their first 6 digits")
         if not self.temperatures and not self.baseline:
             raise ConfigError("--temperatures", "nothing to train: give temperatures or keep --baseline")
         if self.parallel < 0:
@@ -103,8 +104,12 @@ def started(c: StudentConfig) -> dict | None:
     ckpt = folder / CHECKPOINT
     # Its options and progress, not its tensors; a finished student's checkpoint may be deleted, its config.json not.
     # One that diverged before its first checkpoint has only its config.json: kept as diverged, it must be checked too.
-    kept = finished(c) or diverged(c)
-    state = peek_checkpoint(ckpt) if ckpt.exists() else state_of_config_json(folder) if kept else None
+    if ckpt.exists():
+        state = peek_checkpoint(ckpt)
+    elif finished(c) or diverged(c):
+        state = state_of_config_json(folder)
+    else:
+        state = None
     if state is not None:
         check_same_options(c, state, folder, "run the sweep with the options it started with, --force to train it again, or another --out")
     return state
@@ -127,10 +132,7 @@ def groups(configs: list, parallel: int) -> list:
         state = started(c)
         if finished(c) or diverged(c):
             continue
-        start = (0, 0)
-        if state is not None:
-            start = (state["epoch"], state.get("step", 0))
-        by_start.setdefault(start, []).append(c)
+        by_start.setdefault(epoch_and_step(state), []).append(c)
     size = parallel or len(configs)
     return [members[i : i + size] for members in by_start.values() for i in range(0, len(members), size)]
 
@@ -198,7 +200,7 @@ def check_fits_the_folder(out, runs):
     below = [d for d in runs_below(Path(out), depth=2) if d.resolve() not in own]
     others = sorted(d for d in below if (d / "summary.json").exists())
     gone = sorted(d for d in below if (d / DIVERGED).is_file() and not (d / "summary.json").exists())
-    earlier = (report.collect(others) if others else []) + [r for d in gone if (r := report.diverged_run(d.resolve()))]
+    earlier = (report.collect(others) if others else []) + report.diverged_runs(d.resolve() for d in gone)
     if not earlier:
         return
     # Most of these have no summary.json yet: their record holds what the report reads from one (model, seed, temperature, weights).
@@ -214,7 +216,7 @@ def _train_groups(configs: list, runs: dict, config: SweepConfig, data, device, 
     A group in which students diverge leaves them (their folders record it) and the sweep goes on: the groups are
     made again, so that the students stopped with them resume from their checkpoints without them. Progress is
     counted in students, whose number is known from the start; that of groups is not (made again, there are more)."""
-    todo, trained = groups(configs, parallel), 0
+    todo, groups_done = groups(configs, parallel), 0
     total = sum(map(len, todo))
     while todo:
         members = todo[0]
@@ -226,7 +228,7 @@ def _train_groups(configs: list, runs: dict, config: SweepConfig, data, device, 
             names = ", ".join(str(Path(c.out).relative_to(config.out)) for c in members)
             mean = " (the progress shows their mean)" if len(members) > 1 else ""
             done = total - sum(map(len, todo))  # finished or diverged
-            print(f"group {trained + 1} ({done} of {total} students done), trained together{mean}: {names}", file=sys.stderr, flush=True)  # stdout: the table alone
+            print(f"group {groups_done + 1} ({done} of {total} students done), trained together{mean}: {names}", file=sys.stderr, flush=True)  # stdout: the table alone
         try:
             train_runs([runs[c.out] for c in members], data, device, progress=progress, in_sweep=True, stop=stop)
         except Diverged as e:
@@ -236,7 +238,7 @@ def _train_groups(configs: list, runs: dict, config: SweepConfig, data, device, 
         except torch.OutOfMemoryError as e:
             e.students_at_once = len(members)  # what the remedy (cli.OUT_OF_MEMORY) says to go below: one cannot be
             raise
-        trained += 1
+        groups_done += 1
         todo = groups(configs, parallel)
 
 
@@ -252,7 +254,7 @@ def divergence(config: SweepConfig, configs: list) -> tuple[list, str | None]:
         told = f"every student diverged ({', '.join(names)})" if len(gone) > 1 else "the sweep's only student diverged"
     else:
         told = f"{len(gone)} of {len(configs)} students diverged and {'is' if len(gone) == 1 else 'are'} left out of the table ({', '.join(names)})"
-    return names, f"{told}; the first: {first}" if len(gone) > 1 else f"{told}: {first}"
+    return names, (f"{told}; the first: {first}" if len(gone) > 1 else f"{told}: {first}")
 
 
 def check_can_start(config: SweepConfig):

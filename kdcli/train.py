@@ -54,7 +54,7 @@ def _train_claimed(runs, data, device, teacher, progress, stop, in_sweep) -> lis
         warn_of_cache(runs[0])
     if all(s == "done" for s in states):  # kept (--resume): "kept" tells the caller nothing trained now
         return [{**read_json(r.dir / "summary.json"), "kept": True} for r in runs]
-    if any(s == "done" for s in states) or len({((s or {}).get("epoch", 0), (s or {}).get("step", 0)) for s in states}) > 1:
+    if any(s == "done" for s in states) or len(set(map(epoch_and_step, states))) > 1:
         raise KdcliError("runs trained together must all be at the same epoch and step; train them separately")
     if not in_sweep:
         runs[0].config.warn_ineffective()
@@ -63,6 +63,11 @@ def _train_claimed(runs, data, device, teacher, progress, stop, in_sweep) -> lis
     if stop.requested and not in_sweep and progress:  # it came during the last epoch's evaluation: the run is complete, not stopped
         print(f"{runs[0].dir}: finished before the next safe point; nothing to resume", file=sys.stderr, flush=True)
     return group.write_summaries()
+
+
+def epoch_and_step(state: dict | None) -> tuple[int, int]:
+    """Where a run's checkpoint `state` resumes it: epochs complete and steps into the next; (0, 0) for a new run."""
+    return (0, 0) if state is None else (state["epoch"], state.get("step", 0))
 
 
 def _start_or_resume(runs, states, data, device, teacher, progress, in_sweep) -> Group:

@@ -1067,6 +1067,16 @@ def test_an_epoch_whose_weights_blew_up_is_not_logged(tmp_path, data_dir, monkey
     assert logged == [1] and (record["epoch"], record["step"]) == (2, STEPS)
 
 
+def test_weights_blown_up_just_before_a_ctrl_c_are_refused_at_the_step_not_saved(tmp_path, data_dir, monkeypatch):
+    """Ctrl-C saves mid-epoch: weights the step before it blew up would replace epoch 1's good checkpoint, and resume into inf."""
+    blow_up_on_step(monkeypatch, STEPS + 2)
+    call_on_step(monkeypatch, STEPS + 2, press_ctrl_c)
+    with pytest.raises(KdcliError, match=r"^weights are not finite after epoch 2, step 2 .*the last good checkpoint is kept$"):
+        teach(config(tmp_path, "run", data_dir))
+    record = json.loads((tmp_path / "run" / "diverged.json").read_text())
+    assert (record["epoch"], record["step"]) == (2, 2) and load_checkpoint(tmp_path / "run")["epoch"] == 1
+
+
 def test_a_run_resumed_from_its_last_good_checkpoint_no_longer_records_that_it_diverged(tmp_path, data_dir, monkeypatch):
     """--resume trains it again (a GPU's transient, say): it ends finished, which the report must not call diverged."""
     with monkeypatch.context() as patch:
