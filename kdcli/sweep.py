@@ -43,8 +43,8 @@ class SweepConfig(DistillOptions, TrainOptions):
     parallel: int = 0  # students trained at once as one batched computation (0: all on a GPU, 1 on a CPU)
     distillation_weight: float = 0.1  # weight of T^2 * KL (> 0: the students without the teacher are the baselines, --baseline)
     force: bool = False  # train every student again, finished or not
-    quiet: bool = False  # no progress lines, only the final table
-    out: str = "runs/sweep"  # sweep folder: one run folder per student, results.md/csv/png
+    quiet: bool = False  # no progress lines: the table, and the line that says where it is written, remain
+    out: str = "runs/sweep"  # sweep folder: one run folder per student, results.md/csv/png and runs.csv
 
     # Not options of `kdcli sweep`, which always resumes: typed anyway (as for the other commands), refused with why.
     cli_hidden = {"resume": "a sweep has none: run again with the same options, it goes on where it stopped (--force starts it over)"}
