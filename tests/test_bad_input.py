@@ -919,6 +919,8 @@ def test_a_sweep_goes_on_past_a_diverged_group_and_run_again_keeps_its_diverged_
     first = kdcli(*[a for a in args if a != "--quiet"])
     told = "2 of 4 students diverged and are left out of the table (T4/seed1, T4/seed2); the first: loss is not finite at epoch 1"
     assert first.exit_code == 1 and message(first.stderr)[-1].startswith(f"error: {told}"), first.stderr
+    # "the first" is T4/seed1's record (its error names its own folder), not the last one's
+    assert f"{tmp_path / 'sweep' / 'T4' / 'seed1'}): lower --lr" in message(first.stderr)[-1].split("; the first: ")[1], first.stderr
     # The baseline stacked with T4/seed1 starts over with the other seed's: three groups where two were made first.
     assert [line.split(", trained")[0] for line in first.stderr.splitlines() if line.startswith("group ")] == [
         "group 1 (0 of 4 students done)", "group 2 (1 of 4 students done)", "group 3 (3 of 4 students done)"], first.stderr
@@ -1024,6 +1026,8 @@ def test_a_divergence_a_full_disk_kept_from_being_recorded_ends_the_sweep_not_tr
     result = kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep", "--seeds", "1,2", "--distillation-weight", "1e6", "--parallel", 2))
     assert_refused(result, "not finite at epoch 1", "T4/seed1", codes=(1,))
     assert len(calls) == 1
+    # Ended by a divergence, not refused: the students it never started keep their folders (a report counts them unfinished).
+    assert (tmp_path / "sweep" / "T4" / "seed2").is_dir() and (tmp_path / "sweep" / "baseline" / "seed2").is_dir()
 
 
 def test_a_sweep_started_over_stops_calling_its_students_diverged_before_it_trains_them(tmp_path, data_dir, cache, monkeypatch):
@@ -1557,3 +1561,25 @@ def test_a_dump_refused_is_not_warned_first_that_its_teacher_is_unfinished_or_la
     assert_one_error(kdcli(*dump_args(data_dir, tmp_path / "half.pt", tmp_path / "c.h5")), "was made with other settings", codes=(1,))
     forced = kdcli(*dump_args(data_dir, tmp_path / "half.pt", tmp_path / "c.h5", "--force"))
     assert forced.exit_code == 0 and "has not finished training (epoch 1 of 3)" in forced.stderr and "finds no Triton" in forced.stderr, forced.output
+
+
+# ---------------------------------------------------------------- found by mutation testing (2026-11-28: sweep, group, report's diverged runs)
+
+
+def test_a_student_finished_with_other_options_while_the_sweep_loads_its_data_is_refused_under_its_lock(tmp_path, data_dir, cache, monkeypatch):
+    """The sweep checks its students before its data loads, then again once it holds their folders: one that another
+    kdcli finished meanwhile, at another --lr, must not be kept and reported as this sweep's."""
+    import kdcli.sweep as sweep_module
+
+    assert kdcli(*sweep_args(data_dir, cache, tmp_path / "other", "--no-baseline")).exit_code == 0  # T4/seed1 at the default --lr 0.1
+    real = sweep_module.device_and_data
+
+    def finished_meanwhile(*args, **kwargs):
+        loaded = real(*args, **kwargs)
+        shutil.copytree(tmp_path / "other" / "T4" / "seed1", tmp_path / "sweep" / "T4" / "seed1")
+        return loaded
+
+    monkeypatch.setattr(sweep_module, "device_and_data", finished_meanwhile)
+    result = kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep", "--no-baseline", "--lr", 0.05))
+    assert_refused(result, "T4/seed1 was trained with other options: --lr 0.05 (run has 0.1)", codes=(1,))
+    assert not (tmp_path / "sweep" / "results.md").exists()

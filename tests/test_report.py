@@ -687,3 +687,29 @@ def test_the_csv_writes_a_zero_as_0_and_only_a_missing_number_blank(tmp_path):
     assert (base["std"], base["delta"]) == ("0.0", "")
     assert (kd["std"], kd["delta"], kd["ci_low"], kd["ci_high"]) == ("0.0", "0.0", "0.0", "0.0")
     assert (alone["std"], alone["delta"], alone["ci_low"]) == ("", "2.0", "")
+
+
+# ---------------------------------------------------------------- found by mutation testing (2026-11-28: sweep, group, report's diverged runs)
+
+
+def test_runs_csv_lists_a_diverged_run_by_its_own_hard_weight(tmp_path, monkeypatch):
+    """Its setting is read from its config.json whole: a seed that blew up at --hard-weight 0.5 is no run of hard weight 1."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    sweep = make_sweep(tmp_path / "sweep")
+    options = {"kdcli_version": "0.1.0", "temperature": 50.0, "distillation_weight": 0.1, "hard_weight": 0.5, **TEACHER}
+    diverged = make_run(sweep / "kd" / "T50-s10", 0.0, seed=10, config=options, finished=False)
+    (diverged / "diverged.json").write_text(json.dumps({"error": "loss is not finite at epoch 3, step 7 (...)", "epoch": 3, "step": 7}))
+    with pytest.warns(UserWarning, match="results.png skipped"):
+        report([sweep], sweep)
+    with open(sweep / "runs.csv", newline="") as f:
+        line = next(r for r in csv.DictReader(f) if r["run"] == "kd/T50-s10")
+    assert (line["temperature"], line["distillation_weight"], line["hard_weight"], line["diverged_step"]) == ("50.0", "0.1", "0.5", "7")
+
+
+def test_runs_csv_lists_a_settings_runs_by_seed_not_by_folder_name(tmp_path):
+    """Paired analyses match seeds line by line: "s10" sorts before "s9" as a folder name, not as a seed."""
+    for seed, acc in [(9, 70.0), (10, 71.0)]:
+        make_run(tmp_path / "runs" / f"base-s{seed}", acc, seed=seed, temperature=1.0, weight=0.0)
+    write_report(aggregate(runs := collect(tmp_path / "runs")), tmp_path / "runs", runs=runs)
+    with open(tmp_path / "runs" / "runs.csv", newline="") as f:
+        assert [(r["run"], r["seed"]) for r in csv.DictReader(f)] == [("base-s9", "9"), ("base-s10", "10")]

@@ -1178,7 +1178,8 @@ def test_stacked_runs_log_save_and_resume_their_own_accuracies(tmp_path, data_di
 
 def test_ctrl_c_in_the_step_whose_loss_is_not_finite_keeps_the_last_good_checkpoint(tmp_path, data_dir, monkeypatch):
     call_on_step(monkeypatch, STEPS + 2, lambda value: press_ctrl_c(value * float("nan")))
-    with pytest.raises(KdcliError, match="epoch 2, step 2"):
+    # The loss, the first thing that went wrong: the stop checks that of the step it came in too, not only the weights it saves.
+    with pytest.raises(KdcliError, match="^loss is not finite at epoch 2, step 2 "):
         teach(config(tmp_path, "run", data_dir))
     state = load_checkpoint(tmp_path / "run")
     assert (state["epoch"], state["step"]) == (1, 0) and all(torch.isfinite(w).all() for w in state["model"].values())
@@ -1369,18 +1370,22 @@ def test_training_leaves_the_global_rng_as_it_was(tmp_path, data_dir):
     assert torch.equal(torch.rand(4), expected)
 
 
-def test_a_diverging_run_of_a_group_is_named_alone(tmp_path, data_dir, monkeypatch):
+@pytest.mark.parametrize("bad", [1, 0], ids=["second", "first"])
+def test_a_diverging_run_of_a_group_is_named_alone(tmp_path, data_dir, monkeypatch, bad):
+    """Whichever run of the group it is: the runs are told apart by their columns of the losses, not by the steps."""
     data, cpu = load_cifar10(data_dir), torch.device("cpu")
+    seeds = (1, 2)
 
-    def second_run_diverges(loss):  # loss [S]: the second run's turns nan at step 2
-        return loss * torch.tensor([1.0, float("nan")])
+    def one_run_diverges(loss):  # loss [S]: run `bad`'s turns nan at step 2
+        return loss * torch.tensor([float("nan") if s == bad else 1.0 for s in range(len(seeds))])
 
-    call_on_step(monkeypatch, 2, second_run_diverges)
-    with pytest.raises(KdcliError, match=r"not finite at epoch 1, step 2 \(\S*seed2\)") as error:
-        train_runs([baseline_run(tmp_path, data_dir, s, len(data.train_labels)) for s in (1, 2)], data, cpu, progress=False)
-    # Its folder alone records it: the first run stopped with it, unfinished, and resumes as such.
-    assert json.loads((tmp_path / "seed2" / "diverged.json").read_text()) == {"error": str(error.value), "epoch": 1, "step": 2}
-    assert not (tmp_path / "seed1" / "diverged.json").exists() and (tmp_path / "seed1" / "config.json").exists()
+    call_on_step(monkeypatch, 2, one_run_diverges)
+    with pytest.raises(KdcliError, match=rf"not finite at epoch 1, step 2 \(\S*seed{seeds[bad]}\)") as error:
+        train_runs([baseline_run(tmp_path, data_dir, s, len(data.train_labels)) for s in seeds], data, cpu, progress=False)
+    # Its folder alone records it: the other run stopped with it, unfinished, and resumes as such.
+    assert json.loads((tmp_path / f"seed{seeds[bad]}" / "diverged.json").read_text()) == {"error": str(error.value), "epoch": 1, "step": 2}
+    good = seeds[1 - bad]
+    assert not (tmp_path / f"seed{good}" / "diverged.json").exists() and (tmp_path / f"seed{good}" / "config.json").exists()
 
 
 def test_stacked_runs_log_each_runs_own_images_per_second(tmp_path, data_dir):
