@@ -180,6 +180,8 @@ def _allocated_now():
 
 
 class _OpenFile:
+    """A holder of the open h5py file `_file`, closed on leaving its `with` block."""
+
     def close(self):
         self._file.close()
 

@@ -158,11 +158,12 @@ def check_types(config):
     numbers as Python's. The CLI parses to these types; a library caller's epochs="3" or temperatures=30 would
     otherwise fail mid-run as a TypeError, and data_dir=Path(...) as config.json is written."""
     hints = typing.get_type_hints(type(config))
-    for name, annotation in ((f.name, hints[f.name]) for f in fields(config)):  # fields only: not a ClassVar
+    for f in fields(config):  # fields only: not a ClassVar
+        value = getattr(config, f.name)
         try:
-            setattr(config, name, _as_type(annotation, getattr(config, name)))
+            setattr(config, f.name, _as_type(hints[f.name], value))
         except TypeError:
-            raise ConfigError(flag(name), f"must be {_described(annotation)}, got {getattr(config, name)!r}") from None
+            raise ConfigError(flag(f.name), f"must be {_described(hints[f.name])}, got {value!r}") from None
 
 
 def _as_type(annotation, value):
@@ -178,7 +179,7 @@ def _as_type(annotation, value):
         return tuple(_as_type(args[0], v) for v in value)
     elif (annotation is type(None) and value is None) or (annotation is bool and isinstance(value, bool)):  # a bool, not whatever is truthy (quiet="no")
         return value
-    elif annotation in (int, float) and isinstance(value, numbers.Integral if annotation is int else numbers.Real) and not isinstance(value, bool):
+    elif annotation in (int, float) and isinstance(value, numbers.Integral if annotation is int else numbers.Real) and not isinstance(value, bool):  # True is an int to Python
         return annotation(value)
     elif annotation is str and isinstance(value, (str, os.PathLike)):
         return os.fspath(value)
@@ -188,7 +189,7 @@ def _as_type(annotation, value):
 def _described(annotation) -> str:
     if typing.get_origin(annotation) in (types.UnionType, typing.Union):
         return " or ".join(map(_described, typing.get_args(annotation)))
-    if typing.get_origin(annotation) is tuple:
+    if typing.get_origin(annotation) is tuple:  # "an integer" -> "a tuple or list of integers"
         return f"a tuple or list of {_described(typing.get_args(annotation)[0]).split(' ', 1)[1]}s"
     return {bool: "a bool", int: "an integer", float: "a number", str: "a string", type(None): "None"}[annotation]
 

@@ -128,7 +128,8 @@ def dump_logits(config: DumpConfig, progress: bool = True) -> dict:
     teacher_path = _teacher_path(config.teacher)
     device = resolve_device(config.device)
     state, teacher_sha256 = read_checkpoint(teacher_path)  # the hash of the weights labelled with, even if the file is replaced since
-    model, teacher_model = model_from(state, device, teacher_path), canonical_name(state["model_name"])
+    model = model_from(state, device, teacher_path)
+    teacher_model = canonical_name(state["model_name"])  # its name, as the cache and the summary record it
     unfinished = _check_finished(config.teacher, teacher_path, state)  # before the lock: a refused teacher leaves no file behind
     check_can_start(config)
     with cache.write_lock(config.out):  # a second dump is refused before it reads the data
@@ -208,26 +209,28 @@ def _check_finished(teacher, path, state) -> str | None:
     """A run folder whose training has not ended is refused: its checkpoint is a teacher half trained
     (stopped by Ctrl-C, or still training), and every student of the cache would learn from it. The checkpoint
     file given itself is the user's choice: how far it trained is returned, for a warning."""
-    epochs = (state.get("config") or {}).get("epochs")
-    if not epochs or "epoch" not in state or (state["epoch"] >= epochs and not state.get("step")):
-        return None  # finished, or a checkpoint that does not say
+    config = state.get("config") or {}
+    if not config.get("epochs") or "epoch" not in state:
+        return None  # a checkpoint that does not say
+    if state["epoch"] >= config["epochs"] and not state.get("step"):
+        return None  # finished
     where = training_reached(state)
     if Path(teacher).is_dir():
         if in_use(teacher):
             raise KdcliError(f"the teacher in {teacher} is still training (its checkpoint: {where}): wait for it to finish, or pass --teacher {path} to label with it as it is now")
-        kind = run_kind(state.get("config") or {})  # a student may teach too
+        kind = run_kind(config)  # a student may teach too
         raise KdcliError(f"the teacher in {teacher} has not finished training ({where}): resume it (kdcli train-{kind} "
                          f"--out {teacher} --resume), or pass --teacher {path} to label with it as it is")  # fmt: skip
     return where
 
 
-def _teacher_test_accuracy(model, data, state, amp, labelled) -> float:
+def _teacher_test_accuracy(model, data, state, amp, test_logits) -> float:
     """In the precision the teacher evaluated itself, so the number train-teacher and evaluate print, where this
-    device has that precision; else in the dump's own `amp`. `labelled`: the dump's own logits on the test set."""
-    if labelled.device.type == "cpu":
+    device has that precision; else in the dump's own `amp`. `test_logits`: the dump's own, [M, C]."""
+    if test_logits.device.type == "cpu":
         # No second pass (ResNet18: a minute on 2 cores): a CPU has no autocast or compile, so these are predict's logits.
         # A GPU's dump may label in another precision, compiled: its accuracy takes a pass of its own.
-        return top1(labelled, data.test_labels)
+        return top1(test_logits, data.test_labels)
     try:
         logits = predict(model, data.test_images, recorded_precision(state))
     except KdcliError:  # e.g. a teacher trained in bf16, dumped on a GPU without bf16 (--amp fp16)
@@ -449,7 +452,8 @@ def _largest_differences(path, c, model, images, entries, amp: str) -> tuple[flo
         if not torch.equal(aug, augment.params(c.attrs["seed"], e, c.num_images)):
             raise KdcliError(f"{path}: the stored augmentation of epoch {e} is not augment.params(seed, {e}): the file is damaged")
         i = index[epochs == e]
-        fresh, old = predict(model, augment.apply(images[i.to(images.device)], aug[i]), amp).cpu(), cached[i].float()  # [len(i), C]
+        fresh = predict(model, augment.apply(images[i.to(images.device)], aug[i]), amp).cpu()  # [len(i), C]
+        old = cached[i].float()
         difference = (fresh - old).abs().amax(1)
         worst = max(worst, difference.max().item())
         worst_relative = max(worst_relative, (difference / old.abs().amax(1).clamp(min=1)).max().item())

@@ -113,7 +113,8 @@ def evaluate(checkpoint_path, data_dir=None, device="auto", download=True) -> di
     if data_dir is None:
         data_dir = recorded_data_dir(config, f"the run of {checkpoint_path}")
     data = load_cifar10(data_dir, dev, download=download)  # every image: the test set does not depend on the run's --subset
-    n, held_out = config.get("subset") or len(data.train_labels), config.get("val_size", 0)  # it trained on the first n, less the last held_out
+    n = config.get("subset") or len(data.train_labels)  # it trained on the first n images, less the last held_out
+    held_out = config.get("val_size", 0)
     if n > len(data.train_labels) or not _trained_on(data.fingerprint_of_first(n), state, checkpoint_path):
         warnings.warn(
             f"{checkpoint_path} was trained on other images than those now in {data_dir}, so its test set may be another too"

@@ -150,8 +150,10 @@ def recorded_options(out, asked: dict) -> dict:
     ckpt = Path(out) / CHECKPOINT
     if ckpt.is_file():
         recorded = peek_checkpoint(ckpt).get("config") or {}
-    elif not (recorded := kdcli_config(Path(out))):  # else a run stopped before its first checkpoint: its config.json
-        return {}  # (its options, and Run.inputs, which no option is named after)
+    else:  # a run stopped before its first checkpoint: its config.json (its options, and Run.inputs, which no option is named after)
+        recorded = kdcli_config(Path(out))
+        if not recorded:
+            return {}
     recorded = as_recorded_now(recorded)
     if asked.get("force") and run_kind(recorded) != run_kind(asked):  # make passes --resume always, so --force must replace it
         warnings.warn(f"{out} holds a {run_kind(recorded)}'s run: --force replaces it with a new {run_kind(asked)}'s, of the options "

@@ -163,8 +163,9 @@ def _check_not_a_file(out: Path):
 
 def _check_not_inside_a_run_or_sweep(out: Path, what: str):
     here = Path(out).resolve()
-    if outer := next((p for p in here.parents[:3] if holds_a_run(p) or (_is_sweep_folder(p) and not _is_students_own(here, p))), None):
-        raise KdcliError(f"{out} is inside the folder of another run or sweep ({outer}): give {what} a folder of its own (--out)")
+    for outer in here.parents[:3]:  # as far up as runs_below looks down
+        if holds_a_run(outer) or (_is_sweep_folder(outer) and not _is_students_own(here, outer)):
+            raise KdcliError(f"{out} is inside the folder of another run or sweep ({outer}): give {what} a folder of its own (--out)")
 
 
 def _is_students_own(out: Path, sweep: Path) -> bool:
