@@ -473,7 +473,7 @@ def models():
     """List the known architectures and their parameter counts."""
     for name in sorted(set(MODELS) - set(ALIASES)):
         also = [alias for alias, target in ALIASES.items() if target == name]
-        typer.echo(f"{name:<10} {parameter_count(name):>12,} parameters" + (f"  (also: {', '.join(also)})" if also else ""))
+        typer.echo(f"{name:<10} {parameter_count(name):>12,} parameters" + (f"  (also --model {', '.join(also)})" if also else ""))
 
 
 def _version(value: bool):

@@ -142,7 +142,7 @@ def test_every_option_of_every_command_has_a_help_line():
 def test_models_lists_every_name_with_its_size():
     result = kdcli("models")
     assert result.exit_code == 0
-    assert re.search(r"^lenet5 +62,006 parameters  \(also: 1\)$", result.stdout, re.M)
+    assert re.search(r"^lenet5 +62,006 parameters  \(also --model 1\)$", result.stdout, re.M)  # what to type, not a bare "1"
     assert not re.search(r"^1 ", result.stdout, re.M)  # an alias is not a model of its own
     assert re.search(r"^resnet18 +11,173,962 parameters$", result.stdout, re.M)
 
