@@ -226,9 +226,9 @@ def _train_groups(configs: list, runs: dict, config: SweepConfig, data, device, 
             raise Interrupted(f"interrupted between groups of students: {sum(map(finished, configs))} of {len(configs)} finished{also}, each in its folder under {config.out}", stop.signum)
         if progress:
             names = ", ".join(str(Path(c.out).relative_to(config.out)) for c in members)
-            mean = " (the progress shows their mean)" if len(members) > 1 else ""
+            together = ", trained together (the progress shows their mean)" if len(members) > 1 else ""
             done = total - sum(map(len, todo))  # finished or diverged
-            print(f"group {groups_done + 1} ({done} of {total} students done), trained together{mean}: {names}", file=sys.stderr, flush=True)  # stdout: the table alone
+            print(f"group {groups_done + 1} ({done} of {total} students done){together}: {names}", file=sys.stderr, flush=True)  # stdout: the table alone
         try:
             train_runs([runs[c.out] for c in members], data, device, progress=progress, in_sweep=True, stop=stop)
         except Diverged as e:
