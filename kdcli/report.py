@@ -386,14 +386,16 @@ def _write_runs_csv(runs, path: Path, out: Path, diverged=()):
             writer.writerow({k: "" if v is None else v for k, v in {**r["summary"], **setting, "run": _name_from(out, r["run_dir"])}.items()})
 
 
-def _plot(rows, path: Path, teacher_accuracy) -> bool:
-    """Accuracy vs temperature into path; False if matplotlib (the optional `plot` extra) is missing."""
+def _plot(rows, path: Path, teacher_accuracy) -> str | None:
+    """Accuracy vs temperature into path; where matplotlib (the optional `plot` extra) cannot be imported, why not."""
     try:
         fig = _figure(rows, teacher_accuracy)
-    except ImportError:
-        return False
+    except ImportError as e:
+        if isinstance(e, ModuleNotFoundError) and (e.name or "").partition(".")[0] == "matplotlib":
+            return "matplotlib is not installed (pip install 'kdcli[plot]' for the plot)"
+        return f"matplotlib is installed but cannot be imported ({e})"  # e.g. one built for numpy 1, under numpy 2
     fig.savefig(path, dpi=120, bbox_inches="tight")  # tight: the legend beside the axes is in the file
-    return True
+    return None
 
 
 def _figure(rows, teacher_accuracy):
@@ -458,11 +460,11 @@ def write_report(rows, out_dir, teacher_accuracy=None, unfinished: int = 0, dive
             _write_runs_csv(runs, out / "runs.csv", out, diverged)
         else:  # an older one beside the new table would list other runs
             (out / "runs.csv").unlink(missing_ok=True)
-        plotted = _plot(rows, out / "results.png", teacher_accuracy)
-        if not plotted:  # an older plot beside the new table would show other runs
+        not_plotted = _plot(rows, out / "results.png", teacher_accuracy)
+        if not_plotted:  # an older plot beside the new table would show other runs
             (out / "results.png").unlink(missing_ok=True)
     except OSError as e:
         raise KdcliError(f"cannot write the report into {out}: {e.strerror or e}; pass --out a folder you can write") from None
-    if not plotted:  # a warning, not a line of the returned table: `kdcli sweep > table.md` keeps the table alone
-        warnings.warn("results.png skipped: matplotlib is not installed (pip install 'kdcli[plot]' for the plot)", stacklevel=2)
+    if not_plotted:  # a warning, not a line of the returned table: `kdcli sweep > table.md` keeps the table alone
+        warnings.warn(f"results.png skipped: {not_plotted}", stacklevel=2)
     return text

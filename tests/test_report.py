@@ -475,6 +475,24 @@ def test_write_report_without_matplotlib_skips_the_png(tmp_path, monkeypatch):
     assert not (tmp_path / "report" / "results.png").exists()  # not the old plot beside the new table
 
 
+def test_write_report_with_a_matplotlib_that_fails_to_import_says_why(tmp_path, monkeypatch):
+    """Installed but broken (one built for numpy 1, under numpy 2) is not "not installed": that would send the user
+    to install what they have."""
+    broken = tmp_path / "site" / "matplotlib"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('numpy.core.multiarray failed to import')\n")
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    runs = collect([make_sweep(tmp_path / "sweep")])
+    with pytest.warns(UserWarning) as warned:
+        write_report(aggregate(runs), tmp_path / "report")
+    assert [str(w.message) for w in warned] == [
+        "results.png skipped: matplotlib is installed but cannot be imported (numpy.core.multiarray failed to import)"
+    ]
+    assert not (tmp_path / "report" / "results.png").exists()
+
+
 def test_a_val_accuracy_of_students_whose_teacher_saw_the_held_out_images_is_starred(tmp_path):
     for seed in (1, 2):
         make_run(tmp_path / f"base{seed}", 70.0, seed=seed, temperature=1.0, weight=0.0, val=71.0)
