@@ -592,6 +592,8 @@ def test_no_run_or_sweep_is_trained_inside_another_runs_folder(tmp_path, data_di
     before = snapshot(tmp_path / "run")
     assert_refused(kdcli(*student_args(data_dir, cache, tmp_path / "run" / "inner")), "is inside the folder of another run", codes=(1,))
     assert_refused(kdcli(*sweep_args(data_dir, cache, tmp_path / "run" / "a" / "sweep")), "is inside the folder of another run", codes=(1,))
+    deep = tmp_path / "run" / "a" / "b" / "inner"  # as deep as a report of the outer folder looks (a folder of sweeps' students)
+    assert_refused(kdcli(*student_args(data_dir, cache, deep)), f"is inside the folder of another run or sweep ({tmp_path / 'run'})", codes=(1,))
     assert snapshot(tmp_path / "run") == before and not (tmp_path / "run" / "inner").exists()
 
 
@@ -994,6 +996,11 @@ def test_a_sweep_whose_every_student_diverged_ends_with_the_divergence_not_an_em
     result = kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep", "--distillation-weight", "1e6", "--no-baseline", "--quiet"))
     assert_refused(result, "the sweep's only student diverged: loss is not finite at epoch 1", "--distillation-weight", codes=(1,))
     assert "no finished run" not in result.stderr and not (tmp_path / "sweep" / "results.md").exists()
+
+
+def test_a_sweep_whose_several_students_all_diverged_names_them_and_tells_the_first(tmp_path, data_dir, cache):
+    result = kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep", "--seeds", "1,2", "--distillation-weight", "1e6", "--no-baseline", "--quiet"))
+    assert_refused(result, "every student diverged (T4/seed1, T4/seed2); the first: loss is not finite at epoch 1", codes=(1,))
 
 
 def test_a_sweep_whose_every_student_diverged_still_reports_an_earlier_sweeps_students_in_its_folder(tmp_path, data_dir, cache):

@@ -541,6 +541,13 @@ def test_resume_where_there_is_nothing_to_resume_says_so(tmp_path, data_dir):
     assert result.exit_code == 0 and f"{tmp_path / 'typo'}: nothing to resume, a new run starts" in result.stderr, result.output
 
 
+def test_a_student_resumed_where_there_is_nothing_to_resume_is_not_taken_for_a_teacher(tmp_path, data_dir):
+    """make passes --resume to students too: a folder holding no run is no teacher's, whatever the student lacks next."""
+    result = kdcli("train-student", "--out", tmp_path / "new", "--resume", "--cache", tmp_path / "none.h5", "--data-dir", data_dir, "--device", "cpu")
+    assert_clean_error(result, f"no cache at {tmp_path / 'none.h5'}", codes=(1,))
+    assert "teacher's run" not in result.stderr
+
+
 def test_resume_with_force_over_a_run_does_not_say_there_was_nothing_to_resume(tmp_path, data_dir):
     """--resume --force trains the run in --out again: the note for a mistyped --out would be false there."""
     out = tmp_path / "run"

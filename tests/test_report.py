@@ -157,8 +157,9 @@ def test_collect_errors_on_unreadable_summary(tmp_path):
         collect([tmp_path])
     for summary, error in [
         ('{"model": "lenet5"}', "no model or test_accuracy"),
+        ('{"test_accuracy": 75.0}', "no model or test_accuracy"),  # a row needs its model
         ('{"model": "lenet5", "test_accuracy": "n/a"}', "no model or test_accuracy"),
-        ('{"model": "lenet5", "test_accuracy": NaN}', "no model or test_accuracy"),  # json reads it; statistics.stdev would raise
+        ('{"model": "lenet5", "test_accuracy": NaN}', r"no model or test_accuracy \(a finite number\)"),  # json reads it; statistics.stdev would raise
         ('{"model": "lenet5", "test_accuracy": 75.0, "val_accuracy": NaN}', "a val_accuracy that is not a finite number"),
         ('{"model": "lenet5", "test_accuracy": 75.0, "distillation_weight": 0.1, "temperature": Infinity}', "a distillation weight but no temperature"),
         ('{"model": "lenet5", "test_accuracy": 75.0, "distillation_weight": 0.1}', "a distillation weight but no temperature"),

@@ -379,6 +379,21 @@ def test_a_kd_loss_overflowing_names_the_kd_weight_and_temperature_besides_the_l
         train_student(student(tmp_path, data_dir, cache_path, distillation_weight=1e38), progress=False)
 
 
+def test_a_stacked_student_that_diverges_is_told_its_own_kd_term_not_its_stack_mates(tmp_path, data_dir, cache_path, monkeypatch):
+    config = SweepConfig(temperatures=(1.0, 4.0), seeds=(1,), baseline=False, parallel=2, epochs=1, batch_size=64, lr_milestones=(), device="cpu",
+                         quiet=True, data_dir=str(data_dir), cache=str(cache_path), out=str(tmp_path / "sweep"))  # fmt: skip
+    loss, calls = distillation_loss, [0]
+
+    def t4_diverges_at_step_2(*args, **kwargs):  # the stack's losses [T1, T4]
+        calls[0] += 1
+        return loss(*args, **kwargs) * (torch.tensor([1.0, float("nan")]) if calls[0] == 2 else 1)
+
+    monkeypatch.setattr(group_module, "distillation_loss", t4_diverges_at_step_2)
+    with pytest.warns(UserWarning, match="the sweep goes on without it"):
+        told = sweep(config, progress=False)["divergence"]
+    assert "T4/seed1" in told and "(now 1.6: --distillation-weight 0.1, T 4 of --temperatures)" in told, told
+
+
 def test_more_student_epochs_than_cached_warns(tmp_path, data_dir, cache_path):
     with pytest.warns(UserWarning, match="reuses cached epoch e mod 2"):
         train_student(student(tmp_path, data_dir, cache_path, epochs=3), progress=False)

@@ -1269,9 +1269,14 @@ def test_only_a_stage_that_recorded_no_data_dir_gets_the_default_to_download_int
     assert recorded_data_dir({"data_dir": DATA_DIR}, "the run x") == DATA_DIR
 
 
-def test_runs_stopped_at_other_steps_of_one_epoch_are_not_trained_together(tmp_path, data_dir, monkeypatch):
+@pytest.mark.parametrize(
+    "stops",
+    [((1, STEPS + 1), (2, STEPS + 3)), ((1, 1), (2, STEPS + 1)), ((1, 1),)],  # global steps: epoch 2's steps 1 and 3; step 1 of epochs 1 and 2
+    ids=["other-steps", "other-epochs", "one-not-started"],  # the last: seed 2 never trained
+)
+def test_runs_at_other_resume_points_are_not_trained_together(tmp_path, data_dir, monkeypatch, stops):
     data, cpu = load_cifar10(data_dir), torch.device("cpu")
-    for seed, step in ((1, STEPS + 1), (2, STEPS + 3)):  # epoch 2, step 1 and step 3
+    for seed, step in stops:
         with monkeypatch.context() as patch:
             call_on_step(patch, step, press_ctrl_c)
             with pytest.raises(TrainingInterrupted):
@@ -1386,6 +1391,15 @@ def test_a_diverging_run_of_a_group_is_named_alone(tmp_path, data_dir, monkeypat
     assert json.loads((tmp_path / f"seed{seeds[bad]}" / "diverged.json").read_text()) == {"error": str(error.value), "epoch": 1, "step": 2}
     good = seeds[1 - bad]
     assert not (tmp_path / f"seed{good}" / "diverged.json").exists() and (tmp_path / f"seed{good}" / "config.json").exists()
+
+
+def test_every_diverging_run_of_a_group_records_it(tmp_path, data_dir, monkeypatch):
+    """Not only the first: one left unrecorded would be trained again, by a sweep, into the same divergence."""
+    data, cpu = load_cifar10(data_dir), torch.device("cpu")
+    call_on_step(monkeypatch, 2, lambda loss: loss * torch.tensor([float("nan"), 1.0, float("nan")]))
+    with pytest.raises(KdcliError, match=r"not finite at epoch 1, step 2 \(\S*seed1, \S*seed3\)"):
+        train_runs([baseline_run(tmp_path, data_dir, s, len(data.train_labels)) for s in (1, 2, 3)], data, cpu, progress=False)
+    assert [(tmp_path / f"seed{s}" / "diverged.json").exists() for s in (1, 2, 3)] == [True, False, True]
 
 
 def test_stacked_runs_log_each_runs_own_images_per_second(tmp_path, data_dir):
