@@ -1,6 +1,7 @@
 """Checkpoints: atomic save, safe load.
 
     save_atomic(state, run_dir / "checkpoint.pt")
+    save_all_atomic([(state, path), ...])   # several, renamed into place only once all are written
     write_atomic(path, lambda f: f.write(text.encode()))   # any file, the same way
     state = load_checkpoint(path)   # weights_only: a checkpoint cannot run code
     state, sha256 = read_checkpoint(path)   # and the hash of the very bytes loaded
@@ -30,8 +31,26 @@ def save_atomic(state: dict, path) -> None:
     write_atomic(path, functools.partial(torch.save, state))
 
 
+def save_all_atomic(states_and_paths) -> None:
+    """The checkpoints of runs trained together, renamed into place only once every one is on disk: a process
+    killed while writing them (most of the time a save takes) leaves every run at its previous checkpoint, so
+    that they resume together. Apart, a sweep's student left alone would train unstacked, which rounds
+    otherwise than its stack did (README: Reproducibility). Only a kill among the renames still splits them."""
+    with contextlib.ExitStack() as written:
+        renames = [written.enter_context(_written(path, functools.partial(torch.save, state))) for state, path in states_and_paths]
+        for rename in renames:
+            rename()
+
+
 def write_atomic(path, write) -> None:
     """`write(f)` fills a binary file that then replaces `path` whole (a checkpoint, config.json, summary.json)."""
+    with _written(path, write) as rename:
+        rename()
+
+
+@contextlib.contextmanager
+def _written(path, write):
+    """`write(f)` fills a temporary file beside `path`, on disk; yields the call that renames it to `path`."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # hidden, and one per process: prepare_run_dir deletes a killed one's
     with temporary_file_for(path, tmp):
@@ -39,7 +58,7 @@ def write_atomic(path, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())  # else a power cut soon after the rename can leave an empty file on ext4
-        os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
+        yield functools.partial(os.replace, tmp, path)  # atomic on POSIX: readers see the old file or the new one
 
 
 @contextlib.contextmanager

@@ -29,7 +29,7 @@ from dataclasses import asdict
 import torch
 
 from kdcli import Diverged, Interrupted, KdcliError, __version__, augment
-from kdcli.checkpoint import CHECKPOINT, save_atomic
+from kdcli.checkpoint import CHECKPOINT, save_all_atomic
 from kdcli.evaluate import autocast_dtype, autocast_to, evaluate_stack
 from kdcli.losses import distillation_loss, soft_targets
 from kdcli.models import create_model
@@ -323,9 +323,10 @@ class Group:
         optimizer_state, scaler_state = self.optimizer.state_dict(), self.scaler.state_dict()
         for group in optimizer_state["param_groups"]:
             group["lr"] = float(group["lr"])  # a number, so that the checkpoint resumes on any device
+        checkpoints = []  # renamed into place together: the group resumes as one (save_all_atomic)
         for s, r in enumerate(self.runs):
             weights = self.stack.member_state(s)
-            save_atomic(
+            checkpoints.append((
                 {
                     "model": weights,
                     "model_name": r.config.model,
@@ -343,7 +344,8 @@ class Group:
                     "kdcli_version": __version__,
                 },
                 r.dir / CHECKPOINT,
-            )
+            ))  # fmt: skip
+        save_all_atomic(checkpoints)
 
     def _own_column(self, s):
         """Run s's share of the epoch's sums so far (None between epochs): it resumes in whatever group it joins."""

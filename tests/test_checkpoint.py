@@ -10,7 +10,7 @@ import torch
 
 from kdcli import KdcliError
 from kdcli import checkpoint as checkpoint_module
-from kdcli.checkpoint import CHECKPOINT, checkpoint_file, load_checkpoint, peek_checkpoint, read_checkpoint, save_atomic
+from kdcli.checkpoint import CHECKPOINT, checkpoint_file, load_checkpoint, peek_checkpoint, read_checkpoint, save_all_atomic, save_atomic
 from kdcli.models import create_model
 
 
@@ -168,6 +168,26 @@ def test_crash_mid_write_leaves_no_temporary_file(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="killed"):
         save_atomic(kdcli_state(seed=1), tmp_path / CHECKPOINT)
     assert folder_listing(tmp_path) == [CHECKPOINT]
+
+
+def test_runs_saved_together_keep_their_previous_checkpoints_when_the_last_write_fails(tmp_path, monkeypatch):
+    """Runs trained together (a sweep's stack) must resume from one epoch: a failure, or a kill, while their
+    checkpoints are written leaves every one at its previous checkpoint, and no temporary file."""
+    folders = [tmp_path / "a", tmp_path / "b"]
+    for seed, folder in enumerate(folders):
+        folder.mkdir()
+        save_atomic(kdcli_state(seed=seed, epoch=1), folder / CHECKPOINT)
+    save, calls = torch.save, []
+
+    def second_fails(obj, f):
+        calls.append(f)
+        return save(obj, f) if len(calls) == 1 else crash_after_writing(OSError(errno.ENOSPC, "No space left on device"))(obj, f)
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", second_fails)
+    with pytest.raises(KdcliError, match="No space left on device"):
+        save_all_atomic((kdcli_state(seed=seed, epoch=2), folder / CHECKPOINT) for seed, folder in enumerate(folders))
+    assert [load_checkpoint(folder)["epoch"] for folder in folders] == [1, 1]
+    assert [folder_listing(folder) for folder in folders] == [[CHECKPOINT], [CHECKPOINT]]
 
 
 def test_unwritable_folder(tmp_path):

@@ -8,8 +8,9 @@ an uninterrupted run of the same command:
   running it again): the final weights are identical (torch.equal) and metrics.jsonl holds exactly one
   line per epoch, the same lines.
 - killed half-way through writing a checkpoint (train-teacher; a sweep of six students stacked with
-  `--parallel 6`, checkpointed only in part, so that they resume from two epochs as two stacks): the
-  previous checkpoint still loads and the resumed run equals an unbroken one.
+  `--parallel 6`, whose checkpoints are renamed into place only once all are written): the previous
+  checkpoint still loads and the resumed run equals an unbroken one. A sweep killed among those renames,
+  checkpointed only in part, resumes from two epochs as two stacks, to the same weights.
 - a metrics.jsonl whose last line was cut (a full disk or a power cut mid-write): --resume still works;
   a kill mid-save leaves no temporary file behind.
 - a cache whose dump was killed while epoch k was being flushed (epochs_complete = k, epoch k garbage):
@@ -21,7 +22,7 @@ an uninterrupted run of the same command:
 Timing the kill: the children import a sitecustomize.py (written by the `hooks` fixture, first on
 PYTHONPATH) that, by environment variable, sleeps before every optimizer step (KDCLI_TEST_STEP_DELAY,
 so that an epoch lasts long enough to be killed in) or SIGKILLs the process half-way through its Nth
-torch.save (KDCLI_TEST_KILL_IN_SAVE). kdcli itself is unchanged. Children run on one thread
+torch.save (KDCLI_TEST_KILL_IN_SAVE) or just before it renames its Nth checkpoint into place (KDCLI_TEST_KILL_AT_RENAME). kdcli itself is unchanged. Children run on one thread
 (OMP_NUM_THREADS=1): reference and resumed runs then compute alike, and two OpenMP threads on two busy
 cores make a LeNet-5 step 100x slower (spin-waiting).
 """
@@ -79,6 +80,20 @@ if os.environ.get("KDCLI_TEST_KILL_IN_SAVE"):
         os.kill(os.getpid(), signal.SIGKILL)
 
     torch.save = torn_save
+
+if os.environ.get("KDCLI_TEST_KILL_AT_RENAME"):
+    import signal
+
+    replace, renames = os.replace, [0]
+
+    def last_rename(src, dst, *args, **kwargs):
+        if os.path.basename(dst) == "checkpoint.pt":
+            renames[0] += 1
+            if renames[0] == int(os.environ["KDCLI_TEST_KILL_AT_RENAME"]):
+                os.kill(os.getpid(), signal.SIGKILL)
+        return replace(src, dst, *args, **kwargs)
+
+    os.replace = last_rename
 '''
 
 
@@ -294,11 +309,24 @@ def test_teacher_killed_mid_checkpoint_leaves_no_temporary_file(torn_teacher):
     assert sorted(p.name for p in torn_teacher.iterdir()) == [LOCK, CHECKPOINT, "config.json", "metrics.jsonl", "summary.json"]
 
 
-def test_sweep_killed_mid_checkpoint_resumes_each_student_from_its_own(tmp_path, hooks, data_dir, cache, stacked_sweep_reference):
-    """Killed in the 9th checkpoint write: students 1-2 have saved epoch 2, students 3-6 still hold epoch 1,
+def test_sweep_killed_mid_checkpoint_resumes_as_the_stack_it_was(tmp_path, hooks, data_dir, cache, stacked_sweep_reference):
+    """Killed half-way through writing the 2nd checkpoint of epoch 2: no student's is renamed into place before
+    all are written, so all six resume from epoch 1 as the stack they were. Had student 1 saved epoch 2 alone,
+    it would train epoch 3 alone, unstacked, which rounds otherwise: other weights than the unbroken sweep's."""
+    args = sweep_args(data_dir, cache, tmp_path / "sweep", parallel=len(SWEEP_RUNS))
+    status, _ = kdcli(hooks, *args, KILL_IN_SAVE=len(SWEEP_RUNS) + 2)
+    assert status == -signal.SIGKILL
+    ok(hooks, *args)
+    for run in SWEEP_RUNS:
+        assert_same_run(tmp_path / "sweep" / run, stacked_sweep_reference / run, groups=[6, 6, 6])
+        assert not list((tmp_path / "sweep" / run).glob(".*.tmp-*"))
+
+
+def test_sweep_killed_among_its_checkpoint_renames_resumes_each_student_from_its_own(tmp_path, hooks, data_dir, cache, stacked_sweep_reference):
+    """Killed before the 9th checkpoint rename: students 1-2 have saved epoch 2, students 3-6 still hold epoch 1,
     so they resume as two stacks (of 2 and 4 instead of 6): the same weights, a loss logged to within 1e-5."""
     args = sweep_args(data_dir, cache, tmp_path / "sweep", parallel=len(SWEEP_RUNS))
-    status, _ = kdcli(hooks, *args, KILL_IN_SAVE=len(SWEEP_RUNS) + 3)
+    status, _ = kdcli(hooks, *args, KILL_AT_RENAME=len(SWEEP_RUNS) + 3)
     assert status == -signal.SIGKILL
     assert [load_checkpoint(tmp_path / "sweep" / run)["epoch"] for run in SWEEP_RUNS] == [2, 2, 1, 1, 1, 1]
     ok(hooks, *args)
