@@ -58,7 +58,16 @@ def _written(path, write):
             write(f)
             f.flush()
             os.fsync(f.fileno())  # else a power cut soon after the rename can leave an empty file on ext4
-        yield functools.partial(os.replace, tmp, path)  # atomic on POSIX: readers see the old file or the new one
+        yield functools.partial(_replace, tmp, path)
+
+
+def _replace(tmp: Path, path: Path):
+    """os.replace, atomic on POSIX: readers see the old file or the new one. Its error names `path` itself: among
+    a group's renames, temporary_file_for's would name the last file of the group."""
+    try:
+        os.replace(tmp, path)
+    except OSError as e:
+        raise KdcliError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 @contextlib.contextmanager

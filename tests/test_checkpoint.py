@@ -4,6 +4,7 @@ import errno
 import hashlib
 import os
 import pickle
+import re
 
 import pytest
 import torch
@@ -187,6 +188,19 @@ def test_runs_saved_together_keep_their_previous_checkpoints_when_the_last_write
     with pytest.raises(KdcliError, match="No space left on device"):
         save_all_atomic((kdcli_state(seed=seed, epoch=2), folder / CHECKPOINT) for seed, folder in enumerate(folders))
     assert [load_checkpoint(folder)["epoch"] for folder in folders] == [1, 1]
+    assert [folder_listing(folder) for folder in folders] == [[CHECKPOINT], [CHECKPOINT]]
+
+
+def test_a_failing_rename_among_runs_saved_together_names_its_own_file(tmp_path):
+    folders = [tmp_path / "a", tmp_path / "b"]
+    for seed, folder in enumerate(folders):
+        folder.mkdir()
+        save_atomic(kdcli_state(seed=seed, epoch=1), folder / CHECKPOINT)
+    (folders[0] / CHECKPOINT).unlink()
+    (folders[0] / CHECKPOINT / "x").mkdir(parents=True)  # a folder where a's checkpoint goes: no file replaces it
+    with pytest.raises(KdcliError, match=f"cannot write {re.escape(str(folders[0] / CHECKPOINT))}: Is a directory"):
+        save_all_atomic((kdcli_state(seed=seed, epoch=2), folder / CHECKPOINT) for seed, folder in enumerate(folders))
+    assert load_checkpoint(folders[1])["epoch"] == 1  # renamed after a's: not reached
     assert [folder_listing(folder) for folder in folders] == [[CHECKPOINT], [CHECKPOINT]]
 
 
