@@ -366,7 +366,7 @@ class Group:
                 **({"val_accuracy": self.val_accuracy[s]} if self.validating else {}),
                 "train_accuracy": logged[-1]["train_accuracy"],  # also after a resume at the last epoch
                 "train_seconds": round(sum(m["seconds"] for m in logged), 2),
-                "trained_together": self.size,
+                "trained_together": logged[-1].get("trained_together", self.size),  # the group that ended its last epoch: a rerun that only writes this is alone
                 **self.ran_with(),  # what finished it; config.json's started it (a resume may run other code, on another machine)
             }
             if hasattr(r.config, "temperature"):

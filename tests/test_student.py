@@ -317,6 +317,20 @@ def test_a_student_regrouped_when_its_sweep_resumes_records_the_group_of_each_ep
         assert json.loads((tmp_path / "sweep" / student / "summary.json").read_text())["trained_together"] == 1  # the group it finished in
 
 
+def test_a_student_whose_summary_was_not_yet_written_records_the_group_it_finished_in(tmp_path, data_dir, cache_path):
+    """A sweep killed between its stack's summary.json writes (each atomic): the student left without one has
+    finished training, and its rerun only writes the summary, alone. The group it finished in was the stack."""
+    config = dict(temperatures=(4.0,), seeds=(1,), epochs=1, batch_size=64, lr_milestones=(), device="cpu", quiet=True,
+                  data_dir=str(data_dir), cache=str(cache_path), out=str(tmp_path / "sweep"))  # fmt: skip
+    sweep(SweepConfig(parallel=2, **config), progress=False)
+    summary = tmp_path / "sweep" / "T4" / "seed1" / "summary.json"
+    written = json.loads(summary.read_text())
+    summary.unlink()
+    sweep(SweepConfig(parallel=2, **config), progress=False)
+    rewritten = json.loads(summary.read_text())
+    assert rewritten["trained_together"] == 2 and rewritten == written
+
+
 def test_a_grid_over_the_distillation_weight_is_one_sweep_per_weight_and_one_report(tmp_path, data_dir, cache_path):
     """README's recipe: the later sweeps without baselines, the first one's serving them all."""
     shared = dict(temperatures=(4.0,), seeds=(1, 2), epochs=1, batch_size=64, lr_milestones=(), device="cpu", quiet=True,
