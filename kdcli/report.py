@@ -20,6 +20,7 @@ by without selecting on the test set.
 """
 
 import csv
+import io
 import itertools
 import json
 import math
@@ -29,9 +30,10 @@ import warnings
 from pathlib import Path
 
 from kdcli import KdcliError, count
+from kdcli.checkpoint import write_atomic
 from kdcli.models import canonical_name
 from kdcli.resume import as_recorded_now
-from kdcli.runs import DIVERGED, LOCK, kdcli_config, read_json
+from kdcli.runs import DIVERGED, LOCK, kdcli_config, read_json, write_text_atomic
 
 SETTING_COLUMNS = ["model", "temperature", "distillation_weight", "hard_weight", "n"]
 ACCURACY_COLUMNS = ["mean", "std", "min", "max", "delta", "ci_low", "ci_high"]  # percent; delta and CI vs the baseline
@@ -343,7 +345,7 @@ def _setting_name(r) -> str:
 
 
 def _write_csv(rows, path: Path, teacher_accuracy=None):
-    with open(path, "w", newline="") as f:
+    with io.StringIO() as f:
         accuracies = ACCURACY_COLUMNS + (VAL_COLUMNS if _validated(rows) else [])
         starred = ["teacher_saw_val"] if _validated(rows) else []  # the table's star: a val accuracy that favours KD
         writer = csv.DictWriter(f, fieldnames=SETTING_COLUMNS + accuracies + starred + ["teacher_test_accuracy"])  # the teacher: a paper table's first row
@@ -352,6 +354,7 @@ def _write_csv(rows, path: Path, teacher_accuracy=None):
         for r in rows:  # plain numbers, empty for n/a; accuracies rounded as in the table
             writer.writerow({**{k: r[k] for k in SETTING_COLUMNS}, **{k: "" if r[k] is None else round(r[k], 2) for k in accuracies},
                              **{k: r[k] for k in starred}, "teacher_test_accuracy": teacher})  # fmt: skip
+        write_text_atomic(path, f.getvalue())
 
 
 def diverged_run(folder) -> dict | None:
@@ -377,13 +380,14 @@ def _write_runs_csv(runs, path: Path, out: Path, diverged=()):
     runs = list(runs) + diverged_runs(diverged)
     validated = any(r["summary"].get("val_accuracy") is not None for r in runs)
     columns = [c for c in RUN_COLUMNS if validated or c != "val_accuracy"] + (["diverged_epoch", "diverged_step"] if diverged else [])
-    with open(path, "w", newline="") as f:
+    with io.StringIO() as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         for r in sorted(runs, key=lambda r: (_order(_setting(r["summary"])), r["summary"].get("seed", 0))):
             model, temperature, w, hard = _setting(r["summary"])
             setting = {"model": model, "temperature": temperature, "distillation_weight": w, "hard_weight": hard}
             writer.writerow({k: "" if v is None else v for k, v in {**r["summary"], **setting, "run": _name_from(out, r["run_dir"])}.items()})
+        write_text_atomic(path, f.getvalue())
 
 
 def _plot(rows, path: Path, teacher_accuracy) -> str | None:
@@ -394,7 +398,7 @@ def _plot(rows, path: Path, teacher_accuracy) -> str | None:
         if isinstance(e, ModuleNotFoundError) and (e.name or "").partition(".")[0] == "matplotlib":
             return "matplotlib is not installed (pip install 'kdcli[plot]' for the plot)"
         return f"matplotlib is installed but cannot be imported ({e})"  # e.g. one built for numpy 1, under numpy 2
-    fig.savefig(path, dpi=120, bbox_inches="tight")  # tight: the legend beside the axes is in the file
+    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"))  # tight: the legend beside the axes is in the file
     return None
 
 
@@ -453,8 +457,9 @@ def write_report(rows, out_dir, teacher_accuracy=None, unfinished: int = 0, dive
     except OSError as e:
         raise KdcliError(f"cannot create {out}: {e.strerror or e}") from None
     text = _markdown(rows, teacher_accuracy, unfinished, [_name_from(out, d) for d in diverged])
+    # Each file replaced whole (write_atomic): one a kill or a full disk cut short would be read as a report.
     try:
-        (out / "results.md").write_text(text)
+        write_text_atomic(out / "results.md", text)
         _write_csv(rows, out / "results.csv", teacher_accuracy)
         if runs:
             _write_runs_csv(runs, out / "runs.csv", out, diverged)
@@ -463,8 +468,10 @@ def write_report(rows, out_dir, teacher_accuracy=None, unfinished: int = 0, dive
         not_plotted = _plot(rows, out / "results.png", teacher_accuracy)
         if not_plotted:  # an older plot beside the new table would show other runs
             (out / "results.png").unlink(missing_ok=True)
-    except OSError as e:
+    except OSError as e:  # an unlink's
         raise KdcliError(f"cannot write the report into {out}: {e.strerror or e}; pass --out a folder you can write") from None
+    except KdcliError as e:  # write_atomic's, which names the file
+        raise KdcliError(f"{e}; pass --out a folder you can write") from None
     if not_plotted:  # a warning, not a line of the returned table: `kdcli sweep > table.md` keeps the table alone
         warnings.warn(f"results.png skipped: {not_plotted}", stacklevel=2)
     return text

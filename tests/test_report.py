@@ -6,6 +6,8 @@ Run folders are faked with summary.json / config.json in tmp_path: nothing is tr
 import csv
 import json
 import math
+import resource
+import signal
 import sys
 
 import pytest
@@ -458,8 +460,26 @@ def test_write_report_into_a_read_only_folder_is_one_clear_error(tmp_path):
     runs = collect([make_sweep(tmp_path / "sweep")])
     (tmp_path / "report").mkdir()
     (tmp_path / "report" / "results.md").mkdir()  # unwritable as a file, for root too
-    with pytest.raises(KdcliError, match="cannot write the report into .*report: .*pass --out"):
+    with pytest.raises(KdcliError, match="cannot write .*report/results.md: .*pass --out"):
         write_report(aggregate(runs), tmp_path / "report")
+
+
+def test_a_report_that_cannot_be_written_whole_leaves_the_earlier_files_whole(tmp_path):
+    """A full disk mid-write (here a file size limit: EFBIG) must not leave a torn results.md or .csv to be read as a report."""
+    runs = collect([make_sweep(tmp_path / "sweep")])
+    write_report(aggregate(runs), tmp_path / "report", runs=runs)
+    earlier = {p.name: p.read_bytes() for p in (tmp_path / "report").iterdir()}
+    make_run(tmp_path / "sweep" / "kd" / "T30-s3", 75.0, seed=3, temperature=30.0, weight=0.1, config=TEACHER)  # a new report differs
+    runs = collect([tmp_path / "sweep"])
+    limits, handler = resource.getrlimit(resource.RLIMIT_FSIZE), signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, not death
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64, limits[1]))  # every file of the report is longer
+    try:
+        with pytest.raises(KdcliError, match="File too large"):
+            write_report(aggregate(runs), tmp_path / "report", runs=runs)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "report").iterdir()} == earlier  # no temporary file left either
 
 
 def test_write_report_without_matplotlib_skips_the_png(tmp_path, monkeypatch):
