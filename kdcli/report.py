@@ -38,6 +38,7 @@ from kdcli.runs import DIVERGED, LOCK, kdcli_config, read_json, write_text_atomi
 SETTING_COLUMNS = ["model", "temperature", "distillation_weight", "hard_weight", "n"]
 ACCURACY_COLUMNS = ["mean", "std", "min", "max", "delta", "ci_low", "ci_high"]  # percent; delta and CI vs the baseline
 VAL_COLUMNS = ["val_mean", "val_std"]  # percent, on the held-out training images (--val-size); only when a row has them
+REPORT_FILES = ("results.md", "results.csv", "runs.csv", "results.png")
 # runs.csv: one line per run, the numbers each row of results.csv summarises, for analyses of one's own (paired by seed, ...)
 RUN_COLUMNS = ["run", "model", "temperature", "distillation_weight", "hard_weight", "seed", "test_accuracy", "val_accuracy", "train_accuracy", "epochs", "train_seconds"]
 
@@ -459,6 +460,8 @@ def write_report(rows, out_dir, teacher_accuracy=None, unfinished: int = 0, dive
     text = _markdown(rows, teacher_accuracy, unfinished, [_name_from(out, d) for d in diverged])
     # Each file replaced whole (write_atomic): one a kill or a full disk cut short would be read as a report.
     try:
+        for stale in [p for name in REPORT_FILES for p in out.glob(f".{name}.tmp-*")]:  # a killed report's (write_atomic names them)
+            stale.unlink()
         write_text_atomic(out / "results.md", text)
         _write_csv(rows, out / "results.csv", teacher_accuracy)
         if runs:

@@ -188,7 +188,7 @@ def _claim_students(config: SweepConfig, configs: list, held: contextlib.ExitSta
     if config.force:
         for c in configs:
             forget_run(c.out)
-        for name in ("results.md", "results.csv", "results.png", "runs.csv"):  # the old table must not pass for the new one
+        for name in report.REPORT_FILES:  # the old table must not pass for the new one
             (Path(config.out) / name).unlink(missing_ok=True)
 
 

@@ -482,6 +482,15 @@ def test_a_report_that_cannot_be_written_whole_leaves_the_earlier_files_whole(tm
     assert {p.name: p.read_bytes() for p in (tmp_path / "report").iterdir()} == earlier  # no temporary file left either
 
 
+def test_a_report_deletes_the_temporary_files_a_killed_one_left(tmp_path):
+    runs = collect([make_sweep(tmp_path / "sweep")])
+    (tmp_path / "report").mkdir()
+    for name in ("results.png", "runs.csv"):
+        (tmp_path / "report" / f".{name}.tmp-99999").write_bytes(b"half")
+    write_report(aggregate(runs), tmp_path / "report", runs=runs)
+    assert [p.name for p in (tmp_path / "report").iterdir() if p.name.startswith(".")] == []
+
+
 def test_write_report_without_matplotlib_skips_the_png(tmp_path, monkeypatch):
     for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
         monkeypatch.setitem(sys.modules, name, None)  # None in sys.modules makes `import` raise ImportError
