@@ -84,7 +84,7 @@ def parse_args(argv=None):
     p.add_argument("--teacher-images", type=at_least_one, help="images of the teacher-training row (default: --images)")
     p.add_argument("--students", help="S values of the batched-students rows (default 1,6,24; smoke 1,2)")
     p.add_argument("--dump-epochs", type=at_least_one, help="augmented epochs dump-logits writes (default 5)")
-    p.add_argument("--workers", type=int, help="DataLoader workers of the classic pipeline (default 4)")
+    p.add_argument("--workers", type=int, help="DataLoader workers of the classic pipeline (default 4, or the CPU count where lower)")
     p.add_argument("--repeat", type=at_least_one, default=1, help="timed epochs per measurement, their mean reported (KD vs no KD: 10 x repeat + 1 rounds, their median)")
     p.add_argument("--out", default="bench/results/bench.json", help="JSON results file")
     args = p.parse_args(argv)

@@ -164,7 +164,7 @@ def dump_variants(data, data_dir, device, args, tmp):
         config = DumpConfig(teacher=str(teacher), epochs=args.repeat, batch_size=b, out=str(tmp / f"dump{b}.h5"),
                             data_dir=str(data_dir), subset=n, device=device.type, download=False, quiet=True)  # fmt: skip
         print(f"dump     {'kdcli dump-logits':36s} batch {b:5d} {dump_logits(config)['images_per_s']:12,.0f} img/s", flush=True)
-    label, compiled, dtype = dump_labellers(teacher, config, device, compiles(config, device))  # at the largest batch
+    label, compiled, dtype = dump_labellers(teacher, config, device, compiles(config, device))  # at the last --batches size (the largest by default)
     b, path = config.batch_size, Path(config.out)  # its cache is rewritten in place
 
     def writes_in_main_thread():

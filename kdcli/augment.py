@@ -67,9 +67,9 @@ def _mean_std(device):
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [B, 3, H, W] -> normalised float32 (autocast casts it where it runs); channels_last on GPUs, where convolutions run faster in it."""
+    """uint8 [B, 3, H, W] -> normalised float32 (autocast casts it where it runs); channels_last on CUDA GPUs, where convolutions run faster in it."""
     # Under torch.compile the constants become part of the graph; the cache is for eager calls (dynamo warns of it).
     mean, std = _mean_std.__wrapped__(images.device) if torch.compiler.is_compiling() else _mean_std(images.device)
     x = (images.float() - mean) / std
-    # On CPUs channels_last made LeNet-5 steps 2-5x slower (measured), so only GPUs get it.
+    # On CPUs channels_last made LeNet-5 steps 2-5x slower (measured), so only CUDA GPUs get it.
     return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x

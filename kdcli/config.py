@@ -5,7 +5,7 @@
 
 Each field is one kebab-case flag of its command (cli.py builds the commands from these classes), with
 its default and, on the same line, its unit and reason. Run folders record the config, so a resumed run
-reads its options back (runs.py). The checks here need no data and no device: a bad value is refused
+reads its options back (resume.py). The checks here need no data and no device: a bad value is refused
 before anything is loaded, downloaded or written. sweep.py's SweepConfig and dump.py's DumpConfig build
 on the same parts.
 """

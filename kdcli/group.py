@@ -105,7 +105,7 @@ class Group:
         for s, state in enumerate(states):
             self.stack.load_member_state(s, state["model"])
         self._load_optimizer(stack_optimizer_states([st["optimizer"] for st in states]))
-        if states[0].get("loss_scale"):  # absent: saved without fp16 (e.g. on a CPU); the scaler starts afresh
+        if states[0].get("loss_scale"):  # empty: saved without fp16 (e.g. on a CPU); absent: saved before --amp fp16; the scaler starts afresh
             self.scaler.load_state_dict(states[0]["loss_scale"])
         self.epoch, self.step = states[0]["epoch"], states[0]["step"]
         if states[0]["partial"] is not None:  # mid-epoch: each checkpoint holds its own run's column of the sums so far

@@ -87,7 +87,7 @@ def prepare_run_dir(config):
     run deleted, what is left checked against --resume; return the checkpoint to resume from, 'done', or None."""
     out = Path(config.out)
     ckpt = out / CHECKPOINT
-    for stale in out.glob(".*.tmp-*"):  # left by a process killed in write_atomic
+    for stale in out.glob(".*.tmp-*"):  # left by a process killed while writing (checkpoint._written: write_atomic, save_all_atomic)
         stale.unlink(missing_ok=True)
     if config.force:
         forget_run(out)

@@ -28,8 +28,8 @@ from kdcli.runs import CachedTargets, DrawnAugmentation, Run, check_run_folder, 
 def train_runs(runs: list, data, device: torch.device, teacher: nn.Module | None = None, progress=True, in_sweep=False, stop=None) -> list:
     """Train S runs side by side; return their summaries.
 
-    `teacher`, when given, labels every batch online (no cache): the benchmark and
-    the cache-equivalence test use it; kdcli itself trains students from the cache.
+    `teacher`, when given, labels every batch online (no cache): the cache-equivalence test
+    uses it (the benchmark gives its teacher to Group directly); kdcli itself trains students from the cache.
     `in_sweep`: the calling sweep holds the runs' folders (runs.claim_folder) already, warns about their options
     (TrainOptions.warn_ineffective) and speaks for its students.
     `stop`: the caller's StopOnSignal, so that a Ctrl-C after the last step (evaluating, saving) reaches it.
