@@ -2,6 +2,7 @@
 
     save_atomic(state, run_dir / "checkpoint.pt")
     save_all_atomic([(state, path), ...])   # several, renamed into place only once all are written
+    finish_renames(folder)   # after a process killed among those renames: the rest of them
     write_atomic(path, lambda f: f.write(text.encode()))   # any file, the same way
     state = load_checkpoint(path)   # weights_only: a checkpoint cannot run code
     state, sha256 = read_checkpoint(path)   # and the hash of the very bytes loaded
@@ -15,6 +16,7 @@ import contextlib
 import functools
 import hashlib
 import io
+import json
 import os
 import pickle
 from pathlib import Path
@@ -24,6 +26,7 @@ import torch
 from kdcli import KdcliError
 
 CHECKPOINT = "checkpoint.pt"
+RENAMES = ".renames.tmp-"  # + pid: the renames a group's save has still to do (a .tmp-: prepare_run_dir deletes a stale one)
 ZIP = b"PK\x03\x04"  # how torch.save's files begin
 
 
@@ -35,22 +38,49 @@ def save_all_atomic(states_and_paths) -> None:
     """The checkpoints of runs trained together, renamed into place only once every one is on disk: a process
     killed while writing them (most of the time a save takes) leaves every run at its previous checkpoint, so
     that they resume together. Apart, a sweep's student left alone would train unstacked, which rounds
-    otherwise than its stack did (README: Reproducibility). Only a kill among the renames still splits them."""
+    otherwise than its stack did (README: Reproducibility). A kill among the renames leaves their list beside
+    the first checkpoint, which finish_renames completes."""
     with contextlib.ExitStack() as written:
-        renames = [written.enter_context(_written(path, functools.partial(torch.save, state))) for state, path in states_and_paths]
-        for rename in renames:
-            rename()
+        renames = [(written.enter_context(_written(path, functools.partial(torch.save, state))), Path(path)) for state, path in states_and_paths]
+        with _listed(renames):
+            for tmp, path in renames:
+                _replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _listed(renames):
+    """Around a group's renames [(tmp, path), ...]: their list on disk beside the first path (one rename alone is atomic)."""
+    if len(renames) == 1:
+        yield
+        return
+    listed = renames[0][1].with_name(f"{RENAMES}{os.getpid()}")
+    relative = [[os.path.relpath(p, listed.parent) for p in pair] for pair in renames]  # the sweep's folder may move
+    write_atomic(listed, lambda f: f.write(json.dumps(relative).encode()))
+    try:
+        yield
+    finally:  # also when a rename fails: temporary_file_for deletes the files still to rename
+        listed.unlink()
+
+
+def finish_renames(folder) -> None:
+    """The renames of a save_all_atomic killed among them, completed from their list in `folder` (the group's first
+    run's): its runs then resume together. A file renamed already, or deleted since, is left as it is."""
+    for listed in Path(folder).glob(f"{RENAMES}*"):
+        for tmp, path in json.loads(listed.read_text()):
+            if (listed.parent / tmp).exists():
+                _replace(listed.parent / tmp, listed.parent / path)
+        listed.unlink()
 
 
 def write_atomic(path, write) -> None:
     """`write(f)` fills a binary file that then replaces `path` whole (a checkpoint, config.json, summary.json)."""
-    with _written(path, write) as rename:
-        rename()
+    with _written(path, write) as tmp:
+        _replace(tmp, Path(path))
 
 
 @contextlib.contextmanager
 def _written(path, write):
-    """`write(f)` fills a temporary file beside `path`, on disk; yields the call that renames it to `path`."""
+    """`write(f)` fills a temporary file beside `path`, on disk; yields its path, for _replace."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # hidden, and one per process: prepare_run_dir deletes a killed one's
     with temporary_file_for(path, tmp):
@@ -58,7 +88,7 @@ def _written(path, write):
             write(f)
             f.flush()
             os.fsync(f.fileno())  # else a power cut soon after the rename can leave an empty file on ext4
-        yield functools.partial(_replace, tmp, path)
+        yield tmp
 
 
 def _replace(tmp: Path, path: Path):

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from kdcli import Diverged, Interrupted, StopOnSignal, count, report
-from kdcli.checkpoint import CHECKPOINT, peek_checkpoint
+from kdcli.checkpoint import CHECKPOINT, finish_renames, peek_checkpoint
 from kdcli.config import ConfigError, DistillOptions, StudentConfig, TrainOptions, check_no_repeats, check_seed, check_temperature
 from kdcli.resume import check_same_inputs, check_same_options, check_sweep_can_start, forget_run, state_of_config_json
 from kdcli.runs import DIVERGED, LOCK, claim_folder, read_json, runs_below
@@ -185,6 +185,8 @@ def _claim_students(config: SweepConfig, configs: list, held: contextlib.ExitSta
     held.push(functools.partial(_forget_on_refusal, new))  # first: a claim refused part-way (EMFILE) leaves none made
     for c in configs:
         held.enter_context(claim_folder(c.out))
+    for c in configs:  # under their locks, before a checkpoint is read (or --force deletes it): a stack split by a kill among its renames is whole again
+        finish_renames(c.out)
     if config.force:
         for c in configs:
             forget_run(c.out)

@@ -5,13 +5,16 @@ import hashlib
 import os
 import pickle
 import re
+import signal
+import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from kdcli import KdcliError
 from kdcli import checkpoint as checkpoint_module
-from kdcli.checkpoint import CHECKPOINT, checkpoint_file, load_checkpoint, peek_checkpoint, read_checkpoint, save_all_atomic, save_atomic
+from kdcli.checkpoint import CHECKPOINT, checkpoint_file, finish_renames, load_checkpoint, peek_checkpoint, read_checkpoint, save_all_atomic, save_atomic
 from kdcli.models import create_model
 
 
@@ -202,6 +205,49 @@ def test_a_failing_rename_among_runs_saved_together_names_its_own_file(tmp_path)
         save_all_atomic((kdcli_state(seed=seed, epoch=2), folder / CHECKPOINT) for seed, folder in enumerate(folders))
     assert load_checkpoint(folders[1])["epoch"] == 1  # renamed after a's: not reached
     assert [folder_listing(folder) for folder in folders] == [[CHECKPOINT], [CHECKPOINT]]
+
+
+def test_a_kill_among_the_renames_of_runs_saved_together_is_completed_by_finish_renames(tmp_path):
+    """Killed (here: a child process that exits at once) after the first of its renames: the second is done by
+    finish_renames from their list, which the sweep calls before it reads a checkpoint."""
+    folders = [tmp_path / "a", tmp_path / "b"]
+    for seed, folder in enumerate(folders):
+        folder.mkdir()
+        save_atomic(kdcli_state(seed=seed, epoch=1), folder / CHECKPOINT)
+    states = [(kdcli_state(seed=seed, epoch=2), folder / CHECKPOINT) for seed, folder in enumerate(folders)]  # torch ops hang in a forked child
+    child = os.fork()
+    if child == 0:
+        replace, renames = os.replace, []
+
+        def killed_before_the_second(src, dst):
+            if Path(dst).name == CHECKPOINT:
+                renames.append(dst)
+                if len(renames) == 2:
+                    os._exit(0)
+            replace(src, dst)
+
+        os.replace = killed_before_the_second
+        save_all_atomic(states)
+        os._exit(1)  # not killed
+    assert wait_for(child) == 0
+    assert [load_checkpoint(folder)["epoch"] for folder in folders] == [2, 1]
+    finish_renames(folders[0])
+    assert [load_checkpoint(folder)["epoch"] for folder in folders] == [2, 2]
+    assert [folder_listing(folder) for folder in folders] == [[CHECKPOINT], [CHECKPOINT]]
+    finish_renames(folders[0])  # nothing left to do
+    assert [load_checkpoint(folder)["epoch"] for folder in folders] == [2, 2]
+
+
+def wait_for(child, seconds=60) -> int:
+    """The exit status of a forked child; killed (and the test failed) if it runs past `seconds`."""
+    deadline = time.monotonic() + seconds
+    while (status := os.waitpid(child, os.WNOHANG))[0] == 0:
+        if time.monotonic() > deadline:
+            os.kill(child, signal.SIGKILL)
+            os.waitpid(child, 0)
+            pytest.fail(f"the child ran past {seconds} s")
+        time.sleep(0.01)
+    return os.waitstatus_to_exitcode(status[1])
 
 
 def test_unwritable_folder(tmp_path):
