@@ -50,7 +50,7 @@ def save_all_atomic(states_and_paths) -> None:
 @contextlib.contextmanager
 def _listed(renames):
     """Around a group's renames [(tmp, path), ...]: their list on disk beside the first path (one rename alone is atomic)."""
-    if len(renames) == 1:
+    if len(renames) < 2:
         yield
         return
     listed = renames[0][1].with_name(f"{RENAMES}{os.getpid()}")
