@@ -269,8 +269,8 @@ def at_every_write(name, args, resumable, ref, tmp, log, stride=1):
         if child.returncode == 0:
             break  # no point left: the run ended first
         what, _, path = (noted.read_text() if noted.exists() else "?\t?").partition("\t")
-        # which file of which run: .checkpoint.pt.tmp-123 is checkpoint.pt being written
-        file = re.sub(r"^\.|\.tmp-\d+$", "", Path(path).name)
+        # which file of which run: .checkpoint.pt.tmp-123 is checkpoint.pt being written, ..renames.tmp-123.tmp-123 the list of renames
+        file = re.sub(r"^\.+|(\.tmp-\d+)+$", "", Path(path).name)
         point = f"{what} of {file} in {Path(path).parent.relative_to(out) if Path(path).is_relative_to(out) else path}"
         log.write(json.dumps({"command": name, "kill_at": k, "point": point, "status": child.returncode, "stderr": stderr}) + "\n")
         if child.returncode != -signal.SIGKILL:
