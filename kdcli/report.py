@@ -346,15 +346,21 @@ def _setting_name(r) -> str:
 
 
 def _write_csv(rows, path: Path, teacher_accuracy=None):
+    accuracies = ACCURACY_COLUMNS + (VAL_COLUMNS if _validated(rows) else [])
+    starred = ["teacher_saw_val"] if _validated(rows) else []  # the table's star: a val accuracy that favours KD
+    teacher = "" if teacher_accuracy is None else round(teacher_accuracy, 2)
+    # plain numbers, empty for n/a; accuracies rounded as in the table
+    lines = ({**{k: r[k] for k in SETTING_COLUMNS}, **{k: "" if r[k] is None else round(r[k], 2) for k in accuracies},
+              **{k: r[k] for k in starred}, "teacher_test_accuracy": teacher} for r in rows)  # fmt: skip
+    _write_csv_lines(path, SETTING_COLUMNS + accuracies + starred + ["teacher_test_accuracy"], lines)  # the teacher: a paper table's first row
+
+
+def _write_csv_lines(path: Path, columns, lines, **options):
+    """The CSV of `lines` (dicts) under `columns`, replacing `path` whole (write_atomic); options: csv.DictWriter's."""
     with io.StringIO() as f:
-        accuracies = ACCURACY_COLUMNS + (VAL_COLUMNS if _validated(rows) else [])
-        starred = ["teacher_saw_val"] if _validated(rows) else []  # the table's star: a val accuracy that favours KD
-        writer = csv.DictWriter(f, fieldnames=SETTING_COLUMNS + accuracies + starred + ["teacher_test_accuracy"])  # the teacher: a paper table's first row
+        writer = csv.DictWriter(f, fieldnames=columns, **options)
         writer.writeheader()
-        teacher = "" if teacher_accuracy is None else round(teacher_accuracy, 2)
-        for r in rows:  # plain numbers, empty for n/a; accuracies rounded as in the table
-            writer.writerow({**{k: r[k] for k in SETTING_COLUMNS}, **{k: "" if r[k] is None else round(r[k], 2) for k in accuracies},
-                             **{k: r[k] for k in starred}, "teacher_test_accuracy": teacher})  # fmt: skip
+        writer.writerows(lines)
         write_text_atomic(path, f.getvalue())
 
 
@@ -381,14 +387,15 @@ def _write_runs_csv(runs, path: Path, out: Path, diverged=()):
     runs = list(runs) + diverged_runs(diverged)
     validated = any(r["summary"].get("val_accuracy") is not None for r in runs)
     columns = [c for c in RUN_COLUMNS if validated or c != "val_accuracy"] + (["diverged_epoch", "diverged_step"] if diverged else [])
-    with io.StringIO() as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        for r in sorted(runs, key=lambda r: (_order(_setting(r["summary"])), r["summary"].get("seed", 0))):
-            model, temperature, w, hard = _setting(r["summary"])
-            setting = {"model": model, "temperature": temperature, "distillation_weight": w, "hard_weight": hard}
-            writer.writerow({k: "" if v is None else v for k, v in {**r["summary"], **setting, "run": _name_from(out, r["run_dir"])}.items()})
-        write_text_atomic(path, f.getvalue())
+    ordered = sorted(runs, key=lambda r: (_order(_setting(r["summary"])), r["summary"].get("seed", 0)))
+    _write_csv_lines(path, columns, (_run_line(r, out) for r in ordered), extrasaction="ignore")
+
+
+def _run_line(r, out: Path) -> dict:
+    """A run's line of runs.csv: its summary, its setting as the table tells it, and its folder; empty for n/a."""
+    model, temperature, w, hard = _setting(r["summary"])
+    setting = {"model": model, "temperature": temperature, "distillation_weight": w, "hard_weight": hard}
+    return {k: "" if v is None else v for k, v in {**r["summary"], **setting, "run": _name_from(out, r["run_dir"])}.items()}
 
 
 def _plot(rows, path: Path, teacher_accuracy) -> str | None:
