@@ -177,13 +177,24 @@ def test_crash_mid_write_leaves_no_temporary_file(tmp_path, monkeypatch):
     assert folder_listing(tmp_path) == [CHECKPOINT]
 
 
-def test_runs_saved_together_keep_their_previous_checkpoints_when_the_last_write_fails(tmp_path, monkeypatch):
-    """Runs trained together (a sweep's stack) must resume from one epoch: a failure, or a kill, while their
-    checkpoints are written leaves every one at its previous checkpoint, and no temporary file."""
+def two_runs_at_epoch_1(tmp_path) -> list:
+    """Two run folders, each with its own epoch-1 checkpoint: runs trained together, as a sweep's stack."""
     folders = [tmp_path / "a", tmp_path / "b"]
     for seed, folder in enumerate(folders):
         folder.mkdir()
         save_atomic(kdcli_state(seed=seed, epoch=1), folder / CHECKPOINT)
+    return folders
+
+
+def at_epoch_2(folders) -> list:
+    """Their next checkpoints, as save_all_atomic takes them: [(state, path), ...]."""
+    return [(kdcli_state(seed=seed, epoch=2), folder / CHECKPOINT) for seed, folder in enumerate(folders)]
+
+
+def test_runs_saved_together_keep_their_previous_checkpoints_when_the_last_write_fails(tmp_path, monkeypatch):
+    """Runs trained together (a sweep's stack) must resume from one epoch: a failure, or a kill, while their
+    checkpoints are written leaves every one at its previous checkpoint, and no temporary file."""
+    folders = two_runs_at_epoch_1(tmp_path)
     save, calls = torch.save, []
 
     def second_fails(obj, f):
@@ -192,20 +203,17 @@ def test_runs_saved_together_keep_their_previous_checkpoints_when_the_last_write
 
     monkeypatch.setattr(checkpoint_module.torch, "save", second_fails)
     with pytest.raises(KdcliError, match="No space left on device"):
-        save_all_atomic((kdcli_state(seed=seed, epoch=2), folder / CHECKPOINT) for seed, folder in enumerate(folders))
+        save_all_atomic(at_epoch_2(folders))
     assert [load_checkpoint(folder)["epoch"] for folder in folders] == [1, 1]
     assert [folder_listing(folder) for folder in folders] == [[CHECKPOINT], [CHECKPOINT]]
 
 
 def test_a_failing_rename_among_runs_saved_together_names_its_own_file(tmp_path):
-    folders = [tmp_path / "a", tmp_path / "b"]
-    for seed, folder in enumerate(folders):
-        folder.mkdir()
-        save_atomic(kdcli_state(seed=seed, epoch=1), folder / CHECKPOINT)
+    folders = two_runs_at_epoch_1(tmp_path)
     (folders[0] / CHECKPOINT).unlink()
     (folders[0] / CHECKPOINT / "x").mkdir(parents=True)  # a folder where a's checkpoint goes: no file replaces it
     with pytest.raises(KdcliError, match=f"cannot write {re.escape(str(folders[0] / CHECKPOINT))}: Is a directory"):
-        save_all_atomic((kdcli_state(seed=seed, epoch=2), folder / CHECKPOINT) for seed, folder in enumerate(folders))
+        save_all_atomic(at_epoch_2(folders))
     assert load_checkpoint(folders[1])["epoch"] == 1  # renamed after a's: not reached
     assert [folder_listing(folder) for folder in folders] == [[CHECKPOINT], [CHECKPOINT]]
 
@@ -231,11 +239,8 @@ save_all_atomic(torch.load(sys.argv[1], weights_only=False))
 def test_a_kill_among_the_renames_of_runs_saved_together_is_completed_by_finish_renames(tmp_path):
     """Killed after the first of its renames: the second is done by finish_renames from their list, which the
     sweep calls before it reads a checkpoint."""
-    folders = [tmp_path / "a", tmp_path / "b"]
-    for seed, folder in enumerate(folders):
-        folder.mkdir()
-        save_atomic(kdcli_state(seed=seed, epoch=1), folder / CHECKPOINT)
-    torch.save([(kdcli_state(seed=seed, epoch=2), folder / CHECKPOINT) for seed, folder in enumerate(folders)], tmp_path / "states.pt")
+    folders = two_runs_at_epoch_1(tmp_path)
+    torch.save(at_epoch_2(folders), tmp_path / "states.pt")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
     child = subprocess.run([sys.executable, "-c", KILLED_BEFORE_THE_SECOND_RENAME, tmp_path / "states.pt"], env=env, capture_output=True, text=True, timeout=120)
     assert child.returncode == -signal.SIGKILL, child.stderr
