@@ -4,6 +4,7 @@
     save_all_atomic([(state, path), ...])   # several, renamed into place only once all are written
     finish_renames(folder)   # after a process killed among those renames: the rest of them
     write_atomic(path, lambda f: f.write(text.encode()))   # any file, the same way
+    stale_temporaries(folder)   # the temporary files a killed write left there
     state = load_checkpoint(path)   # weights_only: a checkpoint cannot run code
     state, sha256 = read_checkpoint(path)   # and the hash of the very bytes loaded
     state = peek_checkpoint(path)   # its options and progress, weights left on disk
@@ -82,13 +83,19 @@ def write_atomic(path, write) -> None:
 def _written(path, write):
     """`write(f)` fills a temporary file beside `path`, on disk; yields its path, for _replace."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # hidden, and one per process: prepare_run_dir deletes a killed one's
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # hidden, and one per process: stale_temporaries finds a killed one's
     with temporary_file_for(path, tmp):
         with open(tmp, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())  # else a power cut soon after the rename can leave an empty file on ext4
         yield tmp
+
+
+def stale_temporaries(folder, names=("*",)) -> list:
+    """The temporary files of writes into `folder` (of files called `names`) left by a process killed before its rename.
+    A live write's file matches too: delete them only where no other process is writing."""
+    return [p for name in names for p in Path(folder).glob(f".{name}.tmp-*")]
 
 
 def _replace(tmp: Path, path: Path):
