@@ -93,9 +93,23 @@ def _written(path, write):
 
 
 def stale_temporaries(folder, names=("*",)) -> list:
-    """The temporary files of writes into `folder` (of files called `names`) left by a process killed before its rename.
-    A live write's file matches too: delete them only where no other process is writing."""
-    return [p for name in names for p in Path(folder).glob(f".{name}.tmp-*")]
+    """The temporary files of writes into `folder` (of files called `names`) left by a process killed before its rename:
+    not those of a process alive now (two `kdcli report` into one folder must not delete each other's)."""
+    return [p for name in names for p in Path(folder).glob(f".{name}.tmp-*") if not _alive(p.name.rpartition(".tmp-")[2])]
+
+
+def _alive(pid: str) -> bool:
+    """Whether the process `pid` (a temporary file's suffix) runs now, on this machine. Never this process: a
+    container's kdcli often gets the PID of the one killed before it."""
+    if not pid.isdigit() or int(pid) in (0, os.getpid()):  # kill(0) would signal our own process group
+        return False
+    try:
+        os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
+    except (ProcessLookupError, OverflowError):  # none such; none such can be
+        return False
+    except OSError:  # EPERM: another user's, alive
+        return True
+    return True
 
 
 def _replace(tmp: Path, path: Path):

@@ -4,6 +4,8 @@ import hashlib
 import io
 import pickle
 import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -17,6 +19,13 @@ def sha256(path) -> str:
 
 TRAIN_PER_BATCH = 40  # 5 batches -> 200 training images
 TEST_IMAGES = 60
+
+
+def dead_pid() -> int:
+    """The PID of a process that has ended: what the temporary file of a killed kdcli's write is named after."""
+    child = subprocess.Popen([sys.executable, "-c", ""])
+    child.wait()  # reaped: its PID names no process now
+    return child.pid
 
 
 def write_cifar_folder(root, seed=0, str_keys=False, train_per_batch=TRAIN_PER_BATCH):

@@ -6,11 +6,13 @@ Run folders are faked with summary.json / config.json in tmp_path: nothing is tr
 import csv
 import json
 import math
+import os
 import resource
 import signal
 import sys
 
 import pytest
+from conftest import dead_pid
 
 from kdcli import KdcliError
 from kdcli import report as report_module
@@ -486,9 +488,18 @@ def test_a_report_deletes_the_temporary_files_a_killed_one_left(tmp_path):
     runs = collect([make_sweep(tmp_path / "sweep")])
     (tmp_path / "report").mkdir()
     for name in ("results.png", "runs.csv"):
-        (tmp_path / "report" / f".{name}.tmp-99999").write_bytes(b"half")
+        (tmp_path / "report" / f".{name}.tmp-{dead_pid()}").write_bytes(b"half")
     write_report(aggregate(runs), tmp_path / "report", runs=runs)
     assert [p.name for p in (tmp_path / "report").iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_report_keeps_the_temporary_file_of_another_report_writing_into_its_folder_now(tmp_path):
+    runs = collect([make_sweep(tmp_path / "sweep")])
+    (tmp_path / "report").mkdir()
+    writing = tmp_path / "report" / f".results.md.tmp-{os.getppid()}"  # pytest's parent: a process alive now
+    writing.write_bytes(b"half")
+    write_report(aggregate(runs), tmp_path / "report", runs=runs)
+    assert writing.read_bytes() == b"half"  # its rename would otherwise fail: "cannot write the report"
 
 
 def test_write_report_without_matplotlib_skips_the_png(tmp_path, monkeypatch):

@@ -20,7 +20,7 @@ from unittest.mock import ANY
 import numpy as np
 import pytest
 import torch
-from conftest import record_progress_bars, write_cifar_folder
+from conftest import dead_pid, record_progress_bars, write_cifar_folder
 
 import kdcli.group as group_module
 import kdcli.train as train_module
@@ -526,11 +526,13 @@ def test_a_run_holding_out_images_resumes_with_the_same_validation_accuracies(tm
     assert without_timing(metrics(tmp_path / "run")) == without_timing(metrics(tmp_path / "reference"))
 
 
-def test_resume_deletes_the_temporary_files_of_a_run_killed_while_writing(tmp_path, data_dir, monkeypatch):
+@pytest.mark.parametrize("killed", ["another process", "this process"])  # a container's next kdcli often has the PID of the killed one
+def test_resume_deletes_the_temporary_files_of_a_run_killed_while_writing(tmp_path, data_dir, monkeypatch, killed):
     """A kill between writing a file's temporary copy and renaming it leaves `.<name>.tmp-<pid>`: its checkpoint's,
     config.json's or summary.json's. The next kdcli in the folder deletes them."""
     interrupt(tmp_path, data_dir, monkeypatch)
-    stale = [tmp_path / "run" / f".{name}.tmp-99999" for name in (CHECKPOINT, "config.json", "summary.json")]
+    pid = dead_pid() if killed == "another process" else os.getpid()
+    stale = [tmp_path / "run" / f".{name}.tmp-{pid}" for name in (CHECKPOINT, "config.json", "summary.json")]
     for path in stale:
         path.write_bytes(b"torn")
     teach(config(tmp_path, "run", data_dir, resume=True))
