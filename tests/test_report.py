@@ -6,9 +6,9 @@ Run folders are faked with summary.json / config.json in tmp_path: nothing is tr
 import csv
 import json
 import math
-import os
 import resource
 import signal
+import subprocess
 import sys
 
 import pytest
@@ -496,9 +496,13 @@ def test_a_report_deletes_the_temporary_files_a_killed_one_left(tmp_path):
 def test_a_report_keeps_the_temporary_file_of_another_report_writing_into_its_folder_now(tmp_path):
     runs = collect([make_sweep(tmp_path / "sweep")])
     (tmp_path / "report").mkdir()
-    writing = tmp_path / "report" / f".results.md.tmp-{os.getppid()}"  # pytest's parent: a process alive now
-    writing.write_bytes(b"half")
-    write_report(aggregate(runs), tmp_path / "report", runs=runs)
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as other_report:
+        writing = tmp_path / "report" / f".results.md.tmp-{other_report.pid}"
+        writing.write_bytes(b"half")
+        try:
+            write_report(aggregate(runs), tmp_path / "report", runs=runs)
+        finally:
+            other_report.kill()
     assert writing.read_bytes() == b"half"  # its rename would otherwise fail: "cannot write the report"
 
 
