@@ -4,7 +4,7 @@
     save_all_atomic([(state, path), ...])   # several, renamed into place only once all are written
     finish_renames(folder)   # after a process killed among those renames: the rest of them
     write_atomic(path, lambda f: f.write(text.encode()))   # any file, the same way
-    stale_temporaries(folder)   # the temporary files a killed write left there
+    delete_stale_temporaries(folder)   # the temporary files a killed write left there
     state = load_checkpoint(path)   # weights_only: a checkpoint cannot run code
     state, sha256 = read_checkpoint(path)   # and the hash of the very bytes loaded
     state = peek_checkpoint(path)   # its options and progress, weights left on disk
@@ -83,7 +83,7 @@ def write_atomic(path, write) -> None:
 def _written(path, write):
     """`write(f)` fills a temporary file beside `path`, on disk; yields its path, for _replace."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # hidden, and one per process: stale_temporaries finds a killed one's
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # hidden, and one per process: delete_stale_temporaries deletes a killed one's
     with temporary_file_for(path, tmp):
         with open(tmp, "wb") as f:
             write(f)
@@ -92,23 +92,26 @@ def _written(path, write):
         yield tmp
 
 
-def stale_temporaries(folder, names=("*",)) -> list:
-    """The temporary files of writes into `folder` (of files called `names`) left by a process killed before its rename:
-    not those of a process alive now (two `kdcli report` into one folder must not delete each other's)."""
-    return [p for name in names for p in Path(folder).glob(f".{name}.tmp-*") if not _alive(p.name.rpartition(".tmp-")[2])]
+def delete_stale_temporaries(folder, names=("*",)) -> None:
+    """Delete the temporary files of writes into `folder` (of files called `names`) left by a process killed before
+    its rename: not those of a process alive now (two `kdcli report` into one folder must not delete each other's)."""
+    found = [p for name in names for p in Path(folder).glob(f".{name}.tmp-*")]  # listed before any is deleted
+    for p in found:
+        if not _alive(p.name.rpartition(".tmp-")[2]):
+            p.unlink(missing_ok=True)  # another kdcli may have deleted it since the glob
 
 
 def _alive(pid: str) -> bool:
     """Whether the process `pid` (a temporary file's suffix) runs now, on this machine. Never this process: a
     container's kdcli often gets the PID of the one killed before it."""
-    if not pid.isdigit() or int(pid) in (0, os.getpid()):  # kill(0) would signal our own process group
+    if not pid.isdecimal() or int(pid) in (0, os.getpid()):  # int refuses "²", which isdigit passes; kill(0) would signal our group
         return False
     try:
         os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
     except (ProcessLookupError, OverflowError):  # none such; none such can be
         return False
-    except OSError:  # EPERM: another user's, alive
-        return True
+    except PermissionError:  # another user's, alive
+        pass
     return True
 
 

@@ -30,7 +30,7 @@ import warnings
 from pathlib import Path
 
 from kdcli import KdcliError, count
-from kdcli.checkpoint import stale_temporaries, write_atomic
+from kdcli.checkpoint import delete_stale_temporaries, write_atomic
 from kdcli.models import canonical_name
 from kdcli.resume import as_recorded_now
 from kdcli.runs import DIVERGED, LOCK, kdcli_config, read_json, write_text_atomic
@@ -467,8 +467,7 @@ def write_report(rows, out_dir, teacher_accuracy=None, unfinished: int = 0, dive
     text = _markdown(rows, teacher_accuracy, unfinished, [_name_from(out, d) for d in diverged])
     # Each file replaced whole (write_atomic): one a kill or a full disk cut short would be read as a report.
     try:
-        for stale in stale_temporaries(out, REPORT_FILES):  # a killed report's; not other files' (--out may hold anything)
-            stale.unlink()
+        delete_stale_temporaries(out, REPORT_FILES)  # a killed report's; not other files' (--out may hold anything)
         write_text_atomic(out / "results.md", text)
         _write_csv(rows, out / "results.csv", teacher_accuracy)
         if runs:

@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 
 from kdcli import KdcliError, count
-from kdcli.checkpoint import CHECKPOINT, load_checkpoint, peek_checkpoint, stale_temporaries
+from kdcli.checkpoint import CHECKPOINT, delete_stale_temporaries, load_checkpoint, peek_checkpoint
 from kdcli.config import flag
 from kdcli.locks import is_locked
 from kdcli.models import canonical_name
@@ -87,8 +87,7 @@ def prepare_run_dir(config):
     run deleted, what is left checked against --resume; return the checkpoint to resume from, 'done', or None."""
     out = Path(config.out)
     ckpt = out / CHECKPOINT
-    for stale in stale_temporaries(out):  # left by a process killed in write_atomic or save_all_atomic
-        stale.unlink(missing_ok=True)
+    delete_stale_temporaries(out)  # left by a process killed in write_atomic or save_all_atomic
     if config.force:
         forget_run(out)
     check_not_overwriting(config)  # so what is left in --out is a run to --resume
