@@ -20,6 +20,7 @@ import io
 import json
 import os
 import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -127,15 +128,37 @@ def _replace(tmp: Path, path: Path):
 @contextlib.contextmanager
 def temporary_file_for(path: Path, tmp: Path):
     """Around writing `tmp` and renaming it to `path`: whatever stops it (a full disk, Ctrl-C), leave
-    no half-written temporary file; an OSError becomes one KdcliError line naming `path`."""
+    no half-written temporary file; a failed write becomes one KdcliError line naming `path`."""
     try:
-        yield
-    except BaseException as e:
+        with write_errors_as_one_line(path):
+            yield
+    except BaseException:
         with contextlib.suppress(OSError):  # e.g. NotADirectoryError when the folder is a file
             tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise KdcliError(f"cannot write {path}: {e.strerror or e}") from None
         raise
+
+
+@contextlib.contextmanager
+def write_errors_as_one_line(path):
+    """A failed write into `path` (a full disk, mostly) as one KdcliError line, in the operating system's words."""
+    try:
+        yield
+    except (OSError, RuntimeError) as e:
+        why = failed_write(e)
+        if why is None:
+            raise
+        raise KdcliError(f"cannot write {path}: {why}") from None
+
+
+def failed_write(e: Exception) -> str | None:
+    """Why a write failed, or None where `e` is no failed write. Libraries wrap the OS's error: torch.save raises
+    a RuntimeError from it ("unexpected pos 704 vs 598"), HDF5 quotes it inside a two-line report."""
+    if isinstance(e, RuntimeError) and isinstance(e.__context__, OSError):
+        e = e.__context__
+    quoted = re.search(r"errno = \d+, error message = '([^']*)'", str(e))
+    if quoted:
+        return quoted[1]
+    return (e.strerror or str(e)) if isinstance(e, OSError) else None
 
 
 def checkpoint_file(path) -> Path:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import on_a_full_disk
 
 from kdcli import KdcliError
 from kdcli import checkpoint as checkpoint_module
@@ -154,6 +155,31 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoint_module.torch, "save", crash_after_writing(OSError(errno.ENOSPC, "No space left on device")))
     with pytest.raises(KdcliError, match="No space left on device"):
         save_atomic(kdcli_state(seed=1, epoch=2), tmp_path / CHECKPOINT)
+    assert_same_weights(load_checkpoint(tmp_path)["model"], good["model"])
+    assert folder_listing(tmp_path) == [CHECKPOINT]
+
+
+# save_atomic into a disk with room for 100 kB: torch.save's own writer meets the full disk.
+SAVED_ON_A_FULL_DISK = """
+import sys
+import torch
+from kdcli import KdcliError
+from kdcli.checkpoint import save_atomic
+state = {"weights": torch.zeros(250_000)}  # 1 MB
+disk_full_past_here()
+try:
+    save_atomic(state, sys.argv[1])
+except KdcliError as e:
+    print(e)
+"""
+
+
+def test_a_checkpoint_the_disk_cannot_hold_is_one_line_and_keeps_the_previous_one(tmp_path):
+    """torch.save reports a full disk as a RuntimeError ("unexpected pos 704 vs 598"), not the OSError behind it."""
+    good = kdcli_state(seed=0, epoch=1)
+    save_atomic(good, tmp_path / CHECKPOINT)
+    child = on_a_full_disk(SAVED_ON_A_FULL_DISK, 100_000, tmp_path / CHECKPOINT)
+    assert (child.returncode, child.stdout, child.stderr) == (0, f"cannot write {tmp_path / CHECKPOINT}: File too large\n", "")
     assert_same_weights(load_checkpoint(tmp_path)["model"], good["model"])
     assert folder_listing(tmp_path) == [CHECKPOINT]
 
