@@ -2,6 +2,7 @@
 
     with write_lock(path):                                   # one writer at a time
         start = resume_point(path, identity, force)         # None: new file; k: k epochs are done
+        check_room(path, epochs, N, M, C, dtype)             # where new: refused now if the disk cannot hold it
         create(path, attrs, labels, clean_logits, test_logits, epochs)
         with CacheWriter(path) as w:
             w.write_epoch(e, aug, logits)                    # [N, 3] int8, [N, C]
@@ -22,18 +23,18 @@ Crash safety. An HDF5 file killed while its metadata is being changed can be lef
 unreadable, so metadata is never changed after creation: the whole file is built
 in a temporary file (every dataset allocated up front, no fill, no timestamps,
 all attributes set) and renamed into place; from then on writing an epoch
-rewrites raw data bytes in place only (tests/test_cache.py checks this byte for
-byte; strace shows one more write, the superblock's "open for writing" flag, set
-on opening and cleared on closing, which HDF5 ignores in this superblock version).
-Epoch e is flushed to disk before `epochs_complete` (a dataset, not an attribute,
-for that reason) moves past it, so a kill at any moment leaves a readable file
-whose first `epochs_complete` epochs are right (tests/test_dump.py kills a dump).
-SWMR does not do this: a SIGKILLed SWMR writer leaves flags that block every
-later open until `h5clear` is run.
+rewrites raw data bytes in place only, with os.pwrite where HDF5 allocated them
+(tests/test_cache.py checks this byte for byte). Epoch e is on disk before
+`epochs_complete` (a dataset, not an attribute, for that reason) moves past it,
+so a kill at any moment leaves a readable file whose first `epochs_complete`
+epochs are right (tests/test_dump.py kills a dump). SWMR does not do this: a
+SIGKILLed SWMR writer leaves flags that block every later open until `h5clear`
+is run.
 """
 
 import json
 import os
+import shutil
 from contextlib import contextmanager, suppress
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,7 +44,7 @@ import numpy as np
 import torch
 
 from kdcli import KdcliError, __version__, augment, count
-from kdcli.checkpoint import temporary_file_for
+from kdcli.checkpoint import temporary_file_for, write_errors_as_one_line
 from kdcli.locks import is_locked, lock_or_refuse
 from kdcli.resume import check_cache_is_there, short
 
@@ -136,6 +137,22 @@ def check_may_write(path):
         raise KdcliError(f"{path} is {what}: pass another --out (even --force overwrites only a cache kdcli wrote)")
 
 
+def check_room(path, epochs: int, num_images: int, num_test: int, num_classes: int, dtype: str):
+    """Refuse a cache its disk cannot hold before anything is written: HDF5 hit by a full disk while creating the
+    file can crash the process (h5py segfaults), and a mistyped --epochs would first write gigabytes of chunk index."""
+    path, logit = Path(path), np.dtype(dtype).itemsize
+    needed = epochs * num_images * (3 + num_classes * logit) + num_images * (8 + num_classes * logit) + num_test * num_classes * logit
+    needed += 65536 + 256 * epochs  # HDF5's headers and chunk index: measured 14 KB + 113-175 bytes per epoch
+    free = shutil.disk_usage(path.parent).free
+    if needed > free:
+        raise KdcliError(f"cannot write {path}: {epochs:,} epochs need {_size(needed)} and {path.parent} has {_size(free)} free; "
+                         "pass fewer --epochs, free some space, or pass another --out")  # fmt: skip
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:,.1f} GB" if n >= 1e9 else f"{n / 1e6:,.1f} MB" if n >= 1e6 else f"{n / 1e3:,.0f} kB"
+
+
 def create(path, attrs: dict, labels: np.ndarray, clean_logits: np.ndarray, test_logits: np.ndarray, epochs: int):
     """Write a new cache with every dataset allocated and no epoch complete; the logits arrays
     ([N, C] and [M, C]) are already in the storage dtype. Atomic: a kill leaves the old file or none."""
@@ -193,32 +210,57 @@ class _OpenFile:
 
 
 class CacheWriter(_OpenFile):
-    """Fills a cache made by `create`, one epoch at a time, in order; hold `write_lock(path)` around it."""
+    """Fills a cache made by `create`, one epoch at a time, in order; hold `write_lock(path)` around it.
+
+    An epoch's bytes go where HDF5 allocated them at creation, by os.pwrite, not through HDF5: HDF5 buffers a write
+    and may fail it only as the dataset closes, where h5py prints the error and goes on (an epoch the disk refused
+    would count as written), or crashes. HDF5 reads the file, to say where the bytes go; it never writes it."""
 
     def __init__(self, path):
         self.path = Path(path)
-        try:
-            self._file = h5py.File(self.path, "r+", locking=False)
-        except OSError as e:
-            raise KdcliError(f"cannot write {path}: {e}") from None
-        self.epochs_complete = int(self._file["epochs_complete"][()])
+        with write_errors_as_one_line(path):
+            self._file = h5py.File(self.path, "r", locking=False)
+            try:
+                self._fd = os.open(self.path, os.O_RDWR)
+            except OSError:
+                self._file.close()
+                raise
+        self._count = self._file["epochs_complete"]
+        self.epochs_complete = int(self._count[()])
 
     def write_epoch(self, e: int, aug: np.ndarray, logits: np.ndarray):
         """aug [N, 3] int8, logits [N, C] in the storage dtype, for epoch e == epochs_complete."""
         assert e == self.epochs_complete, (e, self.epochs_complete)
-        try:
-            self._file["aug"][e] = aug
-            self._file["logits"][e] = logits
+        with write_errors_as_one_line(self.path):
+            self._write_chunk("aug", e, aug)
+            self._write_chunk("logits", e, logits)
             self._sync()  # epoch e is on disk ...
-            self._file["epochs_complete"][()] = e + 1  # ... before the count says so
+            _write_at(self._fd, np.asarray(e + 1, self._count.dtype).tobytes(), self._count.id.get_offset())  # ... before the count says so
             self._sync()
-        except OSError as err:
-            raise KdcliError(f"cannot write {self.path}: {err}") from None
         self.epochs_complete = e + 1
 
+    def _write_chunk(self, name: str, e: int, array: np.ndarray):
+        """Epoch e of dataset `name`: its one chunk, allocated at creation and never compressed."""
+        dataset = self._file[name]
+        data = np.ascontiguousarray(array, dataset.dtype).tobytes()
+        chunk = dataset.id.get_chunk_info_by_coord((e, 0, 0))
+        assert len(data) == chunk.size, (name, array.shape, dataset.shape)
+        _write_at(self._fd, data, chunk.byte_offset)
+
     def _sync(self):
-        self._file.flush()  # HDF5's buffers -> the OS: enough to survive a kill
-        os.fsync(self._file.id.get_vfd_handle())  # the OS -> the disk: survives a power cut too
+        os.fsync(self._fd)  # survives a power cut, not only a kill
+
+    def close(self):
+        os.close(self._fd)
+        self._file.close()
+
+
+def _write_at(fd: int, data: bytes, offset: int):
+    """All of `data` at `offset`: pwrite may write less than asked."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
 
 
 class LogitCache(_OpenFile):

@@ -147,6 +147,7 @@ def dump_logits(config: DumpConfig, progress: bool = True) -> dict:
         labeller = view_labeller(model, dtype, compiles(config, device), config.batch_size)  # compiled on CUDA only
         if start is None:
             seen = _images_seen(state, len(data.train_labels)) if _trained_on_these(state, data, config) else 0
+            cache.check_room(config.out, config.epochs, len(data.train_labels), len(data.test_labels), data.num_classes, config.dtype)
             # On a CPU these passes take longer than an epoch of the dump: said before them.
             if progress and not config.quiet:
                 print(f"{config.out}: labelling the un-augmented training and test images first", file=sys.stderr, flush=True)

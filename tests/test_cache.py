@@ -3,10 +3,12 @@
 
 import errno
 import os
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+from conftest import on_a_full_disk
 
 from kdcli import KdcliError, augment, cache
 from kdcli.locks import is_locked
@@ -294,6 +296,31 @@ def test_create_stopped_leaves_the_old_cache_and_no_temporary_file(tmp_path, mon
     with pytest.raises(KeyboardInterrupt if stop is KeyboardInterrupt else KdcliError):
         make_cache(path)
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["c.h5"]
+
+
+# Epoch 0 written into a disk with room for 1,000 bytes: past the file's header, short of every epoch's chunk.
+AN_EPOCH_ON_A_FULL_DISK = """
+import sys
+sys.path.insert(0, sys.argv[2])
+from kdcli import KdcliError, cache
+from test_cache import epoch_arrays
+with cache.CacheWriter(sys.argv[1]) as w:
+    disk_full_past_here()
+    try:
+        w.write_epoch(0, *epoch_arrays(0))
+    except KdcliError as e:
+        print(e)
+    print(w.epochs_complete)
+"""
+
+
+def test_an_epoch_the_disk_refuses_is_one_line_and_not_counted(tmp_path):
+    """The space was reserved at creation, but a copy-on-write filesystem (or a failing disk) can still refuse an
+    epoch's bytes. HDF5 would report it only as the dataset closed, where h5py prints it and the epoch counts as written."""
+    path = make_cache(tmp_path / "c.h5", complete=0)
+    child = on_a_full_disk(AN_EPOCH_ON_A_FULL_DISK, 1000, path, Path(__file__).parent)
+    assert (child.returncode, child.stdout, child.stderr) == (0, f"cannot write {path}: File too large\n0\n", "")
+    assert cache.cache_info(path)["epochs_complete"] == 0
 
 
 def test_file_left_by_a_killed_writer_opens(tmp_path):

@@ -492,6 +492,27 @@ def test_a_cache_started_on_another_machine_resumes_here(tmp_path, reference, te
     assert_same_cache(cfg.out, reference[0], ignore=("resolved_device", "torch_version", "torch_threads"))
 
 
+def test_a_cache_the_disk_cannot_hold_is_refused_before_anything_is_written(tmp_path, teacher, data_dir):
+    """A mistyped --epochs must not first fill the disk with HDF5's chunk index, in one call no signal interrupts."""
+    cfg = config(tmp_path, teacher, data_dir, epochs=10**12)
+    with pytest.raises(KdcliError, match=r"cannot write .*c\.h5: 1,000,000,000,000 epochs need [\d,.]+ GB and .* has [\d,.]+ [kMG]B free; pass fewer --epochs"):
+        dump_logits(cfg, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.h5.lock"]
+
+
+@pytest.mark.parametrize("room", [-1, 128 * 1024], ids=["a byte short", "128 kB to spare"])
+def test_the_room_a_dump_asks_for_is_the_cache_it_writes(tmp_path, reference, teacher, data_dir, monkeypatch, room):
+    """Never less than the file takes (HDF5 hit by a full disk while creating it can crash the process), and not much more."""
+    size = reference[0].stat().st_size
+    monkeypatch.setattr(cache.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 0, size + room))
+    cfg = config(tmp_path, teacher, data_dir)
+    if room < 0:
+        with pytest.raises(KdcliError, match="need"):
+            dump_logits(cfg, progress=False)
+    else:
+        assert dump_logits(cfg, progress=False)["size_bytes"] == size
+
+
 @pytest.mark.parametrize("full_at", [2, E - 1], ids=["mid-dump", "last epoch"])
 def test_disk_full_mid_dump_is_one_clear_error_and_resumes(tmp_path, reference, teacher, data_dir, monkeypatch, full_at):
     """The disk thread's error reaches the caller as one line, also for the last epoch's write (no later epoch
