@@ -24,7 +24,7 @@ COMMON  = $(if $(DATA),--data-dir $(DATA)) --device $(DEVICE) $(if $(SUBSET),--s
 ARGS   ?=
 BENCH_ARGS ?=
 
-.PHONY: help install test teacher logits student sweep reproduce demo bench clean
+.PHONY: help install test teacher logits student sweep reproduce demo bench clean FORCE
 .DEFAULT_GOAL := help
 
 help:  ## list the targets and the variables that change them (this)
@@ -50,12 +50,14 @@ $(TEACHER)/summary.json: | $(VENV)/.installed
 logits: $(CACHE).done  ## teacher logits over CACHE_EPOCHS augmented epochs into the cache (resumes)
 # A cache older than the teacher's summary is another teacher's: it is made anew (--force). Any other
 # resumes if unfinished, and is kept if complete (--resume): a dump stopped part-way, or stopped after it
-# finished but before the touch, goes on from where it is.
-$(CACHE).done: $(TEACHER)/summary.json
+# finished but before the touch, goes on from where it is. A cache deleted since its .done is made again (FORCE).
+$(CACHE).done: $(TEACHER)/summary.json $(if $(wildcard $(CACHE)),,FORCE)
 	rm -f $@
 	$(KDCLI) dump-logits --teacher $(TEACHER) --epochs $(CACHE_EPOCHS) --out $(CACHE) --resume \
 		$(if $(shell test $(TEACHER)/summary.json -nt $(CACHE) && echo older),--force) $(COMMON) $(ARGS)
 	touch $@
+
+FORCE:
 
 student: $(CACHE).done  ## one student from the cache at temperature T, into STUDENT (default runs/student-T<T>)
 	$(KDCLI) train-student --cache $(CACHE) --temperature $(T) --epochs $(EPOCHS) --scheduler $(SCHEDULER) --eval-every $(EVAL_EVERY) \

@@ -77,6 +77,16 @@ def test_a_new_teachers_cache_is_remade_even_after_a_stop_before_the_dump_wrote(
     assert made_by(tmp_path) == (sha256(new / "checkpoint.pt"), 2)
 
 
+def test_a_cache_deleted_after_it_was_made_is_made_again(tmp_path, data_dir):
+    """Deleted by hand (to free space, say), its .done file left: make must not take the stage for done."""
+    teacher = make_teacher_run(tmp_path / "teacher", seed=0)
+    assert make_logits(tmp_path, data_dir).returncode == 0
+    (tmp_path / "c.h5").unlink()
+    result = make_logits(tmp_path, data_dir)
+    assert result.returncode == 0, result.stderr
+    assert made_by(tmp_path) == (sha256(teacher / "checkpoint.pt"), 2)
+
+
 def test_the_new_teachers_unfinished_cache_resumes(tmp_path, data_dir):
     """A newer teacher, and `make logits` stopped once the new cache had one epoch: run again, it resumes."""
     make_teacher_run(tmp_path / "teacher", seed=0)
