@@ -32,19 +32,23 @@ def dead_pid() -> int:
     return child.pid
 
 
+def run_python(code: str, *args) -> subprocess.CompletedProcess:
+    """Python `code` in a fresh interpreter that imports this checkout's kdcli. Not a fork: forking a process whose
+    torch has started threads can deadlock the child."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], env=env, capture_output=True, text=True, timeout=120)
+
+
 def on_a_full_disk(code: str, room: int, *args) -> subprocess.CompletedProcess:
-    """Run Python `code` in a fresh interpreter whose files cannot grow past `room` bytes once it calls
-    `disk_full_past_here()`: its writes then fail inside torch and HDF5 as on a full disk, with EFBIG
-    ("File too large") for ENOSPC. A fresh interpreter, not a fork: forking a process whose torch has started
-    threads can deadlock the child."""
+    """run_python, with files that cannot grow past `room` bytes once `code` calls `disk_full_past_here()`: its
+    writes then fail inside torch and HDF5 as on a full disk, with EFBIG ("File too large") for ENOSPC."""
     limit = f"""
 import resource, signal
 def disk_full_past_here():
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else a write past the limit kills the process
     resource.setrlimit(resource.RLIMIT_FSIZE, ({room}, {room}))
 """
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-c", limit + code, *map(str, args)], env=env, capture_output=True, text=True, timeout=120)
+    return run_python(limit + code, *args)
 
 
 def write_cifar_folder(root, seed=0, str_keys=False, train_per_batch=TRAIN_PER_BATCH):

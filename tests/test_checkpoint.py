@@ -6,20 +6,15 @@ import os
 import pickle
 import re
 import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import on_a_full_disk
+from conftest import on_a_full_disk, run_python
 
 from kdcli import KdcliError
 from kdcli import checkpoint as checkpoint_module
 from kdcli.checkpoint import CHECKPOINT, checkpoint_file, finish_renames, load_checkpoint, peek_checkpoint, read_checkpoint, save_all_atomic, save_atomic
 from kdcli.models import create_model
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def kdcli_state(seed=0, epoch=1):
@@ -244,7 +239,7 @@ def test_a_failing_rename_among_runs_saved_together_names_its_own_file(tmp_path)
     assert [folder_listing(folder) for folder in folders] == [[CHECKPOINT], [CHECKPOINT]]
 
 
-# A fresh interpreter, not a fork: forking a process whose torch has started threads can deadlock the child.
+# Run by run_python: in a fresh interpreter.
 KILLED_BEFORE_THE_SECOND_RENAME = """
 import os, signal, sys
 from pathlib import Path
@@ -267,8 +262,7 @@ def test_a_kill_among_the_renames_of_runs_saved_together_is_completed_by_finish_
     sweep calls before it reads a checkpoint."""
     folders = two_runs_at_epoch_1(tmp_path)
     torch.save(at_epoch_2(folders), tmp_path / "states.pt")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
-    child = subprocess.run([sys.executable, "-c", KILLED_BEFORE_THE_SECOND_RENAME, tmp_path / "states.pt"], env=env, capture_output=True, text=True, timeout=120)
+    child = run_python(KILLED_BEFORE_THE_SECOND_RENAME, tmp_path / "states.pt")
     assert child.returncode == -signal.SIGKILL, child.stderr
     assert [load_checkpoint(folder)["epoch"] for folder in folders] == [2, 1]
     finish_renames(folders[0])
