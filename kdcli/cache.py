@@ -356,6 +356,8 @@ def _open(path) -> h5py.File:
         if _open_in_this_process(path):  # HDF5 refuses to open one file with and without its lock in one process
             raise OpenInThisProcess(f"{path} is open in this program with HDF5's file locking on (h5py.File's default): "
                                     "close it, or open it with h5py.File(path, 'r', locking=False)") from None  # fmt: skip
+        if e.errno is not None:  # the system refused to open it (a file this user may not read): not the file's fault
+            raise KdcliError(f"cannot read {path}: {os.strerror(e.errno)}") from None
         raise KdcliError(f"{path} is not a readable HDF5 file (truncated, corrupt or not a cache): {e}") from None
     problem = _not_a_cache_of_this_format(f, path)
     if problem:

@@ -9,6 +9,7 @@ stderr and exit status 1; bad option values are usage errors (exit status 2).
 import contextlib
 import inspect
 import json
+import os
 import re
 import shlex
 import shutil
@@ -271,7 +272,8 @@ OUT_OF_MEMORY["train-student"] = OUT_OF_MEMORY["train-teacher"]
 
 @contextlib.contextmanager
 def errors_as_one_line(resume_flag=False, out_of_memory=OUT_OF_MEMORY[None]):
-    """Library errors end as one line on stderr and exit status 1; warnings print as one line too.
+    """Library errors end as one line on stderr and exit status 1, as do the file system's refusals kdcli does not
+    foresee (a path too long, a file this user may not read); warnings print as one line too.
     A clean stop (Interrupted: Ctrl-C, SIGTERM) prints the command that resumes: with --resume where the command has it.
     `out_of_memory`: what to do when the GPU runs out of memory, which the user can fix but kdcli cannot foresee."""
     with warnings.catch_warnings():
@@ -291,6 +293,11 @@ def errors_as_one_line(resume_flag=False, out_of_memory=OUT_OF_MEMORY[None]):
         except torch.OutOfMemoryError as e:
             remedy = out_of_memory(e) if callable(out_of_memory) else out_of_memory
             typer.echo(f"error: {_memory_left(e)}: {remedy}", err=True)
+            raise typer.Exit(1) from None
+        except OSError as e:
+            if e.filename is None:  # not about a path: a failure kdcli says nothing useful about as one line
+                raise
+            typer.echo(f"error: {e.filename}: {e.strerror}", err=True)  # as ls and cp say it: the path, then why
             raise typer.Exit(1) from None
         except Exception as e:
             if not _compile_failed(e):
@@ -458,7 +465,8 @@ def report(
     if not out and len(runs) > 1:  # the first folder's own results.md (a sweep's) would be replaced by the combined one
         typer.echo(f"error: {len(runs)} folders given: pass --out FOLDER for their combined report", err=True)
         raise typer.Exit(2)
-    if out and (Path(out) / LOCK).exists() and (len(runs) > 1 or Path(out).resolve() != Path(runs[0]).resolve()):
+    # os.path.exists, not Path.exists: False, not an OSError, for a path the system refuses (too long), which report says
+    if out and os.path.exists(Path(out) / LOCK) and (len(runs) > 1 or Path(out).resolve() != Path(runs[0]).resolve()):
         typer.echo(f"error: --out {out} is the folder of a run or sweep, whose own report this would replace: pass --out a folder of its own", err=True)
         raise typer.Exit(2)
     with errors_as_one_line():

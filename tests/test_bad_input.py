@@ -15,6 +15,7 @@ Covered (tests/test_cli.py has train-teacher's bad option values and train-stude
   --model, --scheduler, --optimizer, --dtype (train-student, sweep, dump-logits, where each has the
   option); --lr-milestones beyond --epochs warns once and runs.
 - report on an empty or missing folder; cache-info on a missing and on a non-HDF5 file.
+- a path the file system refuses (a name too long) at each command's path options; a cache this user may not read.
 """
 
 import contextlib
@@ -1590,3 +1591,42 @@ def test_a_student_finished_with_other_options_while_the_sweep_loads_its_data_is
     result = kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep", "--no-baseline", "--lr", 0.05))
     assert_refused(result, "T4/seed1 was trained with other options: --lr 0.05 (run has 0.1)", codes=(1,))
     assert not (tmp_path / "sweep" / "results.md").exists()
+
+
+# ---------------------------------------------------------------- paths the file system refuses
+
+
+def too_long(tmp_path):
+    return tmp_path / ("x" * 300)  # past any file system's 255-byte limit on one name
+
+
+PATH_REFUSALS = {  # where -> the arguments, from (tmp_path, data_dir, teacher, cache, student)
+    "train-teacher --out": lambda t, d, teacher, cache, student: teacher_args(d, too_long(t)),
+    "train-teacher --data-dir": lambda t, d, teacher, cache, student: teacher_args(too_long(t), t / "run"),
+    "dump-logits --teacher": lambda t, d, teacher, cache, student: dump_args(d, too_long(t), t / "c.h5"),
+    "dump-logits --out": lambda t, d, teacher, cache, student: dump_args(d, teacher, f"{too_long(t)}.h5"),
+    "train-student --cache": lambda t, d, teacher, cache, student: student_args(d, f"{too_long(t)}.h5", t / "run"),
+    "train-student --out": lambda t, d, teacher, cache, student: student_args(d, cache, too_long(t)),
+    "sweep --out": lambda t, d, teacher, cache, student: sweep_args(d, cache, too_long(t)),
+    "sweep --data-dir": lambda t, d, teacher, cache, student: sweep_args(too_long(t), cache, t / "sweep"),
+    "evaluate": lambda t, d, teacher, cache, student: ["evaluate", too_long(t), "--device", "cpu", "--no-download"],
+    "cache-info": lambda t, d, teacher, cache, student: ["cache-info", f"{too_long(t)}.h5"],
+    "report": lambda t, d, teacher, cache, student: ["report", too_long(t)],
+    "report --out": lambda t, d, teacher, cache, student: ["report", student, "--out", too_long(t)],
+}
+
+
+@pytest.mark.parametrize("where", PATH_REFUSALS)
+def test_a_path_the_file_system_refuses_is_one_line(tmp_path, data_dir, teacher, cache, student, where):
+    """Python's Path.exists raises, not returns False, for a name too long (as for a file this user may not read):
+    said as the path and the system's reason, whichever check meets it first."""
+    result = kdcli(*PATH_REFUSALS[where](tmp_path, data_dir, teacher, cache, student))
+    assert_refused(result, "x" * 300, os.strerror(errno.ENAMETOOLONG), codes=(1,))
+
+
+def test_a_cache_this_user_may_not_read_is_said_so_not_blamed_on_the_file(tmp_path, cache, monkeypatch):
+    """As HDF5 refuses a file without read permission (tests run as root, whom permissions do not stop)."""
+    refused = OSError(errno.EACCES, "Unable to synchronously open file (unable to open file: errno = 13, error message = 'Permission denied')")
+    monkeypatch.setattr("kdcli.cache.h5py.File", lambda *args, **kwargs: (_ for _ in ()).throw(refused))
+    assert_refused(kdcli("cache-info", cache), f"cannot read {cache}: {os.strerror(errno.EACCES)}", codes=(1,))
+    assert "corrupt" not in kdcli("cache-info", cache).stderr
