@@ -62,7 +62,7 @@ from kdcli.runs import CachedTargets, DrawnAugmentation, Run
 FULL = 50_000  # images in a CIFAR-10 training epoch: every s/epoch is scaled to it
 BATCH = 128  # the reference recipe's batch, for teacher and students
 NO_STOP = SimpleNamespace(requested=False)  # the Ctrl-C flag of Group.train_epoch and of the dump's loop, never set here
-# Smoke: ResNet18 trains at ~10 images/s on 2 CPU cores, so one small step per epoch; no worker processes.
+# Smoke: ResNet18 trains at ~94 images/s on 2 CPU cores (bench/README run 5), so one small step per epoch; no worker processes.
 SMOKE = dict(images=64, teacher_images=16, students="1,2", dump_epochs=1, workers=0)
 # dump_epochs 5: a dump waits for its last epoch's write with nothing to overlap it, 1 epoch in 300 in real use.
 DEFAULT = dict(images=FULL, teacher_images=None, students="1,6,24", dump_epochs=5, workers=min(4, os.cpu_count() or 1))
@@ -161,6 +161,7 @@ def write_synthetic_cifar(root: Path, n: int, n_test: int) -> Path:
     """Random uint8 images in the official cifar-10-batches-py pickle layout (as tests/conftest.py does)."""
     rng = np.random.default_rng(0)
     (root / BATCH_FOLDER).mkdir(parents=True)
+    n = max(n, len(TRAIN_FILES))  # an image in every batch file, as the loader asks: --images 3 reads the first 3 (its subset)
     sizes = {name: len(part) for name, part in zip(TRAIN_FILES, np.array_split(np.arange(n), len(TRAIN_FILES)))}
     for name, size in {**sizes, TEST_FILE: n_test}.items():
         batch = {b"data": rng.integers(0, 256, (size, 3 * 32 * 32), dtype=np.uint8), b"labels": rng.integers(0, 10, size).tolist()}

@@ -42,7 +42,21 @@ import torch
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from bench import FULL, bare_inference, dump_labellers, dump_without_writes, free_unreferenced, group_epoch, ready_views, save_teacher, student, timed, timed_rounds, write_synthetic_cifar
+from bench import (
+    FULL,
+    at_least_one,
+    bare_inference,
+    dump_labellers,
+    dump_without_writes,
+    free_unreferenced,
+    group_epoch,
+    ready_views,
+    save_teacher,
+    student,
+    timed,
+    timed_rounds,
+    write_synthetic_cifar,
+)
 from kdcli import augment, cache, losses
 from kdcli import group as group_module
 from kdcli.cache import open_cache
@@ -64,10 +78,10 @@ def parse_args(argv=None):
     p.add_argument("--smoke", action="store_true", help="tiny sizes and resnet8: checks that the script runs (CI)")
     p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     p.add_argument("--data-dir", help="folder holding cifar-10-batches-py/ (default: synthetic data)")
-    p.add_argument("--images", type=int, help=f"training images (default {FULL:,}; smoke 128)")
+    p.add_argument("--images", type=at_least_one, help=f"training images (default {FULL:,}; smoke 128)")
     p.add_argument("--model", help="teacher architecture (default resnet18; smoke resnet8)")
     p.add_argument("--batches", help="inference batch sizes (default 1024,2048,4096; smoke 32,64)")
-    p.add_argument("--repeat", type=int, default=2, help="timed epochs per measurement, after one warm-up")
+    p.add_argument("--repeat", type=at_least_one, default=2, help="timed epochs per measurement, after one warm-up")
     p.add_argument("--variant", help=argparse.SUPPRESS)  # the teacher section runs each variant as `teacher --variant NAME`
     args = p.parse_args(argv)
     preset = dict(images=128, model="resnet8", batches="32,64") if args.smoke else dict(images=FULL, model="resnet18", batches="1024,2048,4096")
@@ -77,7 +91,9 @@ def parse_args(argv=None):
     if set(args.sections) - set(SECTIONS):
         p.error(f"unknown section(s) {', '.join(sorted(set(args.sections) - set(SECTIONS)))}; choose from {', '.join(SECTIONS)}")
     args.sections = args.sections or list(SECTIONS)
-    args.batches = [int(b) for b in args.batches.split(",")]
+    args.batches = [at_least_one(b) for b in args.batches.split(",")]
+    if "infer" in args.sections and max(args.batches) > args.images:  # it times whole batches of every size alike
+        p.error(f"--images {args.images} is fewer than the largest of --batches ({max(args.batches)}), which infer times")
     return args
 
 
@@ -158,13 +174,14 @@ def dump_variants(data, data_dir, device, args, tmp):
     """dump-logits' epoch loop as kdcli runs it, at each batch size, against: its HDF5 writes done in the
     main thread (before the disk thread), no writes at all (the dump's own loop, writing nothing), no writes
     with the views built by eager kernels around the compiled teacher (before the augmentation was compiled
-    with it), and bare inference on ready views. Epochs are compiled, warm, and written to a real cache."""
+    with it), and bare inference on ready views. Epochs are warm, compiled where the dump compiles (CUDA), and
+    written to a real cache."""
     n, teacher = len(data.train_labels), save_teacher(tmp / "teacher.pt", args.model)
     for b in args.batches:
         config = DumpConfig(teacher=str(teacher), epochs=args.repeat, batch_size=b, out=str(tmp / f"dump{b}.h5"),
                             data_dir=str(data_dir), subset=n, device=device.type, download=False, quiet=True)  # fmt: skip
         print(f"dump     {'kdcli dump-logits':36s} batch {b:5d} {dump_logits(config)['images_per_s']:12,.0f} img/s", flush=True)
-    label, compiled, dtype = dump_labellers(teacher, config, device, compiles(config, device))  # at the last --batches size (the largest by default)
+    label, teacher_model, dtype = dump_labellers(teacher, config, device, compiles(config, device))  # at the last --batches size (the largest by default)
     b, path = config.batch_size, Path(config.out)  # its cache is rewritten in place
 
     def writes_in_main_thread():
@@ -176,11 +193,11 @@ def dump_variants(data, data_dir, device, args, tmp):
                 logits = teacher_logits(label, data.train_images, aug, b).cpu().numpy().astype(np.float16)
                 writer.write_epoch(e, aug.numpy(), logits)
 
-    label_eager_views = view_labeller(compiled, dtype, False, b)  # kdcli before: only the teacher compiled
+    label_eager_views = view_labeller(teacher_model, dtype, False, b)  # kdcli before: only the teacher compiled
     for name, loop in {"HDF5 writes in the main thread": writes_in_main_thread, "no HDF5 writes": dump_without_writes(config, label, data),
                        "no HDF5 writes, views built eagerly": dump_without_writes(config, label_eager_views, data)}.items():  # fmt: skip
         print(f"dump     {name:36s} batch {b:5d} {FULL / timed(loop, device, 1, n * args.repeat):12,.0f} img/s", flush=True)
-    bare = bare_inference(compiled, ready_views(data.train_images, augment.params(0, 0, n), b), b, dtype)
+    bare = bare_inference(teacher_model, ready_views(data.train_images, augment.params(0, 0, n), b), b, dtype)
     print(f"dump     {'bare inference, views ready':36s} batch {b:5d} {FULL / timed(bare, device, args.repeat, n):12,.0f} img/s", flush=True)
 
 

@@ -89,7 +89,8 @@ def _start_or_resume(runs, states, data, device, teacher, progress, in_sweep) ->
 
 
 def _train_epochs(group, stop, progress):
-    """Epoch after epoch to the last; a stop asked for ends it at the next step (TrainingInterrupted, checkpoint saved)."""
+    """Epoch after epoch to the last; a stop asked for ends it before the next step (TrainingInterrupted; checkpoint
+    saved where a step was trained)."""
     # Counted in images, step by step: an epoch of ResNet18 on a CPU takes half an hour.
     config, n = group.config, group.num_images
     bar = tqdm(total=config.epochs * n, initial=group.epoch * n + min(group.step * config.batch_size, n), unit="img", unit_scale=True,

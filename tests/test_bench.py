@@ -44,6 +44,33 @@ def test_a_count_below_one_is_refused_before_any_measurement(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("args, said", [
+    (["--repeat", "0"], "argument --repeat: must be a whole number >= 1, got '0'"),
+    (["--images", "0"], "argument --images: must be a whole number >= 1, got '0'"),
+    (["infer", "--images", "1000"], "--images 1000 is fewer than the largest of --batches (4096), which infer times"),
+])
+def test_variants_refuse_sizes_they_cannot_time_before_any_measurement(args, said):
+    """--repeat 0 divided by zero, and infer's batches of more images than there are made an empty epoch: tracebacks."""
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "variants.py"), "--device", "cpu", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and said in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_script", ROOT / "bench" / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_synthetic_data_of_fewer_images_than_batch_files_loads(tmp_path):
+    """--images 1 to 4 left a batch file empty, which the loader refuses as corrupt."""
+    from kdcli.data import load_cifar10
+
+    root = load_bench().write_synthetic_cifar(tmp_path, 3, 16)
+    data = load_cifar10(root, torch.device("cpu"), subset=3, download=False)
+    assert data.train_images.shape == (3, 3, 32, 32)
+
+
 def test_smoke_variants_print_every_section():
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "variants.py"), "--smoke", "--device", "cpu"],
@@ -72,9 +99,7 @@ def test_compile_start_compiles_the_dumps_labeller_once():
 
 def test_interleaved_rounds_take_turns_at_going_first():
     """What runs first in a round may find the GPU's clock or caches in another state: no side always does."""
-    spec = importlib.util.spec_from_file_location("bench_script", ROOT / "bench" / "bench.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench()
     calls = []
     seconds = bench.timed_rounds({"kd": lambda: calls.append("kd"), "no_kd": lambda: calls.append("no_kd")}, torch.device("cpu"), 3, 50_000)
     assert calls == ["kd", "no_kd"] + ["kd", "no_kd", "no_kd", "kd", "kd", "no_kd"]  # the warm-ups, then rounds 1-3
