@@ -45,8 +45,8 @@ def test_a_count_below_one_is_refused_before_any_measurement(tmp_path):
 
 
 @pytest.mark.parametrize("args, said", [
-    (["--repeat", "0"], "argument --repeat: must be a whole number >= 1, got '0'"),
-    (["--images", "0"], "argument --images: must be a whole number >= 1, got '0'"),
+    (["--smoke", "--repeat", "0"], "argument --repeat: must be a whole number >= 1, got '0'"),
+    (["--smoke", "--images", "0"], "argument --images: must be a whole number >= 1, got '0'"),
     (["infer", "--images", "1000"], "--images 1000 is fewer than the largest of --batches (4096), which infer times"),
 ])
 def test_variants_refuse_sizes_they_cannot_time_before_any_measurement(args, said):
