@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import typer
-from conftest import record_progress_bars, write_cifar_folder
+from conftest import record_progress_bars, run_python, write_cifar_folder
 from typer.testing import CliRunner
 
 import kdcli.checkpoint as checkpoint_module
@@ -108,22 +108,49 @@ def test_the_package_itself_imports_no_torch():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout == "False\n"
 
 
-def test_ctrl_c_while_torch_imports_is_one_line(monkeypatch, capsys):
-    """The `kdcli` command imports torch before it parses anything: Ctrl-C then ends like Ctrl-C later."""
+@pytest.mark.parametrize("signum, status, said", [(signal.SIGINT, 130, "interrupted\n"), (signal.SIGTERM, 143, "\nterminated (SIGTERM)\n")])
+def test_a_signal_while_torch_imports_ends_the_command_once_the_import_is_done(monkeypatch, capfd, signum, status, said):
+    """The `kdcli` command imports torch before it parses anything. Raised inside that import, the exit left numpy
+    half imported, and was lost (the command trained on) or crashed (tests/stress_start_signal.py): it waits."""
     import importlib.abc
 
     import kdcli.__main__
 
-    class Interrupting(importlib.abc.MetaPathFinder):
+    class Signalling(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path, target=None):
             if name == "kdcli.cli":
-                raise KeyboardInterrupt
+                os.kill(os.getpid(), signum)  # its handler runs here, inside the import
+            return None  # the import goes on, as in a terminal
 
+    # kdcli.cli put back after, in sys.modules and on the package: the import below makes a new module, which later
+    # tests' monkeypatch.setattr("kdcli.cli.X", ...) would patch instead of the one `app` came from.
+    monkeypatch.setattr(kdcli, "cli", sys.modules["kdcli.cli"])
     monkeypatch.delitem(sys.modules, "kdcli.cli")
-    monkeypatch.setattr(sys, "meta_path", [Interrupting(), *sys.meta_path])
+    monkeypatch.setattr(sys, "meta_path", [Signalling(), *sys.meta_path])
     with pytest.raises(SystemExit) as exit:
         kdcli.__main__.main()
-    assert exit.value.code == 130 and capsys.readouterr().err == "interrupted\n"
+    assert exit.value.code == status and capfd.readouterr().err == said
+    assert "kdcli.cli" in sys.modules  # the import ended first
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_a_second_ctrl_c_while_torch_imports_ends_the_process_at_once():
+    """Users press Ctrl-C twice: the second does not wait for the import."""
+    code = """
+import importlib.abc, os, signal, sys
+import kdcli.__main__
+class Signalling(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "kdcli.cli":
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+            print("not ended", flush=True)
+sys.meta_path.insert(0, Signalling())
+sys.argv = ["kdcli", "--version"]
+kdcli.__main__.main()
+"""
+    proc = run_python(code)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (130, "", "\ninterrupted\n")
 
 
 def test_every_option_of_every_command_has_a_help_line():
