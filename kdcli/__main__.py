@@ -37,7 +37,7 @@ def _import_cli():
     def hold(signum, frame):
         caught.append(signum)
         if len(caught) > 1:  # pressed again: nothing is written yet, so nothing is lost by not cleaning up
-            os.write(2, b"\ninterrupted\n")
+            os.write(2, b"\ninterrupted\n" if signum == signal.SIGINT else b"\nterminated (SIGTERM)\n")
             os._exit(128 + signum)
 
     held = {signum: signal.signal(signum, hold) for signum in STOPS if signal.getsignal(signum) is not signal.SIG_IGN}
