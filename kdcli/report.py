@@ -118,6 +118,16 @@ class Runs(list):
         self.unfinished, self.diverged = list(unfinished), list(diverged)
 
 
+def files_below(folder: Path, names: set) -> list[Path]:
+    """The files named one of `names` at or below `folder`. os.walk, not Path.rglob: a folder this user may not
+    read is an error (an OSError naming it), not runs left out of the table unsaid."""
+
+    def refuse(error: OSError):
+        raise error
+
+    return [Path(parent, name) for parent, _, files in os.walk(folder, onerror=refuse) for name in files if name in names]
+
+
 def collect(paths) -> Runs:
     """Every run folder (one with summary.json) at or below each path; folders with only config.json, or only the
     lock a sweep takes on each student's folder before it starts it, are unfinished, and those that record their
@@ -130,8 +140,9 @@ def collect(paths) -> Runs:
     for path in map(Path, paths):
         if not path.is_dir():
             raise KdcliError(f"{path} {'is not a folder' if path.exists() else 'does not exist'}: pass run folders or a folder holding them (a sweep)")
-        finished |= {f.parent.resolve() for f in path.rglob("summary.json")}
-        started |= {f.parent.resolve() for pattern in ("config.json", LOCK, DIVERGED) for f in path.rglob(pattern)}
+        found = files_below(path, {"summary.json", "config.json", LOCK, DIVERGED})
+        finished |= {f.parent.resolve() for f in found if f.name == "summary.json"}
+        started |= {f.parent.resolve() for f in found if f.name != "summary.json"}
     # a folder that holds runs (one with a stray config.json) is a container, not an unfinished run
     runs_found = finished | started
     left_out = sorted(d for d in started - finished if not any(d in r.parents for r in runs_found))

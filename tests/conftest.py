@@ -4,6 +4,7 @@ import hashlib
 import io
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -37,6 +38,18 @@ def run_python(code: str, *args) -> subprocess.CompletedProcess:
     torch has started threads can deadlock the child."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-c", code, *map(str, args)], env=env, capture_output=True, text=True, timeout=120)
+
+
+def run_kdcli_bound_by_permissions(*args) -> subprocess.CompletedProcess:
+    """`python -m kdcli ARGS` in a fresh interpreter, for which a file chmod 000 is unreadable: as root too, whose
+    power to read and search any file setpriv drops. Skips the test where neither this user nor setpriv can."""
+    command = [sys.executable, "-m", "kdcli", *map(str, args)]
+    if os.geteuid() == 0:
+        command = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--", *command]
+        if shutil.which("setpriv") is None or subprocess.run(command[:3] + ["true"]).returncode != 0:
+            pytest.skip("run as root, without a setpriv that can drop root's power over file permissions")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
 
 
 def on_a_full_disk(code: str, room: int, *args) -> subprocess.CompletedProcess:

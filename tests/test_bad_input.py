@@ -15,7 +15,8 @@ Covered (tests/test_cli.py has train-teacher's bad option values and train-stude
   --model, --scheduler, --optimizer, --dtype (train-student, sweep, dump-logits, where each has the
   option); --lr-milestones beyond --epochs warns once and runs.
 - report on an empty or missing folder; cache-info on a missing and on a non-HDF5 file.
-- a path the file system refuses (a name too long) at each command's path options; a cache this user may not read.
+- a path the file system refuses (a name too long) at each command's path options; files and folders this user may
+  not read (a cache, --out, a checkpoint, a run's metrics on --resume, a run folder in a sweep's report).
 """
 
 import contextlib
@@ -35,7 +36,7 @@ from pathlib import Path
 import h5py
 import pytest
 import torch
-from conftest import write_cifar_folder
+from conftest import run_kdcli_bound_by_permissions, write_cifar_folder
 from typer.testing import CliRunner
 
 import kdcli.train as train_module
@@ -1624,9 +1625,47 @@ def test_a_path_the_file_system_refuses_is_one_line(tmp_path, data_dir, teacher,
     assert_refused(result, "x" * 300, os.strerror(errno.ENAMETOOLONG), codes=(1,))
 
 
-def test_a_cache_this_user_may_not_read_is_said_so_not_blamed_on_the_file(tmp_path, cache, monkeypatch):
-    """As HDF5 refuses a file without read permission (tests run as root, whom permissions do not stop)."""
-    refused = OSError(errno.EACCES, "Unable to synchronously open file (unable to open file: errno = 13, error message = 'Permission denied')")
-    monkeypatch.setattr("kdcli.cache.h5py.File", lambda *args, **kwargs: (_ for _ in ()).throw(refused))
-    assert_refused(kdcli("cache-info", cache), f"cannot read {cache}: {os.strerror(errno.EACCES)}", codes=(1,))
-    assert "corrupt" not in kdcli("cache-info", cache).stderr
+def unreadable(path):
+    """`path` chmod 000 (a folder: nor searchable); put back by the fixture `readable_again`."""
+    path.chmod(0)
+    return path
+
+
+@pytest.fixture
+def readable_again(tmp_path):
+    yield
+    for path in [tmp_path, *tmp_path.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def resume_with_unreadable_metrics(tmp_path, data_dir, cache, student, teacher_run):
+    run = shutil.copytree(student, tmp_path / "run")
+    (run / "summary.json").unlink()  # unfinished: --resume reads it back
+    unreadable(run / "metrics.jsonl")
+    return student_args(data_dir, cache, run, "--resume")
+
+
+def report_with_an_unreadable_run(tmp_path, data_dir, cache, student, teacher_run):
+    shutil.copytree(student, tmp_path / "sweep/a")
+    unreadable(shutil.copytree(student, tmp_path / "sweep/b"))
+    return ["report", tmp_path / "sweep"]
+
+
+UNREADABLE = {  # what -> (the arguments, from (tmp_path, data_dir, cache, student, teacher_run), what the error says)
+    "cache-info of a cache": (lambda t, d, c, s, tr: ["cache-info", unreadable(Path(shutil.copy(c, t / "c.h5")))], "cannot read {t}/c.h5: Permission denied"),
+    "dump-logits --out a cache": (lambda t, d, c, s, tr: [*dump_args(d, tr, unreadable(Path(shutil.copy(c, t / "c.h5")))), "--force"], "{t}/c.h5: Permission denied"),
+    "evaluate of a checkpoint": (lambda t, d, c, s, tr: ["evaluate", unreadable(shutil.copytree(s, t / "run") / "checkpoint.pt"), "--device", "cpu"], "cannot read {t}/run/checkpoint.pt: Permission denied"),
+    "report of a sweep with a run folder": (report_with_an_unreadable_run, "{t}/sweep/b: Permission denied"),
+    "train-student --resume of a run's metrics": (resume_with_unreadable_metrics, "{t}/run/metrics.jsonl: Permission denied"),
+}
+
+
+@pytest.mark.parametrize("what", UNREADABLE)
+def test_a_file_this_user_may_not_read_is_one_line(tmp_path, data_dir, cache, student, teacher_run, readable_again, what):
+    """Said as the path and the system's reason, and not as a corrupt file, nor left out unsaid (a report's run)."""
+    make_args, said = UNREADABLE[what]
+    args = make_args(tmp_path, data_dir, cache, student, teacher_run)
+    before = snapshot(tmp_path)
+    result = run_kdcli_bound_by_permissions(*args)
+    assert (result.returncode, result.stderr.splitlines()[-1:]) == (1, ["error: " + said.format(t=tmp_path)]), result.stderr
+    assert "Traceback" not in result.stderr and snapshot(tmp_path) == before
