@@ -60,6 +60,13 @@ REQUIRED_ATTRS = (
 LIBVER = ("earliest", "v108")
 
 
+def through_link(path) -> str:
+    """`path`, or the file it links to (which may not exist yet): the cache is written as a new file renamed over its
+    path, which would replace a link to a cache on another disk, leaving that file as it was; the lock and the room
+    checked are the linked file's too."""
+    return os.path.realpath(path) if os.path.islink(path) else str(path)
+
+
 @contextmanager
 def write_lock(path):
     """Hold an exclusive lock on `path`.lock while writing `path`: a second writer is refused rather than

@@ -18,7 +18,7 @@ import sys
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -125,6 +125,7 @@ def teacher_logits(labeller, images, aug, batch_size: int, stop=None, on_batch=N
 
 def dump_logits(config: DumpConfig, progress: bool = True) -> dict:
     """Write (or finish) the cache at config.out; return a summary for the CLI's closing line."""
+    config = replace(config, out=cache.through_link(config.out))
     teacher_path = _teacher_path(config.teacher)
     device = resolve_device(config.device)
     state, teacher_sha256 = read_checkpoint(teacher_path)  # the hash of the weights labelled with, even if the file is replaced since
@@ -182,7 +183,7 @@ def dump_logits(config: DumpConfig, progress: bool = True) -> dict:
 def check_can_start(config: DumpConfig):
     """What of --out can be refused before the teacher and the data load: the CLI checks it before it says what it
     read back from the teacher."""
-    cache.check_may_write(config.out)
+    cache.check_may_write(cache.through_link(config.out))
 
 
 def _teacher_path(teacher) -> Path:

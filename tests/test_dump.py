@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import warnings
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -915,3 +916,18 @@ def test_verify_measures_each_entry_against_its_own_largest_logit(tmp_path, teac
         f["logits"][0, i] = logits[i] * 1.03
     with pytest.raises(KdcliError, match="fails verification"):
         dump.verify_cache(cfg.out, teacher, k=200, device="cpu", data_dir=data_dir, download=False)
+
+
+@pytest.mark.parametrize("target", ["a cache", "no file yet"])
+def test_a_dump_into_a_link_writes_the_file_it_links_to_and_keeps_the_link(tmp_path, teacher, data_dir, reference, target):
+    """cache/logits.h5 linked to a cache on a larger disk: the new file was renamed over the link, and the linked
+    file kept the old logits, which its other readers went on reading."""
+    (tmp_path / "disk").mkdir()
+    real, link = tmp_path / "disk" / "c.h5", tmp_path / "link.h5"
+    if target == "a cache":
+        shutil.copy(reference[0], real)
+    link.symlink_to(real)
+    summary = dump_logits(replace(config(tmp_path, teacher, data_dir, epochs=2, force=True), out=str(link)), progress=False)
+    assert link.is_symlink() and link.resolve() == real and summary["path"] == str(real)
+    assert cache.cache_info(real)["epochs"] == 2  # the new cache, where the link points
+    assert (tmp_path / "disk" / "c.h5.lock").exists() and not (tmp_path / "link.h5.lock").exists()  # one lock, whichever name is given
