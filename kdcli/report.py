@@ -120,12 +120,21 @@ class Runs(list):
 
 def files_below(folder: Path, names: set) -> list[Path]:
     """The files named one of `names` at or below `folder`. os.walk, not Path.rglob: a folder this user may not
-    read is an error (an OSError naming it), not runs left out of the table unsaid."""
+    read is an error (an OSError naming it), not runs left out of the table unsaid. Links to folders are followed
+    (a sweep keeps the students another's folder links in, and counts them), each folder once: a link to a folder
+    above ends there."""
 
     def refuse(error: OSError):
         raise error
 
-    return [Path(parent, name) for parent, _, files in os.walk(folder, onerror=refuse) for name in files if name in names]
+    found, seen = [], set()
+    for parent, folders, files in os.walk(folder, onerror=refuse, followlinks=True):
+        if os.path.realpath(parent) in seen:
+            folders.clear()  # walked already, through another name
+            continue
+        seen.add(os.path.realpath(parent))
+        found += [Path(parent, name) for name in files if name in names]
+    return found
 
 
 def collect(paths) -> Runs:

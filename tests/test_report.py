@@ -112,6 +112,19 @@ def test_collect_accepts_a_run_folder_and_does_not_count_a_run_twice(tmp_path):
     assert len(collect([sweep, sweep / "kd"])) == 7
 
 
+def test_collect_follows_links_to_run_folders_and_walks_each_folder_once(tmp_path):
+    """A sweep keeps and counts the students a link in its folder names (another sweep's baselines, say): its table
+    must hold them too. A link to a folder above, or to one walked already, adds nothing."""
+    other = make_sweep(tmp_path / "other")
+    sweep = tmp_path / "sweep"
+    make_run(sweep / "kd" / "T50-s777", 74.0, temperature=50.0, weight=0.1, config=TEACHER)
+    (sweep / "base-s777").symlink_to(other / "base-s777")
+    (sweep / "kd" / "up").symlink_to(sweep)  # a loop
+    (sweep / "again").symlink_to(sweep / "kd")
+    runs = collect([sweep])
+    assert sorted(r["summary"]["test_accuracy"] for r in runs) == [73.26, 74.0]
+
+
 def test_a_report_of_no_folders_says_so(tmp_path):
     """A library caller's report([], out): not "no finished run under : ..." naming nothing."""
     with pytest.raises(KdcliError, match="^no folders given: pass run folders"):
