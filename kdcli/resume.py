@@ -229,10 +229,7 @@ def check_same_inputs(run):
         return [f"{k.removeprefix('cache_')} {short(was[k])} (now {short(run.inputs[k])})" for k in keys if k in was and k in run.inputs and was[k] != run.inputs[k]]
 
     if images := changed(["train_fingerprint"]):
-        raise KdcliError(
-            f"{run.dir} was trained on other images, not the training images given now ({images[0]}); "
-            "pass its --data-dir and --subset, or --force to start over"
-        )
+        raise _other_images(run.dir, images[0])
     grew = was.get("allow_partial") and run.inputs.get("cache_epochs", 0) > was.get("cache_epochs", math.inf)
     if grew and not changed(["cache_teacher_sha256", "cache_seed"]):  # the same teacher and views, finished since
         raise KdcliError(
@@ -244,6 +241,23 @@ def check_same_inputs(run):
             f"{run.dir} was trained from another cache than {run.config.cache} ({', '.join(cache)}); "
             "pass that cache, or --force to train it again"
         )
+
+
+def check_resumed_on_its_images(config, data):
+    """check_same_inputs' first check, for a student resumed or kept, made before its cache is checked against these
+    images: else a run resumed elsewhere, its --data-dir read back relative to where it started, and another folder
+    of that name there, blamed the cache, and its advice (dump-logits on these images) made a cache of wrong ones."""
+    recorded = Path(config.out) / "config.json"
+    if not config.resume or config.force or not recorded.is_file():
+        return
+    was = read_json(recorded).get("train_fingerprint")
+    if was is not None and was != data.fingerprint:
+        raise _other_images(config.out, f"train_fingerprint {short(was)} (now {short(data.fingerprint)})")
+
+
+def _other_images(run_dir, change: str) -> KdcliError:
+    return KdcliError(f"{run_dir} was trained on other images, not the training images given now ({change}); "
+                      "pass its --data-dir and --subset, or --force to start over")  # fmt: skip
 
 
 def short(value):

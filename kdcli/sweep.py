@@ -28,7 +28,7 @@ import torch
 from kdcli import Diverged, Interrupted, StopOnSignal, count, report
 from kdcli.checkpoint import CHECKPOINT, finish_renames, peek_checkpoint
 from kdcli.config import ConfigError, DistillOptions, StudentConfig, TrainOptions, check_no_repeats, check_seed, check_temperature
-from kdcli.resume import check_same_inputs, check_same_options, check_sweep_can_start, forget_run, state_of_config_json
+from kdcli.resume import check_resumed_on_its_images, check_same_inputs, check_same_options, check_sweep_can_start, forget_run, state_of_config_json
 from kdcli.runs import DIVERGED, LOCK, claim_folder, read_json, runs_below
 from kdcli.stack import stackable
 from kdcli.train import device_and_data, epoch_and_step, open_student_cache, student_runs, train_runs, warn_of_cache
@@ -279,6 +279,8 @@ def sweep(config: SweepConfig, progress=True) -> dict:
     parallel = students_at_once(config, device)
     stop, cache = StopOnSignal(), None  # one for the whole sweep: a Ctrl-C while a group evaluates or saves its last epoch stops before the next group
     try:
+        for c in configs if not config.force else []:  # --force starts them over: their images do not matter
+            check_resumed_on_its_images(c, data)
         cache = open_student_cache(kd[0], data) if kd else None
         allow_open_files(len(configs) + 64)  # a lock file held open per student
         with claim_folder(config.out), contextlib.ExitStack() as students:  # a second sweep here is refused meanwhile

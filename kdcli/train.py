@@ -21,7 +21,7 @@ from kdcli.config import StudentConfig, TeacherConfig
 from kdcli.data import load_cifar10, resolve_device
 from kdcli.evaluate import autocast_dtype, triton_found
 from kdcli.group import Group
-from kdcli.resume import check_can_start, check_same_inputs, prepare_run_dir
+from kdcli.resume import check_can_start, check_resumed_on_its_images, check_same_inputs, prepare_run_dir
 from kdcli.runs import CachedTargets, DrawnAugmentation, Run, check_run_folder, claim_folder, read_json
 
 
@@ -201,6 +201,7 @@ def train_student(config: StudentConfig, progress=True) -> dict:
     print as train_teacher does."""
     check_can_start(config)
     device, data = device_and_data(config)
+    check_resumed_on_its_images(config, data)
     cache = open_student_cache(config, data)
     try:
         return train_runs(student_runs([config], data, cache), data, device, progress=progress)[0]

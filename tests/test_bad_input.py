@@ -409,6 +409,21 @@ def test_a_finished_student_is_kept_only_for_the_cache_it_read(tmp_path, data_di
     assert snapshot(tmp_path / "run") == before
 
 
+@pytest.mark.parametrize("command", ["train-student", "sweep"])
+def test_a_student_resumed_on_other_images_is_told_so_not_sent_to_dump_its_cache_again(tmp_path, data_dir, cache, student, command):
+    """Resumed from another folder, its recorded --data-dir (relative) named another `data` there: the cache was blamed,
+    with advice (dump-logits on these images) that made a cache of the wrong images."""
+    if command == "train-student":
+        shutil.copytree(student, tmp_path / "run")
+        args = student_args(write_cifar_folder(tmp_path / "other", seed=1), cache, tmp_path / "run", "--resume")
+    else:
+        assert kdcli(*sweep_args(data_dir, cache, tmp_path / "run")).exit_code == 0
+        args = sweep_args(write_cifar_folder(tmp_path / "other", seed=1), cache, tmp_path / "run")
+    before = snapshot(tmp_path / "run")
+    assert_refused(kdcli(*args), "was trained on other images", "pass its --data-dir and --subset", codes=(1,))
+    assert "dump-logits" not in kdcli(*args).stderr and snapshot(tmp_path / "run") == before
+
+
 def test_a_finished_student_is_kept_only_for_the_views_it_read(tmp_path, data_dir, teacher, student):
     """The same teacher dumped again with another --seed labelled other views: not the cache the student read.
     The seed is said whole (a 9-digit one once lost its last digit, as if cut like a sha256)."""
