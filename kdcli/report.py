@@ -129,10 +129,10 @@ def files_below(folder: Path, names: set) -> list[Path]:
 
     found, seen = [], set()
     for parent, folders, files in os.walk(folder, onerror=refuse, followlinks=True):
-        if os.path.realpath(parent) in seen:
+        if (real := os.path.realpath(parent)) in seen:
             folders.clear()  # walked already, through another name
             continue
-        seen.add(os.path.realpath(parent))
+        seen.add(real)
         found += [Path(parent, name) for name in files if name in names]
     return found
 

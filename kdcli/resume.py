@@ -244,9 +244,9 @@ def check_same_inputs(run):
 
 
 def check_resumed_on_its_images(config, data):
-    """check_same_inputs' first check, for a student resumed or kept, made before its cache is checked against these
-    images: else a run resumed elsewhere, its --data-dir read back relative to where it started, and another folder
-    of that name there, blamed the cache, and its advice (dump-logits on these images) made a cache of wrong ones."""
+    """For a student resumed or kept: check_same_inputs' check of its images, made before its cache is checked against
+    them. Else a run resumed in another folder, whose recorded --data-dir (relative) names another data/ there, was
+    told that its cache does not fit these images: advice that made a cache of the wrong ones."""
     recorded = Path(config.out) / "config.json"
     if not config.resume or config.force or not recorded.is_file():
         return
