@@ -163,7 +163,7 @@ def _check_not_a_file(out: Path):
 
 def _check_not_inside_a_run_or_sweep(out: Path, what: str):
     here = Path(out).resolve()
-    for outer in here.parents[:3]:  # as far up as runs_below looks down
+    for outer in here.parents:  # all the way up, a stat or two each: a report of the outer folder walks all the way down
         if holds_a_run(outer) or (_is_sweep_folder(outer) and not _is_students_own(here, outer)):
             raise KdcliError(f"{out} is inside the folder of another run or sweep ({outer}): give {what} a folder of its own (--out)")
 

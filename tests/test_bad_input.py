@@ -512,6 +512,8 @@ def test_a_student_is_not_trained_into_a_new_folder_inside_a_sweeps(tmp_path, da
     # named like a student of it, but not one it started: only a started student's folder is its own
     assert_refused(kdcli(*student_args(data_dir, cache, tmp_path / "sweep" / "T4" / "seed2")), "is inside the folder of another run or sweep", codes=(1,))
     assert not (tmp_path / "sweep" / "T4" / "seed2").exists()
+    # at any depth: the sweep's report walks its whole folder, and pooled a student 4 levels down into its table
+    assert_refused(kdcli(*student_args(data_dir, cache, tmp_path / "sweep/a/b/c/mine")), f"inside the folder of another run or sweep ({tmp_path / 'sweep'})", codes=(1,))
 
 
 def test_a_sweep_is_not_run_into_a_folder_holding_a_run_below_one_named_like_its_student(tmp_path, cache, student):
@@ -609,7 +611,7 @@ def test_no_run_or_sweep_is_trained_inside_another_runs_folder(tmp_path, data_di
     before = snapshot(tmp_path / "run")
     assert_refused(kdcli(*student_args(data_dir, cache, tmp_path / "run" / "inner")), "is inside the folder of another run", codes=(1,))
     assert_refused(kdcli(*sweep_args(data_dir, cache, tmp_path / "run" / "a" / "sweep")), "is inside the folder of another run", codes=(1,))
-    deep = tmp_path / "run" / "a" / "b" / "inner"  # as deep as a report of the outer folder looks (a folder of sweeps' students)
+    deep = tmp_path / "run" / "a" / "b" / "c" / "inner"  # at any depth: a report of the outer folder looks all the way down
     assert_refused(kdcli(*student_args(data_dir, cache, deep)), f"is inside the folder of another run or sweep ({tmp_path / 'run'})", codes=(1,))
     assert snapshot(tmp_path / "run") == before and not (tmp_path / "run" / "inner").exists()
 
