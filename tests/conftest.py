@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny CIFAR-10-format data folder made on the spot (tests never download)."""
 
+import functools
 import hashlib
 import io
 import os
@@ -36,8 +37,12 @@ def dead_pid() -> int:
 def run_python(code: str, *args) -> subprocess.CompletedProcess:
     """Python `code` in a fresh interpreter that imports this checkout's kdcli. Not a fork: forking a process whose
     torch has started threads can deadlock the child."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], env=_child_env(), capture_output=True, text=True, timeout=120)
+
+
+def _child_env() -> dict:
+    """A child interpreter's environment: this checkout's kdcli first on its path, one OpenMP thread."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
 
 
 def run_kdcli_bound_by_permissions(*args) -> subprocess.CompletedProcess:
@@ -45,11 +50,18 @@ def run_kdcli_bound_by_permissions(*args) -> subprocess.CompletedProcess:
     power to read and search any file setpriv drops. Skips the test where neither this user nor setpriv can."""
     command = [sys.executable, "-m", "kdcli", *map(str, args)]
     if os.geteuid() == 0:
-        command = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--", *command]
-        if shutil.which("setpriv") is None or subprocess.run(command[:3] + ["true"]).returncode != 0:
+        if not _setpriv_drops_root_powers():
             pytest.skip("run as root, without a setpriv that can drop root's power over file permissions")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+        command = [*SETPRIV, *command]
+    return subprocess.run(command, env=_child_env(), capture_output=True, text=True, timeout=120)
+
+
+SETPRIV = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
+
+
+@functools.cache
+def _setpriv_drops_root_powers() -> bool:
+    return shutil.which("setpriv") is not None and subprocess.run([*SETPRIV, "true"]).returncode == 0
 
 
 def on_a_full_disk(code: str, room: int, *args) -> subprocess.CompletedProcess:
