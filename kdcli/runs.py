@@ -127,7 +127,7 @@ def holds_a_run(folder) -> bool:
     return any(os.path.exists(os.path.join(folder, name)) for name in (CHECKPOINT, "summary.json"))
 
 
-# Checked before claim_folder makes --out: a run's folder neither holds other runs nor lies in a run's or a sweep's
+# Checked before claim_folder makes --out (a sweep's folder again once claimed): a run's folder neither holds other runs nor lies in a run's or a sweep's
 # (but for that sweep's own students), and a sweep's holds no runs but its students. Their files would sit among
 # each other's, the report would pool them, and an outer run could no longer resume.
 
@@ -164,8 +164,15 @@ def _check_not_a_file(out: Path):
 def _check_not_inside_a_run_or_sweep(out: Path, what: str):
     here = Path(out).resolve()
     for outer in here.parents:  # all the way up, a stat or two each: a report of the outer folder walks all the way down
-        if holds_a_run(outer) or (_is_sweep_folder(outer) and not _is_students_own(here, outer)):
+        taken = not _is_students_own(here, outer) if _is_sweep_folder(outer) else _is_run_folder(outer)
+        if taken:
             raise KdcliError(f"{out} is inside the folder of another run or sweep ({outer}): give {what} a folder of its own (--out)")
+
+
+def _is_run_folder(folder: Path) -> bool:
+    """A run finished or stopped (its checkpoint or summary), one in its first epoch (its config.json), or a run or
+    sweep that a kdcli has just claimed (its held LOCK): a teacher's first epoch on a CPU takes half an hour."""
+    return holds_a_run(folder) or bool(kdcli_config(folder)) or in_use(folder)
 
 
 def _is_students_own(out: Path, sweep: Path) -> bool:
@@ -179,21 +186,29 @@ def _is_sweep_folder(folder: Path) -> bool:
     return (folder / LOCK).exists() and any(_is_student_folder(r.relative_to(folder)) for r in runs_below(folder, depth=2))
 
 
-def runs_below(folder: Path, depth: int = 3):
-    """The run folders strictly inside `folder`, up to `depth` levels down (a sweep's students are 2, a folder of
-    sweeps' 3), breadth first, so a large --out (`.`) whose first levels hold one costs only those."""
-    level = [folder]
-    for _ in range(depth):
+def runs_below(folder: Path, depth: int | None = None):
+    """The run folders strictly inside `folder`, up to `depth` levels down (a sweep's students are 2; None: all the
+    way, as a report of `folder` walks), breadth first, so a large --out (`.`) whose first levels hold one costs only
+    those. Links to folders are followed, each folder once, as the report follows them."""
+    level, seen = [folder], {os.path.realpath(folder)}
+    while level and (depth is None or depth > 0):
         inside = []
         for parent in level:
             try:
                 with os.scandir(parent) as entries:
-                    inside += [Path(e.path) for e in entries if e.is_dir(follow_symlinks=False)]
+                    inside += [Path(e.path) for e in entries if e.is_dir()]
             except OSError:  # unreadable: nothing of ours in it
                 pass
+        fresh = []
+        for d in inside:
+            if (real := os.path.realpath(d)) not in seen:  # else a link to a folder walked already, or above
+                seen.add(real)
+                fresh.append(d)
+        inside = fresh
         runs = {d for d in inside if holds_a_run(d) or (d / LOCK).exists()}  # LOCK: a sweep's student not started
         yield from (d for d in inside if d in runs)
         level = [d for d in inside if d not in runs]  # a run's folder holds files, not runs
+        depth = None if depth is None else depth - 1
 
 
 def kdcli_config(out: Path) -> dict:

@@ -29,7 +29,7 @@ from kdcli import Diverged, Interrupted, StopOnSignal, count, report
 from kdcli.checkpoint import CHECKPOINT, finish_renames, peek_checkpoint
 from kdcli.config import ConfigError, DistillOptions, StudentConfig, TrainOptions, check_no_repeats, check_seed, check_temperature
 from kdcli.resume import check_resumed_on_its_images, check_same_inputs, check_same_options, check_sweep_can_start, forget_run, state_of_config_json
-from kdcli.runs import DIVERGED, LOCK, claim_folder, read_json, runs_below
+from kdcli.runs import DIVERGED, LOCK, check_sweep_folder, claim_folder, read_json, runs_below
 from kdcli.stack import stackable
 from kdcli.train import device_and_data, epoch_and_step, open_student_cache, student_runs, train_runs, warn_of_cache
 
@@ -284,6 +284,7 @@ def sweep(config: SweepConfig, progress=True) -> dict:
         cache = open_student_cache(kd[0], data) if kd else None
         allow_open_files(len(configs) + 64)  # a lock file held open per student
         with claim_folder(config.out), contextlib.ExitStack() as students:  # a second sweep here is refused meanwhile
+            check_sweep_folder(Path(config.out))  # again, now that runs are refused inside: one may have started there while the data loaded
             runs = {c.out: r for c, r in zip(configs, student_runs(configs, data, cache))}
             check_fits_the_folder(config.out, runs.values())  # before --force deletes anything
             _claim_students(config, configs, students)

@@ -525,6 +525,48 @@ def test_a_sweep_is_not_run_into_a_folder_holding_a_run_below_one_named_like_its
     assert snapshot(tmp_path / "sweep") == before
 
 
+@pytest.mark.parametrize("where", ["T4/seed1/a/b/old", "extra"], ids=["four levels down", "linked in"])
+def test_a_sweep_is_not_run_into_a_folder_holding_another_run_deep_down_or_linked_in(tmp_path, cache, student, where):
+    """Its report walks all the way down and follows links: it pooled such a run into the sweep's table."""
+    if where == "extra":
+        shutil.copytree(student, tmp_path / "elsewhere")
+        (tmp_path / "sweep").mkdir()
+        (tmp_path / "sweep" / "extra").symlink_to(tmp_path / "elsewhere")
+    else:
+        shutil.copytree(student, tmp_path / "sweep" / where)
+    result = kdcli(*sweep_args(tmp_path / "no-data", cache, tmp_path / "sweep"))
+    assert_refused(result, "holds runs that are not a sweep's students", str(tmp_path / "sweep" / where), codes=(1,))
+
+
+def test_a_run_started_inside_a_sweeps_folder_while_its_data_loads_is_refused_by_the_sweep(tmp_path, monkeypatch, data_dir, cache, student):
+    """The sweep checked its folder before loading the data, and a run started there meanwhile was pooled into its table."""
+    import kdcli.sweep as sweep_module
+
+    def load_while_a_run_starts(config):
+        loaded = device_and_data(config)
+        shutil.copytree(student, tmp_path / "sweep" / "mine")
+        return loaded
+
+    device_and_data = sweep_module.device_and_data
+    monkeypatch.setattr(sweep_module, "device_and_data", load_while_a_run_starts)
+    assert_refused(kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep")), "holds runs that are not a sweep's students", "mine", codes=(1,))
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir()) == [".kdcli.lock", "mine"]  # no student started
+
+
+@pytest.mark.parametrize("state", ["in its first epoch", "just claimed"])
+def test_a_run_is_not_trained_inside_a_run_that_has_no_checkpoint_yet(tmp_path, data_dir, cache, student, state):
+    """A teacher's first epoch on a CPU takes half an hour, with only its config.json and held lock in its folder;
+    a sweep holds only its lock until its students' folders are made."""
+    outer = tmp_path / "outer"
+    outer.mkdir()
+    if state == "in its first epoch":
+        shutil.copy(student / "config.json", outer)
+    with claim_folder(outer) if state == "just claimed" else contextlib.nullcontext():
+        result = kdcli(*student_args(data_dir, cache, outer / "inner"))
+    assert_refused(result, f"is inside the folder of another run or sweep ({outer})", codes=(1,))
+    assert not (outer / "inner").exists()
+
+
 def test_a_sweeps_own_student_is_still_resumed_and_kept_by_train_student(tmp_path, data_dir, cache):
     """Its folder lies in the sweep's, as its own: `make student STUDENT=runs/sweep/T4/seed1` keeps it."""
     assert kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep")).exit_code == 0
@@ -583,9 +625,10 @@ def test_a_damaged_config_json_is_one_line_on_resume(tmp_path, data_dir, text):
     assert_refused(kdcli(*teacher_args(data_dir, tmp_path / "run", "--resume")), "config.json", codes=(1,))
 
 
-@pytest.mark.parametrize("inside", ["sweeps/a/T4/seed1", "sweep/T4/seed1/.kdcli.lock"], ids=["a folder of sweeps", "a student not started"])
+@pytest.mark.parametrize("inside", ["sweeps/a/T4/seed1", "sweep/T4/seed1/.kdcli.lock", "deep/a/b/c/run"], ids=["a folder of sweeps", "a student not started", "four levels down"])
 def test_a_run_is_not_trained_into_a_folder_holding_runs_further_down(tmp_path, data_dir, student, inside):
-    """A folder of sweeps holds its runs three levels down; a sweep's student that has not started holds only its lock."""
+    """A folder of sweeps holds its runs three levels down; a sweep's student that has not started holds only its lock;
+    and a report of the folder walks all the way down."""
     if inside.endswith(".kdcli.lock"):
         (tmp_path / "out" / inside).parent.mkdir(parents=True)
         (tmp_path / "out" / inside).touch()
