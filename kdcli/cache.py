@@ -384,6 +384,45 @@ def _not_a_cache_of_this_format(f: h5py.File, path) -> str | None:
     missing = [n for n in DATASETS if n not in f] + [a for a in REQUIRED_ATTRS if a not in f.attrs]
     if missing:
         return f"{path} is an HDF5 file but not a kdcli logit cache (it lacks {', '.join(missing)})"
+    damage = _mistyped_attrs(f.attrs) or _misshapen_datasets(f)
+    return f"{path} is damaged: {damage}; make it again (dump-logits --force)" if damage else None
+
+
+def _mistyped_attrs(attrs) -> str | None:
+    """The first attribute the reader relies on whose type is not the one dump-logits writes (an edited file)."""
+    for name, kind in {"epochs": "an integer", "num_images": "an integer", "num_classes": "an integer", "seed": "an integer", "dtype": "a string",
+                       "teacher_sha256": "a string", "train_fingerprint": "a string", "teacher_test_accuracy": "a number", "config": "a JSON object"}.items():  # fmt: skip
+        value = attrs[name]
+        if kind == "a JSON object":
+            try:
+                ok = isinstance(value, str) and isinstance(json.loads(value), dict)
+            except ValueError:
+                ok = False
+        else:
+            types = {"an integer": (int, np.integer), "a string": str, "a number": (int, float, np.integer, np.floating)}[kind]
+            ok = isinstance(value, types) and not isinstance(value, (bool, np.bool_))
+        if not ok:
+            return f"its attribute {name} is {_plain(value)!r}, not {kind}"
+    return None
+
+
+def _misshapen_datasets(f: h5py.File) -> str | None:
+    """The first dataset whose shape or dtype contradicts the attributes (E epochs of N images, C classes, the storage
+    dtype), or an epochs_complete outside 0..E: else a student reads past the end, or trains on other numbers."""
+    e, n, c = (int(f.attrs[k]) for k in ("epochs", "num_images", "num_classes"))
+    dtype = f.attrs["dtype"]
+    expected = {"aug": ((e, n, 3), "int8"), "logits": ((e, n, c), dtype), "labels": ((n,), "int64"), "clean_logits": ((n, c), dtype),
+                "test_logits": ((None, c), dtype), "epochs_complete": ((), None)}  # fmt: skip
+    for name, (shape, kind) in expected.items():
+        d = f[name]
+        if not isinstance(d, h5py.Dataset):
+            return f"its {name} is not a dataset"
+        if len(d.shape) != len(shape) or any(want is not None and got != want for got, want in zip(d.shape, shape)) or kind and str(d.dtype) != kind:
+            said = "x".join("M" if want is None else str(want) for want in shape) or "a scalar"
+            return f"its {name} is {list(d.shape)} {d.dtype}, where its attributes say {said}{f' {kind}' if kind else ''}"
+    done = f["epochs_complete"][()]
+    if not isinstance(done, np.integer) or not 0 <= done <= e:
+        return f"its epochs_complete is {_plain(done)!r}, where its attributes say 0 to {e} epochs"
     return None
 
 
@@ -399,9 +438,14 @@ def _open_in_this_process(path) -> bool:
     return False
 
 
+def _plain(value):
+    """A value h5py read, as plain Python (numpy scalars and arrays become numbers and lists)."""
+    return value.tolist() if isinstance(value, (np.ndarray, np.generic)) else value
+
+
 def _attrs(f: h5py.File) -> dict:
-    """HDF5 attributes as plain Python values (numpy scalars and arrays become numbers and lists)."""
-    out = {k: v.tolist() if isinstance(v, (np.ndarray, np.generic)) else v for k, v in f.attrs.items()}
+    """HDF5 attributes as plain Python values."""
+    out = {k: _plain(v) for k, v in f.attrs.items()}
     if isinstance(out.get("config"), str):
         out["config"] = json.loads(out["config"])
     return out

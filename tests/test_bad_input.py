@@ -607,6 +607,17 @@ def test_a_cache_that_is_no_cache_is_said_before_any_data_is_loaded_or_downloade
     assert not (tmp_path / "nodata").exists() and not (tmp_path / "out").exists()
 
 
+def test_a_cache_edited_to_claim_more_epochs_than_it_holds_is_refused_by_every_command(tmp_path, data_dir, teacher, cache):
+    """It was read past its end (an IndexError after the data loaded), and dump-logits --resume "resumed" it at an epoch beyond."""
+    shutil.copy(cache, tmp_path / "c.h5")
+    with h5py.File(tmp_path / "c.h5", "r+") as f:
+        f["epochs_complete"][()] = 5
+    said = "c.h5 is damaged: its epochs_complete is 5, where its attributes say 0 to 2 epochs"
+    assert_refused(kdcli(*student_args(data_dir, tmp_path / "c.h5", tmp_path / "run")), said, codes=(1,))
+    assert_refused(kdcli("cache-info", str(tmp_path / "c.h5")), said, codes=(1,))
+    assert_refused(kdcli(*dump_args(data_dir, teacher, tmp_path / "c.h5", "--resume")), said, "pass --force", codes=(1,))
+
+
 def test_a_teachers_run_is_refused_to_a_student_unless_forced_even_with_resume(tmp_path, data_dir, cache):
     """make's targets always pass --resume: `--force` must still replace a run of the other kind, as it says."""
     assert kdcli(*teacher_args(data_dir, tmp_path / "run")).exit_code == 0

@@ -171,6 +171,46 @@ def test_hdf5_file_that_is_not_a_cache_refused(tmp_path):
         cache.open_cache(path)
 
 
+def replace_dataset(name, array):
+    def edit(f):
+        del f[name]
+        f[name] = array
+    return edit
+
+
+def set_attribute(name, value):
+    def edit(f):
+        f.attrs[name] = value
+    return edit
+
+
+@pytest.mark.parametrize("edit, said", [
+    (replace_dataset("epochs_complete", np.int64(E + 2)), f"its epochs_complete is 5, where its attributes say 0 to {E} epochs"),
+    (replace_dataset("epochs_complete", np.int64(-1)), "its epochs_complete is -1"),
+    (replace_dataset("epochs_complete", np.float64(1.5)), "its epochs_complete is 1.5"),
+    (replace_dataset("logits", np.zeros((E, N, 5), np.float16)), f"its logits is \\[{E}, {N}, 5\\] float16, where its attributes say {E}x{N}x{C} float16"),
+    (replace_dataset("logits", np.zeros((E, N, C), np.int8)), "its logits is .* int8, where its attributes say .* float16"),
+    (replace_dataset("logits", np.zeros((E - 1, N, C), np.float16)), f"its logits is \\[{E - 1}, {N}, {C}\\]"),
+    (replace_dataset("aug", np.zeros((E, N // 2, 3), np.int8)), "its aug is"),
+    (replace_dataset("labels", np.zeros(N, np.float32)), "its labels is .* float32, where its attributes say 20 int64"),
+    (replace_dataset("test_logits", np.zeros((M, C + 1), np.float16)), "its test_logits is"),
+    (set_attribute("config", "{not json"), "its attribute config is '{not json', not a JSON object"),
+    (set_attribute("config", "[1, 2]"), "its attribute config is '\\[1, 2\\]', not a JSON object"),
+    (set_attribute("epochs", "3"), "its attribute epochs is '3', not an integer"),
+    (set_attribute("train_fingerprint", 5), "its attribute train_fingerprint is 5, not a string"),
+    (set_attribute("teacher_test_accuracy", "16.5"), "its attribute teacher_test_accuracy is '16.5', not a number"),
+])  # fmt: skip
+def test_a_cache_whose_arrays_or_attributes_were_edited_is_refused_as_damaged(tmp_path, edit, said):
+    """Not read past its end (an IndexError), nor trained on numbers its attributes do not describe (logits of 5 classes,
+    int8 logits read as if float16), nor a traceback where an attribute is read: one line, wherever it is opened."""
+    path = make_cache(tmp_path / "c.h5")
+    with h5py.File(path, "r+") as f:
+        edit(f)
+    for read in (lambda: cache.open_cache(path, "b" * 64, C), lambda: cache.cache_info(path), lambda: cache.resume_point(path, IDENTITY, force=False)):
+        with pytest.raises(KdcliError, match=f"c.h5 is damaged: {said}"):
+            read()
+
+
 def test_cache_info(tmp_path):
     info = cache.cache_info(make_cache(tmp_path / "c.h5", complete=1))
     assert (info["epochs_complete"], info["epochs"], info["dtype"], info["teacher_test_accuracy"]) == (1, E, "float16", 12.5)
