@@ -33,7 +33,7 @@ from kdcli import KdcliError, count
 from kdcli.checkpoint import delete_stale_temporaries, write_atomic
 from kdcli.models import canonical_name
 from kdcli.resume import as_recorded_now
-from kdcli.runs import DIVERGED, LOCK, kdcli_config, read_json, write_text_atomic
+from kdcli.runs import DIVERGED, LOCK, check_record, kdcli_config, read_json, write_text_atomic
 
 SETTING_COLUMNS = ["model", "temperature", "distillation_weight", "hard_weight", "n"]
 ACCURACY_COLUMNS = ["mean", "std", "min", "max", "delta", "ci_low", "ci_high"]  # percent; delta and CI vs the baseline
@@ -166,20 +166,12 @@ def collect(paths) -> Runs:
 
 def _finished_run(d: Path) -> dict:
     """The finished run in folder d as the report reads it, refused where its summary.json or config.json is not kdcli's."""
-    summary = read_json(d / "summary.json")
-    if "model" not in summary or not _is_number(summary.get("test_accuracy")):  # NaN too: JSON allows it, means do not
-        raise KdcliError(f"{d / 'summary.json'} has no model or test_accuracy (a finite number): is it a kdcli run?")
-    if summary.get("val_accuracy") is not None and not _is_number(summary["val_accuracy"]):  # else its val cells would go blank unsaid
-        raise KdcliError(f"{d / 'summary.json'} has a val_accuracy that is not a finite number: is it a kdcli run?")
-    if summary.get("distillation_weight") and not _is_number(summary.get("temperature")):
+    summary = check_record(read_json(d / "summary.json"), d / "summary.json", required=("model", "test_accuracy"))
+    if summary.get("distillation_weight") and "temperature" not in summary:
         raise KdcliError(f"{d / 'summary.json'} has a distillation weight but no temperature: is it a kdcli run?")
     if not (d / "config.json").is_file():
         raise KdcliError(f"{d / 'config.json'} is missing: kdcli writes it beside summary.json, and the report compares runs by it")
-    return {"run_dir": str(d), "summary": summary, "config": read_json(d / "config.json")}
-
-
-def _is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    return {"run_dir": str(d), "summary": summary, "config": check_record(read_json(d / "config.json"), d / "config.json")}
 
 
 def _separately(what: str) -> str:  # a refusal's remedy in the report, where no caller says another
@@ -269,7 +261,7 @@ def aggregate(runs) -> list[dict]:
     for r in runs:
         setting = _setting(r["summary"])
         test.setdefault(setting, []).append(float(r["summary"]["test_accuracy"]))
-        if _is_number(r["summary"].get("val_accuracy")):
+        if r["summary"].get("val_accuracy") is not None:
             val.setdefault(setting, []).append(float(r["summary"]["val_accuracy"]))
         if r["config"].get("teacher_saw_val_images"):
             teacher_saw_val.add(setting)
@@ -391,6 +383,7 @@ def diverged_run(folder) -> dict | None:
     record = kdcli_config(Path(folder))
     if not record:
         return None
+    check_record(record, Path(folder) / "config.json", required=("model",))
     stopped = read_json(Path(folder) / DIVERGED)
     setting = {k: record[k] for k in ("model", "seed", "temperature", "distillation_weight", "hard_weight") if k in record}
     return {"run_dir": str(folder), "summary": {**setting, "diverged_epoch": stopped.get("epoch"), "diverged_step": stopped.get("step")}, "config": record}

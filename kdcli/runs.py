@@ -15,6 +15,7 @@ resumes or is refused is resume.py's.
 import errno
 import functools
 import json
+import math
 import os
 import re
 import subprocess
@@ -259,6 +260,46 @@ def read_json(path: Path) -> dict:
     if not isinstance(data, dict):
         raise KdcliError(f"cannot read {path}: expected a JSON object")
     return data
+
+
+def _is_number(x) -> bool:  # finite: JSON reads NaN and Infinity too
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _is_count(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+# The fields of summary.json and config.json that kdcli reads back (the report, a kept run), and what kdcli writes in
+# each: one hand-edited or damaged is refused by name, not met as a traceback (or a 300-digit mean) later.
+RECORD_FIELDS = {
+    "model": (lambda x: isinstance(x, str), "a model's name"),
+    "seed": (_is_count, "a seed (an integer)"),
+    "epochs": (_is_count, "a number of epochs"),
+    "test_accuracy": (lambda x: _is_number(x) and 0 <= x <= 100, "a percentage"),
+    "val_accuracy": (lambda x: x is None or _is_number(x) and 0 <= x <= 100, "a percentage or null"),
+    "train_accuracy": (lambda x: x is None or _is_number(x) and 0 <= x <= 100, "a percentage or null"),
+    "train_seconds": (lambda x: _is_number(x) and x >= 0, "a number of seconds"),
+    "temperature": (lambda x: _is_number(x) and x > 0, "a temperature (a number above 0)"),
+    "distillation_weight": (lambda x: _is_number(x) and x >= 0, "a weight (a number from 0)"),
+    "hard_weight": (lambda x: _is_number(x) and x >= 0, "a weight (a number from 0)"),
+    "cache_epochs": (lambda x: _is_count(x) and x > 0, "a number of epochs"),
+    "cache_teacher_sha256": (lambda x: isinstance(x, str), "a checksum (a string)"),
+    "cache_teacher_test_accuracy": (lambda x: _is_number(x) and 0 <= x <= 100, "a percentage"),
+    "teacher_saw_val_images": (_is_count, "a number of images"),
+}
+
+
+def check_record(record: dict, path: Path, required=()) -> dict:
+    """`record`, read from `path` (a summary.json or config.json), if it has the `required` fields and each of its
+    RECORD_FIELDS holds what kdcli writes there; else one KdcliError line naming the first that does not."""
+    for name in required:
+        if name not in record:
+            raise KdcliError(f"{path} has no {name}: is it a kdcli run?")
+    for name, (holds, what) in RECORD_FIELDS.items():
+        if name in record and not holds(record[name]):
+            raise KdcliError(f"{path}: its {name} is {json.dumps(record[name])[:40]}, where kdcli writes {what}: was the file edited?")
+    return record
 
 
 def write_json(path: Path, obj):

@@ -22,7 +22,7 @@ from kdcli.data import load_cifar10, resolve_device
 from kdcli.evaluate import autocast_dtype, triton_found
 from kdcli.group import Group
 from kdcli.resume import check_can_start, check_resumed_on_its_images, check_same_inputs, prepare_run_dir
-from kdcli.runs import CachedTargets, DrawnAugmentation, Run, check_run_folder, claim_folder, read_json
+from kdcli.runs import CachedTargets, DrawnAugmentation, Run, check_record, check_run_folder, claim_folder, read_json
 
 
 def train_runs(runs: list, data, device: torch.device, teacher: nn.Module | None = None, progress=True, in_sweep=False, stop=None) -> list:
@@ -53,7 +53,7 @@ def _train_claimed(runs, data, device, teacher, progress, stop, in_sweep) -> lis
     if not in_sweep:
         warn_of_cache(runs[0])
     if all(s == "done" for s in states):  # kept (--resume): "kept" tells the caller nothing trained now
-        return [{**read_json(r.dir / "summary.json"), "kept": True} for r in runs]
+        return [{**check_record(read_json(r.dir / "summary.json"), r.dir / "summary.json", required=("model", "test_accuracy", "epochs")), "kept": True} for r in runs]
     if any(s == "done" for s in states) or len(set(map(epoch_and_step, states))) > 1:
         raise KdcliError("runs trained together must all be at the same epoch and step; train them separately")
     if not in_sweep:

@@ -607,6 +607,16 @@ def test_a_cache_that_is_no_cache_is_said_before_any_data_is_loaded_or_downloade
     assert not (tmp_path / "nodata").exists() and not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("edit", [{"test_accuracy": None}, {"epochs": "1"}], ids=["test_accuracy null", "epochs a string"])
+def test_a_finished_run_whose_summary_was_edited_is_one_line_when_kept(tmp_path, data_dir, cache, student, edit):
+    """--resume keeps a finished run and prints its summary: that was a traceback (a format code on None)."""
+    shutil.copytree(student, tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    (tmp_path / "run" / "summary.json").write_text(json.dumps({**summary, **edit}))
+    field = next(iter(edit))
+    assert_refused(kdcli(*student_args(data_dir, cache, tmp_path / "run", "--resume")), f"summary.json: its {field} is", codes=(1,))
+
+
 def test_a_cache_edited_to_claim_more_epochs_than_it_holds_is_refused_by_every_command(tmp_path, data_dir, teacher, cache):
     """It was read past its end (an IndexError after the data loaded), and dump-logits --resume "resumed" it at an epoch beyond."""
     shutil.copy(cache, tmp_path / "c.h5")

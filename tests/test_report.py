@@ -173,23 +173,49 @@ def test_collect_errors_on_unreadable_summary(tmp_path):
     with pytest.raises(KdcliError, match="cannot read .*summary.json"):
         collect([tmp_path])
     for summary, error in [
-        ('{"model": "lenet5"}', "no model or test_accuracy"),
-        ('{"test_accuracy": 75.0}', "no model or test_accuracy"),  # a row needs its model
-        ('{"model": "lenet5", "test_accuracy": "n/a"}', "no model or test_accuracy"),
-        ('{"model": "lenet5", "test_accuracy": NaN}', r"no model or test_accuracy \(a finite number\)"),  # json reads it; statistics.stdev would raise
-        ('{"model": "lenet5", "test_accuracy": 75.0, "val_accuracy": NaN}', "a val_accuracy that is not a finite number"),
-        ('{"model": "lenet5", "test_accuracy": 75.0, "distillation_weight": 0.1, "temperature": Infinity}', "a distillation weight but no temperature"),
+        ('{"model": "lenet5"}', "has no test_accuracy: is it a kdcli run"),
+        ('{"test_accuracy": 75.0}', "has no model"),  # a row needs its model
+        ('{"model": "lenet5", "test_accuracy": "n/a"}', 'its test_accuracy is "n/a", where kdcli writes a percentage'),
+        ('{"model": "lenet5", "test_accuracy": NaN}', "its test_accuracy is NaN, where kdcli writes a percentage"),  # json reads it; statistics.stdev would raise
+        ('{"model": "lenet5", "test_accuracy": 1e308}', "its test_accuracy is 1e\\+308, where kdcli writes a percentage"),  # a 300-digit mean, or Welch's overflow
+        ('{"model": "lenet5", "test_accuracy": 75.0, "val_accuracy": NaN}', "its val_accuracy is NaN, where kdcli writes a percentage or null"),
+        ('{"model": "lenet5", "test_accuracy": 75.0, "distillation_weight": 0.1, "temperature": Infinity}', "its temperature is Infinity"),
         ('{"model": "lenet5", "test_accuracy": 75.0, "distillation_weight": 0.1}', "a distillation weight but no temperature"),
+        ('{"model": "lenet5", "test_accuracy": 75.0, "distillation_weight": "abc"}', 'its distillation_weight is "abc", where kdcli writes a weight'),
+        ('{"model": ["lenet5"], "test_accuracy": 75.0}', "its model is \\[\"lenet5\"\\], where kdcli writes a model's name"),
+        ('{"model": "lenet5", "test_accuracy": 75.0, "seed": null}', "its seed is null, where kdcli writes a seed"),
     ]:
         (tmp_path / "run" / "summary.json").write_text(summary)
         with pytest.raises(KdcliError, match=error):
             collect([tmp_path])
 
 
+@pytest.mark.parametrize("config, said", [
+    ({"cache_teacher_test_accuracy": "16.49"}, 'its cache_teacher_test_accuracy is "16.49", where kdcli writes a percentage'),
+    ({"cache_teacher_test_accuracy": -7}, "its cache_teacher_test_accuracy is -7"),
+    ({"cache_epochs": "2"}, 'its cache_epochs is "2", where kdcli writes a number of epochs'),
+    ({"cache_teacher_sha256": ["a"]}, "its cache_teacher_sha256 is"),
+])  # fmt: skip
+def test_a_config_json_edited_in_a_field_the_report_reads_is_one_line(tmp_path, config, said):
+    """Each was a traceback (a format code, min() of a str and an int, an unhashable list), or a teacher of -7.00%."""
+    make_run(tmp_path / "run", 75.0, temperature=4.0, weight=0.1, config=config)
+    with pytest.raises(KdcliError, match=f"run/config.json: {said}"):
+        collect([tmp_path])
+
+
+def test_a_diverged_run_whose_config_json_was_edited_is_one_line(tmp_path):
+    make_run(tmp_path / "done", 75.0)
+    diverged = make_run(tmp_path / "gone", 0.0, finished=False, config={"kdcli_version": "0.1.0"})
+    (diverged / "config.json").write_text(json.dumps({"model": ["lenet5"], "seed": 1, "kdcli_version": "0.1.0"}))
+    (diverged / "diverged.json").write_text(json.dumps({"error": "loss is not finite", "epoch": 1, "step": 1}))
+    with pytest.raises(KdcliError, match="gone/config.json: its model is"):
+        report([tmp_path], tmp_path / "out")
+
+
 def test_a_boolean_is_not_an_accuracy(tmp_path):
     make_run(tmp_path / "run", 75.0)
     (tmp_path / "run" / "summary.json").write_text('{"model": "lenet5", "test_accuracy": true}')
-    with pytest.raises(KdcliError, match="no model or test_accuracy"):
+    with pytest.raises(KdcliError, match="its test_accuracy is true, where kdcli writes a percentage"):
         collect([tmp_path])
 
 
