@@ -35,7 +35,7 @@ from kdcli.losses import distillation_loss, soft_targets
 from kdcli.models import create_model
 from kdcli.optimizer import learning_rate, make_optimizer
 from kdcli.resume import plain
-from kdcli.runs import DIVERGED, append_line, git_commit, machine, truncate_metrics, write_json
+from kdcli.runs import DIVERGED, append_line, git_commit, machine, read_metrics, truncate_metrics, write_json
 from kdcli.stack import GraphedStep, ModelStack, split_optimizer_state, stack_optimizer_states
 
 
@@ -357,7 +357,7 @@ class Group:
     def write_summaries(self) -> list:
         summaries = []
         for s, r in enumerate(self.runs):
-            logged = [json.loads(line) for line in (r.dir / "metrics.jsonl").read_text().splitlines()]
+            logged = read_metrics(r.dir / "metrics.jsonl", self.config.epochs)
             summary = {
                 "model": r.config.model,
                 "epochs": self.config.epochs,

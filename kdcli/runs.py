@@ -307,16 +307,28 @@ def write_json(path: Path, obj):
 
 
 def truncate_metrics(path: Path, epochs: int):
-    """Keep the lines of epochs 1..`epochs`; drop later ones and a torn line (a write cut short by a full disk)."""
+    """Keep one line for each of epochs 1..`epochs` (the last written); drop later ones, a torn line (a write cut short
+    by a full disk) and any other that is no epoch's: the summary sums the lines' seconds."""
     if path.exists():
-        kept = []
-        for line in path.read_text().splitlines():
+        by_epoch = {}
+        for line in path.read_bytes().decode(errors="replace").splitlines():
             try:
-                if json.loads(line)["epoch"] <= epochs:
-                    kept.append(line)
+                epoch = json.loads(line)["epoch"]
             except (ValueError, KeyError, TypeError):
-                pass
-        write_text_atomic(path, "".join(line + "\n" for line in kept))  # a kill now leaves the old lines or the new
+                continue
+            if _is_count(epoch) and 1 <= epoch <= epochs:
+                by_epoch[epoch] = line
+        write_text_atomic(path, "".join(by_epoch[e] + "\n" for e in sorted(by_epoch)))  # a kill now leaves the old lines or the new
+
+
+def read_metrics(path: Path, epochs: int) -> list[dict]:
+    """The lines of a finished run's epochs 1..`epochs`, as truncate_metrics left them and the epochs since added; one
+    KdcliError line where the last epoch's is missing or lacks what the summary takes from it."""
+    logged = [json.loads(line) for line in path.read_text().splitlines()]
+    last = logged[-1] if logged else {}
+    if last.get("epoch") != epochs or not _is_number(last.get("train_accuracy")) or not all(_is_number(m.get("seconds")) for m in logged):
+        raise KdcliError(f"{path} lacks epoch {epochs}'s line, or a line lacks its numbers (edited or damaged since): pass --force to train the run again")
+    return logged
 
 
 def write_text_atomic(path: Path, text: str):

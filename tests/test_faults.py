@@ -402,3 +402,32 @@ def test_a_full_disk_while_resume_cuts_the_metrics_back_keeps_the_old_lines(tmp_
     assert path.read_text() == before and [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]
     truncate_metrics(path, 2)
     assert [json.loads(line)["epoch"] for line in path.read_text().splitlines()] == [1, 2]
+
+
+def test_resuming_keeps_one_metrics_line_per_epoch_and_drops_what_is_no_epochs(tmp_path):
+    """The summary sums the lines' seconds: a line repeated (a file concatenated with itself), an epoch 0, or bytes that
+    are no UTF-8 (which gave a UnicodeDecodeError) must not reach it."""
+    from kdcli.runs import truncate_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    lines = [json.dumps({"epoch": e, "seconds": 1.0}) for e in (1, 2, 3)]
+    path.write_bytes("\n".join([*lines, *lines, json.dumps({"epoch": 0, "seconds": 100.0}), json.dumps({"epoch": True}), ""]).encode() + b"\xff\xfe\n")
+    truncate_metrics(path, 2)
+    assert path.read_text().splitlines() == lines[:2]
+
+
+@pytest.mark.parametrize("metrics", ["", "garbage\n", '{"epoch": 2, "seconds": 1.0}\n'], ids=["empty", "garbage", "last epoch missing"])
+def test_a_finished_checkpoint_whose_metrics_were_damaged_is_one_line_when_its_summary_is_written(tmp_path, data_dir, metrics):
+    """A run whose checkpoint is finished but whose summary.json was deleted writes it from metrics.jsonl on --resume:
+    that was an IndexError where the last epoch's line was missing."""
+    from typer.testing import CliRunner
+
+    from kdcli.cli import app
+
+    args = ["train-teacher", "--model", "lenet5", "--epochs", "3", "--batch-size", "8", "--device", "cpu", "--quiet", "--no-download",
+            "--data-dir", str(data_dir), "--out", str(tmp_path / "run")]  # fmt: skip
+    assert CliRunner().invoke(app, args).exit_code == 0
+    (tmp_path / "run" / "summary.json").unlink()
+    (tmp_path / "run" / "metrics.jsonl").write_text(metrics)
+    result = CliRunner().invoke(app, [*args, "--resume"])
+    assert result.exit_code == 1 and "metrics.jsonl lacks epoch 3's line" in result.stderr and "--force" in result.stderr, result.output
