@@ -68,7 +68,12 @@ def finish_renames(folder) -> None:
     """The renames of a save_all_atomic killed among them, completed from their list in `folder` (the group's first
     run's): its runs then resume together. A file renamed already, or deleted since, is left as it is."""
     for listed in Path(folder).glob(f"{RENAMES}*"):
-        for tmp, path in json.loads(listed.read_text()):
+        try:
+            renames = [(str(tmp), str(path)) for tmp, path in json.loads(listed.read_bytes())]
+        except (ValueError, TypeError) as e:  # written atomically by kdcli: edited or damaged since
+            raise KdcliError(f"cannot read {listed}, the renames of a save that was killed ({e}): delete it; the runs it "
+                             "names then resume from their own checkpoints, perhaps at different epochs") from None  # fmt: skip
+        for tmp, path in renames:
             if (listed.parent / tmp).exists():
                 _replace(listed.parent / tmp, listed.parent / path)
         listed.unlink()

@@ -272,6 +272,14 @@ def test_a_kill_among_the_renames_of_runs_saved_together_is_completed_by_finish_
     assert [load_checkpoint(folder)["epoch"] for folder in folders] == [2, 2]
 
 
+@pytest.mark.parametrize("text", [b"garbage", b'[["a"]]', b'{"a": 1}', b"5", b"\xff\xfe"])
+def test_a_list_of_renames_that_was_edited_or_damaged_is_one_line(tmp_path, text):
+    """kdcli writes it atomically, so it can only have been damaged since: that was a traceback in every sweep of the folder."""
+    (tmp_path / ".renames.tmp-99999").write_bytes(text)
+    with pytest.raises(KdcliError, match=r"cannot read .*\.renames\.tmp-99999, the renames of a save that was killed .*: delete it"):
+        finish_renames(tmp_path)
+
+
 def test_unwritable_folder(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(KdcliError, match="cannot write"):
