@@ -113,7 +113,19 @@ def check_resumes(config, state: dict, out: Path):
     missing = [key for key in ("optimizer", "epoch", "step", "partial", "config") if key not in state]
     if missing and not (out / "summary.json").exists():
         raise KdcliError(f"{out / CHECKPOINT} is not a checkpoint of a run to resume (it lacks {', '.join(missing)}): pass --force to start over, or another --out")
+    check_checkpoint_is_the_runs(state, out)
     check_same_options(config, state, out)
+
+
+def check_checkpoint_is_the_runs(state: dict, out: Path):
+    """The checkpoint `state` in `out` is of the run whose config.json is there: one copied in from another run would
+    be resumed, or kept, as that run (its options are read back from it), under this run's name and config.json."""
+    started = as_recorded_now(kdcli_config(out))
+    saved = as_recorded_now(state.get("config") or {})
+    differ = [k for k in saved if k not in MAY_DIFFER and k in started and plain(saved[k]) != plain(started[k])]
+    if differ:
+        said = ", ".join(f"{flag(k)} {plain(saved[k])!r} (config.json: {plain(started[k])!r})" for k in differ)
+        raise KdcliError(f"{out / CHECKPOINT} is another run's than its config.json's: {said}; put the run's own checkpoint back, or pass --force to start over")
 
 
 # --resume and the options a run recorded. The run's own (model, recipe, seed, --subset, ...) are read back where

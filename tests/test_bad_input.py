@@ -617,6 +617,21 @@ def test_a_finished_run_whose_summary_was_edited_is_one_line_when_kept(tmp_path,
     assert_refused(kdcli(*student_args(data_dir, cache, tmp_path / "run", "--resume")), f"summary.json: its {field} is", codes=(1,))
 
 
+@pytest.mark.parametrize("finished", [False, True], ids=["unfinished", "finished"])
+def test_a_checkpoint_copied_in_from_another_run_is_neither_resumed_nor_kept(tmp_path, data_dir, cache, student, finished):
+    """Its options are read back from it: the folder's run was "finished" as the other (1 epoch of 4000 planned, its
+    metrics cut back), under its own config.json."""
+    shutil.copytree(student, tmp_path / "run")
+    assert kdcli(*student_args(data_dir, cache, tmp_path / "other", "--seed", 5)).exit_code == 0
+    shutil.copy(tmp_path / "other" / "checkpoint.pt", tmp_path / "run" / "checkpoint.pt")
+    if not finished:
+        (tmp_path / "run" / "summary.json").unlink()
+    before = snapshot(tmp_path / "run")
+    result = kdcli("train-student", "--out", str(tmp_path / "run"), "--resume")
+    assert_refused(result, "checkpoint.pt is another run's than its config.json's: --seed 5 (config.json: ", "--force", codes=(1,))
+    assert snapshot(tmp_path / "run") == before
+
+
 def test_a_cache_edited_to_claim_more_epochs_than_it_holds_is_refused_by_every_command(tmp_path, data_dir, teacher, cache):
     """It was read past its end (an IndexError after the data loaded), and dump-logits --resume "resumed" it at an epoch beyond."""
     shutil.copy(cache, tmp_path / "c.h5")
