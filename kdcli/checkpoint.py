@@ -169,7 +169,7 @@ def failed_write(e: Exception) -> str | None:
 def checkpoint_file(path) -> Path:
     """A run folder or a checkpoint file -> the checkpoint file."""
     path = Path(path)
-    return path / CHECKPOINT if path.is_dir() else path
+    return path / CHECKPOINT if path.is_dir() and path.name != CHECKPOINT else path  # a checkpoint.pt that is a folder is refused as one
 
 
 def load_checkpoint(path) -> dict:
@@ -193,6 +193,8 @@ def read_checkpoint(path) -> tuple[dict, str]:
 def _load(path, mmap=False) -> tuple[dict, bytes]:
     """(the checkpoint, the bytes read: the whole file, or only its first 4 where `mmap` maps the rest)."""
     given, path = Path(path), checkpoint_file(path)
+    if path.is_dir():
+        raise KdcliError(f"{path} is a folder, not a checkpoint: pass a run folder that holds checkpoint.pt, or the file itself")
     if not path.is_file():
         below = next(given.rglob(CHECKPOINT), None) if given.is_dir() else None  # a sweep folder holds runs
         remedy = f"{given} holds run folders; pass one, e.g. {below.parent}" if below else "pass a run folder that holds checkpoint.pt, or the file itself"
@@ -210,7 +212,31 @@ def _load(path, mmap=False) -> tuple[dict, bytes]:
     state = _load_weights_only(path, data, mmap)
     if not isinstance(state, dict) or "model" not in state or "model_name" not in state:
         raise KdcliError(f"{path} is a torch file but not a kdcli checkpoint (no model weights and name in it)")
+    if problem := _malformed(state):
+        raise KdcliError(f"{path} is damaged: {problem}; copy or make it again")
     return state, data
+
+
+def _malformed(state: dict) -> str | None:
+    """What in a checkpoint is not of the kind kdcli saves (a file edited or damaged since), where it would otherwise
+    surface as a traceback in the model, the optimizer or the epoch loop."""
+    def is_count(x):
+        return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+    if not isinstance(state["model_name"], str):
+        return f"its model_name is {state['model_name']!r}, not a model's name"
+    if not isinstance(state["model"], dict) or not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
+        return "its model is not a set of weights (names to tensors)"
+    if not isinstance(state.get("config", {}), dict):
+        return "its config is not a record of options"
+    for name in ("epoch", "step", "num_classes"):
+        if state.get(name) is not None and not is_count(state[name]):  # None: a checkpoint that records no epoch
+            return f"its {name} is {state[name]!r}, not a count"
+    if is_count(epochs := state.get("config", {}).get("epochs")) and is_count(state.get("epoch")) and state["epoch"] > epochs:
+        return f"its epoch {state['epoch']} is past its run's {epochs} epochs"
+    if "optimizer" in state and not (isinstance(state["optimizer"], dict) and "param_groups" in state["optimizer"]):
+        return "its optimizer state is not one"
+    return None
 
 
 def _load_weights_only(path, data: bytes, mmap: bool):

@@ -280,6 +280,33 @@ def test_a_list_of_renames_that_was_edited_or_damaged_is_one_line(tmp_path, text
         finish_renames(tmp_path)
 
 
+@pytest.mark.parametrize("edit, said", [
+    ({"model_name": ["lenet5"]}, r"its model_name is \['lenet5'\], not a model's name"),
+    ({"model": [torch.zeros(2)]}, "its model is not a set of weights"),
+    ({"model": {"w": "zeros"}}, "its model is not a set of weights"),
+    ({"config": ["epochs", 3]}, "its config is not a record of options"),
+    ({"epoch": "3"}, "its epoch is '3', not a count"),
+    ({"step": -1}, "its step is -1, not a count"),
+    ({"epoch": 10**6}, "its epoch 1000000 is past its run's 3 epochs"),
+    ({"optimizer": {}}, "its optimizer state is not one"),
+])  # fmt: skip
+def test_a_checkpoint_edited_or_damaged_in_what_kdcli_reads_is_one_line(tmp_path, edit, said):
+    """Each was a traceback in the model, the optimizer or the epoch loop (or a summary of a run "finished" at epoch 10**6)."""
+    state = {"model": {"w": torch.zeros(2)}, "model_name": "lenet5", "config": {"epochs": 3}, "epoch": 1, "step": 0, "optimizer": {"state": {}, "param_groups": []}}
+    torch.save({**state, **edit}, tmp_path / CHECKPOINT)
+    for read in (load_checkpoint, peek_checkpoint):
+        with pytest.raises(KdcliError, match=f"checkpoint.pt is damaged: {said}.*; copy or make it again"):
+            read(tmp_path)
+
+
+def test_a_checkpoint_that_is_a_folder_is_said_to_be_one(tmp_path):
+    """Not "no checkpoint at run/checkpoint.pt/checkpoint.pt", nor the run folder named as a folder of runs."""
+    (tmp_path / "run" / CHECKPOINT).mkdir(parents=True)
+    for given in (tmp_path / "run", tmp_path / "run" / CHECKPOINT):
+        with pytest.raises(KdcliError, match=f"{tmp_path / 'run' / CHECKPOINT} is a folder, not a checkpoint"):
+            load_checkpoint(given)
+
+
 def test_unwritable_folder(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(KdcliError, match="cannot write"):
