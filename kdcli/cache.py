@@ -378,7 +378,7 @@ def _not_a_cache_of_this_format(f: h5py.File, path) -> str | None:
     version = f.attrs.get("format_version")
     if version is not None and version != FORMAT_VERSION:
         return (
-            f"{path} has cache format version {version}; this kdcli (version {__version__}) reads version "
+            f"{path} has cache format version {_plain(version)!r}; this kdcli (version {__version__}) reads version "
             f"{FORMAT_VERSION}: run dump-logits again, or read it with the kdcli that wrote it"
         )
     missing = [n for n in DATASETS if n not in f] + [a for a in REQUIRED_ATTRS if a not in f.attrs]

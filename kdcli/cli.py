@@ -164,8 +164,9 @@ def _run_command(cls, ctx, options: dict, run, can_start, resume_flag: bool, out
         # What reading options back says is said once the command can run: before a usage error or a refusal, a
         # note or warning about a run that never starts misleads, and the error is to be the one line printed.
         with warnings.catch_warnings(record=True) as held:
+            parsed = options
             options, typed, read_back = options_as_run(cls, ctx, options)
-            config = make_config(cls, options)
+            config = make_config(cls, options, read={k for k in options if k not in typed and options[k] != parsed.get(k)})
             can_start(config)
         for w in held:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
@@ -230,10 +231,18 @@ def recorded_back(cls, options: dict, given: set) -> dict:
     return back
 
 
-def make_config(cls, options):
-    """The command's config; a bad value is a usage error (exit status 2) naming its flag."""
-    with bad_values_as_usage_errors():
+def make_config(cls, options, read=frozenset()):
+    """The command's config; a bad value is a usage error (exit status 2) naming its flag, but for one `read` back from a
+    run's or an input's records (options_as_run): no usage error, those files were edited."""
+    try:
         return cls(**options)
+    except ConfigError as e:
+        name = e.option.removeprefix("--").replace("-", "_")
+        if name not in read:
+            with bad_values_as_usage_errors():
+                raise
+        raise KdcliError(f"{e.option} {options[name]!r}, read back from what a run or cache recorded, is refused ({str(e).split(': ', 1)[1]}): "
+                         f"was that file edited? Pass {e.option} to override it") from None  # fmt: skip
 
 
 @contextlib.contextmanager

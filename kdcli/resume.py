@@ -18,7 +18,7 @@ from kdcli.checkpoint import CHECKPOINT, delete_stale_temporaries, load_checkpoi
 from kdcli.config import flag
 from kdcli.locks import is_locked
 from kdcli.models import canonical_name
-from kdcli.runs import DIVERGED, busy_message, check_run_folder, check_sweep_folder, in_use, kdcli_config, read_json
+from kdcli.runs import DIVERGED, busy_message, check_record, check_run_folder, check_sweep_folder, in_use, kdcli_config, read_json
 
 
 def check_can_start(config):
@@ -235,7 +235,7 @@ def check_same_inputs(run):
     """A resumed or kept run must train on the images, and read the cache, it started with: otherwise it
     mixes two datasets, or two teachers (or two sets of views), in one run, or reports an old teacher's."""
     recorded = run.dir / "config.json"
-    was = read_json(recorded) if recorded.exists() else {}
+    was = check_record(read_json(recorded), recorded) if recorded.exists() else {}
 
     def changed(keys):
         return [f"{k.removeprefix('cache_')} {short(was[k])} (now {short(run.inputs[k])})" for k in keys if k in was and k in run.inputs and was[k] != run.inputs[k]]

@@ -218,7 +218,7 @@ def kdcli_config(out: Path) -> dict:
         record = read_json(out / "config.json") if (out / "config.json").is_file() else {}
     except KdcliError:
         return {}
-    return record if "kdcli_version" in record else {}
+    return check_record(record, out / "config.json") if "kdcli_version" in record else {}
 
 
 @functools.cache  # one git call per process, not one per run of a sweep

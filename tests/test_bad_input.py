@@ -632,6 +632,29 @@ def test_a_checkpoint_copied_in_from_another_run_is_neither_resumed_nor_kept(tmp
     assert snapshot(tmp_path / "run") == before
 
 
+def test_an_option_read_back_from_an_edited_checkpoint_is_not_blamed_on_the_command_line(tmp_path, data_dir, cache, student):
+    """It was "Invalid value for '--lr'", a usage error, for an option the user never typed."""
+    shutil.copytree(student, tmp_path / "run")
+    (tmp_path / "run" / "summary.json").unlink()
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    state["config"]["lr"] = "fast"
+    torch.save(state, tmp_path / "run" / "checkpoint.pt")
+    result = kdcli("train-student", "--out", str(tmp_path / "run"), "--resume")
+    assert_refused(result, "--lr 'fast', read back from what a run or cache recorded, is refused (", "Pass --lr to override it", codes=(1,))
+    assert "Invalid value" not in result.stderr
+
+
+@pytest.mark.parametrize("edit", [{"cache_epochs": "2", "allow_partial": True}, {"model": ["lenet5"]}], ids=["cache_epochs a string", "model a list"])
+def test_a_config_json_edited_in_what_a_resume_reads_is_one_line(tmp_path, data_dir, cache, student, edit):
+    """A TypeError in the check of the run's cache, or in reading its model back where its checkpoint was deleted."""
+    shutil.copytree(student, tmp_path / "run")
+    (tmp_path / "run" / "checkpoint.pt").unlink()
+    record = json.loads((tmp_path / "run" / "config.json").read_text())
+    (tmp_path / "run" / "config.json").write_text(json.dumps({**record, **edit}))
+    field = next(iter(edit))
+    assert_refused(kdcli(*student_args(data_dir, cache, tmp_path / "run", "--resume")), f"config.json: its {field} is", codes=(1,))
+
+
 def test_a_cache_edited_to_claim_more_epochs_than_it_holds_is_refused_by_every_command(tmp_path, data_dir, teacher, cache):
     """It was read past its end (an IndexError after the data loaded), and dump-logits --resume "resumed" it at an epoch beyond."""
     shutil.copy(cache, tmp_path / "c.h5")
