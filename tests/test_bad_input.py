@@ -34,6 +34,7 @@ import warnings
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 import torch
 from conftest import run_kdcli_bound_by_permissions, write_cifar_folder
@@ -161,11 +162,26 @@ def edit(**change):
     return make
 
 
+def with_classes(num_classes):
+    """A copy of the cache as a dump of a teacher of `num_classes` outputs would have made it (arrays and attributes)."""
+
+    def make(path, good):
+        shutil.copy(good, path)
+        with h5py.File(path, "r+") as f:
+            for name in ("logits", "clean_logits", "test_logits"):
+                shape, dtype = f[name].shape, f[name].dtype
+                del f[name]
+                f[name] = np.zeros((*shape[:-1], num_classes), dtype)
+            f.attrs["num_classes"] = num_classes
+
+    return make
+
+
 BAD_CACHES = {
     "not-hdf5": (lambda path, good: path.write_text("not an HDF5 file\n"), [], ["not a readable HDF5 file"]),
     "truncated": (lambda path, good: path.write_bytes(good.read_bytes()[: good.stat().st_size // 2]), [], ["not a readable HDF5 file", "truncated"]),
     "other-data": (edit(), ["--subset", 100], ["fingerprint", "run dump-logits on it, or pass --subset 200 if it was made with that"]),
-    "other-class-count": (edit(num_classes=100), [], ["logits for 100 classes", "this data has 10"]),
+    "other-class-count": (with_classes(100), [], ["logits for 100 classes", "this data has 10"]),
     "format-version": (edit(format_version=99), [], ["format version 99", "reads version 1"]),
     "unfinished": (edit(epochs_complete=1), [], ["1 of 2 epochs", "--allow-partial"]),
 }
