@@ -232,6 +232,9 @@ def _malformed(state: dict) -> str | None:
     for name in ("epoch", "step", "num_classes"):
         if state.get(name) is not None and not is_count(state[name]):  # None: a checkpoint that records no epoch
             return f"its {name} is {state[name]!r}, not a count"
+    for name in ("epochs", "subset", "val_size"):  # the options evaluate and dump-logits read back
+        if state.get("config", {}).get(name) is not None and not is_count(state["config"][name]):
+            return f"its option {name} is {state['config'][name]!r}, not a count"
     if is_count(epochs := state.get("config", {}).get("epochs")) and is_count(state.get("epoch")) and state["epoch"] > epochs:
         return f"its epoch {state['epoch']} is past its run's {epochs} epochs"
     if "optimizer" in state and not (isinstance(state["optimizer"], dict) and "param_groups" in state["optimizer"]):

@@ -115,6 +115,8 @@ def evaluate(checkpoint_path, data_dir=None, device="auto", download=True) -> di
     data = load_cifar10(data_dir, dev, download=download)  # every image: the test set does not depend on the run's --subset
     n = config.get("subset") or len(data.train_labels)  # it trained on the first n images, less the last held_out
     held_out = config.get("val_size", 0)
+    if held_out >= n:
+        raise KdcliError(f"{checkpoint_path} records --val-size {held_out} of its {n:,} training images: was it edited? a run trains on at least one")
     if n > len(data.train_labels) or not _trained_on(data.fingerprint_of_first(n), state, checkpoint_path):
         warnings.warn(
             f"{checkpoint_path} was trained on other images than those now in {data_dir}, so its test set may be another too"

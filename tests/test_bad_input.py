@@ -671,6 +671,15 @@ def test_a_config_json_edited_in_what_a_resume_reads_is_one_line(tmp_path, data_
     assert_refused(kdcli(*student_args(data_dir, cache, tmp_path / "run", "--resume")), f"config.json: its {field} is", codes=(1,))
 
 
+def test_evaluate_refuses_a_checkpoint_edited_to_hold_out_more_images_than_it_trained_on(tmp_path, data_dir, teacher):
+    """It printed an accuracy "on the 1,000,000 training images its run held out", of the few there are."""
+    state = torch.load(teacher, weights_only=True)
+    state.setdefault("config", {})["val_size"] = 10**6
+    torch.save(state, tmp_path / "t.pt")
+    result = kdcli("evaluate", str(tmp_path / "t.pt"), "--data-dir", str(data_dir), "--device", "cpu")
+    assert_refused(result, "records --val-size 1000000 of its", codes=(1,))
+
+
 def test_a_cache_edited_to_claim_more_epochs_than_it_holds_is_refused_by_every_command(tmp_path, data_dir, teacher, cache):
     """It was read past its end (an IndexError after the data loaded), and dump-logits --resume "resumed" it at an epoch beyond."""
     shutil.copy(cache, tmp_path / "c.h5")

@@ -289,6 +289,7 @@ def test_a_list_of_renames_that_was_edited_or_damaged_is_one_line(tmp_path, text
     ({"step": -1}, "its step is -1, not a count"),
     ({"epoch": 10**6}, "its epoch 1000000 is past its run's 3 epochs"),
     ({"optimizer": {}}, "its optimizer state is not one"),
+    ({"config": {"epochs": 3, "subset": "all"}}, "its option subset is 'all', not a count"),
 ])  # fmt: skip
 def test_a_checkpoint_edited_or_damaged_in_what_kdcli_reads_is_one_line(tmp_path, edit, said):
     """Each was a traceback in the model, the optimizer or the epoch loop (or a summary of a run "finished" at epoch 10**6)."""
