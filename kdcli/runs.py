@@ -128,9 +128,9 @@ def holds_a_run(folder) -> bool:
     return any(os.path.exists(os.path.join(folder, name)) for name in (CHECKPOINT, "summary.json"))
 
 
-# Checked before claim_folder makes --out (a sweep's folder again once claimed): a run's folder neither holds other runs nor lies in a run's or a sweep's
-# (but for that sweep's own students), and a sweep's holds no runs but its students. Their files would sit among
-# each other's, the report would pool them, and an outer run could no longer resume.
+# Checked before claim_folder makes --out (a sweep's folder again once claimed): a run's folder neither holds other
+# runs nor lies in a run's or a sweep's (but for that sweep's own students), and a sweep's holds no runs but its
+# students. Their files would sit among each other's, the report would pool them, and an outer run could no longer resume.
 
 def check_run_folder(out: Path):
     _check_not_a_file(out)
@@ -324,8 +324,11 @@ def truncate_metrics(path: Path, epochs: int):
 def read_metrics(path: Path, epochs: int) -> list[dict]:
     """The lines of a finished run's epochs 1..`epochs`, as truncate_metrics left them and the epochs since added; one
     KdcliError line where the last epoch's is missing or lacks what the summary takes from it."""
-    logged = [json.loads(line) for line in path.read_text().splitlines()]
-    last = logged[-1] if logged else {}
+    try:
+        logged = [json.loads(line) for line in path.read_text().splitlines()]
+    except ValueError:  # kdcli wrote every line since the resume cut them back (truncate_metrics)
+        logged = []
+    last = logged[-1] if logged and all(isinstance(m, dict) for m in logged) else {}
     if last.get("epoch") != epochs or not _is_number(last.get("train_accuracy")) or not all(_is_number(m.get("seconds")) for m in logged):
         raise KdcliError(f"{path} lacks epoch {epochs}'s line, or a line lacks its numbers (edited or damaged since): pass --force to train the run again")
     return logged
