@@ -113,8 +113,10 @@ def _show_progress(bar, group, seconds, progress):
 
     if not config.quiet:
         val = {"val": mean(group.val_accuracy, 1)} if group.validating else {}
-        bar.set_postfix(loss=mean(group.train_loss, 3, ""), train=mean(group.train_accuracy, 1), **val, test=mean(group.test_accuracy, 1), refresh=False)  # the bar itself shows img/s; redrawn by the next line
-        bar.set_description(f"epoch {min(group.epoch + 1, config.epochs)}/{config.epochs}")
+        bar.set_postfix(loss=mean(group.train_loss, 3, ""), train=mean(group.train_accuracy, 1), **val, test=mean(group.test_accuracy, 1), refresh=False)  # the bar itself shows img/s
+        if group.epoch < config.epochs:  # the last epoch's line is drawn by bar.close(): drawn here too, a log held it twice
+            bar.refresh()  # the epoch's line with its own numbers, the one a log keeps
+            bar.set_description(f"epoch {group.epoch + 1}/{config.epochs}", refresh=False)
     elif progress and (group.epoch % config.eval_every == 0 or group.epoch == config.epochs):
         val = f"val {mean(group.val_accuracy, 2)}  " if group.validating else ""
         print(

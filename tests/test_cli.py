@@ -929,6 +929,16 @@ def test_a_progress_bar_written_to_a_log_redraws_by_the_minute_not_by_the_step(t
     assert len(redraws) <= 8 and "epoch 2/2" in redraws[-1] and "test=" in redraws[-1], redraws
 
 
+def test_a_log_holds_each_epochs_line_once_labelled_with_its_own_epoch(tmp_path, data_dir):
+    """The line drawn as an epoch ended was labelled with the next epoch, and the last one was written twice."""
+    result = kdcli(*teacher_args(data_dir, tmp_path / "out", "--epochs", 3), "--no-quiet")
+    assert result.exit_code == 0, result.output
+    ended = [line for line in result.stderr.split("\r") if "train=" in line]
+    logged = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [re.match(r"epoch (\d)/3", line)[1] for line in ended] == ["1", "2", "3"], ended
+    assert [re.search(r"train=([\d.]+)%", line)[1] for line in ended] == [f"{m['train_accuracy']:.1f}" for m in logged], ended
+
+
 def test_a_progress_bar_written_to_a_log_is_not_redrawn_by_tqdms_monitor_either(tmp_path, data_dir, monkeypatch):
     """tqdm's monitor thread redraws a bar not redrawn for maxinterval seconds (default 10): in a log file, a second
     line a minute besides the one mininterval allows. Read off each bar: the test cannot wait a minute."""
