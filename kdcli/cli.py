@@ -297,7 +297,7 @@ def errors_as_one_line(resume_flag=False, out_of_memory=OUT_OF_MEMORY[None]):
             raise typer.Exit(1) from None
         except KeyboardInterrupt:  # a second Ctrl-C, or one before training starts: what was saved, if anything, is intact (saves are atomic)
             forced = "--force" in sys.argv  # it may or may not have deleted the old run yet: the user knows which
-            typer.echo("interrupted" + ("" if forced else f"; to go on, run: {_resume_command(resume_flag)}"), err=True)
+            typer.echo("interrupted" + ("" if forced else f"\nresume with: {_resume_command(resume_flag)}"), err=True)
             raise typer.Exit(130) from None
         except torch.OutOfMemoryError as e:
             remedy = out_of_memory(e) if callable(out_of_memory) else out_of_memory

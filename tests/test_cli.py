@@ -466,7 +466,7 @@ def test_sigterm_to_a_real_process_stops_it_and_its_printed_command_resumes_it(t
     assert "after 100 epochs" in resumed.stdout and (out / "summary.json").exists()
 
 
-@pytest.mark.parametrize("signum, said", [(signal.SIGINT, "interrupted; to go on, run: "), (signal.SIGTERM, "")],
+@pytest.mark.parametrize("signum, said", [(signal.SIGINT, "interrupted\nresume with: "), (signal.SIGTERM, "")],
                          ids=["Ctrl-C", "SIGTERM"])  # fmt: skip
 def test_a_second_ctrl_c_or_sigterm_quits_at_once_and_the_last_checkpoint_resumes(tmp_path, data_dir, monkeypatch, capfd, signum, said):
     """The first waits for the next safe point (an evaluation may take a minute on a CPU); the second does not."""
@@ -701,7 +701,7 @@ def test_a_folder_holding_a_config_json_of_something_else_is_left_alone(tmp_path
     assert [p.name for p in out.iterdir()] == ["config.json"] and (out / "config.json").read_text() == text
 
 
-@pytest.mark.parametrize("argv, said", [(["kdcli", "train-teacher"], "interrupted; to go on, run: kdcli train-teacher --resume\n"),
+@pytest.mark.parametrize("argv, said", [(["kdcli", "train-teacher"], "interrupted\nresume with: kdcli train-teacher --resume\n"),
                                         (["kdcli", "train-teacher", "--force"], "interrupted\n")])  # fmt: skip
 def test_a_ctrl_c_outside_a_safe_point_says_how_to_go_on_unless_forced(monkeypatch, capsys, argv, said):
     """With --force the old run may or may not be deleted yet: no command could be right for both."""
@@ -727,7 +727,7 @@ def test_the_command_to_go_on_names_kdcli_as_it_can_be_run(tmp_path, monkeypatch
     with pytest.raises(typer.Exit), errors_as_one_line(resume_flag=True):
         raise KeyboardInterrupt
     said = "kdcli" if on_path else str(program)
-    assert capsys.readouterr().err == f"interrupted; to go on, run: {said} train-teacher --resume\n"
+    assert capsys.readouterr().err == f"interrupted\nresume with: {said} train-teacher --resume\n"
 
 
 def test_a_student_resumed_with_another_subset_is_told_that_first(tmp_path, data_dir, monkeypatch):
