@@ -34,6 +34,7 @@ is run.
 
 import json
 import os
+import shlex
 import shutil
 from contextlib import contextmanager, suppress
 from datetime import datetime, timezone
@@ -112,12 +113,28 @@ def resume_point(path, identity: dict, force: bool, keep_complete: bool = False)
     except KdcliError as e:
         raise KdcliError(f"{e}; pass --force to overwrite it") from None
     # A key the file lacks was not recorded by the kdcli that made it (teacher_precision before 2026-11-26): no check.
-    differ = [f"{k} {short(attrs[k])} (now {short(v)})" for k, v in {**identity, **SPEC_ATTRS}.items() if k in attrs and attrs[k] != v]
+    differ = {k: f"{k} {short(attrs[k])} (now {short(v)})" for k, v in {**identity, **SPEC_ATTRS}.items() if k in attrs and attrs[k] != v}
     if differ:
-        raise KdcliError(f"{path} was made with other settings: {', '.join(differ)}; pass --force to overwrite it, or pass another --out")
+        # Said before --force, which loses its epochs; not where another kdcli's augmentation made it, which this one cannot go on with.
+        can_finish = done < attrs["epochs"] and not set(differ) & set(SPEC_ATTRS)
+        finish = f"finish it as it was begun (`{dump_command(path, attrs)}`), " if can_finish else ""
+        raise KdcliError(f"{path} was made with other settings: {', '.join(differ.values())}; {finish}pass --force to overwrite it, or pass another --out")
     if done >= attrs["epochs"] and not keep_complete:
         raise KdcliError(f"{path} is complete ({count(done, 'epoch')}); pass --force to recompute it, or --resume to keep it")
     return done
+
+
+def dump_command(path, attrs: dict) -> str:
+    """The dump-logits command that goes on with the cache at `path`, from the options its attributes record: a bare
+    `kdcli dump-logits` finishes only a cache of the default teacher, epochs and settings."""
+    from kdcli.dump import DumpConfig  # a student reads caches without the dump's code
+
+    recorded, args = attrs.get("config") or {}, ["kdcli", "dump-logits"]
+    for name in ("teacher", "epochs", "seed", "dtype", "amp", "data_dir", "subset"):  # what resume_point compares, or says which images
+        value = recorded.get(name, attrs["epochs"] if name == "epochs" else None)
+        if value is not None and (name in ("teacher", "epochs") or value != DumpConfig.__dataclass_fields__[name].default):
+            args += [f"--{name.replace('_', '-')}", str(value)]
+    return shlex.join([*args, "--out", str(path)])
 
 
 def check_may_write(path):
@@ -319,7 +336,7 @@ def open_cache(path, fingerprint=None, num_classes=None, allow_partial=False, nu
         made = {k: a.get(k) for k in SPEC_ATTRS}
         problem = f"{path} was made with augmentation {made}; this kdcli uses {SPEC_ATTRS}: run dump-logits again"
     elif done == 0 or (done < cache.epochs and not allow_partial):
-        finish = "a dump-logits is writing it now: wait for it" if is_locked(f"{path}.lock") else "finish it with `kdcli dump-logits`"
+        finish = "a dump-logits is writing it now: wait for it" if is_locked(f"{path}.lock") else f"finish it with `{dump_command(path, a)}`"
         problem = f"{path} has no complete epoch yet: {finish}" if done == 0 else f"{path} has {done} of {cache.epochs} epochs: {finish}, or pass --allow-partial"
     if problem:
         cache.close()

@@ -680,6 +680,20 @@ def test_evaluate_refuses_a_checkpoint_edited_to_hold_out_more_images_than_it_tr
     assert_refused(result, "records --val-size 1000000 of its", codes=(1,))
 
 
+def test_the_command_that_finishes_an_unfinished_cache_works_as_printed(tmp_path, data_dir, teacher):
+    """It was a bare `kdcli dump-logits`, which finishes only a cache of the default teacher and settings, and a dump
+    of other settings offered only --force, which loses the epochs done."""
+    assert kdcli(*dump_args(data_dir, teacher, tmp_path / "c.h5", "--epochs", 3)).exit_code == 0
+    with h5py.File(tmp_path / "c.h5", "r+") as f:
+        f["epochs_complete"][()] = 1  # as a dump stopped after its first epoch leaves it
+    refused = kdcli(*student_args(data_dir, tmp_path / "c.h5", tmp_path / "run"))
+    printed = re.search(r"finish it with `([^`]*)`", refused.stderr)[1]
+    assert f"--teacher {teacher.resolve()} --epochs 3 --dtype float32" in printed, printed
+    assert_refused(kdcli(*dump_args(data_dir, teacher, tmp_path / "c.h5", "--epochs", 5)), f"finish it as it was begun (`{printed}`), pass --force", codes=(1,))
+    finished = kdcli(*shlex.split(printed)[1:], *CPU)
+    assert finished.exit_code == 0 and "resumed at epoch 2" in finished.stdout, finished.output
+
+
 def test_a_cache_edited_to_claim_more_epochs_than_it_holds_is_refused_by_every_command(tmp_path, data_dir, teacher, cache):
     """It was read past its end (an IndexError after the data loaded), and dump-logits --resume "resumed" it at an epoch beyond."""
     shutil.copy(cache, tmp_path / "c.h5")

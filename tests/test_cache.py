@@ -80,7 +80,7 @@ def test_writing_an_epoch_changes_raw_data_bytes_only(tmp_path):
 
 def test_incomplete_refused_unless_allow_partial(tmp_path):
     path = make_cache(tmp_path / "c.h5", complete=2)
-    with pytest.raises(KdcliError, match=r"has 2 of 3 epochs: finish it with `kdcli dump-logits`, or pass --allow-partial"):
+    with pytest.raises(KdcliError, match=r"has 2 of 3 epochs: finish it with `kdcli dump-logits --epochs 3 --out [^`]*c.h5`, or pass --allow-partial"):
         cache.open_cache(path)
     with cache.open_cache(path, allow_partial=True) as c:
         assert c.epochs_complete == 2
@@ -102,7 +102,7 @@ def test_a_cache_a_dump_is_writing_is_said_to_be_so(tmp_path):
             cache.open_cache(path)
     with pytest.raises(KdcliError, match=r"no cache at .*x.h5: run `kdcli dump-logits` first"):
         check_cache_is_there(tmp_path / "x.h5")
-    with pytest.raises(KdcliError, match=r"has 2 of 3 epochs: finish it with `kdcli dump-logits`"):
+    with pytest.raises(KdcliError, match=r"has 2 of 3 epochs: finish it with `kdcli dump-logits --epochs 3 --out"):
         cache.open_cache(path)
 
 
@@ -227,7 +227,7 @@ def test_resume_point(tmp_path):
     assert cache.resume_point(path, IDENTITY, force=False) is None  # no file: a new one
     make_cache(path, complete=1)
     assert cache.resume_point(path, IDENTITY, force=False) == 1
-    with pytest.raises(KdcliError, match=r"other settings: teacher_sha256 aaaaaaaa… \(now dddddddd…\), seed 0 \(now 7\); pass --force"):
+    with pytest.raises(KdcliError, match=r"other settings: teacher_sha256 aaaaaaaa… \(now dddddddd…\), seed 0 \(now 7\); finish it as it was begun \(`kdcli dump-logits --epochs 3 --out [^`]*`\), pass --force"):
         cache.resume_point(path, {**IDENTITY, "seed": 7, "teacher_sha256": "d" * 64}, force=False)
     assert cache.resume_point(path, {**IDENTITY, "seed": 7}, force=True) is None
     make_cache(path)
