@@ -249,6 +249,8 @@ def check_same_inputs(run):
             f"has {run.inputs['cache_epochs']}, and a student replays cached epoch e mod E: --force to train it again on all of them"
         )
     if cache := changed(CACHE_IDENTITY):
+        if was.get("cache") == str(run.config.cache):  # the path it trained from: that file was made again since (make logits after a new teacher)
+            raise KdcliError(f"{run.dir} was trained from {run.config.cache} as it was before it was made again ({', '.join(cache)}): --force to train it again on it")
         raise KdcliError(
             f"{run.dir} was trained from another cache than {run.config.cache} ({', '.join(cache)}); "
             "pass that cache, or --force to train it again"

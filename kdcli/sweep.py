@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from kdcli import Diverged, Interrupted, StopOnSignal, count, report
+from kdcli import Diverged, Interrupted, KdcliError, StopOnSignal, count, report
 from kdcli.checkpoint import CHECKPOINT, finish_renames, peek_checkpoint
 from kdcli.config import ConfigError, DistillOptions, StudentConfig, TrainOptions, check_no_repeats, check_seed, check_temperature
 from kdcli.resume import check_resumed_on_its_images, check_same_inputs, check_same_options, check_sweep_can_start, forget_run, state_of_config_json
@@ -194,6 +194,20 @@ def _claim_students(config: SweepConfig, configs: list, held: contextlib.ExitSta
             (Path(config.out) / name).unlink(missing_ok=True)
 
 
+def check_students_inputs(started: list):
+    """A finished or diverged student is kept, and a stopped one resumed, only if it read this cache: checked before any
+    group trains, since a student trained now from another cache would be refused with the sweep's own. The first refusal
+    is said, with how many others share it: after a new teacher's cache, every one."""
+    refused = []
+    for r in started:
+        try:
+            check_same_inputs(r)
+        except KdcliError as e:
+            refused.append(e)
+    if refused:
+        raise KdcliError(str(refused[0]) + (f"; {len(refused) - 1} more of this sweep's students are refused too" if len(refused) > 1 else ""))
+
+
 def check_fits_the_folder(out, runs):
     """The students an earlier sweep left in `out` with other temperatures or seeds, and these `runs`, make one
     table: `kdcli report` on the folder would otherwise refuse it, once this sweep has spent its time. Those that
@@ -288,11 +302,7 @@ def sweep(config: SweepConfig, progress=True) -> dict:
             runs = {c.out: r for c, r in zip(configs, student_runs(configs, data, cache))}
             check_fits_the_folder(config.out, runs.values())  # before --force deletes anything
             _claim_students(config, configs, students)
-            for r in runs.values():
-                # A finished or diverged student is kept, and a stopped one resumed, only if it read this cache: checked
-                # before any group trains, since a student trained now from another cache would be refused with the sweep's own.
-                if any((r.dir / name).exists() for name in ("summary.json", CHECKPOINT, DIVERGED)):
-                    check_same_inputs(r)
+            check_students_inputs([r for r in runs.values() if any((r.dir / name).exists() for name in ("summary.json", CHECKPOINT, DIVERGED))])
             todo = groups(configs, parallel)
             to_train = sum(map(len, todo))
             # Warnings once every student is checked: just before a refusal they are noise.

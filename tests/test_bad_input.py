@@ -465,15 +465,16 @@ def test_a_student_of_a_partial_cache_that_grew_is_told_so(tmp_path, data_dir, c
     assert "another cache" not in result.stderr
 
 
-def test_a_student_of_a_partial_cache_replaced_by_another_teachers_longer_one_is_sent_back_to_its_cache(tmp_path, data_dir, cache, other_cache):
-    """More epochs now, but of another teacher: not the message above, which would pass the new file for the old one finished."""
+def test_a_student_of_a_partial_cache_replaced_by_another_teachers_longer_one_is_told_it_was_made_again(tmp_path, data_dir, cache, other_cache):
+    """More epochs now, but of another teacher: not the message above, which would pass the new file for the old one
+    finished, nor "pass that cache", which is gone (make logits after a new teacher makes it again in its place)."""
     edit(epochs_complete=1)(tmp_path / "c.h5", cache)
     run = tmp_path / "run"
     assert kdcli(*student_args(data_dir, tmp_path / "c.h5", run, "--allow-partial")).exit_code == 0
     shutil.copy(other_cache, tmp_path / "c.h5")  # 2 complete epochs, of other weights
     result = kdcli(*student_args(data_dir, tmp_path / "c.h5", run, "--resume"))
-    assert_refused(result, "was trained from another cache than", "teacher_sha256", codes=(1,))
-    assert "--allow-partial" not in result.stderr
+    assert_refused(result, f"was trained from {tmp_path / 'c.h5'} as it was before it was made again (", "teacher_sha256", "--force to train it again", codes=(1,))
+    assert "--allow-partial" not in result.stderr and "pass that cache" not in result.stderr
 
 
 def test_allow_partial_given_to_a_run_of_a_complete_cache_changes_nothing(tmp_path, data_dir, cache, student):
@@ -764,8 +765,9 @@ def test_a_folder_holding_other_files_named_config_json_is_no_sweep(tmp_path, da
 
 
 def test_a_sweep_run_again_with_another_cache_is_refused(tmp_path, data_dir, cache, other_cache):
-    assert kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep")).exit_code == 0
-    assert_refused(kdcli(*sweep_args(data_dir, other_cache, tmp_path / "sweep")), "was trained from another cache than", codes=(1,))
+    assert kdcli(*sweep_args(data_dir, cache, tmp_path / "sweep", "--seeds", "1,2")).exit_code == 0
+    result = kdcli(*sweep_args(data_dir, other_cache, tmp_path / "sweep", "--seeds", "1,2"))
+    assert_refused(result, "was trained from another cache than", "; 1 more of this sweep's students are refused too", codes=(1,))  # not the first alone
 
 
 def test_a_sweeps_stdout_is_its_table_alone_and_its_progress_goes_to_stderr(tmp_path, data_dir, cache):
