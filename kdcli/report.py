@@ -235,9 +235,12 @@ def check_comparable(runs, remedy=None):
     for model, found in by_recipe.items():
         if len(found) > 1:
             recipes = [dict(recipe) for recipe in found]
-            differ = [SAID_AS.get(k, k) for k in RECIPE if len({r[k] for r in recipes if k in r}) > 1]  # of the fields both read
-            a, b = list(found.values())[:2]
-            raise KdcliError(f"the {model} runs were trained with other {', '.join(differ)} (e.g. {a} and {b}): {remedy or _separately('recipe')}")
+            differ = [k for k in RECIPE if len({r[k] for r in recipes if k in r}) > 1]  # of the fields both read
+            (a, run_a), (b, run_b) = [(dict(recipe), run) for recipe, run in found.items()][:2]
+            shown = [k for k in differ if k not in SAID_AS and k in a and k in b and a[k] != b[k]]  # the images' fingerprint: by name alone
+            with_a, with_b = (": " + ", ".join(f"{k} {r[k]}" for k in shown) if shown else "" for r in (a, b))
+            raise KdcliError(f"the {model} runs were trained with other {', '.join(SAID_AS.get(k, k) for k in differ)} "
+                             f"(e.g. {run_a}{with_a}; {run_b}{with_b}): {remedy or _separately('recipe')}")  # fmt: skip
     # Cached epoch e's views depend on (seed, e) alone: students of E >= their epochs replayed the same ones.
     replayed = {min(c["cache_epochs"], c.get("epochs", c["cache_epochs"])): r["run_dir"] for r in runs if "cache_epochs" in (c := r["config"])}
     if len(replayed) > 1:

@@ -283,7 +283,7 @@ def test_aggregate_refuses_runs_of_other_recipes(tmp_path):
     """Two sweeps of the same seeds, 30 and 300 epochs: one table would average two experiments as one."""
     for epochs in (30, 300):
         make_run(tmp_path / f"e{epochs}" / "base", 70.0, weight=0.0, temperature=1.0, config={"epochs": epochs, "lr": 0.1})
-    with pytest.raises(KdcliError, match=r"the lenet5 runs were trained with other epochs \(e.g. .*e30/base and .*e300/base\)"):
+    with pytest.raises(KdcliError, match=r"the lenet5 runs were trained with other epochs \(e.g. .*e30/base: epochs 30; .*e300/base: epochs 300\)"):
         aggregate(collect([tmp_path]))
     assert len(aggregate(collect([tmp_path / "e30"]))) == 1
 
@@ -647,7 +647,7 @@ def test_runs_csv_lists_a_run_that_diverged_with_where_it_did_and_no_accuracy(tm
     assert len(runs) == 8 and all(r["diverged_epoch"] == "" for r in runs[:-1])
 
 
-@pytest.mark.parametrize("other, refusal", [({"lr": 1e4}, r"the lenet5 runs were trained with other lr \(e.g. \S+ and \S+T50-s10\): report each recipe's runs separately"),
+@pytest.mark.parametrize("other, refusal", [({"lr": 1e4}, r"the lenet5 runs were trained with other lr \(e.g. \S+: lr null; \S+T50-s10: lr 10000.0\): report each recipe's runs separately"),
                                              ({"cache_teacher_sha256": "cd" * 32}, r"distilled from 2 different teachers \(e.g. \S+, \S+T50-s10\): report each teacher's runs separately")], ids=["lr", "teacher"])
 def test_a_run_that_diverged_under_another_recipe_or_teacher_is_refused_as_a_finished_one_is(tmp_path, other, refusal):
     """Named under the table, a diverged seed is told as a result of the table's setting; one that diverged at --lr 1e4,
