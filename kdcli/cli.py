@@ -117,9 +117,9 @@ def _refused_flag(name: str, why: str) -> inspect.Parameter:
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=typer.Option(False, flag(name), hidden=True, help=why, callback=refuse), annotation=bool)
 
 
-def command_from(cls, name: str, run, can_start):
+def command_from(cls, name: str, run, can_start, short_help: str):
     """Register `kdcli NAME` with one option per field of dataclass `cls`; `run(config)` does the work, after
-    `can_start(config)`, the library's refusals that need no data, has let it."""
+    `can_start(config)`, the library's refusals that need no data, has let it. `short_help`: its line in `kdcli --help`."""
     hints = typing.get_type_hints(cls)
     helps = _field_help(cls)
     hidden = getattr(cls, "cli_hidden", {})  # field -> why a command lacks it: hidden fields keep their defaults
@@ -142,7 +142,7 @@ def command_from(cls, name: str, run, can_start):
     command.__signature__ = inspect.Signature(params)
     command.__annotations__ = {p.name: p.annotation for p in params}
     command.__doc__ = run.__doc__
-    app.command(name)(command)
+    app.command(name, short_help=short_help)(command)
 
 
 def _option(field, annotation, help_text: str) -> inspect.Parameter:
@@ -402,10 +402,11 @@ def _sweep(config):
         raise KdcliError(result["divergence"])
 
 
-command_from(TeacherConfig, "train-teacher", _train_teacher, check_can_start)
-command_from(DumpConfig, "dump-logits", _dump_logits, dump_can_start)
-command_from(StudentConfig, "train-student", _train_student, check_can_start)
-command_from(SweepConfig, "sweep", _sweep, sweep_can_start)
+# Short help: a line of `kdcli --help` that fits 80 columns (click cuts a docstring's first sentence to the terminal).
+command_from(TeacherConfig, "train-teacher", _train_teacher, check_can_start, "Train the teacher (ResNet18 by default) into a run folder.")
+command_from(DumpConfig, "dump-logits", _dump_logits, dump_can_start, "Label N augmented epochs with the teacher into the cache.")
+command_from(StudentConfig, "train-student", _train_student, check_can_start, "Train a student from the cache (or a baseline without it).")
+command_from(SweepConfig, "sweep", _sweep, sweep_can_start, "Train every temperature x seed student, then report.")
 
 
 @app.command()
@@ -434,7 +435,7 @@ def _say_data_dir_read_back(given: str, data_dir: str, source: str):
         typer.echo(f"--data-dir {data_dir}: as {source} recorded (pass another to override)", err=True)
 
 
-@app.command("cache-info")
+@app.command("cache-info", short_help="Print a cache's metadata; --verify checks its logits.")
 def cache_info(
     path: str = typer.Argument("cache/logits.h5", help="an HDF5 logit cache written by dump-logits", metavar="CACHE"),
     verify: int = typer.Option(0, min=0, help="recompute the teacher on this many random cached entries and compare", **_metavar(int)),
@@ -462,7 +463,7 @@ def cache_info(
             )
 
 
-@app.command()
+@app.command(short_help="Table of runs: mean, spread and the gain over the baseline.")
 def report(
     runs: list[str] = typer.Argument(..., help="run folders, or folders holding run folders (a sweep)", metavar="FOLDER"),
     out: str = typer.Option("", help="where to write results.md/csv/png and runs.csv (default: the folder given, when one is)", **_metavar(str)),

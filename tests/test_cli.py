@@ -166,6 +166,13 @@ def test_every_option_of_every_command_has_a_help_line():
     assert "--nesterov / --no-nesterov  " in result.stdout and "<bool>" not in result.stdout  # a flag takes no value
 
 
+def test_kdcli_help_lists_every_command_whole_in_80_columns():
+    """Click cuts a line to the terminal: "Train the teacher (ResNet18 by default, the reference..." said half of it."""
+    result = runner.invoke(app, ["--help"], env={"COLUMNS": "80"}, terminal_width=80)
+    listed = result.stdout.split("Commands:")[1].strip().splitlines()
+    assert len(listed) == 8 and not [line for line in listed if "..." in line or len(line) > 80], listed
+
+
 def test_models_lists_every_name_with_its_size():
     result = kdcli("models")
     assert result.exit_code == 0
