@@ -152,13 +152,15 @@ def dump_logits(config: DumpConfig, progress: bool = True) -> dict:
             # On a CPU these passes take longer than an epoch of the dump: said before them.
             if progress and not config.quiet:
                 print(f"{config.out}: labelling the un-augmented training and test images first", file=sys.stderr, flush=True)
-            test = teacher_logits(labeller, data.test_images, None, config.batch_size)  # [M, C]
-            attrs = {
-                **identity, "teacher_model": teacher_model, "teacher_train_images": seen,
-                "teacher_test_accuracy": _teacher_test_accuracy(model, data, state, config.amp, test),
-                **machine(device),  # where it started: the file's attributes never change after creation (cache.py)
-            }  # fmt: skip
-            _create_cache(config, labeller, data, attrs, teacher_path, test)
+            with tqdm(total=len(data.test_labels) + len(data.train_labels), unit="img", unit_scale=True, desc="un-augmented",
+                      disable=not progress or config.quiet, dynamic_ncols=True, **redraw_intervals()) as bar:  # fmt: skip
+                test = teacher_logits(labeller, data.test_images, None, config.batch_size, on_batch=bar.update)  # [M, C]
+                attrs = {
+                    **identity, "teacher_model": teacher_model, "teacher_train_images": seen,
+                    "teacher_test_accuracy": _teacher_test_accuracy(model, data, state, config.amp, test),
+                    **machine(device),  # where it started: the file's attributes never change after creation (cache.py)
+                }  # fmt: skip
+                _create_cache(config, labeller, data, attrs, teacher_path, test, on_batch=bar.update)
         seconds = 0.0
         if start != config.epochs:  # else complete, and kept (--resume)
             start, seconds = _finish_cache(config, labeller, data, progress)
@@ -283,13 +285,13 @@ def _fingerprint_in_folder(data_dir, n: int) -> str | None:
             return None
 
 
-def _create_cache(config: DumpConfig, labeller, data, attrs: dict, teacher_path, test):
+def _create_cache(config: DumpConfig, labeller, data, attrs: dict, teacher_path, test, on_batch=None):
     """A new cache holding the teacher's logits on the un-augmented train and test sets (`test`, [M, C] float32,
-    labelled already), and no epoch yet."""
+    labelled already), and no epoch yet. on_batch: as teacher_logits'."""
     storage = np.dtype(config.dtype)
     if test.shape[1] != data.num_classes:  # before the training images are labelled for nothing
         raise KdcliError(f"{teacher_path} has {test.shape[1]} outputs; CIFAR-10 has {data.num_classes} classes")
-    clean = teacher_logits(labeller, data.train_images, None, config.batch_size)  # [N, C]
+    clean = teacher_logits(labeller, data.train_images, None, config.batch_size, on_batch=on_batch)  # [N, C]
     test = stored(test.cpu().numpy(), storage)
     # The teacher's absolute path: `cache-info --verify` finds it from any folder.
     attrs = {**attrs, "config": {**asdict(config), "teacher": str(Path(config.teacher).resolve())}}

@@ -117,13 +117,15 @@ def test_the_progress_bar_counts_each_batch_after_a_line_for_the_un_augmented_im
     said_before_the_test_pass = []
     label = dump.teacher_logits
 
-    def said_then_labelled(*args):  # the first pass: over the test set, as long as the line's own on a CPU
+    def said_then_labelled(*args, **kwargs):  # the first pass: over the test set, as long as the line's own on a CPU
         said_before_the_test_pass.append(capsys.readouterr().err)
-        return label(*args)
+        return label(*args, **kwargs)
 
     monkeypatch.setattr(dump, "teacher_logits", said_then_labelled)
     dump_logits(config(tmp_path, teacher, data_dir, epochs=2, quiet=False))
-    (bar,) = bars
+    unaugmented, bar = bars
+    test_images = len(load_cifar10(data_dir, "cpu").test_labels)
+    assert (unaugmented.desc, unaugmented.total, sum(unaugmented.counts)) == ("un-augmented", test_images + 200, test_images + 200)  # counted too
     assert (bar.total, bar.counts) == (400, [64, 64, 64, 8] * 2)  # 200 images in batches of 64
     assert f"{tmp_path / 'c.h5'}: labelling the un-augmented training and test images first" in said_before_the_test_pass[0]
 
@@ -413,15 +415,15 @@ def test_ctrl_c_keeps_every_epoch_labelled_before_it(tmp_path, reference, teache
     cfg = config(tmp_path, teacher, data_dir)
     label, epochs_labelled = dump.teacher_logits, []
 
-    def interrupted_at_epoch(model, images, aug, *args):
+    def interrupted_at_epoch(model, images, aug, *args, **kwargs):
         if aug is not None:  # (None: the un-augmented train and test sets, labelled first)
             if len(epochs_labelled) == at:
                 os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, handled while epoch `at` is being labelled
             epochs_labelled.append(aug)
-        return label(model, images, aug, *args)
+        return label(model, images, aug, *args, **kwargs)
 
     fsync = os.fsync
-    monkeypatch.setattr(dump, "teacher_logits", lambda *args: interrupted_at_epoch(*args))
+    monkeypatch.setattr(dump, "teacher_logits", interrupted_at_epoch)
     monkeypatch.setattr(os, "fsync", lambda fd: (time.sleep(0.2), fsync(fd)))  # the write of epoch at-1 is still going on
     with pytest.raises(Interrupted, match=rf"interrupted: .*c\.h5 holds {at} of 4 epochs"):
         dump_logits(cfg, progress=False)
