@@ -1268,12 +1268,12 @@ def test_ctrl_c_or_sigterm_in_a_dump_says_what_is_kept_and_how_to_resume(tmp_pat
 
     label, epochs_labelled = dump.teacher_logits, []
 
-    def interrupted_at_epoch_1(model, images, aug, *args):
+    def interrupted_at_epoch_1(model, images, aug, *args, **kwargs):
         if aug is not None:  # (None: the un-augmented train and test sets, labelled first)
             if epochs_labelled:
                 os.kill(os.getpid(), signum)  # a real Ctrl-C or SIGTERM, handled while epoch 1 is being labelled
             epochs_labelled.append(aug)
-        return label(model, images, aug, *args)
+        return label(model, images, aug, *args, **kwargs)
 
     args = [str(a) for a in dump_args(data_dir, teacher, tmp_path / "c.h5")]
     monkeypatch.setattr(sys, "argv", ["kdcli", *args])
@@ -1489,12 +1489,12 @@ def test_a_sweep_out_of_gpu_memory_one_student_at_a_time_is_not_told_to_lower_pa
 def test_a_dump_out_of_gpu_memory_is_told_to_label_smaller_batches_and_resumes_with_them(tmp_path, data_dir, teacher, monkeypatch):
     from kdcli import dump
 
-    def out_of_memory_in_epoch_3(model, images, aug, *args):
+    def out_of_memory_in_epoch_3(model, images, aug, *args, **kwargs):
         if aug is not None:  # (None: the un-augmented train and test sets, labelled first)
             if len(labelled) == 2:
                 raise torch.OutOfMemoryError(OUT_OF_MEMORY)
             labelled.append(aug)
-        return label(model, images, aug, *args)
+        return label(model, images, aug, *args, **kwargs)
 
     label, labelled = dump.teacher_logits, []
     with monkeypatch.context() as patch:
