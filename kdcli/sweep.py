@@ -221,7 +221,8 @@ def check_fits_the_folder(out, runs):
         return
     # Most of these have no summary.json yet: their record holds what the report reads from one (model, seed, temperature, weights).
     planned = [{"run_dir": f"{r.dir.resolve()} (to train now)", "summary": r.record, "config": r.record} for r in runs]  # resolved, as collect's are
-    names = [str(Path(r["run_dir"]).relative_to(Path(out).resolve())) for r in earlier]
+    found = {d.resolve(): d for d in below}  # the report resolves its runs: a student linked in from elsewhere is named by its link
+    names = [str(found[Path(r["run_dir"])].relative_to(out)) for r in earlier]
     named = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
     remedy = f"{out} holds an earlier sweep's students ({named}), which its report could not put in one table with these: pass another --out, or delete them"
     report.check_comparable(planned + earlier, remedy)  # its teachers too

@@ -555,6 +555,18 @@ def test_a_sweep_is_not_run_into_a_folder_holding_another_run_deep_down_or_linke
     assert_refused(result, "holds runs that are not a sweep's students", str(tmp_path / "sweep" / where), codes=(1,))
 
 
+def test_a_sweep_beside_an_earlier_student_linked_in_names_it_by_its_link(tmp_path, data_dir, cache):
+    """The report counts a student linked into the sweep's folder: the check that the sweep fits beside it named it by
+    the path it resolves to, outside the folder, and that was a traceback."""
+    assert kdcli(*sweep_args(data_dir, cache, tmp_path / "a", "--no-baseline")).exit_code == 0
+    (tmp_path / "b" / "T4").mkdir(parents=True)
+    (tmp_path / "b" / "T4" / "seed1").symlink_to(tmp_path / "a" / "T4" / "seed1")
+    refused = kdcli(*sweep_args(data_dir, cache, tmp_path / "b", "--temperatures", 8, "--epochs", 2))
+    assert_refused(refused, f"{tmp_path / 'b'} holds an earlier sweep's students (T4/seed1)", codes=(1,))
+    result = kdcli(*sweep_args(data_dir, cache, tmp_path / "b", "--temperatures", 8))
+    assert result.exit_code == 0 and "1 student of earlier sweeps" in result.stderr, result.output
+
+
 def test_a_run_started_inside_a_sweeps_folder_while_its_data_loads_is_refused_by_the_sweep(tmp_path, monkeypatch, data_dir, cache, student):
     """The sweep checked its folder before loading the data, and a run started there meanwhile was pooled into its table."""
     import kdcli.sweep as sweep_module
