@@ -249,8 +249,11 @@ def check_same_inputs(run):
             f"has {run.inputs['cache_epochs']}, and a student replays cached epoch e mod E: --force to train it again on all of them"
         )
     if cache := changed(CACHE_IDENTITY):
-        if was.get("cache") == str(run.config.cache):  # the path it trained from: that file was made again since (make logits after a new teacher)
-            raise KdcliError(f"{run.dir} was trained from {run.config.cache} as it was before it was made again ({', '.join(cache)}): --force to train it again on it")
+        if was.get("cache") == str(run.config.cache):  # the path it trained from: made again since (make logits after a new teacher), or another folder's
+            raise KdcliError(
+                f"{run.dir} was trained from another cache than the one now at {run.config.cache} ({', '.join(cache)}): it was made again "
+                "since, or that path names another file from this folder; pass the one it trained from, or --force to train it again"
+            )
         raise KdcliError(
             f"{run.dir} was trained from another cache than {run.config.cache} ({', '.join(cache)}); "
             "pass that cache, or --force to train it again"
