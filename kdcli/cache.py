@@ -111,12 +111,13 @@ def resume_point(path, identity: dict, force: bool, keep_complete: bool = False)
     except OpenInThisProcess:
         raise  # the file is sound: --force would replace it for nothing
     except KdcliError as e:
-        raise KdcliError(f"{e}; pass --force to overwrite it") from None
+        raise KdcliError(str(e) if "--force" in str(e) else f"{e}; pass --force to overwrite it") from None  # a damaged one says it already
     # A key the file lacks was not recorded by the kdcli that made it (teacher_precision before 2026-11-26): no check.
     differ = {k: f"{k} {short(attrs[k])} (now {short(v)})" for k, v in {**identity, **SPEC_ATTRS}.items() if k in attrs and attrs[k] != v}
     if differ:
-        # Said before --force, which loses its epochs; not where another kdcli's augmentation made it, which this one cannot go on with.
-        can_finish = done < attrs["epochs"] and not set(differ) & set(SPEC_ATTRS)
+        # Said before --force, which loses its epochs, where options it records set what differs: not another teacher's
+        # weights (retrained since), images, precision (another GPU) or augmentation (another kdcli).
+        can_finish = done < attrs["epochs"] and set(differ) <= {"seed", "epochs", "dtype"}
         finish = f"finish it as it was begun (`{dump_command(path, attrs)}`), " if can_finish else ""
         raise KdcliError(f"{path} was made with other settings: {', '.join(differ.values())}; {finish}pass --force to overwrite it, or pass another --out")
     if done >= attrs["epochs"] and not keep_complete:

@@ -227,8 +227,10 @@ def test_resume_point(tmp_path):
     assert cache.resume_point(path, IDENTITY, force=False) is None  # no file: a new one
     make_cache(path, complete=1)
     assert cache.resume_point(path, IDENTITY, force=False) == 1
-    with pytest.raises(KdcliError, match=r"other settings: teacher_sha256 aaaaaaaa… \(now dddddddd…\), seed 0 \(now 7\); finish it as it was begun \(`kdcli dump-logits --epochs 3 --out [^`]*`\), pass --force"):
-        cache.resume_point(path, {**IDENTITY, "seed": 7, "teacher_sha256": "d" * 64}, force=False)
+    with pytest.raises(KdcliError, match=r"other settings: teacher_sha256 aaaaaaaa… \(now dddddddd…\), seed 0 \(now 7\); pass --force"):
+        cache.resume_point(path, {**IDENTITY, "seed": 7, "teacher_sha256": "d" * 64}, force=False)  # another teacher's weights: not to finish
+    with pytest.raises(KdcliError, match=r"other settings: seed 0 \(now 7\); finish it as it was begun \(`kdcli dump-logits --epochs 3 --out [^`]*`\), pass --force"):
+        cache.resume_point(path, {**IDENTITY, "seed": 7}, force=False)
     assert cache.resume_point(path, {**IDENTITY, "seed": 7}, force=True) is None
     make_cache(path)
     with pytest.raises(KdcliError, match=r"is complete \(3 epochs\); pass --force to recompute it, or --resume to keep it"):
