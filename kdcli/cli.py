@@ -32,7 +32,7 @@ from kdcli.dump import DumpConfig, dump_logits, verify_cache
 from kdcli.dump import check_can_start as dump_can_start
 from kdcli.evaluate import evaluate as evaluate_checkpoint
 from kdcli.models import ALIASES, MODELS, parameter_count
-from kdcli.resume import check_cache_is_there, check_can_start, options_of_inputs, recorded_options
+from kdcli.resume import check_cache_is_there, check_can_start, check_options_kept, options_of_inputs, recorded_options
 from kdcli.runs import LOCK
 from kdcli.sweep import SweepConfig, sweep
 from kdcli.sweep import check_can_start as sweep_can_start
@@ -223,6 +223,8 @@ def recorded_back(cls, options: dict, given: set) -> dict:
     """--resume: every option not given on the command line is the one the run in --out started with."""
     hints = typing.get_type_hints(cls)
     recorded = recorded_options(options["out"], options)
+    if not options.get("force"):  # before the run's own fill in the rest: one of them may not fit a typed one (--val-size with --subset)
+        check_options_kept({k: options[k] for k in given if k != "model"}, recorded, options["out"])  # the model by its alias: check_same_options
     back = {k: tuple(v) if typing.get_origin(hints[k]) is tuple else v for k, v in recorded.items() if k in options and k not in given}
     if "data_dir" in back:  # a run moved, or resumed from another folder: its relative --data-dir names another folder
         recorded_data_dir(back, f"the run in {options['out']}")
@@ -241,18 +243,19 @@ def make_config(cls, options, read=frozenset()):
         if name not in read:
             with bad_values_as_usage_errors():
                 raise
-        raise KdcliError(f"{e.option} {options[name]!r}, read back from what a run or cache recorded, is refused ({str(e).split(': ', 1)[1]}): "
-                         f"was that file edited? Pass {e.option} to override it") from None  # fmt: skip
+        value = ",".join(map(str, options[name])) if isinstance(options[name], tuple) else options[name]  # as it would be typed
+        raise KdcliError(f"{e.option} {value}, read back from what a run or cache recorded, is refused by this kdcli ({e.reason}): written by "
+                         f"another kdcli, or edited since. Pass {e.option} yourself (to a run you resume, with --force: it trains again)") from None  # fmt: skip
 
 
 @contextlib.contextmanager
 def bad_values_as_usage_errors():
-    """Library refusals of an option's value as click's usage errors (exit status 2): a ConfigError's message
+    """Library refusals of an option's value as click's usage errors (exit status 2): a ConfigError's reason
     without its "--flag: ", which click's "Invalid value for '--flag'" says already."""
     try:
         yield
     except ConfigError as e:
-        raise typer.BadParameter(str(e).split(": ", 1)[1], param_hint=_quoted(e.option)) from None
+        raise typer.BadParameter(e.reason, param_hint=_quoted(e.option)) from None
     except KdcliError as e:
         raise typer.BadParameter(str(e)) from None
 

@@ -35,7 +35,7 @@ class ConfigError(KdcliError):
 
     def __init__(self, option, message):
         super().__init__(f"{option}: {message}")
-        self.option = option
+        self.option, self.reason = option, message
 
 
 @dataclass

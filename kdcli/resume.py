@@ -212,17 +212,25 @@ def check_same_kind(saved: dict, now: dict, out):
         raise KdcliError(f"{out} holds a {was}'s run, not a {now}'s: pass another --out, or --force to start over")
 
 
-def check_same_options(config, state, out, remedy="give the run's own (--resume takes them where left out), --force to start over, or another --out"):
+RESUME_REMEDY = "give the run's own (--resume takes them where left out), --force to start over, or another --out"
+
+
+def check_same_options(config, state, out, remedy=RESUME_REMEDY):
     """The run in `out` (its checkpoint's `state`) is the run `config` describes: a teacher's or a student's, of
     the same model, with the same options (the CLI fills in those not given from the run: recorded_options)."""
     saved = as_recorded_now(state.get("config", {}))
     check_same_kind(saved, vars(config), out)
     if canonical_name(state.get("model_name", config.model)) != config.model:
         raise KdcliError(f"{out} holds a {state['model_name']}, not a {config.model} (--model); {remedy}")
+    check_options_kept(vars(config), saved, out, remedy)
+
+
+def check_options_kept(asked: dict, saved: dict, out, remedy=RESUME_REMEDY):
+    """The options `asked` (all of a config, or those typed) keep those the run in `out` trained with (`saved`), but MAY_DIFFER."""
     changed = [
-        f"{flag(k)} {plain(getattr(config, k))!r} (run has {plain(saved[k])!r})"
+        f"{flag(k)} {plain(asked[k])!r} (run has {plain(saved[k])!r})"
         for k in saved
-        if k not in MAY_DIFFER and hasattr(config, k) and plain(getattr(config, k)) != plain(saved[k])
+        if k not in MAY_DIFFER and k in asked and plain(asked[k]) != plain(saved[k])
     ]
     if changed:
         raise KdcliError(f"{out} was trained with other options: {', '.join(changed)}; {remedy}")

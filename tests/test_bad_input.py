@@ -669,8 +669,16 @@ def test_an_option_read_back_from_an_edited_checkpoint_is_not_blamed_on_the_comm
     state["config"]["lr"] = "fast"
     torch.save(state, tmp_path / "run" / "checkpoint.pt")
     result = kdcli("train-student", "--out", str(tmp_path / "run"), "--resume")
-    assert_refused(result, "--lr 'fast', read back from what a run or cache recorded, is refused (", "Pass --lr to override it", codes=(1,))
+    assert_refused(result, "--lr fast, read back from what a run or cache recorded, is refused by this kdcli (", "Pass --lr yourself", codes=(1,))
     assert "Invalid value" not in result.stderr
+
+
+def test_an_option_typed_to_a_resume_is_refused_as_changed_before_one_read_back_is_checked_against_it(tmp_path, data_dir):
+    """--subset 40 given to a run of --subset 100 --val-size 50: the read-back --val-size was refused as too large for
+    the typed --subset, and blamed on an edited file; the typed option is what changed."""
+    assert kdcli(*teacher_args(data_dir, tmp_path / "run", "--subset", 100, "--val-size", 50)).exit_code == 0
+    result = kdcli("train-teacher", "--out", str(tmp_path / "run"), "--resume", "--subset", "40")
+    assert_refused(result, "run was trained with other options: --subset 40 (run has 100)", codes=(1,))
 
 
 @pytest.mark.parametrize("edit", [{"cache_epochs": "2", "allow_partial": True}, {"model": ["lenet5"]}], ids=["cache_epochs a string", "model a list"])
