@@ -6,6 +6,7 @@ as one line and exits 1.
 """
 
 import contextlib
+import math
 import os
 import signal
 import sys
@@ -29,6 +30,15 @@ def redraw_intervals() -> dict:
 def count(n: int, noun: str) -> str:
     """"1 epoch", "3 epochs": for messages."""
     return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+# What a number read back from a file (JSON, a checkpoint) must be: JSON reads NaN, Infinity and true as numbers too.
+def is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def is_count(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
 class KdcliError(Exception):

@@ -37,6 +37,7 @@ import os
 import shlex
 import shutil
 from contextlib import contextmanager, suppress
+from dataclasses import fields
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -130,11 +131,12 @@ def dump_command(path, attrs: dict) -> str:
     `kdcli dump-logits` finishes only a cache of the default teacher, epochs and settings."""
     from kdcli.dump import DumpConfig  # a student reads caches without the dump's code
 
-    recorded, args = attrs.get("config") or {}, ["kdcli", "dump-logits"]
-    for name in ("teacher", "epochs", "seed", "dtype", "amp", "data_dir", "subset"):  # what resume_point compares, or says which images
-        value = recorded.get(name, attrs["epochs"] if name == "epochs" else None)
-        if value is not None and (name in ("teacher", "epochs") or value != DumpConfig.__dataclass_fields__[name].default):
-            args += [f"--{name.replace('_', '-')}", str(value)]
+    recorded = attrs.get("config") or {}
+    args = ["kdcli", "dump-logits", *(["--teacher", recorded["teacher"]] if "teacher" in recorded else []), "--epochs", str(attrs["epochs"])]
+    defaults = {f.name: f.default for f in fields(DumpConfig)}
+    for name in ("seed", "dtype", "amp", "data_dir", "subset"):  # what resume_point compares, and which images
+        if recorded.get(name, defaults[name]) != defaults[name]:
+            args += [f"--{name.replace('_', '-')}", str(recorded[name])]
     return shlex.join([*args, "--out", str(path)])
 
 
@@ -406,21 +408,35 @@ def _not_a_cache_of_this_format(f: h5py.File, path) -> str | None:
     return f"{path} is damaged: {damage}; make it again (dump-logits --force)" if damage else None
 
 
+def _is_json_object(value) -> bool:
+    try:
+        return isinstance(value, str) and isinstance(json.loads(value), dict)
+    except ValueError:
+        return False
+
+
+def _is_int(value) -> bool:  # h5py gives numpy integers
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_real(value) -> bool:
+    return _is_int(value) or isinstance(value, (float, np.floating))
+
+
+# The attributes a reader relies on, and what dump-logits writes in each.
+ATTR_KINDS = {
+    **dict.fromkeys(("epochs", "num_images", "num_classes", "seed"), (_is_int, "an integer")),
+    **dict.fromkeys(("dtype", "teacher_sha256", "train_fingerprint"), (lambda v: isinstance(v, str), "a string")),
+    "teacher_test_accuracy": (_is_real, "a number"),
+    "config": (_is_json_object, "a JSON object"),
+}
+
+
 def _mistyped_attrs(attrs) -> str | None:
-    """The first attribute the reader relies on whose type is not the one dump-logits writes (an edited file)."""
-    for name, kind in {"epochs": "an integer", "num_images": "an integer", "num_classes": "an integer", "seed": "an integer", "dtype": "a string",
-                       "teacher_sha256": "a string", "train_fingerprint": "a string", "teacher_test_accuracy": "a number", "config": "a JSON object"}.items():  # fmt: skip
-        value = attrs[name]
-        if kind == "a JSON object":
-            try:
-                ok = isinstance(value, str) and isinstance(json.loads(value), dict)
-            except ValueError:
-                ok = False
-        else:
-            types = {"an integer": (int, np.integer), "a string": str, "a number": (int, float, np.integer, np.floating)}[kind]
-            ok = isinstance(value, types) and not isinstance(value, (bool, np.bool_))
-        if not ok:
-            return f"its attribute {name} is {_plain(value)!r}, not {kind}"
+    """The first attribute whose type is not the one dump-logits writes (an edited file)."""
+    for name, (holds, kind) in ATTR_KINDS.items():
+        if not holds(attrs[name]):
+            return f"its attribute {name} is {_plain(attrs[name])!r}, not {kind}"
     return None
 
 
@@ -430,12 +446,13 @@ def _misshapen_datasets(f: h5py.File) -> str | None:
     e, n, c = (int(f.attrs[k]) for k in ("epochs", "num_images", "num_classes"))
     dtype = f.attrs["dtype"]
     expected = {"aug": ((e, n, 3), "int8"), "logits": ((e, n, c), dtype), "labels": ((n,), "int64"), "clean_logits": ((n, c), dtype),
-                "test_logits": ((None, c), dtype), "epochs_complete": ((), None)}  # fmt: skip
+                "test_logits": ((None, c), dtype), "epochs_complete": ((), None)}  # shape (None: any length), dtype (None: any)  # fmt: skip
     for name, (shape, kind) in expected.items():
         d = f[name]
         if not isinstance(d, h5py.Dataset):
             return f"its {name} is not a dataset"
-        if len(d.shape) != len(shape) or any(want is not None and got != want for got, want in zip(d.shape, shape)) or kind and str(d.dtype) != kind:
+        fits = len(d.shape) == len(shape) and all(want is None or got == want for got, want in zip(d.shape, shape))
+        if not fits or kind is not None and str(d.dtype) != kind:
             said = "x".join("M" if want is None else str(want) for want in shape) or "a scalar"
             return f"its {name} is {list(d.shape)} {d.dtype}, where its attributes say {said}{f' {kind}' if kind else ''}"
     done = f["epochs_complete"][()]

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from kdcli import KdcliError
+from kdcli import KdcliError, is_count
 
 CHECKPOINT = "checkpoint.pt"
 RENAMES = ".renames.tmp-"  # + pid: the renames a group's save has still to do (a .tmp-: prepare_run_dir deletes a stale one)
@@ -220,23 +220,21 @@ def _load(path, mmap=False) -> tuple[dict, bytes]:
 def _malformed(state: dict) -> str | None:
     """What in a checkpoint is not of the kind kdcli saves (a file edited or damaged since), where it would otherwise
     surface as a traceback in the model, the optimizer or the epoch loop."""
-    def is_count(x):
-        return isinstance(x, int) and not isinstance(x, bool) and x >= 0
-
+    config = state.get("config") or {}
     if not isinstance(state["model_name"], str):
         return f"its model_name is {state['model_name']!r}, not a model's name"
     if not isinstance(state["model"], dict) or not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
         return "its model is not a set of weights (names to tensors)"
-    if not isinstance(state.get("config", {}), dict):
+    if not isinstance(config, dict):
         return "its config is not a record of options"
     for name in ("epoch", "step", "num_classes"):
         if state.get(name) is not None and not is_count(state[name]):  # None: a checkpoint that records no epoch
             return f"its {name} is {state[name]!r}, not a count"
     for name in ("epochs", "subset", "val_size"):  # the options evaluate and dump-logits read back
-        if state.get("config", {}).get(name) is not None and not is_count(state["config"][name]):
-            return f"its option {name} is {state['config'][name]!r}, not a count"
-    if is_count(epochs := state.get("config", {}).get("epochs")) and is_count(state.get("epoch")) and state["epoch"] > epochs:
-        return f"its epoch {state['epoch']} is past its run's {epochs} epochs"
+        if config.get(name) is not None and not is_count(config[name]):
+            return f"its option {name} is {config[name]!r}, not a count"
+    if is_count(config.get("epochs")) and is_count(state.get("epoch")) and state["epoch"] > config["epochs"]:
+        return f"its epoch {state['epoch']} is past its run's {config['epochs']} epochs"
     if "optimizer" in state and not (isinstance(state["optimizer"], dict) and "param_groups" in state["optimizer"]):
         return "its optimizer state is not one"
     return None

@@ -223,6 +223,12 @@ def _recipe(config: dict) -> tuple:
     return tuple((k, json.dumps(config.get(k))) for k in RECIPE if k not in unused)
 
 
+def _described(recipe: dict, run_dir: str, fields: list) -> str:
+    """A run and its values of the recipe `fields` (a _recipe's JSON, read back): "runs/a: epochs 30, scheduler onecycle"."""
+    values = [f"{k} {'not recorded' if (v := json.loads(recipe[k])) is None else v}" for k in fields if k in recipe]
+    return f"{run_dir}: {', '.join(values)}" if values else run_dir
+
+
 def check_comparable(runs, remedy=None):
     """Refuse runs whose accuracies are not samples of one experiment: runs of a model trained with other
     recipes or on other images (config.json), KD runs from caches of other lengths (a student replays cached epoch e mod E)
@@ -234,13 +240,13 @@ def check_comparable(runs, remedy=None):
         by_recipe.setdefault(canonical_name(r["summary"]["model"]), {}).setdefault(recipe, r["run_dir"])
     for model, found in by_recipe.items():
         if len(found) > 1:
-            recipes = [dict(recipe) for recipe in found]
-            differ = [k for k in RECIPE if len({r[k] for r in recipes if k in r}) > 1]  # of the fields both read
-            (a, run_a), (b, run_b) = [(dict(recipe), run) for recipe, run in found.items()][:2]
-            shown = [k for k in differ if k not in SAID_AS and k in a and k in b and a[k] != b[k]]  # the images' fingerprint: by name alone
-            with_a, with_b = (": " + ", ".join(f"{k} {r[k]}" for k in shown) if shown else "" for r in (a, b))
+            recipes = [(dict(recipe), run) for recipe, run in found.items()]
+            differ = [k for k in RECIPE if len({r[k] for r, _ in recipes if k in r}) > 1]  # of the fields both read
+            a = recipes[0]
+            b = max(recipes[1:], key=lambda other: sum(other[0].get(k) != a[0].get(k) for k in differ))  # the example most unlike the first
+            shown = [k for k in differ if k not in SAID_AS]  # the images' fingerprint by name alone
             raise KdcliError(f"the {model} runs were trained with other {', '.join(SAID_AS.get(k, k) for k in differ)} "
-                             f"(e.g. {run_a}{with_a}; {run_b}{with_b}): {remedy or _separately('recipe')}")  # fmt: skip
+                             f"(e.g. {_described(*a, shown)}; {_described(*b, shown)}): {remedy or _separately('recipe')}")  # fmt: skip
     # Cached epoch e's views depend on (seed, e) alone: students of E >= their epochs replayed the same ones.
     replayed = {min(c["cache_epochs"], c.get("epochs", c["cache_epochs"])): r["run_dir"] for r in runs if "cache_epochs" in (c := r["config"])}
     if len(replayed) > 1:

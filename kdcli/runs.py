@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from kdcli import KdcliError, augment
+from kdcli import KdcliError, augment, is_count, is_number
 from kdcli.checkpoint import CHECKPOINT, write_atomic
 from kdcli.locks import is_locked, lock_or_refuse
 
@@ -165,7 +165,10 @@ def _check_not_a_file(out: Path):
 def _check_not_inside_a_run_or_sweep(out: Path, what: str):
     here = Path(out).resolve()
     for outer in here.parents:  # all the way up, a stat or two each: a report of the outer folder walks all the way down
-        taken = not _is_students_own(here, outer) if _is_sweep_folder(outer) else _is_run_folder(outer)
+        if _is_sweep_folder(outer):
+            taken = not _is_students_own(here, outer)
+        else:
+            taken = _is_run_folder(outer)
         if taken:
             raise KdcliError(f"{out} is inside the folder of another run or sweep ({outer}): give {what} a folder of its own (--out)")
 
@@ -187,29 +190,38 @@ def _is_sweep_folder(folder: Path) -> bool:
     return (folder / LOCK).exists() and any(_is_student_folder(r.relative_to(folder)) for r in runs_below(folder, depth=2))
 
 
-def runs_below(folder: Path, depth: int | None = None):
-    """The run folders strictly inside `folder`, up to `depth` levels down (a sweep's students are 2; None: all the
-    way, as a report of `folder` walks), breadth first, so a large --out (`.`) whose first levels hold one costs only
-    those. Links to folders are followed, each folder once, as the report follows them."""
+def runs_below(folder: Path, depth: float = math.inf):
+    """The run folders strictly inside `folder`, up to `depth` levels down (a sweep's students are 2; all the way by
+    default, as a report of `folder` walks), breadth first, so a large --out (`.`) whose first levels hold one costs
+    only those. Links to folders are followed, each folder once, as the report follows them."""
     level, seen = [folder], {os.path.realpath(folder)}
-    while level and (depth is None or depth > 0):
-        inside = []
-        for parent in level:
-            try:
-                with os.scandir(parent) as entries:
-                    inside += [Path(e.path) for e in entries if e.is_dir()]
-            except OSError:  # unreadable: nothing of ours in it
-                pass
-        fresh = []
-        for d in inside:
-            if (real := os.path.realpath(d)) not in seen:  # else a link to a folder walked already, or above
-                seen.add(real)
-                fresh.append(d)
-        inside = fresh
+    while level and depth > 0:
+        inside = _unseen(_folders_in(level), seen)
         runs = {d for d in inside if holds_a_run(d) or (d / LOCK).exists()}  # LOCK: a sweep's student not started
         yield from (d for d in inside if d in runs)
         level = [d for d in inside if d not in runs]  # a run's folder holds files, not runs
-        depth = None if depth is None else depth - 1
+        depth -= 1
+
+
+def _folders_in(parents: list) -> list:
+    inside = []
+    for parent in parents:
+        try:
+            with os.scandir(parent) as entries:
+                inside += [Path(e.path) for e in entries if e.is_dir()]
+        except OSError:  # unreadable: nothing of ours in it
+            pass
+    return inside
+
+
+def _unseen(folders: list, seen: set) -> list:
+    """The folders not walked yet, each once (a link to a folder walked already, or to one above, ends there); `seen` grows."""
+    fresh = []
+    for d in folders:
+        if (real := os.path.realpath(d)) not in seen:
+            seen.add(real)
+            fresh.append(d)
+    return fresh
 
 
 def kdcli_config(out: Path) -> dict:
@@ -262,31 +274,23 @@ def read_json(path: Path) -> dict:
     return data
 
 
-def _is_number(x) -> bool:  # finite: JSON reads NaN and Infinity too
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _is_count(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
-
-
 # The fields of summary.json and config.json that kdcli reads back (the report, a kept run), and what kdcli writes in
 # each: one hand-edited or damaged is refused by name, not met as a traceback (or a 300-digit mean) later.
 RECORD_FIELDS = {
     "model": (lambda x: isinstance(x, str), "a model's name"),
-    "seed": (_is_count, "a seed (an integer)"),
-    "epochs": (_is_count, "a number of epochs"),
-    "test_accuracy": (lambda x: _is_number(x) and 0 <= x <= 100, "a percentage"),
-    "val_accuracy": (lambda x: x is None or _is_number(x) and 0 <= x <= 100, "a percentage or null"),
-    "train_accuracy": (lambda x: x is None or _is_number(x) and 0 <= x <= 100, "a percentage or null"),
-    "train_seconds": (lambda x: _is_number(x) and x >= 0, "a number of seconds"),
-    "temperature": (lambda x: _is_number(x) and x > 0, "a temperature (a number above 0)"),
-    "distillation_weight": (lambda x: _is_number(x) and x >= 0, "a weight (a number from 0)"),
-    "hard_weight": (lambda x: _is_number(x) and x >= 0, "a weight (a number from 0)"),
-    "cache_epochs": (lambda x: _is_count(x) and x > 0, "a number of epochs"),
+    "seed": (is_count, "a seed (an integer)"),
+    "epochs": (is_count, "a number of epochs"),
+    "test_accuracy": (lambda x: is_number(x) and 0 <= x <= 100, "a percentage"),
+    "val_accuracy": (lambda x: x is None or is_number(x) and 0 <= x <= 100, "a percentage or null"),
+    "train_accuracy": (lambda x: x is None or is_number(x) and 0 <= x <= 100, "a percentage or null"),
+    "train_seconds": (lambda x: is_number(x) and x >= 0, "a number of seconds"),
+    "temperature": (lambda x: is_number(x) and x > 0, "a temperature (a number above 0)"),
+    "distillation_weight": (lambda x: is_number(x) and x >= 0, "a weight (a number from 0)"),
+    "hard_weight": (lambda x: is_number(x) and x >= 0, "a weight (a number from 0)"),
+    "cache_epochs": (lambda x: is_count(x) and x > 0, "a number of epochs"),
     "cache_teacher_sha256": (lambda x: isinstance(x, str), "a checksum (a string)"),
-    "cache_teacher_test_accuracy": (lambda x: _is_number(x) and 0 <= x <= 100, "a percentage"),
-    "teacher_saw_val_images": (_is_count, "a number of images"),
+    "cache_teacher_test_accuracy": (lambda x: is_number(x) and 0 <= x <= 100, "a percentage"),
+    "teacher_saw_val_images": (is_count, "a number of images"),
 }
 
 
@@ -316,7 +320,7 @@ def truncate_metrics(path: Path, epochs: int):
                 epoch = json.loads(line)["epoch"]
             except (ValueError, KeyError, TypeError):
                 continue
-            if _is_count(epoch) and 1 <= epoch <= epochs:
+            if is_count(epoch) and 1 <= epoch <= epochs:
                 by_epoch[epoch] = line
         write_text_atomic(path, "".join(by_epoch[e] + "\n" for e in sorted(by_epoch)))  # a kill now leaves the old lines or the new
 
@@ -324,13 +328,15 @@ def truncate_metrics(path: Path, epochs: int):
 def read_metrics(path: Path, epochs: int) -> list[dict]:
     """The lines of a finished run's epochs 1..`epochs`, as truncate_metrics left them and the epochs since added; one
     KdcliError line where the last epoch's is missing or lacks what the summary takes from it."""
+    damaged = KdcliError(f"{path} lacks epoch {epochs}'s line, or a line lacks its numbers (edited or damaged since): pass --force to train the run again")
     try:
         logged = [json.loads(line) for line in path.read_text().splitlines()]
-    except ValueError:  # kdcli wrote every line since the resume cut them back (truncate_metrics)
-        logged = []
-    last = logged[-1] if logged and all(isinstance(m, dict) for m in logged) else {}
-    if last.get("epoch") != epochs or not _is_number(last.get("train_accuracy")) or not all(_is_number(m.get("seconds")) for m in logged):
-        raise KdcliError(f"{path} lacks epoch {epochs}'s line, or a line lacks its numbers (edited or damaged since): pass --force to train the run again")
+    except ValueError:  # a line that is no JSON: damage too
+        raise damaged from None
+    if not logged or not all(isinstance(m, dict) and is_number(m.get("seconds")) for m in logged):
+        raise damaged
+    if logged[-1].get("epoch") != epochs or not is_number(logged[-1].get("train_accuracy")):
+        raise damaged
     return logged
 
 

@@ -212,6 +212,16 @@ def test_a_diverged_run_whose_config_json_was_edited_is_one_line(tmp_path):
         report([tmp_path], tmp_path / "out")
 
 
+def test_a_recipe_refusal_shows_the_examples_values_of_every_field_it_names(tmp_path):
+    """Three recipes: the fields that differ among them all are named, and both examples show their values of each,
+    not only of those the first two differ in (epochs was named, and shown nowhere)."""
+    make_run(tmp_path / "a", 70.0, seed=1, config={"epochs": 1, "scheduler": "multistep"})
+    make_run(tmp_path / "b", 71.0, seed=2, config={"epochs": 3, "scheduler": "multistep"})
+    make_run(tmp_path / "c", 72.0, seed=3, config={"epochs": 1, "scheduler": "onecycle"})
+    with pytest.raises(KdcliError, match=r"other epochs, scheduler \(e.g. \S+/a: epochs 1, scheduler multistep; \S+/[bc]: epochs [13], scheduler \w+\)"):
+        aggregate(collect([tmp_path]))
+
+
 def test_a_boolean_is_not_an_accuracy(tmp_path):
     make_run(tmp_path / "run", 75.0)
     (tmp_path / "run" / "summary.json").write_text('{"model": "lenet5", "test_accuracy": true}')
@@ -647,7 +657,7 @@ def test_runs_csv_lists_a_run_that_diverged_with_where_it_did_and_no_accuracy(tm
     assert len(runs) == 8 and all(r["diverged_epoch"] == "" for r in runs[:-1])
 
 
-@pytest.mark.parametrize("other, refusal", [({"lr": 1e4}, r"the lenet5 runs were trained with other lr \(e.g. \S+: lr null; \S+T50-s10: lr 10000.0\): report each recipe's runs separately"),
+@pytest.mark.parametrize("other, refusal", [({"lr": 1e4}, r"the lenet5 runs were trained with other lr \(e.g. \S+: lr not recorded; \S+T50-s10: lr 10000.0\): report each recipe's runs separately"),
                                              ({"cache_teacher_sha256": "cd" * 32}, r"distilled from 2 different teachers \(e.g. \S+, \S+T50-s10\): report each teacher's runs separately")], ids=["lr", "teacher"])
 def test_a_run_that_diverged_under_another_recipe_or_teacher_is_refused_as_a_finished_one_is(tmp_path, other, refusal):
     """Named under the table, a diverged seed is told as a result of the table's setting; one that diverged at --lr 1e4,
