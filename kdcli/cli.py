@@ -235,7 +235,7 @@ def recorded_back(cls, options: dict, given: set) -> dict:
 
 def make_config(cls, options, read=frozenset()):
     """The command's config; a bad value is a usage error (exit status 2) naming its flag, but for one `read` back from a
-    run's or an input's records (options_as_run): no usage error, those files were edited."""
+    run's or an input's records (options_as_run): no usage error, that file was written by another kdcli or edited."""
     try:
         return cls(**options)
     except ConfigError as e:
