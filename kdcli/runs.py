@@ -274,22 +274,34 @@ def read_json(path: Path) -> dict:
     return data
 
 
+def _is_percent(x) -> bool:
+    return is_number(x) and 0 <= x <= 100
+
+
+def _is_percent_or_null(x) -> bool:  # val_accuracy without --val-size
+    return x is None or _is_percent(x)
+
+
+def _is_non_negative(x) -> bool:
+    return is_number(x) and x >= 0
+
+
 # The fields of summary.json and config.json that kdcli reads back (the report, a kept run), and what kdcli writes in
 # each: one hand-edited or damaged is refused by name, not met as a traceback (or a 300-digit mean) later.
 RECORD_FIELDS = {
     "model": (lambda x: isinstance(x, str), "a model's name"),
     "seed": (is_count, "a seed (an integer)"),
     "epochs": (is_count, "a number of epochs"),
-    "test_accuracy": (lambda x: is_number(x) and 0 <= x <= 100, "a percentage"),
-    "val_accuracy": (lambda x: x is None or is_number(x) and 0 <= x <= 100, "a percentage or null"),
-    "train_accuracy": (lambda x: x is None or is_number(x) and 0 <= x <= 100, "a percentage or null"),
-    "train_seconds": (lambda x: is_number(x) and x >= 0, "a number of seconds"),
+    "test_accuracy": (_is_percent, "a percentage"),
+    "val_accuracy": (_is_percent_or_null, "a percentage or null"),
+    "train_accuracy": (_is_percent_or_null, "a percentage or null"),
+    "train_seconds": (_is_non_negative, "a number of seconds"),
     "temperature": (lambda x: is_number(x) and x > 0, "a temperature (a number above 0)"),
-    "distillation_weight": (lambda x: is_number(x) and x >= 0, "a weight (a number from 0)"),
-    "hard_weight": (lambda x: is_number(x) and x >= 0, "a weight (a number from 0)"),
+    "distillation_weight": (_is_non_negative, "a weight (a number from 0)"),
+    "hard_weight": (_is_non_negative, "a weight (a number from 0)"),
     "cache_epochs": (lambda x: is_count(x) and x > 0, "a number of epochs"),
     "cache_teacher_sha256": (lambda x: isinstance(x, str), "a checksum (a string)"),
-    "cache_teacher_test_accuracy": (lambda x: is_number(x) and 0 <= x <= 100, "a percentage"),
+    "cache_teacher_test_accuracy": (_is_percent, "a percentage"),
     "teacher_saw_val_images": (is_count, "a number of images"),
 }
 
