@@ -33,11 +33,11 @@ def make_teacher_run(folder, seed):
     return folder
 
 
-def make_logits(tmp_path, data_dir):
+def make_logits(tmp_path, data_dir, teacher="teacher"):
     venv = tmp_path / "venv"
     (venv / ".installed").parent.mkdir(exist_ok=True)
     (venv / ".installed").touch()
-    variables = [f"VENV={venv}", f"KDCLI={sys.executable} -m kdcli", f"TEACHER={tmp_path / 'teacher'}", f"CACHE={tmp_path / 'c.h5'}",
+    variables = [f"VENV={venv}", f"KDCLI={sys.executable} -m kdcli", f"TEACHER={tmp_path / teacher}", f"CACHE={tmp_path / 'c.h5'}",
                  "CACHE_EPOCHS=2", f"DATA={data_dir}", "DEVICE=cpu", "ARGS=--dtype float32 --batch-size 64 --quiet --no-download"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(["make", "-C", str(ROOT), "logits", *variables], capture_output=True, text=True, env=env, timeout=300)
@@ -85,6 +85,19 @@ def test_a_cache_deleted_after_it_was_made_is_made_again(tmp_path, data_dir):
     result = make_logits(tmp_path, data_dir)
     assert result.returncode == 0, result.stderr
     assert made_by(tmp_path) == (sha256(teacher / "checkpoint.pt"), 2)
+
+
+def test_another_teacher_older_than_the_cache_is_not_given_its_logits(tmp_path, data_dir):
+    """`make student TEACHER=runs/other` with the default CACHE, made since from runs/teacher: the other teacher's
+    summary.json is older than the cache, yet the cache is not its own and must not pass for done."""
+    make_teacher_run(tmp_path / "other", seed=1)
+    teacher = make_teacher_run(tmp_path / "teacher", seed=0)
+    assert make_logits(tmp_path, data_dir).returncode == 0
+    result = make_logits(tmp_path, data_dir, teacher="other")
+    assert result.returncode != 0 and "made with other settings: teacher_sha256" in result.stderr
+    assert made_by(tmp_path) == (sha256(teacher / "checkpoint.pt"), 2)  # refused, not overwritten
+    result = make_logits(tmp_path, data_dir, teacher="teacher/")  # its own teacher again, however spelled: kept
+    assert result.returncode == 0 and "complete already" in result.stdout, result.stderr
 
 
 def test_the_new_teachers_unfinished_cache_resumes(tmp_path, data_dir):
