@@ -2,7 +2,9 @@
 #   make teacher EPOCHS=30 SCHEDULER=onecycle DATA=/path/to/cifar
 PYTHON ?= python3
 VENV   ?= .venv
-KDCLI  := $(VENV)/bin/kdcli
+# -m: this checkout's kdcli, which python finds first in the folder make runs in. VENV's bin/kdcli runs the
+# checkout its editable install points at, another one where VENV is shared.
+KDCLI  := $(VENV)/bin/python -m kdcli
 # DATA and SUBSET empty: the teacher gets kdcli's defaults, and the later stages read the teacher's back
 DATA   ?=
 DEVICE ?= auto

@@ -327,7 +327,7 @@ def _resume_command(resume_flag: bool) -> str:
 
 
 def _kdcli_as_called() -> str:
-    """`kdcli` where that name runs this very program, else the path it was run by: make calls .venv/bin/kdcli,
+    """`kdcli` where that name runs this very program, else the path it was run by: .venv/bin/kdcli,
     which is on no PATH until the venv is activated."""
     on_path = shutil.which("kdcli")
     try:

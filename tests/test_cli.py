@@ -722,7 +722,7 @@ def test_a_ctrl_c_outside_a_safe_point_says_how_to_go_on_unless_forced(monkeypat
 
 @pytest.mark.parametrize("on_path", [False, True], ids=["venv-not-activated", "on-PATH"])
 def test_the_command_to_go_on_names_kdcli_as_it_can_be_run(tmp_path, monkeypatch, capsys, on_path):
-    """make runs .venv/bin/kdcli, which is on no PATH until the venv is activated: a bare `kdcli` would not run."""
+    """.venv/bin/kdcli is on no PATH until the venv is activated: a bare `kdcli` would not run."""
     from kdcli.cli import errors_as_one_line
 
     program = tmp_path / "venv" / "bin" / "kdcli"

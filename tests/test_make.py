@@ -115,6 +115,24 @@ def test_the_new_teachers_unfinished_cache_resumes(tmp_path, data_dir):
     assert made_by(tmp_path) == (sha256(new / "checkpoint.pt"), 2)
 
 
+def test_make_runs_this_checkouts_kdcli_whatever_the_venv_installed(tmp_path, data_dir):
+    """A VENV shared by two checkouts: its bin/kdcli runs the one its editable install points at, not this one."""
+    make_teacher_run(tmp_path / "teacher", seed=0)
+    bin = tmp_path / "venv" / "bin"
+    bin.mkdir(parents=True)
+    (bin / "python").write_text(f"#!/bin/sh\nexec {sys.executable} \"$@\"\n")
+    (bin / "kdcli").write_text("#!/bin/sh\necho another checkout\\'s kdcli >&2; exit 3\n")
+    for script in bin.iterdir():
+        script.chmod(0o755)
+    (tmp_path / "venv" / ".installed").touch()
+    variables = [f"VENV={tmp_path / 'venv'}", f"TEACHER={tmp_path / 'teacher'}", f"CACHE={tmp_path / 'c.h5'}", "CACHE_EPOCHS=2",
+                 f"DATA={data_dir}", "DEVICE=cpu", "ARGS=--dtype float32 --batch-size 64 --quiet --no-download"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # as a user runs it: only the folder make runs in
+    result = subprocess.run(["make", "-C", str(ROOT), "logits", *variables], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert made_by(tmp_path)[1] == 2
+
+
 def test_demo_runs_the_pipelines_own_targets_shrunk(tmp_path, data_dir):
     """`make demo` is `make sweep` with small settings, so it remakes its cache for a new teacher as `make logits` does."""
     venv = tmp_path / "venv"
