@@ -34,8 +34,11 @@ help:  ## list the targets and the variables that change them (this)
 	@echo "variables, with their defaults (make TARGET NAME=value):"
 	@awk '/^[A-Z_]+ *\?=/{sub(/ *\?= */, "="); row = row "  " $$0; if (++n % 5 == 0) {print row; row = ""}} END {if (row) print row}' $(MAKEFILE_LIST)
 
+# The venv is made once. Made again by another python (PYTHON, or python3 upgraded since), it would get that
+# python's pip and site-packages beside the first's, while $(VENV)/bin/python stays the first: pip would
+# fill the folder make's python does not read. `make clean install PYTHON=...` changes the python.
 $(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q -e '.[dev]'
 	touch $@
 

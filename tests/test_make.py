@@ -133,6 +133,25 @@ def test_make_runs_this_checkouts_kdcli_whatever_the_venv_installed(tmp_path, da
     assert made_by(tmp_path)[1] == 2
 
 
+def test_install_after_a_pyproject_change_keeps_the_venvs_python(tmp_path):
+    """pyproject.toml changed (a pull) since the install, and PYTHON another python than the one that made VENV
+    (made with PYTHON=python3.10): reinstalling must not make the venv anew over the first python's."""
+    bin = tmp_path / "venv" / "bin"
+    bin.mkdir(parents=True)
+    for name in ("python", "pip"):
+        (bin / name).write_text(f"#!/bin/sh\necho {name} \"$@\" >> {tmp_path / 'ran'}\n")
+        (bin / name).chmod(0o755)
+    other = tmp_path / "python3.13"
+    other.write_text(f"#!/bin/sh\necho python3.13 \"$@\" >> {tmp_path / 'ran'}\n")
+    other.chmod(0o755)
+    (tmp_path / "venv" / ".installed").touch()
+    os.utime(tmp_path / "venv" / ".installed", (0, 0))  # older than pyproject.toml
+    result = subprocess.run(["make", "-C", str(ROOT), "install", f"VENV={tmp_path / 'venv'}", f"PYTHON={other}"],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "ran").read_text() == "pip install -q -e .[dev]\n"
+
+
 def test_demo_runs_the_pipelines_own_targets_shrunk(tmp_path, data_dir):
     """`make demo` is `make sweep` with small settings, so it remakes its cache for a new teacher as `make logits` does."""
     venv = tmp_path / "venv"
