@@ -72,8 +72,9 @@ student: $(CACHE).done  ## one student from the cache at temperature T, into STU
 	$(KDCLI) train-student --cache $(CACHE) --temperature $(T) --epochs $(EPOCHS) --scheduler $(SCHEDULER) --eval-every $(EVAL_EVERY) \
 		--out $(STUDENT) --val-size $(VAL_SIZE) --resume $(COMMON) $(ARGS)
 
+# Quoted: a list written as in prose (SEEDS="777, 10") is one argument, which kdcli reads.
 sweep: $(CACHE).done  ## every temperature x seed, plus baselines, batched; then the report
-	$(KDCLI) sweep --cache $(CACHE) --temperatures $(TEMPERATURES) --seeds $(SEEDS) --epochs $(EPOCHS) --scheduler $(SCHEDULER) \
+	$(KDCLI) sweep --cache $(CACHE) --temperatures '$(TEMPERATURES)' --seeds '$(SEEDS)' --epochs $(EPOCHS) --scheduler $(SCHEDULER) \
 		--eval-every $(EVAL_EVERY) --out $(SWEEP) --val-size $(VAL_SIZE) $(COMMON) $(ARGS)
 
 reproduce: sweep  ## the reference table: teacher 300 epochs -> cache 300 epochs -> 24 students; rerun to resume

@@ -3,6 +3,7 @@ alone: a stage stopped at any moment and `make logits` run again must end with t
 complete cache, never stuck on an error. make runs kdcli as `python -m kdcli` on the tiny data."""
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -174,6 +175,15 @@ def test_make_alone_lists_the_targets():
     assert {"demo", "teacher", "logits", "student", "sweep", "reproduce", "test"} <= set(listed)
     variables = result.stdout.split("variables, with their defaults")[1].split()  # README sends users to `make` for them
     assert {"EPOCHS=300", "TEACHER_MODEL=resnet18", "SUBSET=", "DATA=", "T=30", "ARGS=", "DEMO_EPOCHS=5"} <= set(variables)
+
+
+def test_make_sweep_takes_lists_written_with_spaces(tmp_path):
+    """SEEDS="777, 10", as the README writes seeds in prose: kdcli reads it, if make passes it as one argument."""
+    result = subprocess.run(["make", "-n", "-C", str(ROOT), "sweep", "SEEDS=777, 10", "TEMPERATURES=1, 30", f"CACHE={tmp_path / 'c.h5'}"],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    command = shlex.split(result.stdout.split(" sweep ")[-1].replace("\\\n", " "))
+    assert command[command.index("--seeds") + 1] == "777, 10" and command[command.index("--temperatures") + 1] == "1, 30"
 
 
 def test_make_student_writes_into_STUDENT(tmp_path):
