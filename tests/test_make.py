@@ -165,7 +165,7 @@ def test_demo_runs_the_pipelines_own_targets_shrunk(tmp_path, data_dir):
     commands = " ".join(result.stdout.replace("\\\n", " ").split())
     assert f"kdcli train-teacher --model resnet8 --epochs 5 --scheduler onecycle --eval-every 5 --out {tmp_path / 'demo' / 'teacher'}" in commands
     assert "--subset 5000" in commands.split("kdcli dump-logits")[1].split("kdcli sweep")[0]
-    assert f"kdcli sweep --cache {tmp_path / 'demo.h5'} --temperatures 1,30 --seeds 1,2 --epochs 5" in commands
+    assert f"kdcli sweep --cache {tmp_path / 'demo.h5'} --temperatures '1,30' --seeds '1,2' --epochs 5" in commands
 
 
 def test_make_alone_lists_the_targets():
