@@ -286,6 +286,7 @@ def check_can_start(config: SweepConfig):
 
 def sweep(config: SweepConfig, progress=True) -> dict:
     """Train every student of the sweep that is not finished yet, then write the report."""
+    config.check()  # again, as train_teacher does: a field set since the config was built was never checked
     progress = progress and not config.quiet
     check_can_start(config)
     device, data = device_and_data(config)

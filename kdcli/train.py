@@ -143,6 +143,7 @@ def train_teacher(config: TeacherConfig, progress=True) -> dict:
     """Train the teacher run in config.out (resumed, or kept when finished, as config.resume says); return its
     summary.json as a dict, with "kept": True where nothing trained now. progress: a bar (config.quiet: a line per
     evaluation) and notes on stderr; False: nothing printed. Raises KdcliError, TrainingInterrupted on Ctrl-C."""
+    config.check()  # again: a field set since the config was built (cfg.out = Path(...), cfg.optimizer = "Adam") was never checked
     check_can_start(config)
     device, data = device_and_data(config)
     run = Run(config, DrawnAugmentation(config.seed, len(data.train_labels)), {"train_fingerprint": data.fingerprint})
@@ -201,6 +202,7 @@ def warn_of_cache(run):
 def train_student(config: StudentConfig, progress=True) -> dict:
     """Train the student run in config.out from config.cache (a baseline with distillation_weight 0); return and
     print as train_teacher does."""
+    config.check()  # again, as train_teacher does
     check_can_start(config)
     device, data = device_and_data(config)
     check_resumed_on_its_images(config, data)

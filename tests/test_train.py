@@ -690,6 +690,25 @@ def test_paths_lists_and_numpy_numbers_are_taken_as_the_command_line_gives_them(
     assert json.loads((tmp_path / "run" / "config.json").read_text())["data_dir"] == str(data_dir)
 
 
+@pytest.mark.parametrize("option, value", [("optimizer", "Adam"), ("epochs", 0), ("scheduler", "onecylce")])
+def test_a_field_set_after_the_config_was_built_is_checked_as_training_starts(tmp_path, data_dir, option, value):
+    """A script's cfg.optimizer = "Adam" trained with SGD unremarked (and recorded "Adam"); epochs = 0 and a mistyped
+    scheduler ended in a FileNotFoundError and a KeyError, each leaving a run folder behind."""
+    cfg = config(tmp_path, "run", data_dir, epochs=1)
+    setattr(cfg, option, value)
+    with pytest.raises(ConfigError) as error:
+        teach(cfg)
+    assert error.value.option == "--" + option
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_path_set_after_the_config_was_built_is_taken_as_one_given_to_it(tmp_path, data_dir):
+    cfg = config(tmp_path, "other", data_dir, epochs=1)
+    cfg.out, cfg.data_dir = tmp_path / "run", data_dir  # was a TypeError as config.json was written
+    assert teach(cfg)["epochs"] == 1
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["out"] == str(tmp_path / "run")
+
+
 @pytest.mark.parametrize(
     "cls,options,flag",
     [
