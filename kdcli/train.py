@@ -35,6 +35,7 @@ def train_runs(runs: list, data, device: torch.device, teacher: nn.Module | None
     `stop`: the caller's StopOnSignal, so that a Ctrl-C after the last step (evaluating, saving) reaches it.
     """
     with contextlib.ExitStack() as held:
+        with_torch_defaults(held)
         if not in_sweep:
             for r in runs:
                 check_run_folder(r.dir)  # before claim_folder makes the folder
@@ -43,6 +44,13 @@ def train_runs(runs: list, data, device: torch.device, teacher: nn.Module | None
             stop = StopOnSignal()
             held.callback(stop.restore)
         return _train_claimed(runs, data, device, teacher, progress, stop, in_sweep)
+
+
+def with_torch_defaults(held: contextlib.ExitStack):
+    """Train with gradients whatever mode the caller's process is in: a notebook's torch.no_grad(),
+    inference_mode() or set_grad_enabled(False) made the first step a RuntimeError. `held` puts its mode back."""
+    held.enter_context(torch.inference_mode(False))
+    held.enter_context(torch.enable_grad())
 
 
 def _train_claimed(runs, data, device, teacher, progress, stop, in_sweep) -> list:

@@ -1748,3 +1748,16 @@ def test_train_runs_refuses_a_folder_inside_another_run_as_the_commands_do(tmp_p
     with pytest.raises(KdcliError, match=r"inner is inside the folder of another run or sweep \(.*run\)"):
         train_runs([Run(cfg, DrawnAugmentation(cfg.seed, len(data.train_labels)))], data, torch.device("cpu"), progress=False)
     assert not (tmp_path / "run" / "inner").exists()
+
+
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode, lambda: torch.set_grad_enabled(False)])
+def test_a_run_trains_where_the_caller_turned_gradients_off(tmp_path, data_dir, mode):
+    """A notebook's torch.no_grad() (or inference_mode, or set_grad_enabled(False) left on) made the first step a
+    RuntimeError; the run trains as in a fresh process, and the caller's mode is its own again after."""
+    expected = teach(config(tmp_path, "fresh", data_dir, epochs=1))
+    with mode():
+        summary = teach(config(tmp_path, "run", data_dir, epochs=1))
+        assert not torch.is_grad_enabled()
+    assert torch.is_grad_enabled()
+    assert summary["test_accuracy"] == expected["test_accuracy"]
+    assert_same_weights(weights(tmp_path / "run"), weights(tmp_path / "fresh"))
