@@ -61,8 +61,9 @@ def apply(images: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
 @functools.cache
 def _mean_std(device):
     """Made once per device: a host-to-device copy at every step would wait for the GPU (and break graph capture)."""
-    mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(STD, device=device).view(1, 3, 1, 1) * 255
+    # float32 whatever the default dtype where first made: a cached float64 pair made every later input float64.
+    mean = torch.tensor(MEAN, dtype=torch.float32, device=device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(STD, dtype=torch.float32, device=device).view(1, 3, 1, 1) * 255
     return mean, std
 
 

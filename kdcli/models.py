@@ -7,6 +7,7 @@
 A new architecture is one function and one `@register` line.
 """
 
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -26,7 +27,14 @@ def register(name):  # one name: an alias goes in ALIASES, so that canonical_nam
 def create_model(name: str, num_classes: int = 10) -> nn.Module:
     if name not in MODELS:
         raise KdcliError(unknown_model(name))
-    return MODELS[name](num_classes)
+    # float32 whatever the caller's default (a notebook's set_default_dtype(torch.float64)): float64 weights trained
+    # unremarked, drawn other than a fresh process draws them, and a float32 checkpoint loaded into them failed to evaluate.
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        return MODELS[name](num_classes)
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def unknown_model(name: str) -> str:

@@ -47,10 +47,13 @@ def train_runs(runs: list, data, device: torch.device, teacher: nn.Module | None
 
 
 def with_torch_defaults(held: contextlib.ExitStack):
-    """Train with gradients whatever mode the caller's process is in: a notebook's torch.no_grad(),
-    inference_mode() or set_grad_enabled(False) made the first step a RuntimeError. `held` puts its mode back."""
+    """Train with gradients and float32 tensors whatever modes the caller's process is in: a notebook's torch.no_grad(),
+    inference_mode() or set_grad_enabled(False) made the first step a RuntimeError, and its set_default_dtype(torch.float64)
+    made the loss's factors float64. `held` puts the caller's modes back."""
     held.enter_context(torch.inference_mode(False))
     held.enter_context(torch.enable_grad())
+    held.callback(torch.set_default_dtype, torch.get_default_dtype())
+    torch.set_default_dtype(torch.float32)
 
 
 def _train_claimed(runs, data, device, teacher, progress, stop, in_sweep) -> list:

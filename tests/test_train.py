@@ -1761,3 +1761,21 @@ def test_a_run_trains_where_the_caller_turned_gradients_off(tmp_path, data_dir, 
     assert torch.is_grad_enabled()
     assert summary["test_accuracy"] == expected["test_accuracy"]
     assert_same_weights(weights(tmp_path / "run"), weights(tmp_path / "fresh"))
+
+
+def test_a_float64_default_dtype_changes_neither_training_nor_evaluation(tmp_path, data_dir):
+    """A notebook's torch.set_default_dtype(torch.float64) trained float64 weights unremarked (other numbers, recorded
+    as float32), and made evaluating a float32 checkpoint a RuntimeError."""
+    expected = teach(config(tmp_path, "fresh", data_dir, epochs=1))
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        augment._mean_std.cache_clear()  # as in a process whose first kdcli call comes after the caller's float64
+        summary = teach(config(tmp_path, "run", data_dir, epochs=1))
+        evaluated = evaluate(tmp_path / "fresh", data_dir=str(data_dir), device="cpu", download=False)
+        assert torch.get_default_dtype() == torch.float64
+    finally:
+        torch.set_default_dtype(previous)
+        augment._mean_std.cache_clear()
+    assert summary["test_accuracy"] == expected["test_accuracy"] == evaluated["test_accuracy"]
+    assert_same_weights(weights(tmp_path / "run"), weights(tmp_path / "fresh"))
