@@ -181,15 +181,19 @@ class Group:
             if on_step is not None:
                 on_step(idx.shape[1])
             if stop.requested:
-                self.check_finite(losses[: i + 1])  # a checkpoint of non-finite weights would replace the last good one
-                self.step = i + 1
-                self.partial = {"losses": losses.cpu(), "correct": correct.cpu(), "seconds": self.partial["seconds"] + time.perf_counter() - t0}
-                self.save_all()
-                raise TrainingInterrupted(f"interrupted at epoch {self.epoch + 1}, step {i + 1} of {self.steps}; checkpoint saved in {self._folders()}", stop.signum)
+                self._stop_mid_epoch(stop, i + 1, losses, correct, self.partial["seconds"] + time.perf_counter() - t0)
         self.partial.update(losses=losses, correct=correct)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # the queued kernels belong to this epoch's time
         return self.partial["seconds"] + time.perf_counter() - t0
+
+    def _stop_mid_epoch(self, stop, step, losses, correct, seconds):
+        """Save the epoch's first `step` steps (their losses and hits [steps, S] so far) and stop."""
+        self.check_finite(losses[:step])  # a checkpoint of non-finite weights would replace the last good one
+        self.step = step
+        self.partial = {"losses": losses.cpu(), "correct": correct.cpu(), "seconds": seconds}
+        self.save_all()
+        raise TrainingInterrupted(f"interrupted at epoch {self.epoch + 1}, step {step} of {self.steps}; checkpoint saved in {self._folders()}", stop.signum)
 
     def _stop_between_epochs(self, stop):
         """Stop before another step: the run may cost seconds a step (ResNet18 on a CPU)."""
