@@ -253,25 +253,27 @@ class Group:
             self.test_accuracy = evaluate_stack(self.stack, self.data.test_images, self.data.test_labels, self.autocast)
             if self.validating:
                 self.val_accuracy = evaluate_stack(self.stack, self.data.val_images, self.data.val_labels, self.autocast)
-        saving = last or self.epoch % self.config.save_every == 0
         for s, r in enumerate(self.runs):
-            metrics = {
-                "epoch": self.epoch,
-                "lr": learning_rate(self.config, self.epoch - 1 / self.steps),  # the last step's
-                "train_loss": round(self.train_loss[s], 6),
-                "train_accuracy": round(self.train_accuracy[s], 4),
-                "test_accuracy": self.test_accuracy[s] if evaluated else None,
-                **({"val_accuracy": self.val_accuracy[s] if evaluated else None} if self.validating else {}),
-                "seconds": round(seconds, 4),
-                "images_per_s": round(self.num_images / seconds, 1),
-                # Per epoch, not only in summary.json: a resumed sweep may regroup a student, and the group sets its rounding.
-                "trained_together": self.size,
-            }
             # On disk before any checkpoint counts this epoch (this one's, or a stop's before the next): a power cut
             # must not lose the line. One small fsync an epoch.
-            append_line(r.dir / "metrics.jsonl", json.dumps(metrics))
-        if saving:
+            append_line(r.dir / "metrics.jsonl", json.dumps(self._metrics(s, seconds, evaluated)))
+        if last or self.epoch % self.config.save_every == 0:
             self.save_all()
+
+    def _metrics(self, s: int, seconds: float, evaluated: bool) -> dict:
+        """Run s's line of metrics.jsonl for the epoch just ended."""
+        return {
+            "epoch": self.epoch,
+            "lr": learning_rate(self.config, self.epoch - 1 / self.steps),  # the last step's
+            "train_loss": round(self.train_loss[s], 6),
+            "train_accuracy": round(self.train_accuracy[s], 4),
+            "test_accuracy": self.test_accuracy[s] if evaluated else None,
+            **({"val_accuracy": self.val_accuracy[s] if evaluated else None} if self.validating else {}),
+            "seconds": round(seconds, 4),
+            "images_per_s": round(self.num_images / seconds, 1),
+            # Per epoch, not only in summary.json: a resumed sweep may regroup a student, and the group sets its rounding.
+            "trained_together": self.size,
+        }
 
     @property
     def validating(self) -> bool:
