@@ -73,26 +73,16 @@ class TrainOptions:
     def check(self):
         """Raise ConfigError on a bad value; the commands' configs extend it."""
         check_types(self)
-        require_at_least_one(self, "epochs", "batch_size", "eval_every", "save_every", "subset")
+        check_ranges(self)
         check_choices(self)
         check_paths(vars(self))
         if self.model not in MODELS:  # checked before any data is loaded or downloaded
             raise ConfigError("--model", unknown_model(self.model))
         self.model = canonical_name(self.model)
-        if self.val_size < 0:
-            raise ConfigError("--val-size", f"must be >= 0, got {self.val_size}")
         if self.subset is not None and self.val_size >= self.subset:  # else refused only once the data has loaded
             raise ConfigError("--val-size", f"must be between 0 and {self.subset - 1} (the --subset images less one), got {self.val_size}")
-        if not 0 < self.lr < math.inf:  # also catches nan
-            raise ConfigError("--lr", f"must be a finite number > 0, got {self.lr}")
-        if not 0 <= self.weight_decay < math.inf:
-            raise ConfigError("--weight-decay", f"must be a finite number >= 0, got {self.weight_decay}")
-        if not 0 <= self.momentum < 1:  # 1 and above: past gradients never fade, and the steps grow without bound
-            raise ConfigError("--momentum", f"must be >= 0 and < 1, got {self.momentum}")
         if self.nesterov and not self.momentum > 0:
             raise ConfigError("--nesterov", "needs --momentum > 0")
-        if not 0 < self.lr_gamma < math.inf:
-            raise ConfigError("--lr-gamma", f"must be a finite number > 0, got {self.lr_gamma}")
         check_no_repeats(self.lr_milestones, "--lr-milestones")  # a repeated one multiplies by lr-gamma twice, unremarked
         if any(m < 1 for m in self.lr_milestones):  # epoch 0 is before the first: the lr would start at lr * gamma
             raise ConfigError("--lr-milestones", f"must be epochs >= 1, got {min(self.lr_milestones)} (to start lower, give a lower --lr)")
@@ -133,9 +123,6 @@ class DistillOptions:
 
     def check(self):
         super().check()
-        for name in ("distillation_weight", "hard_weight"):
-            if not 0 <= getattr(self, name) < math.inf:  # also catches nan
-                raise ConfigError(flag(name), f"must be a finite number >= 0, got {getattr(self, name)}")
         if self.distillation_weight == self.hard_weight == 0:
             raise ConfigError("--distillation-weight/--hard-weight", "both are 0: the loss would be 0 and nothing would train")
 
@@ -212,12 +199,25 @@ def check_paths(options: dict):
             raise ConfigError(flag(name), "must not be empty")
 
 
-def require_at_least_one(config, *names):
-    """Counts that must be >= 1 (None passes: an option left unset)."""
-    for name in names:
-        value = getattr(config, name)
-        if value is not None and value < 1:
-            raise ConfigError(flag(name), f"must be at least 1, got {value}")
+# The range of every number option of every command that has it, as "must be ..., got ..." says it. A comparison
+# with nan is false, so each refuses nan too.
+RANGES = {
+    **dict.fromkeys(("epochs", "batch_size", "eval_every", "save_every", "subset"), (lambda v: v is None or v >= 1, "at least 1")),  # None: unset
+    "val_size": (lambda v: v >= 0, ">= 0"),
+    "lr": (lambda v: 0 < v < math.inf, "a finite number > 0"),
+    "weight_decay": (lambda v: 0 <= v < math.inf, "a finite number >= 0"),
+    "momentum": (lambda v: 0 <= v < 1, ">= 0 and < 1"),  # 1 and above: past gradients never fade, and the steps grow without bound
+    "lr_gamma": (lambda v: 0 < v < math.inf, "a finite number > 0"),
+    **dict.fromkeys(("distillation_weight", "hard_weight"), (lambda v: 0 <= v < math.inf, "a finite number >= 0")),
+    "parallel": (lambda v: v >= 0, ">= 0"),
+}
+
+
+def check_ranges(config):
+    """Every number option the config has is in its RANGES."""
+    for name, (holds, what) in RANGES.items():
+        if hasattr(config, name) and not holds(getattr(config, name)):
+            raise ConfigError(flag(name), f"must be {what}, got {getattr(config, name)}")
 
 
 # An optimizer on the CPU takes the lr as a float32 factor: past this it fails with a traceback, not a diverged loss.

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from kdcli import DATA_DIR, Device, Interrupted, KdcliError, Precision, StopOnSignal, augment, cache, redraw_intervals
 from kdcli.checkpoint import checkpoint_file, read_checkpoint, training_reached
-from kdcli.config import check_choices, check_paths, check_seed, check_types, require_at_least_one
+from kdcli.config import check_choices, check_paths, check_ranges, check_seed, check_types
 from kdcli.data import load_cifar10, recorded_data_dir, resolve_device
 from kdcli.evaluate import autocast_dtype, autocast_to, model_from, predict, recorded_precision, top1, triton_found
 from kdcli.models import canonical_name
@@ -56,7 +56,7 @@ class DumpConfig:
 
     def __post_init__(self):
         check_types(self)
-        require_at_least_one(self, "epochs", "batch_size", "subset")
+        check_ranges(self)
         check_choices(self)
         check_paths(vars(self))
         check_seed(self.seed)

@@ -71,8 +71,6 @@ class SweepConfig(DistillOptions, TrainOptions):
                 raise ConfigError("--temperatures", f"{' and '.join(map(repr, ts))} would share the folder {name}: give values that differ in their first 6 digits")
         if not self.temperatures and not self.baseline:
             raise ConfigError("--temperatures", "nothing to train: give temperatures or keep --baseline")
-        if self.parallel < 0:
-            raise ConfigError("--parallel", f"must be >= 0, got {self.parallel}")
 
 
 def temperature_folder(t: float) -> str:
