@@ -32,6 +32,11 @@ def count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
+def short(value):
+    """A sha256 (a fingerprint, a teacher's checkpoint) as its first 8 digits; anything else as it is."""
+    return f"{value[:8]}…" if isinstance(value, str) and len(value) == 64 else value
+
+
 # What a number read back from a file (JSON, a checkpoint) must be: JSON reads NaN, Infinity and true as numbers too.
 def is_number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)

@@ -45,10 +45,9 @@ import h5py
 import numpy as np
 import torch
 
-from kdcli import KdcliError, __version__, augment, count
+from kdcli import KdcliError, __version__, augment, count, short
 from kdcli.checkpoint import temporary_file_for, write_errors_as_one_line
 from kdcli.locks import is_locked, lock_or_refuse
-from kdcli.resume import check_cache_is_there, short
 
 FORMAT_VERSION = 1
 DATASETS = ("aug", "logits", "labels", "clean_logits", "test_logits", "epochs_complete")
@@ -345,6 +344,17 @@ def open_cache(path, fingerprint=None, num_classes=None, allow_partial=False, nu
         cache.close()
         raise KdcliError(problem)
     return cache
+
+
+def check_cache_is_there(path, recorded_by=None):
+    """Before the data loads: a mistyped --cache must not cost a download of CIFAR-10 first. `recorded_by`: the run
+    --resume read the path back from, which may have started in another folder."""
+    if not Path(path).exists():
+        if is_locked(f"{path}.lock"):  # a dump writes the file whole, then renames it into place
+            raise KdcliError(f"no cache at {path} yet: a dump-logits is making it (it holds {path}.lock); wait for its first epochs")
+        if recorded_by:
+            raise KdcliError(f"no cache at {path}, as {recorded_by} recorded (relative to the folder it started in): pass --cache, or run `kdcli dump-logits`")
+        raise KdcliError(f"no cache at {path}: run `kdcli dump-logits` first (its --out is the file to read)")
 
 
 def check_readable(path):

@@ -26,13 +26,14 @@ import typer
 from kdcli import DATA_DIR, Device, Interrupted, KdcliError, __version__, count
 from kdcli import report as reporting
 from kdcli.cache import cache_info as read_info
+from kdcli.cache import check_cache_is_there
 from kdcli.config import ConfigError, StudentConfig, TeacherConfig, TrainOptions, check_paths, flag
 from kdcli.data import CLASSES, recorded_data_dir
 from kdcli.dump import DumpConfig, dump_logits, verify_cache
 from kdcli.dump import check_can_start as dump_can_start
 from kdcli.evaluate import evaluate as evaluate_checkpoint
 from kdcli.models import ALIASES, MODELS, parameter_count
-from kdcli.resume import check_cache_is_there, check_can_start, check_options_kept, options_of_inputs, recorded_options
+from kdcli.resume import check_can_start, check_options_kept, options_of_inputs, recorded_options
 from kdcli.runs import LOCK
 from kdcli.sweep import SweepConfig, sweep
 from kdcli.sweep import check_can_start as sweep_can_start

@@ -13,10 +13,9 @@ import math
 import warnings
 from pathlib import Path
 
-from kdcli import KdcliError, count
+from kdcli import KdcliError, count, short
 from kdcli.checkpoint import CHECKPOINT, delete_stale_temporaries, load_checkpoint, peek_checkpoint
 from kdcli.config import flag
-from kdcli.locks import is_locked
 from kdcli.models import canonical_name
 from kdcli.runs import DIVERGED, busy_message, check_record, check_run_folder, check_sweep_folder, in_use, kdcli_config, read_json
 
@@ -42,17 +41,6 @@ def check_cache_readable(path):
     from kdcli.cache import check_readable  # h5py is only needed by students of a cache
 
     check_readable(path)
-
-
-def check_cache_is_there(path, recorded_by=None):
-    """Before the data loads: a mistyped --cache must not cost a download of CIFAR-10 first. `recorded_by`: the run
-    --resume read the path back from, which may have started in another folder."""
-    if not Path(path).exists():
-        if is_locked(f"{path}.lock"):  # a dump writes the file whole, then renames it into place
-            raise KdcliError(f"no cache at {path} yet: a dump-logits is making it (it holds {path}.lock); wait for its first epochs")
-        if recorded_by:
-            raise KdcliError(f"no cache at {path}, as {recorded_by} recorded (relative to the folder it started in): pass --cache, or run `kdcli dump-logits`")
-        raise KdcliError(f"no cache at {path}: run `kdcli dump-logits` first (its --out is the file to read)")
 
 
 def check_sweep_can_start(out: Path, cache=None):
@@ -284,10 +272,6 @@ def _other_images(run_dir, change: str) -> KdcliError:
     return KdcliError(f"{run_dir} was trained on other images, not the training images given now ({change}); "
                       "pass its --data-dir and --subset, or --force to start over")  # fmt: skip
 
-
-def short(value):
-    """A sha256 (a fingerprint, a teacher's checkpoint) as its first 8 digits; anything else as it is."""
-    return f"{value[:8]}…" if isinstance(value, str) and len(value) == 64 else value
 
 
 def plain(value):

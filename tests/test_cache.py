@@ -88,12 +88,10 @@ def test_incomplete_refused_unless_allow_partial(tmp_path):
 
 def test_a_cache_a_dump_is_writing_is_said_to_be_so(tmp_path):
     """Not "run dump-logits" or "finish it with dump-logits": a second dump into it would be refused."""
-    from kdcli.resume import check_cache_is_there
-
     path = tmp_path / "c.h5"
     with cache.write_lock(path):  # what dump-logits holds from before the file exists to its end
         with pytest.raises(KdcliError, match=r"no cache at .*c.h5 yet: a dump-logits is making it \(it holds .*c.h5.lock\)"):
-            check_cache_is_there(path)
+            cache.check_cache_is_there(path)
         make_cache(path, complete=0)
         with pytest.raises(KdcliError, match=r"has no complete epoch yet: a dump-logits is writing it now: wait for it"):
             cache.open_cache(path)
@@ -101,7 +99,7 @@ def test_a_cache_a_dump_is_writing_is_said_to_be_so(tmp_path):
         with pytest.raises(KdcliError, match=r"has 2 of 3 epochs: a dump-logits is writing it now: wait for it, or pass --allow-partial"):
             cache.open_cache(path)
     with pytest.raises(KdcliError, match=r"no cache at .*x.h5: run `kdcli dump-logits` first"):
-        check_cache_is_there(tmp_path / "x.h5")
+        cache.check_cache_is_there(tmp_path / "x.h5")
     with pytest.raises(KdcliError, match=r"has 2 of 3 epochs: finish it with `kdcli dump-logits --epochs 3 --out"):
         cache.open_cache(path)
 
