@@ -33,7 +33,8 @@ from kdcli.data import load_cifar10, recorded_data_dir, resolve_device
 from kdcli.evaluate import autocast_dtype, autocast_to, model_from, predict, recorded_precision, top1, triton_found
 from kdcli.models import canonical_name
 from kdcli.resume import as_recorded_now, run_kind
-from kdcli.runs import DIVERGED, in_use, machine, read_json
+from kdcli.records import read_json
+from kdcli.runs import DIVERGED, in_use, machine
 
 
 @dataclass

@@ -33,7 +33,8 @@ from kdcli import KdcliError, count
 from kdcli.checkpoint import delete_stale_temporaries, write_atomic
 from kdcli.models import canonical_name
 from kdcli.resume import as_recorded_now
-from kdcli.runs import DIVERGED, LOCK, check_record, kdcli_config, read_json, write_text_atomic
+from kdcli.records import check_record, read_json, write_text_atomic
+from kdcli.runs import DIVERGED, LOCK, kdcli_config
 
 SETTING_COLUMNS = ["model", "temperature", "distillation_weight", "hard_weight", "n"]
 ACCURACY_COLUMNS = ["mean", "std", "min", "max", "delta", "ci_low", "ci_high"]  # percent; delta and CI vs the baseline

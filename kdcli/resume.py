@@ -17,7 +17,8 @@ from kdcli import KdcliError, count, short
 from kdcli.checkpoint import CHECKPOINT, delete_stale_temporaries, load_checkpoint, peek_checkpoint
 from kdcli.config import flag
 from kdcli.models import canonical_name
-from kdcli.runs import DIVERGED, busy_message, check_record, check_run_folder, check_sweep_folder, in_use, kdcli_config, read_json
+from kdcli.records import check_record, read_json
+from kdcli.runs import DIVERGED, busy_message, check_run_folder, check_sweep_folder, in_use, kdcli_config
 
 
 def check_can_start(config):

@@ -23,7 +23,7 @@ import kdcli.checkpoint as checkpoint_module
 import kdcli.dump as dump_module
 import kdcli.group as group_module
 import kdcli.resume as resume_module
-import kdcli.runs as runs_module
+import kdcli.records as records_module
 import kdcli.train as train_module
 from kdcli import __version__
 from kdcli.cli import app
@@ -406,7 +406,7 @@ def test_a_full_disk_while_writing_a_run_file_is_one_line(tmp_path, data_dir, mo
         return written
 
     monkeypatch.setattr(Path, "write_text", no_space_for(Path.write_text))
-    for module in (runs_module, checkpoint_module):  # the open() each calls
+    for module in (records_module, checkpoint_module):  # the open() each calls
         monkeypatch.setattr(module, "open", no_space_for(open), raising=False)
     result = kdcli(*teacher_args(data_dir, tmp_path / "out", "--lr-milestones", ""))
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output

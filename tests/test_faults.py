@@ -386,7 +386,7 @@ def test_a_full_disk_while_resume_cuts_the_metrics_back_keeps_the_old_lines(tmp_
     import errno
 
     from kdcli import KdcliError
-    from kdcli.runs import truncate_metrics
+    from kdcli.records import truncate_metrics
 
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps({"epoch": e}) + "\n" for e in (1, 2, 3)))
@@ -407,7 +407,7 @@ def test_a_full_disk_while_resume_cuts_the_metrics_back_keeps_the_old_lines(tmp_
 def test_resuming_keeps_one_metrics_line_per_epoch_and_drops_what_is_no_epochs(tmp_path):
     """The summary sums the lines' seconds: a line repeated (a file concatenated with itself), an epoch 0, or bytes that
     are no UTF-8 (which gave a UnicodeDecodeError) must not reach it."""
-    from kdcli.runs import truncate_metrics
+    from kdcli.records import truncate_metrics
 
     path = tmp_path / "metrics.jsonl"
     lines = [json.dumps({"epoch": e, "seconds": 1.0}) for e in (1, 2, 3)]
