@@ -274,7 +274,6 @@ def _other_images(run_dir, change: str) -> KdcliError:
                       "pass its --data-dir and --subset, or --force to start over")  # fmt: skip
 
 
-
 def plain(value):
     """An option's value as JSON records it (a tuple as a list), so that a given value and a recorded one compare."""
     return list(value) if isinstance(value, tuple) else value
