@@ -21,8 +21,8 @@ from kdcli.config import StudentConfig, TeacherConfig
 from kdcli.data import load_cifar10, resolve_device
 from kdcli.evaluate import autocast_dtype, triton_found
 from kdcli.group import Group
-from kdcli.resume import check_can_start, check_resumed_on_its_images, check_same_inputs, prepare_run_dir
 from kdcli.records import check_record, read_json
+from kdcli.resume import check_can_start, check_resumed_on_its_images, check_same_inputs, prepare_run_dir
 from kdcli.runs import CachedTargets, DrawnAugmentation, Run, check_run_folder, claim_folder
 
 

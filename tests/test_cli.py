@@ -22,8 +22,8 @@ from typer.testing import CliRunner
 import kdcli.checkpoint as checkpoint_module
 import kdcli.dump as dump_module
 import kdcli.group as group_module
-import kdcli.resume as resume_module
 import kdcli.records as records_module
+import kdcli.resume as resume_module
 import kdcli.train as train_module
 from kdcli import __version__
 from kdcli.cli import app
