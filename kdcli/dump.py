@@ -32,8 +32,8 @@ from kdcli.config import check_choices, check_paths, check_ranges, check_seed, c
 from kdcli.data import load_cifar10, recorded_data_dir, resolve_device
 from kdcli.evaluate import autocast_dtype, autocast_to, model_from, predict, recorded_precision, top1, triton_found
 from kdcli.models import canonical_name
-from kdcli.records import read_json
-from kdcli.resume import as_recorded_now, run_kind
+from kdcli.records import as_recorded_now, read_json
+from kdcli.resume import run_kind
 from kdcli.runs import DIVERGED, in_use, machine
 
 

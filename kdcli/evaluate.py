@@ -13,8 +13,7 @@ from kdcli import KdcliError, augment
 from kdcli.checkpoint import checkpoint_file, load_checkpoint, training_reached
 from kdcli.data import load_cifar10, recorded_data_dir, resolve_device
 from kdcli.models import canonical_name, create_model
-from kdcli.records import read_json
-from kdcli.resume import as_recorded_now
+from kdcli.records import as_recorded_now, read_json
 
 
 @torch.no_grad()

@@ -34,8 +34,7 @@ from kdcli.evaluate import autocast_dtype, autocast_to, evaluate_stack
 from kdcli.losses import distillation_loss, soft_targets
 from kdcli.models import create_model
 from kdcli.optimizer import learning_rate, make_optimizer
-from kdcli.records import append_line, read_metrics, truncate_metrics, write_json
-from kdcli.resume import plain
+from kdcli.records import append_line, plain, read_metrics, truncate_metrics, write_json
 from kdcli.runs import DIVERGED, git_commit, machine
 from kdcli.stack import GraphedStep, ModelStack, split_optimizer_state, stack_optimizer_states
 

@@ -4,6 +4,7 @@
     write_json(path, obj)                           # replaced whole (checkpoint.write_atomic)
     append_line(run_dir / "metrics.jsonl", line)    # on disk before it returns
     truncate_metrics(path, epoch)  /  read_metrics(path, epochs)
+    as_recorded_now(config)                         # recorded options as this kdcli names them (older runs too)
 
 A file is replaced whole (a kill leaves the old one or the new), but metrics.jsonl, appended to one fsynced line
 at a time: a torn last line is dropped when the run resumes.
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from kdcli import KdcliError, is_count, is_number
 from kdcli.checkpoint import write_atomic
+from kdcli.models import canonical_name
 
 
 def read_json(path: Path) -> dict:
@@ -120,3 +122,25 @@ def append_line(path: Path, line: str):
             os.fsync(f.fileno())
     except OSError as e:
         raise KdcliError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+# Options that runs written by an earlier kdcli do not record, and the value those runs trained as: a
+# resumed or reported old run compares as this value, not as a different option.
+OPTIONS_ADDED_LATER = {"val_size": 0}
+
+
+def as_recorded_now(config: dict) -> dict:
+    """A run's (or cache's) recorded options as this kdcli records them: options added later at the value
+    old runs trained with, --amp (before 2026-11-27 a flag, true meaning bf16) as a precision, and the
+    model by its own name (kdcli until 2026-11-27 recorded an alias as given: "1" for lenet5)."""
+    now = {**OPTIONS_ADDED_LATER, **config}
+    if isinstance(now.get("amp"), bool):
+        now["amp"] = "bf16" if now["amp"] else "off"
+    if "model" in now:
+        now["model"] = canonical_name(now["model"])
+    return now
+
+
+def plain(value):
+    """An option's value as JSON records it (a tuple as a list), so that a given value and a recorded one compare."""
+    return list(value) if isinstance(value, tuple) else value

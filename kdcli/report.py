@@ -32,8 +32,7 @@ from pathlib import Path
 from kdcli import KdcliError, count
 from kdcli.checkpoint import delete_stale_temporaries, write_atomic
 from kdcli.models import canonical_name
-from kdcli.records import check_record, read_json, write_text_atomic
-from kdcli.resume import as_recorded_now
+from kdcli.records import as_recorded_now, check_record, read_json, write_text_atomic
 from kdcli.runs import DIVERGED, LOCK, kdcli_config
 
 SETTING_COLUMNS = ["model", "temperature", "distillation_weight", "hard_weight", "n"]

@@ -17,7 +17,7 @@ from kdcli import KdcliError, count, short
 from kdcli.checkpoint import CHECKPOINT, delete_stale_temporaries, load_checkpoint, peek_checkpoint
 from kdcli.config import flag
 from kdcli.models import canonical_name
-from kdcli.records import check_record, read_json
+from kdcli.records import as_recorded_now, check_record, plain, read_json
 from kdcli.runs import DIVERGED, busy_message, check_run_folder, check_sweep_folder, in_use, kdcli_config
 
 
@@ -125,23 +125,6 @@ NOT_READ_BACK = {"out", "resume", "force", "quiet", "device", "compile", "cuda_g
 #   themselves). A resumed run may move to another device, which changes its precision anyway; --amp too (a bf16
 #   run resumed under fp16 starts a fresh loss scale).
 MAY_DIFFER = NOT_READ_BACK | {"amp", "eval_every", "save_every", "cache", "data_dir", "download", "allow_partial"}
-
-
-# Options that runs written by an earlier kdcli do not record, and the value those runs trained as: a
-# resumed or reported old run compares as this value, not as a different option.
-OPTIONS_ADDED_LATER = {"val_size": 0}
-
-
-def as_recorded_now(config: dict) -> dict:
-    """A run's (or cache's) recorded options as this kdcli records them: options added later at the value
-    old runs trained with, --amp (before 2026-11-27 a flag, true meaning bf16) as a precision, and the
-    model by its own name (kdcli until 2026-11-27 recorded an alias as given: "1" for lenet5)."""
-    now = {**OPTIONS_ADDED_LATER, **config}
-    if isinstance(now.get("amp"), bool):
-        now["amp"] = "bf16" if now["amp"] else "off"
-    if "model" in now:
-        now["model"] = canonical_name(now["model"])
-    return now
 
 
 def recorded_options(out, asked: dict) -> dict:
@@ -272,8 +255,3 @@ def check_resumed_on_its_images(config, data):
 def _other_images(run_dir, change: str) -> KdcliError:
     return KdcliError(f"{run_dir} was trained on other images, not the training images given now ({change}); "
                       "pass its --data-dir and --subset, or --force to start over")  # fmt: skip
-
-
-def plain(value):
-    """An option's value as JSON records it (a tuple as a list), so that a given value and a recorded one compare."""
-    return list(value) if isinstance(value, tuple) else value

@@ -34,7 +34,8 @@ from kdcli.locks import warn_cannot_lock
 from kdcli.losses import distillation_loss
 from kdcli.models import create_model
 from kdcli.optimizer import learning_rate
-from kdcli.resume import MAY_DIFFER, as_recorded_now
+from kdcli.records import as_recorded_now
+from kdcli.resume import MAY_DIFFER
 from kdcli.runs import LOCK, DrawnAugmentation, Run, claim_folder, git_commit
 from kdcli.stack import ModelStack, split_optimizer_state, stack_optimizer_states
 from kdcli.train import train_runs, train_student, train_teacher
