@@ -52,9 +52,10 @@ from kdcli import KdcliError, augment
 from kdcli.cache import open_cache
 from kdcli.checkpoint import save_atomic
 from kdcli.config import StudentConfig, TeacherConfig
-from kdcli.data import BATCH_FOLDER, TEST_FILE, TRAIN_FILES, NotOfficialDataWarning, load_cifar10, resolve_device
+from kdcli.data import BATCH_FOLDER, TEST_FILE, TRAIN_FILES, NotOfficialDataWarning, load_cifar10
+from kdcli.device import autocast_dtype, autocast_to, resolve_device
 from kdcli.dump import DumpConfig, _write_epochs, compiles, dump_logits, view_labeller
-from kdcli.evaluate import autocast_dtype, autocast_to, load_model
+from kdcli.evaluate import load_model
 from kdcli.group import Group
 from kdcli.models import create_model
 from kdcli.runs import CachedTargets, DrawnAugmentation, Run

@@ -28,8 +28,9 @@ import torch  # noqa: E402
 from torch._dynamo.utils import counters  # noqa: E402
 
 from kdcli import augment  # noqa: E402
+from kdcli.device import autocast_dtype  # noqa: E402
 from kdcli.dump import teacher_logits, view_labeller  # noqa: E402
-from kdcli.evaluate import autocast_dtype, model_from  # noqa: E402
+from kdcli.evaluate import model_from  # noqa: E402
 from kdcli.models import create_model  # noqa: E402
 
 

@@ -61,9 +61,10 @@ from kdcli import augment, cache, losses
 from kdcli import group as group_module
 from kdcli.cache import open_cache
 from kdcli.config import TeacherConfig
-from kdcli.data import NotOfficialDataWarning, load_cifar10, resolve_device
+from kdcli.data import NotOfficialDataWarning, load_cifar10
+from kdcli.device import autocast_dtype, resolve_device
 from kdcli.dump import DumpConfig, compiles, dump_logits, teacher_logits, view_labeller
-from kdcli.evaluate import autocast_dtype, model_from
+from kdcli.evaluate import model_from
 from kdcli.group import Group
 from kdcli.models import create_model
 from kdcli.optimizer import make_optimizer

@@ -13,7 +13,6 @@ re-encoded copy such as the JPEG proxy still loads, with a warning.
 import hashlib
 import pickle
 import shutil
-import typing
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kdcli import DATA_DIR, Device, KdcliError
+from kdcli import DATA_DIR, KdcliError
 
 BATCH_FOLDER = "cifar-10-batches-py"
 TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
@@ -114,22 +113,6 @@ def recorded_data_dir(recorded: dict, source: str) -> str:
     if not Path(data_dir).is_dir():
         raise KdcliError(f"--data-dir {data_dir}, as {source} recorded, is not a folder here: pass --data-dir, the folder holding its images")
     return data_dir
-
-
-def resolve_device(name: str) -> torch.device:
-    """--device as a torch.device; on CUDA it also turns on cuDNN's autotuning, for the whole process."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise KdcliError("--device cuda: no CUDA GPU is visible to PyTorch; use --device cpu")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise KdcliError("--device mps: MPS is not available on this machine; use --device cpu")
-    if name == "cuda" and not torch.backends.cudnn.deterministic:  # shapes never change: time cuDNN's algorithms once, keep the fastest
-        torch.backends.cudnn.benchmark = True
-    try:
-        return torch.device(name)
-    except RuntimeError:  # a library caller's "gpu": torch's own error lists 20 device types
-        raise KdcliError(f"--device {name}: must be one of {', '.join(typing.get_args(Device))}") from None
 
 
 def fingerprint(images: torch.Tensor, labels: torch.Tensor) -> str:

@@ -29,8 +29,9 @@ from tqdm import tqdm
 from kdcli import DATA_DIR, Device, Interrupted, KdcliError, Precision, StopOnSignal, augment, cache, redraw_intervals
 from kdcli.checkpoint import checkpoint_file, read_checkpoint, training_reached
 from kdcli.config import check_choices, check_paths, check_ranges, check_seed, check_types
-from kdcli.data import load_cifar10, recorded_data_dir, resolve_device
-from kdcli.evaluate import autocast_dtype, autocast_to, model_from, predict, recorded_precision, top1, triton_found
+from kdcli.data import load_cifar10, recorded_data_dir
+from kdcli.device import autocast_dtype, autocast_to, resolve_device, triton_found
+from kdcli.evaluate import model_from, predict, recorded_precision, top1
 from kdcli.models import canonical_name
 from kdcli.records import as_recorded_now, read_json
 from kdcli.resume import run_kind

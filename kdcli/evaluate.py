@@ -11,7 +11,8 @@ import torch
 
 from kdcli import KdcliError, augment
 from kdcli.checkpoint import checkpoint_file, load_checkpoint, training_reached
-from kdcli.data import load_cifar10, recorded_data_dir, resolve_device
+from kdcli.data import load_cifar10, recorded_data_dir
+from kdcli.device import autocast_dtype, autocast_to, resolve_device
 from kdcli.models import canonical_name, create_model
 from kdcli.records import as_recorded_now, read_json
 
@@ -27,29 +28,6 @@ def evaluate_stack(stack, images, labels, autocast, batch_size=1000) -> list:
             logits = stack(x.expand(stack.size, *x.shape))  # [S, b, C]
         correct += (logits.argmax(-1) == labels[i : i + batch_size]).sum(-1)
     return [round(100 * c / len(labels), 4) for c in correct.tolist()]
-
-
-def autocast_dtype(amp, device) -> torch.dtype | None:
-    """--amp's dtype on `device`; None: float32."""
-    if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():  # else autocast raises a RuntimeError
-        raise KdcliError("this GPU does not support bf16: train and dump with --amp fp16 (or off); evaluate or verify a bf16 run with --device cpu")
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp) if device.type == "cuda" else None
-
-
-def autocast_to(dtype: torch.dtype | None) -> torch.autocast:
-    """CUDA autocast to `dtype`; None: off. No weight cache: it would hold tensors from outside a CUDA graph's capture."""
-    return torch.autocast("cuda", dtype or torch.bfloat16, enabled=dtype is not None, cache_enabled=False)
-
-
-def triton_found() -> bool:
-    """Whether torch.compile can build kernels for this machine's GPU: Triton installed, and a GPU it supports (compute
-    capability 7.0 or newer; not a P100), by inductor's own test. Where that private test moved, True: compile's own
-    error at its first call then says why."""
-    try:
-        from torch.utils._triton import has_triton
-    except ImportError:
-        return True
-    return has_triton()
 
 
 @torch.no_grad()

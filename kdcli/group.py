@@ -30,7 +30,8 @@ import torch
 
 from kdcli import Diverged, Interrupted, KdcliError, __version__, augment
 from kdcli.checkpoint import CHECKPOINT, save_all_atomic
-from kdcli.evaluate import autocast_dtype, autocast_to, evaluate_stack
+from kdcli.device import autocast_dtype, autocast_to
+from kdcli.evaluate import evaluate_stack
 from kdcli.losses import distillation_loss, soft_targets
 from kdcli.models import create_model
 from kdcli.optimizer import learning_rate, make_optimizer

@@ -18,8 +18,8 @@ from tqdm import tqdm
 
 from kdcli import KdcliError, StopOnSignal, count, redraw_intervals
 from kdcli.config import StudentConfig, TeacherConfig
-from kdcli.data import load_cifar10, resolve_device
-from kdcli.evaluate import autocast_dtype, triton_found
+from kdcli.data import load_cifar10
+from kdcli.device import autocast_dtype, resolve_device, triton_found
 from kdcli.group import Group
 from kdcli.records import check_record, read_json
 from kdcli.resume import check_can_start, check_resumed_on_its_images, check_same_inputs, prepare_run_dir

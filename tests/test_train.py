@@ -28,7 +28,8 @@ from kdcli import KdcliError, StopOnSignal, __version__, augment
 from kdcli.checkpoint import CHECKPOINT, load_checkpoint
 from kdcli.config import ConfigError, StudentConfig, TeacherConfig
 from kdcli.data import DATA_DIR, load_cifar10, recorded_data_dir
-from kdcli.evaluate import autocast_dtype, autocast_to, evaluate, evaluate_stack, load_model, predict, recorded_precision, top1
+from kdcli.device import autocast_dtype, autocast_to
+from kdcli.evaluate import evaluate, evaluate_stack, load_model, predict, recorded_precision, top1
 from kdcli.group import TrainingInterrupted
 from kdcli.locks import warn_cannot_lock
 from kdcli.losses import distillation_loss
