@@ -4,7 +4,7 @@ import os
 import signal
 import sys
 
-from kdcli import quit_at_once
+from kdcli.signals import quit_at_once
 
 STOPS = (signal.SIGINT, signal.SIGTERM)
 

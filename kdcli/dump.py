@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from kdcli import DATA_DIR, Device, Interrupted, KdcliError, Precision, StopOnSignal, augment, cache, redraw_intervals
+from kdcli import DATA_DIR, Device, Interrupted, KdcliError, Precision, augment, cache, redraw_intervals
 from kdcli.checkpoint import checkpoint_file, read_checkpoint, training_reached
 from kdcli.config import check_choices, check_paths, check_ranges, check_seed, check_types
 from kdcli.data import load_cifar10, recorded_data_dir
@@ -36,6 +36,7 @@ from kdcli.models import canonical_name
 from kdcli.records import as_recorded_now, read_json
 from kdcli.resume import run_kind
 from kdcli.runs import DIVERGED, in_use, machine
+from kdcli.signals import StopOnSignal
 
 
 @dataclass

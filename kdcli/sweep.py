@@ -25,12 +25,13 @@ from pathlib import Path
 
 import torch
 
-from kdcli import Diverged, Interrupted, KdcliError, StopOnSignal, count, report
+from kdcli import Diverged, Interrupted, KdcliError, count, report
 from kdcli.checkpoint import CHECKPOINT, finish_renames, peek_checkpoint
 from kdcli.config import ConfigError, DistillOptions, StudentConfig, TrainOptions, check_no_repeats, check_seed, check_temperature
 from kdcli.records import read_json
 from kdcli.resume import check_resumed_on_its_images, check_same_inputs, check_same_options, check_sweep_can_start, forget_run, state_of_config_json
 from kdcli.runs import DIVERGED, LOCK, check_sweep_folder, claim_folder, runs_below
+from kdcli.signals import StopOnSignal
 from kdcli.stack import stackable
 from kdcli.train import device_and_data, epoch_and_step, open_student_cache, student_runs, train_runs, warn_of_cache
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from kdcli import KdcliError, StopOnSignal, count, redraw_intervals
+from kdcli import KdcliError, count, redraw_intervals
 from kdcli.config import StudentConfig, TeacherConfig
 from kdcli.data import load_cifar10
 from kdcli.device import autocast_dtype, resolve_device, triton_found
@@ -24,6 +24,7 @@ from kdcli.group import Group
 from kdcli.records import check_record, read_json
 from kdcli.resume import check_can_start, check_resumed_on_its_images, check_same_inputs, prepare_run_dir
 from kdcli.runs import CachedTargets, DrawnAugmentation, Run, check_run_folder, claim_folder
+from kdcli.signals import StopOnSignal
 
 
 def train_runs(runs: list, data, device: torch.device, teacher: nn.Module | None = None, progress=True, in_sweep=False, stop=None) -> list:

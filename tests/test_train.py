@@ -24,7 +24,7 @@ from conftest import dead_pid, record_progress_bars, write_cifar_folder
 
 import kdcli.group as group_module
 import kdcli.train as train_module
-from kdcli import KdcliError, StopOnSignal, __version__, augment
+from kdcli import KdcliError, __version__, augment
 from kdcli.checkpoint import CHECKPOINT, load_checkpoint
 from kdcli.config import ConfigError, StudentConfig, TeacherConfig
 from kdcli.data import DATA_DIR, load_cifar10, recorded_data_dir
@@ -38,6 +38,7 @@ from kdcli.optimizer import learning_rate
 from kdcli.records import as_recorded_now
 from kdcli.resume import MAY_DIFFER
 from kdcli.runs import LOCK, DrawnAugmentation, Run, claim_folder, git_commit
+from kdcli.signals import StopOnSignal
 from kdcli.stack import ModelStack, split_optimizer_state, stack_optimizer_states
 from kdcli.train import train_runs, train_student, train_teacher
 
