@@ -230,10 +230,16 @@ def _described(recipe: dict, run_dir: str, fields: list) -> str:
 
 
 def check_comparable(runs, remedy=None):
-    """Refuse runs whose accuracies are not samples of one experiment: runs of a model trained with other
-    recipes or on other images (config.json), KD runs from caches of other lengths (a student replays cached epoch e mod E)
-    or of other teachers, or two runs of one setting with the same seed (one run reported twice). `remedy`: what to do, said
-    instead of the report's own."""
+    """Refuse runs whose accuracies are not samples of one experiment. `remedy`: what to do, said instead of the
+    report's own."""
+    _check_one_recipe_per_model(runs, remedy)
+    _check_one_cache_length(runs, remedy)
+    teacher_accuracy(runs, remedy)  # before the seeds: two teachers' sweeps of the same seeds differ by their teacher, not by a run counted twice
+    _check_each_seed_once(runs, remedy)
+
+
+def _check_one_recipe_per_model(runs, remedy):
+    """Runs of a model trained with other recipes or on other images (config.json) are other experiments."""
     by_recipe: dict[str, dict[tuple, str]] = {}  # model -> recipe ((field, JSON) pairs) -> a run with it
     for r in runs:
         recipe = _recipe(as_recorded_now(r["config"]))
@@ -247,12 +253,19 @@ def check_comparable(runs, remedy=None):
             shown = [k for k in differ if k not in SAID_AS]  # the images' fingerprint by name alone
             raise KdcliError(f"the {model} runs were trained with other {', '.join(SAID_AS.get(k, k) for k in differ)} "
                              f"(e.g. {_described(*a, shown)}; {_described(*b, shown)}): {remedy or _separately('recipe')}")  # fmt: skip
+
+
+def _check_one_cache_length(runs, remedy):
+    """KD runs from caches of other lengths saw other views: a student replays cached epoch e mod E."""
     # Cached epoch e's views depend on (seed, e) alone: students of E >= their epochs replayed the same ones.
     replayed = {min(c["cache_epochs"], c.get("epochs", c["cache_epochs"])): r["run_dir"] for r in runs if "cache_epochs" in (c := r["config"])}
     if len(replayed) > 1:
         (e1, a), (e2, b) = list(replayed.items())[:2]
         raise KdcliError(f"these runs replayed {e1} and {e2} cached epochs of views (e.g. {a} and {b}): {remedy or _separately('cache')}")
-    teacher_accuracy(runs, remedy)  # before the seeds: two teachers' sweeps of the same seeds differ by their teacher, not by a run counted twice
+
+
+def _check_each_seed_once(runs, remedy):
+    """Two runs of one setting with the same seed are one run reported twice."""
     seen = {}
     for r in runs:
         key = (_setting(r["summary"]), r["summary"].get("seed"))
