@@ -75,19 +75,27 @@ def prepare_run_dir(config):
     """Ready --out (claimed: claim_folder) for the run: a killed write's temporary files and, with --force, the old
     run deleted, what is left checked against --resume; return the checkpoint to resume from, 'done', or None."""
     out = Path(config.out)
-    ckpt = out / CHECKPOINT
     delete_stale_temporaries(out)  # left by a process killed in write_atomic or save_all_atomic
     if config.force:
         forget_run(out)
     check_not_overwriting(config)  # so what is left in --out is a run to --resume
-    finished = (out / "summary.json").exists()  # --resume keeps it, but only for the options it was trained with
-    if not ckpt.exists():
-        if finished and (state := state_of_config_json(out)):
-            check_same_options(config, state, out)
-        return "done" if finished else None
-    state = peek_checkpoint(ckpt) if finished else load_checkpoint(ckpt)
+    if (out / "summary.json").exists():
+        check_kept(config, out)
+        return "done"
+    if not (out / CHECKPOINT).exists():
+        return None
+    state = load_checkpoint(out / CHECKPOINT)
     check_resumes(config, state, out)
-    return "done" if finished else state
+    return state
+
+
+def check_kept(config, out: Path):
+    """--resume keeps the finished run in `out`, but only for the options it was trained with: its checkpoint's, or
+    its config.json's where the checkpoint was deleted (to save space)."""
+    if (out / CHECKPOINT).exists():
+        check_resumes(config, peek_checkpoint(out / CHECKPOINT), out)
+    elif state := state_of_config_json(out):
+        check_same_options(config, state, out)
 
 
 def state_of_config_json(out: Path) -> dict | None:
