@@ -165,32 +165,30 @@ def _run_command(cls, ctx, options: dict, run, can_start, resume_flag: bool, out
         # What reading options back says is said once the command can run: before a usage error or a refusal, a
         # note or warning about a run that never starts misleads, and the error is to be the one line printed.
         with warnings.catch_warnings(record=True) as held:
-            parsed = options
-            options, typed, read_back = options_as_run(cls, ctx, options)
-            config = make_config(cls, options, read={k for k in options if k not in typed and options[k] != parsed.get(k)})
+            typed = {name for name in options if ctx.get_parameter_source(name).name != "DEFAULT"}
+            as_run, said = options_as_run(cls, options, typed)
+            config = make_config(cls, as_run, read={k for k, v in as_run.items() if k not in typed and v != options[k]})
             can_start(config)
         for w in held:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-        if read_back:
-            typer.echo(read_back, err=True)
-        if "cache" in typed and options.get("distillation_weight") == 0:
-            warn_cache_not_read(options)
+        if said:
+            typer.echo(said, err=True)
+        if "cache" in typed and as_run.get("distillation_weight") == 0:
+            warn_cache_not_read(as_run)
         run(config)
 
 
-def options_as_run(cls, ctx, options: dict) -> tuple[dict, set, str]:
-    """The options a command runs with, the names of those typed on its command line, and the line that says
-    what was read from its input (with_images_of_inputs). A typed one always wins; else a training run's --resume
-    reads the run's own back; else --data-dir and --subset are those the teacher or cache recorded; else the default."""
-    typed = {name for name in options if ctx.get_parameter_source(name).name != "DEFAULT"}
+def options_as_run(cls, options: dict, typed: set) -> tuple[dict, str]:
+    """The options a command runs with, and the line that says what was read from its input (with_images_of_inputs).
+    A `typed` one always wins; else a training run's --resume reads the run's own back; else --data-dir and --subset
+    are those the teacher or cache recorded; else the default."""
     given = typed  # and what --resume reads back: options with_images_of_inputs leaves alone
     # With --force too: `--resume --force` trains the run again with its own options. A dump's --resume only keeps
     # its complete cache.
     if options.get("resume") and issubclass(cls, TrainOptions):
         recorded = recorded_back(cls, options, given)
         options, given = {**options, **recorded}, given | set(recorded)  # a run's own images come before its inputs'
-    options, read_back = with_images_of_inputs(options, given)
-    return options, typed, read_back
+    return with_images_of_inputs(options, given)
 
 
 def with_images_of_inputs(options: dict, given: set) -> tuple[dict, str]:
