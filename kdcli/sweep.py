@@ -97,7 +97,7 @@ def student_configs(config: SweepConfig) -> list:
     return configs
 
 
-def started(c: StudentConfig) -> dict | None:
+def checked_state(c: StudentConfig) -> dict | None:
     """A student's options and progress where it started already (None where not), checked to be the options asked
     for now: a student, finished or not, is kept only if it trained with them."""
     folder = Path(c.out)
@@ -125,11 +125,11 @@ def diverged(c: StudentConfig) -> bool:
 
 def groups(configs: list, parallel: int) -> list:
     """Unfinished students in groups that can train together: same resume point, at most `parallel` each.
-    A student, finished or not, is kept only if it trained with the options asked for now (started); one that
+    A student, finished or not, is kept only if it trained with the options asked for now (checked_state); one that
     diverged is kept as such: trained again on the same options, it would diverge again (--force starts it over)."""
     by_start = {}
     for c in configs:
-        state = started(c)
+        state = checked_state(c)
         if finished(c) or diverged(c):
             continue
         by_start.setdefault(epoch_and_step(state), []).append(c)
@@ -194,12 +194,14 @@ def _claim_students(config: SweepConfig, configs: list, held: contextlib.ExitSta
             (Path(config.out) / name).unlink(missing_ok=True)
 
 
-def check_students_inputs(started: list):
+def check_students_inputs(runs):
     """A finished or diverged student is kept, and a stopped one resumed, only if it read this cache: checked before any
     group trains, since a student trained now from another cache would be refused with the sweep's own. The first refusal
     is said, with how many others share it: after a new teacher's cache, every one."""
     refused = []
-    for r in started:
+    for r in runs:
+        if not any((r.dir / name).exists() for name in ("summary.json", CHECKPOINT, DIVERGED)):
+            continue  # not started: nothing read yet
         try:
             check_same_inputs(r)
         except KdcliError as e:
@@ -281,7 +283,7 @@ def check_can_start(config: SweepConfig):
     check_sweep_can_start(Path(config.out), config.cache if config.temperatures else None)
     if not config.force:
         for c in student_configs(config):
-            started(c)
+            checked_state(c)
 
 
 def sweep(config: SweepConfig, progress=True) -> dict:
@@ -304,7 +306,7 @@ def sweep(config: SweepConfig, progress=True) -> dict:
             runs = {c.out: r for c, r in zip(configs, student_runs(configs, data, cache))}
             check_fits_the_folder(config.out, runs.values())  # before --force deletes anything
             _claim_students(config, configs, students)
-            check_students_inputs([r for r in runs.values() if any((r.dir / name).exists() for name in ("summary.json", CHECKPOINT, DIVERGED))])
+            check_students_inputs(runs.values())
             todo = groups(configs, parallel)
             to_train = sum(map(len, todo))
             # Warnings once every student is checked: just before a refusal they are noise.
