@@ -323,27 +323,32 @@ def open_cache(path, fingerprint=None, num_classes=None, allow_partial=False, nu
     (`fingerprint`, `num_images`: of the training set), the model (`num_classes`) or this kdcli's augmentation,
     or is unfinished (with `allow_partial`, only one without a complete epoch)."""
     cache = LogitCache(path, _open(path))
-    a, done = cache.attrs, cache.epochs_complete
-    problem = None
-    if fingerprint is not None and a["train_fingerprint"] != fingerprint:
-        here = f"{num_images:,} images ({fingerprint[:8]}…)" if num_images is not None else f"other images ({fingerprint[:8]}…)"
-        subset = f", or pass --subset {a['num_images']} if it was made with that" if num_images not in (None, a["num_images"]) else ""
-        problem = (
-            f"{path} has {count(done, 'epoch')} for {a['num_images']:,} images (fingerprint {a['train_fingerprint'][:8]}…); "
-            f"this data has {here}: run dump-logits on it{subset}"
-        )
-    elif num_classes is not None and a["num_classes"] != num_classes:
-        problem = f"{path} holds logits for {a['num_classes']} classes; this data has {num_classes}: run dump-logits on it"
-    elif any(a.get(k) != v for k, v in SPEC_ATTRS.items()):
-        made = {k: a.get(k) for k in SPEC_ATTRS}
-        problem = f"{path} was made with augmentation {made}; this kdcli uses {SPEC_ATTRS}: run dump-logits again"
-    elif done == 0 or (done < cache.epochs and not allow_partial):
-        finish = "a dump-logits is writing it now: wait for it" if is_locked(f"{path}.lock") else f"finish it with `{dump_command(path, a)}`"
-        problem = f"{path} has no complete epoch yet: {finish}" if done == 0 else f"{path} has {done} of {cache.epochs} epochs: {finish}, or pass --allow-partial"
+    problem = _unfit(path, cache, fingerprint, num_classes, allow_partial, num_images)
     if problem:
         cache.close()
         raise KdcliError(problem)
     return cache
+
+
+def _unfit(path, cache: LogitCache, fingerprint, num_classes, allow_partial, num_images) -> str | None:
+    """Why open_cache refuses the cache it opened from `path`; None where it fits."""
+    a, done = cache.attrs, cache.epochs_complete
+    if fingerprint is not None and a["train_fingerprint"] != fingerprint:
+        here = f"{num_images:,} images ({fingerprint[:8]}…)" if num_images is not None else f"other images ({fingerprint[:8]}…)"
+        subset = f", or pass --subset {a['num_images']} if it was made with that" if num_images not in (None, a["num_images"]) else ""
+        return (
+            f"{path} has {count(done, 'epoch')} for {a['num_images']:,} images (fingerprint {a['train_fingerprint'][:8]}…); "
+            f"this data has {here}: run dump-logits on it{subset}"
+        )
+    if num_classes is not None and a["num_classes"] != num_classes:
+        return f"{path} holds logits for {a['num_classes']} classes; this data has {num_classes}: run dump-logits on it"
+    if any(a.get(k) != v for k, v in SPEC_ATTRS.items()):
+        made = {k: a.get(k) for k in SPEC_ATTRS}
+        return f"{path} was made with augmentation {made}; this kdcli uses {SPEC_ATTRS}: run dump-logits again"
+    if done == 0 or (done < cache.epochs and not allow_partial):
+        finish = "a dump-logits is writing it now: wait for it" if is_locked(f"{path}.lock") else f"finish it with `{dump_command(path, a)}`"
+        return f"{path} has no complete epoch yet: {finish}" if done == 0 else f"{path} has {done} of {cache.epochs} epochs: {finish}, or pass --allow-partial"
+    return None
 
 
 def check_cache_is_there(path, recorded_by=None):
