@@ -167,7 +167,7 @@ def _run_command(cls, ctx, options: dict, run, can_start, resume_flag: bool, out
         with warnings.catch_warnings(record=True) as held:
             typed = {name for name in options if ctx.get_parameter_source(name).name != "DEFAULT"}
             as_run, said = options_as_run(cls, options, typed)
-            config = make_config(cls, as_run, read={k for k, v in as_run.items() if k not in typed and v != options[k]})
+            config = make_config(cls, as_run, read={k for k, v in as_run.items() if k not in typed and v != options.get(k)})
             can_start(config)
         for w in held:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
