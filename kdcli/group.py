@@ -182,16 +182,18 @@ class Group:
             if on_step is not None:
                 on_step(idx.shape[1])
             if stop.requested:
-                self._stop_mid_epoch(stop, i + 1, losses, correct, self.partial["seconds"] + time.perf_counter() - t0)
+                self._stop_mid_epoch(stop, i + 1, losses, correct, t0)
         self.partial.update(losses=losses, correct=correct)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # the queued kernels belong to this epoch's time
         return self.partial["seconds"] + time.perf_counter() - t0
 
-    def _stop_mid_epoch(self, stop, step, losses, correct, seconds):
-        """Save the epoch's first `step` steps (their losses and hits [steps, S] so far) and stop."""
+    def _stop_mid_epoch(self, stop, step, losses, correct, t0):
+        """Save the epoch's first `step` steps (their losses and hits [steps, S] so far, timed from `t0`) and stop."""
         self.check_finite(losses[:step])  # a checkpoint of non-finite weights would replace the last good one
         self.step = step
+        # Timed once check_finite has waited for the device: the steps queued on it belong to this epoch's time.
+        seconds = self.partial["seconds"] + time.perf_counter() - t0
         self.partial = {"losses": losses.cpu(), "correct": correct.cpu(), "seconds": seconds}
         self.save_all()
         raise TrainingInterrupted(f"interrupted at epoch {self.epoch + 1}, step {step} of {self.steps}; checkpoint saved in {self._folders()}", stop.signum)

@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import warnings
 from dataclasses import fields
 from types import SimpleNamespace
@@ -1782,3 +1783,17 @@ def test_a_float64_default_dtype_changes_neither_training_nor_evaluation(tmp_pat
         augment._mean_std.cache_clear()
     assert summary["test_accuracy"] == expected["test_accuracy"] == evaluated["test_accuracy"]
     assert_same_weights(weights(tmp_path / "run"), weights(tmp_path / "fresh"))
+
+
+def test_a_stop_mid_epoch_counts_the_wait_for_the_steps_queued_on_the_device(tmp_path, data_dir, monkeypatch):
+    """check_finite waits for the device (on CUDA, for the steps queued since the last sync): that wait is the epoch's
+    time, as the synchronize before an epoch's end is, and must be in the seconds the stop saves."""
+    check_finite = group_module.Group.check_finite
+
+    def waiting_for_the_device(self, losses):
+        time.sleep(0.5)  # as the steps still queued on a GPU would take
+        return check_finite(self, losses)
+
+    monkeypatch.setattr(group_module.Group, "check_finite", waiting_for_the_device)
+    interrupt(tmp_path, data_dir, monkeypatch, step=2)
+    assert load_checkpoint(tmp_path / "run")["partial"]["seconds"] >= 0.5
