@@ -36,9 +36,11 @@ help:  ## list the targets and the variables that change them (this)
 
 # The venv is made once. Made again by another python (PYTHON, or python3 upgraded since), it would get that
 # python's pip and site-packages beside the first's, while $(VENV)/bin/python stays the first: pip would
-# fill the folder make's python does not read. `make clean install PYTHON=...` changes the python.
+# fill the folder make's python does not read. `make clean install PYTHON=...` changes the python. A venv stopped
+# before its pip (venv links bin/python, then runs ensurepip for seconds) gets it as venv would, from its own python.
 $(VENV)/.installed: pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	test -x $(VENV)/bin/pip || $(VENV)/bin/python -m ensurepip --upgrade --default-pip
 	$(VENV)/bin/pip install -q -e '.[dev]'
 	touch $@
 

@@ -153,6 +153,26 @@ def test_install_after_a_pyproject_change_keeps_the_venvs_python(tmp_path):
     assert (tmp_path / "ran").read_text() == "pip install -q -e .[dev]\n"
 
 
+def test_install_after_a_venv_stopped_before_its_pip_gets_its_pip(tmp_path):
+    """`python -m venv` links bin/python first, then runs ensurepip for seconds: a Ctrl-C there leaves a venv without
+    pip. Run again, make install must give it one (as a second `python -m venv` did), not fail on bin/pip forever."""
+    bin = tmp_path / "venv" / "bin"
+    bin.mkdir(parents=True)
+    ran = tmp_path / "ran"
+    # The venv's python makes bin/pip when asked to install pip, as ensurepip does; either pip records its call.
+    pip = f"#!/bin/sh\necho pip \"$@\" >> {ran}\n"
+    (bin / "python").write_text(f"#!/bin/sh\necho python \"$@\" >> {ran}\nprintf '{pip}' > {bin / 'pip'}; chmod +x {bin / 'pip'}\n")
+    (bin / "python").chmod(0o755)
+    other = tmp_path / "python3"
+    other.write_text(f"#!/bin/sh\necho python3 \"$@\" >> {ran}\nprintf '{pip}' > {bin / 'pip'}; chmod +x {bin / 'pip'}\n")
+    other.chmod(0o755)
+    result = subprocess.run(["make", "-C", str(ROOT), "install", f"VENV={tmp_path / 'venv'}", f"PYTHON={other}"],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert ran.read_text().splitlines()[-1] == "pip install -q -e .[dev]"
+    assert "python3" not in ran.read_text()  # the venv's own python: another would add its site-packages beside
+
+
 def test_demo_runs_the_pipelines_own_targets_shrunk(tmp_path, data_dir):
     """`make demo` is `make sweep` with small settings, so it remakes its cache for a new teacher as `make logits` does."""
     venv = tmp_path / "venv"
