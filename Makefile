@@ -58,15 +58,16 @@ logits: $(CACHE).done  ## teacher logits over CACHE_EPOCHS augmented epochs into
 # A cache older than the teacher's summary is another teacher's: it is made anew (--force). Any other
 # resumes if unfinished, and is kept if complete (--resume): a dump stopped part-way, or stopped after it
 # finished but before its .done was written, goes on from where it is. A cache deleted since its .done is made again (FORCE).
-# The .done names its teacher: another TEACHER into the same CACHE, trained before that cache was made, is not
-# newer than it, and its students would learn from the other teacher's logits without a word (FORCE: the dump
-# then refuses that cache as another teacher's).
+# The .done names its teacher (links resolved): another TEACHER into the same CACHE, trained before that cache was
+# made, is not newer than it, and its students would learn from the other teacher's logits without a word (FORCE:
+# the dump then refuses that cache as another teacher's). An empty .done, of a kdcli before it named one, is trusted.
+DONE_TEACHER = $(shell cat $(CACHE).done 2>/dev/null)
 $(CACHE).done: $(TEACHER)/summary.json $(if $(wildcard $(CACHE)),,FORCE) \
-		$(if $(filter $(abspath $(TEACHER)),$(shell cat $(CACHE).done 2>/dev/null)),,FORCE)
+		$(if $(DONE_TEACHER),$(if $(filter $(realpath $(TEACHER)),$(DONE_TEACHER)),,FORCE))
 	rm -f $@
 	$(KDCLI) dump-logits --teacher $(TEACHER) --epochs $(CACHE_EPOCHS) --out $(CACHE) --resume \
 		$(if $(shell test $(TEACHER)/summary.json -nt $(CACHE) && echo older),--force) $(COMMON) $(ARGS)
-	echo $(abspath $(TEACHER)) > $@
+	echo $(realpath $(TEACHER)) > $@
 
 FORCE:
 

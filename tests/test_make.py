@@ -101,6 +101,19 @@ def test_another_teacher_older_than_the_cache_is_not_given_its_logits(tmp_path, 
     assert result.returncode == 0 and "complete already" in result.stdout, result.stderr
 
 
+def test_a_done_of_an_earlier_kdcli_or_of_the_teacher_through_a_link_is_up_to_date(tmp_path, data_dir):
+    """An empty .done (written before it named the teacher) and a TEACHER that is a link to the one named: make has
+    nothing to do, and runs no dump, which would also be handed ARGS meant for the student."""
+    make_teacher_run(tmp_path / "teacher", seed=0)
+    assert make_logits(tmp_path, data_dir).returncode == 0
+    (tmp_path / "link").symlink_to(tmp_path / "teacher")
+    result = make_logits(tmp_path, data_dir, teacher="link")
+    assert result.returncode == 0 and "Nothing to be done" in result.stdout, result.stdout + result.stderr
+    (tmp_path / "c.h5.done").write_text("")
+    result = make_logits(tmp_path, data_dir)
+    assert result.returncode == 0 and "Nothing to be done" in result.stdout, result.stdout + result.stderr
+
+
 def test_the_new_teachers_unfinished_cache_resumes(tmp_path, data_dir):
     """A newer teacher, and `make logits` stopped once the new cache had one epoch: run again, it resumes."""
     make_teacher_run(tmp_path / "teacher", seed=0)
