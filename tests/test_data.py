@@ -12,7 +12,6 @@ from conftest import TEST_IMAGES, write_cifar_folder
 
 from kdcli import KdcliError
 from kdcli import data as data_module
-from kdcli import device as device_module
 from kdcli.data import BATCH_FOLDER, OFFICIAL_MD5, NotOfficialDataWarning, fingerprint, load_cifar10
 
 TRAIN_IMAGES = 5 * 40
@@ -252,18 +251,6 @@ def test_a_failed_download_says_where_a_local_copy_goes(tmp_path, monkeypatch):
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", no_network)
     with pytest.raises(KdcliError, match=rf"not known>\): point --data-dir at a folder holding {BATCH_FOLDER}/"):
         load_cifar10(tmp_path / "typo")
-
-
-def test_auto_picks_the_gpu_and_cuda_without_one_is_one_clear_error(monkeypatch):
-    """Both run on a CPU-only machine too: `auto` must not quietly train a GPU user's runs on the CPU."""
-    monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)  # restored after
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert device_module.resolve_device("auto") == torch.device("cuda")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
-    assert device_module.resolve_device("auto") == torch.device("cpu")
-    with pytest.raises(KdcliError, match="--device cuda: no CUDA GPU is visible to PyTorch; use --device cpu"):
-        device_module.resolve_device("cuda")
 
 
 def test_fingerprint_of_the_first_n_images(data_dir):

@@ -1,0 +1,27 @@
+"""kdcli.device: --device resolved, --amp's autocast dtype; both checked on a CPU-only machine by standing in for CUDA."""
+
+import pytest
+import torch
+
+from kdcli import KdcliError
+from kdcli.device import autocast_dtype, resolve_device
+
+
+def test_auto_picks_the_gpu_and_cuda_without_one_is_one_clear_error(monkeypatch):
+    """Both run on a CPU-only machine too: `auto` must not quietly train a GPU user's runs on the CPU."""
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)  # restored after
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(KdcliError, match="--device cuda: no CUDA GPU is visible to PyTorch; use --device cpu"):
+        resolve_device("cuda")
+
+
+def test_bf16_on_a_gpu_without_it_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    with pytest.raises(KdcliError, match="does not support bf16: train and dump with --amp fp16"):
+        autocast_dtype("bf16", torch.device("cuda"))
+    assert autocast_dtype("fp16", torch.device("cuda")) == torch.float16
+    assert autocast_dtype("bf16", torch.device("cpu")) is None  # autocast is for CUDA only
