@@ -61,7 +61,7 @@ logits: $(CACHE).done  ## teacher logits over CACHE_EPOCHS augmented epochs into
 # The .done names its teacher (links resolved): another TEACHER into the same CACHE, trained before that cache was
 # made, is not newer than it, and its students would learn from the other teacher's logits without a word (FORCE:
 # the dump then refuses that cache as another teacher's). An empty .done, of a kdcli before it named one, is trusted.
-DONE_TEACHER = $(shell cat $(CACHE).done 2>/dev/null)
+DONE_TEACHER := $(shell cat $(CACHE).done 2>/dev/null)
 $(CACHE).done: $(TEACHER)/summary.json $(if $(wildcard $(CACHE)),,FORCE) \
 		$(if $(DONE_TEACHER),$(if $(filter $(realpath $(TEACHER)),$(DONE_TEACHER)),,FORCE))
 	rm -f $@
