@@ -290,7 +290,7 @@ def test_a_sweep_refused_beside_an_earlier_one_names_both_students_the_same_way(
     sweep(SweepConfig(epochs=1, **shared), progress=False)
     with pytest.raises(KdcliError) as refused:
         sweep(SweepConfig(**{**shared, "temperatures": (30.0,)}, epochs=2), progress=False)
-    named = re.search(r"\(e\.g\. (\S+)(?: \(to train now\))?: epochs \d; (\S+)(?: \(to train now\))?: epochs \d\)", str(refused.value)).groups()
+    named = re.search(r"\(e\.g\. (.+?)(?: \(to train now\))?: epochs \d; (.+?)(?: \(to train now\))?: epochs \d\)", str(refused.value)).groups()
     assert sorted(named) == [str(tmp_path / "sweep" / "T30" / "seed1"), str(tmp_path / "sweep" / "T4" / "seed1")], str(refused.value)
     assert f"{tmp_path / 'sweep' / 'T30' / 'seed1'} (to train now): epochs 2" in str(refused.value)  # not taken for a student trained already
 
