@@ -709,7 +709,7 @@ def test_the_command_that_finishes_an_unfinished_cache_works_as_printed(tmp_path
         f["epochs_complete"][()] = 1  # as a dump stopped after its first epoch leaves it
     refused = kdcli(*student_args(data_dir, tmp_path / "c.h5", tmp_path / "run"))
     printed = re.search(r"finish it with `([^`]*)`", refused.stderr)[1]
-    assert f"--teacher {teacher.resolve()} --epochs 3 --dtype float32" in printed, printed
+    assert f"--teacher {shlex.quote(str(teacher.resolve()))} --epochs 3 --dtype float32" in printed, printed
     assert_refused(kdcli(*dump_args(data_dir, teacher, tmp_path / "c.h5", "--epochs", 5)), f"finish it as it was begun (`{printed}`), pass --force", codes=(1,))
     finished = kdcli(*shlex.split(printed)[1:], *CPU)
     assert finished.exit_code == 0 and "resumed at epoch 2" in finished.stdout, finished.output

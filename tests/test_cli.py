@@ -733,7 +733,7 @@ def test_the_command_to_go_on_names_kdcli_as_it_can_be_run(tmp_path, monkeypatch
     monkeypatch.setattr(sys, "argv", [str(program), "train-teacher"])
     with pytest.raises(typer.Exit), errors_as_one_line(resume_flag=True):
         raise KeyboardInterrupt
-    said = "kdcli" if on_path else str(program)
+    said = "kdcli" if on_path else shlex.quote(str(program))  # as a shell reads it back
     assert capsys.readouterr().err == f"interrupted\nresume with: {said} train-teacher --resume\n"
 
 
