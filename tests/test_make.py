@@ -40,7 +40,7 @@ def make_logits(tmp_path, data_dir, teacher="teacher"):
     (venv / ".installed").touch()
     variables = [f"VENV={venv}", f"KDCLI={sys.executable} -m kdcli", f"TEACHER={tmp_path / teacher}", f"CACHE={tmp_path / 'c.h5'}",
                  "CACHE_EPOCHS=2", f"DATA={data_dir}", "DEVICE=cpu", "ARGS=--dtype float32 --batch-size 64 --quiet --no-download"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LC_ALL": "C"}  # make's own words ("Nothing to be done") untranslated: LANGUAGE=de
     return subprocess.run(["make", "-C", str(ROOT), "logits", *variables], capture_output=True, text=True, env=env, timeout=300)
 
 
