@@ -23,6 +23,15 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="no make on this machine")
 
 
+@pytest.fixture
+def tmp_path(tmp_path):
+    """make splits a variable's value at whitespace: VENV, TEACHER or CACHE under a TMPDIR with a space in its name would
+    be two paths, and make would run `python -m venv` on the first half. Such a folder cannot be handed to make at all."""
+    if any(c.isspace() for c in str(tmp_path)):
+        pytest.skip(f"make cannot be given a path with whitespace: {tmp_path}")
+    return tmp_path
+
+
 def make_teacher_run(folder, seed):
     """A finished teacher run folder as make sees one: checkpoint.pt, then summary.json."""
     folder.mkdir(parents=True, exist_ok=True)
