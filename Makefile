@@ -25,6 +25,9 @@ VAL_SIZE ?= 0
 COMMON  = $(if $(DATA),--data-dir $(DATA)) --device $(DEVICE) $(if $(SUBSET),--subset $(SUBSET))
 ARGS   ?=
 BENCH_ARGS ?=
+# make splits a value at whitespace: VENV="/my venvs/k" would make a venv in /my, and `make clean` delete it.
+$(foreach v,VENV DATA TEACHER CACHE STUDENT SWEEP DEMO DEMO_CACHE,$(if $(word 2,$($(v))),\
+	$(error $(v)="$($(v))": make cannot take a path with whitespace; give it a link without one, or run kdcli itself)))
 
 .PHONY: help install test teacher logits student sweep reproduce demo bench clean FORCE
 .DEFAULT_GOAL := help

@@ -234,3 +234,12 @@ def test_make_student_writes_into_STUDENT(tmp_path):
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert f"--out {tmp_path / 'mine'} " in result.stdout
+
+
+@pytest.mark.parametrize("target, variable", [("clean", "VENV"), ("student", "DATA"), ("logits", "CACHE")])
+def test_a_path_with_whitespace_is_refused_before_any_rule_runs(tmp_path, target, variable):
+    """make splits a value at whitespace: `make clean VENV="my venvs/k"` would be `rm -rf my venvs/k`, two folders."""
+    result = subprocess.run(["make", "-n", "--no-print-directory", "-C", str(ROOT), target, f"{variable}={tmp_path / 'my folder'}"],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode != 0 and result.stdout == "", result.stdout
+    assert f'{variable}="{tmp_path / "my folder"}": make cannot take a path with whitespace' in result.stderr, result.stderr
