@@ -26,8 +26,11 @@ COMMON  = $(if $(DATA),--data-dir $(DATA)) --device $(DEVICE) $(if $(SUBSET),--s
 ARGS   ?=
 BENCH_ARGS ?=
 # make splits a value at whitespace: VENV="/my venvs/k" would make a venv in /my, and `make clean` delete it.
+# And a colon in a target's name reads as a rule's (TEACHER=runs/12:00: "target pattern contains no '%'").
 $(foreach v,VENV DATA TEACHER CACHE STUDENT SWEEP DEMO DEMO_CACHE,$(if $(word 2,$($(v))),\
 	$(error $(v)="$($(v))": make cannot take a path with whitespace; give it a link without one, or run kdcli itself)))
+$(foreach v,VENV TEACHER CACHE DEMO DEMO_CACHE,$(if $(findstring :,$($(v))),\
+	$(error $(v)="$($(v))": make cannot take a path with a colon; give it a link without one, or run kdcli itself)))
 
 .PHONY: help install test teacher logits student sweep reproduce demo bench clean FORCE
 .DEFAULT_GOAL := help

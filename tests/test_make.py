@@ -236,10 +236,12 @@ def test_make_student_writes_into_STUDENT(tmp_path):
     assert f"--out {tmp_path / 'mine'} " in result.stdout
 
 
-@pytest.mark.parametrize("target, variable", [("clean", "VENV"), ("student", "DATA"), ("logits", "CACHE")])
-def test_a_path_with_whitespace_is_refused_before_any_rule_runs(tmp_path, target, variable):
-    """make splits a value at whitespace: `make clean VENV="my venvs/k"` would be `rm -rf my venvs/k`, two folders."""
-    result = subprocess.run(["make", "-n", "--no-print-directory", "-C", str(ROOT), target, f"{variable}={tmp_path / 'my folder'}"],
+@pytest.mark.parametrize("target, variable, name, what", [("clean", "VENV", "my folder", "whitespace"), ("student", "DATA", "my folder", "whitespace"),
+                                                      ("logits", "CACHE", "my folder", "whitespace"), ("student", "TEACHER", "12:00", "a colon")])
+def test_a_path_make_cannot_take_is_refused_before_any_rule_runs(tmp_path, target, variable, name, what):
+    """make splits a value at whitespace: `make clean VENV="my venvs/k"` would be `rm -rf my venvs/k`, two folders.
+    A colon in a target's name reads as a rule's, and make's own error says nothing of the variable."""
+    result = subprocess.run(["make", "-n", "--no-print-directory", "-C", str(ROOT), target, f"{variable}={tmp_path / name}"],
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode != 0 and result.stdout == "", result.stdout
-    assert f'{variable}="{tmp_path / "my folder"}": make cannot take a path with whitespace' in result.stderr, result.stderr
+    assert f'{variable}="{tmp_path / name}": make cannot take a path with {what}' in result.stderr, result.stderr
