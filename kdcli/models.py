@@ -7,6 +7,8 @@
 A new architecture is one function and one `@register` line.
 """
 
+import contextlib
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -29,10 +31,17 @@ def create_model(name: str, num_classes: int = 10) -> nn.Module:
         raise KdcliError(unknown_model(name))
     # float32 whatever the caller's default (a notebook's set_default_dtype(torch.float64)): float64 weights trained
     # unremarked, drawn other than a fresh process draws them, and a float32 checkpoint loaded into them failed to evaluate.
+    with float32_by_default():
+        return MODELS[name](num_classes)
+
+
+@contextlib.contextmanager
+def float32_by_default():
+    """torch's default dtype float32 inside, the caller's again after."""
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float32)
     try:
-        return MODELS[name](num_classes)
+        yield
     finally:
         torch.set_default_dtype(previous)
 

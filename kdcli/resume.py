@@ -119,7 +119,7 @@ def check_checkpoint_is_the_runs(state: dict, out: Path):
     be resumed, or kept, as that run (its options are read back from it), under this run's name and config.json."""
     started = as_recorded_now(kdcli_config(out))
     saved = as_recorded_now(state.get("config") or {})
-    differ = [k for k in saved if k not in MAY_DIFFER and k in started and plain(saved[k]) != plain(started[k])]
+    differ = options_changed(started, saved)
     if differ:
         said = ", ".join(f"{flag(k)} {plain(saved[k])!r} (config.json: {plain(started[k])!r})" for k in differ)
         raise KdcliError(f"{out / CHECKPOINT} is another run's than its config.json's: {said}; put the run's own checkpoint back, or pass --force to start over")
@@ -205,13 +205,14 @@ def check_same_options(config, state, out, remedy=RESUME_REMEDY):
     check_options_kept(vars(config), saved, out, remedy)
 
 
+def options_changed(now: dict, saved: dict) -> list:
+    """The options of `saved` (a run's, as recorded) that `now` gives otherwise, but those that MAY_DIFFER."""
+    return [k for k in saved if k not in MAY_DIFFER and k in now and plain(now[k]) != plain(saved[k])]
+
+
 def check_options_kept(asked: dict, saved: dict, out, remedy=RESUME_REMEDY):
     """The options `asked` (all of a config, or those typed) keep those the run in `out` trained with (`saved`), but MAY_DIFFER."""
-    changed = [
-        f"{flag(k)} {plain(asked[k])!r} (run has {plain(saved[k])!r})"
-        for k in saved
-        if k not in MAY_DIFFER and k in asked and plain(asked[k]) != plain(saved[k])
-    ]
+    changed = [f"{flag(k)} {plain(asked[k])!r} (run has {plain(saved[k])!r})" for k in options_changed(asked, saved)]
     if changed:
         raise KdcliError(f"{out} was trained with other options: {', '.join(changed)}; {remedy}")
 

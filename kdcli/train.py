@@ -21,6 +21,7 @@ from kdcli.config import StudentConfig, TeacherConfig
 from kdcli.data import load_cifar10
 from kdcli.device import autocast_dtype, resolve_device, triton_found
 from kdcli.group import Group
+from kdcli.models import float32_by_default
 from kdcli.records import check_record, read_json
 from kdcli.resume import check_can_start, check_resumed_on_its_images, check_same_inputs, prepare_run_dir
 from kdcli.runs import CachedTargets, DrawnAugmentation, Run, check_run_folder, claim_folder
@@ -54,8 +55,7 @@ def with_torch_defaults(held: contextlib.ExitStack):
     made the loss's factors float64. `held` puts the caller's modes back."""
     held.enter_context(torch.inference_mode(False))
     held.enter_context(torch.enable_grad())
-    held.callback(torch.set_default_dtype, torch.get_default_dtype())
-    torch.set_default_dtype(torch.float32)
+    held.enter_context(float32_by_default())
 
 
 def _train_claimed(runs, data, device, teacher, progress, stop, in_sweep) -> list:
