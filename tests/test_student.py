@@ -233,6 +233,17 @@ def test_all_unfinished_students_at_one_resume_point_train_as_one_group_when_par
     assert [len(g) for g in sweep_module.groups(configs, 4)] == [4, 2]
 
 
+def test_a_sweep_peeks_at_no_checkpoint_of_a_student_it_finished_itself(tmp_path, data_dir, cache_path, monkeypatch):
+    """Its groups are made again after each one trains: of every student, each peeked at again, a sweep of S students
+    trained one at a time peeked S * (S - 1) / 2 checkpoints (100 students: 8 s on a CPU)."""
+    peeked, peek = [], sweep_module.peek_checkpoint
+    monkeypatch.setattr(sweep_module, "peek_checkpoint", lambda path: (peeked.append(path), peek(path))[1])
+    sweep(SweepConfig(temperatures=(4.0, 30.0), seeds=(1, 2), parallel=1, epochs=1, batch_size=64, lr_milestones=(), device="cpu", quiet=True,
+                      data_dir=str(data_dir), cache=str(cache_path), out=str(tmp_path / "sweep")), progress=False)  # fmt: skip
+    assert peeked == []
+    assert len(collect([tmp_path / "sweep"])) == 6
+
+
 @pytest.mark.parametrize("options, said", [(dict(temperatures=30), "--temperatures: must be a tuple or list of numbers, got 30"),
                                            (dict(seeds=[1.5]), r"--seeds: must be a tuple or list of integers, got \[1.5\]")])  # fmt: skip
 def test_a_sweep_of_values_of_the_wrong_type_is_refused_as_it_is_built(options, said):
