@@ -31,7 +31,7 @@ from kdcli.checkpoint import checkpoint_file, read_checkpoint, training_reached
 from kdcli.config import check_choices, check_paths, check_ranges, check_seed, check_types
 from kdcli.data import load_cifar10, recorded_data_dir
 from kdcli.device import autocast_dtype, autocast_to, resolve_device, triton_found
-from kdcli.evaluate import model_from, predict, recorded_precision, top1
+from kdcli.evaluate import forward_batch, model_from, predict, recorded_precision, top1
 from kdcli.models import canonical_name
 from kdcli.records import as_recorded_now, read_json
 from kdcli.resume import run_kind
@@ -44,7 +44,7 @@ class DumpConfig:
     teacher: str = "runs/teacher"  # teacher run folder, or its checkpoint.pt
     epochs: int = 300  # augmented epochs to store (E); student epoch e reads cached epoch e mod E
     seed: int = 0  # seeds the augmentation of every cached epoch
-    batch_size: int = 1024  # images per teacher forward pass (4096 was no faster on an H100); compiled, a pass's last batch is padded to it: +0.35% images at 1024, +6.5% at 4096
+    batch_size: int = 1024  # images per teacher forward pass, at most 64 on a CPU (evaluate.CPU_BATCH: faster there) (4096 was no faster on an H100); compiled, a pass's last batch is padded to it: +0.35% images at 1024, +6.5% at 4096
     dtype: Literal["float16", "float32"] = "float16"  # logits storage: float16 halves the file (~350 MB for 300 epochs)
     out: str = "cache/logits.h5"  # cache file; an unfinished one with the same settings is resumed
     data_dir: str = DATA_DIR  # folder holding cifar-10-batches-py/ (not given: the teacher's; the default where it recorded none)
@@ -117,6 +117,7 @@ def teacher_logits(labeller, images, aug, batch_size: int, stop=None, on_batch=N
     # Contiguous: a compiled labeller guards on strides, and would compile again for the expanded (stride 0) unaugmented p.
     aug = (augment.unaugmented(len(images)) if aug is None else aug).to(images.device).contiguous()
     out = []
+    batch_size = forward_batch(batch_size, images.device)  # on a CPU, 64 at a time: evaluate.CPU_BATCH says why (never compiled there: no padded_to)
     for i in range(0, len(images), batch_size):  # views are built per batch: all 50,000 at once is 150 MB more
         if stop is not None and stop.requested:
             return None
