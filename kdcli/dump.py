@@ -44,7 +44,7 @@ class DumpConfig:
     teacher: str = "runs/teacher"  # teacher run folder, or its checkpoint.pt
     epochs: int = 300  # augmented epochs to store (E); student epoch e reads cached epoch e mod E
     seed: int = 0  # seeds the augmentation of every cached epoch
-    batch_size: int = 1024  # images per teacher forward pass, at most 64 on a CPU (evaluate.CPU_BATCH: faster there) (4096 was no faster on an H100); compiled, a pass's last batch is padded to it: +0.35% images at 1024, +6.5% at 4096
+    batch_size: int = 1024  # images per teacher forward pass (at most 64 on a CPU: faster there); 4096 was no faster on an H100; compiled, a pass's last batch is padded to it: +0.35% images at 1024, +6.5% at 4096
     dtype: Literal["float16", "float32"] = "float16"  # logits storage: float16 halves the file (~350 MB for 300 epochs)
     out: str = "cache/logits.h5"  # cache file; an unfinished one with the same settings is resumed
     data_dir: str = DATA_DIR  # folder holding cifar-10-batches-py/ (not given: the teacher's; the default where it recorded none)
