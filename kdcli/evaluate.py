@@ -16,13 +16,13 @@ from kdcli.device import autocast_dtype, autocast_to, resolve_device
 from kdcli.models import canonical_name, create_model
 from kdcli.records import as_recorded_now, read_json
 
-
 # On a CPU a forward pass of 1,000 images is slower than sixteen of 64: its activations (ResNet8's 64 MB each) are
 # above glibc's mmap threshold (32 MB at most), so every op's output is mapped and unmapped afresh and its pages
-# faulted in and zeroed by the kernel. ResNet8 on 1 thread: 1,100 img/s at 1,024, 4,600 at 128 (12 M page faults and
-# 18 s of system time in a demo dump at 1,024; 0.2 M and 0.5 s at 128). GPUs keep their large batches. Results do not
-# move: on the CI's x86 CPU the logits at 64 and at 1,024 are equal bit for bit (ResNet18, ResNet8, LeNet-5).
-CPU_BATCH = 64  # ResNet18: 256 KB of activation an image, 16 MB a pass (128: 33.5 MB, mapped again; 112 img/s on 1 thread against 142 at 64)
+# faulted in and zeroed by the kernel (12 M page faults and 18 s of system time in make demo's dump at 1,024; 0.2 M
+# and 0.5 s at 128). `bench/variants.py infer --device cpu`, 2 threads: ResNet8 7,573 / 4,121 / 1,454 img/s at batch
+# 64 / 128 / 1,024, ResNet18 280 / 176 / 163 (its 128-image pass still holds 33.5 MB). GPUs keep their large batches.
+# Results do not move: on the CI's x86 CPU the logits at 64 and at 1,024 are equal bit for bit (ResNet18, ResNet8, LeNet-5).
+CPU_BATCH = 64
 
 
 def forward_batch(batch_size: int, device) -> int:
