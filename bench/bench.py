@@ -55,7 +55,7 @@ from kdcli.config import StudentConfig, TeacherConfig
 from kdcli.data import BATCH_FOLDER, TEST_FILE, TRAIN_FILES, NotOfficialDataWarning, load_cifar10
 from kdcli.device import autocast_dtype, autocast_to, resolve_device
 from kdcli.dump import DumpConfig, _write_epochs, compiles, dump_logits, view_labeller
-from kdcli.evaluate import load_model
+from kdcli.evaluate import forward_batch, load_model
 from kdcli.group import Group
 from kdcli.models import create_model
 from kdcli.runs import CachedTargets, DrawnAugmentation, Run
@@ -288,8 +288,9 @@ def bench_dump(data, data_dir, teacher_path, device, args, tmp) -> tuple:
     dump = dump_logits(config, progress=False)["images_per_s"]
     compiled = compiles(config, device)  # once: without Triton it warns
     label, teacher, dtype = dump_labellers(teacher_path, config, device, compiled)
-    views = ready_views(data.train_images, augment.params(0, 0, n), config.batch_size)
-    bare = FULL / timed(bare_inference(teacher, views, config.batch_size, dtype), device, args.repeat, n)
+    batch = forward_batch(config.batch_size, device)  # the dump's own: at most 64 images a pass on a CPU
+    views = ready_views(data.train_images, augment.params(0, 0, n), batch)
+    bare = FULL / timed(bare_inference(teacher, views, batch, dtype), device, args.repeat, n)
     no_io = FULL / timed(dump_without_writes(config, label, data), device, args.repeat, n * args.dump_epochs)
     same = "the same compiled teacher" if compiled else "the same teacher"
     rows = [

@@ -64,7 +64,7 @@ from kdcli.config import TeacherConfig
 from kdcli.data import NotOfficialDataWarning, load_cifar10
 from kdcli.device import autocast_dtype, resolve_device
 from kdcli.dump import DumpConfig, compiles, dump_logits, teacher_logits, view_labeller
-from kdcli.evaluate import model_from
+from kdcli.evaluate import forward_batch, model_from
 from kdcli.group import Group
 from kdcli.models import create_model
 from kdcli.optimizer import make_optimizer
@@ -198,7 +198,8 @@ def dump_variants(data, data_dir, device, args, tmp):
     for name, loop in {"HDF5 writes in the main thread": writes_in_main_thread, "no HDF5 writes": dump_without_writes(config, label, data),
                        "no HDF5 writes, views built eagerly": dump_without_writes(config, label_eager_views, data)}.items():  # fmt: skip
         print(f"dump     {name:36s} batch {b:5d} {FULL / timed(loop, device, 1, n * args.repeat):12,.0f} img/s", flush=True)
-    bare = bare_inference(teacher_model, ready_views(data.train_images, augment.params(0, 0, n), b), b, dtype)
+    fb = forward_batch(b, device)  # what the dump passes at once: at most 64 images on a CPU
+    bare = bare_inference(teacher_model, ready_views(data.train_images, augment.params(0, 0, n), fb), fb, dtype)
     print(f"dump     {'bare inference, views ready':36s} batch {b:5d} {FULL / timed(bare, device, args.repeat, n):12,.0f} img/s", flush=True)
 
 
