@@ -123,15 +123,36 @@ def fingerprint(images: torch.Tensor, labels: torch.Tensor) -> str:
     return digest.hexdigest()
 
 
+class _BatchUnpickler(pickle.Unpickler):
+    """A CIFAR-10 batch: dicts, lists, numbers, strings and numpy arrays, nothing else. A plain pickle.load calls
+    whatever a file names (the classic __reduce__ attack): a data folder copied from elsewhere could run code, as
+    a checkpoint cannot (loaded weights_only)."""
+
+    # What the official files (Python 2, numpy.core) and re-written ones (numpy 2 names numpy._core) ask for.
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+               *((core, name) for core in ("numpy.core.multiarray", "numpy._core.multiarray") for name in ("_reconstruct", "scalar"))}  # fmt: skip
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise _RefusedObject(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
+class _RefusedObject(pickle.UnpicklingError):
+    """A batch file's pickle asks for an object no CIFAR-10 batch holds."""
+
+
 def _read_batches(paths):
     images, labels = [], []
     for path in paths:
         try:
             with open(path, "rb") as f:
-                batch = pickle.load(f, encoding="bytes")
+                batch = _BatchUnpickler(f, encoding="bytes").load()
             # The official pickles have bytes keys; re-written ones may have str keys.
             batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
             pixels, batch_labels = np.asarray(batch["data"]), np.asarray(batch["labels"])
+        except _RefusedObject as e:
+            raise KdcliError(f"{path} is not a CIFAR-10 batch: its pickle asks for {e}, which could run code (refused): use a copy from a source you trust") from None
         except Exception as e:  # truncated, corrupt, or not a CIFAR batch at all
             raise KdcliError(
                 f"cannot read {path} ({type(e).__name__}: {e}): the file is corrupt or truncated; "

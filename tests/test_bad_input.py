@@ -8,6 +8,7 @@ Covered (tests/test_cli.py has train-teacher's bad option values and train-stude
 - --teacher of dump-logits: not a checkpoint, missing, the weights of another architecture, another
   class count, a pickle that runs code when loaded (it must not run). A finished cache at --out, with
   --force, is left as it was. The message gives torch's reason, not its "please file an issue".
+- --data-dir: a batch file whose pickle would run code when loaded (it must not run).
 - --out: a finished run or cache without --force (train-teacher, train-student, dump-logits), a path
   under a regular file (all four commands).
 - option values: --temperatures with 0, a negative or nan (sweep, named --temperatures); --epochs 0,
@@ -248,6 +249,17 @@ def test_unloadable_teacher_message_gives_the_reason(tmp_path, data_dir, kind, r
     result = kdcli(*dump_args(data_dir, tmp_path / "teacher.pt", tmp_path / "c.h5"))
     text = " ".join(message(result.stderr))
     assert result.exit_code == 1 and reason in text.lower() and "file an issue" not in text, text
+
+
+@pytest.mark.parametrize("command", ["train-teacher", "evaluate"])
+def test_a_data_file_that_runs_code_when_loaded_is_refused_and_does_not_run(tmp_path, data_dir, teacher_run, command):
+    """A CIFAR-10 batch is a pickle: a copy from elsewhere (a re-encoded proxy) must not run code, as a checkpoint may not."""
+    folder = shutil.copytree(data_dir, tmp_path / "data")
+    batch = folder / "cifar-10-batches-py" / "data_batch_2"
+    batch.write_bytes(pickle.dumps({b"data": RunsCode(tmp_path / "pwned"), b"labels": [0]}))
+    args = teacher_args(folder, tmp_path / "run") if command == "train-teacher" else ["evaluate", teacher_run, "--data-dir", folder, "--device", "cpu"]
+    assert_refused(kdcli(*args), f"{batch} is not a CIFAR-10 batch: its pickle asks for ", ".system, which could run code", codes=(1,))
+    assert not (tmp_path / "pwned").exists(), "loading the data ran its code"
 
 
 # ---------------------------------------------------------------- --out

@@ -320,3 +320,15 @@ def test_labels_stored_as_a_small_integer_array_load_as_int64(data_dir, tmp_path
     data, official_layout = load_cifar10(folder, download=False), load_cifar10(data_dir, download=False)
     assert data.train_labels.dtype == data.test_labels.dtype == torch.int64
     assert_same_data(data, official_layout)
+
+
+def test_batches_pickled_as_the_official_release_load_as_before(data_dir, tmp_path):
+    """The official files are Python 2 pickles (protocol 2) naming numpy.core.multiarray, not numpy 2's numpy._core:
+    loaded through the unpickler that refuses any other object, they are the same data."""
+    folder = copy_folder(data_dir, tmp_path)
+    for name in OFFICIAL_MD5:
+        path = folder / BATCH_FOLDER / name
+        with open(path, "rb") as f:
+            batch = pickle.load(f)
+        path.write_bytes(pickle.dumps(batch, protocol=2).replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+    assert_same_data(load_cifar10(folder, download=False), load_cifar10(data_dir, download=False))
