@@ -151,6 +151,8 @@ def _read_batches(paths):
             # The official pickles have bytes keys; re-written ones may have str keys.
             batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
             pixels, batch_labels = np.asarray(batch["data"]), np.asarray(batch["labels"])
+        except OSError as e:  # not the file's fault (a permission, a disk error): deleting it would not help
+            raise KdcliError(f"cannot read {path}: {e.strerror or e}") from None
         except _RefusedObject as e:
             raise KdcliError(f"{path} is not a CIFAR-10 batch: its pickle asks for {e}, which could run code (refused): use a copy from a source you trust") from None
         except Exception as e:  # truncated, corrupt, or not a CIFAR batch at all

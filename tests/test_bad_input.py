@@ -8,7 +8,7 @@ Covered (tests/test_cli.py has train-teacher's bad option values and train-stude
 - --teacher of dump-logits: not a checkpoint, missing, the weights of another architecture, another
   class count, a pickle that runs code when loaded (it must not run). A finished cache at --out, with
   --force, is left as it was. The message gives torch's reason, not its "please file an issue".
-- --data-dir: a batch file whose pickle would run code when loaded (it must not run).
+- --data-dir: a batch file whose pickle would run code when loaded (it must not run), one this user may not read.
 - --out: a finished run or cache without --force (train-teacher, train-student, dump-logits), a path
   under a regular file (all four commands).
 - option values: --temperatures with 0, a negative or nan (sweep, named --temperatures); --epochs 0,
@@ -1839,6 +1839,13 @@ def resume_with_unreadable_metrics(tmp_path, data_dir, cache, student, teacher_r
     return student_args(data_dir, cache, run, "--resume")
 
 
+def unreadable_batch(data_dir, tmp_path):
+    """A copy of the data folder in which one batch file may not be read: not "corrupt", nor to delete and download again."""
+    folder = shutil.copytree(data_dir, tmp_path / "data")
+    unreadable(folder / "cifar-10-batches-py" / "data_batch_3")
+    return folder
+
+
 def report_with_an_unreadable_run(tmp_path, data_dir, cache, student, teacher_run):
     shutil.copytree(student, tmp_path / "sweep/a")
     unreadable(shutil.copytree(student, tmp_path / "sweep/b"))
@@ -1851,6 +1858,7 @@ UNREADABLE = {  # what -> (the arguments, from (tmp_path, data_dir, cache, stude
     "evaluate of a checkpoint": (lambda t, d, c, s, tr: ["evaluate", unreadable(shutil.copytree(s, t / "run") / "checkpoint.pt"), "--device", "cpu"], "cannot read {t}/run/checkpoint.pt: Permission denied"),
     "report of a sweep with a run folder": (report_with_an_unreadable_run, "{t}/sweep/b: Permission denied"),
     "train-student --resume of a run's metrics": (resume_with_unreadable_metrics, "{t}/run/metrics.jsonl: Permission denied"),
+    "train-teacher of a data file": (lambda t, d, c, s, tr: teacher_args(unreadable_batch(d, t), t / "run"), "cannot read {t}/data/cifar-10-batches-py/data_batch_3: Permission denied"),
 }
 
 
