@@ -94,7 +94,12 @@ class TrainOptions:
         late = [m for m in self.lr_milestones if m >= self.epochs]
         if self.scheduler == "multistep" and late:
             warnings.warn(f"--lr-milestones {','.join(map(str, late))} are at or beyond --epochs {self.epochs}: they never apply", stacklevel=3)
-        sgd_only = [flag(f) for f in ("momentum", "nesterov") if getattr(self, f) != TrainOptions.__dataclass_fields__[f].default]
+        defaults = {f: TrainOptions.__dataclass_fields__[f].default for f in ("lr_milestones", "lr_gamma", "momentum", "nesterov")}
+        multistep_only = [flag(f) for f in ("lr_milestones", "lr_gamma") if getattr(self, f) not in (defaults[f], ())]  # (): none given
+        if self.scheduler != "multistep" and multistep_only:
+            one = len(multistep_only) == 1
+            warnings.warn(f"{' and '.join(multistep_only)} {'does' if one else 'do'} nothing with --scheduler {self.scheduler}: only multistep reads {'it' if one else 'them'}", stacklevel=3)
+        sgd_only = [flag(f) for f in ("momentum", "nesterov") if getattr(self, f) != defaults[f]]
         if self.optimizer == "adam" and sgd_only:  # the default --momentum is no one's choice: not said
             warnings.warn(f"{' and '.join(sgd_only)} {'does' if len(sgd_only) == 1 else 'do'} nothing with --optimizer adam: Adam keeps its own averages", stacklevel=3)
 

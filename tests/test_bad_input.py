@@ -871,6 +871,21 @@ def test_milestones_beyond_epochs_warn_once_and_run(tmp_path, data_dir, cache, c
     assert list((tmp_path / "out").rglob("summary.json"))
 
 
+@pytest.mark.parametrize("command", TRAINING)
+@pytest.mark.parametrize("given, said", [
+    (["--scheduler", "cosine", "--lr-milestones", "5"], "warning: --lr-milestones does nothing with --scheduler cosine: only multistep reads it"),
+    (["--scheduler", "onecycle", "--lr-gamma", "0.5", "--lr-milestones", "1"], "warning: --lr-milestones and --lr-gamma do nothing with --scheduler onecycle: only multistep reads them"),
+], ids=["milestones", "milestones and gamma"])
+def test_a_multistep_option_given_to_another_schedule_warns_once_and_runs(tmp_path, data_dir, cache, command, given, said):
+    """As --momentum with --optimizer adam: a value the user chose, which the schedule they chose never reads."""
+    result = kdcli(*(student_args if command == "train-student" else sweep_args)(data_dir, cache, tmp_path / "out", *given))
+    assert result.exit_code == 0, result.output
+    assert [line for line in result.stderr.splitlines() if "--lr-" in line] == [said], result.stderr
+    assert list((tmp_path / "out").rglob("summary.json"))
+    quiet = kdcli(*student_args(data_dir, cache, tmp_path / "default", "--scheduler", "cosine"))  # "" (none) given, or the defaults: nothing to say
+    assert quiet.exit_code == 0 and "--lr-" not in quiet.stderr, quiet.output
+
+
 def test_a_baseline_given_a_cache_is_told_it_does_not_read_it(tmp_path, data_dir, cache):
     """Its images are not the cache's (--subset is not read back from it), unlike a sweep's baselines."""
     result = kdcli(*student_args(data_dir, cache, tmp_path / "out", "--distillation-weight", 0, "--subset", 100))

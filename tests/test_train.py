@@ -673,9 +673,10 @@ def test_bad_options_name_their_flag(tmp_path, data_dir, cls, option, value):
 
 def test_paths_lists_and_numpy_numbers_are_taken_as_the_command_line_gives_them(tmp_path, data_dir):
     """A script's Path, list or numpy integer is stored as str, tuple and int: config.json records them as JSON."""
+    # The default milestones as a list: "none" ignores them, and ignored milestones the user gave would be warned of.
     cfg = TeacherConfig(model="lenet5", epochs=1, device="cpu", download=False, quiet=True, data_dir=data_dir, out=tmp_path / "run", scheduler="none",
-                        lr_milestones=[1], batch_size=np.int64(64))  # fmt: skip
-    assert (cfg.data_dir, cfg.out, cfg.lr_milestones, type(cfg.batch_size)) == (str(data_dir), str(tmp_path / "run"), (1,), int)
+                        lr_milestones=[150, 225], batch_size=np.int64(64))  # fmt: skip
+    assert (cfg.data_dir, cfg.out, cfg.lr_milestones, type(cfg.batch_size)) == (str(data_dir), str(tmp_path / "run"), (150, 225), int)
     assert teach(cfg)["epochs"] == 1
     assert json.loads((tmp_path / "run" / "config.json").read_text())["data_dir"] == str(data_dir)
 
