@@ -208,7 +208,7 @@ def warn_cache_not_read(options: dict):
     """A student given --cache with --distillation-weight 0, meant as the baseline of the cache's students, reads
     neither the cache nor its images: said where its --data-dir or --subset differs from the cache's."""
     recorded = options_of_inputs({**options, "distillation_weight": 1})  # the images the cache's students learn
-    other = [k for k, v in recorded.items() if options[k] != v]
+    other = [k for k, v in recorded.items() if not _same_option_value(k, options[k], v)]
 
     def said(values):
         return " ".join(f"{flag(k)} {'all' if values[k] is None else values[k]}" for k in other)
@@ -216,6 +216,13 @@ def warn_cache_not_read(options: dict):
     if other:
         warnings.warn(f"--cache is not read with --distillation-weight 0: this student trains on {said(options)}, not the "
                       f"cache's {said(recorded)}; give those to compare it with the cache's students", stacklevel=2)  # fmt: skip
+
+
+def _same_option_value(name: str, a, b) -> bool:
+    """--data-dir by the folder it names (`data`, `./data/`, its absolute path or a link to it are one), others by value."""
+    if name == "data_dir" and isinstance(a, str) and isinstance(b, str):
+        return os.path.realpath(a) == os.path.realpath(b)
+    return a == b
 
 
 def recorded_back(cls, options: dict, given: set) -> dict:

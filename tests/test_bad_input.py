@@ -898,6 +898,15 @@ def test_a_baseline_given_a_cache_is_told_it_does_not_read_it(tmp_path, data_dir
     assert "--cache" not in kdcli(*[a for a in student_args(data_dir, cache, tmp_path / "kd") if a != "--quiet"]).stderr
 
 
+def test_a_baseline_given_the_caches_data_dir_spelled_otherwise_is_not_told_it_trains_on_other_images(tmp_path, data_dir, cache, monkeypatch):
+    """The cache recorded its --data-dir as given to the dump (here absolute): `data`, `./data/` and a link to it name that folder too."""
+    monkeypatch.chdir(data_dir.parent)
+    (tmp_path / "link").symlink_to(data_dir)
+    for spelled in (data_dir.name, f"./{data_dir.name}/", tmp_path / "link"):
+        result = kdcli(*student_args(spelled, cache, tmp_path / "out", "--distillation-weight", 0, "--force"))
+        assert result.exit_code == 0 and "--cache is not read" not in result.stderr, (spelled, result.stderr)
+
+
 def test_a_baseline_given_a_cache_of_a_subset_does_not_take_the_caches_subset(tmp_path, data_dir, teacher):
     """The other way round: a cache of --subset 100 does not lend its subset to a baseline that reads no cache."""
     assert kdcli(*dump_args(data_dir, teacher, tmp_path / "c.h5", "--subset", 100)).exit_code == 0
