@@ -450,13 +450,14 @@ ATTR_KINDS = {
     **dict.fromkeys(("dtype", "teacher_sha256", "train_fingerprint"), (lambda v: isinstance(v, str), "a string")),
     "teacher_test_accuracy": (_is_real, "a number"),
     "config": (_is_json_object, "a JSON object"),
+    "teacher_train_images": (_is_int, "an integer"),  # absent from caches of before --val-size
 }
 
 
 def _mistyped_attrs(attrs) -> str | None:
     """The first attribute whose type is not the one dump-logits writes (an edited file)."""
     for name, (holds, kind) in ATTR_KINDS.items():
-        if not holds(attrs[name]):
+        if name in attrs and not holds(attrs[name]):  # the required ones are there (REQUIRED_ATTRS)
             return f"its attribute {name} is {_plain(attrs[name])!r}, not {kind}"
     return None
 

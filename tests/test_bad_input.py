@@ -3,7 +3,7 @@ traceback, a message of at most 3 lines that names the problem, and no file touc
 
 Covered (tests/test_cli.py has train-teacher's bad option values and train-student's bad temperatures):
 - --cache of train-student and of sweep: not HDF5, truncated, made on other data (--subset), logits for
-  another class count, an unknown format version, unfinished without --allow-partial. A finished run
+  another class count, an unknown format version, unfinished without --allow-partial, an attribute edited. A finished run
   at --out, with --force, is left as it was: the cache is refused before anything is deleted.
 - --teacher of dump-logits: not a checkpoint, missing, the weights of another architecture, another
   class count, a pickle that runs code when loaded (it must not run). A finished cache at --out, with
@@ -185,6 +185,7 @@ BAD_CACHES = {
     "other-class-count": (with_classes(100), [], ["logits for 100 classes", "this data has 10"]),
     "format-version": (edit(format_version=99), [], ["format version 99", "reads version 1"]),
     "unfinished": (edit(epochs_complete=1), [], ["1 of 2 epochs", "--allow-partial"]),
+    "edited-attribute": (edit(teacher_train_images="all"), [], ["is damaged: its attribute teacher_train_images is 'all', not an integer"]),
 }
 
 
