@@ -128,9 +128,11 @@ class _BatchUnpickler(pickle.Unpickler):
     whatever a file names (the classic __reduce__ attack): a data folder copied from elsewhere could run code, as
     a checkpoint cannot (loaded weights_only)."""
 
-    # What the official files (Python 2, numpy.core) and re-written ones (numpy 2 names numpy._core) ask for.
+    # What the official files (Python 2, numpy.core) and re-written ones (numpy 2 names numpy._core; protocol 5
+    # pickles an array as _frombuffer) ask for.
     ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
-               *((core, name) for core in ("numpy.core.multiarray", "numpy._core.multiarray") for name in ("_reconstruct", "scalar"))}  # fmt: skip
+               *((f"numpy.{core}.multiarray", name) for core in ("core", "_core") for name in ("_reconstruct", "scalar")),
+               *((f"numpy.{core}.numeric", "_frombuffer") for core in ("core", "_core"))}  # fmt: skip
 
     def find_class(self, module, name):
         if (module, name) not in self.ALLOWED:

@@ -322,13 +322,16 @@ def test_labels_stored_as_a_small_integer_array_load_as_int64(data_dir, tmp_path
     assert_same_data(data, official_layout)
 
 
-def test_batches_pickled_as_the_official_release_load_as_before(data_dir, tmp_path):
-    """The official files are Python 2 pickles (protocol 2) naming numpy.core.multiarray, not numpy 2's numpy._core:
-    loaded through the unpickler that refuses any other object, they are the same data."""
+# numpy 1's numpy.core written in by replacing text, which protocol 4's length-prefixed, framed names would not survive
+@pytest.mark.parametrize("protocol, numpy_core", [*((p, "numpy._core") for p in range(pickle.HIGHEST_PROTOCOL + 1)), *((p, "numpy.core") for p in range(4))])
+def test_batches_pickled_by_any_protocol_and_numpy_load_as_before(data_dir, tmp_path, protocol, numpy_core):
+    """The official files are Python 2 pickles (protocol 2) naming numpy.core, not numpy 2's numpy._core, and a copy
+    re-written with pickle.HIGHEST_PROTOCOL names numpy's _frombuffer: the unpickler that refuses any other object
+    loads them all as the same data."""
     folder = copy_folder(data_dir, tmp_path)
     for name in OFFICIAL_MD5:
         path = folder / BATCH_FOLDER / name
         with open(path, "rb") as f:
             batch = pickle.load(f)
-        path.write_bytes(pickle.dumps(batch, protocol=2).replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+        path.write_bytes(pickle.dumps(batch, protocol=protocol).replace(b"numpy._core.", f"{numpy_core}.".encode()))
     assert_same_data(load_cifar10(folder, download=False), load_cifar10(data_dir, download=False))
