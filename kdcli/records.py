@@ -99,7 +99,7 @@ def read_metrics(path: Path, epochs: int) -> list[dict]:
     damaged = KdcliError(f"{path} lacks epoch {epochs}'s line, or a line lacks its numbers (edited or damaged since): pass --force to train the run again")
     try:
         logged = [json.loads(line) for line in path.read_text().splitlines()]
-    except ValueError:  # a line that is no JSON: damage too
+    except (ValueError, FileNotFoundError):  # a line that is no JSON, or the file deleted: damage too
         raise damaged from None
     if not logged or not all(isinstance(m, dict) and is_number(m.get("seconds")) for m in logged):
         raise damaged

@@ -416,7 +416,7 @@ def test_resuming_keeps_one_metrics_line_per_epoch_and_drops_what_is_no_epochs(t
     assert path.read_text().splitlines() == lines[:2]
 
 
-@pytest.mark.parametrize("metrics", ["", "garbage\n", '{"epoch": 2, "seconds": 1.0}\n'], ids=["empty", "garbage", "last epoch missing"])
+@pytest.mark.parametrize("metrics", ["", "garbage\n", '{"epoch": 2, "seconds": 1.0}\n', None], ids=["empty", "garbage", "last epoch missing", "deleted"])
 def test_a_finished_checkpoint_whose_metrics_were_damaged_is_one_line_when_its_summary_is_written(tmp_path, data_dir, metrics):
     """A run whose checkpoint is finished but whose summary.json was deleted writes it from metrics.jsonl on --resume:
     that was an IndexError where the last epoch's line was missing."""
@@ -428,6 +428,8 @@ def test_a_finished_checkpoint_whose_metrics_were_damaged_is_one_line_when_its_s
             "--data-dir", str(data_dir), "--out", str(tmp_path / "run")]  # fmt: skip
     assert CliRunner().invoke(app, args).exit_code == 0
     (tmp_path / "run" / "summary.json").unlink()
-    (tmp_path / "run" / "metrics.jsonl").write_text(metrics)
+    (tmp_path / "run" / "metrics.jsonl").unlink()
+    if metrics is not None:
+        (tmp_path / "run" / "metrics.jsonl").write_text(metrics)
     result = CliRunner().invoke(app, [*args, "--resume"])
     assert result.exit_code == 1 and "metrics.jsonl lacks epoch 3's line" in result.stderr and "--force" in result.stderr, result.output
