@@ -76,12 +76,21 @@ def model_from(state: dict, device, checkpoint_path):
     """The model in eval mode on `device` of a loaded checkpoint (`checkpoint_path` names it in errors)."""
     with torch.random.fork_rng(devices=[]):  # the weights are loaded over its initialisation: the caller's RNG stays where it was
         model = create_model(state["model_name"], state.get("num_classes", 10))
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise KdcliError(f"{checkpoint_path}: weights do not fit {state['model_name']} ({str(e).splitlines()[0]})") from None
+    if misfit := weights_misfit(model.state_dict(), state["model"]):
+        raise KdcliError(f"{checkpoint_path}: weights do not fit {state['model_name']} ({misfit})")
+    model.load_state_dict(state["model"])
     model = model.to(device, memory_format=torch.channels_last if device.type == "cuda" else torch.preserve_format)
     return model.eval()
+
+
+def weights_misfit(expected: dict, given: dict) -> str | None:
+    """What keeps weights `given` out of a model whose state_dict is `expected`, in a line (torch's says it in one
+    line per weight); None if they fit."""
+    missing, unexpected = [k for k in expected if k not in given], [k for k in given if k not in expected]
+    misshapen = [f"{k} is {list(given[k].shape)}, not {list(v.shape)}" for k, v in expected.items() if k in given and given[k].shape != v.shape]
+    said = [f"{what}{names[0]}{f' and {len(names) - 1} more' if len(names) > 1 else ''}"
+            for what, names in (("missing ", missing), ("unexpected ", unexpected), ("", misshapen)) if names]  # fmt: skip
+    return "; ".join(said) or None
 
 
 def _trained_on(images_fingerprint: str, state, checkpoint_path) -> bool:

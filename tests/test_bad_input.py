@@ -224,7 +224,11 @@ class RunsCode:
 BAD_TEACHERS = {
     "not-a-checkpoint": (lambda path: path.write_text("not a checkpoint\n"), [str]),
     "missing": (lambda path: None, ["no teacher at", "train-teacher"]),
-    "other-architecture": (lambda path: save_teacher(path, model_name="resnet18"), ["weights do not fit resnet18"]),
+    "other-architecture": (lambda path: save_teacher(path, model_name="resnet18"),
+                           ["weights do not fit resnet18 (missing stem.0.weight and ", " more; unexpected conv1.weight and 9 more)"]),
+    "misshapen-weights": (lambda path: torch.save({"model": {**create_model("lenet5").state_dict(), "fc3.bias": torch.zeros(7)}, "model_name": "lenet5"}, path),
+                          ["weights do not fit lenet5 (fc3.bias is [7], not [10])"]),
+    "unknown-model": (lambda path: save_teacher(path, model_name="vgg16"), [str, "holds a 'vgg16', a model this kdcli does not know (it knows ", "resnet18"]),
     "other-class-count": (lambda path: save_teacher(path, num_classes=100), ["100 outputs", "10 classes"]),
     "runs-code": (lambda path: path.write_bytes(pickle.dumps({"model": RunsCode(path.with_name("pwned")), "model_name": "lenet5"})), ["weights_only"]),
 }
