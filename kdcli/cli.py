@@ -455,6 +455,9 @@ def cache_info(
 ):
     """Print a cache's metadata, shapes and size; with --verify, check its logits against the teacher."""
     with errors_as_one_line():
+        if not verify and (unread := [name for name, given in (("--teacher", teacher), ("--data-dir", data_dir)) if given]):
+            warnings.warn(f"{' and '.join(unread)} {'is' if len(unread) == 1 else 'are'} read only by --verify N, which was not given: "
+                          "pass it to check the cache's logits against the teacher")  # fmt: skip
         info = read_info(path)
         typer.echo(f"{info['path']}: {info['size_bytes'] / 1e6:,.1f} MB, {info['epochs_complete']} of {info['epochs']} epochs complete")
         typer.echo(f"teacher {info['attrs']['teacher_model']}: {info['teacher_test_accuracy']:.2f}% test accuracy")

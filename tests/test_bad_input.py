@@ -1040,6 +1040,15 @@ def test_cache_info_verifies_against_the_teacher_on_the_given_data(tmp_path, dat
     assert everything.exit_code == 0 and "largest |logit difference| over 400 entries " in everything.stdout  # 2 epochs x 200 images
 
 
+@pytest.mark.parametrize("given, said", [(["--teacher", "T"], "--teacher is read"), (["--teacher", "T", "--data-dir", "D"], "--teacher and --data-dir are read")])
+def test_cache_info_given_what_only_verify_reads_says_so_and_shows_the_cache(cache, given, said):
+    """A user who meant to check the cache against a teacher, but left out --verify N, is told, not shown metadata alone unsaid."""
+    result = kdcli("cache-info", cache, *given)
+    assert result.exit_code == 0 and "epochs complete" in result.stdout, result.output
+    assert result.stderr.splitlines() == [f"warning: {said} only by --verify N, which was not given: pass it to check the cache's logits against the teacher"]
+    assert kdcli("cache-info", cache).stderr == ""
+
+
 def test_cache_info_shows_the_dumps_options_as_json(cache):
     """Its config attribute as the file holds it (JSON), not as a Python dict: a user copies it into jq or json.loads."""
     result = kdcli("cache-info", cache)
