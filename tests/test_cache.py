@@ -2,6 +2,7 @@
 (after creation, writing an epoch changes raw data bytes only). Synthetic arrays, no teacher."""
 
 import errno
+import json
 import os
 import re
 import shlex
@@ -477,3 +478,29 @@ def test_a_cache_of_another_format_refused_is_closed(tmp_path):
         cache.cache_info(path)
     set_attr(path, "format_version", cache.FORMAT_VERSION)
     assert cache.cache_info(path)["epochs_complete"] == E and refused.value
+
+
+# ---------------------------------------------------------------- found by mutation testing (2026-11-29)
+
+
+def test_the_command_that_finishes_a_cache_gives_every_option_it_was_begun_with(tmp_path):
+    """The "finish it with" of an unfinished cache, and the "finish it as it was begun" of a dump refused for its
+    settings: without the dump's own --seed or --subset the command printed would be refused in turn (other
+    settings: seed 7 (now 0)), printing itself again, and only --force, which loses the epochs done, was left."""
+    path = make_cache(tmp_path / "c.h5", complete=1)
+    begun = {"teacher": "/runs/t", "seed": 7, "dtype": "float32", "amp": "off", "data_dir": "/data/c", "subset": 100}
+    set_attr(path, "config", json.dumps(begun))
+    set_attr(path, "seed", 7)
+    expected = {"--epochs": str(E), **{f"--{k.replace('_', '-')}": str(v) for k, v in begun.items()}, "--out": str(path)}
+
+    def options_of(command):
+        words = shlex.split(command)
+        assert words[:2] == ["kdcli", "dump-logits"] and len(words) % 2 == 0, command
+        return dict(zip(words[2::2], words[3::2]))
+
+    with pytest.raises(KdcliError, match="finish it with `([^`]*)`") as unfinished:
+        cache.open_cache(path)
+    assert options_of(re.search("finish it with `([^`]*)`", str(unfinished.value))[1]) == expected
+    with pytest.raises(KdcliError, match=r"finish it as it was begun \(`([^`]*)`\)") as refused:
+        cache.resume_point(path, {**IDENTITY, "seed": 0}, force=False)  # what the command without --seed would ask
+    assert options_of(re.search(r"finish it as it was begun \(`([^`]*)`\)", str(refused.value))[1]) == expected

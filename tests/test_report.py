@@ -828,3 +828,17 @@ def test_runs_csv_lists_a_settings_runs_by_seed_not_by_folder_name(tmp_path):
     write_report(aggregate(runs := collect(tmp_path / "runs")), tmp_path / "runs", runs=runs)
     with open(tmp_path / "runs" / "runs.csv", newline="") as f:
         assert [(r["run"], r["seed"]) for r in csv.DictReader(f)] == [("base-s9", "9"), ("base-s10", "10")]
+
+
+# ---------------------------------------------------------------- found by mutation testing (2026-11-29)
+
+
+def test_a_grid_over_the_distillation_weight_is_ordered_by_temperature_then_weight(tmp_path):
+    """Baseline first, then by T as the docstring says, each T's weights together: ordered by weight first, a grid's
+    rows of one temperature were scattered through the table."""
+    for t in (30.0, 1.0):
+        for w in (0.5, 0.1):
+            make_run(tmp_path / "runs" / f"T{t:g}-w{w}", 70.0, temperature=t, weight=w, config=TEACHER)
+    make_run(tmp_path / "runs" / "base", 69.0, temperature=1.0, weight=0.0)
+    rows = aggregate(collect(tmp_path / "runs"))
+    assert [(r["temperature"], r["distillation_weight"]) for r in rows] == [(None, 0.0), (1.0, 0.1), (1.0, 0.5), (30.0, 0.1), (30.0, 0.5)]

@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import warnings
+from dataclasses import fields
 
 import h5py
 import pytest
@@ -26,9 +27,10 @@ from kdcli.evaluate import load_model
 from kdcli.losses import distillation_loss
 from kdcli.models import create_model
 from kdcli.report import aggregate, collect
+from kdcli.resume import MAY_DIFFER
 from kdcli.runs import DrawnAugmentation, Run, claim_folder
 from kdcli.sweep import SweepConfig, students_at_once, sweep
-from kdcli.train import train_runs, train_student, train_teacher
+from kdcli.train import student_runs, train_runs, train_student, train_teacher
 
 CACHE_EPOCHS = 2
 
@@ -540,3 +542,32 @@ def test_a_student_of_a_partial_cache_replays_its_complete_epochs_alone(tmp_path
     with pytest.warns(UserWarning, match="reuses cached epoch e mod 1"):
         summary = train_student(student(tmp_path, data_dir, partial, epochs=2, allow_partial=True), progress=False)
     assert summary["epochs"] == 2
+
+
+# ---------------------------------------------------------------- found by mutation testing (2026-11-29: a student's own options, stacked hard weights)
+
+# Another value of each option a student has and a teacher does not, that changes what it learns (the run's: T 4, w 0.5, hard 1).
+OTHER_DISTILLATION = {"temperature": 7.0, "distillation_weight": 0.3, "hard_weight": 0.5}
+
+
+def test_resume_refuses_another_value_of_every_distillation_option(tmp_path, data_dir, cache_path):
+    """test_train's check of the recipe, for the options a student adds: resumed (or kept) with another --temperature or
+    --hard-weight, a run would be half one loss and half another, or a finished run of T 4 returned for T 7."""
+    own = {f.name for f in fields(StudentConfig)} - {f.name for f in fields(TeacherConfig)}
+    assert own - MAY_DIFFER == set(OTHER_DISTILLATION)  # a new student option must be classed
+    train_student(student(tmp_path, data_dir, cache_path), progress=False)
+    before = {f.name: f.read_bytes() for f in (tmp_path / "s").iterdir() if f.is_file()}
+    for option, value in OTHER_DISTILLATION.items():
+        with pytest.raises(KdcliError, match=f"other options: --{option.replace('_', '-')} {value!r} \\(run has "):
+            train_student(student(tmp_path, data_dir, cache_path, resume=True, **{option: value}), progress=False)
+    assert {f.name: f.read_bytes() for f in (tmp_path / "s").iterdir() if f.is_file()} == before
+
+
+def test_students_stacked_by_train_runs_each_get_their_own_hard_weight(tmp_path, data_dir, cache_path, recorded_targets):
+    """A sweep gives all its students one --hard-weight; train_runs stacks any students, each with its own loss."""
+    configs = [student(tmp_path, data_dir, cache_path, name=f"s{h}", hard_weight=h, temperature=t, seed=1) for h, t in ((1.0, 2.0), (0.4, 7.0))]
+    data = load_cifar10(str(data_dir), "cpu")
+    with open_cache(cache_path) as cache:
+        train_runs(student_runs(configs, data, cache), data, torch.device("cpu"), progress=False)
+    assert len(recorded_targets) == 7  # one group of two, ceil(200 / 32) steps
+    assert {tuple(settings_of(*call)) for call in recorded_targets} == {((2.0, 0.5 * 4, 1.0), (7.0, 0.5 * 49, 0.4))}
