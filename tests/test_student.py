@@ -10,6 +10,7 @@ import re
 import signal
 import warnings
 from dataclasses import fields
+from pathlib import Path
 
 import h5py
 import pytest
@@ -29,7 +30,7 @@ from kdcli.models import create_model
 from kdcli.report import aggregate, collect
 from kdcli.resume import MAY_DIFFER
 from kdcli.runs import DrawnAugmentation, Run, claim_folder
-from kdcli.sweep import SweepConfig, students_at_once, sweep
+from kdcli.sweep import SweepConfig, student_configs, students_at_once, sweep
 from kdcli.train import student_runs, train_runs, train_student, train_teacher
 
 CACHE_EPOCHS = 2
@@ -571,3 +572,10 @@ def test_students_stacked_by_train_runs_each_get_their_own_hard_weight(tmp_path,
         train_runs(student_runs(configs, data, cache), data, torch.device("cpu"), progress=False)
     assert len(recorded_targets) == 7  # one group of two, ceil(200 / 32) steps
     assert {tuple(settings_of(*call)) for call in recorded_targets} == {((2.0, 0.5 * 4, 1.0), (7.0, 0.5 * 49, 0.4))}
+
+
+def test_a_sweeps_students_of_a_fractional_temperature_have_a_folder_named_by_it(tmp_path):
+    """T 0.5 in T0.5, not T0 (nor T 1.5 in T2): a reader takes the temperature from the path."""
+    config = SweepConfig(temperatures=(0.5, 1.5, 30), seeds=(1,), out=str(tmp_path / "sweep"), device="cpu")
+    assert [Path(c.out).relative_to(tmp_path / "sweep").as_posix() for c in student_configs(config)] == [
+        "baseline/seed1", "T0.5/seed1", "T1.5/seed1", "T30/seed1"]  # fmt: skip
