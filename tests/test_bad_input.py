@@ -1900,6 +1900,17 @@ UNREADABLE = {  # what -> (the arguments, from (tmp_path, data_dir, cache, stude
 }
 
 
+def test_a_complete_cache_this_user_may_only_read_is_kept_by_resume_and_read_by_a_student(tmp_path, data_dir, teacher, cache):
+    """make logits passes --resume: a finished cache made read-only (shared, or kept from harm) is kept as it is, not
+    opened to be written, and its students read it."""
+    path = Path(shutil.copy(cache, tmp_path / "c.h5"))
+    path.chmod(0o444)
+    kept = run_kdcli_bound_by_permissions(*dump_args(data_dir, teacher, path, "--resume"))
+    assert kept.returncode == 0 and "Traceback" not in kept.stderr, kept.stderr
+    assert run_kdcli_bound_by_permissions(*student_args(data_dir, path, tmp_path / "run")).returncode == 0
+    assert path.read_bytes() == cache.read_bytes()
+
+
 @pytest.mark.parametrize("what", UNREADABLE)
 def test_a_file_this_user_may_not_read_is_one_line(tmp_path, data_dir, cache, student, teacher_run, readable_again, what):
     """Said as the path and the system's reason, and not as a corrupt file, nor left out unsaid (a report's run)."""
