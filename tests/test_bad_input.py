@@ -709,13 +709,15 @@ def test_a_config_json_edited_in_what_a_resume_reads_is_one_line(tmp_path, data_
     assert_refused(kdcli(*student_args(data_dir, cache, tmp_path / "run", "--resume")), f"config.json: its {field} is", codes=(1,))
 
 
-def test_evaluate_refuses_a_checkpoint_edited_to_hold_out_more_images_than_it_trained_on(tmp_path, data_dir, teacher):
-    """It printed an accuracy "on the 1,000,000 training images its run held out", of the few there are."""
+@pytest.mark.parametrize("val_size", [10**6, 100], ids=["more", "all"])
+def test_evaluate_refuses_a_checkpoint_edited_to_hold_out_more_images_than_it_trained_on(tmp_path, data_dir, teacher, val_size):
+    """It printed an accuracy "on the 1,000,000 training images its run held out", of the few there are; holding out
+    all of its --subset 100, its training images would be called held out."""
     state = torch.load(teacher, weights_only=True)
-    state.setdefault("config", {})["val_size"] = 10**6
+    state.setdefault("config", {}).update(val_size=val_size, subset=100)
     torch.save(state, tmp_path / "t.pt")
     result = kdcli("evaluate", str(tmp_path / "t.pt"), "--data-dir", str(data_dir), "--device", "cpu")
-    assert_refused(result, "records --val-size 1000000 of its", codes=(1,))
+    assert_refused(result, f"records --val-size {val_size} of its 100 training images", codes=(1,))
 
 
 def test_the_command_that_finishes_an_unfinished_cache_works_as_printed(tmp_path, data_dir, teacher):
