@@ -40,9 +40,12 @@ def params(seed: int, epoch: int, n: int) -> torch.Tensor:
     return torch.cat([offsets, flips], dim=1).to(torch.int8)
 
 
-def unaugmented(n: int) -> torch.Tensor:
-    """[n, 3] int8 params whose views are the images themselves: the crop at the padding's offset, no flip."""
-    return torch.tensor([PAD, PAD, 0], dtype=torch.int8).expand(n, 3)
+def unaugmented(n: int, device=None) -> torch.Tensor:
+    """[n, 3] int8 params whose views are the images themselves: the crop at the padding's offset, no flip. Filled in
+    on `device`: a copy from the host would make a GPU's host wait for every batch queued before it."""
+    p = torch.full((n, 3), PAD, dtype=torch.int8, device=device)
+    p[:, 2] = 0
+    return p
 
 
 def apply(images: torch.Tensor, p: torch.Tensor) -> torch.Tensor:

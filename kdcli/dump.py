@@ -90,7 +90,7 @@ def padded_to(batch_size: int, labeller):
         if short == 0:
             return labeller(images, p)
         images = torch.cat([images, images.new_zeros(short, *images.shape[1:])])
-        p = torch.cat([p, augment.unaugmented(short).to(p.device)])
+        p = torch.cat([p, augment.unaugmented(short, p.device)])
         return labeller(images, p)[:-short]  # each view is labelled alone: the teacher is in eval mode
 
     return label
@@ -114,8 +114,8 @@ def teacher_logits(labeller, images, aug, batch_size: int, stop=None, on_batch=N
     """[N, C] float32: labeller (a view_labeller's) on images [N, 3, 32, 32] uint8 as augmented by aug [N, 3]
     (None: as they are); None once `stop` (a StopOnSignal) is requested, checked before each batch.
     on_batch(b), if given, is called with each batch's size as it is queued (a progress bar's count)."""
-    # Contiguous: a compiled labeller guards on strides, and would compile again for the expanded (stride 0) unaugmented p.
-    aug = (augment.unaugmented(len(images)) if aug is None else aug).to(images.device).contiguous()
+    # Contiguous: a compiled labeller guards on strides, and would compile again for a caller's params that are a view.
+    aug = (augment.unaugmented(len(images), images.device) if aug is None else aug).to(images.device).contiguous()
     out = []
     batch_size = forward_batch(batch_size, images.device)  # on a CPU, 64 at a time: evaluate.CPU_BATCH says why (never compiled there: no padded_to)
     for i in range(0, len(images), batch_size):  # views are built per batch: all 50,000 at once is 150 MB more

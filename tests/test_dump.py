@@ -743,6 +743,41 @@ def test_a_compiled_labeller_compiles_once_and_labels_as_the_eager_one(tmp_path,
         np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5, err_msg=name)
 
 
+def test_a_pass_padded_for_a_compiled_labeller_copies_nothing_from_the_host():
+    """On CUDA a copy from the host (pageable memory, non_blocking=False) is a stream sync: made for the padding of a
+    pass's last batch, it stopped the host once per epoch until every batch queued before it was labelled, while it
+    should be collecting the previous epoch. Simulated on the 'meta' device, standing for the GPU: with the images
+    and params there already, no tensor of the pass may come from the CPU; the padding is the unaugmented view."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class FromTheHost(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.copies = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            inputs = [a.device.type for a in args if isinstance(a, torch.Tensor)]
+            if "cpu" in inputs and isinstance(out, torch.Tensor) and out.device.type == "meta":
+                self.copies.append(str(func))
+            return out
+
+    seen = []
+
+    def labeller(images, p):  # the compiled teacher's stand-in: one row of logits per view, on the device
+        seen.append(p)
+        return torch.empty(len(images), 10, device=images.device)
+
+    images = torch.empty(200, 3, 32, 32, dtype=torch.uint8, device="meta")  # 4 x 48 + 8
+    aug = torch.empty(200, 3, dtype=torch.int8, device="meta")
+    with FromTheHost() as host:
+        logits = dump.teacher_logits(dump.padded_to(48, labeller), images, aug, 48)
+    assert host.copies == [] and logits.shape == (200, 10) and [len(p) for p in seen] == [48] * 5
+    cpu_params = []
+    dump.padded_to(48, lambda images, p: cpu_params.append(p) or torch.zeros(len(images), 10))(torch.zeros(8, 3, 32, 32, dtype=torch.uint8), augment.params(0, 0, 8))
+    assert torch.equal(cpu_params[0][8:], augment.unaugmented(40))
+
+
 @pytest.mark.parametrize("triton", [True, False], ids=["triton", "no triton"])
 def test_where_torch_compile_cannot_serve_the_gpu_the_dump_labels_eagerly_and_says_so(tmp_path, teacher, data_dir, monkeypatch, triton):
     """On CUDA the dump compiles by default. Without Triton for the GPU (Windows, a P100) compiling would fail at the
