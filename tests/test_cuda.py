@@ -8,6 +8,7 @@ import functools
 import json
 import os
 import signal
+from types import SimpleNamespace
 
 import h5py
 import numpy as np
@@ -16,13 +17,13 @@ import torch
 from conftest import write_lenet_teacher
 
 import kdcli.group as group_module
-from kdcli import KdcliError
+from kdcli import KdcliError, augment
 from kdcli.checkpoint import save_atomic
 from kdcli.config import StudentConfig, TeacherConfig
 from kdcli.data import load_cifar10
-from kdcli.dump import DumpConfig, dump_logits, verify_cache
-from kdcli.evaluate import load_model, predict, top1
-from kdcli.group import TrainingInterrupted
+from kdcli.dump import DumpConfig, dump_logits, teacher_logits, verify_cache, view_labeller
+from kdcli.evaluate import load_model, model_from, predict, top1
+from kdcli.group import Group, TrainingInterrupted
 from kdcli.losses import distillation_loss
 from kdcli.models import create_model
 from kdcli.runs import DrawnAugmentation, Run
@@ -179,6 +180,54 @@ def test_compiled_dump_compiles_once_and_equals_eager(tmp_path, data_dir):
     with h5py.File(compiled) as a, h5py.File(eager) as b:
         for key in ("logits", "clean_logits", "test_logits"):
             np.testing.assert_allclose(a[key][()], b[key][()], atol=1e-3, err_msg=key)  # fused kernels add in another order
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "eager"])
+def test_a_labelling_pass_never_waits_for_the_device(data_dir, compiled):
+    """The dump queues epoch e+1 on the GPU while the host collects epoch e: a host sync inside a pass stops the host
+    until every batch queued before it is labelled. Compiled, the last batch (200 = 4 x 48 + 8) is padded to 48;
+    its padding's params once came from the host, a sync per epoch. CUDA's sync debug mode raises on any."""
+    data = load_cifar10(data_dir, DEVICE)
+    torch.manual_seed(0)
+    model = model_from({"model_name": "resnet8", "model": create_model("resnet8").state_dict()}, torch.device(DEVICE), "resnet8")
+    label = view_labeller(model, torch.bfloat16, compiled, 48)
+    aug = augment.params(0, 0, len(data.train_labels)).to(DEVICE)  # on the device already: the pass's own copy is its one sync
+    torch._dynamo.reset()
+    warm = teacher_logits(label, data.train_images, aug, 48)  # compiles; cuDNN and Inductor may wait for the device here
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        logits = teacher_logits(label, data.train_images, aug, 48)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert torch.equal(logits, warm)
+
+
+@pytest.mark.parametrize("model, seeds, amp, cuda_graphs", [("lenet5", (1, 2), "bf16", True), ("lenet5", (1,), "bf16", False), ("resnet8", (7,), "fp16", True)],
+                         ids=["stacked-graphed", "eager", "fp16-graphed"])  # fmt: skip
+def test_the_steps_of_an_epoch_never_wait_for_the_device(tmp_path, data_dir, model, seeds, amp, cuda_graphs):
+    """No host sync between an epoch's steps (README: losses and hits stay on the GPU, the lr is a device tensor),
+    the smaller last batch's eager step included: watched by CUDA's sync debug mode in epoch 2, from the end of its
+    first step to its last, after epoch 1 captured the graph. A check added inside the loop would fail here."""
+    config_class, extra = (TeacherConfig, {}) if model == "resnet8" else (StudentConfig, {"distillation_weight": 0.0})
+    data = load_cifar10(data_dir, DEVICE)
+    runs = [
+        Run(config_class(model=model, seed=s, batch_size=32, amp=amp, cuda_graphs=cuda_graphs, out=str(tmp_path / f"r{s}"), **extra), DrawnAugmentation(s, len(data.train_labels)))
+        for s in seeds
+    ]  # fmt: skip
+    group, no_stop, steps = Group(runs, data, torch.device(DEVICE)), SimpleNamespace(requested=False), []
+    group.train_epoch(no_stop)  # epoch 1: the warm-up steps and the capture, which wait for the device
+    group.epoch, group.partial = 1, None
+
+    def on_step(b):  # called after each step is queued
+        steps.append(b)
+        torch.cuda.set_sync_debug_mode("error" if len(steps) < group.steps else 0)  # off for the epoch's closing synchronize
+
+    try:
+        group.train_epoch(no_stop, on_step=on_step)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert len(steps) == group.steps == 7 and steps[-1] == 8
 
 
 def test_a_dump_where_torch_compile_finds_no_triton_labels_eagerly(tmp_path, data_dir, monkeypatch):
