@@ -262,8 +262,6 @@ def bad_values_as_usage_errors():
         yield
     except ConfigError as e:
         raise typer.BadParameter(e.reason, param_hint=_quoted(e.option)) from None
-    except KdcliError as e:
-        raise typer.BadParameter(str(e)) from None
 
 
 def _sweep_out_of_memory(e: torch.OutOfMemoryError) -> str:
