@@ -19,6 +19,16 @@ def test_auto_picks_the_gpu_and_cuda_without_one_is_one_clear_error(monkeypatch)
         resolve_device("cuda")
 
 
+def test_auto_picks_mps_on_a_mac_and_mps_without_it_is_one_clear_error(monkeypatch):
+    """--device is a choice that lists mps on every machine: on Linux it must say so, not fail inside torch later."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("mps")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(KdcliError, match="^--device mps: MPS is not available on this machine; use --device cpu$"):
+        resolve_device("mps")
+
+
 def test_bf16_on_a_gpu_without_it_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
     with pytest.raises(KdcliError, match="does not support bf16: train and dump with --amp fp16"):
