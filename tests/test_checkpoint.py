@@ -9,11 +9,11 @@ import signal
 
 import pytest
 import torch
-from conftest import on_a_full_disk, run_python
+from conftest import dead_pid, on_a_full_disk, run_python
 
 from kdcli import KdcliError
 from kdcli import checkpoint as checkpoint_module
-from kdcli.checkpoint import CHECKPOINT, checkpoint_file, finish_renames, load_checkpoint, peek_checkpoint, read_checkpoint, save_all_atomic, save_atomic
+from kdcli.checkpoint import CHECKPOINT, checkpoint_file, delete_stale_temporaries, finish_renames, load_checkpoint, peek_checkpoint, read_checkpoint, save_all_atomic, save_atomic
 from kdcli.models import create_model
 
 
@@ -306,6 +306,24 @@ def test_a_checkpoint_that_is_a_folder_is_said_to_be_one(tmp_path):
     for given in (tmp_path / "run", tmp_path / "run" / CHECKPOINT):
         with pytest.raises(KdcliError, match=f"{tmp_path / 'run' / CHECKPOINT} is a folder, not a checkpoint"):
             load_checkpoint(given)
+
+
+def test_a_temporary_file_of_another_users_kdcli_writing_now_is_kept(tmp_path, monkeypatch):
+    """A folder two users write into (a shared runs/): kill(pid, 0) on the other's live process answers EPERM, which
+    means alive. Deleting its temporary file would fail that kdcli's rename; a dead process's is deleted still."""
+    theirs, dead = dead_pid(), dead_pid()
+    kill = os.kill
+
+    def kill_as_another_user(pid, signum):
+        if pid == theirs:
+            raise PermissionError(errno.EPERM, "Operation not permitted")
+        return kill(pid, signum)
+
+    monkeypatch.setattr(os, "kill", kill_as_another_user)
+    (tmp_path / f".{CHECKPOINT}.tmp-{theirs}").write_bytes(b"being written")
+    (tmp_path / f".{CHECKPOINT}.tmp-{dead}").write_bytes(b"torn")
+    delete_stale_temporaries(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [f".{CHECKPOINT}.tmp-{theirs}"]
 
 
 def test_unwritable_folder(tmp_path):
