@@ -543,6 +543,16 @@ def test_unfinished_run_is_refused_without_resume(tmp_path, data_dir, monkeypatc
         teach(config(tmp_path, "run", data_dir))
 
 
+def test_unfinished_run_with_a_damaged_checkpoint_is_refused_without_resume_as_unfinished(tmp_path, data_dir, monkeypatch):
+    """The checkpoint is read to tell a teacher's run from a student's; one it cannot read is still an unfinished
+    run, which only --force starts over: said so, not as a damaged file (which --resume would then report)."""
+    interrupt(tmp_path, data_dir, monkeypatch)
+    (tmp_path / "run" / CHECKPOINT).write_bytes(b"cut short")
+    with pytest.raises(KdcliError, match="holds an unfinished run: pass --resume to continue it, or --force to start over"):
+        teach(config(tmp_path, "run", data_dir))
+    assert (tmp_path / "run" / CHECKPOINT).read_bytes() == b"cut short"
+
+
 def test_resume_of_a_run_killed_before_its_summary(tmp_path, data_dir, finished):
     run_dir, summary = finished
     shutil.copytree(run_dir, tmp_path / "run")
