@@ -242,6 +242,21 @@ def test_a_failed_download_leaves_no_folder_behind(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_failed_download_into_a_folder_that_was_there_deletes_none_of_it(tmp_path, monkeypatch):
+    """--data-dir ~/datasets, a folder of the user's own: only a folder the download made is removed when it fails."""
+    import torchvision
+
+    def no_network(root, download):
+        raise RuntimeError("<urlopen error [Errno -2] Name or service not known>")
+
+    (tmp_path / "datasets").mkdir()
+    (tmp_path / "datasets" / "mnist.npz").write_bytes(b"the user's")
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", no_network)
+    with pytest.raises(KdcliError, match="could not download CIFAR-10 into"):
+        load_cifar10(tmp_path / "datasets")
+    assert (tmp_path / "datasets" / "mnist.npz").read_bytes() == b"the user's"
+
+
 def test_a_failed_download_says_where_a_local_copy_goes(tmp_path, monkeypatch):
     """Offline (a compute node), or with a mistyped --data-dir, the way out is --data-dir: the error says so."""
     import torchvision
