@@ -1913,6 +1913,17 @@ def test_a_complete_cache_this_user_may_only_read_is_kept_by_resume_and_read_by_
     assert path.read_bytes() == cache.read_bytes()
 
 
+def test_an_unfinished_cache_this_user_may_only_read_is_one_line_and_left_as_it_was(tmp_path, data_dir, teacher, cache):
+    """The epochs still to label cannot be written: said as the file and the system's reason (no traceback)."""
+    path = tmp_path / "c.h5"
+    edit(epochs_complete=1)(path, cache)
+    path.chmod(0o444)
+    before = path.read_bytes()
+    result = run_kdcli_bound_by_permissions(*dump_args(data_dir, teacher, path, "--resume"))
+    assert (result.returncode, result.stderr.splitlines()[-1:]) == (1, [f"error: cannot write {path}: Permission denied"]), result.stderr
+    assert "Traceback" not in result.stderr and path.read_bytes() == before
+
+
 @pytest.mark.parametrize("what", UNREADABLE)
 def test_a_file_this_user_may_not_read_is_one_line(tmp_path, data_dir, cache, student, teacher_run, readable_again, what):
     """Said as the path and the system's reason, and not as a corrupt file, nor left out unsaid (a report's run)."""
