@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from kdcli import KdcliError, is_count
-from kdcli.models import MODELS
+from kdcli.models import MODELS, known_models
 
 CHECKPOINT = "checkpoint.pt"
 RENAMES = ".renames.tmp-"  # + pid: the renames a group's save has still to do (a .tmp-: prepare_run_dir deletes a stale one)
@@ -216,7 +216,7 @@ def _load(path, mmap=False) -> tuple[dict, bytes]:
     if problem := _malformed(state):
         raise KdcliError(f"{path} is damaged: {problem}; copy or make it again")
     if state["model_name"] not in MODELS:  # a later kdcli's model, or an edited name: said as the file's, not a --model typed
-        raise KdcliError(f"{path} holds a {state['model_name']!r}, a model this kdcli does not know (it knows {', '.join(sorted(MODELS))})")
+        raise KdcliError(f"{path} holds a {state['model_name']!r}, a model this kdcli does not know (it knows {known_models()})")
     return state, data
 
 

@@ -123,6 +123,10 @@ def fingerprint(images: torch.Tensor, labels: torch.Tensor) -> str:
     return digest.hexdigest()
 
 
+class _RefusedObject(pickle.UnpicklingError):
+    """A batch file's pickle asks for an object no CIFAR-10 batch holds."""
+
+
 class _BatchUnpickler(pickle.Unpickler):
     """A CIFAR-10 batch: dicts, lists, numbers, strings and numpy arrays, nothing else. A plain pickle.load calls
     whatever a file names (the classic __reduce__ attack): a data folder copied from elsewhere could run code, as
@@ -138,10 +142,6 @@ class _BatchUnpickler(pickle.Unpickler):
         if (module, name) not in self.ALLOWED:
             raise _RefusedObject(f"{module}.{name}")
         return super().find_class(module, name)
-
-
-class _RefusedObject(pickle.UnpicklingError):
-    """A batch file's pickle asks for an object no CIFAR-10 batch holds."""
 
 
 def _read_batches(paths):

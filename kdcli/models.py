@@ -47,7 +47,11 @@ def float32_by_default():
 
 
 def unknown_model(name: str) -> str:
-    return f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}"
+    return f"unknown model {name!r}; known models: {known_models()}"
+
+
+def known_models() -> str:
+    return ", ".join(sorted(MODELS))
 
 
 class BasicBlock(nn.Module):
