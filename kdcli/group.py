@@ -312,7 +312,7 @@ class Group:
         c = self.config
         # Only past a milestone: before it, a lower --lr-gamma would diverge the same way.
         rising = f" or --lr-gamma (now {c.lr_gamma:g}: it raises the lr at each milestone)" if c.scheduler == "multistep" and learning_rate(c, epoch) > c.lr else ""
-        error = Diverged(
+        error = (
             f"{what} ({', '.join(str(r.dir) for r in bad)}): lower --lr "
             f"(now {c.lr}){rising}{kd}, and start over with --force; "
             + ("the last good checkpoint is kept" if (self.runs[0].dir / CHECKPOINT).exists() else "no checkpoint was written before it")
@@ -320,8 +320,10 @@ class Group:
         # Only the runs that diverged: the others of the group stop with them, unfinished, and resume as such.
         for r in bad:
             with contextlib.suppress(KdcliError):  # a full disk: the divergence is still the error to tell
-                write_json(r.dir / DIVERGED, {"error": str(error), "epoch": epoch + 1, "step": step})
-        raise error
+                write_json(r.dir / DIVERGED, {"error": error, "epoch": epoch + 1, "step": step})
+        # Made in the raise: held by a local here, the exception and this frame (self: the group's tensors) would hold
+        # each other until Python collects garbage, and a sweep makes its next group meanwhile.
+        raise Diverged(error)
 
     def _temperature_option(self, run) -> str:
         """The option that set the run's temperature, as the user gave it: one of a sweep's --temperatures."""

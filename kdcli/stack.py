@@ -10,6 +10,7 @@ backward, optimizer) as a CUDA graph makes ~120 launches one (group.Group uses b
 """
 
 import copy
+import weakref
 
 import torch
 import torch.nn as nn
@@ -123,7 +124,9 @@ class GraphedStep:
     WARMUP = 3  # eager steps before capture
 
     def __init__(self, group):
-        self.group, self.eager_steps, self.graph = group, 0, None
+        # A proxy: the group holds this step, and a reference back would make a cycle that keeps a finished group's
+        # GPU memory (its weights, this graph's pool) until Python collects garbage, groups later in a sweep.
+        self.group, self.eager_steps, self.graph = weakref.proxy(group), 0, None
         self.idx = self.aug = self.soft = None
 
     def new_epoch(self, aug, soft):

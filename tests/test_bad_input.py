@@ -1178,6 +1178,36 @@ def test_a_sweep_goes_on_past_a_diverged_group_and_run_again_keeps_its_diverged_
         assert re.fullmatch(rf"T4/seed{seed},lenet5,4.0,1000000.0,1.0,{seed},,,,,1,[1-4]", line), runs
 
 
+def test_each_group_of_a_sweep_is_freed_before_the_next_one_is_made(tmp_path, data_dir, cache, monkeypatch):
+    """A finished or diverged group's tensors (on a GPU: its weights, its epoch's soft targets, its CUDA graph's memory)
+    go before the next group's come, not at Python's next garbage collection, which may be groups later: a Diverged
+    and the frame it was raised from held each other, and with it the group (tests/test_cuda.py checks a Group and its
+    GraphedStep). Garbage collection is off here, so that only references can free them."""
+    import gc
+    import weakref
+
+    made, alive_when_made = [], []
+
+    def group(*args, **kwargs):
+        alive_when_made.append([ref() is not None for ref in made])
+        g = Group(*args, **kwargs)
+        made.append(weakref.ref(g))
+        return g
+
+    Group = train_module.Group
+    monkeypatch.setattr(train_module, "Group", group)
+    args = sweep_args(data_dir, cache, tmp_path / "sweep", "--seeds", "1,2", "--distillation-weight", "1e6", "--parallel", 2)
+    assert kdcli(*args).exit_code == 1  # once with garbage collected: torch's imports at a first group leave cycles of their own
+    made.clear(), alive_when_made.clear()
+    gc.disable()
+    try:
+        result = kdcli(*args, "--force")
+    finally:
+        gc.enable()
+    assert result.exit_code == 1 and "2 of 4 students diverged" in result.stderr, result.output  # groups that diverged, and one that finished
+    assert alive_when_made == [[], [False], [False, False]]
+
+
 def test_a_student_that_diverged_before_its_first_checkpoint_is_kept_only_for_the_options_and_cache_it_diverged_with(tmp_path, data_dir, cache, other_cache):
     """It holds no checkpoint, only its config.json: run again with the --distillation-weight its error said to lower,
     or from another teacher's cache, it must be refused as a finished student is, not kept as diverged under options

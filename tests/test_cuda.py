@@ -230,6 +230,39 @@ def test_the_steps_of_an_epoch_never_wait_for_the_device(tmp_path, data_dir, mod
     assert len(steps) == group.steps == 7 and steps[-1] == 8
 
 
+def test_a_finished_group_frees_its_gpu_memory_without_a_garbage_collection(tmp_path, data_dir, monkeypatch):
+    """A sweep trains its groups one after another: a group's weights and CUDA graph pool must go when it ends, not at
+    Python's next garbage collection, groups later (a Group and its GraphedStep held each other: a sweep of ResNet
+    students piled up their graphs' memory). Garbage collection is off, so that only references can free them."""
+    import gc
+    import weakref
+
+    import kdcli.train as train_module
+
+    made = []
+
+    def group(*args, **kwargs):
+        g = Group(*args, **kwargs)
+        made.append(weakref.ref(g))
+        return g
+
+    monkeypatch.setattr(train_module, "Group", group)
+    options = dict(model="resnet8", epochs=1, batch_size=32, distillation_weight=0.0, amp="bf16", cuda_graphs=True)
+    train(tmp_path, "warm", StudentConfig, (1,), data_dir, **options)  # torch's first imports and captures leave cycles of their own
+    data = load_cifar10(data_dir, DEVICE)
+    run = Run(StudentConfig(out=str(tmp_path / "run"), seed=2, device=DEVICE, data_dir=str(data_dir), **options), DrawnAugmentation(2, len(data.train_labels)))
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    gc.disable()
+    try:
+        train_runs([run], data, torch.device(DEVICE), progress=False)
+        assert made[-1]() is None
+        torch.cuda.synchronize()
+        assert torch.cuda.memory_allocated() == before
+    finally:
+        gc.enable()
+
+
 def test_a_dump_where_torch_compile_finds_no_triton_labels_eagerly(tmp_path, data_dir, monkeypatch):
     """A GPU torch.compile cannot serve (Windows, a P100): the default --compile gives way to eager labels, not an error."""
 
