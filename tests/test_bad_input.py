@@ -1954,6 +1954,16 @@ def test_an_unfinished_cache_this_user_may_only_read_is_one_line_and_left_as_it_
     assert "Traceback" not in result.stderr and path.read_bytes() == before
 
 
+def test_a_cache_into_a_folder_this_user_may_not_write_is_one_line_before_the_data_is_read(tmp_path, data_dir, teacher):
+    """Its lock file, made first, cannot be: said as the cache and the system's reason, and nothing is left there."""
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    folder.chmod(0o555)
+    result = run_kdcli_bound_by_permissions(*dump_args(data_dir, teacher, folder / "c.h5"))
+    assert (result.returncode, result.stderr.splitlines()[-1:]) == (1, [f"error: cannot write {folder / 'c.h5'}: Permission denied"]), result.stderr
+    assert "Traceback" not in result.stderr and not any(folder.iterdir())
+
+
 @pytest.mark.parametrize("what", UNREADABLE)
 def test_a_file_this_user_may_not_read_is_one_line(tmp_path, data_dir, cache, student, teacher_run, readable_again, what):
     """Said as the path and the system's reason, and not as a corrupt file, nor left out unsaid (a report's run)."""
