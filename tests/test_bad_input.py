@@ -777,6 +777,20 @@ def test_a_run_is_not_trained_into_a_folder_holding_runs_further_down(tmp_path, 
     assert_refused(kdcli(*teacher_args(data_dir, tmp_path / "out" / inside.split("/")[0])), "holds other runs in its subfolders", codes=(1,))
 
 
+def test_links_in_a_runs_folder_are_followed_each_folder_once(tmp_path, data_dir, student):
+    """As the report follows them: a run linked in would join the folder's table, so it is refused; links back up
+    (a loop) end where they meet a folder walked already, instead of walking forever."""
+    out = tmp_path / "out"
+    (out / "a").mkdir(parents=True)
+    (out / "a" / "up").symlink_to(out)
+    (out / "a" / "self").symlink_to(out / "a")
+    (out / "b").symlink_to(tmp_path)  # above: holds out itself
+    assert kdcli(*teacher_args(data_dir, out)).exit_code == 0
+    (out / "b").unlink()
+    (out / "b").symlink_to(student)
+    assert_refused(kdcli(*teacher_args(data_dir, out, "--force")), f"holds other runs in its subfolders (e.g. {out / 'b'})", codes=(1,))
+
+
 @pytest.mark.parametrize("why", ["holds a run of its own", "is in use by another kdcli"])
 def test_a_sweep_into_a_refused_folder_is_told_so_before_its_data_loads(tmp_path, cache, student, why):
     """Not after seconds of loading, nor as missing data: the folder is what is wrong."""
