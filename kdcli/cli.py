@@ -27,7 +27,7 @@ from kdcli import DATA_DIR, Device, Interrupted, KdcliError, __version__, count
 from kdcli import report as reporting
 from kdcli.cache import cache_info as read_info
 from kdcli.cache import check_cache_is_there
-from kdcli.config import ConfigError, StudentConfig, TeacherConfig, TrainOptions, check_paths, flag
+from kdcli.config import ConfigError, StudentConfig, TeacherConfig, TrainOptions, check_paths, flag, instead_of_choice
 from kdcli.data import CLASSES, recorded_data_dir
 from kdcli.dump import DumpConfig, dump_logits, verify_cache
 from kdcli.dump import check_can_start as dump_can_start
@@ -88,7 +88,7 @@ def _choice(annotation) -> dict:
 
     def one_of(value):
         if value not in choices:
-            raise typer.BadParameter(f"{value!r} is not one of {', '.join(map(repr, choices))}")
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(map(repr, choices))}{instead_of_choice(value)}")
         return value
 
     return {"callback": one_of, "metavar": "[" + "|".join(choices) + "]"}

@@ -14,6 +14,7 @@ import contextlib
 import math
 import numbers
 import os
+import re
 import types
 import typing
 import warnings
@@ -193,7 +194,15 @@ def check_choices(config):
     for name, annotation in typing.get_type_hints(type(config)).items():
         choices = typing.get_args(annotation) if typing.get_origin(annotation) is Literal else ()
         if choices and getattr(config, name) not in choices:
-            raise ConfigError(flag(name), f"must be one of {', '.join(choices)}, got {getattr(config, name)!r}")
+            raise ConfigError(flag(name), f"must be one of {', '.join(choices)}, got {getattr(config, name)!r}{instead_of_choice(getattr(config, name))}")
+
+
+def instead_of_choice(value) -> str:
+    """What to pass instead of a value outside its option's choices, where it is plain: PyTorch's cuda:1 names a GPU,
+    which kdcli takes from the environment (one device a process: CUDA graphs capture on the current one)."""
+    if isinstance(value, str) and (gpu := re.fullmatch(r"cuda:(\d+)", value)):
+        return f": to use GPU {gpu[1]}, run with CUDA_VISIBLE_DEVICES={gpu[1]} and --device cuda"
+    return ""
 
 
 def check_paths(options: dict):

@@ -10,10 +10,13 @@ import typing
 import torch
 
 from kdcli import Device, KdcliError
+from kdcli.config import instead_of_choice
 
 
 def resolve_device(name: str) -> torch.device:
     """--device as a torch.device; on CUDA it also turns on cuDNN's autotuning, for the whole process."""
+    if name not in typing.get_args(Device):  # a library caller's "gpu", or PyTorch's "cuda:1" (torch.device takes it)
+        raise KdcliError(f"--device {name}: must be one of {', '.join(typing.get_args(Device))}{instead_of_choice(name)}")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
@@ -22,10 +25,7 @@ def resolve_device(name: str) -> torch.device:
         raise KdcliError("--device mps: MPS is not available on this machine; use --device cpu")
     if name == "cuda" and not torch.backends.cudnn.deterministic:  # shapes never change: time cuDNN's algorithms once, keep the fastest
         torch.backends.cudnn.benchmark = True
-    try:
-        return torch.device(name)
-    except RuntimeError:  # a library caller's "gpu": torch's own error lists 20 device types
-        raise KdcliError(f"--device {name}: must be one of {', '.join(typing.get_args(Device))}") from None
+    return torch.device(name)
 
 
 def autocast_dtype(amp, device) -> torch.dtype | None:

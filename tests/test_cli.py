@@ -297,6 +297,13 @@ def test_a_value_outside_a_choice_is_named_plainly(args):
     assert "Value error" not in result.stderr
 
 
+@pytest.mark.parametrize("command", ["train-teacher", "dump-logits", "train-student", "sweep", "evaluate runs/x", "cache-info"])
+def test_a_gpu_named_as_pytorch_names_it_says_how_kdcli_takes_one(command):
+    """--device cuda:1, as PyTorch code writes it: the GPU is picked by the environment, as for any one-GPU program."""
+    result = kdcli(*command.split(), "--device", "cuda:1")
+    assert_clean_error(result, "'cuda:1' is not one of 'auto', 'cuda', 'mps', 'cpu': to use GPU 1, run with CUDA_VISIBLE_DEVICES=1 and --device cuda", codes=(2,))
+
+
 @pytest.mark.parametrize("option, value", [("--scheduler", "step"), ("--epochs", "x"), ("--epochs", "0"), ("--lr-milestones", "1,,2"), ("--model", "nope")])
 def test_every_usage_error_names_its_option_as_click_does(option, value):
     """click's own errors (a choice, a type) and kdcli's (a range, a list, a name) name the option alike: 'Invalid value for '--epochs''."""

@@ -396,6 +396,8 @@ def test_a_choice_that_is_not_one_is_refused(tmp_path, teacher, data_dir):
         config(tmp_path, teacher, data_dir, amp=True)  # bf16 before --amp took a precision: not silently float32 now
     with pytest.raises(ConfigError, match="--dtype: must be one of float16, float32, got 'bfloat16'"):
         config(tmp_path, teacher, data_dir, dtype="bfloat16")
+    with pytest.raises(ConfigError, match="--device: must be one of auto, cuda, mps, cpu, got 'cuda:1': to use GPU 1, run with CUDA_VISIBLE_DEVICES=1 and --device cuda$"):
+        config(tmp_path, teacher, data_dir, device="cuda:1")
     with pytest.raises(ConfigError, match="--epochs: must be an integer, got '3'"):  # a library caller's, not a TypeError
         config(tmp_path, teacher, data_dir, epochs="3")
 
