@@ -569,7 +569,7 @@ def test_dump_killed_mid_run_resumes_to_the_same_arrays(tmp_path, reference, tea
         time.sleep(0.4)  # into the next epoch: its data written, not yet counted
     finally:
         child.send_signal(signal.SIGKILL)
-        child.wait()
+        child.communicate()  # waits, and closes its pipe
     done = cache.cache_info(cfg.out)["epochs_complete"]  # the killed dump left a readable file ...
     assert 1 <= done < E
     with cache.open_cache(cfg.out, allow_partial=True) as c, cache.open_cache(reference[0]) as ref:

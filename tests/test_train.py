@@ -215,7 +215,7 @@ def test_the_lock_of_a_killed_kdcli_is_gone_with_it(tmp_path):
                 pass
     finally:
         holder.kill()
-        holder.wait()
+        holder.communicate()  # waits, and closes its pipes
     with claim_folder(tmp_path / "run"):
         pass
     assert [p.name for p in (tmp_path / "run").iterdir()] == [LOCK]  # an empty file; its lock died with its holder
