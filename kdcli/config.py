@@ -193,8 +193,9 @@ def check_choices(config):
     2026-11-27) in float32."""
     for name, annotation in typing.get_type_hints(type(config)).items():
         choices = typing.get_args(annotation) if typing.get_origin(annotation) is Literal else ()
-        if choices and getattr(config, name) not in choices:
-            raise ConfigError(flag(name), f"must be one of {', '.join(choices)}, got {getattr(config, name)!r}{instead_of_choice(getattr(config, name))}")
+        value = getattr(config, name)
+        if choices and value not in choices:
+            raise ConfigError(flag(name), f"must be one of {', '.join(choices)}, got {value!r}{instead_of_choice(value)}")
 
 
 def instead_of_choice(value) -> str:

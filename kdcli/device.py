@@ -13,8 +13,9 @@ from kdcli import Device, KdcliError
 from kdcli.config import instead_of_choice
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str | torch.device) -> torch.device:
     """--device as a torch.device; on CUDA it also turns on cuDNN's autotuning, for the whole process."""
+    name = str(name)  # a library caller's torch.device("cpu") too
     if name not in typing.get_args(Device):  # a library caller's "gpu", or PyTorch's "cuda:1" (torch.device takes it)
         raise KdcliError(f"--device {name}: must be one of {', '.join(typing.get_args(Device))}{instead_of_choice(name)}")
     if name == "auto":

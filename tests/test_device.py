@@ -44,3 +44,9 @@ def test_a_device_outside_the_choices_is_one_clear_error_with_what_to_pass(name,
     with pytest.raises(KdcliError) as refused:
         resolve_device(name)
     assert str(refused.value) == f"--device {name}: must be one of auto, cuda, mps, cpu{said}"
+
+
+def test_a_library_callers_torch_device_is_taken_as_its_name():
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+    with pytest.raises(KdcliError, match="^--device cuda:0: must be one of auto, cuda, mps, cpu: to use GPU 0, run with CUDA_VISIBLE_DEVICES=0"):
+        resolve_device(torch.device("cuda", 0))
