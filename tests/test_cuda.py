@@ -92,6 +92,8 @@ def test_the_scheduled_lr_reaches_the_optimizer_on_cuda_also_after_a_resume(tmp_
     state = torch.load(tmp_path / "one1" / "checkpoint.pt", weights_only=True)
     state["config"]["epochs"] = 2  # now the checkpoint of a 2-epoch run stopped after its first epoch
     save_atomic(state, tmp_path / "one1" / "checkpoint.pt")
+    started = json.loads((tmp_path / "one1" / "config.json").read_text())
+    (tmp_path / "one1" / "config.json").write_text(json.dumps({**started, "epochs": 2}))  # which resume checks it against
     (tmp_path / "one1" / "summary.json").unlink()
     (resumed,) = train(tmp_path, "one", StudentConfig, (1,), epochs=2, resume=True, **options)
     assert_close_weights(resumed, one, atol=1e-6)
