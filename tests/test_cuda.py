@@ -1,6 +1,8 @@
 """GPU-only checks (skipped without CUDA): the fast paths compute what the plain ones do.
 
-Run on a GPU machine with `python -m pytest tests/test_cuda.py`.
+Run on a GPU machine with `python -m pytest tests/test_cuda.py`. Without one, `KDCLI_TEST_DEVICE=cpu` runs the file
+on the CPU to find tests that no longer fit the code (9 of 25 pass there; the others fail for want of CUDA, fp16 or
+Inductor). CI does not: on a CPU a graphed step is an eager one, so what passes there shows nothing of the GPU.
 """
 
 import contextlib
@@ -29,7 +31,7 @@ from kdcli.models import create_model
 from kdcli.runs import DrawnAugmentation, Run
 from kdcli.train import train_runs, train_student, train_teacher
 
-DEVICE = "cuda"
+DEVICE = os.environ.get("KDCLI_TEST_DEVICE", "cuda")
 pytestmark = pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
