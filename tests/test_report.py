@@ -421,6 +421,15 @@ def test_write_report_writes_table_csv_and_png(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_report_without_runs_that_cannot_remove_an_older_runs_csv_is_one_line(tmp_path):
+    """write_report given rows but not their runs (a library caller) removes an older runs.csv, which would list other
+    runs beside the new table; where that fails (here a folder of that name) it says so, not with an OSError."""
+    runs = collect([make_sweep(tmp_path / "sweep")])
+    (tmp_path / "report" / "runs.csv").mkdir(parents=True)
+    with pytest.raises(KdcliError, match=f"^cannot write the report into {tmp_path / 'report'}: Is a directory; pass --out a folder you can write$"):
+        write_report(aggregate(runs), tmp_path / "report")
+
+
 def test_runs_csv_lists_every_run_of_the_table_by_its_folder_in_the_tables_order(tmp_path):
     """The numbers each results.csv row summarises, one line per run: a baseline's logged temperature is not its setting's."""
     report(make_sweep(tmp_path / "sweep"), tmp_path / "sweep")
