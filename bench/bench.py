@@ -133,8 +133,8 @@ def timed_rounds(fns: dict, device, rounds, images) -> dict:
 
 
 def free_unreferenced():
-    """Free dropped Groups now: a Group and its CUDA graph step refer to each other, a cycle only the
-    collector frees; then give their memory back, so that the next measurement starts from the same state."""
+    """Free dropped Groups now, also any that a reference cycle holds (torch's own; a Group and its CUDA graph
+    step no longer make one); then give their memory back, so that the next measurement starts from the same state."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
