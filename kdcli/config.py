@@ -200,7 +200,7 @@ def check_choices(config):
 
 def instead_of_choice(value) -> str:
     """What to pass instead of a value outside its option's choices, where it is plain: PyTorch's cuda:1 names a GPU,
-    which kdcli takes from the environment (one device a process: CUDA graphs capture on the current one)."""
+    which kdcli takes from the environment: its CUDA graphs and compiled steps were only ever run on the current device."""
     if isinstance(value, str) and (gpu := re.fullmatch(r"cuda:(\d+)", value)):
         return f": to use GPU {gpu[1]}, run with CUDA_VISIBLE_DEVICES={gpu[1]} and --device cuda"
     return ""

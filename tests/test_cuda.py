@@ -237,7 +237,7 @@ def test_the_steps_of_an_epoch_never_wait_for_the_device(tmp_path, data_dir, mod
 def test_a_finished_group_frees_its_gpu_memory_without_a_garbage_collection(tmp_path, data_dir, monkeypatch):
     """A sweep trains its groups one after another: a group's weights and CUDA graph pool must go when it ends, not at
     Python's next garbage collection, groups later (a Group and its GraphedStep held each other: a sweep of ResNet
-    students piled up their graphs' memory). Garbage collection is off, so that only references can free them."""
+    students would pile up their graphs' memory). Garbage collection is off, so that only references can free them."""
     import gc
     import weakref
 

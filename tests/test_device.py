@@ -40,7 +40,7 @@ def test_bf16_on_a_gpu_without_it_is_a_clear_error(monkeypatch):
 @pytest.mark.parametrize("name, said", [("gpu", ""), ("cuda:1", ": to use GPU 1, run with CUDA_VISIBLE_DEVICES=1 and --device cuda")])
 def test_a_device_outside_the_choices_is_one_clear_error_with_what_to_pass(name, said):
     """From a library caller too: torch.device takes cuda:1, which would then fail inside torch (no such GPU), or train on
-    a GPU that CUDA graphs do not capture on (they capture on the current one)."""
+    a GPU other than the current one, which kdcli's CUDA graphs and compiled steps were never run on."""
     with pytest.raises(KdcliError) as refused:
         resolve_device(name)
     assert str(refused.value) == f"--device {name}: must be one of auto, cuda, mps, cpu{said}"
