@@ -1200,7 +1200,7 @@ def test_each_group_of_a_sweep_is_freed_before_the_next_one_is_made(tmp_path, da
     import gc
     import weakref
 
-    made, alive_when_made = [], []
+    made, alive_when_made, Group = [], [], train_module.Group
 
     def group(*args, **kwargs):
         alive_when_made.append([ref() is not None for ref in made])
@@ -1208,7 +1208,6 @@ def test_each_group_of_a_sweep_is_freed_before_the_next_one_is_made(tmp_path, da
         made.append(weakref.ref(g))
         return g
 
-    Group = train_module.Group
     monkeypatch.setattr(train_module, "Group", group)
     args = sweep_args(data_dir, cache, tmp_path / "sweep", "--seeds", "1,2", "--distillation-weight", "1e6", "--parallel", 2)
     assert kdcli(*args).exit_code == 1  # once with garbage collected: torch's imports at a first group leave cycles of their own
