@@ -6,6 +6,7 @@ as one line and exits 1.
 """
 
 import math
+import os
 import signal
 import sys
 from typing import Literal
@@ -28,6 +29,16 @@ def redraw_intervals() -> dict:
 def count(n: int, noun: str) -> str:
     """"1 epoch", "3 epochs": for messages."""
     return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def not_utf8(name: str) -> str | None:
+    """`name` as a shell shows it (runs/caf\\xe9) where its bytes are not UTF-8, else None. Python hands such bytes
+    over as lone surrogates, by which torch cannot open a file, nor a record or report be written."""
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return os.fsencode(name).decode(errors="backslashreplace")
+    return None
 
 
 def short(value):

@@ -23,7 +23,7 @@ from typing import Literal
 import torch
 import typer
 
-from kdcli import DATA_DIR, Device, Interrupted, KdcliError, __version__, count
+from kdcli import DATA_DIR, Device, Interrupted, KdcliError, __version__, count, not_utf8
 from kdcli import report as reporting
 from kdcli.cache import cache_info as read_info
 from kdcli.cache import check_cache_is_there
@@ -516,4 +516,9 @@ def _main(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def main():
+    # Python hands bytes that are not UTF-8 (a folder named in latin-1) over as lone surrogates, which torch cannot
+    # open by name, nor a record or report write: refused here, once, instead of as a damaged checkpoint or a traceback.
+    if shown := next(filter(None, map(not_utf8, sys.argv[1:])), None):
+        print(f"error: {shown} is not valid UTF-8: kdcli needs UTF-8 names; rename it, or link to it from one", file=sys.stderr)
+        sys.exit(2)
     app()

@@ -90,6 +90,21 @@ def test_python_dash_m_kdcli():
     assert out.returncode == 0 and out.stdout == f"kdcli {__version__}\n"
 
 
+@pytest.mark.parametrize("args", [["train-teacher", "--out", b"runs/caf\xe9"], ["report", b"runs/caf\xe9"], ["evaluate", b"caf\xe9/checkpoint.pt"]], ids=["option", "folder", "file"])
+def test_a_path_that_is_not_utf8_is_one_line_before_anything_is_read_or_made(tmp_path, monkeypatch, capfd, args):
+    """A folder named in latin-1 (bytes Python hands over as lone surrogates): torch cannot open a checkpoint by such a
+    name, which --resume then called damaged, and a report could not write it (a traceback). Said as the shell shows it."""
+    import kdcli.cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["kdcli", *(os.fsdecode(a) for a in args)])
+    with pytest.raises(SystemExit) as exit:
+        kdcli.cli.main()
+    said = os.fsdecode(args[-1]).encode(errors="surrogateescape").decode(errors="backslashreplace")
+    assert (exit.value.code, capfd.readouterr().err) == (2, f"error: {said} is not valid UTF-8: kdcli needs UTF-8 names; rename it, or link to it from one\n")
+    assert not any(tmp_path.iterdir())
+
+
 def test_sigterm_where_there_is_no_safe_point_ends_at_once_with_a_line(monkeypatch, capfd):
     """Loading data, importing torch: a SIGTERM ends the command there, saying so, with exit status 143."""
     import kdcli.__main__

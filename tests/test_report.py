@@ -6,6 +6,7 @@ Run folders are faked with summary.json / config.json in tmp_path: nothing is tr
 import csv
 import json
 import math
+import os
 import re
 import resource
 import signal
@@ -419,6 +420,15 @@ def test_write_report_writes_table_csv_and_png(tmp_path):
     assert {r["teacher_test_accuracy"] for r in rows} == {"95.21"}
     png = tmp_path / "report" / "results.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_run_folder_named_in_another_encoding_than_utf8_is_one_line_not_a_traceback(tmp_path):
+    """Bytes Python hands over as lone surrogates: results.md and runs.csv, which name the runs, could not be written."""
+    make_run(tmp_path / "runs" / "a", 69.0, seed=1, temperature=1.0, weight=0.0)
+    make_run(tmp_path / "runs" / os.fsdecode(b"caf\xe9"), 71.0, seed=2, temperature=1.0, weight=0.0)
+    with pytest.raises(KdcliError, match=re.escape(f"{tmp_path}/runs/caf\\xe9 is not valid UTF-8: kdcli needs UTF-8 names; rename it")):
+        report(tmp_path / "runs", tmp_path / "report")
+    assert not (tmp_path / "report").exists()
 
 
 def test_a_report_without_runs_that_cannot_remove_an_older_runs_csv_is_one_line(tmp_path):
