@@ -516,8 +516,7 @@ def _main(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def main():
-    # Python hands bytes that are not UTF-8 (a folder named in latin-1) over as lone surrogates, which torch cannot
-    # open by name, nor a record or report write: refused here, once, instead of as a damaged checkpoint or a traceback.
+    # A name that is not UTF-8 (kdcli.not_utf8): refused once here, not later as a damaged checkpoint or a traceback.
     if shown := next(filter(None, map(not_utf8, sys.argv[1:])), None):
         print(f"error: {shown} is not valid UTF-8: kdcli needs UTF-8 names; rename it, or link to it from one", file=sys.stderr)
         sys.exit(2)
