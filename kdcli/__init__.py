@@ -31,13 +31,13 @@ def count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def not_utf8(name: str) -> str | None:
-    """`name` as a shell shows it (runs/caf\\xe9) where its bytes are not UTF-8, else None. Python hands such bytes
-    over as lone surrogates, by which torch cannot open a file, nor a record or report be written."""
+def utf8_refusal(name: str) -> str | None:
+    """Why `name` is refused, naming it as a shell shows it (runs/caf\\xe9), where its bytes are not UTF-8; else None.
+    Python hands such bytes over as lone surrogates, by which torch cannot open a file, nor a record or report be written."""
     try:
         name.encode()
     except UnicodeEncodeError:
-        return os.fsencode(name).decode(errors="backslashreplace")
+        return f"{os.fsencode(name).decode(errors='backslashreplace')} is not valid UTF-8: kdcli needs UTF-8 names"
     return None
 
 

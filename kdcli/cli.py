@@ -23,7 +23,7 @@ from typing import Literal
 import torch
 import typer
 
-from kdcli import DATA_DIR, Device, Interrupted, KdcliError, __version__, count, not_utf8
+from kdcli import DATA_DIR, Device, Interrupted, KdcliError, __version__, count, utf8_refusal
 from kdcli import report as reporting
 from kdcli.cache import cache_info as read_info
 from kdcli.cache import check_cache_is_there
@@ -516,8 +516,8 @@ def _main(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def main():
-    # A name that is not UTF-8 (kdcli.not_utf8): refused once here, not later as a damaged checkpoint or a traceback.
-    if shown := next(filter(None, map(not_utf8, sys.argv[1:])), None):
-        print(f"error: {shown} is not valid UTF-8: kdcli needs UTF-8 names; rename it, or link to it from one", file=sys.stderr)
+    # Refused once here, not later as a damaged checkpoint or a traceback.
+    if refused := next(filter(None, map(utf8_refusal, sys.argv[1:])), None):
+        print(f"error: {refused}; rename it, or link to it from one", file=sys.stderr)
         sys.exit(2)
     app()

@@ -29,7 +29,7 @@ import statistics
 import warnings
 from pathlib import Path
 
-from kdcli import KdcliError, count, not_utf8
+from kdcli import KdcliError, count, utf8_refusal
 from kdcli.checkpoint import delete_stale_temporaries, write_atomic
 from kdcli.models import canonical_name
 from kdcli.records import as_recorded_now, check_record, read_json, write_text_atomic
@@ -150,8 +150,8 @@ def collect(paths) -> Runs:
         if not path.is_dir():
             raise KdcliError(f"{path} {'is not a folder' if path.exists() else 'does not exist'}: pass run folders or a folder holding them (a sweep)")
         found = files_below(path, {"summary.json", "config.json", LOCK, DIVERGED})
-        if shown := next(filter(None, (not_utf8(str(f.parent)) for f in found)), None):  # its name could not be written
-            raise KdcliError(f"{shown} is not valid UTF-8: kdcli needs UTF-8 names; rename it")
+        if refused := next(filter(None, (utf8_refusal(str(f.parent)) for f in found)), None):  # its name could not be written
+            raise KdcliError(f"{refused}; rename it")
         finished |= {f.parent.resolve() for f in found if f.name == "summary.json"}
         started |= {f.parent.resolve() for f in found if f.name != "summary.json"}
     # a folder that holds runs (one with a stray config.json) is a container, not an unfinished run. The folders above
